@@ -1,0 +1,63 @@
+# pgchat: the chat extension (PGXS), the gateway, and every test.
+#
+#   make              build the extension and gateway/chat-gateway
+#   make install      install the extension into the server pg_config names
+#   make installcheck pg_regress against a running server (PGHOST/PGPORT)
+#   make test         install deps, build, run every test on a throwaway cluster
+#   make demo         database + extension + gateway + demo page
+#   make bench        quick benchmark profile (bench-full: the long one)
+
+EXTENSION   = chat
+MODULE_big  = chat
+OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
+DATA_built  = extension/chat--0.1.0.sql
+SQL_PARTS   = $(sort $(wildcard extension/sql/*.sql))
+REGRESS     = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
+REGRESS_OPTS = --inputdir=. --outputdir=results --dbname=chat_regress
+PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Iextension
+SHLIB_LINK  = -lcrypto
+EXTRA_CLEAN = results regression.diffs regression.out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# The install script is assembled from one file per SQL area.
+extension/chat--0.1.0.sql: $(SQL_PARTS)
+	cat $(SQL_PARTS) > $@
+
+all: gateway-build
+
+.PHONY: gateway-build deps test demo bench bench-full gateway-asan
+gateway-build:
+	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
+
+gateway-asan:
+	$(MAKE) -C gateway asan
+
+clean: gateway-clean
+gateway-clean:
+	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway clean; fi
+
+deps:
+	scripts/deps.sh
+
+test: deps
+	$(MAKE) all
+	$(MAKE) install
+	tests/run.sh
+
+demo: deps
+	$(MAKE) all
+	$(MAKE) install
+	scripts/demo.sh
+
+bench: deps
+	$(MAKE) all
+	$(MAKE) install
+	bench/run.sh quick
+
+bench-full: deps
+	$(MAKE) all
+	$(MAKE) install
+	bench/run.sh full

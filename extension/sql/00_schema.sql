@@ -1,0 +1,165 @@
+-- chat extension 0.1.0: schema.  The install script is assembled from the
+-- files of extension/sql/ in name order.
+\echo Use "CREATE EXTENSION chat" to load this file. \quit
+
+-- Users are the application's own; the id is the application's user id.
+CREATE TABLE chat.users (
+    id               bigint PRIMARY KEY,
+    handle           text NOT NULL CHECK (handle <> '' AND length(handle) <= 64),
+    display_name     text,
+    presence_privacy text NOT NULL DEFAULT 'everyone'
+                     CHECK (presence_privacy IN ('everyone', 'peers', 'nobody')),
+    last_seen        timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX users_handle_key ON chat.users (lower(handle));
+
+-- A user's devices; device ids are small integers per user (1, 2, ...).
+CREATE TABLE chat.devices (
+    user_id     bigint NOT NULL REFERENCES chat.users ON DELETE CASCADE,
+    device_id   integer NOT NULL CHECK (device_id > 0),
+    platform    text NOT NULL DEFAULT 'web',
+    push_token  text,
+    last_active timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, device_id)
+);
+
+CREATE SEQUENCE chat.conversations_id_seq;
+-- A conversation: kind direct (exactly two members, one per pair) or group.
+CREATE TABLE chat.conversations (
+    id            bigint PRIMARY KEY DEFAULT nextval('chat.conversations_id_seq'),
+    kind          text NOT NULL CHECK (kind IN ('direct', 'group')),
+    title         text,
+    direct_low    bigint,   -- direct only: the smaller user id of the pair
+    direct_high   bigint,   -- direct only: the larger user id of the pair
+    last_seq      bigint NOT NULL DEFAULT 0,
+    last_activity timestamptz NOT NULL DEFAULT now(),
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    settings      jsonb NOT NULL DEFAULT '{}',
+    CHECK ((kind = 'direct') = (direct_low IS NOT NULL AND direct_high IS NOT NULL)),
+    CHECK (direct_low < direct_high)
+);
+ALTER SEQUENCE chat.conversations_id_seq OWNED BY chat.conversations.id;
+CREATE UNIQUE INDEX conversations_direct_key ON chat.conversations (direct_low, direct_high)
+    WHERE kind = 'direct';
+
+-- Membership with per-member watermarks.  left_at set = no longer a member.
+CREATE TABLE chat.members (
+    conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
+    user_id         bigint NOT NULL REFERENCES chat.users ON DELETE CASCADE,
+    role            text NOT NULL DEFAULT 'member' CHECK (role IN ('owner', 'admin', 'member')),
+    joined_seq      bigint NOT NULL DEFAULT 0,
+    delivered_seq   bigint NOT NULL DEFAULT 0,
+    read_seq        bigint NOT NULL DEFAULT 0,
+    muted_until     timestamptz,
+    joined_at       timestamptz NOT NULL DEFAULT now(),
+    left_at         timestamptz,
+    PRIMARY KEY (conversation_id, user_id)
+);
+CREATE INDEX members_user_idx ON chat.members (user_id) INCLUDE (conversation_id) WHERE left_at IS NULL;
+
+-- Messages keyed by (conversation_id, seq): seq is gapless per conversation.
+CREATE TABLE chat.messages (
+    conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
+    seq             bigint NOT NULL,
+    sender_id       bigint NOT NULL,
+    sender_device   integer,
+    kind            text NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system', 'e2e')),
+    body            text,
+    client_msg_id   text,
+    reply_to        bigint,
+    mentions        bigint[],
+    attachments     jsonb,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    edited_at       timestamptz,
+    deleted_at      timestamptz,
+    PRIMARY KEY (conversation_id, seq)
+);
+-- Idempotent sends: one row per (sender, conversation, client_msg_id).
+CREATE UNIQUE INDEX messages_client_msg_key ON chat.messages (conversation_id, sender_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
+
+-- What each device has received, per conversation.
+CREATE TABLE chat.device_cursors (
+    user_id         bigint NOT NULL,
+    device_id       integer NOT NULL,
+    conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
+    acked_seq       bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id, conversation_id),
+    FOREIGN KEY (user_id, device_id) REFERENCES chat.devices ON DELETE CASCADE
+);
+
+-- Gateway nodes and their heartbeats.
+CREATE TABLE chat.nodes (
+    node         text PRIMARY KEY CHECK (node ~ '^[a-z0-9_]{1,40}$'),
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Who is connected where.  Unlogged: after a crash every gateway re-registers.
+CREATE UNLOGGED TABLE chat.sessions (
+    node         text NOT NULL,
+    user_id      bigint NOT NULL,
+    device_id    integer NOT NULL,
+    connected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (node, user_id, device_id)
+);
+CREATE INDEX sessions_user_idx ON chat.sessions (user_id);
+
+CREATE SEQUENCE chat.push_outbox_id_seq;
+-- Pending push notifications for offline devices, claimed with SKIP LOCKED.
+CREATE TABLE chat.push_outbox (
+    id              bigint PRIMARY KEY DEFAULT nextval('chat.push_outbox_id_seq'),
+    user_id         bigint NOT NULL,
+    device_id       integer NOT NULL,
+    push_token      text NOT NULL,
+    conversation_id bigint NOT NULL,
+    seq             bigint NOT NULL,
+    payload         jsonb NOT NULL,
+    attempts        integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error      text,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE chat.push_outbox_id_seq OWNED BY chat.push_outbox.id;
+CREATE INDEX push_outbox_due_idx ON chat.push_outbox (next_attempt_at, id);
+
+-- pg_dump keeps every table that holds user data (and their sequences).
+SELECT pg_catalog.pg_extension_config_dump('chat.users', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.devices', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.conversations', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.conversations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.members', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.device_cursors', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.push_outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.push_outbox_id_seq', '');
+
+REVOKE ALL ON ALL TABLES IN SCHEMA chat FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA chat FROM PUBLIC;
+
+COMMENT ON TABLE chat.users IS 'chat users; id is the application''s user id';
+COMMENT ON TABLE chat.devices IS 'devices of a user (device_id 1, 2, ...), with optional push token';
+COMMENT ON TABLE chat.conversations IS 'direct and group conversations; last_seq is the newest message seq';
+COMMENT ON TABLE chat.members IS 'conversation membership with delivered/read watermarks';
+COMMENT ON TABLE chat.messages IS 'messages keyed by (conversation_id, seq), seq gapless per conversation';
+COMMENT ON TABLE chat.device_cursors IS 'per-device acked_seq per conversation, for sync';
+COMMENT ON TABLE chat.nodes IS 'gateway nodes and their heartbeats';
+COMMENT ON TABLE chat.sessions IS 'connected devices per gateway node (unlogged)';
+COMMENT ON TABLE chat.push_outbox IS 'push notifications pending for offline devices';
+
+-- What a message looks like to readers (API.md).
+CREATE TYPE chat.message_view AS (
+    conversation_id bigint,
+    seq             bigint,
+    sender_id       bigint,
+    sender_device   integer,
+    kind            text,
+    body            text,
+    client_msg_id   text,
+    reply_to        bigint,
+    created_at      timestamptz,
+    edited_at       timestamptz,
+    deleted_at      timestamptz
+);

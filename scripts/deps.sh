@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian and npm packages pgchat needs; does nothing when they are present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  make gcc pkg-config
+  postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libpq-dev
+  libwebsockets-dev libjansson-dev libssl-dev
+  nodejs npm chromium gnuplot-nox
+  libclang-rt-14-dev clang
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# A machine may have Node.js from elsewhere; only install Debian's when there is none.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<<"${missing[*]}"
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# JavaScript test tooling (ws, playwright-core), pinned by package-lock.json.
+if [ -f package-lock.json ] && [ ! -d node_modules ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi

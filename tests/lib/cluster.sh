@@ -1,0 +1,66 @@
+# Throwaway PostgreSQL cluster for tests: sourced by tests/run.sh and by stage
+# scripts run alone.  cluster_start exports PGHOST/PGPORT/PGUSER and friends;
+# cluster_stop stops it and removes its directory.
+
+PGBIN=${PGBIN:-$(pg_config --bindir)}
+
+# Runs a command as the cluster's owner (initdb refuses to run as root).
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# Prints a TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+  local p
+  for _ in $(seq 1 200); do
+    p=$(( (RANDOM % 30000) + 20000 ))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  return 1
+}
+
+cluster_start() {
+  CHAT_TEST_TMP=$(mktemp -d /tmp/pgchat-test.XXXXXX)
+  chmod 755 "$CHAT_TEST_TMP"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$CHAT_TEST_TMP"
+  export CHAT_TEST_TMP
+  export CHAT_TEST_PGDATA=$CHAT_TEST_TMP/data
+  export PGHOST=$CHAT_TEST_TMP PGPORT=$(free_port) PGUSER=postgres PGDATABASE=postgres
+  export CHAT_TOKEN_SECRET_FILE=$CHAT_TEST_TMP/token-secret
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CHAT_TOKEN_SECRET_FILE"
+  chmod 644 "$CHAT_TOKEN_SECRET_FILE"
+
+  as_owner "$PGBIN/initdb" -D "$CHAT_TEST_PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$CHAT_TEST_TMP/initdb.log" 2>&1 \
+    || { cat "$CHAT_TEST_TMP/initdb.log"; return 1; }
+  cat >>"$CHAT_TEST_PGDATA/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$CHAT_TEST_TMP'
+shared_preload_libraries = 'chat'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+chat.token_secret = '$(cat "$CHAT_TOKEN_SECRET_FILE")'
+log_min_messages = warning
+CONF
+  cluster_ctl start
+}
+
+# pg_ctl on the test cluster: cluster_ctl start|stop|restart
+cluster_ctl() {
+  as_owner "$PGBIN/pg_ctl" -D "$CHAT_TEST_PGDATA" -l "$CHAT_TEST_TMP/postgres.log" -w -t 60 "$@" >/dev/null
+}
+
+cluster_stop() {
+  [ -n "${CHAT_TEST_PGDATA:-}" ] || return 0
+  as_owner "$PGBIN/pg_ctl" -D "$CHAT_TEST_PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$CHAT_TEST_TMP"
+}
+
+# Creates database $1 with the chat extension (and pgtap when $2 = tap).
+new_db() {
+  "$PGBIN/psql" -qX -v ON_ERROR_STOP=1 -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS \"$1\"" -c "CREATE DATABASE \"$1\"" >/dev/null
+  "$PGBIN/psql" -qX -v ON_ERROR_STOP=1 -d "$1" -c "CREATE EXTENSION chat" >/dev/null
+  if [ "${2:-}" = tap ]; then "$PGBIN/psql" -qX -v ON_ERROR_STOP=1 -d "$1" -c "CREATE EXTENSION pgtap" >/dev/null; fi
+}
