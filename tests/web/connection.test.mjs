@@ -1,0 +1,217 @@
+// Connection life cycle of ChatClient: auth, requests, timeouts, sync, reconnect.
+import { test, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { ChatClient, ChatError, backoffDelay, PROTOCOL } from '../../web/chat-client.js';
+import { FakeSocket, idleGateway, until, sleep, msg } from './fake-socket.mjs';
+
+const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', token: 'tok.en', WebSocket: FakeSocket, requestTimeout: 60, ackDelay: 5, pingInterval: 0, watchNetwork: false, ...extra });
+
+/** Starts a client against an idle fake gateway and waits for hello. */
+async function connected(extra) {
+  const client = new ChatClient(opts(extra));
+  const p = client.connect();
+  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
+  const ws = FakeSocket.last();
+  ws.responder = idleGateway();
+  ws.hello(17, 2);
+  await p;
+  return { client, ws };
+}
+
+beforeEach(() => FakeSocket.reset());
+
+test('connects with the token in the query and the chat.v1 subprotocol', async () => {
+  const { client, ws } = await connected();
+  assert.equal(ws.url, 'ws://gw.test/ws?token=tok.en');
+  assert.equal(ws.protocol, PROTOCOL);
+  assert.equal(client.state, 'open');
+  assert.equal(client.user, 17);
+  assert.equal(client.device, 2);
+  client.close();
+});
+
+test('responses are matched to requests by id, errors become ChatError', async () => {
+  const { client, ws } = await connected();
+  ws.responder = null;
+  const a = client.request('conversations', {});
+  const b = client.request('direct', { user: 5 });
+  const [fa, fb] = [ws.sent.at(-2), ws.sent.at(-1)];
+  assert.notEqual(fa.id, fb.id);
+  ws.push({ id: fb.id, type: 'error', code: '42501', error: 'insufficient_privilege', message: 'user 17 is not a member' });
+  ws.ok(fa, [{ conversation_id: 1 }]);
+  assert.deepEqual(await a, [{ conversation_id: 1 }]);
+  await assert.rejects(b, (e) => e instanceof ChatError && e.code === '42501' && /not a member/.test(e.message));
+  client.close();
+});
+
+test('a request without an answer times out', async () => {
+  const { client, ws } = await connected({ requestTimeout: 30 });
+  ws.responder = null;
+  const t0 = Date.now();
+  await assert.rejects(client.request('history', { conversation: 1 }), (e) => e.code === 'timeout');
+  assert.ok(Date.now() - t0 >= 25);
+  // A late answer is ignored.
+  ws.ok(ws.sent.at(-1), { messages: [] });
+  client.close();
+});
+
+test('a request made while disconnected waits for the connection', async () => {
+  const client = new ChatClient(opts({ requestTimeout: 500 }));
+  client.connect();
+  const p = client.conversations();
+  await until(() => FakeSocket.instances.length > 0);
+  const ws = FakeSocket.last();
+  assert.equal(ws.sent.length, 0, 'nothing goes out before hello');
+  ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: [{ conversation_id: 3 }] }) });
+  ws.hello();
+  assert.deepEqual(await p, [{ conversation_id: 3 }]);
+  client.close();
+});
+
+test('sync runs until more is false, acking each page before the next', async () => {
+  const client = new ChatClient(opts());
+  const got = [];
+  client.on('message', (m) => got.push(`${m.conversation}/${m.seq}`));
+  const synced = new Promise((r) => client.on('synced', r));
+  client.connect();
+  await until(() => FakeSocket.instances.length > 0);
+  const ws = FakeSocket.last();
+  const pages = [
+    { messages: [msg(1, 1), msg(1, 2), msg(2, 5)], more: true },
+    { messages: [msg(2, 6), msg(3, 1)], more: true },
+    { messages: [], more: false },
+  ];
+  const log = [];
+  ws.responder = idleGateway({
+    sync: (f) => { log.push('sync'); return { id: f.id, type: 'ok', result: pages.shift() }; },
+    ack: (f) => { log.push(`ack ${f.conversation}/${f.seq}`); return { id: f.id, type: 'ok', result: null }; },
+  });
+  ws.hello();
+  const s = await synced;
+  assert.deepEqual(got, ['1/1', '1/2', '2/5', '2/6', '3/1']);
+  assert.deepEqual(log, ['sync', 'ack 1/2', 'ack 2/5', 'sync', 'ack 2/6', 'ack 3/1', 'sync']);
+  assert.deepEqual(s.conversations.sort(), [1, 2, 3]);
+  client.close();
+});
+
+test('a resync event runs sync again', async () => {
+  const { client, ws } = await connected();
+  await until(() => ws.of('sync').length === 1);
+  ws.push({ type: 'resync' });
+  await until(() => ws.of('sync').length === 2, 500, 'second sync');
+  client.close();
+});
+
+test('live messages that arrive during sync are applied after it, without duplicates', async () => {
+  const client = new ChatClient(opts());
+  const got = [];
+  client.on('message', (m) => got.push(m.seq));
+  client.connect();
+  await until(() => FakeSocket.instances.length > 0);
+  const ws = FakeSocket.last();
+  let syncFrame = null;
+  ws.responder = idleGateway({ sync: (f) => { if (!syncFrame) { syncFrame = f; return undefined; } return { id: f.id, type: 'ok', result: { messages: [], more: false } }; } });
+  ws.hello();
+  await until(() => syncFrame);
+  ws.push(msg(1, 3));           // live, while the sync page is outstanding
+  ws.ok(syncFrame, { messages: [msg(1, 1), msg(1, 2), msg(1, 3)], more: false });
+  await until(() => got.length === 3);
+  await sleep(20);
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.equal(ws.of('after').length, 0, 'no gap repair needed');
+  client.close();
+});
+
+test('backoff: full jitter between 0 and min(cap, base * 2^attempt)', () => {
+  for (let a = 0; a < 12; a++) {
+    const ceiling = Math.min(30000, 500 * 2 ** a);
+    assert.equal(backoffDelay(a, { random: () => 0 }), 0);
+    const hi = backoffDelay(a, { random: () => 0.999999 });
+    assert.ok(hi < ceiling && hi >= ceiling * 0.99, `attempt ${a}: ${hi} vs ${ceiling}`);
+    for (let i = 0; i < 50; i++) {
+      const d = backoffDelay(a);
+      assert.ok(d >= 0 && d < ceiling);
+    }
+  }
+  assert.equal(backoffDelay(100, { random: () => 0.5 }), 15000, 'capped at 30 s');
+});
+
+test('reconnects with growing backoff after 1012 and resends nothing twice', async () => {
+  const states = [];
+  const { client, ws } = await connected({ backoffBase: 10, random: () => 0.999 });
+  client.on('state', (s) => states.push(s));
+  ws.serverClose(1012, 'service restart');
+  assert.equal(states.at(-1).state, 'reconnecting');
+  assert.ok(states.at(-1).delay < 10, 'first delay below base');
+  await until(() => FakeSocket.instances.length === 2, 500, 'second socket');
+  FakeSocket.last().serverClose(1006);
+  assert.ok(states.at(-1).delay >= 10 && states.at(-1).delay < 20, `second delay ${states.at(-1).delay}`);
+  await until(() => FakeSocket.instances.length === 3, 500, 'third socket');
+  FakeSocket.last().serverClose(4009, 'lagging');
+  assert.ok(states.at(-1).delay >= 20 && states.at(-1).delay < 40);
+  await until(() => FakeSocket.instances.length === 4, 500, 'fourth socket');
+  const ws4 = FakeSocket.last();
+  ws4.responder = idleGateway();
+  ws4.hello();
+  assert.equal(client.state, 'open');
+  await until(() => ws4.of('sync').length === 1, 500, 'sync after reconnect');
+  ws4.serverClose(1012);
+  assert.ok(states.at(-1).delay < 10, 'backoff resets after a successful hello');
+  client.close();
+});
+
+test('a refused token (4001) stops reconnecting and rejects connect', async () => {
+  const client = new ChatClient(opts({ backoffBase: 1 }));
+  const errors = [];
+  client.on('error', (e) => errors.push(e));
+  const p = client.connect();
+  await until(() => FakeSocket.instances.length > 0);
+  FakeSocket.last().serverClose(4001, 'bad token');
+  await assert.rejects(p, (e) => e.code === '4001');
+  await sleep(20);
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.equal(client.state, 'closed');
+  assert.equal(errors.length, 1);
+});
+
+test('a token function is asked again on each connect', async () => {
+  let n = 0;
+  const client = new ChatClient(opts({ token: async () => `t${++n}`, backoffBase: 1 }));
+  client.connect().catch(() => {});
+  await until(() => FakeSocket.instances.length === 1);
+  FakeSocket.last().serverClose(4001);
+  await until(() => FakeSocket.instances.length === 2);
+  assert.match(FakeSocket.instances[0].url, /token=t1$/);
+  assert.match(FakeSocket.instances[1].url, /token=t2$/);
+  client.close();
+});
+
+test('network offline closes the socket and waits; online reconnects at once', async () => {
+  const { client, ws } = await connected({ backoffBase: 10000 });
+  client.setNetwork(false);
+  assert.equal(client.state, 'offline');
+  assert.ok(ws.closed);
+  await sleep(20);
+  assert.equal(FakeSocket.instances.length, 1);
+  client.setNetwork(true);
+  await until(() => FakeSocket.instances.length === 2, 200, 'reconnect on online');
+  client.close();
+});
+
+test('an unanswered liveness ping drops the socket and reconnects', async () => {
+  const { client, ws } = await connected({ pingInterval: 20, requestTimeout: 20, backoffBase: 1 });
+  ws.responder = idleGateway({ ping: () => undefined });
+  await until(() => FakeSocket.instances.length === 2, 500, 'reconnect after ping timeout');
+  assert.ok(ws.of('ping').length >= 1);
+  client.close();
+});
+
+test('close() rejects waiting requests and stops everything', async () => {
+  const { client, ws } = await connected();
+  ws.responder = null;
+  const p = client.history(1);
+  client.close();
+  await assert.rejects(p, (e) => e.code === 'disconnected' || e.code === 'closed');
+  assert.equal(client.state, 'closed');
+  await assert.rejects(client.request('ping'), (e) => e.code === 'closed');
+});

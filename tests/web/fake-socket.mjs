@@ -1,0 +1,73 @@
+// A fake WebSocket for the client unit tests: records what the client sends
+// and lets a test play the gateway (hello, responses, pushes, closes).
+
+export class FakeSocket {
+  static instances = [];
+
+  constructor(url, protocol) {
+    this.url = url;
+    this.protocol = protocol;
+    this.sent = [];
+    this.closed = false;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    this.responder = null;
+    FakeSocket.instances.push(this);
+  }
+
+  static reset() { FakeSocket.instances = []; }
+  static last() { return FakeSocket.instances[FakeSocket.instances.length - 1]; }
+
+  // Client side.
+  send(data) {
+    if (this.closed) throw new Error('socket closed');
+    const frame = JSON.parse(data);
+    this.sent.push(frame);
+    if (this.responder) {
+      const reply = this.responder(frame);
+      if (reply !== undefined) queueMicrotask(() => this.push(reply));
+    }
+  }
+  close(code = 1000, reason = '') {
+    if (this.closed) return;
+    this.closed = true;
+    queueMicrotask(() => this.onclose && this.onclose({ code, reason }));
+  }
+
+  // Gateway side.
+  push(obj) { if (!this.closed) this.onmessage({ data: JSON.stringify(obj) }); }
+  hello(user = 1, device = 1) { this.push({ type: 'hello', user, device, node: 'gw1', heartbeat: 30 }); }
+  ok(frame, result) { this.push({ id: frame.id, type: 'ok', result }); }
+  serverClose(code, reason = '') {
+    this.closed = true;
+    this.onclose({ code, reason });
+  }
+  /** Frames of one type the client sent. */
+  of(type) { return this.sent.filter((f) => f.type === type); }
+}
+
+/** A responder that answers like an idle gateway: empty sync, ok to everything else. */
+export function idleGateway(overrides = {}) {
+  return (f) => {
+    if (overrides[f.type]) return overrides[f.type](f);
+    if (f.type === 'sync') return { id: f.id, type: 'ok', result: { messages: [], more: false } };
+    if (f.type === 'ping') return { id: f.id, type: 'pong' };
+    return { id: f.id, type: 'ok', result: null };
+  };
+}
+
+/** Resolves after ms milliseconds. */
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until cond() is true, polling every 2 ms, failing after `ms`. */
+export async function until(cond, ms = 1000, what = 'condition') {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(2);
+  }
+}
+
+/** A message event of conversation c with sequence seq. */
+export function msg(c, seq, extra = {}) {
+  return { type: 'message', conversation: c, seq, sender: 2, sender_device: 1, kind: 'text', body: `m${seq}`, client_msg_id: `x${seq}`, created_at: '2026-11-28T10:00:00Z', ...extra };
+}
