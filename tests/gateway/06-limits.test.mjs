@@ -1,0 +1,113 @@
+// Protocol limits: oversize frames (1009), invalid UTF-8 (1007), non-JSON
+// and type-less frames (error 22P02), unknown request types (error 22023),
+// binary frames (1003), and a request flood beyond --rate (53400, then 1008).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, sleep, ms } from './lib.mjs';
+
+const DB = 'gw_06_limits';
+let gw, alice, bob, conv;
+
+before(async () => {
+  await newDb(DB);
+  alice = await makeUser(DB);
+  bob = await makeUser(DB);
+  conv = await direct(DB, alice.id, bob.id);
+  gw = await startGateway({ db: DB });
+});
+after(stopAll);
+
+const connect = (label) => connectAs(gw, alice.id, 1, { label });
+
+test('a frame over 64 KiB closes with 1009; one just under is assembled and served', async () => {
+  const c = await connect('big-ok');
+  const body = 'y'.repeat(60000);
+  const r = await c.call({ type: 'send', conversation: conv, body, client_msg_id: 'big-1' }, 8000);
+  assert.equal(r.seq, 1);
+  c.close();
+  const d = await connect('too-big');
+  d.sendJson({ type: 'send', conversation: conv, body: 'z'.repeat(66 * 1024), client_msg_id: 'big-2' });
+  assert.equal((await d.waitClose(5000)).code, 1009);
+});
+
+test('--max-frame lowers the cap', async () => {
+  const gw2 = await startGateway({ db: DB, args: ['--max-frame', '1024'], label: 'maxframe' });
+  const c = await connectAs(gw2, alice.id, 1, { label: 'capped' });
+  assert.equal((await c.request({ type: 'ping', pad: 'p'.repeat(900) })).type, 'pong');
+  c.sendJson({ type: 'ping', pad: 'p'.repeat(2000) });
+  assert.equal((await c.waitClose(5000)).code, 1009);
+  await gw2.stop();
+});
+
+test('invalid UTF-8 closes with 1007', async () => {
+  const c = await connect('bad-utf8');
+  // {"type":"ping","x":"<0xC3 0x28>"}: an invalid two-byte sequence, sent as a text frame.
+  const bytes = Buffer.concat([Buffer.from('{"id":1,"type":"ping","x":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]);
+  c.sendRaw(bytes, { binary: false });
+  const info = await c.waitClose(5000);
+  assert.equal(info.code, 1007);
+  assert.ok(!c.frames.some((f) => f.type === 'pong'), 'answered an invalid frame');
+});
+
+test('non-JSON and type-less frames get error 22P02 and the connection stays', async () => {
+  const c = await connect('not-json');
+  let since = c.mark();
+  c.sendRaw('hello, this is not json');
+  const e1 = await c.waitFor((f) => f.type === 'error', 3000, since);
+  assert.equal(e1.code, '22P02', JSON.stringify(e1));
+  since = c.mark();
+  c.sendJson({ id: 'nt', conversation: conv });
+  const e2 = await c.waitFor((f) => f.type === 'error', 3000, since);
+  assert.equal(e2.code, '22P02', JSON.stringify(e2));
+  since = c.mark();
+  c.sendRaw('[1,2,3]');
+  assert.equal((await c.waitFor((f) => f.type === 'error', 3000, since)).code, '22P02');
+  assert.equal((await c.request({ id: 'alive', type: 'ping' })).type, 'pong');
+  assert.ok(c.open);
+  c.close();
+});
+
+test('an unknown request type gets error 22023 with its id', async () => {
+  const c = await connect('unknown');
+  const r = await c.request({ id: 42, type: 'launch_rockets', conversation: conv });
+  assert.equal(r.type, 'error');
+  assert.equal(r.id, 42);
+  assert.equal(r.code, '22023', JSON.stringify(r));
+  const bad = await c.request({ id: 43, type: 'send', conversation: 'seven', body: 'x', client_msg_id: 'k' });
+  assert.equal(bad.type, 'error');
+  assert.ok(['22023', '22P02'].includes(bad.code), JSON.stringify(bad));
+  assert.equal((await c.request({ type: 'ping' })).type, 'pong');
+  c.close();
+});
+
+test('a binary frame closes with 1003', async () => {
+  const c = await connect('binary');
+  c.sendRaw(Buffer.from('{"type":"ping","id":1}'), { binary: true });
+  assert.equal((await c.waitClose(5000)).code, 1003);
+});
+
+test('a flood beyond --rate gets 53400 error frames, then close 1008', async () => {
+  const gw2 = await startGateway({ db: DB, args: ['--rate', '10'], label: 'rate' });
+  const c = await connectAs(gw2, alice.id, 1, { label: 'flooder' });
+  // Within the rate, requests are served.
+  for (let i = 0; i < 3; i++) assert.equal((await c.request({ type: 'presence', users: [bob.id] })).type, 'ok');
+  await sleep(1100);
+  let sent = 0;
+  const deadline = Date.now() + ms(10000);
+  // Bounded: at most 10 s and 4000 frames.
+  while (c.open && Date.now() < deadline && sent < 4000) {
+    for (let i = 0; i < 50 && c.open; i++) c.sendJson({ id: `f${sent++}`, type: 'presence', users: [bob.id] });
+    await sleep(50);
+  }
+  const info = await c.waitClose(5000);
+  const limited = c.frames.filter((f) => f.type === 'error' && f.code === '53400');
+  assert.ok(limited.length > 0, `no 53400 error frames before the close; frames: ${c.recent()}`);
+  assert.equal(info.code, 1008, `close code after the flood (sent ${sent})`);
+  const served = c.frames.filter((f) => f.type === 'ok').length;
+  assert.ok(served < sent, `every one of ${sent} flood frames was served`);
+  // A well-behaved client on the same gateway is unaffected.
+  const d = await connectAs(gw2, bob.id, 1, { label: 'polite' });
+  assert.equal((await d.request({ type: 'ping' })).type, 'pong');
+  d.close();
+  await gw2.stop();
+});
