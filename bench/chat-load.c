@@ -1,0 +1,1864 @@
+/*
+ * chat-load.c: load generator for chat.v1 gateways (chat-gateway and peers).
+ *
+ * The parent creates users, devices, conversations and tokens through libpq,
+ * forks --procs children that each run one libwebsockets client context for
+ * a slice of the clients, steers the phases through a shared memory block
+ * (connect, run, drain, report), and at the end checks what the receivers
+ * stored against the messages table (loss, duplicates).  Every message body
+ * carries its CLOCK_REALTIME send time; receivers record end-to-end latency
+ * into log-bucketed histograms (HdrHistogram layout, ~0.8% precision).
+ *
+ * Bounded by design: loopback targets only, at most 100,000 clients, a
+ * duration cap, and a wall-clock alarm that ends every process.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <libwebsockets.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#define LOAD_MAX_CLIENTS	100000
+#define LOAD_MAX_PROCS		32
+#define LOAD_MAX_PER_PROC	19000	/* the fd hard limit is 20,000 */
+#define LOAD_MAX_DURATION	600
+#define LOAD_HSUB		128	/* histogram sub-buckets per power of two */
+#define LOAD_HBUCKETS		(2 * LOAD_HSUB + 40 * LOAD_HSUB)
+#define LOAD_NCODES		24
+
+enum scenario { SC_IDLE, SC_DIRECT, SC_GROUP, SC_STORM };
+static const char *const scenario_names[] = { "idle", "direct", "group", "storm" };
+
+enum phase { PH_CONNECT, PH_RUN, PH_DRAIN, PH_REPORT };
+
+/* Close codes we count separately; anything else lands in "other". */
+static const int close_codes[LOAD_NCODES] = {
+	1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012, 1013,
+	4001, 4008, 4009, -1 /* connect error */, 0 /* other */
+};
+
+/* Options, shared read-only by every process after fork. */
+static struct options {
+	const char *dsn, *url, *secret_file, *restart_cmd, *source_ips_arg;
+	int clients, procs, connect_rate, group_size, duration, window;
+	int json, sync_on_connect, ack_interval_ms, drain_max, verbose;
+	double rate;
+	enum scenario scenario;
+	long gateway_pid;
+	int64_t user_base;
+	double restart_at;
+	char host[64];
+	int port;
+	char path[128];
+	char label[64];
+} opt;
+
+/* One process's counters: written only by that child, read by the parent. */
+struct proc_stats {
+	_Atomic int64_t opened, ready, connect_launched, resynced, reconnected;
+	_Atomic int64_t deliveries, deliveries_in_window, last_delivery_us;
+	int64_t sends, sends_ok, sends_ok_in_window, send_errors, dup_events;
+	int64_t other_events, resyncs_asked, duplicate_results, connect_errors;
+	int64_t closes[LOAD_NCODES];
+	_Atomic int64_t outstanding;
+	int64_t first_open_us, last_open_us;
+	uint64_t hist[LOAD_HBUCKETS];	/* delivery latency, ns */
+	uint64_t rtt[LOAD_HBUCKETS];	/* send → ok, ns */
+};
+
+struct shared {
+	_Atomic int phase;
+	_Atomic int64_t go_us, stop_us, restart_us;
+	struct proc_stats ps[LOAD_MAX_PROCS];
+};
+
+/* Per-client results the parent needs for the loss check. */
+struct client_result {
+	int32_t got;		/* distinct bench messages from others */
+	int32_t dups;		/* events for a seq already stored */
+};
+
+static struct shared *shm;
+static struct client_result *results;
+
+/* Setup data, computed by the parent before fork. */
+static int64_t *user_ids;
+static int32_t *device_ids;
+static int64_t *conv_ids;
+static char **tokens;
+
+/* Source addresses for client sockets (connect() below binds them). */
+static in_addr_t src_addrs[256];
+static int src_count;
+static _Atomic unsigned src_next;
+static uint16_t dst_port_be;
+
+/* ---------- small helpers ---------- */
+
+static void
+die(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "chat-load: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	exit(2);
+}
+
+/* Microseconds of CLOCK_MONOTONIC: phase timing. */
+static int64_t
+mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Nanoseconds of CLOCK_REALTIME: what a message carries as its send time. */
+static int64_t
+real_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t rng_state = 88172645463325252ULL;
+
+/* xorshift64: jitter for reconnects and send phases, not cryptographic. */
+static uint64_t
+rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+/* Histogram bucket of a value: exact below 256, then 128 per power of two. */
+static int
+hist_index(uint64_t v)
+{
+	int		msb, shift, idx;
+
+	if (v < 2 * LOAD_HSUB)
+		return (int) v;
+	msb = 63 - __builtin_clzll(v);
+	shift = msb - 7;
+	idx = 2 * LOAD_HSUB + (shift - 1) * LOAD_HSUB + (int) ((v >> shift) - LOAD_HSUB);
+	return idx < LOAD_HBUCKETS ? idx : LOAD_HBUCKETS - 1;
+}
+
+/* Representative value (middle) of a bucket. */
+static double
+hist_value(int idx)
+{
+	int		shift, sub;
+
+	if (idx < 2 * LOAD_HSUB)
+		return idx;
+	shift = (idx - 2 * LOAD_HSUB) / LOAD_HSUB + 1;
+	sub = (idx - 2 * LOAD_HSUB) % LOAD_HSUB + LOAD_HSUB;
+	return ((double) sub + 0.5) * (double) (1ULL << shift);
+}
+
+static void
+hist_add(uint64_t *h, int64_t v)
+{
+	h[hist_index(v < 0 ? 0 : (uint64_t) v)]++;
+}
+
+/* Value at quantile q (0..1) in ns; 0 when empty. */
+static double
+hist_quantile(const uint64_t *h, double q)
+{
+	uint64_t	total = 0, acc = 0, want;
+	int		i, last = 0;
+
+	for (i = 0; i < LOAD_HBUCKETS; i++)
+		total += h[i];
+	if (!total)
+		return 0;
+	want = (uint64_t) ceil(q * (double) total);
+	if (want < 1)
+		want = 1;
+	for (i = 0; i < LOAD_HBUCKETS; i++)
+	{
+		if (!h[i])
+			continue;
+		last = i;
+		acc += h[i];
+		if (acc >= want)
+			return hist_value(i);
+	}
+	return hist_value(last);
+}
+
+static uint64_t
+hist_total(const uint64_t *h)
+{
+	uint64_t	t = 0;
+
+	for (int i = 0; i < LOAD_HBUCKETS; i++)
+		t += h[i];
+	return t;
+}
+
+/* ---------- source addresses: bind client sockets before connect ---------- */
+
+/*
+ * lws 4.1 has no hook between socket() and connect(), so the executable
+ * interposes connect(): a socket heading for the gateway port is first bound
+ * to the next 127.0.0.x source address with IP_BIND_ADDRESS_NO_PORT (the
+ * port is then chosen per 4-tuple at connect time, so 100,000 connections
+ * need no more than a handful of source addresses).  Everything else, and
+ * every process without --source-ips, passes straight through.
+ */
+int
+connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	if (src_count && sa && sa->sa_family == AF_INET &&
+		((const struct sockaddr_in *) sa)->sin_port == dst_port_be)
+	{
+		struct sockaddr_in me;
+		int		one = 1;
+
+		memset(&me, 0, sizeof(me));
+		me.sin_family = AF_INET;
+		me.sin_addr.s_addr = src_addrs[atomic_fetch_add(&src_next, 1) % (unsigned) src_count];
+		(void) setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+		/* EINVAL: already bound by an earlier connect() on this socket. */
+		(void) bind(fd, (struct sockaddr *) &me, sizeof(me));
+	}
+	return (int) syscall(SYS_connect, fd, sa, len);
+}
+
+/* Parses "127.0.0.1-127.0.0.8" or "127.0.0.1,127.0.0.2" or a count "8". */
+static void
+parse_source_ips(const char *arg)
+{
+	char		buf[1024], *tok, *save = NULL;
+
+	if (!arg || !*arg)
+		return;
+	if (strspn(arg, "0123456789") == strlen(arg))
+	{
+		int		n = atoi(arg);
+
+		if (n < 1 || n > 250)
+			die("--source-ips count must be 1..250");
+		for (int i = 0; i < n; i++)
+			src_addrs[src_count++] = htonl(0x7f000001u + (uint32_t) i);
+		return;
+	}
+	snprintf(buf, sizeof(buf), "%s", arg);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		char	   *dash = strchr(tok, '-');
+		struct in_addr a, b;
+
+		if (dash)
+			*dash = '\0';
+		if (inet_pton(AF_INET, tok, &a) != 1)
+			die("--source-ips: bad address %s", tok);
+		b = a;
+		if (dash && inet_pton(AF_INET, dash + 1, &b) != 1)
+			die("--source-ips: bad address %s", dash + 1);
+		for (uint32_t x = ntohl(a.s_addr); x <= ntohl(b.s_addr) && src_count < 256; x++)
+		{
+			if ((x >> 24) != 127)
+				die("--source-ips: only 127.0.0.0/8 (loopback) is allowed");
+			src_addrs[src_count++] = htonl(x);
+		}
+	}
+}
+
+/* ---------- tokens ---------- */
+
+static void
+b64url(const unsigned char *in, size_t len, char *out)
+{
+	static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	size_t		i, o = 0;
+
+	for (i = 0; i + 2 < len; i += 3)
+	{
+		uint32_t	v = (uint32_t) in[i] << 16 | (uint32_t) in[i + 1] << 8 | in[i + 2];
+
+		out[o++] = tbl[v >> 18];
+		out[o++] = tbl[(v >> 12) & 63];
+		out[o++] = tbl[(v >> 6) & 63];
+		out[o++] = tbl[v & 63];
+	}
+	if (len - i == 1)
+	{
+		uint32_t	v = (uint32_t) in[i] << 16;
+
+		out[o++] = tbl[v >> 18];
+		out[o++] = tbl[(v >> 12) & 63];
+	}
+	else if (len - i == 2)
+	{
+		uint32_t	v = (uint32_t) in[i] << 16 | (uint32_t) in[i + 1] << 8;
+
+		out[o++] = tbl[v >> 18];
+		out[o++] = tbl[(v >> 12) & 63];
+		out[o++] = tbl[(v >> 6) & 63];
+	}
+	out[o] = '\0';
+}
+
+static char secret[512];
+static size_t secret_len;
+
+/* HS256 JWT for (user, device), signed with the shared secret. */
+static char *
+sign_token(int64_t user, int device, int64_t exp)
+{
+	static const char hdr[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+	char		payload[128], h64[64], p64[192], sig64[64], *tok;
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	size_t		n;
+
+	b64url((const unsigned char *) hdr, strlen(hdr), h64);
+	n = (size_t) snprintf(payload, sizeof(payload),
+						  "{\"sub\":%" PRId64 ",\"dev\":%d,\"exp\":%" PRId64 "}", user, device, exp);
+	b64url((const unsigned char *) payload, n, p64);
+	tok = malloc(strlen(h64) + strlen(p64) + 64);
+	sprintf(tok, "%s.%s", h64, p64);
+	HMAC(EVP_sha256(), secret, (int) secret_len, (unsigned char *) tok, strlen(tok), mac, &maclen);
+	b64url(mac, maclen, sig64);
+	strcat(tok, ".");
+	strcat(tok, sig64);
+	return tok;
+}
+
+/* True when our signing reproduces the signature of a database-issued token. */
+static int
+local_signing_matches(const char *db_token)
+{
+	const char *dot = strrchr(db_token, '.');
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	char		sig64[64];
+
+	if (!dot)
+		return 0;
+	HMAC(EVP_sha256(), secret, (int) secret_len, (const unsigned char *) db_token,
+		 (size_t) (dot - db_token), mac, &maclen);
+	b64url(mac, maclen, sig64);
+	return strcmp(sig64, dot + 1) == 0;
+}
+
+/* ---------- setup through libpq ---------- */
+
+static PGresult *
+exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+	PGresult   *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK)
+		die("setup query failed: %s\n  %s", PQerrorMessage(conn), sql);
+	return res;
+}
+
+/* Creates users (one device each), conversations and tokens for all clients. */
+static void
+setup_database(void)
+{
+	PGconn	   *conn = PQconnectdb(opt.dsn);
+	PGresult   *res;
+	char		a[32], b[32], c[32];
+	const char *p[4];
+	int			n = opt.clients, chunk = 5000;
+	int64_t		t0 = mono_us();
+	int			db_tokens = 0;
+
+	if (PQstatus(conn) != CONNECTION_OK)
+		die("cannot connect to %s: %s", opt.dsn, PQerrorMessage(conn));
+	res = exec_ok(conn, "SET synchronous_commit = off", 0, NULL);
+	PQclear(res);
+
+	user_ids = calloc((size_t) n, sizeof(int64_t));
+	device_ids = calloc((size_t) n, sizeof(int32_t));
+	conv_ids = calloc((size_t) n, sizeof(int64_t));
+	tokens = calloc((size_t) n, sizeof(char *));
+
+	for (int lo = 0; lo < n; lo += chunk)
+	{
+		int			hi = lo + chunk < n ? lo + chunk : n;
+
+		snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
+		snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+		p[0] = a;
+		p[1] = b;
+		res = exec_ok(conn,
+					  "SELECT g, chat.register_device(g, 'bench') FROM"
+					  " (SELECT g, chat.upsert_user(g, 'bench_' || g) FROM generate_series($1::bigint, $2::bigint) g) s"
+					  " ORDER BY g", 2, p);
+		for (int i = 0; i < PQntuples(res); i++)
+		{
+			int64_t		uid = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+			int			k = (int) (uid - opt.user_base);
+
+			user_ids[k] = uid;
+			device_ids[k] = atoi(PQgetvalue(res, i, 1));
+		}
+		PQclear(res);
+	}
+
+	if (opt.scenario == SC_DIRECT || opt.scenario == SC_STORM)
+	{
+		for (int lo = 0; lo + 1 < n; lo += chunk)
+		{
+			int			hi = lo + chunk < n ? lo + chunk : n;
+
+			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
+			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+			p[0] = a;
+			p[1] = b;
+			res = exec_ok(conn,
+						  "SELECT g, chat.direct_conversation(g, g + 1) FROM generate_series($1::bigint, $2::bigint) g"
+						  " WHERE (g - $1::bigint) % 2 = 0 AND g + 1 <= $2::bigint", 2, p);
+			for (int i = 0; i < PQntuples(res); i++)
+			{
+				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base);
+
+				conv_ids[k] = conv_ids[k + 1] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+			}
+			PQclear(res);
+		}
+	}
+	else if (opt.scenario == SC_GROUP)
+	{
+		for (int lo = 0; lo < n; lo += opt.group_size)
+		{
+			int			hi = lo + opt.group_size < n ? lo + opt.group_size : n;
+			int64_t		cid;
+
+			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
+			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+			snprintf(c, sizeof(c), "bench group %d", lo / opt.group_size);
+			p[0] = a;
+			p[1] = b;
+			p[2] = c;
+			res = exec_ok(conn,
+						  "SELECT chat.create_group($1::bigint, $3,"
+						  " ARRAY(SELECT generate_series($1::bigint + 1, $2::bigint)))", 3, p);
+			cid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+			PQclear(res);
+			for (int k = lo; k < hi; k++)
+				conv_ids[k] = cid;
+		}
+	}
+
+	/* Tokens: sign locally when our signing matches the database's. */
+	if (opt.secret_file)
+	{
+		FILE	   *f = fopen(opt.secret_file, "r");
+
+		if (!f)
+			die("cannot read %s: %s", opt.secret_file, strerror(errno));
+		secret_len = fread(secret, 1, sizeof(secret) - 1, f);
+		fclose(f);
+		while (secret_len && isspace((unsigned char) secret[secret_len - 1]))
+			secret_len--;
+		secret[secret_len] = '\0';
+		snprintf(a, sizeof(a), "%" PRId64, user_ids[0]);
+		snprintf(b, sizeof(b), "%d", device_ids[0]);
+		p[0] = a;
+		p[1] = b;
+		res = PQexecParams(conn, "SELECT chat.issue_token($1::bigint, $2::int)", 2, NULL, p, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && !local_signing_matches(PQgetvalue(res, 0, 0)))
+		{
+			fprintf(stderr, "chat-load: local HS256 signing does not match chat.issue_token; using the database\n");
+			db_tokens = 1;
+		}
+		PQclear(res);
+	}
+	else
+		db_tokens = 1;
+
+	if (db_tokens)
+	{
+		for (int lo = 0; lo < n; lo += chunk)
+		{
+			int			hi = lo + chunk < n ? lo + chunk : n;
+
+			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
+			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+			p[0] = a;
+			p[1] = b;
+			res = exec_ok(conn,
+						  "SELECT d.user_id, chat.issue_token(d.user_id, d.device_id, '4 hours')"
+						  " FROM chat.devices d WHERE d.user_id BETWEEN $1::bigint AND $2::bigint"
+						  " AND d.platform = 'bench' ORDER BY d.user_id, d.device_id DESC", 2, p);
+			for (int i = 0; i < PQntuples(res); i++)
+			{
+				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base);
+
+				if (!tokens[k])
+					tokens[k] = strdup(PQgetvalue(res, i, 1));
+			}
+			PQclear(res);
+		}
+	}
+	else
+	{
+		int64_t		exp = time(NULL) + 4 * 3600;
+
+		for (int k = 0; k < n; k++)
+			tokens[k] = sign_token(user_ids[k], device_ids[k], exp);
+	}
+	for (int k = 0; k < n; k++)
+		if (!tokens[k] || !user_ids[k])
+			die("setup: client %d has no user or token", k);
+	PQfinish(conn);
+	if (opt.verbose)
+		fprintf(stderr, "chat-load: setup of %d clients took %.1f s (%s tokens)\n",
+				n, (double) (mono_us() - t0) / 1e6, db_tokens ? "database" : "local");
+}
+
+/* ---------- the client side (runs in each child) ---------- */
+
+struct txbuf {
+	struct txbuf *next;
+	size_t		len;
+	unsigned char data[];		/* LWS_PRE headroom, then the frame */
+};
+
+struct pending_send {
+	uint64_t	counter;
+	int64_t		sent_ns;		/* body timestamp, kept across retries */
+	int64_t		req_ns;			/* when this attempt went out */
+};
+
+enum cstate { C_IDLE, C_CONNECTING, C_OPEN, C_READY };
+
+struct client {
+	struct lws *wsi;
+	int			idx;			/* global index */
+	enum cstate state;
+	int			sender;
+	int			attempts;		/* consecutive failed connects */
+	int			needs_resync;	/* disconnected after the run started */
+	int			close_code;
+	int			syncing;
+	int64_t		reconnect_at_us;
+	struct txbuf *txq, *txq_tail;
+	/* reassembly of fragmented frames */
+	char	   *rx;
+	size_t		rx_len, rx_cap;
+	/* stored seqs of the client's conversation: bit per seq */
+	uint8_t    *seen;
+	int64_t		seen_cap;		/* in seqs */
+	int64_t		contig;			/* highest contiguous stored seq */
+	int64_t		acked;
+	/* sends */
+	uint64_t	next_counter;
+	struct pending_send *pend;
+	int			npend, pend_cap;
+};
+
+static struct lws_context *ctx;
+static struct client *clients;
+static int my_proc, my_lo, my_hi;
+static struct proc_stats *me;
+static lws_sorted_usec_list_t tick_sul;
+static int64_t proc_start_us, launched, sends_done;
+static int *sender_list, nsenders, send_cursor;
+static int reconnect_pending;
+
+static void client_connect(struct client *c);
+
+/* Queues a frame for the writeable callback. */
+static void
+client_queue(struct client *c, const char *s, size_t len)
+{
+	struct txbuf *t;
+
+	if (!c->wsi || c->state < C_OPEN)
+		return;
+	t = malloc(sizeof(*t) + LWS_PRE + len);
+	t->next = NULL;
+	t->len = len;
+	memcpy(t->data + LWS_PRE, s, len);
+	if (c->txq_tail)
+		c->txq_tail->next = t;
+	else
+		c->txq = t;
+	c->txq_tail = t;
+	lws_callback_on_writable(c->wsi);
+}
+
+static void
+client_flush_txq(struct client *c)
+{
+	while (c->txq)
+	{
+		struct txbuf *t = c->txq;
+
+		c->txq = t->next;
+		free(t);
+	}
+	c->txq_tail = NULL;
+}
+
+/* Marks seq stored; returns 1 when it was new. */
+static int
+client_store(struct client *c, int64_t seq)
+{
+	if (seq <= 0)
+		return 0;
+	if (seq >= c->seen_cap)
+	{
+		int64_t		ncap = c->seen_cap ? c->seen_cap : 256;
+
+		while (ncap <= seq)
+			ncap *= 2;
+		c->seen = realloc(c->seen, (size_t) ncap / 8);
+		memset(c->seen + c->seen_cap / 8, 0, (size_t) (ncap - c->seen_cap) / 8);
+		c->seen_cap = ncap;
+	}
+	if (c->seen[seq >> 3] & (1 << (seq & 7)))
+		return 0;
+	c->seen[seq >> 3] |= (uint8_t) (1 << (seq & 7));
+	while (c->contig + 1 < c->seen_cap && (c->seen[(c->contig + 1) >> 3] & (1 << ((c->contig + 1) & 7))))
+		c->contig++;
+	return 1;
+}
+
+/* A bench message arrived (live or by sync): dedupe by seq, record latency. */
+static void
+client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, const char *body, int live)
+{
+	int64_t		now = real_ns();
+	int			fresh;
+
+	if (conv != conv_ids[c->idx])
+	{
+		me->other_events++;
+		return;
+	}
+	fresh = client_store(c, seq);
+	if (sender == user_ids[c->idx])
+		return;					/* our own message, e.g. from sync */
+	if (!body || body[0] != 't')
+		return;					/* a system message */
+	if (!fresh)
+	{
+		results[c->idx].dups++;
+		me->dup_events++;
+		return;
+	}
+	results[c->idx].got++;
+	hist_add(me->hist, now - strtoll(body + 1, NULL, 10));
+	atomic_fetch_add_explicit(&me->deliveries, 1, memory_order_relaxed);
+	if (atomic_load(&shm->phase) == PH_RUN)
+		atomic_fetch_add_explicit(&me->deliveries_in_window, 1, memory_order_relaxed);
+	atomic_store_explicit(&me->last_delivery_us, mono_us(), memory_order_relaxed);
+	(void) live;
+}
+
+/* Finds "key": in s and parses the integer after it; 0 when absent. */
+static int64_t
+json_int_after(const char *s, const char *key)
+{
+	const char *p = strstr(s, key);
+
+	if (!p)
+		return 0;
+	p += strlen(key);
+	while (*p == ' ')
+		p++;
+	if (*p == '"')
+		p++;
+	return strtoll(p, NULL, 10);
+}
+
+static void
+client_send_sync(struct client *c)
+{
+	char		buf[96];
+	int			n = snprintf(buf, sizeof(buf), "{\"id\":\"y%d\",\"type\":\"sync\",\"limit\":500}", c->idx);
+
+	c->syncing = 1;
+	client_queue(c, buf, (size_t) n);
+}
+
+static void
+client_send_ack(struct client *c)
+{
+	char		buf[160];
+	int			n;
+
+	if (c->contig <= c->acked || c->state < C_OPEN)
+		return;
+	n = snprintf(buf, sizeof(buf),
+				 "{\"id\":\"a%d\",\"type\":\"ack\",\"conversation\":%" PRId64 ",\"seq\":%" PRId64 "}",
+				 c->idx, conv_ids[c->idx], c->contig);
+	client_queue(c, buf, (size_t) n);
+	c->acked = c->contig;
+}
+
+/* Sends one message frame for pending entry p. */
+static void
+client_send_frame(struct client *c, struct pending_send *p)
+{
+	char		buf[256];
+	int			n;
+
+	p->req_ns = real_ns();
+	n = snprintf(buf, sizeof(buf),
+				 "{\"id\":%" PRIu64 ",\"type\":\"send\",\"conversation\":%" PRId64
+				 ",\"body\":\"t%" PRId64 " bench\",\"client_msg_id\":\"b%" PRId64 "_%d_%" PRIu64 "\"}",
+				 p->counter, conv_ids[c->idx], p->sent_ns, opt.user_base, c->idx, p->counter);
+	client_queue(c, buf, (size_t) n);
+}
+
+/* Starts a new message (counted as one send; retries reuse its id). */
+static void
+client_new_send(struct client *c)
+{
+	struct pending_send *p;
+
+	if (c->npend == c->pend_cap)
+	{
+		c->pend_cap = c->pend_cap ? c->pend_cap * 2 : 8;
+		c->pend = realloc(c->pend, (size_t) c->pend_cap * sizeof(*p));
+	}
+	p = &c->pend[c->npend++];
+	p->counter = ++c->next_counter;
+	p->sent_ns = real_ns();
+	me->sends++;
+	atomic_fetch_add(&me->outstanding, 1);
+	client_send_frame(c, p);
+}
+
+/* The client finished its (re)connect sync: it is ready to run. */
+static void
+client_became_ready(struct client *c)
+{
+	c->syncing = 0;
+	if (c->state == C_READY)
+		return;
+	c->state = C_READY;
+	atomic_fetch_add(&me->ready, 1);
+	if (c->needs_resync)
+	{
+		c->needs_resync = 0;
+		atomic_fetch_add(&me->resynced, 1);
+	}
+	/* Duty 6: retry unanswered sends with the same client_msg_id. */
+	for (int i = 0; i < c->npend; i++)
+		client_send_frame(c, &c->pend[i]);
+	/* Closed loop: fill the window. */
+	if (c->sender && opt.rate <= 0 && atomic_load(&shm->phase) == PH_RUN)
+		while (c->npend < opt.window)
+			client_new_send(c);
+}
+
+/* Handles a response frame (has an id). */
+static void
+client_response(struct client *c, const char *frame, size_t len)
+{
+	json_error_t err;
+	json_t	   *root = json_loadb(frame, len, 0, &err), *id, *type, *result;
+	const char *t;
+
+	if (!root)
+	{
+		me->other_events++;
+		return;
+	}
+	id = json_object_get(root, "id");
+	type = json_object_get(root, "type");
+	result = json_object_get(root, "result");
+	t = json_string_value(type);
+	if (json_is_integer(id))
+	{
+		uint64_t	counter = (uint64_t) json_integer_value(id);
+
+		for (int i = 0; i < c->npend; i++)
+		{
+			if (c->pend[i].counter != counter)
+				continue;
+			if (t && !strcmp(t, "ok"))
+			{
+				int64_t		seq = json_integer_value(json_object_get(result, "seq"));
+
+				hist_add(me->rtt, real_ns() - c->pend[i].req_ns);
+				me->sends_ok++;
+				if (atomic_load(&shm->phase) == PH_RUN)
+					me->sends_ok_in_window++;
+				if (json_is_true(json_object_get(result, "duplicate")))
+					me->duplicate_results++;
+				client_store(c, seq);
+				c->pend[i] = c->pend[--c->npend];
+				atomic_fetch_sub(&me->outstanding, 1);
+				if (c->sender && opt.rate <= 0 && atomic_load(&shm->phase) == PH_RUN)
+					client_new_send(c);
+			}
+			else
+			{
+				/* rate limited or failed: count it, retry on the next tick */
+				me->send_errors++;
+				if (opt.verbose > 1)
+					fprintf(stderr, "send error: %.*s\n", (int) len, frame);
+				client_send_frame(c, &c->pend[i]);
+			}
+			break;
+		}
+	}
+	else if (json_is_string(id) && json_string_value(id)[0] == 'y')
+	{
+		json_t	   *msgs = json_object_get(result, "messages"), *m;
+		size_t		i;
+
+		if (!t || strcmp(t, "ok"))
+		{
+			me->other_events++;
+			if (opt.verbose)
+				fprintf(stderr, "sync error: %.*s\n", (int) len, frame);
+			client_became_ready(c);
+		}
+		else
+		{
+			json_array_foreach(msgs, i, m)
+			{
+				client_got_message(c,
+								   json_integer_value(json_object_get(m, "conversation")),
+								   json_integer_value(json_object_get(m, "seq")),
+								   json_integer_value(json_object_get(m, "sender")),
+								   json_string_value(json_object_get(m, "body")), 0);
+			}
+			if (json_is_true(json_object_get(result, "more")))
+			{
+				client_send_ack(c);
+				client_send_sync(c);
+			}
+			else
+			{
+				if (opt.ack_interval_ms > 0)
+					client_send_ack(c);
+				client_became_ready(c);
+			}
+		}
+	}
+	json_decref(root);
+}
+
+/* Handles one complete text frame. */
+static void
+client_frame(struct client *c, const char *frame, size_t len)
+{
+	const char *p;
+
+	/* Events carry no id; only responses do (PROTOCOL.md). */
+	if (!memmem(frame, len, "\"id\":", 5))
+	{
+		if (memmem(frame, len, "\"type\":\"message\"", 16) || memmem(frame, len, "\"type\": \"message\"", 17))
+		{
+			char		tmp[512];
+			const char *s = frame;
+
+			if (len < sizeof(tmp))
+			{
+				memcpy(tmp, frame, len);
+				tmp[len] = '\0';
+				s = tmp;
+			}
+			p = strstr(s, "\"body\":");
+			if (p)
+			{
+				p += 7;
+				while (*p == ' ')
+					p++;
+				if (*p == '"')
+					p++;
+				else
+					p = NULL;
+			}
+			client_got_message(c, json_int_after(s, "\"conversation\":"), json_int_after(s, "\"seq\":"),
+							   json_int_after(s, "\"sender\":"), p, 1);
+			return;
+		}
+		if (memmem(frame, len, "\"type\":\"hello\"", 14) || memmem(frame, len, "\"type\": \"hello\"", 15))
+		{
+			if (opt.sync_on_connect || c->needs_resync)
+				client_send_sync(c);
+			else
+				client_became_ready(c);
+			return;
+		}
+		if (memmem(frame, len, "\"type\":\"resync\"", 15) || memmem(frame, len, "\"type\": \"resync\"", 16))
+		{
+			me->resyncs_asked++;
+			if (!c->syncing)
+				client_send_sync(c);
+			return;
+		}
+		me->other_events++;
+		return;
+	}
+	client_response(c, frame, len);
+}
+
+static int
+close_slot(int code)
+{
+	for (int i = 0; i < LOAD_NCODES; i++)
+	{
+		if (close_codes[i] == code)
+			return i;
+		if (close_codes[i] == 0)
+			return i;
+	}
+	return LOAD_NCODES - 1;
+}
+
+/* Connection gone: count the close, schedule a reconnect when still running. */
+static void
+client_lost(struct client *c, int code)
+{
+	int			ph = atomic_load(&shm->phase);
+
+	if (c->state >= C_OPEN)
+		atomic_fetch_sub(&me->opened, 1);
+	if (c->state == C_READY)
+		atomic_fetch_sub(&me->ready, 1);
+	me->closes[close_slot(code)]++;
+	c->wsi = NULL;
+	c->state = C_IDLE;
+	c->syncing = 0;
+	c->acked = 0;			/* the cursor may have moved less than we sent */
+	client_flush_txq(c);
+	free(c->rx);
+	c->rx = NULL;
+	c->rx_len = c->rx_cap = 0;
+	if (ph >= PH_REPORT)
+		return;
+	if (ph >= PH_RUN)
+		c->needs_resync = 1;
+	/* Exponential backoff with full jitter: base 0.5 s, cap 30 s. */
+	{
+		int64_t		cap = 500000LL << (c->attempts < 6 ? c->attempts : 6);
+
+		if (cap > 30000000)
+			cap = 30000000;
+		c->reconnect_at_us = mono_us() + (int64_t) (rng() % (uint64_t) cap);
+		c->attempts++;
+		reconnect_pending++;
+	}
+}
+
+static int
+callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+	struct client *c = (struct client *) lws_get_opaque_user_data(wsi);
+
+	(void) user;
+	switch (reason)
+	{
+		case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+			if (!c)
+				break;
+			me->connect_errors++;
+			if (opt.verbose > 1)
+				fprintf(stderr, "connect error %d: %s\n", c->idx, in ? (char *) in : "");
+			c->state = C_IDLE;
+			client_lost(c, -1);
+			break;
+		case LWS_CALLBACK_CLIENT_ESTABLISHED:
+			if (!c)
+				break;
+			c->state = C_OPEN;
+			c->close_code = 1006;
+			c->attempts = 0;
+			{
+				int64_t		now = mono_us();
+				int64_t		n = atomic_fetch_add(&me->opened, 1);
+
+				if (!me->first_open_us)
+					me->first_open_us = now;
+				me->last_open_us = now;
+				(void) n;
+			}
+			if (c->needs_resync)
+				atomic_fetch_add(&me->reconnected, 1);
+			break;
+		case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+			if (c && len >= 2)
+				c->close_code = ((unsigned char *) in)[0] << 8 | ((unsigned char *) in)[1];
+			break;
+		case LWS_CALLBACK_CLIENT_CLOSED:
+			if (c)
+				client_lost(c, c->close_code ? c->close_code : 1006);
+			break;
+		case LWS_CALLBACK_CLIENT_RECEIVE:
+			if (!c)
+				break;
+			if (lws_is_first_fragment(wsi) && lws_is_final_fragment(wsi) && !c->rx_len)
+			{
+				client_frame(c, in, len);
+				break;
+			}
+			if (c->rx_len + len + 1 > c->rx_cap)
+			{
+				c->rx_cap = (c->rx_len + len + 1) * 2;
+				c->rx = realloc(c->rx, c->rx_cap);
+			}
+			memcpy(c->rx + c->rx_len, in, len);
+			c->rx_len += len;
+			if (lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi))
+			{
+				client_frame(c, c->rx, c->rx_len);
+				c->rx_len = 0;
+			}
+			break;
+		case LWS_CALLBACK_CLIENT_WRITEABLE:
+			if (!c || !c->txq)
+				break;
+			{
+				struct txbuf *t = c->txq;
+
+				c->txq = t->next;
+				if (!c->txq)
+					c->txq_tail = NULL;
+				if (lws_write(wsi, t->data + LWS_PRE, t->len, LWS_WRITE_TEXT) < (int) t->len)
+				{
+					free(t);
+					return -1;
+				}
+				free(t);
+				if (c->txq)
+					lws_callback_on_writable(wsi);
+			}
+			break;
+		default:
+			break;
+	}
+	return 0;
+}
+
+static const struct lws_protocols protocols[] = {
+	{"chat.v1", callback_chat, 0, 4096, 0, NULL, 0},
+	{NULL, NULL, 0, 0, 0, NULL, 0}
+};
+
+static void
+client_connect(struct client *c)
+{
+	struct lws_client_connect_info ci;
+	char		path[1024];
+
+	memset(&ci, 0, sizeof(ci));
+	snprintf(path, sizeof(path), "%s?token=%s", opt.path, tokens[c->idx]);
+	ci.context = ctx;
+	ci.address = opt.host;
+	ci.port = opt.port;
+	ci.path = path;
+	ci.host = opt.host;
+	ci.origin = opt.host;
+	ci.protocol = "chat.v1";
+	ci.opaque_user_data = c;
+	ci.pwsi = &c->wsi;
+	c->state = C_CONNECTING;
+	c->close_code = 0;
+	launched++;
+	atomic_fetch_add_explicit(&me->connect_launched, 1, memory_order_relaxed);
+	if (!lws_client_connect_via_info(&ci) && c->state == C_CONNECTING)
+	{
+		/* failed before any callback */
+		me->connect_errors++;
+		c->wsi = NULL;
+		c->state = C_IDLE;
+		client_lost(c, -1);
+	}
+}
+
+/* Every millisecond: connect ramp, reconnects, sends, acks, phase changes. */
+static void
+tick(lws_sorted_usec_list_t *sul)
+{
+	int64_t		now = mono_us();
+	int			ph = atomic_load(&shm->phase);
+	int			n = my_hi - my_lo;
+	static int64_t last_ack_us, run_start_us;
+	static int	last_ph = PH_CONNECT;
+
+	(void) sul;
+	/* Initial ramp at this process's share of --connect-rate. */
+	if (launched < n && ph == PH_CONNECT)
+	{
+		double		per_proc = (double) opt.connect_rate / opt.procs;
+		int64_t		due = (int64_t) ((double) (now - proc_start_us) / 1e6 * per_proc) + 1;
+
+		while (launched < due && launched < n)
+		{
+			struct client *c = &clients[launched];
+
+			if (c->state == C_IDLE && !c->reconnect_at_us)
+				client_connect(c);
+			else
+				launched++;
+		}
+	}
+	if (reconnect_pending)
+	{
+		reconnect_pending = 0;
+		for (int i = 0; i < n; i++)
+		{
+			struct client *c = &clients[i];
+
+			if (c->state != C_IDLE || !c->reconnect_at_us)
+				continue;
+			if (c->reconnect_at_us <= now)
+			{
+				c->reconnect_at_us = 0;
+				client_connect(c);
+			}
+			else
+				reconnect_pending++;
+		}
+	}
+	if (ph == PH_RUN && last_ph != PH_RUN)
+	{
+		run_start_us = now;
+		if (opt.rate <= 0)
+			for (int i = 0; i < nsenders; i++)
+			{
+				struct client *c = &clients[sender_list[i]];
+
+				if (c->state == C_READY)
+					while (c->npend < opt.window)
+						client_new_send(c);
+			}
+	}
+	last_ph = ph;
+	/* Open loop: this process's share of --rate, round robin over senders. */
+	if (ph == PH_RUN && opt.rate > 0 && nsenders)
+	{
+		double		per_proc = opt.rate * nsenders / (double) (opt.scenario == SC_GROUP ?
+																(opt.clients + opt.group_size - 1) / opt.group_size : opt.clients);
+		int64_t		due = (int64_t) ((double) (now - run_start_us) / 1e6 * per_proc);
+		int			guard = 0;
+
+		while (sends_done < due && guard < 100000)
+		{
+			struct client *c = &clients[sender_list[send_cursor]];
+
+			send_cursor = (send_cursor + 1) % nsenders;
+			sends_done++;
+			guard++;
+			if (c->state == C_READY)
+				client_new_send(c);
+		}
+	}
+	/* Batched acks. */
+	if (opt.ack_interval_ms > 0 && ph >= PH_RUN && now - last_ack_us >= opt.ack_interval_ms * 1000)
+	{
+		last_ack_us = now;
+		for (int i = 0; i < n; i++)
+			if (clients[i].state == C_READY)
+				client_send_ack(&clients[i]);
+	}
+	if (ph != PH_REPORT)
+		lws_sul_schedule(ctx, 0, &tick_sul, tick, 1000);
+}
+
+/* Body of a child process: runs clients [lo, hi) until the report phase. */
+static void
+child_main(int proc, int lo, int hi)
+{
+	struct lws_context_creation_info info;
+	int			n = hi - lo;
+
+	my_proc = proc;
+	my_lo = lo;
+	my_hi = hi;
+	me = &shm->ps[proc];
+	rng_state ^= (uint64_t) (proc + 1) * 0x9E3779B97F4A7C15ULL ^ (uint64_t) getpid();
+	lws_set_log_level(opt.verbose > 2 ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR, NULL);
+
+	memset(&info, 0, sizeof(info));
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.gid = -1;
+	info.uid = -1;
+	info.fd_limit_per_thread = (unsigned int) n + 64;
+	info.timeout_secs = 10;
+	ctx = lws_create_context(&info);
+	if (!ctx)
+		die("proc %d: lws_create_context failed", proc);
+
+	clients = calloc((size_t) n, sizeof(struct client));
+	sender_list = calloc((size_t) n, sizeof(int));
+	for (int i = 0; i < n; i++)
+	{
+		struct client *c = &clients[i];
+		int			g = lo + i;
+
+		c->idx = g;
+		switch (opt.scenario)
+		{
+			case SC_DIRECT:
+			case SC_STORM:
+				c->sender = conv_ids[g] != 0;
+				break;
+			case SC_GROUP:
+				c->sender = g % opt.group_size == 0 && g + 1 < opt.clients;
+				break;
+			default:
+				c->sender = 0;
+		}
+		if (c->sender)
+			sender_list[nsenders++] = i;
+	}
+	/* Shuffle senders so the open-loop round robin spreads over conversations. */
+	for (int i = nsenders - 1; i > 0; i--)
+	{
+		int			j = (int) (rng() % (uint64_t) (i + 1)), t = sender_list[i];
+
+		sender_list[i] = sender_list[j];
+		sender_list[j] = t;
+	}
+	proc_start_us = mono_us();
+	lws_sul_schedule(ctx, 0, &tick_sul, tick, 1000);
+	while (atomic_load(&shm->phase) != PH_REPORT)
+		if (lws_service(ctx, 0) < 0)
+			break;
+	lws_context_destroy(ctx);
+	_exit(0);
+}
+
+/* ---------- the parent: phases, gateway memory, report ---------- */
+
+/* Sum of VmRSS (KiB) of pid and its descendants; 0 when pid is gone. */
+static long
+rss_tree_kib(long pid, int *nprocs)
+{
+	char		path[64], line[256];
+	FILE	   *f;
+	long		kib = 0;
+
+	snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+	if (!(f = fopen(path, "r")))
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			kib = atol(line + 6);
+	fclose(f);
+	(*nprocs)++;
+	/* children of every thread */
+	snprintf(path, sizeof(path), "/proc/%ld/task", pid);
+	{
+		char		cmd[128];
+		FILE	   *p;
+
+		snprintf(cmd, sizeof(cmd), "cat /proc/%ld/task/*/children 2>/dev/null", pid);
+		if ((p = popen(cmd, "r")))
+		{
+			long		child;
+
+			while (fscanf(p, "%ld", &child) == 1)
+				kib += rss_tree_kib(child, nprocs);
+			pclose(p);
+		}
+	}
+	return kib;
+}
+
+static int64_t
+sum_field(size_t offset)
+{
+	int64_t		s = 0;
+
+	for (int i = 0; i < opt.procs; i++)
+		s += *(int64_t *) ((char *) &shm->ps[i] + offset);
+	return s;
+}
+#define SUM(field) sum_field(offsetof(struct proc_stats, field))
+
+static pid_t children[LOAD_MAX_PROCS];
+
+static void
+kill_children(void)
+{
+	for (int i = 0; i < opt.procs; i++)
+		if (children[i] > 0)
+			kill(children[i], SIGKILL);
+}
+
+static void
+on_alarm(int sig)
+{
+	(void) sig;
+	kill_children();
+	_exit(3);
+}
+
+static void
+on_term(int sig)
+{
+	(void) sig;
+	atomic_store(&shm->phase, PH_REPORT);
+}
+
+static void
+usage(void)
+{
+	fprintf(stderr,
+			"usage: chat-load --dsn DSN --url ws://127.0.0.1:PORT/ws --scenario idle|direct|group|storm\n"
+			"  [--clients N] [--procs P] [--source-ips 127.0.0.1-127.0.0.8|N] [--connect-rate R]\n"
+			"  [--rate MSGS_PER_S (0: closed loop)] [--window W] [--group-size G] [--duration S]\n"
+			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
+			"  [--ack-interval MS] [--no-sync] [--user-base ID] [--label NAME] [--json] [-v]\n");
+	exit(2);
+}
+
+static void
+parse_url(const char *url)
+{
+	const char *p;
+	char		host[64];
+
+	if (strncmp(url, "ws://", 5))
+		die("--url must be ws://HOST:PORT/PATH");
+	p = url + 5;
+	if (sscanf(p, "%63[^:/]:%d", host, &opt.port) != 2)
+		die("--url needs host and port");
+	snprintf(opt.host, sizeof(opt.host), "%s", host);
+	p = strchr(p, '/');
+	snprintf(opt.path, sizeof(opt.path), "%s", p ? p : "/ws");
+	if (strcmp(opt.host, "localhost"))
+	{
+		struct in_addr a;
+
+		if (inet_pton(AF_INET, opt.host, &a) != 1 || (ntohl(a.s_addr) >> 24) != 127)
+			die("--url: only loopback targets are allowed");
+	}
+	else
+		snprintf(opt.host, sizeof(opt.host), "127.0.0.1");
+	dst_port_be = htons((uint16_t) opt.port);
+}
+
+/* Counts from the database for the loss check: per client, what it should have. */
+static void
+check_database(int64_t *expected_total, int64_t *stored_total, int64_t *db_dups, int64_t *lost, int64_t *dup_deliv)
+{
+	PGconn	   *conn = PQconnectdb(opt.dsn);
+	PGresult   *res;
+	char		a[32], b[32];
+	const char *p[2];
+	int64_t		lo_conv = INT64_MAX, hi_conv = 0;
+
+	*expected_total = *stored_total = *db_dups = *lost = *dup_deliv = 0;
+	if (PQstatus(conn) != CONNECTION_OK)
+		die("cannot connect for the final check: %s", PQerrorMessage(conn));
+	for (int k = 0; k < opt.clients; k++)
+		if (conv_ids[k])
+		{
+			if (conv_ids[k] < lo_conv)
+				lo_conv = conv_ids[k];
+			if (conv_ids[k] > hi_conv)
+				hi_conv = conv_ids[k];
+		}
+	if (!hi_conv)
+	{
+		PQfinish(conn);
+		return;
+	}
+	snprintf(a, sizeof(a), "%" PRId64, lo_conv);
+	snprintf(b, sizeof(b), "%" PRId64, hi_conv);
+	p[0] = a;
+	p[1] = b;
+	/* Bench messages per (conversation, sender); the body marks them. */
+	res = exec_ok(conn,
+				  "SELECT conversation_id, sender_id, count(*), count(DISTINCT client_msg_id)"
+				  " FROM chat.messages WHERE conversation_id BETWEEN $1::bigint AND $2::bigint"
+				  " AND kind = 'text' AND body LIKE 't% bench' GROUP BY 1, 2 ORDER BY 1, 2", 2, p);
+	{
+		/* per conversation: total bench messages; per sender: own count */
+		int			rows = PQntuples(res);
+		int64_t    *rc = malloc(sizeof(int64_t) * (size_t) (rows + 1));
+		int64_t    *rs = malloc(sizeof(int64_t) * (size_t) (rows + 1));
+		int64_t    *rn = malloc(sizeof(int64_t) * (size_t) (rows + 1));
+
+		for (int i = 0; i < rows; i++)
+		{
+			rc[i] = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+			rs[i] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+			rn[i] = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+			*stored_total += rn[i];
+			*db_dups += rn[i] - strtoll(PQgetvalue(res, i, 3), NULL, 10);
+		}
+		for (int k = 0; k < opt.clients; k++)
+		{
+			int64_t		want = 0;
+
+			if (!conv_ids[k])
+				continue;
+			for (int i = 0; i < rows; i++)	/* rows are few per conversation */
+			{
+				if (rc[i] != conv_ids[k])
+					continue;
+				if (rs[i] != user_ids[k])
+					want += rn[i];
+			}
+			*expected_total += want;
+			if (results[k].got < want)
+				*lost += want - results[k].got;
+			*dup_deliv += results[k].dups;
+		}
+		free(rc);
+		free(rs);
+		free(rn);
+	}
+	PQclear(res);
+	PQfinish(conn);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{"dsn", 1, 0, 'd'}, {"url", 1, 0, 'u'}, {"clients", 1, 0, 'c'}, {"procs", 1, 0, 'P'},
+		{"source-ips", 1, 0, 'S'}, {"connect-rate", 1, 0, 'C'}, {"scenario", 1, 0, 's'},
+		{"rate", 1, 0, 'r'}, {"window", 1, 0, 'W'}, {"group-size", 1, 0, 'g'},
+		{"duration", 1, 0, 't'}, {"token-secret-file", 1, 0, 'k'}, {"gateway-pid", 1, 0, 'p'},
+		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
+		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
+		{"label", 1, 0, 'l'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+		{0, 0, 0, 0}
+	};
+	int			ch, n;
+	int64_t		t_connect_start, t_all_ready = 0, t_go, t_stop, t_end;
+	long		rss0 = 0, rss1 = 0, rss_peak = 0;
+	int			gw_procs0 = 0, gw_procs1 = 0;
+	double		storm_reconnect_s = -1, storm_synced_s = -1;
+	int64_t		ready_at_restart = 0;
+	int			restart_rc = -1;
+
+	opt.clients = 100;
+	opt.connect_rate = 2000;
+	opt.group_size = 256;
+	opt.duration = 10;
+	opt.window = 4;
+	opt.rate = -1;
+	opt.sync_on_connect = 1;
+	opt.ack_interval_ms = -1;
+	opt.drain_max = 10;
+	opt.restart_at = -1;
+	opt.scenario = SC_DIRECT;
+	snprintf(opt.label, sizeof(opt.label), "gateway");
+	while ((ch = getopt_long(argc, argv, "vh", longopts, NULL)) != -1)
+	{
+		switch (ch)
+		{
+			case 'd': opt.dsn = optarg; break;
+			case 'u': opt.url = optarg; break;
+			case 'c': opt.clients = atoi(optarg); break;
+			case 'P': opt.procs = atoi(optarg); break;
+			case 'S': opt.source_ips_arg = optarg; break;
+			case 'C': opt.connect_rate = atoi(optarg); break;
+			case 's':
+				for (n = 0; n < 4; n++)
+					if (!strcmp(optarg, scenario_names[n]))
+						break;
+				if (n == 4)
+					die("unknown scenario %s", optarg);
+				opt.scenario = (enum scenario) n;
+				break;
+			case 'r': opt.rate = atof(optarg); break;
+			case 'W': opt.window = atoi(optarg); break;
+			case 'g': opt.group_size = atoi(optarg); break;
+			case 't': opt.duration = atoi(optarg); break;
+			case 'k': opt.secret_file = optarg; break;
+			case 'p': opt.gateway_pid = atol(optarg); break;
+			case 'R': opt.restart_cmd = optarg; break;
+			case 'A': opt.restart_at = atof(optarg); break;
+			case 'a': opt.ack_interval_ms = atoi(optarg); break;
+			case 'N': opt.sync_on_connect = 0; break;
+			case 'b': opt.user_base = strtoll(optarg, NULL, 10); break;
+			case 'j': opt.json = 1; break;
+			case 'l': snprintf(opt.label, sizeof(opt.label), "%s", optarg); break;
+			case 'D': opt.drain_max = atoi(optarg); break;
+			case 'v': opt.verbose++; break;
+			default: usage();
+		}
+	}
+	if (!opt.dsn || !opt.url)
+		usage();
+	parse_url(opt.url);
+	parse_source_ips(opt.source_ips_arg);
+	if (opt.clients < 1 || opt.clients > LOAD_MAX_CLIENTS)
+		die("--clients must be 1..%d", LOAD_MAX_CLIENTS);
+	if (opt.duration < 1 || opt.duration > LOAD_MAX_DURATION)
+		die("--duration must be 1..%d s", LOAD_MAX_DURATION);
+	if (opt.group_size < 2)
+		die("--group-size must be at least 2");
+	if (opt.connect_rate < 1)
+		die("--connect-rate must be positive");
+	if (!opt.procs)
+		opt.procs = (opt.clients + 14999) / 15000;
+	if (opt.procs < 1 || opt.procs > LOAD_MAX_PROCS || (opt.clients + opt.procs - 1) / opt.procs > LOAD_MAX_PER_PROC)
+		die("--procs: each process holds at most %d clients, at most %d processes", LOAD_MAX_PER_PROC, LOAD_MAX_PROCS);
+	if (opt.rate < 0)
+		opt.rate = opt.scenario == SC_DIRECT ? 2000 : opt.scenario == SC_STORM ? 200 : 0;
+	if (opt.ack_interval_ms < 0)
+		opt.ack_interval_ms = opt.scenario == SC_STORM ? 1000 : 0;
+	if (opt.scenario == SC_STORM && opt.restart_at < 0)
+		opt.restart_at = opt.duration / 3.0;
+	if (opt.scenario == SC_STORM && !opt.restart_cmd && !opt.gateway_pid)
+		die("storm needs --restart-cmd (or --gateway-pid to send SIGTERM)");
+	if (opt.clients > 28000 && !src_count)
+		fprintf(stderr, "chat-load: warning: %d clients from one source address may exhaust ports; use --source-ips\n",
+				opt.clients);
+	if (!opt.user_base)
+		opt.user_base = ((int64_t) time(NULL) % 1000000) * 1000000 + (int64_t) (getpid() % 100) * 10000000000LL;
+
+	setup_database();
+
+	shm = mmap(NULL, sizeof(struct shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	results = mmap(NULL, sizeof(struct client_result) * (size_t) opt.clients, PROT_READ | PROT_WRITE,
+				   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (shm == MAP_FAILED || results == MAP_FAILED)
+		die("mmap: %s", strerror(errno));
+	memset(shm, 0, sizeof(*shm));
+
+	if (opt.gateway_pid)
+	{
+		rss0 = rss_tree_kib(opt.gateway_pid, &gw_procs0);
+		if (!rss0)
+			fprintf(stderr, "chat-load: warning: no process %ld\n", opt.gateway_pid);
+	}
+
+	signal(SIGALRM, on_alarm);
+	signal(SIGINT, on_term);
+	signal(SIGTERM, on_term);
+	alarm((unsigned) (opt.duration + opt.drain_max + 120 + opt.clients / opt.connect_rate * 2));
+
+	t_connect_start = mono_us();
+	for (int i = 0; i < opt.procs; i++)
+	{
+		int			lo = (int) ((int64_t) opt.clients * i / opt.procs);
+		int			hi = (int) ((int64_t) opt.clients * (i + 1) / opt.procs);
+		pid_t		pid = fork();
+
+		if (pid < 0)
+			die("fork: %s", strerror(errno));
+		if (pid == 0)
+		{
+			signal(SIGALRM, SIG_DFL);
+			signal(SIGINT, SIG_IGN);
+			signal(SIGTERM, SIG_DFL);
+			child_main(i, lo, hi);
+		}
+		children[i] = pid;
+	}
+
+	/* Connect phase: until every client is ready, or the ramp plus 30 s. */
+	{
+		int64_t		limit = t_connect_start + (int64_t) ((double) opt.clients / opt.connect_rate * 1e6) + 30000000;
+		int64_t		last_print = 0;
+
+		while (atomic_load(&shm->phase) == PH_CONNECT)
+		{
+			int64_t		now = mono_us(), ready = SUM(ready);
+
+			if (ready >= opt.clients)
+			{
+				t_all_ready = now;
+				break;
+			}
+			if (now > limit)
+			{
+				fprintf(stderr, "chat-load: only %" PRId64 " of %d clients ready after %.1f s\n",
+						ready, opt.clients, (double) (now - t_connect_start) / 1e6);
+				break;
+			}
+			if (opt.verbose && now - last_print > 2000000)
+			{
+				last_print = now;
+				fprintf(stderr, "chat-load: %" PRId64 " open, %" PRId64 " ready\n", SUM(opened), ready);
+			}
+			usleep(5000);
+		}
+	}
+	if (opt.gateway_pid && opt.scenario == SC_IDLE)
+	{
+		usleep(1000000);		/* let the gateway settle its buffers */
+		rss1 = rss_tree_kib(opt.gateway_pid, &gw_procs1);
+		rss_peak = rss1;
+	}
+	t_go = mono_us();
+	atomic_store(&shm->go_us, t_go);
+	if (atomic_load(&shm->phase) == PH_CONNECT)
+		atomic_store(&shm->phase, PH_RUN);
+
+	/* Run phase. */
+	{
+		int64_t		end = t_go + (int64_t) opt.duration * 1000000;
+		int64_t		restart_t = opt.scenario == SC_STORM ? t_go + (int64_t) (opt.restart_at * 1e6) : INT64_MAX;
+		int64_t		t_restart = 0;
+
+		while (atomic_load(&shm->phase) == PH_RUN)
+		{
+			int64_t		now = mono_us();
+
+			if (now >= restart_t && !t_restart)
+			{
+				ready_at_restart = SUM(ready);
+				t_restart = mono_us();
+				atomic_store(&shm->restart_us, t_restart);
+				if (opt.restart_cmd)
+					restart_rc = system(opt.restart_cmd);
+				else
+					restart_rc = kill((pid_t) opt.gateway_pid, SIGTERM);
+			}
+			if (t_restart && storm_synced_s < 0)
+			{
+				int64_t		reconn = SUM(reconnected), resynced = SUM(resynced);
+
+				if (reconn >= ready_at_restart && storm_reconnect_s < 0)
+					storm_reconnect_s = (double) (mono_us() - t_restart) / 1e6;
+				if (resynced >= ready_at_restart)
+				{
+					storm_synced_s = (double) (mono_us() - t_restart) / 1e6;
+					if (storm_reconnect_s < 0)
+						storm_reconnect_s = storm_synced_s;
+				}
+				/* a storm run lasts until every client is back, up to 60 s more */
+				if (now >= end && now < end + 60000000)
+				{
+					usleep(2000);
+					continue;
+				}
+			}
+			if (now >= end)
+				break;
+			if (opt.gateway_pid && opt.scenario == SC_IDLE)
+			{
+				static int64_t last_sample;
+
+				if (now - last_sample > 1000000)
+				{
+					int			np = 0;
+					long		r = rss_tree_kib(opt.gateway_pid, &np);
+
+					last_sample = now;
+					if (r > rss_peak)
+						rss_peak = r;
+				}
+			}
+			usleep(2000);
+		}
+	}
+	t_stop = mono_us();
+	atomic_store(&shm->stop_us, t_stop);
+	if (atomic_load(&shm->phase) == PH_RUN)
+		atomic_store(&shm->phase, PH_DRAIN);
+
+	/* Drain: until no delivery for 1 s and no send outstanding, or --drain s. */
+	if (opt.scenario != SC_IDLE)
+	{
+		int64_t		limit = t_stop + (int64_t) opt.drain_max * 1000000;
+
+		while (mono_us() < limit && atomic_load(&shm->phase) == PH_DRAIN)
+		{
+			int64_t		last = 0;
+
+			for (int i = 0; i < opt.procs; i++)
+				if (shm->ps[i].last_delivery_us > last)
+					last = shm->ps[i].last_delivery_us;
+			if (SUM(outstanding) == 0 && mono_us() - (last > t_stop ? last : t_stop) > 1000000)
+				break;
+			usleep(20000);
+		}
+	}
+	t_end = mono_us();
+	atomic_store(&shm->phase, PH_REPORT);
+	for (int i = 0; i < opt.procs; i++)
+	{
+		int			st;
+		int			waited = 0;
+
+		while (waitpid(children[i], &st, WNOHANG) == 0 && waited < 500)
+		{
+			usleep(10000);
+			waited++;
+		}
+		if (waited >= 500)
+			kill(children[i], SIGKILL), waitpid(children[i], &st, 0);
+		children[i] = 0;
+	}
+	alarm(0);
+
+	/* ---- report ---- */
+	{
+		static uint64_t hist[LOAD_HBUCKETS], rtt[LOAD_HBUCKETS];
+		int64_t		closes[LOAD_NCODES] = {0};
+		int64_t		expected = 0, stored = 0, db_dups = 0, lost = 0, dup_deliv = 0;
+		double		run_s = (double) (t_stop - t_go) / 1e6;
+		double		connect_s = t_all_ready ? (double) (t_all_ready - t_connect_start) / 1e6 : -1;
+		int64_t		first_open = INT64_MAX, last_open = 0;
+		int64_t		sends = SUM(sends), ok = SUM(sends_ok), okw = SUM(sends_ok_in_window);
+		int64_t		deliv = SUM(deliveries), delivw = SUM(deliveries_in_window);
+		int64_t		outstanding = SUM(outstanding);
+		double		connect_rate;
+		double		q[6] = {0.5, 0.9, 0.99, 0.999, 1.0, 0}, lat[6], rt[6];
+		static const char *const qn[5] = {"p50", "p90", "p99", "p99_9", "max"};
+		double		rss_per_conn = -1, rss_total_per_conn = -1;
+		int			first;
+
+		for (int i = 0; i < opt.procs; i++)
+		{
+			for (int j = 0; j < LOAD_HBUCKETS; j++)
+			{
+				hist[j] += shm->ps[i].hist[j];
+				rtt[j] += shm->ps[i].rtt[j];
+			}
+			for (int j = 0; j < LOAD_NCODES; j++)
+				closes[j] += shm->ps[i].closes[j];
+			if (shm->ps[i].first_open_us && shm->ps[i].first_open_us < first_open)
+				first_open = shm->ps[i].first_open_us;
+			if (shm->ps[i].last_open_us > last_open)
+				last_open = shm->ps[i].last_open_us;
+		}
+		connect_rate = last_open > first_open ? (double) opt.clients / ((double) (last_open - t_connect_start) / 1e6) : 0;
+		for (int i = 0; i < 5; i++)
+		{
+			lat[i] = hist_quantile(hist, q[i]) / 1e6;
+			rt[i] = hist_quantile(rtt, q[i]) / 1e6;
+		}
+		if (opt.scenario != SC_IDLE)
+			check_database(&expected, &stored, &db_dups, &lost, &dup_deliv);
+		if (rss1 && opt.clients)
+		{
+			rss_per_conn = (double) (rss1 - rss0) * 1024.0 / opt.clients;
+			rss_total_per_conn = (double) rss1 * 1024.0 / opt.clients;
+		}
+
+		if (!opt.json)
+		{
+			printf("chat-load %s: %s, %d clients in %d procs, %s, %.0f s run\n", opt.label,
+				   scenario_names[opt.scenario], opt.clients, opt.procs, opt.url, run_s);
+			printf("  connect     %" PRId64 " open, all ready in %.2f s (%.0f conn/s), %" PRId64 " connect errors\n",
+				   SUM(opened), connect_s, connect_rate, SUM(connect_errors));
+			if (opt.scenario != SC_IDLE)
+			{
+				printf("  sends       %" PRId64 " sent, %" PRId64 " ok (%.0f/s), %" PRId64 " errors, %" PRId64 " unanswered, %" PRId64 " duplicate results\n",
+					   sends, ok, okw / run_s, SUM(send_errors), outstanding, SUM(duplicate_results));
+				printf("  deliveries  %" PRId64 " (%.0f/s in the run window)\n", deliv, delivw / run_s);
+				printf("  latency ms  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (%" PRIu64 " samples)\n",
+					   lat[0], lat[1], lat[2], lat[3], lat[4], hist_total(hist));
+				printf("  send rtt ms p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
+					   rt[0], rt[1], rt[2], rt[3], rt[4]);
+				printf("  check       %" PRId64 " stored, %" PRId64 " expected deliveries, %" PRId64 " lost, %" PRId64 " duplicate deliveries dropped, %" PRId64 " duplicates in the table\n",
+					   stored, expected, lost, dup_deliv, db_dups);
+			}
+			if (opt.scenario == SC_STORM)
+				printf("  storm       restart rc %d; %" PRId64 " clients back in %.2f s, synced in %.2f s\n",
+					   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
+			if (rss1)
+				printf("  gateway rss %ld KiB -> %ld KiB (peak %ld) over %d procs: %.0f B/conn growth, %.0f B/conn total\n",
+					   rss0, rss1, rss_peak, gw_procs1, rss_per_conn, rss_total_per_conn);
+			printf("  closes     ");
+			for (int j = 0; j < LOAD_NCODES; j++)
+			{
+				if (!closes[j])
+					continue;
+				if (close_codes[j] == -1)
+					printf(" connect_error:%" PRId64, closes[j]);
+				else if (close_codes[j] == 0)
+					printf(" other:%" PRId64, closes[j]);
+				else
+					printf(" %d:%" PRId64, close_codes[j], closes[j]);
+			}
+			printf("\n");
+		}
+		else
+		{
+			printf("{\"label\":\"%s\",\"scenario\":\"%s\",\"clients\":%d,\"procs\":%d,\"url\":\"%s\",\"duration_s\":%.3f,",
+				   opt.label, scenario_names[opt.scenario], opt.clients, opt.procs, opt.url, run_s);
+			printf("\"rate_target\":%.1f,\"group_size\":%d,\"window\":%d,", opt.rate, opt.group_size, opt.window);
+			printf("\"connect\":{\"open\":%" PRId64 ",\"ready_s\":%.3f,\"rate\":%.1f,\"errors\":%" PRId64 "},",
+				   SUM(opened), connect_s, connect_rate, SUM(connect_errors));
+			printf("\"sends\":%" PRId64 ",\"sends_ok\":%" PRId64 ",\"sends_per_s\":%.1f,\"send_errors\":%" PRId64 ",\"unanswered\":%" PRId64 ",\"duplicate_results\":%" PRId64 ",",
+				   sends, ok, okw / run_s, SUM(send_errors), outstanding, SUM(duplicate_results));
+			printf("\"deliveries\":%" PRId64 ",\"deliveries_per_s\":%.1f,", deliv, delivw / run_s);
+			printf("\"latency_ms\":{");
+			for (int i = 0; i < 5; i++)
+				printf("%s\"%s\":%.4f", i ? "," : "", qn[i], lat[i]);
+			printf(",\"samples\":%" PRIu64 "},\"send_rtt_ms\":{", hist_total(hist));
+			for (int i = 0; i < 5; i++)
+				printf("%s\"%s\":%.4f", i ? "," : "", qn[i], rt[i]);
+			printf("},\"check\":{\"stored\":%" PRId64 ",\"expected\":%" PRId64 ",\"lost\":%" PRId64 ",\"duplicate_deliveries\":%" PRId64 ",\"table_duplicates\":%" PRId64 "},",
+				   stored, expected, lost, dup_deliv, db_dups);
+			printf("\"storm\":{\"restart_rc\":%d,\"clients\":%" PRId64 ",\"reconnected_s\":%.3f,\"synced_s\":%.3f},",
+				   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
+			printf("\"gateway_rss\":{\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",
+				   gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn);
+			printf("\"closes\":{");
+			first = 1;
+			for (int j = 0; j < LOAD_NCODES; j++)
+			{
+				if (!closes[j])
+					continue;
+				if (close_codes[j] == -1)
+					printf("%s\"connect_error\":%" PRId64, first ? "" : ",", closes[j]);
+				else if (close_codes[j] == 0)
+					printf("%s\"other\":%" PRId64, first ? "" : ",", closes[j]);
+				else
+					printf("%s\"%d\":%" PRId64, first ? "" : ",", close_codes[j], closes[j]);
+				first = 0;
+			}
+			printf("},\"latency_cdf\":[");
+			{
+				uint64_t	tot = hist_total(hist), acc = 0;
+
+				first = 1;
+				for (int j = 0; j < LOAD_HBUCKETS; j++)
+				{
+					if (!hist[j])
+						continue;
+					acc += hist[j];
+					printf("%s[%.4f,%.6f]", first ? "" : ",", hist_value(j) / 1e6, (double) acc / (double) tot);
+					first = 0;
+				}
+			}
+			printf("]}\n");
+		}
+		(void) t_end;
+		return (lost || db_dups) ? 1 : 0;
+	}
+}
