@@ -39,7 +39,11 @@ async function spread() {
 }
 
 test('two workers, one port, each its own node; messages cross workers', async () => {
-  const nodes = (await rows(DB, `SELECT node FROM chat.nodes WHERE node LIKE '${gw.node}\\_%' ORDER BY 1`)).map((r) => r.node);
+  let nodes = [];
+  for (let i = 0; i < 50 && nodes.length < 2; i++) {
+    nodes = (await rows(DB, `SELECT node FROM chat.nodes WHERE node LIKE '${gw.node}\\_%' ORDER BY 1`)).map((r) => r.node);
+    if (nodes.length < 2) await sleep(100);
+  }
   assert.deepEqual(nodes, [`${gw.node}_0`, `${gw.node}_1`], 'both worker nodes registered');
   const byNode = await spread();
   assert.deepEqual(Object.keys(byNode).sort(), [`${gw.node}_0`, `${gw.node}_1`], 'clients landed on both workers (SO_REUSEPORT)');

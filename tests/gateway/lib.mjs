@@ -256,9 +256,10 @@ const clients = new Set();
 
 // A WebSocket client speaking chat.v1: requests by id, frames collected.
 export class Client {
-  constructor(ws, label) {
+  constructor(ws, label, onFrame) {
     this.ws = ws;
     this.label = label;
+    this.onFrame = onFrame;
     this.frames = [];      // every parsed text frame, in arrival order
     this.pending = new Map();
     this.nextId = 1;
@@ -281,6 +282,7 @@ export class Client {
       let f;
       try { f = JSON.parse(data.toString('utf8')); } catch { f = { unparsable: data.toString('utf8'), binary: isBinary }; }
       this.frames.push(f);
+      if (this.onFrame) this.onFrame(f);
       if (f && f.id !== undefined && f.id !== null && this.pending.has(f.id) && (f.type === 'ok' || f.type === 'error' || f.type === 'pong')) {
         const p = this.pending.get(f.id);
         this.pending.delete(f.id);
@@ -293,10 +295,10 @@ export class Client {
   // Opens a connection.  token: in the query; auth: token sent as a first
   // frame; hello: wait for (and check) the hello frame.  Resolves the Client
   // once open (and hello arrived); rejects if the connection fails or closes.
-  static async connect(gw, { token: tok, auth, hello = true, label = 'client', timeout = 5000, protocol = 'chat.v1', url } = {}) {
+  static async connect(gw, { token: tok, auth, hello = true, label = 'client', timeout = 5000, protocol = 'chat.v1', url, onFrame } = {}) {
     url = url ?? (typeof gw === 'string' ? gw : gw.wsUrl(tok));
     const ws = new WebSocket(url, protocol ? [protocol] : [], { handshakeTimeout: ms(timeout), perMessageDeflate: false });
-    const c = new Client(ws, label);
+    const c = new Client(ws, label, onFrame);
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => { ws.terminate(); reject(new Error(`${label}: open timed out (${url})`)); }, ms(timeout));
       ws.once('open', () => { clearTimeout(t); resolve(); });
@@ -449,10 +451,9 @@ export class DutifulClient {
     let attempt = 0;
     for (let i = 0; i < 1000 && !this.stopped; i++) {
       try {
-        this.c = await Client.connect(this.url(), { label: this.label, timeout: 3000 });
+        this.c = await Client.connect(this.url(), { label: this.label, timeout: 3000, onFrame: (f) => this.onFrame(f) });
         this.connects++;
         attempt = 0;
-        this.c.ws.on('message', (data) => this.onFrame(data));
         await this.syncAll();
         this.flushSends();
         await this.c.closed;
@@ -466,10 +467,8 @@ export class DutifulClient {
     }
   }
 
-  onFrame(data) {
-    let f;
-    try { f = JSON.parse(data.toString('utf8')); } catch { return; }
-    if (f.id !== undefined && f.id !== null) return;
+  onFrame(f) {
+    if (!f || f.id !== undefined && f.id !== null) return;
     if (f.type === 'message') { this.received++; this.storeMessage(f); this.scheduleAck(); }
     else if (f.type === 'resync') this.syncAll().catch((e) => this.errors.push(String(e.message)));
   }
