@@ -10,6 +10,7 @@ CREATE TABLE chat.users (
     presence_privacy text NOT NULL DEFAULT 'everyone'
                      CHECK (presence_privacy IN ('everyone', 'peers', 'nobody')),
     last_seen        timestamptz,
+    last_device_id   integer NOT NULL DEFAULT 0,  -- device ids are never reused
     created_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX users_handle_key ON chat.users (lower(handle));
@@ -24,6 +25,8 @@ CREATE TABLE chat.devices (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, device_id)
 );
+-- A push token belongs to one app install: registering it again moves it.
+CREATE INDEX devices_push_token_idx ON chat.devices (push_token) WHERE push_token IS NOT NULL;
 
 CREATE SEQUENCE chat.conversations_id_seq;
 -- A conversation: kind direct (exactly two members, one per pair) or group.
@@ -45,6 +48,7 @@ CREATE UNIQUE INDEX conversations_direct_key ON chat.conversations (direct_low, 
     WHERE kind = 'direct';
 
 -- Membership with per-member watermarks.  left_at set = no longer a member.
+-- A member sees the messages after joined_seq; delivered_seq >= read_seq.
 CREATE TABLE chat.members (
     conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
     user_id         bigint NOT NULL REFERENCES chat.users ON DELETE CASCADE,
@@ -57,7 +61,8 @@ CREATE TABLE chat.members (
     left_at         timestamptz,
     PRIMARY KEY (conversation_id, user_id)
 );
-CREATE INDEX members_user_idx ON chat.members (user_id) INCLUDE (conversation_id) WHERE left_at IS NULL;
+-- A user's current conversations in id order (chat list, sync).
+CREATE INDEX members_user_idx ON chat.members (user_id, conversation_id) WHERE left_at IS NULL;
 
 -- Messages keyed by (conversation_id, seq): seq is gapless per conversation.
 CREATE TABLE chat.messages (

@@ -1,0 +1,381 @@
+/*
+ * send.c: chat.send_message, the hottest path of the system, and the body
+ * rules it shares with chat.edit_message.
+ *
+ * One send is four statements on saved SPI plans, in this order:
+ *
+ *   1. lock the conversation row (FOR NO KEY UPDATE) and read last_seq;
+ *   2. check the sender's membership (a fresh snapshot, taken after the lock,
+ *      so a removal that committed while we waited is seen);
+ *   3. insert the message at last_seq + 1, ON CONFLICT DO NOTHING on
+ *      (conversation, sender, client_msg_id);
+ *   4. only when the insert happened: store last_seq + 1 and last_activity
+ *      and advance the sender's watermarks, in one statement.
+ *
+ * Every insert into chat.messages happens under the conversation row lock,
+ * so the seq is allocated exactly when a row is written: seqs stay gapless
+ * and a retry that lost the race to its own first attempt finds that row and
+ * returns it with duplicate = true, burning nothing.  Under REPEATABLE READ
+ * a concurrent sender makes step 1 fail with a serialization error, never a
+ * gap or a second row.
+ */
+#include "chat.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(chat_send_message);
+PG_FUNCTION_INFO_V1(chat_check_body);
+
+/* Longest client_msg_id accepted, in bytes. */
+#define CHAT_MAX_CLIENT_MSG_ID_BYTES 128
+
+/* Saved plans, prepared on first use in each backend. */
+static SPIPlanPtr lock_plan;
+static SPIPlanPtr member_plan;
+static SPIPlanPtr insert_plan;
+static SPIPlanPtr duplicate_plan;
+static SPIPlanPtr advance_plan;
+static SPIPlanPtr user_plan;
+static SPIPlanPtr receipt_plan;
+
+/* Prepares sql with the given argument types and keeps it for the session. */
+static SPIPlanPtr
+PrepareSaved(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+/* Prepares the plans of the send path once per backend. */
+static void
+PrepareSendPlans(void)
+{
+	Oid			lock_types[1] = {INT8OID};
+	Oid			member_types[3] = {INT8OID, INT8OID, INT4OID};
+	Oid			insert_types[8] = {INT8OID, INT8OID, INT8OID, INT4OID,
+	TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID};
+	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
+	Oid			advance_types[4] = {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID};
+	Oid			user_types[1] = {INT8OID};
+	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
+
+	if (receipt_plan != NULL)
+		return;
+	lock_plan = PrepareSaved(
+		"SELECT last_seq FROM chat.conversations WHERE id = $1 FOR NO KEY UPDATE",
+		1, lock_types);
+	member_plan = PrepareSaved(
+		"SELECT m.delivered_seq, m.read_seq,"
+		"       $3 IS NULL OR EXISTS (SELECT FROM chat.devices d"
+		"                             WHERE d.user_id = $2 AND d.device_id = $3)"
+		"  FROM chat.members m"
+		" WHERE m.conversation_id = $1 AND m.user_id = $2 AND m.left_at IS NULL",
+		3, member_types);
+	insert_plan = PrepareSaved(
+		"INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
+		"                           kind, body, client_msg_id, reply_to, created_at)"
+		" VALUES ($1, $2, $3, $4, 'text', $5, $6, $7, $8)"
+		" ON CONFLICT (conversation_id, sender_id, client_msg_id)"
+		"   WHERE client_msg_id IS NOT NULL DO NOTHING"
+		" RETURNING seq",
+		8, insert_types);
+	duplicate_plan = PrepareSaved(
+		"SELECT seq, created_at FROM chat.messages"
+		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
+		3, duplicate_types);
+	advance_plan = PrepareSaved(
+		"WITH c AS (UPDATE chat.conversations SET last_seq = $2, last_activity = $4"
+		"            WHERE id = $1)"
+		" UPDATE chat.members"
+		"    SET delivered_seq = GREATEST(delivered_seq, $2),"
+		"        read_seq = GREATEST(read_seq, $2)"
+		"  WHERE conversation_id = $1 AND user_id = $3",
+		4, advance_types);
+	user_plan = PrepareSaved(
+		"SELECT FROM chat.users WHERE id = $1", 1, user_types);
+	receipt_plan = PrepareSaved(
+		"SELECT chat.fanout_receipt($1, $2, $3, $4, 'read')", 4, receipt_types);
+}
+
+/* Raises 22023/22001 unless body is a non-empty text within chat.max_body_bytes. */
+static void
+CheckBody(text *body)
+{
+	int			bytes;
+
+	if (body == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message body must not be null")));
+	bytes = VARSIZE_ANY_EXHDR(body);
+	if (bytes == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message body must not be empty")));
+	if (bytes > chat_max_body_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("message body of %d bytes exceeds chat.max_body_bytes (%d)",
+						bytes, chat_max_body_bytes),
+				 errhint("Split the message or send a reference to an attachment.")));
+}
+
+/* chat.check_body(body text): the body rules, for edit_message. */
+Datum
+chat_check_body(PG_FUNCTION_ARGS)
+{
+	CheckBody(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	PG_RETURN_VOID();
+}
+
+/* Reads an int8 column of the current SPI result row. */
+static int64
+SpiInt64(int row, int col, bool *isnull)
+{
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
+									   SPI_tuptable->tupdesc, col, isnull));
+}
+
+/*
+ * Raises the error for a sender without an active membership: P0002 when the
+ * user does not exist, 42501 otherwise.
+ */
+static void
+RaiseNotMember(int64 sender, int64 conversation_id)
+{
+	Datum		args[1] = {Int64GetDatum(sender)};
+
+	if (SPI_execute_plan(user_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "chat: user lookup failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("user " INT64_FORMAT " does not exist", sender),
+				 errhint("Create it with chat.upsert_user.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("user " INT64_FORMAT " is not a member of conversation " INT64_FORMAT,
+					sender, conversation_id)));
+}
+
+/*
+ * Looks up an earlier send of (conversation, sender, client_msg_id); returns
+ * true and its seq and created_at when there is one.
+ */
+static bool
+FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
+			  int64 *seq, TimestampTz *created_at)
+{
+	Datum		args[3] = {Int64GetDatum(conversation_id), Int64GetDatum(sender),
+	PointerGetDatum(client_msg_id)};
+	bool		isnull;
+
+	if (SPI_execute_plan(duplicate_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "chat: duplicate lookup failed");
+	if (SPI_processed == 0)
+		return false;
+	*seq = SpiInt64(0, 1, &isnull);
+	*created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
+}
+
+/*
+ * chat.send_message(sender, conversation_id, body, client_msg_id, reply_to,
+ * sender_device) RETURNS TABLE(conversation_id, seq, created_at, duplicate)
+ */
+Datum
+chat_send_message(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		sender;
+	int64		conversation_id;
+	text	   *body;
+	text	   *client_msg_id = NULL;
+	int64		reply_to = 0;
+	int32		sender_device = 0;
+	int64		last_seq;
+	int64		seq;
+	int64		old_read = 0;
+	TimestampTz created_at;
+	bool		duplicate = false;
+	bool		isnull;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("sender must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("conversation_id must not be null")));
+	sender = PG_GETARG_INT64(0);
+	conversation_id = PG_GETARG_INT64(1);
+	body = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	CheckBody(body);
+	if (!PG_ARGISNULL(3))
+	{
+		int			bytes;
+
+		client_msg_id = PG_GETARG_TEXT_PP(3);
+		bytes = VARSIZE_ANY_EXHDR(client_msg_id);
+		if (bytes == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("client_msg_id must not be empty"),
+					 errhint("Pass NULL to send without idempotency.")));
+		if (bytes > CHAT_MAX_CLIENT_MSG_ID_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+					 errmsg("client_msg_id of %d bytes exceeds %d bytes",
+							bytes, CHAT_MAX_CLIENT_MSG_ID_BYTES)));
+	}
+	if (!PG_ARGISNULL(4))
+		reply_to = PG_GETARG_INT64(4);
+	if (!PG_ARGISNULL(5))
+		sender_device = PG_GETARG_INT32(5);
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "chat: SPI_connect failed");
+	PrepareSendPlans();
+
+	/* 1. The conversation row lock serialises seq allocation. */
+	{
+		Datum		args[1] = {Int64GetDatum(conversation_id)};
+
+		if (SPI_execute_plan(lock_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "chat: conversation lock failed");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("conversation " INT64_FORMAT " does not exist",
+							conversation_id)));
+		last_seq = SpiInt64(0, 1, &isnull);
+	}
+
+	/* 2. Membership, the old read watermark, and the sending device. */
+	{
+		Datum		args[3] = {Int64GetDatum(conversation_id), Int64GetDatum(sender),
+		Int32GetDatum(sender_device)};
+		char		argnulls[3] = {' ', ' ', sender_device == 0 ? 'n' : ' '};
+
+		if (SPI_execute_plan(member_plan, args, argnulls, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "chat: membership lookup failed");
+		if (SPI_processed == 0)
+		{
+			/* A retry of a send made before leaving still gets its answer. */
+			if (client_msg_id == NULL ||
+				!FindDuplicate(conversation_id, sender, client_msg_id, &seq, &created_at))
+				RaiseNotMember(sender, conversation_id);
+			duplicate = true;
+		}
+		else
+		{
+			old_read = SpiInt64(0, 2, &isnull);
+			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 3, &isnull)))
+				ereport(ERROR,
+						(errcode(ERRCODE_NO_DATA_FOUND),
+						 errmsg("device %d of user " INT64_FORMAT " does not exist",
+								sender_device, sender),
+						 errhint("Register it with chat.register_device.")));
+		}
+	}
+
+	if (!duplicate && reply_to != 0 && (reply_to < 1 || reply_to > last_seq))
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("message " INT64_FORMAT " does not exist in conversation " INT64_FORMAT,
+						reply_to, conversation_id),
+				 errhint("reply_to is the seq of an earlier message of the conversation.")));
+
+	/* 3. The row; a conflict means an earlier send of this client_msg_id. */
+	if (!duplicate)
+	{
+		Datum		args[8];
+		char		argnulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+		seq = last_seq + 1;
+		created_at = GetCurrentTimestamp();
+		args[0] = Int64GetDatum(conversation_id);
+		args[1] = Int64GetDatum(seq);
+		args[2] = Int64GetDatum(sender);
+		args[3] = Int32GetDatum(sender_device);
+		argnulls[3] = sender_device == 0 ? 'n' : ' ';
+		args[4] = PointerGetDatum(body);
+		args[5] = PointerGetDatum(client_msg_id);
+		argnulls[5] = client_msg_id == NULL ? 'n' : ' ';
+		args[6] = Int64GetDatum(reply_to);
+		argnulls[6] = reply_to == 0 ? 'n' : ' ';
+		args[7] = TimestampTzGetDatum(created_at);
+		if (SPI_execute_plan(insert_plan, args, argnulls, false, 1) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "chat: message insert failed");
+		if (SPI_processed == 0)
+		{
+			if (!FindDuplicate(conversation_id, sender, client_msg_id, &seq, &created_at))
+				elog(ERROR, "chat: conflicting message of client_msg_id not found");
+			duplicate = true;
+		}
+	}
+
+	/* 4. Allocate the seq for good and move the sender's watermarks. */
+	if (!duplicate)
+	{
+		Datum		args[4] = {Int64GetDatum(conversation_id), Int64GetDatum(seq),
+		Int64GetDatum(sender), TimestampTzGetDatum(created_at)};
+		ChatMessage msg;
+
+		if (SPI_execute_plan(advance_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "chat: seq allocation failed");
+
+		msg.conversation_id = conversation_id;
+		msg.seq = seq;
+		msg.sender_id = sender;
+		msg.sender_device = sender_device;
+		msg.kind = "text";
+		msg.body = text_to_cstring(body);
+		msg.client_msg_id = client_msg_id ? text_to_cstring(client_msg_id) : NULL;
+		msg.reply_to = reply_to;
+		msg.created_at = created_at;
+		FanoutMessage(&msg);
+
+		/*
+		 * Sending reads everything before it: read receipts to the senders of
+		 * the messages the sender had not read yet.  A read receipt implies
+		 * delivery, so no separate delivered receipt is sent.
+		 */
+		if (old_read < seq - 1)
+		{
+			Datum		rargs[4] = {Int64GetDatum(conversation_id), Int64GetDatum(sender),
+			Int64GetDatum(old_read), Int64GetDatum(seq)};
+
+			if (SPI_execute_plan(receipt_plan, rargs, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "chat: read receipt failed");
+		}
+	}
+
+	SPI_finish();
+
+	values[0] = Int64GetDatum(conversation_id);
+	values[1] = Int64GetDatum(seq);
+	values[2] = TimestampTzGetDatum(created_at);
+	values[3] = BoolGetDatum(duplicate);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}

@@ -1,0 +1,308 @@
+-- Messages (API.md "Messages"): the send path in C (send.c), reads, edits,
+-- tombstones, per-device sync and the delivered/read watermarks.
+--
+-- A member sees the messages after its joined_seq.  Page limits are 1..1000.
+
+CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
+                                  client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                                  sender_device integer DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_message';
+
+CREATE FUNCTION chat.check_body(body text)
+RETURNS void
+LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'chat_check_body';
+
+-- Edits the text of one's own message within chat.edit_window.
+CREATE FUNCTION chat.edit_message(actor bigint, conversation_id bigint, seq bigint, body text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := edit_message.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    window_length interval := current_setting('chat.edit_window')::interval;
+BEGIN
+    PERFORM chat.check_body(edit_message.body);
+    IF edit_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, conv);
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = conv AND seq = edit_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', edit_message.seq, conv
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.sender_id <> actor OR msg.kind = 'system' THEN
+        RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender edits a message.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is deleted', msg.seq, conv
+            USING ERRCODE = '55000';
+    END IF;
+    IF clock_timestamp() > msg.created_at + window_length THEN
+        RAISE EXCEPTION 'message % of conversation % is older than chat.edit_window (%)',
+            msg.seq, conv, current_setting('chat.edit_window')
+            USING ERRCODE = '55000', HINT = 'Send a new message instead.';
+    END IF;
+    UPDATE chat.messages SET body = edit_message.body, edited_at = clock_timestamp()
+     WHERE conversation_id = conv AND seq = msg.seq;
+    PERFORM chat.fanout_event(conv, NULL,
+        jsonb_build_object('type', 'edit', 'conversation', conv, 'seq', msg.seq,
+                           'body', edit_message.body));
+END
+$$;
+
+-- Deletes a message (its sender, or an owner/admin): a tombstone keeps the
+-- seq with body NULL and deleted_at set.  Deleting a tombstone does nothing.
+CREATE FUNCTION chat.delete_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := delete_message.conversation_id;
+    m chat.members;
+    msg chat.messages;
+BEGIN
+    IF delete_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, conv);
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = conv AND seq = delete_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', delete_message.seq, conv
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
+        RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin deletes a message.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RETURN;
+    END IF;
+    UPDATE chat.messages
+       SET body = NULL, mentions = NULL, attachments = NULL, deleted_at = clock_timestamp()
+     WHERE conversation_id = conv AND seq = msg.seq;
+    PERFORM chat.fanout_event(conv, NULL,
+        jsonb_build_object('type', 'delete', 'conversation', conv, 'seq', msg.seq));
+END
+$$;
+
+-- The lim messages just below before_seq (or the newest), ascending.
+CREATE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
+                             lim integer DEFAULT 50)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, history.conversation_id);
+    RETURN QUERY
+    SELECT * FROM (
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+          FROM chat.messages x
+         WHERE x.conversation_id = m.conversation_id
+           AND x.seq > m.joined_seq
+           AND x.seq < coalesce(before_seq, 9223372036854775807)
+         ORDER BY x.seq DESC
+         LIMIT lim) AS page
+     ORDER BY page.seq;
+END
+$$;
+
+-- Up to lim messages after after_seq, ascending (gap repair).
+CREATE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
+                                    lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, messages_after.conversation_id);
+    RETURN QUERY
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id
+       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
+     ORDER BY x.seq
+     LIMIT lim;
+END
+$$;
+
+-- One message (resolves events sent with "ref": true).
+CREATE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+    result chat.message_view;
+BEGIN
+    IF get_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, get_message.conversation_id);
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+      INTO result
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
+       AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN result;
+END
+$$;
+
+-- Everything after this device's acked_seq in every current conversation of
+-- the user, ordered by (conversation_id, seq), at most lim rows.  Walks the
+-- conversations that have news in id order and stops as soon as the page is
+-- full, so a device far behind costs one page, not its whole backlog.
+CREATE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    room integer := lim;
+    taken integer;
+    conv bigint;
+    from_seq bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    PERFORM chat.require_device(sync.user_id, sync.device_id);
+    FOR conv, from_seq IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+          FROM chat.members m
+          JOIN chat.conversations c ON c.id = m.conversation_id
+          LEFT JOIN chat.device_cursors dc
+                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
+                AND dc.conversation_id = m.conversation_id
+         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
+           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+         ORDER BY m.conversation_id
+    LOOP
+        RETURN QUERY
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+          FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq > from_seq
+         ORDER BY x.seq
+         LIMIT room;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+END
+$$;
+
+-- The device has stored everything up to seq: moves its cursor and the
+-- member's delivered_seq forward (never back) and sends delivery receipts.
+CREATE FUNCTION chat.ack(user_id bigint, device_id integer, conversation_id bigint, seq bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := ack.conversation_id;
+    reader bigint := ack.user_id;
+    upto bigint := ack.seq;
+    m chat.members;
+    conv_last bigint;
+BEGIN
+    IF upto IS NULL OR upto < 0 THEN
+        RAISE EXCEPTION 'seq % is not a valid ack', coalesce(upto::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM chat.require_device(reader, ack.device_id);
+    m := chat.require_member(reader, conv, true);
+    SELECT last_seq INTO conv_last FROM chat.conversations WHERE id = conv;
+    IF upto > conv_last THEN
+        RAISE EXCEPTION 'seq % is beyond the last seq % of conversation %', upto, conv_last, conv
+            USING ERRCODE = '22023', HINT = 'Ack only messages the device has received.';
+    END IF;
+    INSERT INTO chat.device_cursors AS dc (user_id, device_id, conversation_id, acked_seq)
+    VALUES (reader, ack.device_id, conv, upto)
+    ON CONFLICT (user_id, device_id, conversation_id) DO UPDATE
+       SET acked_seq = EXCLUDED.acked_seq
+     WHERE dc.acked_seq < EXCLUDED.acked_seq;
+    IF upto > m.delivered_seq THEN
+        UPDATE chat.members SET delivered_seq = upto
+         WHERE conversation_id = conv AND user_id = reader;
+        PERFORM chat.fanout_receipt(conv, reader, m.delivered_seq, upto, 'delivered');
+    END IF;
+END
+$$;
+
+-- The user has read everything up to seq (capped at last_seq): moves read_seq
+-- forward (and delivered_seq with it), sends read receipts to the senders of
+-- the covered messages and a read_state event to the user's other devices.
+CREATE FUNCTION chat.mark_read(user_id bigint, conversation_id bigint, seq bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := mark_read.conversation_id;
+    reader bigint := mark_read.user_id;
+    upto bigint;
+    m chat.members;
+BEGIN
+    IF mark_read.seq IS NULL OR mark_read.seq < 0 THEN
+        RAISE EXCEPTION 'seq % is not a valid read mark', coalesce(mark_read.seq::text, 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(reader, conv, true);
+    SELECT LEAST(mark_read.seq, c.last_seq) INTO upto FROM chat.conversations c WHERE c.id = conv;
+    IF upto <= m.read_seq THEN
+        RETURN;
+    END IF;
+    UPDATE chat.members SET read_seq = upto, delivered_seq = GREATEST(delivered_seq, upto)
+     WHERE conversation_id = conv AND user_id = reader;
+    PERFORM chat.fanout_receipt(conv, reader, m.read_seq, upto, 'read');
+    PERFORM chat.fanout_event(conv, ARRAY[reader],
+        jsonb_build_object('type', 'read_state', 'conversation', conv, 'read', upto));
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.check_body(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.delete_message(bigint, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.history(bigint, bigint, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.messages_after(bigint, bigint, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.get_message(bigint, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.sync(bigint, integer, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.ack(bigint, integer, bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.mark_read(bigint, bigint, bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) IS
+    'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
+COMMENT ON FUNCTION chat.check_body(text) IS
+    'internal: 22023 for a NULL or empty body, 22001 over chat.max_body_bytes';
+COMMENT ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) IS
+    'the sender edits a message within chat.edit_window';
+COMMENT ON FUNCTION chat.delete_message(bigint, bigint, bigint) IS
+    'the sender or an owner/admin deletes a message, leaving a tombstone';
+COMMENT ON FUNCTION chat.history(bigint, bigint, bigint, integer) IS
+    'the lim messages just below before_seq (or the newest), ascending seq';
+COMMENT ON FUNCTION chat.messages_after(bigint, bigint, bigint, integer) IS
+    'up to lim messages after after_seq, ascending seq (gap repair)';
+COMMENT ON FUNCTION chat.get_message(bigint, bigint, bigint) IS
+    'one message of a conversation the actor is a member of';
+COMMENT ON FUNCTION chat.sync(bigint, integer, integer) IS
+    'a page of everything after the device''s acked_seq, by (conversation_id, seq); ack, then call again';
+COMMENT ON FUNCTION chat.ack(bigint, integer, bigint, bigint) IS
+    'a device stored everything up to seq: moves its cursor and delivered_seq, sends delivery receipts';
+COMMENT ON FUNCTION chat.mark_read(bigint, bigint, bigint) IS
+    'the user read up to seq (capped at last_seq): moves read_seq, sends read receipts and read_state';
