@@ -1,34 +1,627 @@
 /*
- * fanout.c: routes events to gateway nodes with NOTIFY; push outbox.
- * PLACEHOLDER until the realtime layer lands (issue 3): notifies no one.
+ * fanout.c: routes events to gateway nodes and queues pushes for offline
+ * devices.
+ *
+ * An event goes to the online sessions of its recipients, grouped by node:
+ * one payload per node of the form "<user ids, comma separated>\n<json>",
+ * split into several payloads when the id list would push it past
+ * CHAT_NOTIFY_MAX bytes.  Sessions of nodes whose heartbeat is older than
+ * chat.node_timeout are offline.  Payloads go through notifier.c, which
+ * sends them only if the transaction commits.  The JSON of a message event
+ * is built here in one place (AppendMessageJson) for both notifications and
+ * the message objects of client_request results.
  */
 #include "chat.h"
+#include "realtime.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "executor/executor.h"
+
+/* Largest event (bytes) a push_outbox row carries inline; beyond: ref. */
+#define PUSH_PAYLOAD_MAX 4000
+
+/* Longest header entry: a bigint and its comma. */
+#define MAX_ID_TEXT 21
 
 PG_FUNCTION_INFO_V1(chat_fanout_event);
 PG_FUNCTION_INFO_V1(chat_fanout_receipt);
 PG_FUNCTION_INFO_V1(chat_fanout_message);
+PG_FUNCTION_INFO_V1(chat_message_json);
+PG_FUNCTION_INFO_V1(chat_json_timestamp);
 
+/* The online users of one node. */
+typedef struct NodeRoute
+{
+	char	   *node;
+	int64	   *users;
+	int			nusers;
+} NodeRoute;
+
+static SPIPlanPtr members_route_plan = NULL;
+static SPIPlanPtr users_route_plan = NULL;
+static SPIPlanPtr push_plan = NULL;
+static SPIPlanPtr senders_plan = NULL;
+static SPIPlanPtr message_plan = NULL;
+
+/* Prepares and keeps a plan (first use in the backend). */
+static SPIPlanPtr
+PreparePlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Appends ts as a JSON string "YYYY-MM-DDTHH:MM:SS.mmmZ" in UTC. */
+void
+AppendJsonTimestamp(StringInfo buf, TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+	{
+		appendStringInfoString(buf, "null");
+		return;
+	}
+	appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"",
+					 tm.tm_year, tm.tm_mon, tm.tm_mday,
+					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (fsec / 1000));
+}
+
+/* Appends a JSON string, or null; rejects invalid encoding first. */
+static void
+AppendJsonString(StringInfo buf, const char *s)
+{
+	if (s == NULL)
+	{
+		appendStringInfoString(buf, "null");
+		return;
+	}
+	(void) pg_verifymbstr(s, strlen(s), false);
+	escape_json(buf, s);
+}
+
+/*
+ * Appends the message event of msg: the one shape of a message for
+ * notifications and results.  With ref, the body is left out and
+ * "ref":true says to fetch it.  edited_at/deleted_at are 0 when unset.
+ */
+static void
+AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
+				  TimestampTz deleted_at, bool ref)
+{
+	appendStringInfo(buf, "{\"type\":\"message\",\"conversation\":" INT64_FORMAT
+					 ",\"seq\":" INT64_FORMAT ",\"sender\":" INT64_FORMAT ",\"sender_device\":",
+					 msg->conversation_id, msg->seq, msg->sender_id);
+	if (msg->sender_device > 0)
+		appendStringInfo(buf, "%d", msg->sender_device);
+	else
+		appendStringInfoString(buf, "null");
+	appendStringInfoString(buf, ",\"kind\":");
+	AppendJsonString(buf, msg->kind ? msg->kind : "text");
+	if (ref)
+		appendStringInfoString(buf, ",\"ref\":true");
+	else
+	{
+		appendStringInfoString(buf, ",\"body\":");
+		AppendJsonString(buf, msg->body);
+	}
+	appendStringInfoString(buf, ",\"client_msg_id\":");
+	AppendJsonString(buf, msg->client_msg_id);
+	appendStringInfoString(buf, ",\"reply_to\":");
+	if (msg->reply_to > 0)
+		appendStringInfo(buf, INT64_FORMAT, msg->reply_to);
+	else
+		appendStringInfoString(buf, "null");
+	appendStringInfoString(buf, ",\"created_at\":");
+	AppendJsonTimestamp(buf, msg->created_at);
+	if (edited_at != 0)
+	{
+		appendStringInfoString(buf, ",\"edited_at\":");
+		AppendJsonTimestamp(buf, edited_at);
+	}
+	if (deleted_at != 0)
+	{
+		appendStringInfoString(buf, ",\"deleted_at\":");
+		AppendJsonTimestamp(buf, deleted_at);
+	}
+	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * Finds the online sessions of the recipients, grouped by node: the given
+ * users, or (users == NULL) the current members of the conversation.
+ * Caller is connected to SPI; the result lives in the caller's context.
+ */
+static List *
+OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclude_user,
+			 MemoryContext cxt)
+{
+	Datum		args[2];
+	int			ret;
+	uint64		i;
+	List	   *routes = NIL;
+	NodeRoute  *cur = NULL;
+
+	if (users == NULL)
+	{
+		Oid			types[2] = {INT8OID, INT4OID};
+
+		PreparePlan(&members_route_plan,
+					"SELECT s.node, s.user_id FROM chat.members m"
+					" JOIN chat.sessions s ON s.user_id = m.user_id"
+					" JOIN chat.nodes n ON n.node = s.node"
+					" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
+					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
+					" GROUP BY 1, 2 ORDER BY 1, 2", 2, types);
+		args[0] = Int64GetDatum(conversation_id);
+		args[1] = Int32GetDatum(chat_node_timeout);
+		ret = SPI_execute_plan(members_route_plan, args, NULL, false, 0);
+	}
+	else
+	{
+		Oid			types[2] = {INT8ARRAYOID, INT4OID};
+		Datum	   *elems = palloc(sizeof(Datum) * Max(nusers, 1));
+		int			j;
+
+		for (j = 0; j < nusers; j++)
+			elems[j] = Int64GetDatum(users[j]);
+		PreparePlan(&users_route_plan,
+					"SELECT s.node, s.user_id FROM chat.sessions s"
+					" JOIN chat.nodes n ON n.node = s.node"
+					" WHERE s.user_id = ANY ($1)"
+					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
+					" GROUP BY 1, 2 ORDER BY 1, 2", 2, types);
+		args[0] = PointerGetDatum(construct_array(elems, nusers, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[1] = Int32GetDatum(chat_node_timeout);
+		ret = SPI_execute_plan(users_route_plan, args, NULL, false, 0);
+	}
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *node = SPI_getvalue(tup, desc, 1);
+		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		MemoryContext old;
+
+		if (user == exclude_user)
+			continue;
+		old = MemoryContextSwitchTo(cxt);
+		if (cur == NULL || strcmp(cur->node, node) != 0)
+		{
+			cur = palloc0(sizeof(NodeRoute));
+			cur->node = pstrdup(node);
+			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
+			routes = lappend(routes, cur);
+		}
+		cur->users[cur->nusers++] = user;
+		MemoryContextSwitchTo(old);
+	}
+	return routes;
+}
+
+/*
+ * Queues event for every route, as many payloads per node as the header
+ * needs.  When event is too long to fit beside even one user id, ref_event
+ * (the same event without its body, "ref":true) goes instead.
+ */
+static void
+EmitRoutes(List *routes, const char *event, const char *ref_event)
+{
+	ListCell   *lc;
+	int			elen = strlen(event);
+	StringInfoData buf;
+
+	if (routes == NIL)
+		return;
+	if (elen + 1 + MAX_ID_TEXT > CHAT_NOTIFY_MAX)
+	{
+		if (ref_event == NULL || strlen(ref_event) + 1 + MAX_ID_TEXT > CHAT_NOTIFY_MAX)
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("chat event of %d bytes is too large to notify", elen),
+					 errdetail("Recipients will find it by sync.")));
+			return;
+		}
+		event = ref_event;
+		elen = strlen(event);
+	}
+	initStringInfo(&buf);
+	foreach(lc, routes)
+	{
+		NodeRoute  *r = lfirst(lc);
+		int			i;
+
+		resetStringInfo(&buf);
+		for (i = 0; i < r->nusers; i++)
+		{
+			char		id[MAX_ID_TEXT + 1];
+			int			idlen = snprintf(id, sizeof(id), INT64_FORMAT, r->users[i]);
+
+			if (buf.len > 0 && buf.len + 1 + idlen + 1 + elen > CHAT_NOTIFY_MAX)
+			{
+				appendStringInfoChar(&buf, '\n');
+				appendBinaryStringInfo(&buf, event, elen);
+				NotifierQueue(r->node, buf.data, buf.len);
+				resetStringInfo(&buf);
+			}
+			if (buf.len > 0)
+				appendStringInfoChar(&buf, ',');
+			appendBinaryStringInfo(&buf, id, idlen);
+		}
+		appendStringInfoChar(&buf, '\n');
+		appendBinaryStringInfo(&buf, event, elen);
+		NotifierQueue(r->node, buf.data, buf.len);
+	}
+	pfree(buf.data);
+}
+
+/*
+ * Sends event (and ref_event, see EmitRoutes) to the online devices of
+ * user_ids, or of the members of conversation_id when user_ids is NULL,
+ * leaving out exclude_user (PG_INT64_MIN: nobody).
+ */
+void
+FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
+			  int64 exclude_user, const char *event, const char *ref_event)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *routes;
+
+	if (chat_fanout_mode == FANOUT_MODE_OFF)
+		return;
+	if (user_ids != NULL && nusers == 0)
+		return;
+	SPI_connect();
+	routes = OnlineRoutes(conversation_id, user_ids, nusers, exclude_user, cxt);
+	SPI_finish();
+	EmitRoutes(routes, event, ref_event);
+}
+
+/* Adds push_outbox rows for the members of msg's conversation with no
+ * online device (not muted, or mentioned).  Caller is connected to SPI. */
+static void
+QueuePushes(const ChatMessage *msg, const char *payload)
+{
+	Oid			types[5] = {INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
+	Datum		args[5];
+	int			ret;
+
+	PreparePlan(&push_plan,
+				"INSERT INTO chat.push_outbox"
+				" (user_id, device_id, push_token, conversation_id, seq, payload)"
+				" SELECT d.user_id, d.device_id, d.push_token, $1, $2, $4::jsonb"
+				" FROM chat.members m"
+				" JOIN chat.devices d ON d.user_id = m.user_id AND d.push_token IS NOT NULL"
+				" WHERE m.conversation_id = $1 AND m.left_at IS NULL AND m.user_id <> $3"
+				" AND (m.muted_until IS NULL OR m.muted_until <= now()"
+				"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x"
+				"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
+				" AND NOT EXISTS (SELECT 1 FROM chat.sessions s JOIN chat.nodes n ON n.node = s.node"
+				"                 WHERE s.user_id = m.user_id"
+				"                 AND n.heartbeat_at > now() - $5 * interval '1 second')",
+				5, types);
+	args[0] = Int64GetDatum(msg->conversation_id);
+	args[1] = Int64GetDatum(msg->seq);
+	args[2] = Int64GetDatum(msg->sender_id);
+	args[3] = CStringGetTextDatum(payload);
+	args[4] = Int32GetDatum(chat_node_timeout);
+	ret = SPI_execute_plan(push_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Fans out a stored message: a message event to the online members
+ * (including the sender's other devices; the gateway skips the sending
+ * device) and push rows for the offline ones.  Called by send_message in
+ * the writing transaction.
+ */
 void
 FanoutMessage(const ChatMessage *msg)
 {
+	StringInfoData event;
+	StringInfoData ref;
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *routes;
+
+	initStringInfo(&event);
+	AppendMessageJson(&event, msg, 0, 0, false);
+	initStringInfo(&ref);
+	AppendMessageJson(&ref, msg, 0, 0, true);
+
+	SPI_connect();
+	routes = chat_fanout_mode == FANOUT_MODE_OFF ? NIL :
+		OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
+	if (msg->kind == NULL || strcmp(msg->kind, "system") != 0)
+		QueuePushes(msg, event.len <= PUSH_PAYLOAD_MAX ? event.data : ref.data);
+	SPI_finish();
+	EmitRoutes(routes, event.data, ref.data);
+	pfree(event.data);
+	pfree(ref.data);
 }
 
+/* Text of a jsonb value, on one line. */
+static char *
+JsonbText(Jsonb *jb)
+{
+	return JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+}
+
+/*
+ * chat.fanout_event(conversation_id, user_ids, event): event to user_ids,
+ * or to all current members when user_ids is NULL.  An event with a body
+ * too large to notify goes without it, with "ref":true.
+ */
 Datum
 chat_fanout_event(PG_FUNCTION_ARGS)
 {
+	int64		conversation_id = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	Jsonb	   *event;
+	char	   *text;
+	char	   *ref_text = NULL;
+	int64	   *users = NULL;
+	int			nusers = 0;
+
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("fanout event must not be null")));
+	if (PG_ARGISNULL(0) && PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("fanout needs a conversation or a list of users")));
+	event = PG_GETARG_JSONB_P(2);
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			i;
+
+		deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, &nulls, &nusers);
+		users = palloc(sizeof(int64) * Max(nusers, 1));
+		for (i = 0; i < nusers; i++)
+			users[i] = nulls[i] ? PG_INT64_MIN : DatumGetInt64(elems[i]);
+		if (nusers == 0)
+			PG_RETURN_VOID();
+	}
+	text = JsonbText(event);
+	if (strlen(text) + 1 + MAX_ID_TEXT > CHAT_NOTIFY_MAX)
+	{
+		Jsonb	   *nobody = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete,
+																JsonbPGetDatum(event),
+																CStringGetTextDatum("body")));
+		char	   *t = JsonbText(nobody);
+		int			len = strlen(t);
+
+		if (len >= 2 && t[len - 1] == '}')
+		{
+			t[len - 1] = '\0';
+			ref_text = psprintf("%s%s\"ref\": true}", t, len > 2 ? ", " : "");
+		}
+	}
+	FanoutToUsers(conversation_id, users, nusers, PG_INT64_MIN, text, ref_text);
 	PG_RETURN_VOID();
 }
 
+/*
+ * chat.fanout_receipt(conversation_id, reader, from_seq, to_seq, kind):
+ * receipts to the senders (other than the reader) of the messages in
+ * (from_seq, to_seq], never to the whole group.
+ */
 Datum
 chat_fanout_receipt(PG_FUNCTION_ARGS)
 {
+	int64		conversation_id,
+				reader,
+				from_seq,
+				to_seq;
+	char	   *kind;
+	Oid			types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
+	Datum		args[4];
+	int64	   *senders;
+	int			nsenders = 0;
+	uint64		i;
+	int			ret;
+	StringInfoData event;
+
+	for (i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("argument %d of chat.fanout_receipt must not be null", (int) i + 1)));
+	conversation_id = PG_GETARG_INT64(0);
+	reader = PG_GETARG_INT64(1);
+	from_seq = PG_GETARG_INT64(2);
+	to_seq = PG_GETARG_INT64(3);
+	kind = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (strcmp(kind, "delivered") != 0 && strcmp(kind, "read") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid receipt kind \"%s\"", kind),
+				 errhint("Use \"delivered\" or \"read\".")));
+	if (to_seq <= from_seq || chat_fanout_mode == FANOUT_MODE_OFF)
+		PG_RETURN_VOID();
+
+	SPI_connect();
+	PreparePlan(&senders_plan,
+				"SELECT DISTINCT sender_id FROM chat.messages"
+				" WHERE conversation_id = $1 AND seq > $2 AND seq <= $3"
+				" AND sender_id <> $4 AND kind <> 'system'", 4, types);
+	args[0] = Int64GetDatum(conversation_id);
+	args[1] = Int64GetDatum(from_seq);
+	args[2] = Int64GetDatum(to_seq);
+	args[3] = Int64GetDatum(reader);
+	ret = SPI_execute_plan(senders_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "receipt query failed: %s", SPI_result_code_string(ret));
+	senders = MemoryContextAlloc(TopTransactionContext, sizeof(int64) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		senders[nsenders++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+
+	initStringInfo(&event);
+	appendStringInfo(&event, "{\"type\":\"receipt\",\"conversation\":" INT64_FORMAT
+					 ",\"user\":" INT64_FORMAT ",\"%s\":" INT64_FORMAT "}",
+					 conversation_id, reader, kind, to_seq);
+	if (nsenders > 0)
+		FanoutToUsers(conversation_id, senders, nsenders, PG_INT64_MIN, event.data, NULL);
+	pfree(senders);
 	PG_RETURN_VOID();
 }
 
+/* Reads a stored message as a ChatMessage (strings in the caller's context);
+ * false when it does not exist.  Caller is connected to SPI. */
+static bool
+LoadMessage(int64 conversation_id, int64 seq, ChatMessage *msg, MemoryContext cxt)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	MemoryContext old;
+	int			ret;
+
+	PreparePlan(&message_plan,
+				"SELECT sender_id, sender_device, kind, body, client_msg_id, reply_to, created_at"
+				" FROM chat.messages WHERE conversation_id = $1 AND seq = $2", 2, types);
+	args[0] = Int64GetDatum(conversation_id);
+	args[1] = Int64GetDatum(seq);
+	ret = SPI_execute_plan(message_plan, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "message query failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	old = MemoryContextSwitchTo(cxt);
+	memset(msg, 0, sizeof(*msg));
+	msg->conversation_id = conversation_id;
+	msg->seq = seq;
+	msg->sender_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	msg->sender_device = isnull ? 0 : DatumGetInt32(d);
+	msg->kind = SPI_getvalue(tup, desc, 3);
+	msg->body = SPI_getvalue(tup, desc, 4);
+	msg->client_msg_id = SPI_getvalue(tup, desc, 5);
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	msg->reply_to = isnull ? 0 : DatumGetInt64(d);
+	msg->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/* chat.fanout_message(conversation_id, seq): fans out a stored message. */
 Datum
 chat_fanout_message(PG_FUNCTION_ARGS)
 {
+	int64		conversation_id = PG_GETARG_INT64(0);
+	int64		seq = PG_GETARG_INT64(1);
+	ChatMessage msg;
+	bool		found;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	SPI_connect();
+	found = LoadMessage(conversation_id, seq, &msg, cxt);
+	SPI_finish();
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("message %lld of conversation %lld does not exist",
+						(long long) seq, (long long) conversation_id)));
+	FanoutMessage(&msg);
 	PG_RETURN_VOID();
+}
+
+/* Reads attribute name of a composite as a Datum. */
+static Datum
+Attr(HeapTupleHeader row, const char *name, bool *isnull)
+{
+	return GetAttributeByName(row, name, isnull);
+}
+
+/* chat.message_json(chat.message_view): the message event of a row. */
+Datum
+chat_message_json(PG_FUNCTION_ARGS)
+{
+	HeapTupleHeader row = PG_GETARG_HEAPTUPLEHEADER(0);
+	ChatMessage msg;
+	bool		isnull;
+	Datum		d;
+	TimestampTz edited_at = 0,
+				deleted_at = 0;
+	StringInfoData buf;
+
+	memset(&msg, 0, sizeof(msg));
+	msg.conversation_id = DatumGetInt64(Attr(row, "conversation_id", &isnull));
+	msg.seq = DatumGetInt64(Attr(row, "seq", &isnull));
+	msg.sender_id = DatumGetInt64(Attr(row, "sender_id", &isnull));
+	d = Attr(row, "sender_device", &isnull);
+	msg.sender_device = isnull ? 0 : DatumGetInt32(d);
+	d = Attr(row, "kind", &isnull);
+	msg.kind = isnull ? NULL : TextDatumGetCString(d);
+	d = Attr(row, "body", &isnull);
+	msg.body = isnull ? NULL : TextDatumGetCString(d);
+	d = Attr(row, "client_msg_id", &isnull);
+	msg.client_msg_id = isnull ? NULL : TextDatumGetCString(d);
+	d = Attr(row, "reply_to", &isnull);
+	msg.reply_to = isnull ? 0 : DatumGetInt64(d);
+	d = Attr(row, "created_at", &isnull);
+	msg.created_at = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+	d = Attr(row, "edited_at", &isnull);
+	if (!isnull)
+		edited_at = DatumGetTimestampTz(d);
+	d = Attr(row, "deleted_at", &isnull);
+	if (!isnull)
+		deleted_at = DatumGetTimestampTz(d);
+
+	initStringInfo(&buf);
+	AppendMessageJson(&buf, &msg, edited_at, deleted_at, false);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* chat.json_timestamp(timestamptz): "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC). */
+Datum
+chat_json_timestamp(PG_FUNCTION_ARGS)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	AppendJsonTimestamp(&buf, PG_GETARG_TIMESTAMPTZ(0));
+	/* strip the JSON quotes */
+	if (buf.len >= 2 && buf.data[0] == '"')
+		PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data + 1, buf.len - 2));
+	PG_RETURN_NULL();
 }

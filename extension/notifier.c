@@ -1,0 +1,665 @@
+/*
+ * notifier.c: delivers fanout notifications after commit.
+ *
+ * Fanout (fanout.c) hands each routed event to NotifierQueue(), which keeps
+ * it in a transaction-local list (subtransaction aware: a rolled back
+ * savepoint drops its events).  At pre-commit the list is batched per node
+ * (several events per notification, each payload under 8000 bytes) and
+ * then, by chat.fanout_mode:
+ *
+ *   direct  the sending transaction NOTIFYs itself;
+ *   worker  the batches are copied into a shared-memory ring at commit and a
+ *           background worker of the database NOTIFYs them;
+ *   off     nothing is sent (benchmark baseline; sync still sees all).
+ *
+ * Why a worker: NOTIFY takes a cluster-wide lock from pre-commit until the
+ * end of commit, so notifying transactions commit one at a time, each
+ * holding the lock across its WAL flush.  With the worker the senders never
+ * touch that lock; the worker takes it once per batch, for many senders.
+ * The ring space is reserved at pre-commit (where failing is still
+ * allowed) and filled at commit, after the transaction is durable and
+ * visible and before its row locks are released, so events of one
+ * conversation enter the ring in seq order.  A transaction that finds no
+ * room (ring full, no worker slot) falls back to direct NOTIFY: slower,
+ * never lost.  Events in the ring are lost if the server crashes, which is
+ * what NOTIFY promises anyway: the tables stay the truth and sync repairs.
+ *
+ * One worker per database (NOTIFY is per database), started on demand and
+ * leaving after a second of idleness so that DROP DATABASE is not blocked.
+ */
+#include "chat.h"
+#include "realtime.h"
+
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "commands/async.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#define NOTIFIER_SLOTS			8		/* databases with a worker at once */
+#define NOTIFIER_IDLE_MS		1000	/* a worker idle this long exits */
+#define NOTIFIER_MAX_DRAIN		(256 * 1024)	/* bytes taken per pass */
+
+#define SLOT_FREE		0
+#define SLOT_STARTING	1
+#define SLOT_RUNNING	2
+
+/* One queued batch: channel node and payload, in transaction memory. */
+typedef struct PendingNotify
+{
+	char	   *node;
+	char	   *payload;
+	int			len;
+	int			nestlevel;
+} PendingNotify;
+
+/* Ring of one database; positions grow forever, index = pos % size. */
+typedef struct NotifierSlot
+{
+	Oid			dboid;
+	int			state;
+	pid_t		pid;
+	Latch	   *latch;
+	uint64		head;			/* next write position */
+	uint64		tail;			/* next read position */
+	uint64		reserved;		/* bytes promised to committing xacts */
+	uint64		fallbacks;		/* xacts that had to NOTIFY directly */
+	Size		ring_offset;	/* from the start of NotifierShared */
+} NotifierSlot;
+
+typedef struct NotifierShared
+{
+	LWLock	   *lock;
+	Size		ring_size;
+	NotifierSlot slots[NOTIFIER_SLOTS];
+} NotifierShared;
+
+/* Entry header in the ring, followed by node and payload bytes. */
+typedef struct RingEntry
+{
+	uint32		node_len;
+	uint32		payload_len;
+} RingEntry;
+
+int			chat_fanout_mode = FANOUT_MODE_WORKER;
+int			chat_notifier_queue_kb = 1024;
+
+static NotifierShared *notifier = NULL;
+static List *pending = NIL;		/* of PendingNotify, TopTransactionContext */
+static List *batches = NIL;		/* built at pre-commit */
+static int	reserved_slot = -1;
+static uint64 reserved_bytes = 0;
+static bool callbacks_registered = false;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+PGDLLEXPORT void ChatNotifierMain(Datum arg);
+
+/* Bytes a batch occupies in the ring. */
+static Size
+EntrySize(const PendingNotify *b)
+{
+	return MAXALIGN(sizeof(RingEntry) + strlen(b->node) + b->len);
+}
+
+/* Shared memory the notifier needs (called from the shmem request hook). */
+Size
+NotifierShmemSize(void)
+{
+	return add_size(MAXALIGN(sizeof(NotifierShared)),
+					mul_size(NOTIFIER_SLOTS, (Size) chat_notifier_queue_kb * 1024));
+}
+
+/* Attaches to (or creates) the notifier's shared memory. */
+static void
+NotifierShmemStartup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	notifier = ShmemInitStruct("chat notifier", NotifierShmemSize(), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(notifier, 0, sizeof(NotifierShared));
+		notifier->lock = &(GetNamedLWLockTranche("chat"))->lock;
+		notifier->ring_size = (Size) chat_notifier_queue_kb * 1024;
+		for (i = 0; i < NOTIFIER_SLOTS; i++)
+			notifier->slots[i].ring_offset = MAXALIGN(sizeof(NotifierShared)) +
+				(Size) i * notifier->ring_size;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* The shared lock of the realtime layer (also guards the typing table). */
+LWLock *
+NotifierLock(void)
+{
+	return notifier ? notifier->lock : NULL;
+}
+
+/* From the shmem request hook: reserves memory and the lock. */
+void
+NotifierRequestShmem(void)
+{
+	RequestAddinShmemSpace(NotifierShmemSize());
+	RequestNamedLWLockTranche("chat", 1);
+}
+
+/* From _PG_init when preloaded: hooks shared memory startup. */
+void
+NotifierInit(void)
+{
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = NotifierShmemStartup;
+}
+
+/* Copies len bytes into the ring at pos, wrapping around. */
+static void
+RingWrite(NotifierSlot *slot, uint64 pos, const char *data, Size len)
+{
+	char	   *ring = (char *) notifier + slot->ring_offset;
+	Size		size = notifier->ring_size;
+	Size		at = pos % size;
+	Size		first = Min(len, size - at);
+
+	memcpy(ring + at, data, first);
+	if (len > first)
+		memcpy(ring, data + first, len - first);
+}
+
+/* Copies len bytes out of the ring at pos, wrapping around. */
+static void
+RingRead(NotifierSlot *slot, uint64 pos, char *data, Size len)
+{
+	char	   *ring = (char *) notifier + slot->ring_offset;
+	Size		size = notifier->ring_size;
+	Size		at = pos % size;
+	Size		first = Min(len, size - at);
+
+	memcpy(data, ring + at, first);
+	if (len > first)
+		memcpy(data + first, ring, len - first);
+}
+
+/* Drops the events of aborted subtransactions, hands up committed ones. */
+static void
+NotifierSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		List	   *kept = NIL;
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+		foreach(lc, pending)
+		{
+			PendingNotify *p = lfirst(lc);
+
+			if (p->nestlevel < level)
+				kept = lappend(kept, p);
+		}
+		MemoryContextSwitchTo(old);
+		pending = kept;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending)
+		{
+			PendingNotify *p = lfirst(lc);
+
+			if (p->nestlevel >= level)
+				p->nestlevel = level - 1;
+		}
+	}
+}
+
+/*
+ * Batches the pending events per node in their order, concatenating events
+ * of one node into payloads of at most CHAT_NOTIFY_MAX bytes.
+ */
+static List *
+BuildBatches(void)
+{
+	List	   *out = NIL;
+	List	   *nodes = NIL;
+	ListCell   *lc,
+			   *nc;
+
+	foreach(lc, pending)
+	{
+		PendingNotify *p = lfirst(lc);
+		bool		seen = false;
+
+		foreach(nc, nodes)
+			if (strcmp(lfirst(nc), p->node) == 0)
+				seen = true;
+		if (!seen)
+			nodes = lappend(nodes, p->node);
+	}
+	foreach(nc, nodes)
+	{
+		const char *node = lfirst(nc);
+		StringInfoData buf;
+
+		initStringInfo(&buf);
+		foreach(lc, pending)
+		{
+			PendingNotify *p = lfirst(lc);
+
+			if (strcmp(p->node, node) != 0)
+				continue;
+			if (buf.len > 0 && buf.len + 1 + p->len > CHAT_NOTIFY_MAX)
+			{
+				PendingNotify *b = palloc0(sizeof(PendingNotify));
+
+				b->node = pstrdup(node);
+				b->payload = buf.data;
+				b->len = buf.len;
+				out = lappend(out, b);
+				initStringInfo(&buf);
+			}
+			if (buf.len > 0)
+				appendStringInfoChar(&buf, '\n');
+			appendBinaryStringInfo(&buf, p->payload, p->len);
+		}
+		if (buf.len > 0)
+		{
+			PendingNotify *b = palloc0(sizeof(PendingNotify));
+
+			b->node = pstrdup(node);
+			b->payload = buf.data;
+			b->len = buf.len;
+			out = lappend(out, b);
+		}
+	}
+	return out;
+}
+
+/* NOTIFYs the batches from the current transaction (delivered at commit). */
+static void
+NotifyBatches(List *list)
+{
+	ListCell   *lc;
+	char		channel[NAMEDATALEN];
+
+	foreach(lc, list)
+	{
+		PendingNotify *b = lfirst(lc);
+
+		snprintf(channel, sizeof(channel), "chat_node_%s", b->node);
+		Async_Notify(channel, b->payload);
+	}
+}
+
+/* Registers the worker of a slot; false when no worker could be started. */
+static bool
+LaunchWorker(int slotno, Oid dboid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "chat");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ChatNotifierMain");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "chat notifier for database %u", dboid);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "chat notifier");
+	worker.bgw_main_arg = Int32GetDatum(slotno);
+	worker.bgw_notify_pid = 0;
+	return RegisterDynamicBackgroundWorker(&worker, &handle);
+}
+
+/*
+ * Reserves ring space for the batches; returns false (nothing reserved)
+ * when the transaction must NOTIFY by itself.
+ */
+static bool
+ReserveRing(List *list)
+{
+	uint64		need = 0;
+	int			slotno = -1;
+	int			i;
+	bool		launch = false;
+	ListCell   *lc;
+	NotifierSlot *slot;
+
+	foreach(lc, list)
+		need += EntrySize(lfirst(lc));
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	for (i = 0; i < NOTIFIER_SLOTS && slotno < 0; i++)
+		if (notifier->slots[i].dboid == MyDatabaseId)
+			slotno = i;
+	for (i = 0; i < NOTIFIER_SLOTS && slotno < 0; i++)
+	{
+		NotifierSlot *s = &notifier->slots[i];
+
+		if (s->state == SLOT_FREE && s->head == s->tail && s->reserved == 0)
+		{
+			s->dboid = MyDatabaseId;
+			slotno = i;
+		}
+	}
+	if (slotno < 0)
+	{
+		LWLockRelease(notifier->lock);
+		return false;
+	}
+	slot = &notifier->slots[slotno];
+	if (notifier->ring_size - (slot->head - slot->tail) - slot->reserved < need)
+	{
+		slot->fallbacks++;
+		LWLockRelease(notifier->lock);
+		return false;
+	}
+	slot->reserved += need;
+	if (slot->state == SLOT_FREE)
+	{
+		slot->state = SLOT_STARTING;
+		launch = true;
+	}
+	LWLockRelease(notifier->lock);
+
+	reserved_slot = slotno;
+	reserved_bytes = need;
+	if (launch && !LaunchWorker(slotno, MyDatabaseId))
+	{
+		LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+		slot->state = SLOT_FREE;
+		slot->reserved -= need;
+		slot->fallbacks++;
+		LWLockRelease(notifier->lock);
+		reserved_slot = -1;
+		reserved_bytes = 0;
+		return false;
+	}
+	return true;
+}
+
+/* At commit: writes the reserved batches into the ring and wakes the worker. */
+static void
+FillRing(List *list)
+{
+	NotifierSlot *slot = &notifier->slots[reserved_slot];
+	Latch	   *latch;
+	ListCell   *lc;
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	foreach(lc, list)
+	{
+		PendingNotify *b = lfirst(lc);
+		RingEntry	e;
+
+		e.node_len = strlen(b->node);
+		e.payload_len = b->len;
+		RingWrite(slot, slot->head, (char *) &e, sizeof(e));
+		RingWrite(slot, slot->head + sizeof(e), b->node, e.node_len);
+		RingWrite(slot, slot->head + sizeof(e) + e.node_len, b->payload, b->len);
+		slot->head += EntrySize(b);
+	}
+	slot->reserved -= reserved_bytes;
+	latch = slot->latch;
+	LWLockRelease(notifier->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+/* Gives back a reservation of an aborted transaction. */
+static void
+ReleaseReservation(void)
+{
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	notifier->slots[reserved_slot].reserved -= reserved_bytes;
+	LWLockRelease(notifier->lock);
+}
+
+/* Sends, hands over or forgets the transaction's events. */
+static void
+NotifierXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pending == NIL || chat_fanout_mode == FANOUT_MODE_OFF)
+				break;
+			batches = BuildBatches();
+			if (chat_fanout_mode == FANOUT_MODE_WORKER && notifier != NULL &&
+				ReserveRing(batches))
+				break;
+			NotifyBatches(batches);
+			batches = NIL;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has fanned out chat events")));
+			break;
+		case XACT_EVENT_COMMIT:
+			/* must not fail: the transaction is already committed */
+			if (reserved_slot >= 0)
+				FillRing(batches);
+			pending = NIL;
+			batches = NIL;
+			reserved_slot = -1;
+			break;
+		case XACT_EVENT_ABORT:
+			if (reserved_slot >= 0)
+				ReleaseReservation();
+			pending = NIL;
+			batches = NIL;
+			reserved_slot = -1;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Queues one notification payload (header line + event line, at most
+ * CHAT_NOTIFY_MAX bytes) for node, to be sent if the transaction commits.
+ */
+void
+NotifierQueue(const char *node, const char *payload, int len)
+{
+	MemoryContext old;
+	PendingNotify *p;
+
+	Assert(len <= CHAT_NOTIFY_MAX);
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(NotifierXactCallback, NULL);
+		RegisterSubXactCallback(NotifierSubXactCallback, NULL);
+		callbacks_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	p = palloc(sizeof(PendingNotify));
+	p->node = pstrdup(node);
+	p->payload = pnstrdup(payload, len);
+	p->len = len;
+	p->nestlevel = GetCurrentTransactionNestLevel();
+	pending = lappend(pending, p);
+	MemoryContextSwitchTo(old);
+}
+
+/* Worker exit: frees the slot (keeping undelivered entries for the next). */
+static void
+NotifierWorkerExit(int code, Datum arg)
+{
+	NotifierSlot *slot = &notifier->slots[DatumGetInt32(arg)];
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+	{
+		/* a worker that never connected (database dropped) discards */
+		if (slot->state != SLOT_RUNNING)
+			slot->tail = slot->head;
+		slot->latch = NULL;
+		slot->pid = 0;
+		slot->state = SLOT_FREE;
+		if (slot->head == slot->tail && slot->reserved == 0)
+			slot->dboid = InvalidOid;
+	}
+	LWLockRelease(notifier->lock);
+}
+
+/*
+ * Takes up to NOTIFIER_MAX_DRAIN bytes of entries; returns their length
+ * (0: empty).  With exit_if_empty, an empty ring with nothing reserved makes
+ * the slot free under the same lock, so a committing sender either sees the
+ * worker or starts a new one.
+ */
+static Size
+DrainRing(NotifierSlot *slot, char *buf, bool exit_if_empty, bool *exiting)
+{
+	Size		len = 0;
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	while (slot->tail + len < slot->head)
+	{
+		RingEntry	e;
+		Size		size;
+
+		RingRead(slot, slot->tail + len, (char *) &e, sizeof(e));
+		size = MAXALIGN(sizeof(RingEntry) + e.node_len + e.payload_len);
+		if (len + size > NOTIFIER_MAX_DRAIN)
+			break;
+		RingRead(slot, slot->tail + len, buf + len, size);
+		len += size;
+	}
+	slot->tail += len;
+	if (len == 0 && exit_if_empty && slot->reserved == 0)
+	{
+		slot->latch = NULL;
+		slot->pid = 0;
+		slot->state = SLOT_FREE;
+		slot->dboid = InvalidOid;
+		*exiting = true;
+	}
+	LWLockRelease(notifier->lock);
+	return len;
+}
+
+/* NOTIFYs drained entries in one transaction, merging same-node neighbours. */
+static void
+SendDrained(char *buf, Size len)
+{
+	StringInfoData payload;
+	char		node[NAMEDATALEN];
+	char		channel[NAMEDATALEN];
+	Size		off = 0;
+
+	initStringInfo(&payload);
+	node[0] = '\0';
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	while (off < len)
+	{
+		RingEntry	e;
+		char	   *n;
+
+		memcpy(&e, buf + off, sizeof(e));
+		n = buf + off + sizeof(e);
+		if (payload.len > 0 &&
+			(strncmp(node, n, e.node_len) != 0 || node[e.node_len] != '\0' ||
+			 payload.len + 1 + e.payload_len > CHAT_NOTIFY_MAX))
+		{
+			snprintf(channel, sizeof(channel), "chat_node_%s", node);
+			Async_Notify(channel, payload.data);
+			resetStringInfo(&payload);
+		}
+		if (payload.len > 0)
+			appendStringInfoChar(&payload, '\n');
+		memcpy(node, n, Min(e.node_len, NAMEDATALEN - 1));
+		node[Min(e.node_len, NAMEDATALEN - 1)] = '\0';
+		appendBinaryStringInfo(&payload, n + e.node_len, e.payload_len);
+		off += MAXALIGN(sizeof(RingEntry) + e.node_len + e.payload_len);
+	}
+	if (payload.len > 0)
+	{
+		snprintf(channel, sizeof(channel), "chat_node_%s", node);
+		Async_Notify(channel, payload.data);
+	}
+	CommitTransactionCommand();
+	pfree(payload.data);
+}
+
+/* Background worker: NOTIFYs what committed senders of its database queued. */
+void
+ChatNotifierMain(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	NotifierSlot *slot = &notifier->slots[slotno];
+	Oid			dboid;
+	char	   *buf;
+	MemoryContext pass;
+	TimestampTz idle_since = GetCurrentTimestamp();
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	dboid = slot->dboid;
+	slot->pid = MyProcPid;
+	LWLockRelease(notifier->lock);
+	before_shmem_exit(NotifierWorkerExit, Int32GetDatum(slotno));
+	if (!OidIsValid(dboid))
+		proc_exit(0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("chat notifier");
+
+	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	slot->latch = MyLatch;
+	slot->state = SLOT_RUNNING;
+	LWLockRelease(notifier->lock);
+
+	buf = MemoryContextAlloc(TopMemoryContext, NOTIFIER_MAX_DRAIN);
+	pass = AllocSetContextCreate(TopMemoryContext, "chat notifier pass",
+								 ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		Size		len;
+		bool		exiting = false;
+		bool		idle = TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(),
+													  NOTIFIER_IDLE_MS);
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		len = DrainRing(slot, buf, idle, &exiting);
+		if (exiting)
+			proc_exit(0);
+		if (len > 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(pass);
+
+			pgstat_report_activity(STATE_RUNNING, "notify");
+			SendDrained(buf, len);
+			pgstat_report_activity(STATE_IDLE, NULL);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(pass);
+			idle_since = GetCurrentTimestamp();
+			continue;			/* more may be waiting */
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 NOTIFIER_IDLE_MS / 2, PG_WAIT_EXTENSION);
+	}
+}

@@ -1,0 +1,40 @@
+/*
+ * realtime.h: declarations shared by the realtime layer of the extension
+ * (fanout.c, notifier.c, realtime.c, token.c).
+ */
+#ifndef CHAT_REALTIME_H
+#define CHAT_REALTIME_H
+
+#include "postgres.h"
+#include "lib/stringinfo.h"
+#include "storage/lwlock.h"
+
+/* Largest NOTIFY payload we send (PostgreSQL refuses 8000 and more). */
+#define CHAT_NOTIFY_MAX 7999
+
+/* chat.fanout_mode */
+#define FANOUT_MODE_OFF		0
+#define FANOUT_MODE_DIRECT	1
+#define FANOUT_MODE_WORKER	2
+
+/* GUCs (realtime.c, notifier.c) */
+extern int	chat_node_timeout;		/* seconds */
+extern int	chat_typing_interval;	/* milliseconds */
+extern int	chat_push_max_attempts;
+extern int	chat_fanout_mode;
+extern int	chat_notifier_queue_kb;
+extern char *chat_token_secret;
+
+/* notifier.c */
+extern void NotifierQueue(const char *node, const char *payload, int len);
+extern Size NotifierShmemSize(void);
+extern void NotifierRequestShmem(void);
+extern void NotifierInit(void);
+extern LWLock *NotifierLock(void);
+
+/* fanout.c */
+extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
+						  int64 exclude_user, const char *event, const char *ref_event);
+extern void AppendJsonTimestamp(StringInfo buf, TimestampTz ts);
+
+#endif							/* CHAT_REALTIME_H */

@@ -1,0 +1,209 @@
+-- Realtime layer: gateway nodes, sessions, presence, typing, tokens
+-- (API.md "Gateway-facing functions").  Fanout itself is C (fanout.c).
+--
+-- A session counts as online while its node's heartbeat is younger than
+-- chat.node_timeout; chat.live_sessions is that rule, used everywhere.
+
+CREATE VIEW chat.live_sessions AS
+SELECT s.node, s.user_id, s.device_id, s.connected_at
+  FROM chat.sessions s
+  JOIN chat.nodes n ON n.node = s.node
+ WHERE n.heartbeat_at > now() - current_setting('chat.node_timeout')::interval;
+
+-- Raises 22023 unless node is a valid node name.
+CREATE FUNCTION chat.check_node(node text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF node IS NULL OR node !~ '^[a-z0-9_]{1,40}$' THEN
+        RAISE EXCEPTION 'invalid node name "%"', node
+            USING ERRCODE = '22023', HINT = 'Node names match [a-z0-9_]{1,40}.';
+    END IF;
+END
+$$;
+
+-- The users who get presence events of user_id: its conversation peers,
+-- unless it hides its presence.
+CREATE FUNCTION chat.presence_audience(user_id bigint)
+RETURNS bigint[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
+      FROM chat.users u
+      JOIN chat.members m ON m.user_id = u.id AND m.left_at IS NULL
+      JOIN chat.members p ON p.conversation_id = m.conversation_id
+                         AND p.left_at IS NULL AND p.user_id <> u.id
+     WHERE u.id = presence_audience.user_id AND u.presence_privacy <> 'nobody'
+$$;
+
+-- Sends a presence event of user_id to its audience.
+CREATE FUNCTION chat.fanout_presence(user_id bigint, online boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    audience bigint[] := chat.presence_audience(user_id);
+    seen timestamptz;
+BEGIN
+    IF cardinality(audience) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT u.last_seen INTO seen FROM chat.users u WHERE u.id = fanout_presence.user_id;
+    PERFORM chat.fanout_event(NULL, audience,
+        jsonb_build_object('type', 'presence', 'user', user_id, 'online', online,
+                           'last_seen', chat.json_timestamp(seen)));
+END
+$$;
+
+-- Gateway start: registers the node and forgets its sessions; users who
+-- were online only there go offline.
+CREATE FUNCTION chat.node_reset(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    gone bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    INSERT INTO chat.nodes AS n (node) VALUES (node_reset.node)
+        ON CONFLICT ON CONSTRAINT nodes_pkey
+        DO UPDATE SET started_at = now(), heartbeat_at = now();
+    FOR gone IN
+        WITH dropped AS (
+            DELETE FROM chat.sessions s WHERE s.node = node_reset.node RETURNING s.user_id)
+        SELECT DISTINCT d.user_id FROM dropped d
+         WHERE NOT EXISTS (SELECT FROM chat.live_sessions l
+                            WHERE l.user_id = d.user_id AND l.node <> node_reset.node)
+    LOOP
+        UPDATE chat.users SET last_seen = now() WHERE id = gone;
+        PERFORM chat.fanout_presence(gone, false);
+    END LOOP;
+END
+$$;
+
+-- Gateway heartbeat: keeps the node's sessions online.
+CREATE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.check_node(node);
+    UPDATE chat.nodes n SET heartbeat_at = now() WHERE n.node = node_heartbeat.node;
+    IF NOT FOUND THEN
+        INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+    END IF;
+END
+$$;
+
+-- A device came online on node: session row; the user's first device
+-- online sends presence to its peers.
+CREATE FUNCTION chat.connect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_online boolean;
+BEGIN
+    PERFORM chat.check_node(node);
+    PERFORM FROM chat.devices d WHERE d.user_id = connect.user_id AND d.device_id = connect.device_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'device % of user % does not exist', device_id, user_id
+            USING ERRCODE = 'P0002', HINT = 'Register it with chat.register_device.';
+    END IF;
+    INSERT INTO chat.nodes (node) VALUES (connect.node) ON CONFLICT DO NOTHING;
+    was_online := EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = connect.user_id);
+    INSERT INTO chat.sessions AS s (node, user_id, device_id)
+    VALUES (connect.node, connect.user_id, connect.device_id)
+        ON CONFLICT ON CONSTRAINT sessions_pkey DO UPDATE SET connected_at = now();
+    UPDATE chat.devices d SET last_active = now()
+     WHERE d.user_id = connect.user_id AND d.device_id = connect.device_id;
+    IF NOT was_online THEN
+        PERFORM chat.fanout_presence(user_id, true);
+    END IF;
+END
+$$;
+
+-- A device went offline; the user's last device offline sets last_seen
+-- and sends presence.
+CREATE FUNCTION chat.disconnect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.check_node(node);
+    DELETE FROM chat.sessions s
+     WHERE s.node = disconnect.node AND s.user_id = disconnect.user_id
+       AND s.device_id = disconnect.device_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE chat.devices d SET last_active = now()
+     WHERE d.user_id = disconnect.user_id AND d.device_id = disconnect.device_id;
+    IF NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = disconnect.user_id) THEN
+        UPDATE chat.users u SET last_seen = now() WHERE u.id = disconnect.user_id;
+        PERFORM chat.fanout_presence(user_id, false);
+    END IF;
+END
+$$;
+
+-- Online state and last_seen of user_ids as viewer may see them: a user
+-- with privacy 'nobody' (or 'peers', to a viewer sharing no conversation)
+-- shows offline with no last_seen.  Unknown users are left out.
+CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT u.id,
+           v.visible AND EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = u.id),
+           CASE WHEN v.visible THEN u.last_seen END
+      FROM (SELECT DISTINCT x FROM unnest(user_ids) AS x) ids
+      JOIN chat.users u ON u.id = ids.x
+     CROSS JOIN LATERAL (
+        SELECT u.id = viewer
+            OR u.presence_privacy = 'everyone'
+            OR (u.presence_privacy = 'peers' AND EXISTS (
+                    SELECT FROM chat.members a
+                      JOIN chat.members b ON b.conversation_id = a.conversation_id
+                     WHERE a.user_id = u.id AND a.left_at IS NULL
+                       AND b.user_id = viewer AND b.left_at IS NULL)) AS visible) v
+     ORDER BY u.id
+$$;
+
+-- Ephemeral typing event to the other online members (C, rate limited).
+CREATE FUNCTION chat.typing(user_id bigint, conversation_id bigint, typing boolean DEFAULT true)
+RETURNS void LANGUAGE c AS 'MODULE_PATHNAME', 'chat_typing';
+
+-- HS256 JWT for a client (C, token.c).
+CREATE FUNCTION chat.issue_token(user_id bigint, device_id integer, ttl interval DEFAULT '1 hour')
+RETURNS text LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'chat_issue_token';
+
+-- PostgreSQL's condition name of an SQLSTATE (C, realtime.c).
+CREATE FUNCTION chat.condition_name(sqlstate text)
+RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'chat_condition_name';
+
+REVOKE ALL ON FUNCTION chat.check_node(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.presence_audience(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.fanout_presence(bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.node_reset(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.node_heartbeat(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.connect(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.disconnect(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.presence(bigint, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.typing(bigint, bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.issue_token(bigint, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.condition_name(text) FROM PUBLIC;
+REVOKE ALL ON chat.live_sessions FROM PUBLIC;
+
+COMMENT ON VIEW chat.live_sessions IS 'sessions of nodes heard from within chat.node_timeout (online)';
+COMMENT ON FUNCTION chat.check_node(text) IS 'raises 22023 unless the node name matches [a-z0-9_]{1,40}';
+COMMENT ON FUNCTION chat.presence_audience(bigint) IS 'users who receive presence events of a user';
+COMMENT ON FUNCTION chat.fanout_presence(bigint, boolean) IS 'internal: presence event of a user to its audience';
+COMMENT ON FUNCTION chat.node_reset(text) IS 'gateway start: registers the node and forgets its sessions';
+COMMENT ON FUNCTION chat.node_heartbeat(text) IS 'gateway heartbeat; silent nodes go offline after chat.node_timeout';
+COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'a device is online on a node; first device sends presence';
+COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'a device went offline; last device sets last_seen, sends presence';
+COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'online state and last_seen of users as the viewer may see them';
+COMMENT ON FUNCTION chat.typing(bigint, bigint, boolean) IS 'ephemeral typing event to the other online members, rate limited';
+COMMENT ON FUNCTION chat.issue_token(bigint, integer, interval) IS 'HS256 JWT (sub, dev, iat, exp) signed with chat.token_secret';
+COMMENT ON FUNCTION chat.condition_name(text) IS 'condition name of an SQLSTATE, e.g. insufficient_privilege';

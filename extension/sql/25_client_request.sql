@@ -1,0 +1,257 @@
+-- chat.client_request: the one call behind every client frame (PROTOCOL.md).
+--
+-- Field rules: a required field that is missing or null is 22023
+-- invalid_parameter_value; a field of the wrong JSON type (or a non-integer
+-- where an id is due) is 22P02 invalid_text_representation; a request that
+-- is not an object or has no type is 22P02; an unknown type is 22023.
+
+-- The field of a request as text; NULL when absent and optional.
+CREATE FUNCTION chat.request_text(request jsonb, field text, required boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := request -> field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        IF required THEN
+            RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+        RAISE EXCEPTION 'request field "%" must be a string, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v #>> '{}';
+END
+$$;
+
+-- The field of a request as a bigint (a JSON integer or a string of digits).
+CREATE FUNCTION chat.request_bigint(request jsonb, field text, required boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t text := chat.request_text(request, field, required);
+BEGIN
+    IF t IS NOT NULL AND t !~ '^-?[0-9]{1,19}$' THEN
+        RAISE EXCEPTION 'request field "%" must be an integer, not %', field, request -> field
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN t::bigint;
+END
+$$;
+
+-- The field of a request as a boolean; dflt when absent.
+CREATE FUNCTION chat.request_bool(request jsonb, field text, dflt boolean)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := request -> field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN dflt;
+    END IF;
+    IF jsonb_typeof(v) <> 'boolean' THEN
+        RAISE EXCEPTION 'request field "%" must be true or false, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v::boolean;
+END
+$$;
+
+-- The field of a request as an array of user ids.
+CREATE FUNCTION chat.request_ids(request jsonb, field text, required boolean DEFAULT true)
+RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := request -> field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        IF required THEN
+            RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
+        END IF;
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(v) <> 'array' OR EXISTS (
+            SELECT FROM jsonb_array_elements(v) e
+             WHERE jsonb_typeof(e) NOT IN ('number', 'string') OR e #>> '{}' !~ '^-?[0-9]{1,19}$') THEN
+        RAISE EXCEPTION 'request field "%" must be an array of integers, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN ARRAY(SELECT (e #>> '{}')::bigint FROM jsonb_array_elements(v) e);
+END
+$$;
+
+-- Messages as a JSON array of message objects, in (conversation, seq) order.
+CREATE FUNCTION chat.messages_json(msgs chat.message_view[])
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_agg(chat.message_json(m) ORDER BY m.conversation_id, m.seq), '[]')
+      FROM unnest(msgs) AS m
+$$;
+
+-- Runs one request of user_id's device (no error handling: see
+-- client_request) and returns its result object.
+CREATE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    conv bigint;
+    lim integer;
+    r record;
+    msgs chat.message_view[];
+BEGIN
+    CASE rtype
+    WHEN 'send' THEN
+        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
+           AND jsonb_typeof(request -> 'body') <> 'null' THEN
+            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
+        END IF;
+        SELECT * INTO r FROM chat.send_message(user_id,
+            chat.request_bigint(request, 'conversation'),
+            chat.request_text(request, 'body'),
+            chat.request_text(request, 'client_msg_id', false),
+            chat.request_bigint(request, 'reply_to', false),
+            device_id) AS s;
+        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
+                                  'created_at', chat.json_timestamp(r.created_at),
+                                  'duplicate', r.duplicate);
+    WHEN 'edit' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
+                                  chat.request_text(request, 'body'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'delete' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'ack' THEN
+        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'read' THEN
+        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
+                               chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'typing' THEN
+        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
+                            chat.request_bool(request, 'typing', true));
+        RETURN '{}';
+    WHEN 'sync' THEN
+        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
+        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
+                                  'more', cardinality(msgs) >= lim);
+    WHEN 'history' THEN
+        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
+                                                 chat.request_bigint(request, 'before_seq', false),
+                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'after' THEN
+        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
+                                                        chat.request_bigint(request, 'after_seq'),
+                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'conversations' THEN
+        RETURN jsonb_build_object('conversations', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
+                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
+                       'last_activity', chat.json_timestamp(c.last_activity),
+                       'last_message', c.last_message) ORDER BY c.last_activity DESC, c.conversation_id)
+              FROM chat.conversations(user_id,
+                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
+                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
+    WHEN 'direct' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
+    WHEN 'create_group' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.create_group(user_id, chat.request_text(request, 'title', false),
+                              chat.request_ids(request, 'members', false)));
+    WHEN 'add_member' THEN
+        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
+                                chat.request_bigint(request, 'user'),
+                                coalesce(chat.request_text(request, 'role', false), 'member'));
+        RETURN '{}';
+    WHEN 'remove_member' THEN
+        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
+                                   chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'presence' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
+                                                'last_seen', chat.json_timestamp(p.last_seen))
+                             ORDER BY p.user_id)
+              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    ELSE
+        RAISE EXCEPTION 'unknown request type "%"', rtype
+            USING ERRCODE = '22023',
+                  HINT = 'See PROTOCOL.md for the request types of chat.v1.';
+    END CASE;
+END
+$$;
+
+-- One client frame: dispatches request on behalf of (user_id, device_id)
+-- connected at node and returns the response frame with the request's id.
+-- Errors become error frames; the failed request's work is rolled back to
+-- a savepoint, so the caller's transaction goes on.
+CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rid jsonb;
+    result jsonb;
+    state text;
+    msg text;
+BEGIN
+    IF request IS NULL OR jsonb_typeof(request) <> 'object' THEN
+        RETURN jsonb_build_object('id', NULL, 'type', 'error', 'code', '22P02',
+                                  'error', 'invalid_text_representation',
+                                  'message', 'request is not a JSON object');
+    END IF;
+    rid := coalesce(request -> 'id', 'null');
+    IF jsonb_typeof(request -> 'type') IS DISTINCT FROM 'string' THEN
+        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', '22P02',
+                                  'error', 'invalid_text_representation',
+                                  'message', 'request has no type');
+    END IF;
+    IF request ->> 'type' = 'ping' THEN
+        RETURN jsonb_build_object('id', rid, 'type', 'pong');
+    END IF;
+    BEGIN
+        result := chat.dispatch_request(node, user_id, device_id, request);
+        RETURN jsonb_build_object('id', rid, 'type', 'ok', 'result', result);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', state,
+                                  'error', coalesce(chat.condition_name(state), 'error'),
+                                  'message', msg);
+    END;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.request_text(jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.request_bigint(jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.request_bool(jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.request_ids(jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.messages_json(chat.message_view[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.request_text(jsonb, text, boolean) IS 'client_request field as text (22023 missing, 22P02 wrong type)';
+COMMENT ON FUNCTION chat.request_bigint(jsonb, text, boolean) IS 'client_request field as bigint (22023 missing, 22P02 not an integer)';
+COMMENT ON FUNCTION chat.request_bool(jsonb, text, boolean) IS 'client_request field as boolean (22P02 wrong type)';
+COMMENT ON FUNCTION chat.request_ids(jsonb, text, boolean) IS 'client_request field as an array of ids (22P02 wrong type)';
+COMMENT ON FUNCTION chat.messages_json(chat.message_view[]) IS 'messages as a JSON array of message event objects';
+COMMENT ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) IS 'internal: runs one client request, errors propagate';
+COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
+    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames';
