@@ -483,15 +483,28 @@ export class DutifulClient {
     while (s.has(c + 1)) c++;
     this.contig.set(m.conversation, c);
     // A seq beyond the next one: ask for the gap.
-    if (m.seq > before + 1 && c < m.seq) this.repairGap(m.conversation, c).catch((e) => this.errors.push(String(e.message)));
+    if (m.seq > before + 1 && c < m.seq) this.repairGap(m.conversation).catch((e) => this.errors.push(String(e.message)));
   }
 
-  async repairGap(conversation, after) {
-    const c = this.c;
-    if (!c?.open) return;
-    const r = await c.call({ type: 'after', conversation, after_seq: after });
-    for (const m of r.messages) this.storeMessage(m);
-    this.scheduleAck();
+  // One `after` per conversation at a time; a gap seen meanwhile is
+  // covered by the running one or by the next round.
+  async repairGap(conversation) {
+    this.repairing ??= new Map();
+    if (this.repairing.has(conversation)) { this.repairing.set(conversation, true); return; }
+    this.repairing.set(conversation, false);
+    try {
+      for (let round = 0; round < 20; round++) {
+        const c = this.c;
+        if (!c?.open) return;
+        const r = await c.call({ type: 'after', conversation, after_seq: this.contig.get(conversation) });
+        for (const m of r.messages) this.storeMessage(m);
+        this.scheduleAck();
+        if (!this.repairing.get(conversation)) return;
+        this.repairing.set(conversation, false);
+      }
+    } finally {
+      this.repairing.delete(conversation);
+    }
   }
 
   scheduleAck() {
