@@ -52,7 +52,14 @@ test('a device connected twice gets a peer\'s message on both sockets', async ()
   const c1 = await connectAs(gw, carol.id, 1, { label: 'carol' });
   const r = await c1.call({ type: 'send', conversation: conv, body: 'to both sockets', client_msg_id: 'md-3' });
   for (const c of [a3x, a3y]) assert.equal((await c.waitFor((f) => f.type === 'message' && f.seq === r.seq, 3000)).body, 'to both sockets');
-  for (const c of [a3x, a3y, c1]) c.close();
+  // One socket goes: the device is still online through the other.
+  a3x.close();
+  await a3x.closed;
+  await new Promise((res) => setTimeout(res, 300));
+  const since = a3y.mark();
+  const r2 = await c1.call({ type: 'send', conversation: conv, body: 'still there?', client_msg_id: 'md-4' });
+  assert.equal((await a3y.waitFor((f) => f.type === 'message' && f.seq === r2.seq, 3000, since)).body, 'still there?');
+  for (const c of [a3y, c1]) c.close();
 });
 
 test('a group message reaches every member device once', async () => {

@@ -56,7 +56,7 @@ export const lit = (s) => `'${String(s).replace(/'/g, "''")}'`;
 
 // Creates database name with the chat extension (dropping an old one).
 export async function newDb(name) {
-  await psql('postgres', `SET client_min_messages = warning; DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+  await psql('postgres', `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
   await psql('postgres', `CREATE DATABASE "${name}"`);
   await psql(name, 'CREATE EXTENSION chat');
   return name;
