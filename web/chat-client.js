@@ -65,6 +65,8 @@ function listOf(result, ...keys) {
   if (Array.isArray(result)) return result;
   if (result && typeof result === 'object') {
     for (const k of keys) if (Array.isArray(result[k])) return result[k];
+    const any = Object.values(result).find(Array.isArray);
+    if (any) return any;
   }
   return [];
 }
@@ -823,7 +825,9 @@ export class ChatClient {
 function conversationId(result) {
   if (typeof result === 'number' || typeof result === 'string') return Number(result);
   if (result && typeof result === 'object') {
-    return Number(result.conversation ?? result.conversation_id ?? result.id);
+    const id = result.conversation ?? result.conversation_id ?? result.id
+      ?? result.direct_conversation ?? result.create_group ?? Object.values(result).find((v) => typeof v === 'number');
+    return Number(id);
   }
   return NaN;
 }
