@@ -1,0 +1,445 @@
+/*
+ * listen_test.c: observes the chat extension's notifications with a real
+ * listener while SQL runs on a second connection, and checks recipients
+ * per node, the payload format, the 8000-byte split, ref:true for large
+ * bodies, that rolled-back work notifies no one, offline nodes, receipts
+ * and the typing rate limit.  Runs once per chat.fanout_mode given on the
+ * command line (direct, worker).  Exit status 1 on any failure.
+ *
+ * Connection parameters come from the environment (PGHOST, PGPORT, ...);
+ * argv[1] is the database.
+ */
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#define MAX_EVENTS 4096
+
+/* One event of a notification: channel, recipient header and JSON line. */
+typedef struct Event
+{
+	char		channel[64];
+	char	   *header;
+	char	   *json;
+	int			payload_len;	/* length of the whole notification */
+} Event;
+
+static PGconn *sql;
+static PGconn *listener;
+static Event events[MAX_EVENTS];
+static int	nevents;
+static int	failures;
+static const char *mode;
+
+/* Prints a failed check. */
+static void
+fail(const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	fprintf(stdout, "not ok [%s] ", mode);
+	vfprintf(stdout, fmt, ap);
+	fprintf(stdout, "\n");
+	va_end(ap);
+	failures++;
+}
+
+/* Records a check. */
+static void
+check(int ok, const char *fmt,...)
+{
+	va_list		ap;
+
+	va_start(ap, fmt);
+	fprintf(stdout, "%s [%s] ", ok ? "ok" : "not ok", mode);
+	vfprintf(stdout, fmt, ap);
+	fprintf(stdout, "\n");
+	va_end(ap);
+	if (!ok)
+		failures++;
+}
+
+/* Runs SQL that must succeed; returns the first value of the first row. */
+static char *
+run(const char *fmt,...)
+{
+	static char value[8192];
+	char		query[65536 + 1024];
+	va_list		ap;
+	PGresult   *res;
+
+	va_start(ap, fmt);
+	vsnprintf(query, sizeof(query), fmt, ap);
+	va_end(ap);
+	res = PQexec(sql, query);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		fprintf(stderr, "query failed: %.200s\n%s", query, PQerrorMessage(sql));
+		exit(2);
+	}
+	value[0] = '\0';
+	if (PQntuples(res) > 0 && PQnfields(res) > 0)
+		snprintf(value, sizeof(value), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return value;
+}
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* Forgets the collected events. */
+static void
+clear_events(void)
+{
+	int			i;
+
+	for (i = 0; i < nevents; i++)
+	{
+		free(events[i].header);
+		free(events[i].json);
+	}
+	nevents = 0;
+}
+
+/* Splits a notification into its (header, json) line pairs. */
+static void
+add_notification(PGnotify *n)
+{
+	char	   *copy = strdup(n->extra);
+	char	   *save = NULL;
+	char	   *line;
+	int			len = strlen(n->extra);
+	int			i = 0;
+
+	for (line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++)
+	{
+		if (i % 2 == 0)
+		{
+			if (nevents >= MAX_EVENTS)
+				break;
+			snprintf(events[nevents].channel, sizeof(events[nevents].channel), "%s", n->relname);
+			events[nevents].header = strdup(line);
+			events[nevents].json = NULL;
+			events[nevents].payload_len = len;
+		}
+		else
+			events[nevents++].json = strdup(line);
+	}
+	if (i % 2 != 0)
+		fail("notification on %s has a header without an event line: %.80s", n->relname, n->extra);
+	free(copy);
+}
+
+/* Collects the notifications arriving within ms milliseconds. */
+static void
+collect(int ms)
+{
+	double		deadline = now_ms() + ms;
+	PGnotify   *n;
+
+	clear_events();
+	for (;;)
+	{
+		struct pollfd pfd = {PQsocket(listener), POLLIN, 0};
+		double		left = deadline - now_ms();
+
+		if (left <= 0)
+			break;
+		if (poll(&pfd, 1, (int) left + 1) > 0)
+		{
+			PQconsumeInput(listener);
+			while ((n = PQnotifies(listener)) != NULL)
+			{
+				add_notification(n);
+				PQfreemem(n);
+			}
+		}
+	}
+}
+
+/* Number of collected events on channel whose JSON contains needle. */
+static int
+count_events(const char *channel, const char *needle)
+{
+	int			i,
+				c = 0;
+
+	for (i = 0; i < nevents; i++)
+		if ((!channel || strcmp(events[i].channel, channel) == 0) &&
+			(!needle || strstr(events[i].json, needle)))
+			c++;
+	return c;
+}
+
+/* The header of the only event on channel matching needle, or "" */
+static const char *
+header_of(const char *channel, const char *needle)
+{
+	int			i;
+
+	for (i = 0; i < nevents; i++)
+		if (strcmp(events[i].channel, channel) == 0 && strstr(events[i].json, needle))
+			return events[i].header;
+	return "";
+}
+
+/* Sets up users 1..6, a group of 1-4 and sessions on gw1/gw2. */
+static char *
+setup(void)
+{
+	static char group[32];
+
+	run("SET chat.fanout_mode = '%s'", mode);
+	run("SELECT chat.upsert_user(i, 'u' || i) FROM generate_series(1, 6) i");
+	run("SELECT chat.register_device(i) FROM generate_series(1, 6) i");
+	run("SELECT chat.register_device(2)");	/* user 2 has devices 1 and 2 */
+	run("SELECT chat.node_reset('gw1'), chat.node_reset('gw2'), chat.node_reset('gw3'), chat.node_reset('dead')");
+	run("SELECT chat.connect('gw1', 1, 1), chat.connect('gw1', 2, 1), chat.connect('gw2', 2, 2),"
+		" chat.connect('gw2', 3, 1), chat.connect('dead', 5, 1)");
+	snprintf(group, sizeof(group), "%s",
+			 run("SELECT chat.create_group(1, 'rt', ARRAY[2, 3, 4, 5]::bigint[])"));
+	run("UPDATE chat.nodes SET heartbeat_at = now() - interval '1 hour' WHERE node = 'dead'");
+	return group;
+}
+
+/* A message goes once to each node with exactly its online recipients. */
+static void
+test_routing(const char *g)
+{
+	char		expected[1024];
+	char		seq[32],
+				created[64];
+	int			i;
+
+	collect(300);				/* drop setup events */
+	run("SELECT seq FROM chat.send_message(1, %s, E'hi \"you\"\\n\\t\\\\ \\u00e9', 'c-%s', NULL, 1)", g, mode);
+	collect(500);
+	snprintf(seq, sizeof(seq), "%s", run("SELECT last_seq FROM chat.conversations WHERE id = %s", g));
+	snprintf(created, sizeof(created), "%s",
+			 run("SELECT chat.json_timestamp(created_at) FROM chat.messages WHERE conversation_id = %s AND seq = %s", g, seq));
+	snprintf(expected, sizeof(expected),
+			 "{\"type\":\"message\",\"conversation\":%s,\"seq\":%s,\"sender\":1,\"sender_device\":1,"
+			 "\"kind\":\"text\",\"body\":\"hi \\\"you\\\"\\n\\t\\\\ \xc3\xa9\",\"client_msg_id\":\"c-%s\","
+			 "\"reply_to\":null,\"created_at\":\"%s\"}", g, seq, mode, created);
+	check(count_events("chat_node_gw1", "\"type\":\"message\"") == 1, "one message event on gw1");
+	check(count_events("chat_node_gw2", "\"type\":\"message\"") == 1, "one message event on gw2");
+	check(count_events("chat_node_gw3", NULL) == 0, "nothing on gw3 (no members there)");
+	check(count_events("chat_node_dead", NULL) == 0, "nothing on a node past chat.node_timeout");
+	check(strcmp(header_of("chat_node_gw1", "\"type\":\"message\""), "1,2") == 0,
+		  "gw1 header lists users 1,2 (sender's own devices included): %s",
+		  header_of("chat_node_gw1", "\"type\":\"message\""));
+	check(strcmp(header_of("chat_node_gw2", "\"type\":\"message\""), "2,3") == 0,
+		  "gw2 header lists users 2,3: %s", header_of("chat_node_gw2", "\"type\":\"message\""));
+	for (i = 0; i < nevents; i++)
+		if (strstr(events[i].json, "\"type\":\"message\""))
+			check(strcmp(events[i].json, expected) == 0, "event JSON is exact and escaped: %s", events[i].json);
+	check(atoi(run("SELECT count(*) FROM chat.push_outbox")) == 0, "no push rows (no push tokens)");
+}
+
+/* A rolled-back send or savepoint notifies no one. */
+static void
+test_rollback(const char *g)
+{
+	run("BEGIN");
+	run("SELECT chat.send_message(1, %s, 'never')", g);
+	run("ROLLBACK");
+	run("BEGIN");
+	run("SAVEPOINT s");
+	run("SELECT chat.send_message(1, %s, 'undone')", g);
+	run("ROLLBACK TO SAVEPOINT s");
+	run("SELECT chat.send_message(1, %s, 'kept')", g);
+	run("COMMIT");
+	collect(500);
+	check(count_events(NULL, "never") == 0, "rolled-back send notifies no one");
+	check(count_events(NULL, "undone") == 0, "send rolled back to a savepoint notifies no one");
+	check(count_events(NULL, "kept") == 2, "the send after the savepoint goes to gw1 and gw2");
+	/* client_request: a failed request inside is rolled back, the next works */
+	run("BEGIN");
+	run("SELECT chat.client_request('gw1', 6, 1, '{\"id\":1,\"type\":\"send\",\"conversation\":%s,\"body\":\"intruder\"}')", g);
+	run("SELECT chat.client_request('gw1', 1, 1, '{\"id\":2,\"type\":\"send\",\"conversation\":%s,\"body\":\"after error\"}')", g);
+	run("COMMIT");
+	collect(500);
+	check(count_events(NULL, "intruder") == 0, "a refused client request sends nothing");
+	check(count_events(NULL, "after error") == 2, "the next request in the same transaction works");
+}
+
+/* A body too large for a payload goes as ref:true, without the body. */
+static void
+test_ref(const char *g)
+{
+	int			i,
+				ok = 1;
+
+	run("SELECT chat.send_message(1, %s, repeat('x', 60000))", g);
+	collect(500);
+	check(count_events(NULL, "\"ref\":true") == 2, "large body: ref:true event on gw1 and gw2");
+	for (i = 0; i < nevents; i++)
+		if (strstr(events[i].json, "xxxx") || events[i].payload_len > 7999)
+			ok = 0;
+	check(ok, "no body in ref events, every payload under 8000 bytes");
+	run("SELECT chat.send_message(1, %s, repeat('y', 7000))", g);
+	collect(500);
+	check(count_events(NULL, "yyyy") == 2, "a 7000-byte body still fits inline");
+}
+
+/* A group larger than one payload can list is split over notifications. */
+static void
+test_split(void)
+{
+	char		g[32];
+	int			i,
+				total = 0,
+				ok = 1,
+				dup = 0;
+	static char seen[1001];
+
+	run("SELECT chat.upsert_user(1000000000000000 + i, 'big' || i) FROM generate_series(1, 1000) i");
+	run("SELECT chat.register_device(1000000000000000 + i) FROM generate_series(1, 1000) i");
+	run("SELECT chat.connect('gw3', 1000000000000000 + i, 1) FROM generate_series(1, 1000) i");
+	snprintf(g, sizeof(g), "%s",
+			 run("SELECT chat.create_group(1000000000000001, 'big',"
+				 " ARRAY(SELECT 1000000000000000 + i FROM generate_series(2, 1000) i))"));
+	collect(800);
+	run("SELECT chat.send_message(1000000000000001, %s, 'to everyone')", g);
+	collect(800);
+	memset(seen, 0, sizeof(seen));
+	for (i = 0; i < nevents; i++)
+	{
+		char	   *h,
+				   *save = NULL,
+				   *tok;
+
+		if (!strstr(events[i].json, "to everyone"))
+			continue;
+		total++;
+		if (events[i].payload_len > 7999 || strcmp(events[i].channel, "chat_node_gw3") != 0)
+			ok = 0;
+		h = strdup(events[i].header);
+		for (tok = strtok_r(h, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		{
+			long long	id = atoll(tok) - 1000000000000000LL;
+
+			if (id < 1 || id > 1000)
+				ok = 0;
+			else if (seen[id]++)
+				dup++;
+		}
+		free(h);
+	}
+	for (i = 1; i <= 1000; i++)
+		if (!seen[i])
+			ok = 0;
+	check(total >= 3, "1000 recipients with 16-digit ids take %d notifications (>= 3)", total);
+	check(ok && dup == 0, "split headers list every member exactly once, payloads under 8000 bytes");
+	run("SELECT chat.node_reset('gw3')");
+}
+
+/* Receipts go to the senders of the covered messages only. */
+static void
+test_receipts(const char *g)
+{
+	char		expected[256];
+
+	run("SELECT chat.send_message(3, %s, 'from 3')", g);
+	collect(300);
+	run("SELECT chat.mark_read(2, %s, (SELECT last_seq FROM chat.conversations WHERE id = %s))", g, g);
+	collect(500);
+	snprintf(expected, sizeof(expected), "\"type\":\"receipt\",\"conversation\":%s,\"user\":2,\"read\":", g);
+	check(strcmp(header_of("chat_node_gw1", expected), "1") == 0, "read receipt to sender 1 on gw1");
+	check(strcmp(header_of("chat_node_gw2", expected), "3") == 0, "read receipt to sender 3 on gw2");
+	check(count_events(NULL, expected) == 2, "no receipt to anyone else");
+}
+
+/* Typing: the other members only; at most one per interval. */
+static void
+test_typing(const char *g)
+{
+	int			i;
+
+	run("SET chat.typing_interval = '400ms'");
+	for (i = 0; i < 5; i++)
+		run("SELECT chat.typing(3, %s)", g);
+	collect(300);
+	check(count_events("chat_node_gw1", "\"typing\":true") == 1, "5 quick typing calls: one event on gw1");
+	check(strcmp(header_of("chat_node_gw2", "\"typing\""), "2") == 0,
+		  "typing goes to the other members (not user 3 itself): %s", header_of("chat_node_gw2", "\"typing\""));
+	run("SELECT chat.typing(3, %s, false)", g);
+	run("SELECT chat.typing(3, %s, false)", g);
+	collect(300);
+	check(count_events("chat_node_gw1", "\"typing\":false") == 1, "one stop event after a start");
+	usleep(450 * 1000);
+	run("SELECT chat.typing(3, %s)", g);
+	collect(300);
+	check(count_events("chat_node_gw1", "\"typing\":true") == 1, "typing again after the interval");
+}
+
+/* Presence: first device online / last device offline, and privacy. */
+static void
+test_presence(void)
+{
+	run("SELECT chat.connect('gw3', 4, 1)");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"online\": true") == 1, "user 4 online: presence to its peers on gw1");
+	run("SELECT chat.connect('gw3', 4, 1)");
+	collect(300);
+	check(count_events(NULL, "presence") == 0, "a repeated connect sends no presence");
+	run("UPDATE chat.users SET presence_privacy = 'nobody' WHERE id = 4");
+	run("SELECT chat.disconnect('gw3', 4, 1)");
+	collect(400);
+	check(count_events(NULL, "presence") == 0, "privacy nobody: no presence events");
+}
+
+int
+main(int argc, char **argv)
+{
+	char		conninfo[256];
+	char	   *g;
+
+	if (argc < 3)
+	{
+		fprintf(stderr, "usage: %s DBNAME MODE...\n", argv[0]);
+		return 2;
+	}
+	for (int m = 2; m < argc; m++)
+	{
+		mode = argv[m];
+		snprintf(conninfo, sizeof(conninfo), "dbname=%s", argv[1]);
+		sql = PQconnectdb(conninfo);
+		listener = PQconnectdb(conninfo);
+		if (PQstatus(sql) != CONNECTION_OK || PQstatus(listener) != CONNECTION_OK)
+		{
+			fprintf(stderr, "connection failed: %s", PQerrorMessage(sql));
+			return 2;
+		}
+		PQclear(PQexec(sql, "SET client_min_messages = warning"));
+		PQclear(PQexec(sql, "DROP EXTENSION IF EXISTS chat CASCADE"));
+		PQclear(PQexec(sql, "CREATE EXTENSION chat"));
+		PQclear(PQexec(listener, "LISTEN chat_node_gw1; LISTEN chat_node_gw2; LISTEN chat_node_gw3; LISTEN chat_node_dead"));
+		g = setup();
+		test_routing(g);
+		test_rollback(g);
+		test_ref(g);
+		test_receipts(g);
+		test_typing(g);
+		test_presence();
+		test_split();
+		clear_events();
+		PQfinish(sql);
+		PQfinish(listener);
+	}
+	printf("%s\n", failures ? "FAILED" : "all realtime checks passed");
+	return failures ? 1 : 0;
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Realtime notifications observed by a real listener (listen_test.c), once
+# with chat.fanout_mode = direct and once with the notifier worker.
+# Uses the harness's cluster (PGHOST/PGPORT/PGUSER) or starts its own.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+cd "$top"
+. tests/lib/cluster.sh
+if [ -z "${PGPORT:-}" ] || [ -z "${PGHOST:-}" ]; then
+  trap cluster_stop EXIT
+  cluster_start
+fi
+bin=${CHAT_TEST_TMP:-/tmp}/listen_test
+gcc -Wall -Wextra -Werror -O1 -o "$bin" "$here/listen_test.c" -I"$(pg_config --includedir)" -L"$(pg_config --libdir)" -lpq
+new_db chat_rt
+"$bin" chat_rt direct worker
