@@ -153,6 +153,9 @@ COMMENT ON TABLE chat.device_cursors IS 'per-device acked_seq per conversation, 
 COMMENT ON TABLE chat.nodes IS 'gateway nodes and their heartbeats';
 COMMENT ON TABLE chat.sessions IS 'connected devices per gateway node (unlogged)';
 COMMENT ON TABLE chat.push_outbox IS 'push notifications pending for offline devices';
+COMMENT ON SEQUENCE chat.conversations_id_seq IS 'ids of chat.conversations';
+COMMENT ON SEQUENCE chat.push_outbox_id_seq IS 'ids of chat.push_outbox';
+COMMENT ON SCHEMA chat IS 'pgchat: users, conversations, gapless messages, receipts, presence and NOTIFY fanout';
 
 -- What a message looks like to readers (API.md).
 CREATE TYPE chat.message_view AS (
@@ -168,3 +171,4 @@ CREATE TYPE chat.message_view AS (
     edited_at       timestamptz,
     deleted_at      timestamptz
 );
+COMMENT ON TYPE chat.message_view IS 'a message as readers see it (history, messages_after, get_message, sync)';
