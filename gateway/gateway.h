@@ -1,0 +1,212 @@
+/* gateway.h: types shared by the modules of chat-gateway and their interfaces. */
+#ifndef CHAT_GATEWAY_H
+#define CHAT_GATEWAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <libwebsockets.h>
+#include <libpq-fe.h>
+
+#define GATEWAY_VERSION "0.1.0"
+
+/* ---- config.c: flags, environment, config file ---- */
+
+struct config {
+	char *listen;			/* host:port as given */
+	char *listen_host;		/* NULL: every interface */
+	int listen_port;
+	char *node;			/* this process's node (worker: <node>_<i>) */
+	char *dsn;
+	char *token_secret_file;
+	char *tls_cert;
+	char *tls_key;
+	char *static_dir;
+	char *log_format;
+	char *log_file;
+	char *log_level;
+	char *config_file;
+	int pool;
+	int workers;
+	int auth_timeout;		/* seconds */
+	int max_frame;			/* bytes */
+	int max_queue;			/* events per connection ring */
+	int max_queue_bytes;		/* bytes per connection ring */
+	int rate;			/* requests per second per connection */
+	int heartbeat;			/* seconds between WebSocket pings */
+	int max_conns;
+	int max_unauth;
+	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
+	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
+
+	/* derived at start-up */
+	unsigned char *secret;
+	size_t secret_len;
+	int log_json;
+	int log_min;			/* LOG_DEBUG .. LOG_ERROR */
+	int worker_index;		/* -1 when not a worker */
+};
+
+extern struct config cfg;
+
+/* Parses argv, the environment and --config into cfg; exits on error. */
+void config_load(int argc, char **argv);
+/* Checks a node name against [a-z0-9_]{1,40}. */
+int config_node_valid(const char *node);
+
+/* ---- main.c: logging, time, process life cycle ---- */
+
+enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* Writes one structured log line; conn is 0 when no connection is concerned. */
+void log_msg(int level, uint32_t conn, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Reopens --log-file (SIGHUP). */
+void log_reopen(void);
+/* Monotonic microseconds. */
+uint64_t now_us(void);
+
+extern struct lws_context *context;
+extern struct lws_vhost *vhost_pg;	/* vhost holding the adopted libpq sockets */
+extern int draining;			/* SIGTERM received */
+
+/* Creates the listening vhost once the database is ready; returns 0 on success. */
+int main_listen(void);
+/* Ends the event loop (after a drain). */
+void main_stop(void);
+
+/* ---- ws.c: client connections ---- */
+
+/* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
+ * reference counted, freed by the last msg_unref. */
+struct msg {
+	uint32_t refs;			/* MSG_STATIC: never freed */
+	uint32_t len;
+	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
+};
+#define MSG_STATIC UINT32_MAX
+#define MSG_DATA(m) ((char *)(m)->buf + LWS_PRE)
+
+/* Per-connection bounded send ring, allocated on first use. */
+struct ring {
+	uint32_t cap, head, count, bytes;
+	struct msg *slot[];
+};
+
+/* One WebSocket client.  The lws per-session data is only a pointer to it;
+ * it outlives its wsi while database requests still refer to it (refs). */
+struct conn {
+	struct lws *wsi;		/* NULL once lws closed it */
+	struct conn *prev, *next;	/* unauthenticated or authenticated list */
+	struct conn *user_next;		/* hash bucket chain (route.c) */
+	struct ring *ring;
+	char *rx;			/* fragment assembly, NULL between frames */
+	int64_t user;
+	uint32_t id;
+	int32_t device;
+	uint32_t rx_len;
+	uint32_t born_ms;		/* accept time, for the auth timeout */
+	uint32_t rate_ms;		/* last token-bucket refill */
+	float tokens;
+	uint16_t strikes;		/* requests refused since the bucket was last full */
+	uint16_t close_code;		/* nonzero: close at the next writeable */
+	uint16_t refs;			/* 1 for the wsi + one per pending db entry */
+	uint8_t missed_pongs;
+	unsigned authed:1, hello_sent:1, registered:1, ping_due:1, rx_skip:1;
+};
+
+struct msg *msg_new(const char *data, size_t len);
+void msg_ref(struct msg *m);
+void msg_unref(struct msg *m);
+
+/* Queues m on the connection's ring (taking a reference) and asks for a
+ * writeable callback; a full ring closes the connection with 4009. */
+void ws_send(struct conn *c, struct msg *m);
+/* Copies text into a new frame and queues it. */
+void ws_send_text(struct conn *c, const char *text, size_t len);
+/* Sends an error frame {"id":..,"type":"error",...}; id_json may be NULL. */
+void ws_send_error(struct conn *c, const char *id_json, const char *code,
+		   const char *message);
+/* Closes the connection with a WebSocket close code at the next writeable. */
+void ws_close(struct conn *c, int code, const char *why);
+/* Drops a reference taken for a pending database entry. */
+void ws_conn_unref(struct conn *c);
+void ws_conn_ref(struct conn *c);
+/* The database registered c (chat.connect done): hello or resync. */
+void ws_registered(struct conn *c);
+/* Calls fn for every authenticated connection. */
+void ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
+/* SIGTERM: close every client with 1012. */
+void ws_drain(void);
+/* Counts of open connections. */
+extern uint32_t ws_conns_total, ws_conns_unauth;
+
+int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		void *user, void *in, size_t len);
+/* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
+void ws_start_timers(void);
+
+/* ---- auth.c: HS256 JWT ---- */
+
+/* Verifies token; on success sets user and device and returns 0, else
+ * returns -1 and points why at a static reason. */
+int auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
+		const char **why);
+
+/* ---- route.c: user table and notification fan-in ---- */
+
+void route_add(struct conn *c);
+void route_remove(struct conn *c);
+/* Parses one NOTIFY payload (header line + JSON line, repeated) and delivers. */
+void route_notify(const char *payload);
+/* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */
+void route_ref_done(void *event, const char *json, size_t len);
+/* Forgets waiting events (database lost). */
+void route_reset(void);
+
+/* ---- db.c: libpq in the event loop ---- */
+
+/* Starts connecting the LISTEN/control connection and the pool. */
+void db_start(void);
+/* True when the control connection and every pool connection are ready. */
+int db_ready(void);
+/* True when sessions can be registered now. */
+int db_ctl_ready(void);
+/* Relays a client frame through chat.client_request; the response goes to c. */
+void db_request(struct conn *c, const char *frame, size_t len, const char *id_json);
+/* chat.connect / chat.disconnect on the control connection. */
+void db_session_connect(struct conn *c);
+void db_session_disconnect(int64_t user, int32_t device);
+/* Resolves a "ref":true message event; calls route_ref_done(event, ...). */
+int db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq);
+/* SIGTERM: queues chat.node_reset; db_shutdown_done() says when it ran. */
+void db_shutdown(void);
+int db_shutdown_done(void);
+
+int db_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		void *user, void *in, size_t len);
+
+/* ---- metrics.c: Prometheus counters ---- */
+
+struct metrics {
+	uint64_t connections_total;
+	uint64_t auth_failures;
+	uint64_t frames_in, frames_out, bytes_in, bytes_out;
+	uint64_t notifications_in, events_in, events_invalid;
+	uint64_t deliveries, drops, skipped_own;
+	uint64_t requests, request_errors, rate_limited;
+	uint64_t refs_resolved;
+	uint64_t db_reconnects, resyncs;
+	uint64_t closes[16];		/* indexed by metrics_close_slot */
+	uint64_t latency_buckets[16];
+	uint64_t latency_count;
+	double latency_sum;
+};
+
+extern struct metrics stats;
+
+void metrics_close(int code);
+void metrics_latency(uint64_t us);
+/* Renders the Prometheus text into a malloc'd buffer; caller frees. */
+char *metrics_render(size_t *len);
+
+#endif

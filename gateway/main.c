@@ -1,0 +1,386 @@
+/* main.c: start-up, the event loop, signals, logging and the --workers supervisor. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <sys/resource.h>
+#include "gateway.h"
+
+struct lws_context *context;
+struct lws_vhost *vhost_pg;
+int draining;
+
+static volatile sig_atomic_t got_term, got_hup;
+static int stop, log_fd = 2;
+static uint64_t drain_started;
+static lws_sorted_usec_list_t sul_signals;
+static struct lws_http_mount mounts[3];
+
+static const struct lws_protocols protocols[] = {
+	/* First: the default for HTTP and for clients that name no subprotocol. */
+	{ "chat.v1", ws_callback, sizeof(struct conn *), 512, 0, NULL, 0 },
+	{ "pg", db_callback, 0, 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+uint64_t
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* Appends s to buf as a JSON string body (no quotes); returns the new length. */
+static size_t
+json_escape(char *buf, size_t pos, size_t cap, const char *s)
+{
+	for (; *s && pos + 7 < cap; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\') {
+			buf[pos++] = '\\';
+			buf[pos++] = (char)ch;
+		} else if (ch < 0x20) {
+			pos += (size_t)snprintf(buf + pos, cap - pos, "\\u%04x", ch);
+		} else {
+			buf[pos++] = (char)ch;
+		}
+	}
+	return pos;
+}
+
+void
+log_msg(int level, uint32_t conn, const char *fmt, ...)
+{
+	static const char *names[] = { "debug", "info", "warn", "error" };
+	char msg[1024], line[2560], ts[40];
+	struct timespec now;
+	struct tm tm;
+	size_t n;
+	va_list ap;
+
+	if (level < cfg.log_min)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	n = strlen(msg);
+	while (n && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
+
+	if (cfg.log_json) {
+		n = (size_t)snprintf(line, sizeof(line),
+				     "{\"ts\":\"%s\",\"level\":\"%s\",\"node\":\"%s\",\"pid\":%d,",
+				     ts, names[level], cfg.node ? cfg.node : "", (int)getpid());
+		if (conn)
+			n += (size_t)snprintf(line + n, sizeof(line) - n, "\"conn\":%u,", conn);
+		n += (size_t)snprintf(line + n, sizeof(line) - n, "\"msg\":\"");
+		n = json_escape(line, n, sizeof(line) - 3, msg);
+		line[n++] = '"';
+		line[n++] = '}';
+	} else {
+		n = (size_t)snprintf(line, sizeof(line), "%s %-5s node=%s pid=%d ", ts, names[level],
+				     cfg.node ? cfg.node : "", (int)getpid());
+		if (conn)
+			n += (size_t)snprintf(line + n, sizeof(line) - n, "conn=%u ", conn);
+		n += (size_t)snprintf(line + n, sizeof(line) - n, "%s", msg);
+		if (n > sizeof(line) - 2)
+			n = sizeof(line) - 2;
+	}
+	line[n++] = '\n';
+	/* One write per line: several workers may append to the same file. */
+	if (write(log_fd, line, n) < 0) {
+		/* nowhere left to report it */
+	}
+}
+
+void
+log_reopen(void)
+{
+	int fd;
+
+	if (!cfg.log_file)
+		return;
+	fd = open(cfg.log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		log_msg(LOG_ERROR, 0, "cannot open log file %s: %s", cfg.log_file, strerror(errno));
+		return;
+	}
+	if (log_fd != 2)
+		close(log_fd);
+	log_fd = fd;
+}
+
+/* lws's own warnings and errors go through our log. */
+static void
+log_lws(int level, const char *line)
+{
+	log_msg(level == LLL_ERR ? LOG_ERROR : LOG_WARN, 0, "lws: %s", line);
+}
+
+static void
+on_signal(int sig)
+{
+	if (sig == SIGHUP)
+		got_hup = 1;
+	else
+		got_term = 1;
+	if (context)
+		lws_cancel_service(context);
+}
+
+/* Signals are acted on here, in the loop, never in the handler. */
+static void
+main_signals(lws_sorted_usec_list_t *sul)
+{
+	(void)sul;
+	if (got_hup) {
+		got_hup = 0;
+		log_reopen();
+		log_msg(LOG_INFO, 0, "SIGHUP: log file reopened");
+	}
+	if (got_term && !draining) {
+		draining = 1;
+		drain_started = now_us();
+		log_msg(LOG_INFO, 0, "SIGTERM: draining %u connections", ws_conns_total);
+		ws_drain();
+		db_shutdown();
+	}
+	if (draining) {
+		int timed_out = now_us() - drain_started > (uint64_t)cfg.drain_timeout * LWS_US_PER_SEC;
+		if ((ws_conns_total == 0 && db_shutdown_done()) || timed_out) {
+			if (timed_out)
+				log_msg(LOG_WARN, 0, "drain timeout: %u connections left", ws_conns_total);
+			main_stop();
+			return;
+		}
+	}
+	lws_sul_schedule(context, 0, &sul_signals, main_signals, 50 * LWS_US_PER_MS);
+}
+
+void
+main_stop(void)
+{
+	stop = 1;
+	lws_cancel_service(context);
+}
+
+int
+main_listen(void)
+{
+	struct lws_context_creation_info info;
+	int n = 0;
+
+	memset(&info, 0, sizeof(info));
+	if (cfg.static_dir) {
+		mounts[n].mountpoint = "/";
+		mounts[n].mountpoint_len = 1;
+		mounts[n].origin = cfg.static_dir;
+		mounts[n].def = "index.html";
+		mounts[n].origin_protocol = LWSMPRO_FILE;
+		n++;
+	}
+	const char *dyn[] = { "/healthz", "/metrics" };
+	for (int i = 0; i < 2; i++, n++) {
+		mounts[n].mountpoint = dyn[i];
+		mounts[n].mountpoint_len = (unsigned char)strlen(dyn[i]);
+		mounts[n].origin = "chat.v1";
+		mounts[n].origin_protocol = LWSMPRO_CALLBACK;
+	}
+	for (int i = 0; i + 1 < n; i++)
+		mounts[i].mount_next = &mounts[i + 1];
+
+	info.vhost_name = "chat";
+	info.port = cfg.listen_port;
+	info.iface = cfg.listen_host;
+	info.protocols = protocols;
+	info.mounts = mounts;
+	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+	if (cfg.workers > 0)
+		info.options |= LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE;
+	if (cfg.tls_cert) {
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.ssl_cert_filepath = cfg.tls_cert;
+		info.ssl_private_key_filepath = cfg.tls_key;
+	}
+	if (!lws_create_vhost(context, &info)) {
+		log_msg(LOG_ERROR, 0, "cannot listen on %s", cfg.listen);
+		return -1;
+	}
+	log_msg(LOG_INFO, 0, "listening on %s%s", cfg.listen, cfg.tls_cert ? " (TLS)" : "");
+	return 0;
+}
+
+/* One single-threaded server process: returns the exit status. */
+static int
+main_serve(void)
+{
+	struct lws_context_creation_info info;
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	lws_set_log_level(LLL_ERR | LLL_WARN, log_lws);
+	memset(&info, 0, sizeof(info));
+	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8;
+	if (cfg.tls_cert)
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.timeout_secs = 10;		/* HTTP handshake stalls */
+	context = lws_create_context(&info);
+	if (!context) {
+		log_msg(LOG_ERROR, 0, "lws_create_context failed");
+		return 1;
+	}
+	/* The libpq sockets live on a vhost that listens nowhere; the client
+	 * vhost is created once the node is registered (db.c). */
+	info.vhost_name = "pg";
+	vhost_pg = lws_create_vhost(context, &info);
+	if (!vhost_pg) {
+		log_msg(LOG_ERROR, 0, "cannot create the database vhost");
+		lws_context_destroy(context);
+		return 1;
+	}
+	log_msg(LOG_INFO, 0, "chat-gateway %s starting (pool %d)", GATEWAY_VERSION, cfg.pool);
+	db_start();
+	ws_start_timers();
+	lws_sul_schedule(context, 0, &sul_signals, main_signals, 50 * LWS_US_PER_MS);
+
+	while (!stop)
+		if (lws_service(context, 0) < 0)
+			break;
+	lws_context_destroy(context);
+	context = NULL;
+	log_msg(LOG_INFO, 0, "stopped");
+	return 0;
+}
+
+/* --workers: the parent only forks, restarts and forwards signals. */
+static pid_t *children;
+
+static pid_t
+main_spawn(int i, const char *base_node)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		char *node = malloc(strlen(base_node) + 8);
+		sprintf(node, "%s_%d", base_node, i);
+		cfg.node = node;
+		cfg.worker_index = i;
+		sigset_t none;
+		sigemptyset(&none);
+		signal(SIGCHLD, SIG_DFL);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		exit(main_serve());
+	}
+	if (pid < 0)
+		log_msg(LOG_ERROR, 0, "fork failed: %s", strerror(errno));
+	else
+		log_msg(LOG_INFO, 0, "worker %d started (pid %d)", i, (int)pid);
+	return pid;
+}
+
+static void
+on_child(int sig)
+{
+	(void)sig;
+}
+
+static int
+main_supervise(void)
+{
+	char *base = cfg.node;
+	struct sigaction sa;
+	sigset_t mask, old;
+	int alive = 0, terminating = 0;
+
+	children = calloc((size_t)cfg.workers, sizeof(*children));
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	sa.sa_handler = on_child;
+	sigaction(SIGCHLD, &sa, NULL);
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGCHLD);
+	/* Blocked except inside sigsuspend: no signal slips between check and wait. */
+	sigprocmask(SIG_BLOCK, &mask, &old);
+
+	for (int i = 0; i < cfg.workers; i++)
+		if ((children[i] = main_spawn(i, base)) > 0)
+			alive++;
+	for (;;) {
+		int status;
+		pid_t pid;
+
+		if (got_hup) {
+			got_hup = 0;
+			log_reopen();
+			for (int i = 0; i < cfg.workers; i++)
+				if (children[i] > 0)
+					kill(children[i], SIGHUP);
+		}
+		if (got_term && !terminating) {
+			terminating = 1;
+			log_msg(LOG_INFO, 0, "SIGTERM: stopping %d workers", alive);
+			for (int i = 0; i < cfg.workers; i++)
+				if (children[i] > 0)
+					kill(children[i], SIGTERM);
+		}
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+			for (int i = 0; i < cfg.workers; i++) {
+				if (children[i] != pid)
+					continue;
+				children[i] = 0;
+				alive--;
+				if (terminating)
+					break;
+				log_msg(LOG_WARN, 0, "worker %d (pid %d) died (%s %d): restarting",
+					i, (int)pid, WIFSIGNALED(status) ? "signal" : "status",
+					WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+				sleep(1);	/* no tight restart loop */
+				if ((children[i] = main_spawn(i, base)) > 0)
+					alive++;
+				break;
+			}
+		}
+		if (terminating && alive <= 0)
+			break;
+		sigsuspend(&old);
+	}
+	log_msg(LOG_INFO, 0, "all workers stopped");
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	config_load(argc, argv);
+	log_reopen();
+	srandom((unsigned)(time(NULL) ^ getpid()));
+	if (cfg.workers > 0)
+		return main_supervise();
+	return main_serve();
+}

@@ -1,0 +1,693 @@
+/* ws.c: WebSocket clients and the small HTTP surface (/healthz, /metrics).
+ *
+ * Habits from lws minimal-ws-server-ring and mosquitto: the per-session data
+ * is a pointer to a struct conn we own; producers queue on a bounded ring
+ * and ask for a writeable callback; only LWS_CALLBACK_SERVER_WRITEABLE calls
+ * lws_write, one frame per callback.  Rings and fragment buffers are
+ * allocated on first use so that an idle connection costs one small struct. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+#include "gateway.h"
+
+uint32_t ws_conns_total, ws_conns_unauth;
+
+/* Unauthenticated connections in accept order (auth timeout), then the rest. */
+static struct conn *unauth_head, *unauth_tail, *authed_head;
+static uint32_t next_conn_id;
+static lws_sorted_usec_list_t sul_tick;
+static uint32_t ticks;
+
+static struct msg *resync_msg;
+
+/* Milliseconds on a wrapping 32-bit clock; compare with differences only. */
+static uint32_t
+now_ms(void)
+{
+	return (uint32_t)(now_us() / 1000);
+}
+
+struct msg *
+msg_new(const char *data, size_t len)
+{
+	struct msg *m = malloc(sizeof(*m) + LWS_PRE + len + 1);
+
+	if (!m)
+		return NULL;
+	m->refs = 1;
+	m->len = (uint32_t)len;
+	memcpy(m->buf + LWS_PRE, data, len);
+	m->buf[LWS_PRE + len] = '\0';
+	return m;
+}
+
+void
+msg_ref(struct msg *m)
+{
+	if (m->refs != MSG_STATIC)
+		m->refs++;
+}
+
+void
+msg_unref(struct msg *m)
+{
+	if (m->refs != MSG_STATIC && --m->refs == 0)
+		free(m);
+}
+
+/* Releases every queued frame (close or overflow); the ring itself stays. */
+static void
+ring_clear(struct conn *c)
+{
+	struct ring *r = c->ring;
+
+	if (!r)
+		return;
+	while (r->count) {
+		msg_unref(r->slot[r->head]);
+		r->head = (r->head + 1) & (r->cap - 1);
+		r->count--;
+	}
+	r->bytes = 0;
+}
+
+/* Grows the ring (power of two, at most --max-queue); -1 when at the cap. */
+static int
+ring_grow(struct conn *c)
+{
+	struct ring *r = c->ring, *n;
+	uint32_t cap = r ? r->cap * 2 : 8;
+
+	if (r && r->cap >= (uint32_t)cfg.max_queue)
+		return -1;
+	n = malloc(sizeof(*n) + cap * sizeof(struct msg *));
+	if (!n)
+		return -1;
+	n->cap = cap;
+	n->head = 0;
+	n->count = 0;
+	n->bytes = 0;
+	if (r) {
+		for (uint32_t i = 0; i < r->count; i++)
+			n->slot[i] = r->slot[(r->head + i) & (r->cap - 1)];
+		n->count = r->count;
+		n->bytes = r->bytes;
+		free(r);
+	}
+	c->ring = n;
+	return 0;
+}
+
+void
+ws_send(struct conn *c, struct msg *m)
+{
+	struct ring *r;
+
+	if (!c->wsi || c->close_code) {
+		stats.drops++;
+		return;
+	}
+	r = c->ring;
+	if (!r || r->count == r->cap) {
+		if ((r && (int)r->count >= cfg.max_queue) || ring_grow(c)) {
+			stats.drops++;
+			log_msg(LOG_WARN, c->id, "send ring full (%u events): closing as lagging",
+				c->ring ? c->ring->count : 0);
+			ws_close(c, 4009, "lagging");
+			return;
+		}
+		r = c->ring;
+	}
+	if (r->count && r->bytes + m->len > (uint32_t)cfg.max_queue_bytes) {
+		stats.drops++;
+		log_msg(LOG_WARN, c->id, "send ring over %d bytes: closing as lagging",
+			cfg.max_queue_bytes);
+		ws_close(c, 4009, "lagging");
+		return;
+	}
+	msg_ref(m);
+	r->slot[(r->head + r->count) & (r->cap - 1)] = m;
+	r->count++;
+	r->bytes += m->len;
+	lws_callback_on_writable(c->wsi);
+}
+
+void
+ws_send_text(struct conn *c, const char *text, size_t len)
+{
+	struct msg *m = msg_new(text, len);
+
+	if (!m)
+		return;
+	ws_send(c, m);
+	msg_unref(m);
+}
+
+/* Condition names of the SQLSTATEs the gateway itself reports. */
+static const char *
+sqlstate_name(const char *code)
+{
+	static const struct { const char *code, *name; } names[] = {
+		{ "22P02", "invalid_text_representation" },
+		{ "22023", "invalid_parameter_value" },
+		{ "53400", "configuration_limit_exceeded" },
+		{ "08006", "connection_failure" },
+		{ "42501", "insufficient_privilege" },
+		{ "P0002", "no_data_found" },
+		{ "22001", "string_data_right_truncation" },
+		{ "54000", "program_limit_exceeded" },
+		{ "55000", "object_not_in_prerequisite_state" },
+		{ "42883", "undefined_function" },
+		{ "57014", "query_canceled" },
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(names[i].code, code))
+			return names[i].name;
+	return "internal_error";
+}
+
+void
+ws_send_error(struct conn *c, const char *id_json, const char *code, const char *message)
+{
+	json_t *o = json_object();
+	char *text;
+
+	if (id_json) {
+		json_t *id = json_loads(id_json, JSON_DECODE_ANY, NULL);
+		if (id)
+			json_object_set_new(o, "id", id);
+	}
+	json_object_set_new(o, "type", json_string("error"));
+	json_object_set_new(o, "code", json_string(code));
+	json_object_set_new(o, "error", json_string(sqlstate_name(code)));
+	json_object_set_new(o, "message", json_string(message));
+	text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (text) {
+		ws_send_text(c, text, strlen(text));
+		free(text);
+	}
+}
+
+void
+ws_close(struct conn *c, int code, const char *why)
+{
+	if (!c->wsi || c->close_code)
+		return;
+	c->close_code = (uint16_t)code;
+	metrics_close(code);
+	log_msg(code == 1000 || code == 1012 ? LOG_DEBUG : LOG_INFO, c->id,
+		"closing %d (%s)", code, why);
+	ring_clear(c);
+	lws_callback_on_writable(c->wsi);
+	/* A peer that never reads would never give us the writeable: backstop. */
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
+}
+
+void
+ws_conn_ref(struct conn *c)
+{
+	c->refs++;
+}
+
+void
+ws_conn_unref(struct conn *c)
+{
+	if (--c->refs == 0) {
+		ring_clear(c);
+		free(c->ring);
+		free(c->rx);
+		free(c);
+	}
+}
+
+/* Unlinks c from whichever list holds it. */
+static void
+list_unlink(struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (c == unauth_head)
+		unauth_head = c->next;
+	else if (c == authed_head)
+		authed_head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else if (c == unauth_tail)
+		unauth_tail = c->prev;
+	c->prev = c->next = NULL;
+}
+
+void
+ws_registered(struct conn *c)
+{
+	char buf[256];
+	int n;
+
+	if (!c->wsi || c->close_code || !c->authed)
+		return;
+	if (c->hello_sent) {
+		if (!resync_msg) {
+			resync_msg = msg_new("{\"type\":\"resync\"}", 17);
+			resync_msg->refs = MSG_STATIC;
+		}
+		ws_send(c, resync_msg);
+		stats.resyncs++;
+		return;
+	}
+	n = snprintf(buf, sizeof(buf),
+		     "{\"type\":\"hello\",\"user\":%lld,\"device\":%d,\"node\":\"%s\",\"heartbeat\":%d}",
+		     (long long)c->user, (int)c->device, cfg.node, cfg.heartbeat);
+	c->hello_sent = 1;
+	ws_send_text(c, buf, (size_t)n);
+}
+
+void
+ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg)
+{
+	struct conn *c, *next;
+
+	for (c = authed_head; c; c = next) {
+		next = c->next;
+		fn(c, arg);
+	}
+}
+
+/* Marks c authenticated as (user, device) and registers its session. */
+static void
+ws_authenticated(struct conn *c, int64_t user, int32_t device)
+{
+	list_unlink(c);
+	ws_conns_unauth--;
+	c->authed = 1;
+	c->user = user;
+	c->device = device;
+	c->next = authed_head;
+	if (authed_head)
+		authed_head->prev = c;
+	authed_head = c;
+	route_add(c);
+	log_msg(LOG_DEBUG, c->id, "authenticated user %lld device %d", (long long)user, (int)device);
+	if (db_ctl_ready())
+		db_session_connect(c);		/* hello once the session row exists */
+	else
+		ws_registered(c);		/* database down: hello now, resync later */
+}
+
+/* Checks a token; closes with 4001 when it is bad. */
+static void
+ws_auth(struct conn *c, const char *token, size_t len)
+{
+	int64_t user;
+	int32_t device;
+	const char *why;
+
+	if (auth_verify(token, len, &user, &device, &why) != 0) {
+		stats.auth_failures++;
+		ws_close(c, 4001, why);
+		return;
+	}
+	ws_authenticated(c, user, device);
+}
+
+/* Token bucket of --rate requests/s; returns 0 when the request may pass. */
+static int
+ws_rate_check(struct conn *c)
+{
+	uint32_t now = now_ms(), elapsed = now - c->rate_ms;
+
+	c->rate_ms = now;
+	c->tokens += (float)elapsed * (float)cfg.rate / 1000.0f;
+	if (c->tokens >= (float)cfg.rate) {
+		c->tokens = (float)cfg.rate;
+		c->strikes = 0;
+	}
+	if (c->tokens >= 1.0f) {
+		c->tokens -= 1.0f;
+		return 0;
+	}
+	stats.rate_limited++;
+	if (c->strikes < UINT16_MAX)
+		c->strikes++;
+	return -1;
+}
+
+/* Handles one complete text frame. */
+static void
+ws_frame(struct conn *c, const char *data, size_t len)
+{
+	json_t *req, *type, *id;
+	json_error_t err;
+	char *id_json = NULL;
+	const char *t;
+
+	stats.frames_in++;
+	stats.bytes_in += len;
+	c->missed_pongs = 0;
+
+	req = json_loadb(data, len, 0, &err);
+	type = req && json_is_object(req) ? json_object_get(req, "type") : NULL;
+
+	if (!c->authed) {
+		json_t *tok = req ? json_object_get(req, "token") : NULL;
+		if (type && json_is_string(type) && !strcmp(json_string_value(type), "auth") &&
+		    json_is_string(tok))
+			ws_auth(c, json_string_value(tok), json_string_length(tok));
+		else {
+			stats.auth_failures++;
+			ws_close(c, 4001, "expected an auth frame");
+		}
+		json_decref(req);
+		return;
+	}
+
+	if (ws_rate_check(c) != 0) {
+		if (c->strikes > (uint32_t)cfg.rate) {
+			ws_close(c, 1008, "request rate exceeded");
+		} else {
+			id = req && json_is_object(req) ? json_object_get(req, "id") : NULL;
+			id_json = id ? json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+			ws_send_error(c, id_json, "53400", "request rate exceeded");
+			stats.request_errors++;
+		}
+		goto out;
+	}
+
+	id = req && json_is_object(req) ? json_object_get(req, "id") : NULL;
+	if (id && (json_is_integer(id) || json_is_string(id) || json_is_real(id)))
+		id_json = json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT);
+	if (!req || !json_is_object(req)) {
+		ws_send_error(c, NULL, "22P02", req ? "frame is not a JSON object" : "frame is not valid JSON");
+		stats.request_errors++;
+		goto out;
+	}
+	if (!type || !json_is_string(type)) {
+		ws_send_error(c, id_json, "22P02", "frame has no \"type\"");
+		stats.request_errors++;
+		goto out;
+	}
+	if (id_json && strlen(id_json) > 130) {
+		ws_send_error(c, NULL, "22023", "\"id\" is longer than 128 characters");
+		stats.request_errors++;
+		goto out;
+	}
+	t = json_string_value(type);
+	if (!strcmp(t, "ping")) {
+		char buf[200];
+		int n = id_json ? snprintf(buf, sizeof(buf), "{\"id\":%s,\"type\":\"pong\"}", id_json)
+				: snprintf(buf, sizeof(buf), "{\"type\":\"pong\"}");
+		ws_send_text(c, buf, (size_t)n);
+		goto out;
+	}
+	if (!strcmp(t, "auth")) {
+		ws_send_error(c, id_json, "22023", "already authenticated");
+		stats.request_errors++;
+		goto out;
+	}
+	db_request(c, data, len, id_json);
+out:
+	free(id_json);
+	json_decref(req);
+}
+
+/* Appends a fragment; returns -1 when the frame exceeds --max-frame. */
+static int
+ws_rx_append(struct conn *c, const void *in, size_t len, size_t remaining)
+{
+	size_t need = c->rx_len + len;
+
+	if (need + remaining > (size_t)cfg.max_frame)
+		return -1;
+	if (!c->rx) {
+		size_t cap = need + remaining;
+		c->rx = malloc(cap < 1024 ? 1024 : cap);
+	} else if (remaining || need > 1024) {
+		c->rx = realloc(c->rx, need + remaining);
+	}
+	if (!c->rx)
+		return -1;
+	memcpy(c->rx + c->rx_len, in, len);
+	c->rx_len = (uint32_t)need;
+	return 0;
+}
+
+/* Writes a small HTTP response from the HTTP callback (bodies of a few KB). */
+static int
+http_reply(struct lws *wsi, unsigned int status, const char *ctype, const char *body, size_t len)
+{
+	unsigned char hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start,
+		      *end = hdr + sizeof(hdr) - 1;
+	unsigned char *buf;
+	int n;
+
+	if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
+	    lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
+					 (const unsigned char *)"no-store", 8, &p, end) ||
+	    lws_finalize_write_http_header(wsi, start, &p, end))
+		return -1;
+	buf = malloc(LWS_PRE + len + 1);
+	if (!buf)
+		return -1;
+	memcpy(buf + LWS_PRE, body, len);
+	n = lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
+	free(buf);
+	if (n < (int)len)
+		return -1;
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+/* Dispatches /healthz and /metrics; anything else is 404 (static files are a mount). */
+static int
+http_request(struct lws *wsi)
+{
+	char uri[128];
+
+	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {
+		lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, NULL);
+		return lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
+	if (!strcmp(uri, "/healthz")) {
+		if (db_ready() && !draining)
+			return http_reply(wsi, 200, "text/plain", "ok\n", 3);
+		return http_reply(wsi, 503, "text/plain",
+				  draining ? "draining\n" : "database unavailable\n",
+				  draining ? 9 : 21);
+	}
+	if (!strcmp(uri, "/metrics")) {
+		size_t len;
+		char *body = metrics_render(&len);
+		int r = http_reply(wsi, 200, "text/plain; version=0.0.4", body, len);
+		free(body);
+		return r;
+	}
+	lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+/* lws callback of the chat.v1 protocol (and default HTTP handler). */
+int
+ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+	struct conn **pss = user, *c = pss ? *pss : NULL;
+
+	switch (reason) {
+	case LWS_CALLBACK_HTTP:
+		return http_request(wsi);
+
+	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+		if (draining)
+			return 1;
+		if (ws_conns_total >= (uint32_t)cfg.max_conns ||
+		    ws_conns_unauth >= (uint32_t)cfg.max_unauth) {
+			log_msg(LOG_WARN, 0, "connection refused: %u open, %u unauthenticated",
+				ws_conns_total, ws_conns_unauth);
+			return 1;
+		}
+		return 0;
+
+	case LWS_CALLBACK_ESTABLISHED: {
+		char buf[2048];
+		const char *token;
+
+		c = calloc(1, sizeof(*c));
+		if (!c)
+			return -1;
+		*pss = c;
+		c->wsi = wsi;
+		c->id = ++next_conn_id;
+		c->refs = 1;
+		c->born_ms = c->rate_ms = now_ms();
+		c->tokens = (float)cfg.rate;
+		c->prev = unauth_tail;
+		if (unauth_tail)
+			unauth_tail->next = c;
+		else
+			unauth_head = c;
+		unauth_tail = c;
+		ws_conns_total++;
+		ws_conns_unauth++;
+		stats.connections_total++;
+		token = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
+		if (token && *token)
+			ws_auth(c, token, strlen(token));
+		return 0;
+	}
+
+	case LWS_CALLBACK_RECEIVE: {
+		size_t remaining;
+		int final;
+
+		if (!c || c->close_code)
+			return 0;
+		if (lws_frame_is_binary(wsi)) {
+			ws_close(c, 1003, "binary frames are not part of chat.v1");
+			return 0;
+		}
+		remaining = lws_remaining_packet_payload(wsi);
+		final = lws_is_final_fragment(wsi);
+		if (final && !c->rx) {
+			if (len > (size_t)cfg.max_frame) {
+				ws_close(c, 1009, "frame too large");
+				return 0;
+			}
+			ws_frame(c, in, len);	/* whole frame in one piece: no copy */
+			return 0;
+		}
+		if (ws_rx_append(c, in, len, remaining)) {
+			free(c->rx);
+			c->rx = NULL;
+			c->rx_len = 0;
+			ws_close(c, 1009, "frame too large");
+			return 0;
+		}
+		if (final) {
+			char *rx = c->rx;
+			uint32_t rx_len = c->rx_len;
+			c->rx = NULL;
+			c->rx_len = 0;
+			ws_frame(c, rx, rx_len);
+			free(rx);
+		}
+		return 0;
+	}
+
+	case LWS_CALLBACK_RECEIVE_PONG:
+		if (c)
+			c->missed_pongs = 0;
+		return 0;
+
+	case LWS_CALLBACK_SERVER_WRITEABLE: {
+		struct ring *r;
+		struct msg *m;
+
+		if (!c)
+			return 0;
+		if (c->close_code) {
+			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
+			return -1;
+		}
+		if (c->ping_due) {
+			unsigned char ping[LWS_PRE + 1];
+			c->ping_due = 0;
+			if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+				return -1;
+			if (c->ring && c->ring->count)
+				lws_callback_on_writable(wsi);
+			return 0;
+		}
+		r = c->ring;
+		if (!r || !r->count)
+			return 0;
+		m = r->slot[r->head];
+		if (lws_write(wsi, (unsigned char *)MSG_DATA(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
+			return -1;
+		stats.frames_out++;
+		stats.bytes_out += m->len;
+		r->head = (r->head + 1) & (r->cap - 1);
+		r->count--;
+		r->bytes -= m->len;
+		msg_unref(m);
+		if (r->count)
+			lws_callback_on_writable(wsi);
+		return 0;
+	}
+
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		if (c && len >= 2)
+			metrics_close(((const unsigned char *)in)[0] << 8 | ((const unsigned char *)in)[1]);
+		return 0;
+
+	case LWS_CALLBACK_CLOSED:
+		if (!c)
+			return 0;
+		*pss = NULL;
+		list_unlink(c);
+		ws_conns_total--;
+		if (c->authed) {
+			route_remove(c);
+			if (c->registered && db_ctl_ready() && !draining)
+				db_session_disconnect(c->user, c->device);
+		} else {
+			ws_conns_unauth--;
+		}
+		log_msg(LOG_DEBUG, c->id, "closed");
+		c->wsi = NULL;
+		ring_clear(c);
+		ws_conn_unref(c);
+		return 0;
+
+	default:
+		return 0;
+	}
+}
+
+/* Once a second: auth timeouts; every --heartbeat seconds: pings and dead peers. */
+static void
+ws_tick(lws_sorted_usec_list_t *sul)
+{
+	uint32_t now = now_ms(), limit = (uint32_t)cfg.auth_timeout * 1000;
+	struct conn *c, *next;
+
+	(void)sul;
+	for (c = unauth_head; c; c = next) {
+		next = c->next;
+		if (now - c->born_ms < limit)
+			break;			/* list is in accept order */
+		if (!c->close_code) {
+			stats.auth_failures++;
+			ws_close(c, 4008, "authentication timeout");
+		}
+	}
+	if (++ticks % (uint32_t)cfg.heartbeat == 0) {
+		for (c = authed_head; c; c = c->next) {
+			if (c->close_code)
+				continue;
+			if (c->missed_pongs >= 2) {
+				ws_close(c, 1001, "two heartbeat pings unanswered");
+				continue;
+			}
+			c->missed_pongs++;
+			c->ping_due = 1;
+			lws_callback_on_writable(c->wsi);
+		}
+	}
+	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
+}
+
+void
+ws_start_timers(void)
+{
+	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
+}
+
+void
+ws_drain(void)
+{
+	struct conn *c;
+
+	for (c = unauth_head; c; c = c->next)
+		ws_close(c, 1012, "server shutting down");
+	for (c = authed_head; c; c = c->next)
+		ws_close(c, 1012, "server shutting down");
+}
