@@ -335,6 +335,7 @@ setInterval(() => {
 
 let shuttingDown = false;
 async function shutdown() {
+  const t0 = Date.now(); if (process.env.RELAY_DEBUG) log("shutdown start");
   if (shuttingDown) return;
   shuttingDown = true;
   http.close();
@@ -347,7 +348,7 @@ async function shutdown() {
   // Let the close frames go out (at most 2 s), then exit.
   const deadline = Date.now() + 2000;
   while (conns.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  process.exit(0);
+  if (process.env.RELAY_DEBUG) log("shutdown done", Date.now() - t0); process.exit(0);
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The benchmark suite: every scenario against chat-gateway and against the
+# node-relay peer, on one throwaway cluster and one database, in one run.
+#
+#   bench/run.sh quick   the short profile (under 5 minutes)
+#   bench/run.sh full    the long one: 100,000 idle, 20,000-client storm, sweeps
+#
+# Prints the figures side by side with their ratios, writes
+# bench/results/<date>.json and the plots bench/results/<date>-*.{png,svg}.
+# Environment: BENCH_ONLY="idle direct" runs a subset; BENCH_KEEP=1 keeps the
+# per-run JSON in bench/results/tmp-<date>/.
+set -uo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+profile=${1:-quick}
+case $profile in quick|full) ;; *) echo "usage: bench/run.sh quick|full" >&2; exit 2 ;; esac
+
+. tests/lib/cluster.sh
+
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+export BENCH_TMP=$top/bench/results/tmp-$stamp
+mkdir -p "$BENCH_TMP"
+chmod 755 "$BENCH_TMP"
+
+cleanup() {
+  bench/gw-ctl.sh stop gateway >/dev/null 2>&1 || true
+  bench/gw-ctl.sh stop peer >/dev/null 2>&1 || true
+  cluster_stop
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$BENCH_TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- build what we run ----
+[ -x gateway/chat-gateway ] || { echo "bench: gateway/chat-gateway is not built (make)" >&2; exit 1; }
+make -s -C bench || exit 1
+if [ ! -d bench/peers/node-relay/node_modules ]; then
+  (cd bench/peers/node-relay && npm ci --no-audit --no-fund --loglevel=error) || exit 1
+fi
+
+# ---- the database ----
+cluster_start || { echo "bench: could not start the cluster" >&2; exit 1; }
+cat >>"$CHAT_TEST_PGDATA/postgresql.conf" <<CONF
+max_connections = 400
+shared_buffers = 512MB
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+CONF
+cluster_ctl restart || exit 1
+new_db bench || exit 1
+export BENCH_DSN="host=$PGHOST port=$PGPORT dbname=bench user=postgres"
+export BENCH_PORT=$(free_port)
+ulimit -n 20000 2>/dev/null || true
+
+echo "bench: profile $profile, cluster $PGHOST:$PGPORT, gateway port $BENCH_PORT, results $stamp"
+
+runs=()
+# run KIND WORKERS NAME chat-load-args...: one chat-load run against a fresh gateway.
+run() {
+  local kind=$1 workers=$2 name=$3; shift 3
+  local out=$BENCH_TMP/$name-$kind.json restart=()
+  case " ${BENCH_ONLY:-idle direct group storm} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
+  export BENCH_WORKERS=$workers
+  bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
+  if [[ " $* " == *" storm "* ]]; then restart=(--restart-cmd "$top/bench/gw-ctl.sh restart $kind"); fi
+  echo "--- $name on $kind (workers $workers): chat-load $*" >&2
+  timeout 900 bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
+    --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --gateway-pid "$(cat "$BENCH_TMP/$kind.pid")" \
+    --label "$kind" "${restart[@]}" --json "$@" >"$out" 2>"$BENCH_TMP/$name-$kind.err"
+  local rc=$?
+  [ $rc -eq 0 ] || echo "bench: chat-load exited $rc for $name on $kind: $(tail -3 "$BENCH_TMP/$name-$kind.err")" >&2
+  # chat-load's gateway-pid view of the workers is gone after a restart
+  bench/gw-ctl.sh stop "$kind"
+  if [ -s "$out" ]; then
+    node -e 'const f=process.argv[1];const j=JSON.parse(require("fs").readFileSync(f,"utf8"));j.run=process.argv[2];j.workers=+process.argv[3];j.args=process.argv.slice(4).join(" ");require("fs").writeFileSync(f,JSON.stringify(j))' \
+      "$out" "$name" "$workers" "$*"
+    runs+=("$out")
+  fi
+  sleep 1
+}
+
+# pair NAME WORKERS chat-load-args...: the same run on both gateways.
+pair() {
+  local name=$1 workers=$2; shift 2
+  run gateway "$workers" "$name" "$@"
+  run peer 1 "$name" "$@"
+}
+
+ips=(--source-ips 127.0.0.1-127.0.0.16)
+if [ "$profile" = quick ]; then
+  pair idle 1      --scenario idle --clients 5000 --connect-rate 5000 --duration 5 "${ips[@]}"
+  pair direct 1    --scenario direct --clients 1000 --rate 2000 --duration 15
+  pair group 1     --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 10
+  pair storm 1     --scenario storm --clients 2000 --rate 200 --duration 10 --restart-at 3 "${ips[@]}"
+else
+  pair idle-19k 1  --scenario idle --clients 19000 --procs 2 --connect-rate 8000 --duration 20 "${ips[@]}"
+  run gateway 6 idle-100k --scenario idle --clients 100000 --procs 6 --connect-rate 10000 --duration 30 "${ips[@]}"
+  pair direct 1    --scenario direct --clients 1000 --rate 2000 --duration 30
+  pair direct-4k 1 --scenario direct --clients 1000 --rate 4000 --duration 20
+  for w in 1 4 16; do
+    pair group-w$w 1 --scenario group --clients 1024 --group-size 256 --rate 0 --window $w --duration 15
+  done
+  run gateway 2 storm-20k --scenario storm --clients 20000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
+  run peer 1 storm-19k --scenario storm --clients 19000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
+fi
+
+[ ${#runs[@]} -gt 0 ] || { echo "bench: no run produced figures" >&2; exit 1; }
+node bench/report.cjs --profile "$profile" --stamp "$stamp" --out bench/results "${runs[@]}"
