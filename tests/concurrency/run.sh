@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Concurrency of the core: parallel sends to one conversation get seqs exactly
+# 1..N; concurrent retries of one client_msg_id store one row and all get the
+# same seq; concurrent direct_conversation(a,b) and (b,a) create one
+# conversation.  Uses the harness cluster (PGHOST/PGPORT/PGUSER), or starts
+# its own when run alone.  Exits non-zero on the first failed check.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+. tests/lib/cluster.sh
+own_cluster=0
+if [ -z "${PGPORT:-}" ] || ! "$PGBIN/pg_isready" -q; then
+  cluster_start
+  own_cluster=1
+fi
+work=$(mktemp -d /tmp/chat-conc.XXXXXX)
+trap 'rm -rf "$work"; if [ $own_cluster = 1 ]; then cluster_stop; fi' EXIT
+db=chat_conc
+new_db $db
+
+sql() { "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d $db "$@"; }
+fail() { echo "FAIL: $*"; exit 1; }
+check() {  # check WHAT EXPECTED ACTUAL
+  if [ "$2" = "$3" ]; then echo "ok: $1 ($3)"; else fail "$1: expected $2, got $3"; fi
+}
+
+clients=8
+sql -c "SELECT chat.upsert_user(id, 'u' || id) FROM generate_series(1, 20) AS id" >/dev/null
+group=$(sql -c "SELECT chat.create_group(1, 'load', ARRAY(SELECT generate_series(2, $clients)))")
+
+# Runs $clients background sessions that start their SQL (one statement per
+# session, given by the function job N) at the same instant: each first waits
+# on a shared advisory lock that a holder session releases only once every
+# session is queued behind it.
+barrier_run() {
+  local job=$1 i
+  "$PGBIN/psql" -XAtq -d $db >/dev/null <<SQL &
+SELECT pg_advisory_lock(4242);
+DO \$\$ BEGIN
+  FOR i IN 1..400 LOOP
+    EXIT WHEN (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted) >= $clients;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END \$\$;
+SELECT pg_advisory_unlock(4242);
+SQL
+  local holder=$!
+  for _ in $(seq 1 200); do
+    [ "$(sql -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted")" = 1 ] && break
+    sleep 0.01
+  done
+  for i in $(seq 1 $clients); do
+    "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d $db >"$work/out.$i" 2>&1 <<SQL &
+\\o /dev/null
+SELECT pg_advisory_lock_shared(4242);
+SELECT pg_advisory_unlock_shared(4242);
+\\o
+$($job $i)
+SQL
+  done
+  wait
+}
+
+echo "== parallel sends to one conversation ($clients sessions)"
+if command -v pgbench >/dev/null; then
+  cat >"$work/send.pgbench" <<SQL
+\set sender random(1, $clients)
+SELECT seq FROM chat.send_message(:sender, $group, 'load message', NULL);
+\set key random(1, 1000000000)
+SELECT seq FROM chat.send_message(:sender, $group, 'keyed message', 'k' || :key);
+SQL
+  "$PGBIN/pgbench" -n -c $clients -j 2 -t 50 -f "$work/send.pgbench" $db >"$work/pgbench.log" 2>&1 \
+    || { cat "$work/pgbench.log"; fail "pgbench sends"; }
+  n=$((clients * 50 * 2 + 1))   # + the 'created' system message
+else
+  send_job() { echo "SELECT count(*) FROM (SELECT chat.send_message(($1 - 1) % $clients + 1, $group, 'm') FROM generate_series(1, 100)) s;"; }
+  barrier_run send_job
+  n=$((clients * 100 + 1))
+fi
+check "message rows" $n "$(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $group")"
+check "seqs are exactly 1..$n" "1 $n $n" "$(sql -F' ' -c "SELECT min(seq), max(seq), count(DISTINCT seq) FROM chat.messages WHERE conversation_id = $group")"
+check "last_seq" $n "$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")"
+check "senders' read_seq never passes last_seq" 0 \
+  "$(sql -c "SELECT count(*) FROM chat.members WHERE conversation_id = $group AND (read_seq > $n OR delivered_seq < read_seq)")"
+check "created_at follows seq order" 0 \
+  "$(sql -c "SELECT count(*) FROM (SELECT created_at < lag(created_at) OVER (ORDER BY seq) AS back FROM chat.messages WHERE conversation_id = $group) s WHERE back")"
+
+echo "== concurrent retries of one client_msg_id ($clients sessions, 5 rounds)"
+for round in 1 2 3 4 5; do
+  before=$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")
+  retry_job() { echo "SELECT seq || CASE WHEN duplicate THEN ' t' ELSE ' f' END FROM chat.send_message(1, $group, 'retried', 'retry-$round');"; }
+  barrier_run retry_job
+  cat "$work"/out.* | grep -v '^$' | sort >"$work/retry.$round"
+  grep -qv '^[0-9]* [tf]$' "$work/retry.$round" && { cat "$work/retry.$round"; fail "a retry failed"; }
+  check "round $round: answers" $clients "$(wc -l <"$work/retry.$round")"
+  check "round $round: one seq for all retries" "$((before + 1))" "$(cut -d' ' -f1 "$work/retry.$round" | sort -u | tr '\n' ' ' | xargs)"
+  check "round $round: exactly one original" 1 "$(grep -c ' f$' "$work/retry.$round")"
+  check "round $round: one stored row" 1 "$(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $group AND client_msg_id = 'retry-$round'")"
+  check "round $round: no seq burned" "$((before + 1))" "$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")"
+done
+
+echo "== concurrent direct_conversation(a,b) and (b,a) ($clients sessions, 5 pairs)"
+for pair in 1 2 3 4 5; do
+  a=$((10 + pair)) b=$((20 - pair + 1))
+  [ $b -le 20 ] || b=20
+  direct_job() { if [ $(($1 % 2)) -eq 0 ]; then echo "SELECT chat.direct_conversation($a, $b);"; else echo "SELECT chat.direct_conversation($b, $a);"; fi; }
+  barrier_run direct_job
+  cat "$work"/out.* | grep -v '^$' | sort -u >"$work/direct.$pair"
+  grep -qv '^[0-9]*$' "$work/direct.$pair" && { cat "$work/direct.$pair"; fail "a direct_conversation call failed"; }
+  check "pair ($a,$b): one id from every session" 1 "$(wc -l <"$work/direct.$pair")"
+  check "pair ($a,$b): one conversation row" 1 \
+    "$(sql -c "SELECT count(*) FROM chat.conversations WHERE kind = 'direct' AND direct_low = least($a, $b) AND direct_high = greatest($a, $b)")"
+  check "pair ($a,$b): two members" 2 "$(sql -c "SELECT count(*) FROM chat.members WHERE conversation_id = $(cat "$work/direct.$pair")")"
+done
+
+echo "== seqs stay gapless in every conversation"
+check "conversations with a gap or a last_seq mismatch" 0 "$(sql -c "
+  SELECT count(*) FROM chat.conversations c
+   WHERE c.last_seq <> (SELECT count(*) FROM chat.messages m WHERE m.conversation_id = c.id)
+      OR c.last_seq <> coalesce((SELECT max(seq) FROM chat.messages m WHERE m.conversation_id = c.id), 0)")"
+echo "concurrency: all checks passed"
