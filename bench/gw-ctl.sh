@@ -35,13 +35,13 @@ start() {
     gateway)
       setsid "$top/gateway/chat-gateway" --listen "127.0.0.1:$BENCH_PORT" --node gwbench \
         --dsn "$BENCH_DSN" --token-secret-file "$CHAT_TOKEN_SECRET_FILE" \
-        --workers "${BENCH_WORKERS:-1}" --pool "${BENCH_POOL:-4}" --rate 1000000 \
+        --workers "${BENCH_WORKERS:-1}" --pool "${BENCH_POOL:-4}" --rate 100000 \
         ${BENCH_GATEWAY_ARGS:-} >>"$log" 2>&1 </dev/null &
       ;;
     peer)
       setsid node "$top/bench/peers/node-relay/relay.js" --listen "127.0.0.1:$BENCH_PORT" --node peerbench \
         --dsn "$BENCH_DSN" --token-secret-file "$CHAT_TOKEN_SECRET_FILE" \
-        --pool "${BENCH_POOL:-4}" --rate 1000000 >>"$log" 2>&1 </dev/null &
+        --pool "${BENCH_POOL:-4}" --rate 100000 >>"$log" 2>&1 </dev/null &
       ;;
     *) echo "gw-ctl: unknown kind $kind" >&2; exit 2 ;;
   esac

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Send throughput with fanout NOTIFY against the same run without it.
+#
+#   bench/notify-throughput.sh      # 1, 8, 32 clients, 10 s per run, 3 rounds
+#   SECS=8 ROUNDS=2 CLIENTS="32" MODES="off worker" bench/notify-throughput.sh
+#
+# A throwaway cluster with fsync and synchronous_commit on; 256 direct
+# conversations whose 512 members are all online on node "bench", drained
+# by one listener (bench/notify_probe.c).  pgbench clients call
+# chat.send_message on random conversations.  Per client count, the modes
+# of chat.fanout_mode run back to back:
+#
+#   off     fanout computes recipients and pushes, sends no NOTIFY (baseline)
+#   direct  each sending transaction NOTIFYs (takes the NOTIFY commit lock)
+#   worker  senders hand the events to the notifier worker, which NOTIFYs
+#           after commit in batches
+#
+# At the highest client count a probe also sends 100 messages/s and
+# reports commit-to-listener latency p50/p99.  Prints TPS and the ratio to
+# the "off" baseline of the same run.  The modes are interleaved and each
+# point is the median of ROUNDS runs: the machine is shared and noisy.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+. tests/lib/cluster.sh
+
+SECS=${SECS:-10}
+CLIENTS=${CLIENTS:-"1 8 32"}
+MODES=${MODES:-"off direct worker"}
+ROUNDS=${ROUNDS:-3}
+CONVS=256
+
+trap cluster_stop EXIT
+cluster_start >/dev/null
+psql -qX -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commit = on" \
+     -c "ALTER SYSTEM SET full_page_writes = on" >/dev/null
+cluster_ctl restart
+work=$CHAT_TEST_TMP
+gcc -Wall -Wextra -Werror -O2 -o "$work/notify_probe" bench/notify_probe.c \
+    -I"$(pg_config --includedir)" -L"$(pg_config --libdir)" -lpq -lpthread
+
+new_db bench
+psql -qX -d bench -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SELECT chat.upsert_user(i, 'u' || i) FROM generate_series(1, 2 * $CONVS) i;
+SELECT chat.upsert_user(i, 'probe' || i) FROM generate_series(9001, 9002) i;
+SELECT chat.register_device(i) FROM generate_series(1, 2 * $CONVS) i;
+SELECT chat.register_device(i) FROM generate_series(9001, 9002) i;
+SELECT chat.direct_conversation(2 * c - 1, 2 * c) FROM generate_series(1, $CONVS) c ORDER BY c;
+SELECT chat.direct_conversation(9001, 9002);
+SELECT chat.node_reset('bench');
+SELECT chat.connect('bench', i, 1) FROM generate_series(1, 2 * $CONVS) i;
+SELECT chat.connect('bench', i, 1) FROM generate_series(9001, 9002) i;
+SQL
+# conversation c is users 2c-1 and 2c
+bad=$(psql -qXAt -d bench -c "SELECT count(*) FROM chat.conversations WHERE kind = 'direct' AND id <= $CONVS AND (direct_low, direct_high) <> (2 * id - 1, 2 * id)")
+[ "$bad" = 0 ] || { echo "unexpected conversation ids"; exit 1; }
+probe_conv=$((CONVS + 1))
+
+cat >"$work/send.pgbench" <<'PGB'
+\set c random(1, 256)
+SELECT chat.send_message(2 * :c - 1, :c, 'bench message');
+PGB
+
+max_clients=$(echo $CLIENTS | tr ' ' '\n' | sort -n | tail -1)
+# run_point CLIENTS MODE: one pgbench run with the listener; prints "tps|listener line"
+run_point() {
+  local c=$1 mode=$2 probe tps
+  export PGOPTIONS="-c chat.fanout_mode=$mode -c synchronous_commit=on"
+  psql -qX -d bench -c "CHECKPOINT" >/dev/null
+  if [ "$c" = "$max_clients" ]; then
+    "$work/notify_probe" bench bench $((SECS + 1)) $probe_conv 9001 >"$work/probe.out" &
+  else
+    "$work/notify_probe" bench bench $((SECS + 1)) >"$work/probe.out" &
+  fi
+  probe=$!
+  sleep 0.5
+  tps=$(pgbench -n -f "$work/send.pgbench" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" bench 2>/dev/null \
+        | awk '/^tps = / {printf "%.0f", $3}')
+  wait $probe
+  unset PGOPTIONS
+  echo "$tps|$(cat "$work/probe.out")"
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : 0)}'; }
+
+echo "raw runs (modes interleaved, $SECS s each, $ROUNDS rounds):"
+printf '%-8s %-6s %-7s %8s  %s\n' clients round mode tps listener
+declare -A runs
+for c in $CLIENTS; do
+  for r in $(seq 1 "$ROUNDS"); do
+    for mode in $MODES; do
+      out=$(run_point "$c" "$mode")
+      runs[$c,$mode]="${runs[$c,$mode]:-} ${out%%|*}"
+      printf '%-8s %-6s %-7s %8s  %s\n' "$c" "$r" "$mode" "${out%%|*}" "${out#*|}"
+    done
+  done
+done
+echo
+echo "median TPS per mode, ratio to the median of \"off\" (no NOTIFY) at the same client count:"
+printf '%-8s' clients; for mode in $MODES; do printf ' %16s' "$mode"; done; echo
+for c in $CLIENTS; do
+  base=$(echo ${runs[$c,off]:-0} | median)
+  printf '%-8s' "$c"
+  for mode in $MODES; do
+    m=$(echo ${runs[$c,$mode]} | median)
+    printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'))"
+  done
+  echo
+done
