@@ -90,6 +90,26 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+/** A system message (body: JSON {action, by, user, title, members}) as a sentence. */
+function systemText(m) {
+  let e;
+  try { e = JSON.parse(m.body); } catch { return m.body || ''; }
+  if (!e || typeof e !== 'object') return String(m.body);
+  const who = (u) => (u === S.me ? 'you' : nameOf(u));
+  const by = e.by != null ? who(Number(e.by)) : 'someone';
+  const By = by[0].toUpperCase() + by.slice(1);
+  switch (e.action) {
+    case 'created': {
+      const others = (e.members || []).map(Number).filter((u) => u !== Number(e.by)).map(who);
+      return `${By} created the group${e.title ? ` “${e.title}”` : ''}${others.length ? ` with ${others.join(', ')}` : ''}`;
+    }
+    case 'added': return `${By} added ${who(Number(e.user))}`;
+    case 'removed': return `${By} removed ${who(Number(e.user))}`;
+    case 'left': { const u = who(Number(e.user)); return `${u[0].toUpperCase() + u.slice(1)} left`; }
+    default: return e.action ? `${By}: ${e.action}` : String(m.body);
+  }
+}
+
 // ---------------------------------------------------------------- toasts
 
 function toast(text, kind = 'error') {
@@ -231,6 +251,7 @@ function renderList() {
     const lm = c.last_message;
     let preview;
     if (typing.length) preview = el('span', { class: 'typing' }, `${typing.map(nameOf).join(', ')} typing…`);
+    else if (lm && lm.kind === 'system') preview = systemText(lm);
     else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${lm.deleted_at ? 'message deleted' : lm.body ?? ''}`;
     else preview = el('span', { class: 'muted' }, 'no messages yet');
     const peer = peerOf(c);
@@ -269,7 +290,7 @@ function renderMessages({ keepBottomOffset = false } = {}) {
   const c = S.convs.get(conv);
   const items = msgs.map((m) => {
     const mine = m.sender === S.me;
-    if (m.kind === 'system') return el('li', { class: 'msg system', dataset: { seq: String(m.seq) } }, m.body || '');
+    if (m.kind === 'system') return el('li', { class: 'msg system', dataset: { seq: String(m.seq) } }, systemText(m));
     const tick = mine ? tickOf(conv, m.seq) : null;
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,

@@ -99,6 +99,8 @@ export class ChatClient {
    * @param {number} [opts.typingIdle=3000] ms without keystrokes after which `typing` sends stop
    * @param {number} [opts.typingRefresh=4000] ms between repeated "typing" while the user keeps typing
    * @param {number} [opts.typingTtl=6000] ms after which someone else's typing indicator expires
+   * @param {number} [opts.typingInterval=3000] the server's rate limit (GUC chat.typing_interval): a start
+   *   sent sooner after the previous typing event is dropped by the server, so it is repeated once the interval passed
    * @param {number} [opts.pingInterval=25000] ms between liveness pings (0: none)
    * @param {number} [opts.syncLimit=500] page size of sync
    * @param {number} [opts.maxSendAttempts=Infinity] attempts before a send promise rejects
@@ -118,6 +120,7 @@ export class ChatClient {
     this.typingIdle = opts.typingIdle ?? 3000;
     this.typingRefresh = opts.typingRefresh ?? 4000;
     this.typingTtl = opts.typingTtl ?? 6000;
+    this.typingInterval = opts.typingInterval ?? 3000;
     this.pingInterval = opts.pingInterval ?? 25000;
     this.syncLimit = opts.syncLimit ?? 500;
     this.maxSendAttempts = opts.maxSendAttempts ?? Infinity;
@@ -143,7 +146,8 @@ export class ChatClient {
     this._syncing = false;
     this._resyncWanted = false;
     this._heldEvents = [];          // message events that arrived during a sync loop
-    this._typingOut = new Map();    // conversation -> {idleTimer, lastSent}
+    this._typingOut = new Map();    // conversation -> {idleTimer, lastSent, retryTimer}
+    this._typingLast = new Map();   // conversation -> when the last typing event (start or stop) was sent
     this._typingIn = new Map();     // "conv:user" -> timer
     this._closedByUser = false;
     this._connectWaiters = [];
@@ -314,7 +318,7 @@ export class ChatClient {
     this._reconnectTimer = null;
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
-    for (const t of this._typingOut.values()) clearTimeout(t.idleTimer);
+    for (const t of this._typingOut.values()) { clearTimeout(t.idleTimer); clearTimeout(t.retryTimer); }
     this._typingOut.clear();
     for (const t of this._typingIn.values()) clearTimeout(t);
     this._typingIn.clear();
@@ -655,22 +659,39 @@ export class ChatClient {
     if (!isTyping) {
       if (!t) return;
       clearTimeout(t.idleTimer);
+      clearTimeout(t.retryTimer);
       this._typingOut.delete(conversation);
-      this._fire('typing', { conversation, typing: false });
+      this._sendTyping(conversation, false);
       return;
     }
     const now = Date.now();
     if (!t) {
-      this._typingOut.set(conversation, { lastSent: now, idleTimer: this._typingIdleTimer(conversation) });
-      this._fire('typing', { conversation, typing: true });
+      const last = this._typingLast.get(conversation);
+      const entry = { lastSent: now, idleTimer: this._typingIdleTimer(conversation), retryTimer: null };
+      this._typingOut.set(conversation, entry);
+      this._sendTyping(conversation, true);
+      // The server drops a start that follows its previous event too closely: repeat it then.
+      if (last !== undefined && now - last < this.typingInterval) {
+        entry.retryTimer = setTimeout(() => {
+          if (this._typingOut.get(conversation) !== entry) return;
+          entry.lastSent = Date.now();
+          this._sendTyping(conversation, true);
+        }, last + this.typingInterval + 50 - now);
+      }
       return;
     }
     clearTimeout(t.idleTimer);
     t.idleTimer = this._typingIdleTimer(conversation);
     if (now - t.lastSent >= this.typingRefresh) {
       t.lastSent = now;
-      this._fire('typing', { conversation, typing: true });
+      this._sendTyping(conversation, true);
     }
+  }
+
+  _sendTyping(conversation, typing) {
+    if (this.state !== 'open') return;
+    this._typingLast.set(conversation, Date.now());
+    this._fire('typing', { conversation, typing });
   }
 
   _typingIdleTimer(conversation) {

@@ -148,6 +148,13 @@ test('bob goes offline, alice sends five, bob comes back and shows all five once
   assert.deepEqual(seqs, [...seqs].sort((x, y) => x - y), 'in seq order');
   for (const text of five) await waitForTick(a, text, 'read');
   assert.equal(await b.$('#banner:not([hidden])'), null, 'reconnecting banner gone');
+
+  // The picture for the README: alice's chat with read ticks while bob types.
+  await type(b, 'Got all five, in order', { send: false });
+  await a.waitForFunction(() => /bob is typing/.test(document.getElementById('conv-sub').textContent), null, { timeout: WAIT });
+  await shoot('alice', 'readme.png');
+  await b.keyboard.press('Enter');
+  await waitForBody(a, 'Got all five, in order');
 });
 
 test('history pages: the newest first, older ones on request, after a reload', async () => {

@@ -23,9 +23,9 @@ if [ -z "${CHAT_TEST_TMP:-}" ]; then   # run alone: a cluster of our own
   cluster_start
 fi
 
-gateway=$top/gateway/chat-gateway
+gateway=${GATEWAY:-$top/gateway/chat-gateway}   # GATEWAY: another build, e.g. the ASan one
 chromium=${CHROMIUM:-/usr/bin/chromium}
-[ -x "$gateway" ] || { echo "browser: gateway/chat-gateway is not built"; exit 1; }
+[ -x "$gateway" ] || { echo "browser: $gateway is not built"; exit 1; }
 [ -x "$chromium" ] || { echo "browser: $chromium not found (apt-get install chromium)"; exit 1; }
 [ -d node_modules/playwright-core ] || { echo "browser: node_modules/playwright-core missing (npm ci)"; exit 1; }
 

@@ -214,3 +214,16 @@ test('history pages count as stored, so live duplicates are dropped', async () =
   assert.equal(ws.of('after').length, 0);
   client.close();
 });
+
+test('a start soon after the previous typing event is repeated once the server interval passed', async () => {
+  const { client, ws } = await connected({ typingIdle: 1000, typingRefresh: 5000, typingInterval: 60 });
+  client.typing(2);
+  client.typing(2, false);            // e.g. the message was sent
+  client.typing(2);                   // typing the next one at once: the server would drop this start
+  assert.deepEqual(ws.of('typing').map((f) => f.typing), [true, false, true]);
+  await until(() => ws.of('typing').length === 4, 500, 'repeated start');
+  assert.equal(ws.of('typing')[3].typing, true);
+  await sleep(80);
+  assert.equal(ws.of('typing').length, 4, 'repeated once');
+  client.close();
+});
