@@ -44,11 +44,16 @@ static SPIPlanPtr advance_plan;
 static SPIPlanPtr user_plan;
 static SPIPlanPtr receipt_plan;
 
-/* Prepares sql with the given argument types and keeps it for the session. */
+/*
+ * Prepares sql with the given argument types and keeps it for the session.
+ * Always the generic plan: every statement here is a key lookup whose plan
+ * does not depend on the values, and a custom plan per call would cost more
+ * in planning than the statement costs to run.
+ */
 static SPIPlanPtr
 PrepareSaved(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,

@@ -42,7 +42,7 @@ CREATE TABLE chat.conversations (
     settings      jsonb NOT NULL DEFAULT '{}',
     CHECK ((kind = 'direct') = (direct_low IS NOT NULL AND direct_high IS NOT NULL)),
     CHECK (direct_low < direct_high)
-);
+) WITH (fillfactor = 50);  -- every send updates last_seq: room for HOT updates
 ALTER SEQUENCE chat.conversations_id_seq OWNED BY chat.conversations.id;
 CREATE UNIQUE INDEX conversations_direct_key ON chat.conversations (direct_low, direct_high)
     WHERE kind = 'direct';
@@ -60,7 +60,7 @@ CREATE TABLE chat.members (
     joined_at       timestamptz NOT NULL DEFAULT now(),
     left_at         timestamptz,
     PRIMARY KEY (conversation_id, user_id)
-);
+) WITH (fillfactor = 70);  -- watermarks move on every send, ack and read: HOT updates
 -- A user's current conversations in id order (chat list, sync).
 CREATE INDEX members_user_idx ON chat.members (user_id, conversation_id) WHERE left_at IS NULL;
 
