@@ -4,7 +4,7 @@
 # demo page; prints one link per user.  Ctrl-C stops the gateway and PostgreSQL.
 #
 # Environment: DEMO_PORT (gateway port, default 8080 or a free one),
-# DEMO_LISTEN (address, default 127.0.0.1), DEMO_DIR (default .demo).
+# DEMO_LISTEN (address, default 127.0.0.1), DEMO_DIR (default .demo), GATEWAY (binary).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -15,7 +15,7 @@ pgdata=$demo/data
 secret_file=$demo/token-secret
 listen=${DEMO_LISTEN:-127.0.0.1}
 db=chat_demo
-gateway=$top/gateway/chat-gateway
+gateway=${GATEWAY:-$top/gateway/chat-gateway}
 
 say() { printf 'demo: %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -81,7 +81,7 @@ fi
 
 # Database, extension and demo data; every step is idempotent, so history survives.
 [ "$(pg -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] || pg -d postgres -c "CREATE DATABASE $db"
-pg -d "$db" <<'SQL'
+pg -d "$db" >/dev/null <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS chat;
 SELECT chat.upsert_user(1, 'alice', 'Alice');
@@ -93,6 +93,7 @@ SELECT chat.register_device(u, 'web') FROM unnest(ARRAY[1, 2, 3]::bigint[]) AS u
 -- A direct chat alice-bob and a group of three, each with a first message
 -- (client_msg_id makes the sends idempotent).
 SELECT count(*) FROM chat.send_message(1, chat.direct_conversation(1, 2), 'Hi Bob! This is the pgchat demo.', 'demo-hello');
+SELECT count(*) FROM chat.send_message(2, chat.direct_conversation(2, 1), 'Hi Alice! Type here, I see it live.', 'demo-reply');
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM chat.conversations WHERE kind = 'group' AND title = 'Demo group') THEN
@@ -125,7 +126,7 @@ done
 
 host=$listen
 [ "$host" = 0.0.0.0 ] && host=127.0.0.1
-names='1:alice,2:bob,3:carol'
+names='1:Alice,2:Bob,3:Carol'
 echo
 echo "pgchat demo is running (gateway pid $gw_pid, logs in $demo/)."
 echo "Open one link per user, e.g. alice and bob in two browser windows:"
