@@ -16,7 +16,7 @@ const GROUP = process.env.GROUP;
 const HISTORY = process.env.HISTORY;   // a conversation of alice and bob with 45 messages
 const NAMES = process.env.NAMES || '1:alice,2:bob,3:carol';
 const ARTIFACTS = process.env.ARTIFACTS || 'test-artifacts/browser';
-const WAIT = 15000;
+const WAIT = 20000;
 
 const CHROMIUM_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
@@ -218,6 +218,23 @@ test('new group and new direct chat from the page; readable errors', async () =>
   await c.fill('#direct-user', '1');
   await c.click('#direct-ok');
   await c.waitForFunction(() => document.getElementById('conv-name').textContent === 'alice', null, { timeout: WAIT });
+});
+
+test('a refused token and a missing token are explained on the page', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${BASE_URL}/#token=${TOKENS.alice.slice(0, -4)}AAAA`);   // bad signature
+  await page.waitForSelector('body[data-connection="closed"]');
+  assert.match(await page.textContent('.toast.error'), /refused the token.*4001/);
+  await page.goto(`${BASE_URL}/`);
+  await page.reload();
+  await page.waitForSelector('#no-token:not([hidden])');
+  assert.match(await page.textContent('#no-token'), /make demo/);
+  assert.deepEqual(pageErrors, []);
+  await context.close();
 });
 
 test('no uncaught errors in the pages', () => {
