@@ -156,6 +156,8 @@ int auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 
 void route_add(struct conn *c);
 void route_remove(struct conn *c);
+/* True when another local connection of (user, device) is registered. */
+int route_has_device(int64_t user, int32_t device);
 /* Parses one NOTIFY payload (header line + JSON line, repeated) and delivers. */
 void route_notify(const char *payload);
 /* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */

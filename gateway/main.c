@@ -1,4 +1,5 @@
 /* main.c: start-up, the event loop, signals, logging and the --workers supervisor. */
+#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,10 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include "gateway.h"
 
 struct lws_context *context;
@@ -22,12 +27,27 @@ static uint64_t drain_started;
 static lws_sorted_usec_list_t sul_signals;
 static struct lws_http_mount mounts[3];
 
-static const struct lws_protocols protocols[] = {
-	/* First: the default for HTTP and for clients that name no subprotocol. */
+static int main_accept(struct lws *wsi, enum lws_callback_reasons reason,
+		       void *user, void *in, size_t len);
+
+/* The client vhost speaks only chat.v1 (also the default for HTTP and for
+ * clients that name no subprotocol): no client can bind to the raw protocols. */
+static const struct lws_protocols client_protocols[] = {
 	{ "chat.v1", ws_callback, sizeof(struct conn *), 512, 0, NULL, 0 },
-	{ "pg", db_callback, 0, 0, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
+
+/* Raw descriptors we adopt: libpq sockets and our own listen socket. */
+static const struct lws_protocols raw_protocols[] = {
+	{ "pg", db_callback, 0, 0, 0, NULL, 0 },
+	{ "listen", main_accept, 0, 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+static struct lws_vhost *vhost_chat;
+static struct lws *listen_wsi;
+static lws_sorted_usec_list_t sul_accept;
+static void main_unlisten(void);
 
 uint64_t
 now_us(void)
@@ -154,6 +174,7 @@ main_signals(lws_sorted_usec_list_t *sul)
 		draining = 1;
 		drain_started = now_us();
 		log_msg(LOG_INFO, 0, "SIGTERM: draining %u connections", ws_conns_total);
+		main_unlisten();
 		ws_drain();
 		db_shutdown();
 	}
@@ -176,11 +197,101 @@ main_stop(void)
 	lws_cancel_service(context);
 }
 
+/* Re-enables accepting after running out of descriptors. */
+static void
+main_accept_resume(lws_sorted_usec_list_t *sul)
+{
+	(void)sul;
+	if (listen_wsi)
+		lws_rx_flow_control(listen_wsi, 1);
+}
+
+/* Accepts pending connections and hands them to lws as HTTP sockets. */
+static int
+main_accept(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+	(void)user;
+	(void)in;
+	(void)len;
+	if (reason == LWS_CALLBACK_RAW_CLOSE_FILE && wsi == listen_wsi) {
+		listen_wsi = NULL;
+		return 0;
+	}
+	if (reason != LWS_CALLBACK_RAW_RX_FILE)
+		return 0;
+	/* Bounded batch: the loop must also serve the connections we have. */
+	for (int i = 0; i < 64; i++) {
+		lws_sock_file_fd_type u;
+		int fd = accept4(lws_get_socket_fd(wsi), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int one = 1;
+
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				log_msg(LOG_WARN, 0, "accept: %s; pausing accepts for 100 ms", strerror(errno));
+				lws_rx_flow_control(wsi, 0);
+				lws_sul_schedule(context, 0, &sul_accept, main_accept_resume,
+						 100 * LWS_US_PER_MS);
+			}
+			break;
+		}
+		if (draining || ws_conns_total >= (uint32_t)cfg.max_conns) {
+			metrics_close(0);
+			close(fd);
+			continue;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		u.sockfd = fd;
+		if (!lws_adopt_descriptor_vhost(vhost_chat, LWS_ADOPT_HTTP | LWS_ADOPT_SOCKET |
+						(cfg.tls_cert ? LWS_ADOPT_ALLOW_SSL : 0), u, NULL, NULL))
+			log_msg(LOG_WARN, 0, "lws could not adopt an accepted socket");
+	}
+	return 0;
+}
+
+/* Opens the shared listen socket ourselves: lws 4.1 built with LWS_MAX_SMP 1
+ * never sets SO_REUSEPORT, and we also want to close it first on SIGTERM. */
+static int
+main_listen_socket(void)
+{
+	struct addrinfo hints, *res = NULL, *ai;
+	char port[8];
+	int fd = -1, one = 1, err;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	snprintf(port, sizeof(port), "%d", cfg.listen_port);
+	if ((err = getaddrinfo(cfg.listen_host, port, &hints, &res)) != 0) {
+		log_msg(LOG_ERROR, 0, "listen %s: %s", cfg.listen, gai_strerror(err));
+		return -1;
+	}
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (cfg.workers > 0)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 4096) == 0)
+			break;
+		err = errno;
+		close(fd);
+		fd = -1;
+		errno = err;
+	}
+	freeaddrinfo(res);
+	if (fd < 0)
+		log_msg(LOG_ERROR, 0, "cannot listen on %s: %s", cfg.listen, strerror(errno));
+	return fd;
+}
+
 int
 main_listen(void)
 {
 	struct lws_context_creation_info info;
-	int n = 0;
+	lws_sock_file_fd_type u;
+	int n = 0, fd;
 
 	memset(&info, 0, sizeof(info));
 	if (cfg.static_dir) {
@@ -202,24 +313,44 @@ main_listen(void)
 		mounts[i].mount_next = &mounts[i + 1];
 
 	info.vhost_name = "chat";
-	info.port = cfg.listen_port;
-	info.iface = cfg.listen_host;
-	info.protocols = protocols;
+	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;	/* we accept, lws serves */
+	info.protocols = client_protocols;
 	info.mounts = mounts;
 	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
-	if (cfg.workers > 0)
-		info.options |= LWS_SERVER_OPTION_ALLOW_LISTEN_SHARE;
 	if (cfg.tls_cert) {
-		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT |
+				LWS_SERVER_OPTION_CREATE_VHOST_SSL_CTX;
 		info.ssl_cert_filepath = cfg.tls_cert;
 		info.ssl_private_key_filepath = cfg.tls_key;
 	}
-	if (!lws_create_vhost(context, &info)) {
-		log_msg(LOG_ERROR, 0, "cannot listen on %s", cfg.listen);
+	vhost_chat = lws_create_vhost(context, &info);
+	if (!vhost_chat) {
+		log_msg(LOG_ERROR, 0, "cannot create the client vhost%s",
+			cfg.tls_cert ? " (check --tls-cert and --tls-key)" : "");
+		return -1;
+	}
+	fd = main_listen_socket();
+	if (fd < 0)
+		return -1;
+	u.filefd = fd;
+	listen_wsi = lws_adopt_descriptor_vhost(vhost_pg, LWS_ADOPT_RAW_FILE_DESC, u, "listen", NULL);
+	if (!listen_wsi) {
+		close(fd);
+		log_msg(LOG_ERROR, 0, "lws could not adopt the listen socket");
 		return -1;
 	}
 	log_msg(LOG_INFO, 0, "listening on %s%s", cfg.listen, cfg.tls_cert ? " (TLS)" : "");
 	return 0;
+}
+
+/* SIGTERM: stop accepting by closing the listen socket. */
+static void
+main_unlisten(void)
+{
+	if (listen_wsi) {
+		lws_set_timeout(listen_wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		listen_wsi = NULL;
+	}
 }
 
 /* One single-threaded server process: returns the exit status. */
@@ -242,7 +373,7 @@ main_serve(void)
 	if (cfg.tls_cert)
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.port = CONTEXT_PORT_NO_LISTEN;
-	info.protocols = protocols;
+	info.protocols = raw_protocols;
 	info.timeout_secs = 10;		/* HTTP handshake stalls */
 	context = lws_create_context(&info);
 	if (!context) {

@@ -91,6 +91,18 @@ route_remove(struct conn *c)
 		}
 }
 
+/* True when another local connection of (user, device) is registered. */
+int
+route_has_device(int64_t user, int32_t device)
+{
+	if (!buckets)
+		return 0;
+	for (struct conn *c = buckets[bucket_of(user, n_buckets)]; c; c = c->user_next)
+		if (c->user == user && c->device == device && c->registered)
+			return 1;
+	return 0;
+}
+
 /* Queues m on every local connection of the listed users. */
 static void
 route_deliver(struct msg *m, const int64_t *users, uint32_t n_users, int is_message,

@@ -199,7 +199,10 @@ ws_close(struct conn *c, int code, const char *why)
 	metrics_close(code);
 	log_msg(code == 1000 || code == 1012 ? LOG_DEBUG : LOG_INFO, c->id,
 		"closing %d (%s)", code, why);
-	ring_clear(c);
+	/* A lagging client loses its queue (it resyncs); others get what is
+	 * already queued (e.g. the 53400 frames before a 1008) first. */
+	if (code == 4009)
+		ring_clear(c);
 	lws_callback_on_writable(c->wsi);
 	/* A peer that never reads would never give us the writeable: backstop. */
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
@@ -583,11 +586,11 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 
 		if (!c)
 			return 0;
-		if (c->close_code) {
+		if (c->close_code && (!c->ring || !c->ring->count)) {
 			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
 			return -1;
 		}
-		if (c->ping_due) {
+		if (c->ping_due && !c->close_code) {
 			unsigned char ping[LWS_PRE + 1];
 			c->ping_due = 0;
 			if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
@@ -608,7 +611,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		r->count--;
 		r->bytes -= m->len;
 		msg_unref(m);
-		if (r->count)
+		if (r->count || c->close_code)
 			lws_callback_on_writable(wsi);
 		return 0;
 	}
@@ -626,7 +629,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		ws_conns_total--;
 		if (c->authed) {
 			route_remove(c);
-			if (c->registered && db_ctl_ready() && !draining)
+			/* The same device may hold another socket here (a reconnect
+			 * racing the old one): its session row stays. */
+			if (c->registered && db_ctl_ready() && !draining &&
+			    !route_has_device(c->user, c->device))
 				db_session_disconnect(c->user, c->device);
 		} else {
 			ws_conns_unauth--;
