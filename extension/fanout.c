@@ -50,6 +50,7 @@ typedef struct NodeRoute
 static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
 static SPIPlanPtr push_plan = NULL;
+static SPIPlanPtr route_push_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 
@@ -147,6 +148,42 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 }
 
 /*
+ * Groups the (node, user_id) rows of the last SPI result, ordered by node,
+ * into NodeRoutes allocated in cxt, leaving out exclude_user.
+ */
+static List *
+RoutesFromResult(int64 exclude_user, MemoryContext cxt)
+{
+	uint64		i;
+	List	   *routes = NIL;
+	NodeRoute  *cur = NULL;
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *node = SPI_getvalue(tup, desc, 1);
+		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		MemoryContext old;
+
+		if (user == exclude_user)
+			continue;
+		old = MemoryContextSwitchTo(cxt);
+		if (cur == NULL || strcmp(cur->node, node) != 0)
+		{
+			cur = palloc0(sizeof(NodeRoute));
+			cur->node = pstrdup(node);
+			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
+			routes = lappend(routes, cur);
+		}
+		cur->users[cur->nusers++] = user;
+		MemoryContextSwitchTo(old);
+	}
+	return routes;
+}
+
+/*
  * Finds the online sessions of the recipients, grouped by node: the given
  * users, or (users == NULL) the current members of the conversation.
  * Caller is connected to SPI; the result lives in the caller's context.
@@ -157,9 +194,6 @@ OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclud
 {
 	Datum		args[2];
 	int			ret;
-	uint64		i;
-	List	   *routes = NIL;
-	NodeRoute  *cur = NULL;
 
 	if (users == NULL)
 	{
@@ -196,30 +230,7 @@ OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclud
 	}
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
-
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		MemoryContext old;
-
-		if (user == exclude_user)
-			continue;
-		old = MemoryContextSwitchTo(cxt);
-		if (cur == NULL || strcmp(cur->node, node) != 0)
-		{
-			cur = palloc0(sizeof(NodeRoute));
-			cur->node = pstrdup(node);
-			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
-			routes = lappend(routes, cur);
-		}
-		cur->users[cur->nusers++] = user;
-		MemoryContextSwitchTo(old);
-	}
-	return routes;
+	return RoutesFromResult(exclude_user, cxt);
 }
 
 /*
@@ -301,44 +312,79 @@ FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 	EmitRoutes(routes, event, ref_event);
 }
 
-/* Adds push_outbox rows for the members of msg's conversation with no
- * online device (not muted, or mentioned).  Caller is connected to SPI. */
-static void
-QueuePushes(const ChatMessage *msg, const char *payload)
+/*
+ * Push rows for the members of the conversation with no online device,
+ * not muted (or mentioned): the rows a SELECT over this FROM/WHERE gives.
+ * $1 conversation, $2 seq, $3 sender, $4 payload, $5 chat.node_timeout.
+ */
+#define PUSH_INSERT \
+	"INSERT INTO chat.push_outbox" \
+	" (user_id, device_id, push_token, conversation_id, seq, payload)" \
+	" SELECT d.user_id, d.device_id, d.push_token, $1, $2, $4::jsonb" \
+	" FROM chat.members m" \
+	" JOIN chat.devices d ON d.user_id = m.user_id AND d.push_token IS NOT NULL" \
+	" WHERE m.conversation_id = $1 AND m.left_at IS NULL AND m.user_id <> $3" \
+	" AND (m.muted_until IS NULL OR m.muted_until <= now()" \
+	"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x" \
+	"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
+
+/* Members of $1 online on a live node, as (node, user_id). */
+#define ONLINE_MEMBERS \
+	"SELECT s.node, s.user_id FROM chat.members m" \
+	" JOIN chat.sessions s ON s.user_id = m.user_id" \
+	" JOIN chat.nodes n ON n.node = s.node" \
+	" WHERE m.conversation_id = $1 AND m.left_at IS NULL" \
+	" AND n.heartbeat_at > now() - $5 * interval '1 second'"
+
+/*
+ * The message's routes and its push rows in one statement (one executor
+ * run on the hottest path): the online members are found once, grouped by
+ * node for fanout, and every other member gets push rows.  With routes
+ * false (chat.fanout_mode off) only the push rows are written.  Caller is
+ * connected to SPI.
+ */
+static List *
+RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt)
 {
 	Oid			types[5] = {INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
 	Datum		args[5];
 	int			ret;
 
-	PreparePlan(&push_plan,
-				"INSERT INTO chat.push_outbox"
-				" (user_id, device_id, push_token, conversation_id, seq, payload)"
-				" SELECT d.user_id, d.device_id, d.push_token, $1, $2, $4::jsonb"
-				" FROM chat.members m"
-				" JOIN chat.devices d ON d.user_id = m.user_id AND d.push_token IS NOT NULL"
-				" WHERE m.conversation_id = $1 AND m.left_at IS NULL AND m.user_id <> $3"
-				" AND (m.muted_until IS NULL OR m.muted_until <= now()"
-				"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x"
-				"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
-				" AND NOT EXISTS (SELECT 1 FROM chat.sessions s JOIN chat.nodes n ON n.node = s.node"
-				"                 WHERE s.user_id = m.user_id"
-				"                 AND n.heartbeat_at > now() - $5 * interval '1 second')",
-				5, types);
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
 	args[2] = Int64GetDatum(msg->sender_id);
 	args[3] = CStringGetTextDatum(payload);
 	args[4] = Int32GetDatum(chat_node_timeout);
-	ret = SPI_execute_plan(push_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
+	if (!routes)
+	{
+		PreparePlan(&push_plan,
+					PUSH_INSERT
+					" AND NOT EXISTS (SELECT 1 FROM chat.sessions s JOIN chat.nodes n ON n.node = s.node"
+					"                 WHERE s.user_id = m.user_id"
+					"                 AND n.heartbeat_at > now() - $5 * interval '1 second')",
+					5, types);
+		ret = SPI_execute_plan(push_plan, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
+		return NIL;
+	}
+	PreparePlan(&route_push_plan,
+				"WITH online AS MATERIALIZED (" ONLINE_MEMBERS "),"
+				" pushed AS (" PUSH_INSERT
+				"   AND m.user_id NOT IN (SELECT o.user_id FROM online o) RETURNING 1)"
+				" SELECT node, user_id FROM online GROUP BY 1, 2 ORDER BY 1, 2",
+				5, types);
+	ret = SPI_execute_plan(route_push_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
+	return RoutesFromResult(PG_INT64_MIN, cxt);
 }
 
 /*
  * Fans out a stored message: a message event to the online members
  * (including the sender's other devices; the gateway skips the sending
- * device) and push rows for the offline ones.  Called by send_message in
- * the writing transaction.
+ * device) and push rows for the offline ones (not for system messages).
+ * Called by send_message in the writing transaction.
  */
 void
 FanoutMessage(const ChatMessage *msg)
@@ -346,7 +392,8 @@ FanoutMessage(const ChatMessage *msg)
 	StringInfoData event;
 	StringInfoData ref;
 	MemoryContext cxt = CurrentMemoryContext;
-	List	   *routes;
+	List	   *routes = NIL;
+	bool		notify = chat_fanout_mode != FANOUT_MODE_OFF;
 
 	initStringInfo(&event);
 	AppendMessageJson(&event, msg, 0, 0, false);
@@ -354,10 +401,14 @@ FanoutMessage(const ChatMessage *msg)
 	AppendMessageJson(&ref, msg, 0, 0, true);
 
 	SPI_connect();
-	routes = chat_fanout_mode == FANOUT_MODE_OFF ? NIL :
-		OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
-	if (msg->kind == NULL || strcmp(msg->kind, "system") != 0)
-		QueuePushes(msg, event.len <= PUSH_PAYLOAD_MAX ? event.data : ref.data);
+	if (msg->kind != NULL && strcmp(msg->kind, "system") == 0)
+	{
+		if (notify)
+			routes = OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
+	}
+	else
+		routes = RouteAndPush(msg, event.len <= PUSH_PAYLOAD_MAX ? event.data : ref.data,
+							  notify, cxt);
 	SPI_finish();
 	EmitRoutes(routes, event.data, ref.data);
 	pfree(event.data);

@@ -118,6 +118,13 @@ RealtimeInit(void)
 							&chat_notifier_queue_kb, 1024, 64, 1024 * 1024,
 							PGC_POSTMASTER, GUC_UNIT_KB, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("chat.notifier_delay",
+							"How long the notifier worker lets events gather under load.",
+							"After sending a batch it waits this long before the next; "
+							"the first event after a quiet spell goes at once.",
+							&chat_notifier_delay, 2, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
 	if (!process_shared_preload_libraries_in_progress)
 	{
 		typing_table = MemoryContextAllocZero(TopMemoryContext,

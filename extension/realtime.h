@@ -23,6 +23,7 @@ extern int	chat_typing_interval;	/* milliseconds */
 extern int	chat_push_max_attempts;
 extern int	chat_fanout_mode;
 extern int	chat_notifier_queue_kb;
+extern int	chat_notifier_delay;		/* milliseconds */
 extern char *chat_token_secret;
 
 /* notifier.c */

@@ -41,6 +41,12 @@ SELECT user_id, device_id FROM chat.push_outbox WHERE seq = 4 ORDER BY user_id, 
 SELECT seq FROM chat.send_message(1, 1, repeat('z', 5000));
 SELECT DISTINCT payload ? 'body' AS has_body, payload -> 'ref' AS ref FROM chat.push_outbox WHERE seq = 5;
 
+-- With chat.fanout_mode off nothing is notified, but pushes still queue.
+SET chat.fanout_mode = off;
+SELECT seq FROM chat.send_message(1, 1, 'quiet');
+SELECT user_id, device_id FROM chat.push_outbox WHERE seq = 6 ORDER BY user_id, device_id;
+RESET chat.fanout_mode;
+
 -- claim_push hands out due rows oldest first and leases them.
 DELETE FROM chat.push_outbox WHERE seq <> 2;
 SELECT id AS first_id FROM chat.push_outbox ORDER BY id LIMIT 1 \gset
