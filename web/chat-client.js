@@ -144,6 +144,7 @@ export class ChatClient {
     this._reconnectTimer = null;
     this._pingTimer = null;
     this._syncing = false;
+    this._syncGeneration = 0;
     this._resyncWanted = false;
     this._heldEvents = [];          // message events that arrived during a sync loop
     this._typingOut = new Map();    // conversation -> {idleTimer, lastSent, retryTimer}
@@ -249,7 +250,9 @@ export class ChatClient {
     this._ws = null;
     clearInterval(this._pingTimer);
     this._pingTimer = null;
+    // The sync loop of this socket is over; held pushes wait for the next loop.
     this._syncing = false;
+    this._syncGeneration++;
     // Requests written to the dead socket will never be answered.
     for (const [id, p] of this._pending) {
       clearTimeout(p.timer);
@@ -357,7 +360,7 @@ export class ChatClient {
       case 'hello': this._onHello(f); break;
       case 'resync': this._sync(); break;
       case 'message':
-        if (this._syncing) this._heldEvents.push(f);
+        if (this._syncing) this._heldEvents.push({ f, source: 'live' });
         else this._ingestLive(f);
         break;
       case 'typing': this._onTyping(f); break;
@@ -489,11 +492,16 @@ export class ChatClient {
     if (m.reply_to != null) fields.reply_to = m.reply_to;
     this.request('send', fields).then((result) => {
       this._removeFromOutbox(m);
-      if (result && result.seq != null) this._ingest({
-        type: 'message', conversation: result.conversation ?? m.conversation, seq: result.seq,
-        sender: this.user, sender_device: this.device, kind: 'text', body: m.body,
-        client_msg_id: m.client_msg_id, reply_to: m.reply_to ?? null, created_at: result.created_at,
-      }, 'own');
+      if (result && result.seq != null) {
+        const own = {
+          type: 'message', conversation: result.conversation ?? m.conversation, seq: result.seq,
+          sender: this.user, sender_device: this.device, kind: 'text', body: m.body,
+          client_msg_id: m.client_msg_id, reply_to: m.reply_to ?? null, created_at: result.created_at,
+        };
+        // During a sync, earlier messages of the conversation may still be on their way.
+        if (this._syncing) this._heldEvents.push({ f: own, source: 'own' });
+        else this._ingest(own, 'own');
+      }
       m.resolve(result);
     }, (err) => {
       m.inflight = false;
@@ -615,6 +623,7 @@ export class ChatClient {
   async _sync() {
     if (this._syncing) { this._resyncWanted = true; return; }
     this._syncing = true;
+    const generation = ++this._syncGeneration;
     const touched = new Set();
     try {
       do {
@@ -636,11 +645,14 @@ export class ChatClient {
         this._emit('error', new ChatError(`sync failed: ${e.message}`, { code: e.code }));
       }
     } finally {
-      this._syncing = false;
-      const held = this._heldEvents;
-      this._heldEvents = [];
-      for (const f of held) this._ingestLive(f);
-      if (this.state === 'open') this._emit('synced', { conversations: [...touched] });
+      // A loop of a dead connection must not end the loop of the next one.
+      if (generation === this._syncGeneration) {
+        this._syncing = false;
+        const held = this._heldEvents;
+        this._heldEvents = [];
+        for (const { f, source } of held) source === 'own' ? this._ingest(f, 'own') : this._ingestLive(f);
+        if (this.state === 'open') this._emit('synced', { conversations: [...touched] });
+      }
     }
   }
 

@@ -215,3 +215,51 @@ test('close() rejects waiting requests and stops everything', async () => {
   assert.equal(client.state, 'closed');
   await assert.rejects(client.request('ping'), (e) => e.code === 'closed');
 });
+
+test('a sync loop cut by a disconnect does not end the next one early', async () => {
+  const client = new ChatClient(opts({ backoffBase: 1 }));
+  const got = [];
+  client.on('message', (m) => got.push(m.seq));
+  client.connect();
+  await until(() => FakeSocket.instances.length === 1);
+  const ws1 = FakeSocket.last();
+  ws1.responder = idleGateway({ sync: () => undefined });   // never answers
+  ws1.hello();
+  await until(() => ws1.of('sync').length === 1);
+  ws1.serverClose(1006);
+  await until(() => FakeSocket.instances.length === 2, 500);
+  const ws2 = FakeSocket.last();
+  let syncFrame = null;
+  ws2.responder = idleGateway({ sync: (f) => { syncFrame = f; return undefined; } });
+  ws2.hello();
+  await until(() => syncFrame);
+  await sleep(5);
+  ws2.push(msg(1, 2));               // must be held: the new loop is still running
+  assert.deepEqual(got, []);
+  ws2.ok(syncFrame, { messages: [msg(1, 1), msg(1, 2)], more: false });
+  await until(() => got.length === 2);
+  assert.deepEqual(got, [1, 2]);
+  client.close();
+});
+
+test('own sends answered during a sync are applied after it', async () => {
+  const client = new ChatClient(opts());
+  const got = [];
+  client.on('message', (m) => got.push(`${m.seq}${m.own ? ' own' : ''}`));
+  client.connect();
+  await until(() => FakeSocket.instances.length === 1);
+  const ws = FakeSocket.last();
+  let syncFrame = null;
+  ws.responder = idleGateway({
+    sync: (f) => { syncFrame = f; return undefined; },
+    send: (f) => ({ id: f.id, type: 'ok', result: { conversation: 4, seq: 3, created_at: 'now', duplicate: false } }),
+  });
+  const sent = client.send(4, 'queued while connecting');
+  ws.hello(17, 1);
+  await sent;
+  ws.ok(syncFrame, { messages: [msg(4, 1), msg(4, 2)], more: false });
+  await until(() => got.length === 3);
+  assert.deepEqual(got, ['1', '2', '3 own']);
+  assert.equal(client.conversationState(4).top, 3);
+  client.close();
+});

@@ -104,6 +104,7 @@ test('an unanswered send is retried with the same client_msg_id, also after reco
   assert.equal(result.seq, 4);
   assert.equal(ws2.of('send')[0].client_msg_id, a.client_msg_id);
   assert.equal(client.outbox.length, 0);
+  await until(() => got.some((m) => m.own), 500, 'own message (after the sync)');
   const own = got.find((m) => m.own);
   assert.equal(own.seq, 4);
   assert.equal(own.sender, 17);
