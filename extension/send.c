@@ -2,15 +2,18 @@
  * send.c: chat.send_message, the hottest path of the system, and the body
  * rules it shares with chat.edit_message.
  *
- * One send is four statements on saved SPI plans, in this order:
+ * One send is two statements on saved SPI plans:
  *
- *   1. lock the conversation row (FOR NO KEY UPDATE) and read last_seq;
- *   2. check the sender's membership (a fresh snapshot, taken after the lock,
- *      so a removal that committed while we waited is seen);
- *   3. insert the message at last_seq + 1, ON CONFLICT DO NOTHING on
- *      (conversation, sender, client_msg_id);
- *   4. only when the insert happened: store last_seq + 1 and last_activity
- *      and advance the sender's watermarks, in one statement.
+ *   1. lock the conversation row and the sender's member row (FOR NO KEY
+ *      UPDATE) and read last_seq and the sender's watermarks.  Locking the
+ *      member row too makes a removal that commits while we wait for the
+ *      lock visible: the recheck of the locked rows drops the row, and the
+ *      send fails as a non-member's instead of landing after the "removed"
+ *      system message;
+ *   2. insert the message at last_seq + 1 with ON CONFLICT DO NOTHING on
+ *      (conversation, sender, client_msg_id), and, in the same statement and
+ *      only when the insert happened, store the new last_seq and
+ *      last_activity and advance the sender's watermarks.
  *
  * Every insert into chat.messages happens under the conversation row lock,
  * so the seq is allocated exactly when a row is written: seqs stay gapless
@@ -37,10 +40,9 @@ PG_FUNCTION_INFO_V1(chat_check_body);
 
 /* Saved plans, prepared on first use in each backend. */
 static SPIPlanPtr lock_plan;
-static SPIPlanPtr member_plan;
-static SPIPlanPtr insert_plan;
+static SPIPlanPtr write_plan;
 static SPIPlanPtr duplicate_plan;
-static SPIPlanPtr advance_plan;
+static SPIPlanPtr conversation_plan;
 static SPIPlanPtr user_plan;
 static SPIPlanPtr receipt_plan;
 
@@ -67,49 +69,50 @@ PrepareSaved(const char *sql, int nargs, Oid *argtypes)
 static void
 PrepareSendPlans(void)
 {
-	Oid			lock_types[1] = {INT8OID};
-	Oid			member_types[3] = {INT8OID, INT8OID, INT4OID};
-	Oid			insert_types[8] = {INT8OID, INT8OID, INT8OID, INT4OID,
+	Oid			lock_types[3] = {INT8OID, INT8OID, INT4OID};
+	Oid			write_types[8] = {INT8OID, INT8OID, INT8OID, INT4OID,
 	TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID};
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
-	Oid			advance_types[4] = {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID};
-	Oid			user_types[1] = {INT8OID};
+	Oid			id_types[1] = {INT8OID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 
 	if (receipt_plan != NULL)
 		return;
 	lock_plan = PrepareSaved(
-		"SELECT last_seq FROM chat.conversations WHERE id = $1 FOR NO KEY UPDATE",
-		1, lock_types);
-	member_plan = PrepareSaved(
-		"SELECT m.delivered_seq, m.read_seq,"
+		"SELECT c.last_seq, m.read_seq,"
 		"       $3 IS NULL OR EXISTS (SELECT FROM chat.devices d"
 		"                             WHERE d.user_id = $2 AND d.device_id = $3)"
-		"  FROM chat.members m"
-		" WHERE m.conversation_id = $1 AND m.user_id = $2 AND m.left_at IS NULL",
-		3, member_types);
-	insert_plan = PrepareSaved(
-		"INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
-		"                           kind, body, client_msg_id, reply_to, created_at)"
-		" VALUES ($1, $2, $3, $4, 'text', $5, $6, $7, $8)"
-		" ON CONFLICT (conversation_id, sender_id, client_msg_id)"
-		"   WHERE client_msg_id IS NOT NULL DO NOTHING"
-		" RETURNING seq",
-		8, insert_types);
+		"  FROM chat.conversations c"
+		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
+		" WHERE c.id = $1 AND m.left_at IS NULL"
+		"   FOR NO KEY UPDATE OF c, m",
+		3, lock_types);
+	write_plan = PrepareSaved(
+		"WITH msg AS ("
+		"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
+		"                             kind, body, client_msg_id, reply_to, created_at)"
+		"  VALUES ($1, $2, $3, $4, 'text', $5, $6, $7, $8)"
+		"  ON CONFLICT (conversation_id, sender_id, client_msg_id)"
+		"    WHERE client_msg_id IS NOT NULL DO NOTHING"
+		"  RETURNING seq),"
+		" conv AS ("
+		"  UPDATE chat.conversations c SET last_seq = msg.seq, last_activity = $8"
+		"    FROM msg WHERE c.id = $1)"
+		" UPDATE chat.members m"
+		"    SET delivered_seq = GREATEST(m.delivered_seq, msg.seq),"
+		"        read_seq = GREATEST(m.read_seq, msg.seq)"
+		"   FROM msg"
+		"  WHERE m.conversation_id = $1 AND m.user_id = $3"
+		" RETURNING msg.seq",
+		8, write_types);
 	duplicate_plan = PrepareSaved(
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
 		3, duplicate_types);
-	advance_plan = PrepareSaved(
-		"WITH c AS (UPDATE chat.conversations SET last_seq = $2, last_activity = $4"
-		"            WHERE id = $1)"
-		" UPDATE chat.members"
-		"    SET delivered_seq = GREATEST(delivered_seq, $2),"
-		"        read_seq = GREATEST(read_seq, $2)"
-		"  WHERE conversation_id = $1 AND user_id = $3",
-		4, advance_types);
+	conversation_plan = PrepareSaved(
+		"SELECT FROM chat.conversations WHERE id = $1", 1, id_types);
 	user_plan = PrepareSaved(
-		"SELECT FROM chat.users WHERE id = $1", 1, user_types);
+		"SELECT FROM chat.users WHERE id = $1", 1, id_types);
 	receipt_plan = PrepareSaved(
 		"SELECT chat.fanout_receipt($1, $2, $3, $4, 'read')", 4, receipt_types);
 }
@@ -154,14 +157,23 @@ SpiInt64(int row, int col, bool *isnull)
 }
 
 /*
- * Raises the error for a sender without an active membership: P0002 when the
- * user does not exist, 42501 otherwise.
+ * Raises the error for a send that found no (conversation, active member)
+ * row: P0002 when the conversation or the user does not exist, 42501
+ * otherwise.
  */
 static void
 RaiseNotMember(int64 sender, int64 conversation_id)
 {
-	Datum		args[1] = {Int64GetDatum(sender)};
+	Datum		args[1] = {Int64GetDatum(conversation_id)};
 
+	if (SPI_execute_plan(conversation_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "chat: conversation lookup failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("conversation " INT64_FORMAT " does not exist",
+						conversation_id)));
+	args[0] = Int64GetDatum(sender);
 	if (SPI_execute_plan(user_plan, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "chat: user lookup failed");
 	if (SPI_processed == 0)
@@ -211,7 +223,7 @@ chat_send_message(PG_FUNCTION_ARGS)
 	text	   *client_msg_id = NULL;
 	int64		reply_to = 0;
 	int32		sender_device = 0;
-	int64		last_seq;
+	int64		last_seq = 0;
 	int64		seq;
 	int64		old_read = 0;
 	TimestampTz created_at;
@@ -260,28 +272,14 @@ chat_send_message(PG_FUNCTION_ARGS)
 		elog(ERROR, "chat: SPI_connect failed");
 	PrepareSendPlans();
 
-	/* 1. The conversation row lock serialises seq allocation. */
-	{
-		Datum		args[1] = {Int64GetDatum(conversation_id)};
-
-		if (SPI_execute_plan(lock_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "chat: conversation lock failed");
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_NO_DATA_FOUND),
-					 errmsg("conversation " INT64_FORMAT " does not exist",
-							conversation_id)));
-		last_seq = SpiInt64(0, 1, &isnull);
-	}
-
-	/* 2. Membership, the old read watermark, and the sending device. */
+	/* 1. The row locks serialise seq allocation and pin the membership. */
 	{
 		Datum		args[3] = {Int64GetDatum(conversation_id), Int64GetDatum(sender),
 		Int32GetDatum(sender_device)};
 		char		argnulls[3] = {' ', ' ', sender_device == 0 ? 'n' : ' '};
 
-		if (SPI_execute_plan(member_plan, args, argnulls, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "chat: membership lookup failed");
+		if (SPI_execute_plan(lock_plan, args, argnulls, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "chat: conversation lock failed");
 		if (SPI_processed == 0)
 		{
 			/* A retry of a send made before leaving still gets its answer. */
@@ -292,6 +290,7 @@ chat_send_message(PG_FUNCTION_ARGS)
 		}
 		else
 		{
+			last_seq = SpiInt64(0, 1, &isnull);
 			old_read = SpiInt64(0, 2, &isnull);
 			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 3, &isnull)))
@@ -310,7 +309,10 @@ chat_send_message(PG_FUNCTION_ARGS)
 						reply_to, conversation_id),
 				 errhint("reply_to is the seq of an earlier message of the conversation.")));
 
-	/* 3. The row; a conflict means an earlier send of this client_msg_id. */
+	/*
+	 * 2. The row, and with it last_seq and the sender's watermarks; no row
+	 * means a conflict: an earlier send of this client_msg_id.
+	 */
 	if (!duplicate)
 	{
 		Datum		args[8];
@@ -329,7 +331,7 @@ chat_send_message(PG_FUNCTION_ARGS)
 		args[6] = Int64GetDatum(reply_to);
 		argnulls[6] = reply_to == 0 ? 'n' : ' ';
 		args[7] = TimestampTzGetDatum(created_at);
-		if (SPI_execute_plan(insert_plan, args, argnulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		if (SPI_execute_plan(write_plan, args, argnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "chat: message insert failed");
 		if (SPI_processed == 0)
 		{
@@ -339,15 +341,9 @@ chat_send_message(PG_FUNCTION_ARGS)
 		}
 	}
 
-	/* 4. Allocate the seq for good and move the sender's watermarks. */
 	if (!duplicate)
 	{
-		Datum		args[4] = {Int64GetDatum(conversation_id), Int64GetDatum(seq),
-		Int64GetDatum(sender), TimestampTzGetDatum(created_at)};
 		ChatMessage msg;
-
-		if (SPI_execute_plan(advance_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "chat: seq allocation failed");
 
 		msg.conversation_id = conversation_id;
 		msg.seq = seq;

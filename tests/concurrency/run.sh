@@ -113,6 +113,23 @@ for pair in 1 2 3 4 5; do
   check "pair ($a,$b): two members" 2 "$(sql -c "SELECT count(*) FROM chat.members WHERE conversation_id = $(cat "$work/direct.$pair")")"
 done
 
+echo "== sends racing the sender's removal land before the removal, never after"
+kick=$(sql -c "SELECT chat.create_group(1, 'kick', ARRAY(SELECT generate_series(2, $clients)))")
+kick_job() {
+  if [ "$1" = 1 ]; then
+    echo "SELECT pg_sleep(0.05); SELECT chat.remove_member(1, $kick, 2);"
+  else
+    echo "DO \$\$ BEGIN FOR i IN 1..200 LOOP PERFORM chat.send_message(2, $kick, 'racing ' || i);
+          END LOOP; EXCEPTION WHEN insufficient_privilege THEN NULL; END \$\$;"
+  fi
+}
+barrier_run kick_job
+grep -h ERROR "$work"/out.* && fail "a racing session failed"
+removed_at=$(sql -c "SELECT seq FROM chat.messages WHERE conversation_id = $kick AND kind = 'system' AND body::jsonb->>'action' = 'removed'")
+check "messages of the removed member after its removal (removal at seq $removed_at)" 0 \
+  "$(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $kick AND sender_id = 2 AND kind = 'text' AND seq > $removed_at")"
+echo "   ($(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $kick AND sender_id = 2") sends got in before)"
+
 echo "== seqs stay gapless in every conversation"
 check "conversations with a gap or a last_seq mismatch" 0 "$(sql -c "
   SELECT count(*) FROM chat.conversations c
