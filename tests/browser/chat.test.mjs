@@ -35,7 +35,11 @@ async function openUser(name) {
   page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name} console: ${m.text()}`); });
   await page.goto(`${BASE_URL}/#token=${TOKENS[name]}&names=${NAMES}`);
-  await page.waitForSelector('body[data-connection="open"]');
+  try {
+    await page.waitForSelector('body[data-connection="open"]');
+  } catch (e) {
+    throw new Error(`${name}'s page did not connect: ${e.message.split('\n')[0]}; page errors: ${JSON.stringify(errors)}`);
+  }
   users[name] = { context, page, errors };
   return users[name];
 }
