@@ -89,6 +89,7 @@ struct proc_stats {
 	int64_t closes[LOAD_NCODES];
 	_Atomic int64_t outstanding;
 	int64_t first_open_us, last_open_us;
+	char		last_error[96];	/* the latest connect error's text */
 	uint64_t hist[LOAD_HBUCKETS];	/* delivery latency, ns */
 	uint64_t rtt[LOAD_HBUCKETS];	/* send → ok, ns */
 };
@@ -1000,6 +1001,10 @@ callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
 			me->connect_errors++;
 			if (atomic_load(&shm->phase) == PH_CONNECT)
 				me->initial_connect_errors++;
+			snprintf(me->last_error, sizeof(me->last_error), "%s", in ? (char *) in : "?");
+			for (char *q = me->last_error; *q; q++)
+				if (*q == '"' || *q == '\\' || (unsigned char) *q < 0x20)
+					*q = '\'';		/* stays valid inside the JSON report */
 			if (opt.verbose > 1)
 				fprintf(stderr, "connect error %d: %s\n", c->idx, in ? (char *) in : "");
 			c->state = C_IDLE;
@@ -1473,7 +1478,8 @@ main(int argc, char **argv)
 	long		rss0 = 0, rss1 = 0, rss_peak = 0;
 	int			gw_procs0 = 0, gw_procs1 = 0;
 	double		storm_reconnect_s = -1, storm_synced_s = -1;
-	int64_t		ready_at_restart = 0, ready_at_go = 0;
+	int64_t		ready_at_restart = 0, ready_at_go = 0, rss_conns = 0;
+	const char *last_error = "";
 	int			restart_rc = -1;
 
 	opt.clients = 100;
@@ -1626,6 +1632,7 @@ main(int argc, char **argv)
 	{
 		usleep(1000000);		/* let the gateway settle its buffers */
 		rss1 = rss_tree_kib(opt.gateway_pid, &gw_procs1);
+		rss_conns = SUM(opened);
 		rss_peak = rss1;
 	}
 	t_go = mono_us();
@@ -1771,11 +1778,14 @@ main(int argc, char **argv)
 		}
 		if (opt.scenario != SC_IDLE)
 			check_database(&expected, &stored, &db_dups, &lost, &dup_deliv);
-		if (rss1 && opt.clients)
+		if (rss1 && rss_conns)
 		{
-			rss_per_conn = (double) (rss1 - rss0) * 1024.0 / opt.clients;
-			rss_total_per_conn = (double) rss1 * 1024.0 / opt.clients;
+			rss_per_conn = (double) (rss1 - rss0) * 1024.0 / (double) rss_conns;
+			rss_total_per_conn = (double) rss1 * 1024.0 / (double) rss_conns;
 		}
+		for (int i = 0; i < opt.procs; i++)
+			if (shm->ps[i].last_error[0])
+				last_error = shm->ps[i].last_error;
 
 		if (!opt.json)
 		{
@@ -1799,8 +1809,10 @@ main(int argc, char **argv)
 				printf("  storm       restart rc %d; %" PRId64 " clients back in %.2f s, synced in %.2f s\n",
 					   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
 			if (rss1)
-				printf("  gateway rss %ld KiB -> %ld KiB (peak %ld) over %d procs: %.0f B/conn growth, %.0f B/conn total\n",
-					   rss0, rss1, rss_peak, gw_procs1, rss_per_conn, rss_total_per_conn);
+				printf("  gateway rss %ld KiB -> %ld KiB (peak %ld) over %d procs with %" PRId64 " open: %.0f B/conn growth, %.0f B/conn total\n",
+					   rss0, rss1, rss_peak, gw_procs1, rss_conns, rss_per_conn, rss_total_per_conn);
+			if (last_error[0])
+				printf("  last connect error: %s\n", last_error);
 			printf("  closes     ");
 			for (int j = 0; j < LOAD_NCODES; j++)
 			{
@@ -1837,8 +1849,9 @@ main(int argc, char **argv)
 				   stored, expected, lost, dup_deliv, db_dups);
 			printf("\"storm\":{\"restart_rc\":%d,\"clients\":%" PRId64 ",\"reconnected_s\":%.3f,\"synced_s\":%.3f},",
 				   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
-			printf("\"gateway_rss\":{\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",
-				   gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn);
+			printf("\"last_connect_error\":\"%s\",", last_error);
+			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",
+				   rss_conns, gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn);
 			printf("\"closes\":{");
 			first = 1;
 			for (int j = 0; j < LOAD_NCODES; j++)
