@@ -194,6 +194,7 @@ void
 main_stop(void)
 {
 	stop = 1;
+	draining = 1;		/* no reconnects while the context goes */
 	lws_cancel_service(context);
 }
 

@@ -205,7 +205,7 @@ ws_close(struct conn *c, int code, const char *why)
 		ring_clear(c);
 	lws_callback_on_writable(c->wsi);
 	/* A peer that never reads would never give us the writeable: backstop. */
-	lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_SEND, 5);
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
 }
 
 void
