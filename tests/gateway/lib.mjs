@@ -235,6 +235,8 @@ export async function startGateway({ db, node, port, args = [], env = {}, label,
 // Kills every gateway still running and fails if any log has a sanitizer report.
 export async function stopAll() {
   const bad = [];
+  for (const d of dutiful) await d.stop();
+  dutiful.clear();
   for (const gw of gateways) {
     await gw.stop('SIGTERM', 8000);
     const lines = gw.sanitizerLines();
@@ -253,6 +255,7 @@ process.on('exit', () => {
 // ---------------------------------------------------------------- clients
 
 const clients = new Set();
+const dutiful = new Set();
 
 // A WebSocket client speaking chat.v1: requests by id, frames collected.
 export class Client {
@@ -445,7 +448,7 @@ export class DutifulClient {
     this.errors = [];
   }
 
-  start() { this.loop = this.run(); return this; }
+  start() { dutiful.add(this); this.loop = this.run(); return this; }
 
   async run() {
     let attempt = 0;
@@ -557,6 +560,11 @@ export class DutifulClient {
           this.outbox.splice(this.outbox.indexOf(item), 1);
           this.results.set(item.client_msg_id, r.result);
           item.resolve(r.result);
+        } else if (r.code === '53400') {
+          // Rate limited: not done, try again a second later.
+          this.rateLimited = (this.rateLimited ?? 0) + 1;
+          if (item.inflight === c) item.inflight = null;
+          setTimeout(() => { if (!this.stopped) this.trySend(item); }, 1000);
         } else {
           this.outbox.splice(this.outbox.indexOf(item), 1);
           item.reject(new Error(`send ${item.client_msg_id}: ${JSON.stringify(r)}`));
@@ -576,6 +584,7 @@ export class DutifulClient {
   }
 
   async stop() {
+    dutiful.delete(this);
     this.stopped = true;
     clearTimeout(this.ackTimer);
     this.c?.close();
