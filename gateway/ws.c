@@ -644,7 +644,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		return 0;
 
 	default:
-		return 0;
+		/* Static files: lws_callback_http_dummy finishes each HTTP
+		 * transaction (FILE_COMPLETION) so keep-alive connections can
+		 * carry the next request. */
+		return lws_callback_http_dummy(wsi, reason, user, in, len);
 	}
 }
 
