@@ -62,6 +62,21 @@ SELECT chat.send_message(2 * :c - 1, :c, 'bench message');
 PGB
 
 max_clients=$(echo $CLIENTS | tr ' ' '\n' | sort -n | tail -1)
+# CPU ticks used so far by the server: live processes of the cluster plus
+# the reaped ones (the postmaster's cutime/cstime).  Differences over a run
+# give server CPU per send, which the machine's other load disturbs less
+# than TPS does.
+cpu_ticks() {
+  local pm t=0 p
+  pm=$(head -1 "$CHAT_TEST_PGDATA/postmaster.pid")
+  for p in $pm $(ps -o pid= --ppid "$pm"); do
+    [ -r /proc/$p/stat ] || continue
+    t=$((t + $(awk '{print $14 + $15}' /proc/$p/stat 2>/dev/null || echo 0)))
+  done
+  echo $((t + $(awk '{print $16 + $17}' /proc/$pm/stat)))
+}
+hz=$(getconf CLK_TCK)
+
 # run_point CLIENTS MODE: one pgbench run with the listener; prints "tps|listener line"
 run_point() {
   local c=$1 mode=$2 probe tps
@@ -74,23 +89,29 @@ run_point() {
   fi
   probe=$!
   sleep 0.5
-  tps=$(pgbench -n -f "$work/send.pgbench" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" bench 2>/dev/null \
-        | awk '/^tps = / {printf "%.0f", $3}')
+  t0=$(cpu_ticks)
+  pgbench -n -f "$work/send.pgbench" -c "$c" -j "$(( c < 4 ? c : 4 ))" -T "$SECS" bench >"$work/pgbench.out" 2>/dev/null
+  t1=$(cpu_ticks)
+  tps=$(awk '/^tps = / {printf "%.0f", $3}' "$work/pgbench.out")
+  sends=$(awk '/number of transactions actually processed/ {print $NF}' "$work/pgbench.out" | cut -d/ -f1)
   wait $probe
   unset PGOPTIONS
-  echo "$tps|$(cat "$work/probe.out")"
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$sends" 'BEGIN { printf "%.0f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+  echo "$tps $cpu|$(cat "$work/probe.out")"
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print (NR ? v[int((NR+1)/2)] : 0)}'; }
 
 echo "raw runs (modes interleaved, $SECS s each, $ROUNDS rounds):"
-printf '%-8s %-6s %-7s %8s  %s\n' clients round mode tps listener
-declare -A runs
+printf '%-8s %-6s %-7s %8s %12s  %s\n' clients round mode tps cpu_us/send listener
+declare -A runs cpus
 for c in $CLIENTS; do
   for r in $(seq 1 "$ROUNDS"); do
     for mode in $MODES; do
       out=$(run_point "$c" "$mode")
-      runs[$c,$mode]="${runs[$c,$mode]:-} ${out%%|*}"
-      printf '%-8s %-6s %-7s %8s  %s\n' "$c" "$r" "$mode" "${out%%|*}" "${out#*|}"
+      set -- ${out%%|*}
+      runs[$c,$mode]="${runs[$c,$mode]:-} $1"
+      cpus[$c,$mode]="${cpus[$c,$mode]:-} $2"
+      printf '%-8s %-6s %-7s %8s %12s  %s\n' "$c" "$r" "$mode" "$1" "$2" "${out#*|}"
     done
   done
 done
@@ -103,6 +124,18 @@ for c in $CLIENTS; do
   for mode in $MODES; do
     m=$(echo ${runs[$c,$mode]} | median)
     printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'))"
+  done
+  echo
+done
+echo
+echo "median server CPU per send (microseconds), ratio off/mode (what TPS would be on an idle, CPU-bound machine):"
+printf '%-8s' clients; for mode in $MODES; do printf ' %16s' "$mode"; done; echo
+for c in $CLIENTS; do
+  base=$(echo ${cpus[$c,off]:-0} | median)
+  printf '%-8s' "$c"
+  for mode in $MODES; do
+    m=$(echo ${cpus[$c,$mode]} | median)
+    printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2fx", (a > 0 ? b / a : 0) }'))"
   done
   echo
 done

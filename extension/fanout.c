@@ -50,7 +50,8 @@ typedef struct NodeRoute
 static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
 static SPIPlanPtr push_plan = NULL;
-static SPIPlanPtr route_push_plan = NULL;
+static SPIPlanPtr member_routes_plan = NULL;
+static SPIPlanPtr push_ids_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 
@@ -60,7 +61,11 @@ PreparePlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
 {
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+		/*
+		 * Generic plans: these are small keyed lookups, and replanning on
+		 * every call would cost more than running them.
+		 */
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -328,20 +333,32 @@ FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 	"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x" \
 	"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
 
-/* Members of $1 online on a live node, as (node, user_id). */
-#define ONLINE_MEMBERS \
-	"SELECT s.node, s.user_id FROM chat.members m" \
-	" JOIN chat.sessions s ON s.user_id = m.user_id" \
-	" JOIN chat.nodes n ON n.node = s.node" \
+/*
+ * Every current member of conversation $1 with the node of each of its
+ * live sessions (NULL: offline), ordered by node and user, and whether an
+ * offline member is to be pushed (not muted, or mentioned in message $2).
+ * $3: chat.node_timeout.  A user with several sessions on a node appears
+ * once per session; the caller skips the repeats.
+ */
+#define MEMBER_ROUTES \
+	"SELECT s.node, m.user_id," \
+	"       s.node IS NULL" \
+	"       AND (m.muted_until IS NULL OR m.muted_until <= now()" \
+	"            OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
+	"                       AND x.seq = $2 AND m.user_id = ANY (x.mentions))) AS push" \
+	" FROM chat.members m" \
+	" LEFT JOIN LATERAL (SELECT s.node FROM chat.sessions s" \
+	"                    JOIN chat.nodes n ON n.node = s.node" \
+	"                    WHERE s.user_id = m.user_id" \
+	"                    AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true" \
 	" WHERE m.conversation_id = $1 AND m.left_at IS NULL" \
-	" AND n.heartbeat_at > now() - $5 * interval '1 second'"
+	" ORDER BY s.node, m.user_id"
 
 /*
- * The message's routes and its push rows in one statement (one executor
- * run on the hottest path): the online members are found once, grouped by
- * node for fanout, and every other member gets push rows.  With routes
- * false (chat.fanout_mode off) only the push rows are written.  Caller is
- * connected to SPI.
+ * The message's routes, and push rows for the members who are offline.
+ * One lookup over the members finds both; the insert runs only when
+ * someone is to be pushed.  With routes false (chat.fanout_mode off) only
+ * the push rows are written, by one statement.  Caller is connected to SPI.
  */
 static List *
 RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt)
@@ -349,6 +366,11 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 	Oid			types[5] = {INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
 	Datum		args[5];
 	int			ret;
+	List	   *result = NIL;
+	Datum	   *push_ids;
+	int			npush = 0;
+	uint64		i;
+	NodeRoute  *cur = NULL;
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
@@ -368,16 +390,68 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
 		return NIL;
 	}
-	PreparePlan(&route_push_plan,
-				"WITH online AS MATERIALIZED (" ONLINE_MEMBERS "),"
-				" pushed AS (" PUSH_INSERT
-				"   AND m.user_id NOT IN (SELECT o.user_id FROM online o) RETURNING 1)"
-				" SELECT node, user_id FROM online GROUP BY 1, 2 ORDER BY 1, 2",
-				5, types);
-	ret = SPI_execute_plan(route_push_plan, args, NULL, false, 0);
+
+	{
+		Oid			rtypes[3] = {INT8OID, INT8OID, INT4OID};
+		Datum		rargs[3] = {args[0], args[1], args[4]};
+
+		PreparePlan(&member_routes_plan, MEMBER_ROUTES, 3, rtypes);
+		ret = SPI_execute_plan(member_routes_plan, rargs, NULL, false, 0);
+	}
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
-	return RoutesFromResult(PG_INT64_MIN, cxt);
+	push_ids = palloc(sizeof(Datum) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *node = SPI_getvalue(tup, desc, 1);
+		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		bool		push = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		MemoryContext old;
+
+		if (node == NULL)
+		{
+			if (push && !isnull && user != msg->sender_id)
+				push_ids[npush++] = Int64GetDatum(user);
+			continue;
+		}
+		old = MemoryContextSwitchTo(cxt);
+		if (cur == NULL || strcmp(cur->node, node) != 0)
+		{
+			cur = palloc0(sizeof(NodeRoute));
+			cur->node = pstrdup(node);
+			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
+			result = lappend(result, cur);
+		}
+		if (cur->nusers == 0 || cur->users[cur->nusers - 1] != user)
+			cur->users[cur->nusers++] = user;
+		MemoryContextSwitchTo(old);
+	}
+	if (npush > 0)
+	{
+		Oid			ptypes[4] = {INT8ARRAYOID, INT8OID, INT8OID, TEXTOID};
+		Datum		pargs[4];
+
+		PreparePlan(&push_ids_plan,
+					"INSERT INTO chat.push_outbox"
+					" (user_id, device_id, push_token, conversation_id, seq, payload)"
+					" SELECT d.user_id, d.device_id, d.push_token, $2, $3, $4::jsonb"
+					" FROM chat.devices d"
+					" WHERE d.user_id = ANY ($1) AND d.push_token IS NOT NULL"
+					" ORDER BY d.user_id, d.device_id",
+					4, ptypes);
+		pargs[0] = PointerGetDatum(construct_array(push_ids, npush, INT8OID, 8,
+												   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		pargs[1] = args[0];
+		pargs[2] = args[1];
+		pargs[3] = args[3];
+		ret = SPI_execute_plan(push_ids_plan, pargs, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
+	}
+	return result;
 }
 
 /*
