@@ -68,7 +68,7 @@ static const int close_codes[LOAD_NCODES] = {
 static struct options {
 	const char *dsn, *url, *secret_file, *restart_cmd, *source_ips_arg;
 	int clients, procs, connect_rate, group_size, duration, window;
-	int json, sync_on_connect, ack_interval_ms, drain_max, verbose;
+	int			json, sync_on_connect, ack_interval_ms, drain_max, verbose, max_inflight;
 	double rate;
 	enum scenario scenario;
 	long gateway_pid;
@@ -601,7 +601,7 @@ static struct proc_stats *me;
 static lws_sorted_usec_list_t tick_sul;
 static int64_t proc_start_us, launched, sends_done;
 static int *sender_list, nsenders, send_cursor;
-static int reconnect_pending;
+static int reconnect_pending, inflight;
 
 static void client_connect(struct client *c);
 
@@ -957,6 +957,8 @@ client_lost(struct client *c, int code)
 {
 	int			ph = atomic_load(&shm->phase);
 
+	if (c->state == C_CONNECTING)
+		inflight--;
 	if (c->state >= C_OPEN)
 		atomic_fetch_sub(&me->opened, 1);
 	if (c->state == C_READY)
@@ -1007,12 +1009,13 @@ callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
 					*q = '\'';		/* stays valid inside the JSON report */
 			if (opt.verbose > 1)
 				fprintf(stderr, "connect error %d: %s\n", c->idx, in ? (char *) in : "");
-			c->state = C_IDLE;
 			client_lost(c, -1);
 			break;
 		case LWS_CALLBACK_CLIENT_ESTABLISHED:
 			if (!c)
 				break;
+			if (c->state == C_CONNECTING)
+				inflight--;
 			c->state = C_OPEN;
 			c->close_code = 1006;
 			c->attempts = 0;
@@ -1087,6 +1090,18 @@ static const struct lws_protocols protocols[] = {
 	{NULL, NULL, 0, 0, 0, NULL, 0}
 };
 
+/*
+ * No lws validity (idle ping) timers on client connections: lws 4.1 keeps
+ * every timer in one sorted list, and a 300 s validity timer per connection
+ * makes each new connection walk the whole list (lws_dll2_add_sorted was 63%
+ * of the load generator's CPU at 9,000 connections).  The gateway pings us;
+ * lws answers those pings by itself.
+ */
+static const lws_retry_bo_t no_validity_policy = {
+	.secs_since_valid_ping = 0,
+	.secs_since_valid_hangup = 0,
+};
+
 static void
 client_connect(struct client *c)
 {
@@ -1103,8 +1118,10 @@ client_connect(struct client *c)
 	ci.origin = opt.host;
 	ci.protocol = "chat.v1";
 	ci.opaque_user_data = c;
+	ci.retry_and_idle_policy = &no_validity_policy;
 	ci.pwsi = &c->wsi;
 	c->state = C_CONNECTING;
+	inflight++;
 	c->close_code = 0;
 	launched++;
 	atomic_fetch_add_explicit(&me->connect_launched, 1, memory_order_relaxed);
@@ -1113,7 +1130,6 @@ client_connect(struct client *c)
 		/* failed before any callback */
 		me->connect_errors++;
 		c->wsi = NULL;
-		c->state = C_IDLE;
 		client_lost(c, -1);
 	}
 }
@@ -1135,7 +1151,7 @@ tick(lws_sorted_usec_list_t *sul)
 		double		per_proc = (double) opt.connect_rate / opt.procs;
 		int64_t		due = (int64_t) ((double) (now - proc_start_us) / 1e6 * per_proc) + 1;
 
-		while (launched < due && launched < n)
+		while (launched < due && launched < n && inflight < opt.max_inflight)
 		{
 			struct client *c = &clients[launched];
 
@@ -1154,7 +1170,7 @@ tick(lws_sorted_usec_list_t *sul)
 
 			if (c->state != C_IDLE || !c->reconnect_at_us)
 				continue;
-			if (c->reconnect_at_us <= now)
+			if (c->reconnect_at_us <= now && inflight < opt.max_inflight)
 			{
 				c->reconnect_at_us = 0;
 				client_connect(c);
@@ -1204,8 +1220,13 @@ tick(lws_sorted_usec_list_t *sul)
 			if (clients[i].state == C_READY)
 				client_send_ack(&clients[i]);
 	}
+	/*
+	 * lws 4.1's default loop poll()s every descriptor on each wake-up, so
+	 * tick every millisecond only while pacing open-loop sends; 10 ms
+	 * otherwise (connect ramps, idle holds, closed loops).
+	 */
 	if (ph != PH_REPORT)
-		lws_sul_schedule(ctx, 0, &tick_sul, tick, 1000);
+		lws_sul_schedule(ctx, 0, &tick_sul, tick, ph == PH_RUN && opt.rate > 0 ? 1000 : 10000);
 }
 
 /* Body of a child process: runs clients [lo, hi) until the report phase. */
@@ -1354,7 +1375,8 @@ usage(void)
 			"  [--clients N] [--procs P] [--source-ips 127.0.0.1-127.0.0.8|N] [--connect-rate R]\n"
 			"  [--rate MSGS_PER_S (0: closed loop)] [--window W] [--group-size G] [--duration S]\n"
 			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
-			"  [--ack-interval MS] [--no-sync] [--user-base ID] [--label NAME] [--json] [-v]\n");
+			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S]\n"
+			"  [--user-base ID] [--label NAME] [--json] [-v]\n");
 	exit(2);
 }
 
@@ -1470,7 +1492,7 @@ main(int argc, char **argv)
 		{"duration", 1, 0, 't'}, {"token-secret-file", 1, 0, 'k'}, {"gateway-pid", 1, 0, 'p'},
 		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
 		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
-		{"label", 1, 0, 'l'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
 		{0, 0, 0, 0}
 	};
 	int			ch, n;
@@ -1491,6 +1513,7 @@ main(int argc, char **argv)
 	opt.sync_on_connect = 1;
 	opt.ack_interval_ms = -1;
 	opt.drain_max = 10;
+	opt.max_inflight = 1000;
 	opt.restart_at = -1;
 	opt.scenario = SC_DIRECT;
 	snprintf(opt.label, sizeof(opt.label), "gateway");
@@ -1526,6 +1549,7 @@ main(int argc, char **argv)
 			case 'j': opt.json = 1; break;
 			case 'l': snprintf(opt.label, sizeof(opt.label), "%s", optarg); break;
 			case 'D': opt.drain_max = atoi(optarg); break;
+			case 'I': opt.max_inflight = atoi(optarg); break;
 			case 'v': opt.verbose++; break;
 			default: usage();
 		}
