@@ -153,8 +153,9 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 }
 
 /*
- * Groups the (node, user_id) rows of the last SPI result, ordered by node,
- * into NodeRoutes allocated in cxt, leaving out exclude_user.
+ * Groups the (node, user_id) rows of the last SPI result, ordered by node
+ * and user, into NodeRoutes allocated in cxt, leaving out exclude_user and
+ * the repeats of a user with several sessions on a node.
  */
 static List *
 RoutesFromResult(int64 exclude_user, MemoryContext cxt)
@@ -182,7 +183,8 @@ RoutesFromResult(int64 exclude_user, MemoryContext cxt)
 			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
 			routes = lappend(routes, cur);
 		}
-		cur->users[cur->nusers++] = user;
+		if (cur->nusers == 0 || cur->users[cur->nusers - 1] != user)
+			cur->users[cur->nusers++] = user;
 		MemoryContextSwitchTo(old);
 	}
 	return routes;
@@ -205,12 +207,13 @@ OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclud
 		Oid			types[2] = {INT8OID, INT4OID};
 
 		PreparePlan(&members_route_plan,
-					"SELECT s.node, s.user_id FROM chat.members m"
-					" JOIN chat.sessions s ON s.user_id = m.user_id"
-					" JOIN chat.nodes n ON n.node = s.node"
+					"SELECT s.node, m.user_id FROM chat.members m"
+					" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
+					"               JOIN chat.nodes n ON n.node = s.node"
+					"               WHERE s.user_id = m.user_id"
+					"               AND n.heartbeat_at > now() - $2 * interval '1 second') s ON true"
 					" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
-					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
-					" GROUP BY 1, 2 ORDER BY 1, 2", 2, types);
+					" ORDER BY 1, 2", 2, types);
 		args[0] = Int64GetDatum(conversation_id);
 		args[1] = Int32GetDatum(chat_node_timeout);
 		ret = SPI_execute_plan(members_route_plan, args, NULL, false, 0);
@@ -228,7 +231,7 @@ OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclud
 					" JOIN chat.nodes n ON n.node = s.node"
 					" WHERE s.user_id = ANY ($1)"
 					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
-					" GROUP BY 1, 2 ORDER BY 1, 2", 2, types);
+					" ORDER BY 1, 2", 2, types);
 		args[0] = PointerGetDatum(construct_array(elems, nusers, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		args[1] = Int32GetDatum(chat_node_timeout);
 		ret = SPI_execute_plan(users_route_plan, args, NULL, false, 0);

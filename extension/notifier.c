@@ -242,6 +242,7 @@ BuildBatches(void)
 	List	   *nodes = NIL;
 	ListCell   *lc,
 			   *nc;
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 
 	foreach(lc, pending)
 	{
@@ -290,6 +291,7 @@ BuildBatches(void)
 			out = lappend(out, b);
 		}
 	}
+	MemoryContextSwitchTo(old);
 	return out;
 }
 

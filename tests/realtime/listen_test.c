@@ -402,6 +402,34 @@ test_presence(void)
 	check(count_events(NULL, "presence") == 0, "privacy nobody: no presence events");
 }
 
+/* claim_push: rows another transaction holds are skipped, not waited for. */
+static void
+test_push_skip_locked(const char *g)
+{
+	PGresult   *res;
+	char		held[32];
+
+	run("SELECT chat.register_device(4, 'ios', 'tok-4-' || '%s')", mode);
+	run("SELECT chat.send_message(1, %s, 'push one')", g);
+	run("SELECT chat.send_message(1, %s, 'push two')", g);
+	run("BEGIN");
+	snprintf(held, sizeof(held), "%s", run("SELECT id FROM chat.claim_push(1)"));
+	/* the listener connection is a second session */
+	PQclear(PQexec(listener, "SET lock_timeout = '2s'"));
+	res = PQexec(listener, "SELECT string_agg(id::text, ',') FROM chat.claim_push(100)");
+	check(PQresultStatus(res) == PGRES_TUPLES_OK, "a concurrent claim does not block: %s",
+		  PQresultErrorMessage(res));
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+		check(held[0] != '\0' && !PQgetisnull(res, 0, 0) && strstr(PQgetvalue(res, 0, 0), held) == NULL,
+			  "a concurrent claim skips the held row %s (got %s)", held, PQgetvalue(res, 0, 0));
+	PQclear(res);
+	run("COMMIT");
+	check(atoi(run("SELECT count(*) FROM chat.push_outbox WHERE attempts = 1")) >= 2,
+		  "both claims counted their attempt");
+	run("DELETE FROM chat.push_outbox");
+	run("UPDATE chat.devices SET push_token = NULL WHERE user_id = 4");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -435,6 +463,7 @@ main(int argc, char **argv)
 		test_receipts(g);
 		test_typing(g);
 		test_presence();
+		test_push_skip_locked(g);
 		test_split();
 		clear_events();
 		PQfinish(sql);
