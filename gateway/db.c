@@ -468,9 +468,12 @@ db_lost(struct pgconn *pc, const char *why)
 
 	if (pc->state == PG_DOWN)
 		return;
-	log_msg(pc->state >= PG_SETUP ? LOG_ERROR : LOG_WARN, 0, "%s connection %s: %.*s",
-		pc_name(pc), pc->state >= PG_SETUP ? "lost" : "failed",
-		(int)strcspn(why ? why : "", "\n"), why ? why : "");
+	if (draining)
+		log_msg(LOG_DEBUG, 0, "%s connection closed", pc_name(pc));
+	else
+		log_msg(pc->state >= PG_SETUP ? LOG_ERROR : LOG_WARN, 0, "%s connection %s: %.*s",
+			pc_name(pc), pc->state >= PG_SETUP ? "lost" : "failed",
+			(int)strcspn(why ? why : "", "\n"), why ? why : "");
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
 	if (pc->wsi) {
