@@ -109,7 +109,7 @@ struct conn {
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
 	uint16_t close_code;		/* nonzero: close at the next writeable */
-	uint16_t refs;			/* 1 for the wsi + one per pending db entry */
+	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint8_t missed_pongs;
 	unsigned authed:1, hello_sent:1, registered:1, ping_due:1, rx_skip:1;
 };
@@ -121,7 +121,9 @@ void msg_unref(struct msg *m);
 /* Queues m on the connection's ring (taking a reference) and asks for a
  * writeable callback; a full ring closes the connection with 4009. */
 void ws_send(struct conn *c, struct msg *m);
-/* Copies text into a new frame and queues it. */
+/* Copies text into a new frame and queues it.  Used for responses: they
+ * count against --max-queue but not --max-queue-bytes (a large sync page
+ * must not make its own client "lagging"). */
 void ws_send_text(struct conn *c, const char *text, size_t len);
 /* Sends an error frame {"id":..,"type":"error",...}; id_json may be NULL. */
 void ws_send_error(struct conn *c, const char *id_json, const char *code,

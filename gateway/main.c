@@ -22,7 +22,7 @@ struct lws_vhost *vhost_pg;
 int draining;
 
 static volatile sig_atomic_t got_term, got_hup;
-static int stop, log_fd = 2;
+static int stop, exit_status, log_fd = 2;
 static uint64_t drain_started;
 static lws_sorted_usec_list_t sul_signals;
 static struct lws_http_mount mounts[3];
@@ -326,13 +326,16 @@ main_listen(void)
 	}
 	vhost_chat = lws_create_vhost(context, &info);
 	if (!vhost_chat) {
+		exit_status = 1;
 		log_msg(LOG_ERROR, 0, "cannot create the client vhost%s",
 			cfg.tls_cert ? " (check --tls-cert and --tls-key)" : "");
 		return -1;
 	}
 	fd = main_listen_socket();
-	if (fd < 0)
+	if (fd < 0) {
+		exit_status = 1;
 		return -1;
+	}
 	u.filefd = fd;
 	listen_wsi = lws_adopt_descriptor_vhost(vhost_pg, LWS_ADOPT_RAW_FILE_DESC, u, "listen", NULL);
 	if (!listen_wsi) {
@@ -401,7 +404,7 @@ main_serve(void)
 	lws_context_destroy(context);
 	context = NULL;
 	log_msg(LOG_INFO, 0, "stopped");
-	return 0;
+	return exit_status;
 }
 
 /* --workers: the parent only forks, restarts and forwards signals. */

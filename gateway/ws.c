@@ -99,8 +99,9 @@ ring_grow(struct conn *c)
 	return 0;
 }
 
-void
-ws_send(struct conn *c, struct msg *m)
+/* Queues m; byte_cap: whether --max-queue-bytes applies (pushed events). */
+static void
+ws_enqueue(struct conn *c, struct msg *m, int byte_cap)
 {
 	struct ring *r;
 
@@ -119,7 +120,7 @@ ws_send(struct conn *c, struct msg *m)
 		}
 		r = c->ring;
 	}
-	if (r->count && r->bytes + m->len > (uint32_t)cfg.max_queue_bytes) {
+	if (byte_cap && r->count && r->bytes + m->len > (uint32_t)cfg.max_queue_bytes) {
 		stats.drops++;
 		log_msg(LOG_WARN, c->id, "send ring over %d bytes: closing as lagging",
 			cfg.max_queue_bytes);
@@ -134,13 +135,19 @@ ws_send(struct conn *c, struct msg *m)
 }
 
 void
+ws_send(struct conn *c, struct msg *m)
+{
+	ws_enqueue(c, m, 1);
+}
+
+void
 ws_send_text(struct conn *c, const char *text, size_t len)
 {
 	struct msg *m = msg_new(text, len);
 
 	if (!m)
 		return;
-	ws_send(c, m);
+	ws_enqueue(c, m, 0);
 	msg_unref(m);
 }
 
