@@ -1603,7 +1603,7 @@ main(int argc, char **argv)
 	signal(SIGALRM, on_alarm);
 	signal(SIGINT, on_term);
 	signal(SIGTERM, on_term);
-	alarm((unsigned) (opt.duration + opt.drain_max + 120 + opt.clients / opt.connect_rate * 2));
+	alarm((unsigned) (opt.duration + opt.drain_max + 240 + opt.clients / opt.connect_rate * 2));
 
 	t_connect_start = mono_us();
 	for (int i = 0; i < opt.procs; i++)
@@ -1626,7 +1626,7 @@ main(int argc, char **argv)
 
 	/* Connect phase: until every client is ready, or the ramp plus 30 s. */
 	{
-		int64_t		limit = t_connect_start + (int64_t) ((double) opt.clients / opt.connect_rate * 1e6) + 30000000;
+		int64_t		limit = t_connect_start + (int64_t) ((double) opt.clients / opt.connect_rate * 2e6) + 60000000;
 		int64_t		last_print = 0;
 
 		while (atomic_load(&shm->phase) == PH_CONNECT)
@@ -1647,7 +1647,7 @@ main(int argc, char **argv)
 			if (opt.verbose && now - last_print > 2000000)
 			{
 				last_print = now;
-				fprintf(stderr, "chat-load: %" PRId64 " open, %" PRId64 " ready\n", SUM(opened), ready);
+				fprintf(stderr, "chat-load: %" PRId64 " launched, %" PRId64 " open, %" PRId64 " ready\n", SUM(connect_launched), SUM(opened), ready);
 			}
 			usleep(5000);
 		}
