@@ -139,7 +139,7 @@ cdfRuns.forEach((r, i) => {
   fs.writeFileSync(f, r.latency_cdf.map(([ms, p]) => `${Math.max(ms, 0.001)} ${p}`).join('\n') + '\n');
   plots.push(`'${f}' using 1:2 with steps lw 2 title '${label[r.label]} ${r.run} (${r.clients} clients)'`);
 });
-const bars = runs.filter((r) => r.scenario !== 'idle');
+const bars = runs.filter((r) => r.scenario === 'direct' || r.scenario === 'group');
 const barNames = [...new Set(bars.map((r) => r.run))];
 const barFile = path.join(tmp, 'bars.dat');
 fs.writeFileSync(barFile, barNames.map((n) => {
@@ -165,8 +165,9 @@ set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set xlabel ''
-set ylabel 'deliveries/s'
-set yrange [0:*]
+set ylabel 'deliveries/s (log scale)'
+set logscale y
+set yrange [10:*]
 set key top left
 plot '${barFile}' using 2:xtic(1) title 'chat-gateway', '' using 3 title 'node-relay'
 `;

@@ -129,7 +129,7 @@ async function authenticate(c, token) {
   if (!set) byUser.set(c.user, (set = new Set()));
   set.add(c);
   try {
-    await pool.query('SELECT chat.connect($1, $2, $3)', [node, c.user, c.device]);
+    await pool.query({ name: 'connect', text: 'SELECT chat.connect($1, $2, $3)', values: [node, c.user, c.device] });
   } catch (e) {
     log('connect failed:', e.message);
   }
@@ -188,8 +188,11 @@ function onFrame(c, data, isBinary) {
   // One request at a time per connection, in arrival order.
   c.chain = c.chain.then(async () => {
     try {
-      const r = await pool.query('SELECT chat.client_request($1, $2, $3, $4::jsonb)::text AS r',
-        [node, c.user, c.device, text]);
+      const r = await pool.query({
+        name: 'client_request',
+        text: 'SELECT chat.client_request($1, $2, $3, $4::jsonb)::text AS r',
+        values: [node, c.user, c.device, text],
+      });
       c.send(r.rows[0].r);
     } catch (e) {
       c.send(errorFrame(req.id ?? null, e.code ?? 'XX000', 'internal_error', e.message));
@@ -335,7 +338,6 @@ setInterval(() => {
 
 let shuttingDown = false;
 async function shutdown() {
-  const t0 = Date.now(); if (process.env.RELAY_DEBUG) log("shutdown start");
   if (shuttingDown) return;
   shuttingDown = true;
   http.close();
@@ -348,7 +350,7 @@ async function shutdown() {
   // Let the close frames go out (at most 2 s), then exit.
   const deadline = Date.now() + 2000;
   while (conns.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  if (process.env.RELAY_DEBUG) log("shutdown done", Date.now() - t0); process.exit(0);
+  process.exit(0);
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
