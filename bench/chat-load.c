@@ -71,7 +71,7 @@ static struct options {
 	int			json, sync_on_connect, ack_interval_ms, drain_max, verbose, max_inflight;
 	double rate;
 	enum scenario scenario;
-	long gateway_pid;
+	long		gateway_pid, pg_pid;
 	int64_t user_base;
 	double restart_at;
 	char host[64];
@@ -1331,6 +1331,60 @@ rss_tree_kib(long pid, int *nprocs)
 	return kib;
 }
 
+/*
+ * CPU ticks (utime + stime + cutime + cstime) of pid and its descendants:
+ * a child that exits moves into its parent's c-times, so the sum stays
+ * consistent across backends that come and go.
+ */
+static long long
+cpu_tree_ticks(long pid)
+{
+	char		path[64], buf[1024], cmd[128];
+	FILE	   *f, *p;
+	long long	t = 0;
+	unsigned long ut, st;
+	long		cut, cst;
+	char	   *q;
+
+	snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+	if (!(f = fopen(path, "r")))
+		return 0;
+	if (fgets(buf, sizeof(buf), f) && (q = strrchr(buf, ')')) &&
+		sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %ld %ld", &ut, &st, &cut, &cst) == 4)
+		t = (long long) ut + (long long) st + cut + cst;
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "cat /proc/%ld/task/*/children 2>/dev/null", pid);
+	if ((p = popen(cmd, "r")))
+	{
+		long		child;
+
+		while (fscanf(p, "%ld", &child) == 1)
+			t += cpu_tree_ticks(child);
+		pclose(p);
+	}
+	return t;
+}
+
+/* Busy and total ticks of the whole machine (/proc/stat). */
+static void
+machine_ticks(long long *busy, long long *total)
+{
+	FILE	   *f = fopen("/proc/stat", "r");
+	long long	v[10] = {0};
+
+	*busy = *total = 0;
+	if (!f)
+		return;
+	if (fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld",
+			   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]) >= 8)
+	{
+		for (int i = 0; i < 8; i++)
+			*total += v[i];
+		*busy = *total - v[3] - v[4];
+	}
+	fclose(f);
+}
+
 static int64_t
 sum_field(size_t offset)
 {
@@ -1375,7 +1429,7 @@ usage(void)
 			"  [--clients N] [--procs P] [--source-ips 127.0.0.1-127.0.0.8|N] [--connect-rate R]\n"
 			"  [--rate MSGS_PER_S (0: closed loop)] [--window W] [--group-size G] [--duration S]\n"
 			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
-			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S]\n"
+			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S] [--pg-pid POSTMASTER]\n"
 			"  [--user-base ID] [--label NAME] [--json] [-v]\n");
 	exit(2);
 }
@@ -1492,7 +1546,7 @@ main(int argc, char **argv)
 		{"duration", 1, 0, 't'}, {"token-secret-file", 1, 0, 'k'}, {"gateway-pid", 1, 0, 'p'},
 		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
 		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
-		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"pg-pid", 1, 0, 'G'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
 		{0, 0, 0, 0}
 	};
 	int			ch, n;
@@ -1501,6 +1555,8 @@ main(int argc, char **argv)
 	int			gw_procs0 = 0, gw_procs1 = 0;
 	double		storm_reconnect_s = -1, storm_synced_s = -1;
 	int64_t		ready_at_restart = 0, ready_at_go = 0, rss_conns = 0;
+	long long	cpu_gw0 = 0, cpu_pg0 = 0, cpu_me0 = 0, cpu_busy0 = 0, cpu_total0 = 0;
+	double		cpu_gw = -1, cpu_pg = -1, cpu_me = -1, cpu_machine = -1;
 	const char *last_error = "";
 	int			restart_rc = -1;
 
@@ -1550,6 +1606,7 @@ main(int argc, char **argv)
 			case 'l': snprintf(opt.label, sizeof(opt.label), "%s", optarg); break;
 			case 'D': opt.drain_max = atoi(optarg); break;
 			case 'I': opt.max_inflight = atoi(optarg); break;
+			case 'G': opt.pg_pid = atol(optarg); break;
 			case 'v': opt.verbose++; break;
 			default: usage();
 		}
@@ -1661,6 +1718,10 @@ main(int argc, char **argv)
 	}
 	t_go = mono_us();
 	ready_at_go = SUM(ready);
+	cpu_gw0 = opt.gateway_pid ? cpu_tree_ticks(opt.gateway_pid) : 0;
+	cpu_pg0 = opt.pg_pid ? cpu_tree_ticks(opt.pg_pid) : 0;
+	cpu_me0 = cpu_tree_ticks(getpid());
+	machine_ticks(&cpu_busy0, &cpu_total0);
 	atomic_store(&shm->go_us, t_go);
 	if (atomic_load(&shm->phase) == PH_CONNECT)
 		atomic_store(&shm->phase, PH_RUN);
@@ -1725,6 +1786,20 @@ main(int argc, char **argv)
 	}
 	t_stop = mono_us();
 	atomic_store(&shm->stop_us, t_stop);
+	{
+		long long	busy1, total1;
+		double		hz = (double) sysconf(_SC_CLK_TCK), secs = (double) (t_stop - t_go) / 1e6;
+
+		/* a storm restarts the gateway: its CPU is only known before */
+		if (opt.gateway_pid && opt.scenario != SC_STORM)
+			cpu_gw = (double) (cpu_tree_ticks(opt.gateway_pid) - cpu_gw0) / hz / secs * 100;
+		if (opt.pg_pid)
+			cpu_pg = (double) (cpu_tree_ticks(opt.pg_pid) - cpu_pg0) / hz / secs * 100;
+		cpu_me = (double) (cpu_tree_ticks(getpid()) - cpu_me0) / hz / secs * 100;
+		machine_ticks(&busy1, &total1);
+		if (total1 > cpu_total0)
+			cpu_machine = (double) (busy1 - cpu_busy0) / (double) (total1 - cpu_total0) * 100 * sysconf(_SC_NPROCESSORS_ONLN);
+	}
 	if (atomic_load(&shm->phase) == PH_RUN)
 		atomic_store(&shm->phase, PH_DRAIN);
 
@@ -1837,6 +1912,8 @@ main(int argc, char **argv)
 					   rss0, rss1, rss_peak, gw_procs1, rss_conns, rss_per_conn, rss_total_per_conn);
 			if (last_error[0])
 				printf("  last connect error: %s\n", last_error);
+			printf("  cpu %%       gateway %.0f, postgres %.0f, chat-load %.0f, machine %.0f of %ld (the rest: other processes)\n",
+				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("  closes     ");
 			for (int j = 0; j < LOAD_NCODES; j++)
 			{
@@ -1874,6 +1951,8 @@ main(int argc, char **argv)
 			printf("\"storm\":{\"restart_rc\":%d,\"clients\":%" PRId64 ",\"reconnected_s\":%.3f,\"synced_s\":%.3f},",
 				   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
 			printf("\"last_connect_error\":\"%s\",", last_error);
+			printf("\"cpu_pct\":{\"gateway\":%.1f,\"postgres\":%.1f,\"chat_load\":%.1f,\"machine\":%.1f,\"machine_max\":%ld},",
+				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",
 				   rss_conns, gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn);
 			printf("\"closes\":{");

@@ -56,6 +56,10 @@ function rowsFor(r) {
   if (r.scenario === 'storm') {
     rows.push(['storm: back in s', fmt(r.storm.reconnected_s, 2)], ['storm: synced in s', fmt(r.storm.synced_s, 2)]);
   }
+  if (r.cpu_pct) {
+    rows.push(['cpu % gateway (of 200)', fmt(r.cpu_pct.gateway)], ['cpu % postgres', fmt(r.cpu_pct.postgres)],
+      ['cpu % chat-load', fmt(r.cpu_pct.chat_load)], ['cpu % machine (all processes)', fmt(r.cpu_pct.machine)]);
+  }
   rows.push(['closes', Object.entries(r.closes).map(([k, v]) => `${k}:${v}`).join(' ') || '-']);
   return rows;
 }
@@ -79,7 +83,7 @@ for (const name of names) {
     const a = rg ? (rg.find((x) => x[0] === k) || [])[1] : '';
     const b = rp ? (rp.find((x) => x[0] === k) || [])[1] : '';
     const na = Number(String(a).replace(/,/g, '')), nb = Number(String(b).replace(/,/g, ''));
-    const showRatio = k !== 'clients' && !k.startsWith('workers') && k !== 'closes' && !k.startsWith('RSS after');
+    const showRatio = k !== 'clients' && !k.startsWith('workers') && k !== 'closes' && !k.startsWith('RSS after') && !k.startsWith('cpu %');
     if (k === 'closes') { say(`${k.padEnd(30)} gw: ${a || '-'} | peer: ${b || '-'}`); continue; }
     say(`${k.padEnd(30)}${String(a ?? '').padStart(16)}${String(b ?? '').padStart(16)}${(showRatio ? ratio(na, nb) : '').padStart(10)}`);
   }

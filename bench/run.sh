@@ -66,6 +66,7 @@ run() {
   echo "--- $name on $kind (workers $workers): chat-load $*" >&2
   timeout 900 bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
     --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --gateway-pid "$(cat "$BENCH_TMP/$kind.pid")" \
+    --pg-pid "$(head -1 "$CHAT_TEST_PGDATA/postmaster.pid")" \
     --label "$kind" "${restart[@]}" --json "$@" >"$out" 2>"$BENCH_TMP/$name-$kind.err"
   local rc=$?
   [ $rc -eq 0 ] || echo "bench: chat-load exited $rc for $name on $kind: $(tail -3 "$BENCH_TMP/$name-$kind.err")" >&2
