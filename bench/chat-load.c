@@ -1660,7 +1660,7 @@ main(int argc, char **argv)
 	signal(SIGALRM, on_alarm);
 	signal(SIGINT, on_term);
 	signal(SIGTERM, on_term);
-	alarm((unsigned) (opt.duration + opt.drain_max + 240 + opt.clients / opt.connect_rate * 2));
+	alarm((unsigned) (opt.duration + opt.drain_max + 300 + opt.clients / opt.connect_rate * 2 + opt.clients / 400));
 
 	t_connect_start = mono_us();
 	for (int i = 0; i < opt.procs; i++)
@@ -1683,7 +1683,8 @@ main(int argc, char **argv)
 
 	/* Connect phase: until every client is ready, or the ramp plus 30 s. */
 	{
-		int64_t		limit = t_connect_start + (int64_t) ((double) opt.clients / opt.connect_rate * 2e6) + 60000000;
+		int64_t		limit = t_connect_start + (int64_t) ((double) opt.clients / opt.connect_rate * 2e6) + 60000000 +
+			(int64_t) opt.clients * 2500;	/* and 400 conn/s at worst */
 		int64_t		last_print = 0;
 
 		while (atomic_load(&shm->phase) == PH_CONNECT)
