@@ -21,6 +21,16 @@ export const SECRET_FILE = process.env.CHAT_TOKEN_SECRET_FILE;
 const PSQL = process.env.PSQL || 'psql';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Resolves like promise, or calls onTimeout (whose value or throw wins)
+// after ms; the timer is cleared either way so it never holds the process.
+export function within(promise, ms, onTimeout) {
+  let t;
+  const timer = new Promise((resolve, reject) => {
+    t = setTimeout(() => { try { resolve(onTimeout()); } catch (e) { reject(e); } }, ms);
+  });
+  return Promise.race([promise, timer]).finally(() => clearTimeout(t));
+}
 export const ms = (n) => Math.round(n * SCALE);
 
 // Sanitizer and crash lines that must never appear in a gateway log.
@@ -204,7 +214,7 @@ export class Gateway {
     if (!this.proc) return null;
     if (!this.exit) {
       try { this.proc.kill(signal); } catch { /* already gone */ }
-      const t = await Promise.race([this.exited, sleep(ms(timeout)).then(() => null)]);
+      const t = await within(this.exited, ms(timeout), () => null);
       if (!t) { try { this.proc.kill('SIGKILL'); } catch { /* gone */ } await this.exited; this.exit.forced = true; }
     }
     return this.exit;
@@ -372,10 +382,7 @@ export class Client {
 
   // Resolves {code, reason} when the server closes the connection.
   waitClose(timeout = 5000) {
-    return Promise.race([
-      this.closed,
-      sleep(ms(timeout)).then(() => { throw new Error(`${this.label}: not closed within ${ms(timeout)} ms; frames: ${this.recent()}`); }),
-    ]);
+    return within(this.closed, ms(timeout), () => { throw new Error(`${this.label}: not closed within ${ms(timeout)} ms; frames: ${this.recent()}`); });
   }
 
   recent(n = 8) { return JSON.stringify(this.frames.slice(-n)).slice(0, 1500); }
@@ -588,7 +595,7 @@ export class DutifulClient {
     this.stopped = true;
     clearTimeout(this.ackTimer);
     this.c?.close();
-    await Promise.race([this.loop, sleep(3000)]);
+    await within(this.loop, 3000, () => null);
     this.c?.terminate();
   }
 }
