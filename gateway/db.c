@@ -1,10 +1,14 @@
 /* db.c: libpq connections inside the lws event loop.
  *
- * One control connection LISTENs on chat_node_<node> and carries the session
- * calls (node_reset, node_heartbeat, connect, disconnect): one connection
- * keeps them in order, so a reconnect's node_reset always runs before the
- * connects that re-register the live sessions.  A pool of --pool connections
- * carries client requests and ref lookups.  Every connection runs in
+ * One control connection LISTENs on chat_node_<node> and runs node_reset and
+ * node_heartbeat.  A pool of --pool connections carries client requests, ref
+ * lookups and the session calls (connect, disconnect).  The session calls of
+ * one (user, device) always use the same pool connection, so a disconnect
+ * never overtakes its connect; they are spread over the pool because a
+ * connection storm is bound by the database's work per chat.connect.  After
+ * node_reset (start or reconnect of the control connection) the epoch moves
+ * on and every live session is registered again; an answer from an older
+ * epoch only sends the hello.  Every connection runs in
  * pipeline mode: requests are sent without waiting for earlier answers, each
  * followed by a sync (its own transaction), and answers come back in order,
  * so a FIFO of pending entries matches them.  A client connection always
@@ -37,6 +41,7 @@ struct pending {
 	uint64_t start_us;
 	uint8_t kind;
 	uint8_t seen;
+	uint32_t epoch;			/* P_CONNECT: the epoch it was sent in */
 	char id[];			/* request id as JSON, "" when none */
 };
 
@@ -55,7 +60,9 @@ struct pgconn {
 
 static struct pgconn ctl, *pool;
 static lws_sorted_usec_list_t sul_heartbeat;
-static int listening, shutdown_done;
+static int listening, shutdown_done, final_wanted, final_sent;
+static uint32_t epoch;			/* moves on with every node_reset */
+static int session_inflight;		/* connect/disconnect calls unanswered */
 
 #define PGCONN_OF_SUL(s) ((struct pgconn *)((char *)(s) - offsetof(struct pgconn, sul)))
 
@@ -66,6 +73,9 @@ static const char SQL_REF[] =
 
 static void db_connect_begin(struct pgconn *pc);
 static void db_lost(struct pgconn *pc, const char *why);
+static void db_reregister(struct conn *c, void *arg);
+static void db_register_pending(struct conn *c, void *arg);
+static void db_maybe_listen(void);
 
 /* Name of a connection for logs. */
 static const char *
@@ -196,6 +206,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 			pc->ever_ready = 1;
 			pc->backoff_ms = 0;
 			log_msg(LOG_INFO, 0, "%s connection ready", pc_name(pc));
+			if (ctl.state == PG_READY)
+				ws_foreach_authed(db_register_pending, pc);
+			db_maybe_listen();
 		} else if (res) {
 			log_msg(LOG_ERROR, 0, "%s connection: prepare failed: %s", pc_name(pc),
 				err ? err : "?");
@@ -215,14 +228,10 @@ db_complete(struct pgconn *pc, struct pending *p)
 				stats.db_reconnects++;
 			pc->ever_ready = 1;
 			pc->backoff_ms = 0;
+			epoch++;
 			log_msg(LOG_INFO, 0, "control connection ready: node %s registered", cfg.node);
-			if (!listening && !draining) {
-				if (main_listen() != 0) {
-					main_stop();
-					break;
-				}
-				listening = 1;
-			}
+			ws_foreach_authed(db_reregister, NULL);
+			db_maybe_listen();
 		} else if (res) {
 			log_msg(LOG_ERROR, 0, "chat.node_reset failed: %s", err ? err : "?");
 			db_kill(pc, "node_reset failed");
@@ -234,17 +243,19 @@ db_complete(struct pgconn *pc, struct pending *p)
 			log_msg(LOG_WARN, 0, "chat.node_heartbeat failed: %s", err ? err : "?");
 		break;
 	case P_CONNECT:
-		if (ok) {
-			ws_registered(c);
+		session_inflight--;
+		if (ok && p->epoch == epoch) {
+			c->registered = 1;
+			ws_registered(c);		/* hello, or resync after a gap */
 		} else {
-			c->registered = 0;
-			if (res)
+			if (!ok && res)
 				log_msg(LOG_WARN, c->id, "chat.connect failed: %s", err ? err : "?");
 			if (!c->hello_sent)
-				ws_registered(c);	/* resync follows the reconnect */
+				ws_registered(c);	/* resync follows the registration */
 		}
 		break;
 	case P_DISCONNECT:
+		session_inflight--;
 		if (!ok && res)
 			log_msg(LOG_WARN, 0, "chat.disconnect failed: %s", err ? err : "?");
 		break;
@@ -330,14 +341,6 @@ db_notifies(struct pgconn *pc)
 	}
 }
 
-/* Session re-registration after a (re)connect of the control connection. */
-static void
-db_reregister(struct conn *c, void *arg)
-{
-	(void)arg;
-	if (!c->close_code)
-		db_session_connect(c);
-}
 
 /* The connection is up: pipeline mode, adopt the socket, queue the set-up. */
 static void
@@ -386,7 +389,6 @@ db_connected(struct pgconn *pc)
 	if (!db_send(pc, P_LISTEN, NULL, listen_sql, 0, NULL, NULL) ||
 	    !db_send(pc, P_RESET, NULL, "SELECT chat.node_reset($1)", 1, node, NULL))
 		return;
-	ws_foreach_authed(db_reregister, NULL);
 }
 
 /* Connect timer: polls PQconnectPoll until the connection is up or failed. */
@@ -452,14 +454,6 @@ db_retry(struct pgconn *pc)
 	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll, (lws_usec_t)ms * 1000);
 }
 
-/* Clears the registered flag of a session whose row may be gone. */
-static void
-db_unregister(struct conn *c, void *arg)
-{
-	(void)arg;
-	c->registered = 0;
-}
-
 /* Forgets a dead connection: fails its pending entries and reconnects later. */
 static void
 db_lost(struct pgconn *pc, const char *why)
@@ -494,11 +488,8 @@ db_lost(struct pgconn *pc, const char *why)
 		db_complete(pc, p);
 	}
 	pc->tail = NULL;
-	if (pc->index < 0) {
-		ws_foreach_authed(db_unregister, NULL);
-		if (draining)
-			shutdown_done = 1;
-	}
+	if (pc->index < 0 && draining)
+		shutdown_done = 1;
 	if (!draining)
 		db_retry(pc);
 }
@@ -544,11 +535,42 @@ db_ready(void)
 	return 1;
 }
 
-/* Session calls may be queued once node_reset is queued: the pipeline keeps order. */
-int
-db_ctl_ready(void)
+/* The pool connection of a (user, device): its session calls stay in order. */
+static struct pgconn *
+db_session_pc(int64_t user, int32_t device)
 {
-	return ctl.state >= PG_SETUP;
+	uint64_t h = ((uint64_t)user * 31u + (uint32_t)device) * 0x9E3779B97F4A7C15ull;
+
+	return &pool[(h >> 32) % (uint64_t)cfg.pool];
+}
+
+/* After node_reset: every live session is registered again (resync follows). */
+static void
+db_reregister(struct conn *c, void *arg)
+{
+	(void)arg;
+	c->registered = 0;
+	if (!c->close_code && db_session_connect(c) != 0 && !c->hello_sent)
+		ws_registered(c);
+}
+
+/* A pool connection is back: registers the sessions that wait for it. */
+static void
+db_register_pending(struct conn *c, void *arg)
+{
+	if (!c->registered && !c->close_code && db_session_pc(c->user, c->device) == arg)
+		db_session_connect(c);
+}
+
+/* Opens the port the first time the node is registered and the pool is up. */
+static void
+db_maybe_listen(void)
+{
+	if (listening || draining || !db_ready())
+		return;
+	listening = 1;
+	if (main_listen() != 0)
+		main_stop();
 }
 
 void
@@ -589,35 +611,44 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	ws_conn_ref(c);
 }
 
-void
+int
 db_session_connect(struct conn *c)
 {
+	struct pgconn *pc = db_session_pc(c->user, c->device);
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 	struct pending *p;
 
+	if (ctl.state != PG_READY || pc->state != PG_READY || draining)
+		return -1;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
 	snprintf(device, sizeof(device), "%d", (int)c->device);
-	p = db_send(&ctl, P_CONNECT, NULL, "SELECT chat.connect($1, $2, $3)", 3, values, NULL);
-	if (!p) {
-		if (!c->hello_sent)
-			ws_registered(c);
-		return;
-	}
-	c->registered = 1;
+	p = db_send(pc, P_CONNECT, NULL, "SELECT chat.connect($1, $2, $3)", 3, values, NULL);
+	if (!p)
+		return -1;
+	c->reg_sent = 1;
 	p->conn = c;
+	p->epoch = epoch;
 	ws_conn_ref(c);
+	session_inflight++;
+	return 0;
 }
 
 void
-db_session_disconnect(int64_t user_id, int32_t device_id)
+db_session_disconnect(struct conn *c)
 {
+	struct pgconn *pc = db_session_pc(c->user, c->device);
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 
-	snprintf(user, sizeof(user), "%lld", (long long)user_id);
-	snprintf(device, sizeof(device), "%d", (int)device_id);
-	db_send(&ctl, P_DISCONNECT, NULL, "SELECT chat.disconnect($1, $2, $3)", 3, values, NULL);
+	/* Behind its connect on the same connection; if that one is gone, the
+	 * control connection does (a later node_reset would as well). */
+	if (pc->state != PG_READY)
+		pc = &ctl;
+	snprintf(user, sizeof(user), "%lld", (long long)c->user);
+	snprintf(device, sizeof(device), "%d", (int)c->device);
+	if (db_send(pc, P_DISCONNECT, NULL, "SELECT chat.disconnect($1, $2, $3)", 3, values, NULL))
+		session_inflight++;
 }
 
 int
@@ -643,17 +674,23 @@ db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq)
 void
 db_shutdown(void)
 {
-	const char *node[1] = { cfg.node };
-
 	lws_sul_cancel(&sul_heartbeat);
-	if (ctl.state < PG_SETUP ||
-	    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_reset($1)", 1, node, NULL))
-		shutdown_done = 1;
+	final_wanted = 1;
 }
 
+/* Called on the drain tick: the final node_reset goes once no connect or
+ * disconnect is in flight on the pool (it must run after them). */
 int
 db_shutdown_done(void)
 {
+	const char *node[1] = { cfg.node };
+
+	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0) {
+		final_sent = 1;
+		if (ctl.state < PG_SETUP ||
+		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_reset($1)", 1, node, NULL))
+			shutdown_done = 1;
+	}
 	return shutdown_done;
 }
 

@@ -111,7 +111,7 @@ struct conn {
 	uint16_t close_code;		/* nonzero: close at the next writeable */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint8_t missed_pongs;
-	unsigned authed:1, hello_sent:1, registered:1, ping_due:1, rx_skip:1;
+	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1;
 };
 
 struct msg *msg_new(const char *data, size_t len);
@@ -158,7 +158,7 @@ int auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 
 void route_add(struct conn *c);
 void route_remove(struct conn *c);
-/* True when another local connection of (user, device) is registered. */
+/* True when another local connection of (user, device) sent chat.connect. */
 int route_has_device(int64_t user, int32_t device);
 /* Parses one NOTIFY payload (header line + JSON line, repeated) and delivers. */
 void route_notify(const char *payload);
@@ -173,13 +173,14 @@ void route_reset(void);
 void db_start(void);
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
-/* True when sessions can be registered now. */
-int db_ctl_ready(void);
+
 /* Relays a client frame through chat.client_request; the response goes to c. */
 void db_request(struct conn *c, const char *frame, size_t len, const char *id_json);
-/* chat.connect / chat.disconnect on the control connection. */
-void db_session_connect(struct conn *c);
-void db_session_disconnect(int64_t user, int32_t device);
+/* chat.connect for c; returns -1 when it cannot be sent now (the session is
+ * registered once the database is back, then the client gets resync). */
+int db_session_connect(struct conn *c);
+/* chat.disconnect for a closed connection that sent chat.connect. */
+void db_session_disconnect(struct conn *c);
 /* Resolves a "ref":true message event; calls route_ref_done(event, ...). */
 int db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq);
 /* SIGTERM: queues chat.node_reset; db_shutdown_done() says when it ran. */

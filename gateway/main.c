@@ -180,7 +180,8 @@ main_signals(lws_sorted_usec_list_t *sul)
 	}
 	if (draining) {
 		int timed_out = now_us() - drain_started > (uint64_t)cfg.drain_timeout * LWS_US_PER_SEC;
-		if ((ws_conns_total == 0 && db_shutdown_done()) || timed_out) {
+		int reset_done = db_shutdown_done();
+		if ((ws_conns_total == 0 && reset_done) || timed_out) {
 			if (timed_out)
 				log_msg(LOG_WARN, 0, "drain timeout: %u connections left", ws_conns_total);
 			main_stop();

@@ -91,14 +91,14 @@ route_remove(struct conn *c)
 		}
 }
 
-/* True when another local connection of (user, device) is registered. */
+/* True when another local connection of (user, device) sent chat.connect. */
 int
 route_has_device(int64_t user, int32_t device)
 {
 	if (!buckets)
 		return 0;
 	for (struct conn *c = buckets[bucket_of(user, n_buckets)]; c; c = c->user_next)
-		if (c->user == user && c->device == device && c->registered)
+		if (c->user == user && c->device == device && c->reg_sent)
 			return 1;
 	return 0;
 }

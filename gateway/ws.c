@@ -299,10 +299,11 @@ ws_authenticated(struct conn *c, int64_t user, int32_t device)
 	authed_head = c;
 	route_add(c);
 	log_msg(LOG_DEBUG, c->id, "authenticated user %lld device %d", (long long)user, (int)device);
-	if (db_ctl_ready())
-		db_session_connect(c);		/* hello once the session row exists */
-	else
-		ws_registered(c);		/* database down: hello now, resync later */
+	/* hello once the session row exists, so that the client's first sync
+	 * sees everything it will not be notified of; database down: hello
+	 * now, resync once the session is registered */
+	if (db_session_connect(c) != 0)
+		ws_registered(c);
 }
 
 /* Checks a token; closes with 4001 when it is bad. */
@@ -638,9 +639,8 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			route_remove(c);
 			/* The same device may hold another socket here (a reconnect
 			 * racing the old one): its session row stays. */
-			if (c->registered && db_ctl_ready() && !draining &&
-			    !route_has_device(c->user, c->device))
-				db_session_disconnect(c->user, c->device);
+			if (c->reg_sent && !draining && !route_has_device(c->user, c->device))
+				db_session_disconnect(c);
 		} else {
 			ws_conns_unauth--;
 		}
