@@ -308,9 +308,9 @@ export class Client {
   // Opens a connection.  token: in the query; auth: token sent as a first
   // frame; hello: wait for (and check) the hello frame.  Resolves the Client
   // once open (and hello arrived); rejects if the connection fails or closes.
-  static async connect(gw, { token: tok, auth, hello = true, label = 'client', timeout = 5000, protocol = 'chat.v1', url, onFrame } = {}) {
+  static async connect(gw, { token: tok, auth, hello = true, label = 'client', timeout = 5000, protocol = 'chat.v1', url, onFrame, wsOptions = {} } = {}) {
     url = url ?? (typeof gw === 'string' ? gw : gw.wsUrl(tok));
-    const ws = new WebSocket(url, protocol ? [protocol] : [], { handshakeTimeout: ms(timeout), perMessageDeflate: false });
+    const ws = new WebSocket(url, protocol ? [protocol] : [], { handshakeTimeout: ms(timeout), perMessageDeflate: false, ...wsOptions });
     const c = new Client(ws, label, onFrame);
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => { ws.terminate(); reject(new Error(`${label}: open timed out (${url})`)); }, ms(timeout));
