@@ -8,6 +8,8 @@ import { spawn, execFile } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
+import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
@@ -145,6 +147,8 @@ export function dsn(db) {
 
 const gateways = new Set();
 let nodeCounter = 0;
+// A node name unique to this test process.
+export const nodeName = () => `t${fileTag}_${process.pid % 100000}_${nodeCounter++}`.slice(0, 40);
 const fileTag = path.basename(process.argv[1] || 'x').replace(/\.test\.mjs$/, '').replace(/[^a-z0-9]+/gi, '').toLowerCase().slice(0, 12) || 'x';
 
 // Prints the last lines of a file (for failure messages).
@@ -153,10 +157,11 @@ export function tail(file, n = 40) {
 }
 
 export class Gateway {
-  constructor({ db, node, port, args, env, label }) {
+  constructor({ db, node, port, args, env, label, tls }) {
     this.db = db; this.node = node; this.port = port; this.args = args; this.env = env;
-    this.url = `ws://127.0.0.1:${port}`;
-    this.http = `http://127.0.0.1:${port}`;
+    this.url = `${tls ? 'wss' : 'ws'}://127.0.0.1:${port}`;
+    this.http = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
+    this.ca = tls ? fs.readFileSync(tls.cert) : undefined;
     fs.mkdirSync(LOG_DIR, { recursive: true });
     this.log = path.join(LOG_DIR, `${fileTag}-${label || node}.log`);
     this.exit = null;
@@ -185,13 +190,18 @@ export class Gateway {
   wsUrl(tok) { return tok === undefined ? `${this.url}/ws` : `${this.url}/ws?token=${encodeURIComponent(tok)}`; }
 
   // GET path; resolves {status, text, headers} or {status: 0} when unreachable.
-  async get(p, timeout = 2000) {
-    try {
-      const r = await fetch(this.http + p, { signal: AbortSignal.timeout(ms(timeout)) });
-      return { status: r.status, text: await r.text(), headers: r.headers };
-    } catch (e) {
-      return { status: 0, text: String(e) };
-    }
+  get(p, timeout = 2000) {
+    return new Promise((resolve) => {
+      const mod = this.ca ? https : http;
+      const req = mod.get(this.http + p, { ca: this.ca, agent: false, timeout: ms(timeout) }, (res) => {
+        const chunks = [];
+        res.on('data', (d) => chunks.push(d));
+        res.on('end', () => resolve({ status: res.statusCode, text: Buffer.concat(chunks).toString('utf8'), headers: { get: (h) => res.headers[h.toLowerCase()] } }));
+        res.on('error', (e) => resolve({ status: 0, text: String(e) }));
+      });
+      req.on('timeout', () => req.destroy(new Error('timeout')));
+      req.on('error', (e) => resolve({ status: 0, text: String(e) }));
+    });
   }
 
   async healthz() { return (await this.get('/healthz')).status; }
@@ -231,13 +241,15 @@ export class Gateway {
 
 // Starts a gateway for database db on a free port and waits for /healthz 200.
 // args: extra flags; node: node name (unique per test by default).
-export async function startGateway({ db, node, port, args = [], env = {}, label, wait = true, healthTimeout = 15000 } = {}) {
+// bare: pass only args (the test configures listen/node/... by env or file).
+// tls: {cert, key} PEM files: serve wss:// and https://.
+export async function startGateway({ db, node, port, args = [], env = {}, label, wait = true, healthTimeout = 15000, tls, bare = false } = {}) {
   if (!fs.existsSync(GATEWAY_BIN)) throw new Error(`gateway binary ${GATEWAY_BIN} not built (make -C gateway)`);
-  node = node ?? `t${fileTag}_${process.pid % 100000}_${nodeCounter++}`.slice(0, 40);
+  node = node ?? nodeName();
   port = port ?? await freePort();
-  const all = ['--listen', `127.0.0.1:${port}`, '--node', node, '--dsn', dsn(db),
-    '--token-secret-file', SECRET_FILE, ...args];
-  const gw = new Gateway({ db, node, port, args: all, env, label }).spawn();
+  const all = bare ? [...args] : ['--listen', `127.0.0.1:${port}`, '--node', node, '--dsn', dsn(db),
+    '--token-secret-file', SECRET_FILE, ...(tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key] : []), ...args];
+  const gw = new Gateway({ db, node, port, args: all, env, label, tls }).spawn();
   if (wait) await gw.waitHealth(200, healthTimeout);
   return gw;
 }
@@ -310,7 +322,8 @@ export class Client {
   // once open (and hello arrived); rejects if the connection fails or closes.
   static async connect(gw, { token: tok, auth, hello = true, label = 'client', timeout = 5000, protocol = 'chat.v1', url, onFrame, wsOptions = {} } = {}) {
     url = url ?? (typeof gw === 'string' ? gw : gw.wsUrl(tok));
-    const ws = new WebSocket(url, protocol ? [protocol] : [], { handshakeTimeout: ms(timeout), perMessageDeflate: false, ...wsOptions });
+    const ca = typeof gw === 'object' && gw?.ca ? { ca: gw.ca } : {};
+    const ws = new WebSocket(url, protocol ? [protocol] : [], { handshakeTimeout: ms(timeout), perMessageDeflate: false, ...ca, ...wsOptions });
     const c = new Client(ws, label, onFrame);
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => { ws.terminate(); reject(new Error(`${label}: open timed out (${url})`)); }, ms(timeout));
