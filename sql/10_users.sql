@@ -31,7 +31,7 @@ SELECT user_id, device_id FROM chat.devices ORDER BY 1, 2;
 SELECT chat.direct_conversation(1, 2) AS conv;
 SELECT seq FROM chat.send_message(2, 1, 'hi');
 SELECT chat.ack(1, 3, 1, 1);
-INSERT INTO chat.sessions (node, user_id, device_id) VALUES ('gw1', 1, 3);
+SELECT chat.node_reset('gw1'), chat.connect('gw1', 1, 3);
 SELECT count(*) AS cursors_before FROM chat.device_cursors WHERE user_id = 1 AND device_id = 3;
 SELECT chat.remove_device(1, 3);
 SELECT (SELECT count(*) FROM chat.device_cursors WHERE user_id = 1 AND device_id = 3) AS cursors,
