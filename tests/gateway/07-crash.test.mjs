@@ -74,7 +74,10 @@ test('kill -9 mid-stream and restart: every message exactly once', { timeout: ms
   const answeredAtKill = kills.map((k) => k.answered).join(' and ');
   const killed = kills.length === 2 && kills.every((k) => k.exit.signal === 'SIGKILL');
   assert.ok(killed && kills.every((k) => k.answered < N), `two kills mid-stream: ${JSON.stringify(kills)}`);
-  assert.ok(sender.connects >= 3 && receiver.connects >= 2, `both reconnected (${sender.connects}, ${receiver.connects})`);
+  assert.ok(sender.connects >= 3, `the sender reconnected after each kill (${sender.connects} connects)`);
+  // The receiver may still be backing off (jittered, up to 1 s here).
+  await until(() => receiver.connects >= 2 && receiver.c?.open, 10000,
+    () => `receiver did not reconnect (${receiver.connects} connects); errors ${receiver.errors.slice(-4)}`);
 
   // The sender saw each message answered once, with distinct seqs 1..N.
   const seqs = done.map((r) => r.seq).sort((x, y) => x - y);
