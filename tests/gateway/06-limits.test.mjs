@@ -101,7 +101,7 @@ test('a flood beyond --rate gets 53400 error frames, then close 1008', async () 
   }
   const info = await c.waitClose(5000);
   const limited = c.frames.filter((f) => f.type === 'error' && f.code === '53400');
-  assert.ok(limited.length > 0, `no 53400 error frames before the close; frames: ${c.recent()}`);
+  assert.ok(limited.length > 0, `no 53400 error frames before the close (${JSON.stringify(info)}, ${sent} sent); frames: ${c.recent()}`);
   assert.equal(info.code, 1008, `close code after the flood (sent ${sent})`);
   const served = c.frames.filter((f) => f.type === 'ok').length;
   assert.ok(served < sent, `every one of ${sent} flood frames was served`);
