@@ -172,7 +172,8 @@ $$;
 
 -- Ephemeral typing event to the other online members (C, rate limited).
 CREATE FUNCTION chat.typing(user_id bigint, conversation_id bigint, typing boolean DEFAULT true)
-RETURNS void LANGUAGE c AS 'MODULE_PATHNAME', 'chat_typing';
+RETURNS void LANGUAGE c SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'chat_typing';
 
 -- HS256 JWT for a client (C, token.c).
 CREATE FUNCTION chat.issue_token(user_id bigint, device_id integer, ttl interval DEFAULT '1 hour')

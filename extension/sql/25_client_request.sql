@@ -165,7 +165,15 @@ BEGIN
                        'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
                        'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
                        'last_activity', chat.json_timestamp(c.last_activity),
-                       'last_message', c.last_message) ORDER BY c.last_activity DESC, c.conversation_id)
+                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
+                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
+                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
+                                       x.created_at, x.edited_at, x.deleted_at)::chat.message_view)
+                              FROM chat.messages x
+                             WHERE x.conversation_id = c.conversation_id
+                               AND x.seq = (c.last_message ->> 'seq')::bigint),
+                           c.last_message) END)
+                   ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
                        coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
                        chat.request_text(request, 'before', false)::timestamptz) c), '[]'));

@@ -1,0 +1,61 @@
+-- A gateway role and a pusher role with EXECUTE on their functions only
+-- (no table rights) can run the realtime layer: the functions are
+-- SECURITY DEFINER.
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS chat CASCADE;
+CREATE EXTENSION chat;
+CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+GRANT EXECUTE ON FUNCTION pg_temp.try(text) TO PUBLIC;
+
+SELECT chat.upsert_user(1, 'ann'), chat.upsert_user(2, 'ben');
+SELECT chat.register_device(1), chat.register_device(2, 'ios', 'tok-ben');
+SELECT chat.direct_conversation(1, 2) AS conv;
+
+DROP ROLE IF EXISTS chat_rt_gateway;
+DROP ROLE IF EXISTS chat_rt_pusher;
+CREATE ROLE chat_rt_gateway;
+CREATE ROLE chat_rt_pusher;
+GRANT USAGE ON SCHEMA chat TO chat_rt_gateway, chat_rt_pusher;
+GRANT EXECUTE ON FUNCTION
+    chat.node_reset(text), chat.node_heartbeat(text),
+    chat.connect(text, bigint, integer), chat.disconnect(text, bigint, integer),
+    chat.client_request(text, bigint, integer, jsonb), chat.get_message(bigint, bigint, bigint),
+    chat.presence(bigint, bigint[]), chat.typing(bigint, bigint, boolean)
+  TO chat_rt_gateway;
+GRANT EXECUTE ON FUNCTION
+    chat.claim_push(integer), chat.complete_push(bigint[]), chat.fail_push(bigint, text)
+  TO chat_rt_pusher;
+
+SET ROLE chat_rt_gateway;
+SELECT pg_temp.try($$SELECT chat.node_reset('gw1')$$);
+SELECT pg_temp.try($$SELECT chat.node_heartbeat('gw1')$$);
+SELECT pg_temp.try($$SELECT chat.connect('gw1', 1, 1)$$);
+SELECT chat.client_request('gw1', 1, 1, '{"id":1,"type":"send","conversation":1,"body":"hi"}') ->> 'type' AS send;
+SELECT chat.client_request('gw1', 1, 1, '{"id":2,"type":"typing","conversation":1}') ->> 'type' AS typing;
+SELECT pg_temp.try($$SELECT chat.typing(1, 1, false)$$);
+SELECT user_id, online FROM chat.presence(2, ARRAY[1]);
+SELECT (chat.get_message(2, 1, 1)).body;
+SELECT pg_temp.try($$SELECT chat.disconnect('gw1', 1, 1)$$);
+-- but no table, and no internal helper
+SELECT pg_temp.try($$SELECT count(*) FROM chat.sessions$$);
+SELECT pg_temp.try($$SELECT chat.fanout_event(1, NULL, '{}')$$);
+SELECT pg_temp.try($$SELECT chat.claim_push(1)$$);
+RESET ROLE;
+
+SET ROLE chat_rt_pusher;
+SELECT user_id, device_id, seq, attempts, chat.complete_push(ARRAY[id]) AS completed
+  FROM chat.claim_push(10);
+SELECT pg_temp.try($$SELECT count(*) FROM chat.push_outbox$$);
+RESET ROLE;
+SELECT count(*) AS push_rows_left FROM chat.push_outbox;
+
+DROP OWNED BY chat_rt_gateway;
+DROP OWNED BY chat_rt_pusher;
+DROP ROLE chat_rt_gateway;
+DROP ROLE chat_rt_pusher;
