@@ -26,6 +26,7 @@ GRANT EXECUTE ON FUNCTION
     chat.node_reset(text), chat.node_heartbeat(text),
     chat.connect(text, bigint, integer), chat.disconnect(text, bigint, integer),
     chat.client_request(text, bigint, integer, jsonb), chat.get_message(bigint, bigint, bigint),
+    chat.message_json(chat.message_view),
     chat.presence(bigint, bigint[]), chat.typing(bigint, bigint, boolean)
   TO chat_rt_gateway;
 GRANT EXECUTE ON FUNCTION
@@ -41,6 +42,7 @@ SELECT chat.client_request('gw1', 1, 1, '{"id":2,"type":"typing","conversation":
 SELECT pg_temp.try($$SELECT chat.typing(1, 1, false)$$);
 SELECT user_id, online FROM chat.presence(2, ARRAY[1]);
 SELECT (chat.get_message(2, 1, 1)).body;
+SELECT chat.message_json(m) ->> 'body' AS ref_resolved FROM chat.get_message(2, 1, 1) m;
 SELECT pg_temp.try($$SELECT chat.disconnect('gw1', 1, 1)$$);
 -- but no table, and no internal helper
 SELECT pg_temp.try($$SELECT count(*) FROM chat.sessions$$);
