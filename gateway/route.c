@@ -274,7 +274,8 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 		if (!e)
 			return;
 		e->waiting_ref = 1;
-		if (db_resolve_ref(e, sender ? sender : users[0], conversation, seq) != 0) {
+		/* Asked as a recipient: recipients are members, the sender may have left. */
+		if (db_resolve_ref(e, users[0], conversation, seq) != 0) {
 			e->waiting_ref = 0;
 			stats.drops++;
 			route_resync_users(users, (uint32_t)n_users);

@@ -599,9 +599,11 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			return -1;
 		}
 		if (c->ping_due && !c->close_code) {
-			unsigned char ping[LWS_PRE + 1];
+			/* A payload: lws 4.1 reports no RECEIVE_PONG for an empty pong. */
+			unsigned char ping[LWS_PRE + 4];
 			c->ping_due = 0;
-			if (lws_write(wsi, ping + LWS_PRE, 0, LWS_WRITE_PING) < 0)
+			memcpy(ping + LWS_PRE, "chat", 4);
+			if (lws_write(wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 4)
 				return -1;
 			if (c->ring && c->ring->count)
 				lws_callback_on_writable(wsi);
