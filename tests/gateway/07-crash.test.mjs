@@ -58,7 +58,7 @@ test('kill -9 mid-stream and restart: every message exactly once', { timeout: ms
           inflight--;
           if (done.length === N) { resolve(); return; }
           pump();
-          if (killAt.includes(done.length) && !restarting) {
+          if (kills.length + (restarting ? 1 : 0) < killAt.length && done.length >= killAt[kills.length] && !restarting) {
             restarting = sleep(1).then(crash).catch(reject).finally(() => { restarting = null; });
           }
         }, reject);
