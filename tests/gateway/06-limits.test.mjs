@@ -3,7 +3,7 @@
 // binary frames (1003), and a request flood beyond --rate (53400, then 1008).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, Client, token, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_06_limits';
 let gw, alice, bob, conv;
@@ -109,5 +109,39 @@ test('a flood beyond --rate gets 53400 error frames, then close 1008', async () 
   const d = await connectAs(gw2, bob.id, 1, { label: 'polite' });
   assert.equal((await d.request({ type: 'ping' })).type, 'pong');
   d.close();
+  await gw2.stop();
+});
+
+test('caps: --max-unauth unauthenticated and --max-conns total connections', async () => {
+  const gw2 = await startGateway({ db: DB, args: ['--max-unauth', '2', '--max-conns', '4'], label: 'caps' });
+  const refused = async (label, opts = {}) => {
+    await assert.rejects(Client.connect(gw2, { hello: false, label, timeout: 3000, ...opts }), `${label} was accepted beyond the cap`);
+  };
+  // Two unauthenticated connections fill --max-unauth; a third is refused.
+  const u1 = await Client.connect(gw2, { hello: false, label: 'unauth 1' });
+  const u2 = await Client.connect(gw2, { hello: false, label: 'unauth 2' });
+  await refused('unauth 3');
+  // Authenticating one frees its unauthenticated slot.
+  u1.sendJson({ type: 'auth', token: token(alice.id, 1) });
+  await u1.waitFor((f) => f.type === 'hello', 3000);
+  const u3 = await Client.connect(gw2, { hello: false, label: 'unauth 3 again' });
+  u3.sendJson({ type: 'auth', token: token(bob.id, 1) });
+  await u3.waitFor((f) => f.type === 'hello', 3000);
+  u2.sendJson({ type: 'auth', token: token(alice.id, 1) });
+  await u2.waitFor((f) => f.type === 'hello', 3000);
+  // Three open; a fourth fills --max-conns; a fifth is refused.
+  const c4 = await connectAs(gw2, bob.id, 1, { label: 'fourth' });
+  await refused('fifth', { token: token(bob.id, 1) });
+  // Every connection in the cap works; closing one makes room.
+  for (const c of [u1, u2, u3, c4]) assert.equal((await c.request({ type: 'ping' })).type, 'pong', c.label);
+  c4.close();
+  await c4.closed;
+  let ok = null;
+  for (let i = 0; i < 20 && !ok; i++) {
+    ok = await connectAs(gw2, bob.id, 1, { label: 'after a close' }).catch(() => null);
+    if (!ok) await sleep(100);
+  }
+  assert.ok(ok, 'no room after a connection closed');
+  for (const c of [u1, u2, u3, ok]) c.close();
   await gw2.stop();
 });
