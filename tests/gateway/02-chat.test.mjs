@@ -3,7 +3,7 @@
 // (notified by reference), edits, deletes, history, errors from the database.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, value, rows, MESSAGE_FIELDS, stripType } from './lib.mjs';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, value, rows, psql, MESSAGE_FIELDS, stripType, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_02_chat';
 let gw, alice, bob, carol, conv, a, b;
@@ -156,6 +156,30 @@ test('a non-member gets an error frame 42501 with the request id', async () => {
   // The connection stays usable after errors.
   assert.equal((await c.request({ type: 'ping' })).type, 'pong');
   c.close();
+});
+
+test('a request blocked in the database does not block the event loop', async () => {
+  // Another session holds the conversation row for 2 s: alice's send waits
+  // in the database while the gateway keeps answering everyone else.
+  const locker = psql(DB, `BEGIN; SELECT id FROM chat.conversations WHERE id = ${conv} FOR UPDATE; SELECT pg_sleep(2); COMMIT`);
+  await sleep(300);
+  const t0 = Date.now();
+  const pending = a.request({ type: 'send', conversation: conv, body: 'slow', client_msg_id: 'a-blocked' }, 10000);
+  await sleep(100);
+  const lat = [];
+  for (let i = 0; i < 5; i++) {
+    const t = Date.now();
+    assert.equal((await b.request({ type: 'ping' }, 2000)).type, 'pong');
+    assert.equal(await gw.healthz(), 200);
+    lat.push(Date.now() - t);
+  }
+  assert.ok(Math.max(...lat) < ms(500), `ping + /healthz took ${lat} ms while a request was blocked`);
+  const c = await connectAs(gw, carol.id, 1, { label: 'carol during the block' });
+  c.close();
+  const r = await pending;
+  assert.equal(r.type, 'ok', JSON.stringify(r));
+  assert.ok(Date.now() - t0 >= 1000, 'the send did wait for the lock');
+  await locker;
 });
 
 test('the database holds every message once, gapless', async () => {
