@@ -75,6 +75,7 @@ typedef struct NotifierSlot
 	uint64		tail;			/* next read position */
 	uint64		reserved;		/* bytes promised to committing xacts */
 	uint64		fallbacks;		/* xacts that had to NOTIFY directly */
+	TimestampTz launched_at;	/* when the worker was last registered */
 	Size		ring_offset;	/* from the start of NotifierShared */
 } NotifierSlot;
 
@@ -375,9 +376,13 @@ ReserveRing(List *list)
 		return false;
 	}
 	slot->reserved += need;
-	if (slot->state == SLOT_FREE)
+	/* a worker that never came up (fork failed, say) is replaced */
+	if (slot->state == SLOT_FREE ||
+		(slot->state == SLOT_STARTING &&
+		 TimestampDifferenceExceeds(slot->launched_at, GetCurrentTimestamp(), 10000)))
 	{
 		slot->state = SLOT_STARTING;
+		slot->launched_at = GetCurrentTimestamp();
 		launch = true;
 	}
 	LWLockRelease(notifier->lock);
@@ -622,6 +627,12 @@ ChatNotifierMain(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
+	if (slot->pid != 0 || slot->state != SLOT_STARTING)
+	{
+		/* another worker serves the slot (a late start of a replaced one) */
+		LWLockRelease(notifier->lock);
+		proc_exit(0);
+	}
 	dboid = slot->dboid;
 	slot->pid = MyProcPid;
 	LWLockRelease(notifier->lock);
