@@ -198,10 +198,11 @@ config_secret(void)
 		config_fail("token-secret-file", "cannot open %s: %s", cfg.token_secret_file, strerror(errno));
 	n = fread(buf, 1, sizeof(buf), f);
 	fclose(f);
+	if (n == sizeof(buf))
+		config_fail("token-secret-file", "%s is larger than %zu bytes", cfg.token_secret_file,
+			    sizeof(buf) - 1);
 	if (n > 0 && buf[n - 1] == '\n')
-		n--;
-	if (n > 0 && buf[n - 1] == '\r')
-		n--;
+		n--;			/* exactly one: the rest is the secret */
 	if (n == 0)
 		config_fail("token-secret-file", "%s is empty", cfg.token_secret_file);
 	cfg.secret = malloc(n);

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <netdb.h>
@@ -414,7 +415,7 @@ static pid_t *children;
 static pid_t
 main_spawn(int i, const char *base_node)
 {
-	pid_t pid = fork();
+	pid_t parent = getpid(), pid = fork();
 
 	if (pid == 0) {
 		char *node = malloc(strlen(base_node) + 8);
@@ -425,6 +426,10 @@ main_spawn(int i, const char *base_node)
 		sigemptyset(&none);
 		signal(SIGCHLD, SIG_DFL);
 		sigprocmask(SIG_SETMASK, &none, NULL);
+		/* A supervisor killed with -9 leaves no orphans: they drain. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != parent)
+			exit(0);
 		exit(main_serve());
 	}
 	if (pid < 0)
