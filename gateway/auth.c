@@ -71,6 +71,7 @@ claim_int(json_t *v, int64_t *out)
 	return -1;
 }
 
+/* Checks signature, alg, sub, dev and exp of a compact JWS; see gateway.h. */
 int
 auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	    const char **why)

@@ -90,6 +90,7 @@ config_fail(const char *key, const char *fmt, ...)
 	exit(2);
 }
 
+/* Finds a flag by name (len bytes, not NUL-terminated); NULL when unknown. */
 static struct flag *
 config_find(const char *name, size_t len)
 {
@@ -170,6 +171,7 @@ config_file(const char *path)
 	fclose(f);
 }
 
+/* True when node matches [a-z0-9_]{1,40} (it becomes part of a channel name). */
 int
 config_node_valid(const char *node)
 {
@@ -242,6 +244,7 @@ config_listen(void)
 	}
 }
 
+/* Fills cfg from the command line, CHAT_* variables, --config and defaults; exits 2 on error. */
 void
 config_load(int argc, char **argv)
 {

@@ -508,6 +508,7 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
+/* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */
 void
 db_start(void)
 {
@@ -524,6 +525,7 @@ db_start(void)
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
+/* True when the control connection and every pool connection are ready (/healthz). */
 int
 db_ready(void)
 {
@@ -573,6 +575,7 @@ db_maybe_listen(void)
 		main_stop();
 }
 
+/* Sends a client frame through chat.client_request on the client's pool connection. */
 void
 db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 {
@@ -611,6 +614,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	ws_conn_ref(c);
 }
 
+/* Sends chat.connect for c on its (user, device) pool connection. */
 int
 db_session_connect(struct conn *c)
 {
@@ -634,6 +638,7 @@ db_session_connect(struct conn *c)
 	return 0;
 }
 
+/* Sends chat.disconnect for a closed connection (best effort). */
 void
 db_session_disconnect(struct conn *c)
 {
@@ -651,6 +656,7 @@ db_session_disconnect(struct conn *c)
 		session_inflight++;
 }
 
+/* Fetches a "ref":true message; 0 when the query was sent. */
 int
 db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq)
 {
@@ -671,6 +677,7 @@ db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq)
 	return 0;
 }
 
+/* SIGTERM: no more heartbeats; the final node_reset follows (db_shutdown_done). */
 void
 db_shutdown(void)
 {

@@ -50,6 +50,7 @@ static struct lws *listen_wsi;
 static lws_sorted_usec_list_t sul_accept;
 static void main_unlisten(void);
 
+/* Monotonic clock in microseconds. */
 uint64_t
 now_us(void)
 {
@@ -77,6 +78,7 @@ json_escape(char *buf, size_t pos, size_t cap, const char *s)
 	return pos;
 }
 
+/* Formats one log line (text or JSON) and writes it with a single write(). */
 void
 log_msg(int level, uint32_t conn, const char *fmt, ...)
 {
@@ -126,6 +128,7 @@ log_msg(int level, uint32_t conn, const char *fmt, ...)
 	}
 }
 
+/* Opens (or reopens, on SIGHUP) --log-file; stderr stays on failure. */
 void
 log_reopen(void)
 {
@@ -150,6 +153,7 @@ log_lws(int level, const char *line)
 	log_msg(level == LLL_ERR ? LOG_ERROR : LOG_WARN, 0, "lws: %s", line);
 }
 
+/* Signal handler: only sets flags and wakes the loop. */
 static void
 on_signal(int sig)
 {
@@ -192,6 +196,7 @@ main_signals(lws_sorted_usec_list_t *sul)
 	lws_sul_schedule(context, 0, &sul_signals, main_signals, 50 * LWS_US_PER_MS);
 }
 
+/* Ends the event loop at its next turn. */
 void
 main_stop(void)
 {
@@ -289,6 +294,7 @@ main_listen_socket(void)
 	return fd;
 }
 
+/* Creates the client vhost and the listen socket once the database is ready. */
 int
 main_listen(void)
 {
@@ -412,6 +418,7 @@ main_serve(void)
 /* --workers: the parent only forks, restarts and forwards signals. */
 static pid_t *children;
 
+/* Forks worker i (node <node>_<i>); the child never returns. */
 static pid_t
 main_spawn(int i, const char *base_node)
 {
@@ -439,12 +446,14 @@ main_spawn(int i, const char *base_node)
 	return pid;
 }
 
+/* SIGCHLD handler: only interrupts sigsuspend. */
 static void
 on_child(int sig)
 {
 	(void)sig;
 }
 
+/* --workers: forks the workers, restarts dead ones, forwards signals. */
 static int
 main_supervise(void)
 {
@@ -515,6 +524,7 @@ main_supervise(void)
 	return 0;
 }
 
+/* Loads the configuration, then serves or supervises. */
 int
 main(int argc, char **argv)
 {

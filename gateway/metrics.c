@@ -84,6 +84,7 @@ out_metric(struct out *o, const char *name, const char *type, const char *help,
 		   name, help, name, type, name, cfg.node, (unsigned long long)value);
 }
 
+/* Renders every metric as Prometheus text; caller frees. */
 char *
 metrics_render(size_t *len)
 {

@@ -185,6 +185,7 @@ route_resync_users(const int64_t *users, uint32_t n_users)
 			}
 }
 
+/* A ref lookup finished: delivers it (or resyncs its users) and what waited behind it. */
 void
 route_ref_done(void *event, const char *json, size_t len)
 {
@@ -201,6 +202,7 @@ route_ref_done(void *event, const char *json, size_t len)
 	route_drain();
 }
 
+/* Nothing to forget here: waiting refs are failed by db.c. */
 void
 route_reset(void)
 {
@@ -296,6 +298,7 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 	msg_unref(m);
 }
 
+/* Splits a payload into (header, event) pairs and routes each event. */
 void
 route_notify(const char *payload)
 {

@@ -28,6 +28,7 @@ now_ms(void)
 	return (uint32_t)(now_us() / 1000);
 }
 
+/* Allocates a frame with LWS_PRE headroom holding a copy of data (refs = 1). */
 struct msg *
 msg_new(const char *data, size_t len)
 {
@@ -42,6 +43,7 @@ msg_new(const char *data, size_t len)
 	return m;
 }
 
+/* Takes a reference (static frames are not counted). */
 void
 msg_ref(struct msg *m)
 {
@@ -49,6 +51,7 @@ msg_ref(struct msg *m)
 		m->refs++;
 }
 
+/* Drops a reference; the last one frees the frame. */
 void
 msg_unref(struct msg *m)
 {
@@ -134,12 +137,14 @@ ws_enqueue(struct conn *c, struct msg *m, int byte_cap)
 	lws_callback_on_writable(c->wsi);
 }
 
+/* Queues a pushed event (both ring caps apply). */
 void
 ws_send(struct conn *c, struct msg *m)
 {
 	ws_enqueue(c, m, 1);
 }
 
+/* Queues a response or gateway frame (--max-queue-bytes does not apply). */
 void
 ws_send_text(struct conn *c, const char *text, size_t len)
 {
@@ -174,6 +179,7 @@ sqlstate_name(const char *code)
 	return "internal_error";
 }
 
+/* Queues an error frame with the SQLSTATE, its condition name and a message. */
 void
 ws_send_error(struct conn *c, const char *id_json, const char *code, const char *message)
 {
@@ -197,6 +203,7 @@ ws_send_error(struct conn *c, const char *id_json, const char *code, const char 
 	}
 }
 
+/* Starts closing c with code (sent after the queued frames, 4009 drops them). */
 void
 ws_close(struct conn *c, int code, const char *why)
 {
@@ -215,12 +222,14 @@ ws_close(struct conn *c, int code, const char *why)
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
 }
 
+/* A pending database entry now refers to c. */
 void
 ws_conn_ref(struct conn *c)
 {
 	c->refs++;
 }
 
+/* Drops a reference; the last one frees the connection object. */
 void
 ws_conn_unref(struct conn *c)
 {
@@ -249,6 +258,7 @@ list_unlink(struct conn *c)
 	c->prev = c->next = NULL;
 }
 
+/* chat.connect committed (or cannot run now): hello the first time, then resync. */
 void
 ws_registered(struct conn *c)
 {
@@ -273,6 +283,7 @@ ws_registered(struct conn *c)
 	ws_send_text(c, buf, (size_t)n);
 }
 
+/* Calls fn for every authenticated connection (fn may close it). */
 void
 ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg)
 {
@@ -693,12 +704,14 @@ ws_tick(lws_sorted_usec_list_t *sul)
 	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
 }
 
+/* Starts the once-a-second housekeeping tick. */
 void
 ws_start_timers(void)
 {
 	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
 }
 
+/* SIGTERM: closes every client with 1012. */
 void
 ws_drain(void)
 {
