@@ -28,12 +28,12 @@ clients=8
 sql -c "SELECT chat.upsert_user(id, 'u' || id) FROM generate_series(1, 20) AS id" >/dev/null
 group=$(sql -c "SELECT chat.create_group(1, 'load', ARRAY(SELECT generate_series(2, $clients)))")
 
-# Runs $clients background sessions that start their SQL (one statement per
-# session, given by the function job N) at the same instant: each first waits
-# on a shared advisory lock that a holder session releases only once every
-# session is queued behind it.
+# Runs $clients background sessions that start their SQL (given by the
+# function JOB N) at the same instant: each first runs PRELUDE (a function,
+# optional), then waits on a shared advisory lock that a holder session
+# releases only once every session is queued behind it.
 barrier_run() {
-  local job=$1 i
+  local job=$1 prelude=${2:-true} i
   "$PGBIN/psql" -XAtq -d $db >/dev/null <<SQL &
 SELECT pg_advisory_lock(4242);
 DO \$\$ BEGIN
@@ -44,14 +44,14 @@ DO \$\$ BEGIN
 END \$\$;
 SELECT pg_advisory_unlock(4242);
 SQL
-  local holder=$!
   for _ in $(seq 1 200); do
     [ "$(sql -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted")" = 1 ] && break
     sleep 0.01
   done
   for i in $(seq 1 $clients); do
-    "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d $db >"$work/out.$i" 2>&1 <<SQL &
+    "$PGBIN/psql" -XAtq -d $db >"$work/out.$i" 2>&1 <<SQL &
 \\o /dev/null
+$($prelude)
 SELECT pg_advisory_lock_shared(4242);
 SELECT pg_advisory_unlock_shared(4242);
 \\o
@@ -129,6 +129,18 @@ removed_at=$(sql -c "SELECT seq FROM chat.messages WHERE conversation_id = $kick
 check "messages of the removed member after its removal (removal at seq $removed_at)" 0 \
   "$(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $kick AND sender_id = 2 AND kind = 'text' AND seq > $removed_at")"
 echo "   ($(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $kick AND sender_id = 2") sends got in before)"
+
+echo "== under REPEATABLE READ, racing sends fail with 40001, never leave a gap"
+rr=$(sql -c "SELECT chat.create_group(1, 'rr', ARRAY(SELECT generate_series(2, $clients)))")
+rr_before=$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $rr")
+# The snapshot is taken before the barrier, so every session but the first
+# to lock sees a conversation row updated after its snapshot.
+rr_prelude() { printf '%s\n' '\set VERBOSITY sqlstate' 'BEGIN ISOLATION LEVEL REPEATABLE READ;' 'SELECT count(*) FROM chat.conversations;'; }
+rr_job() { echo "SELECT 'sent ' || seq FROM chat.send_message($1, $rr, 'repeatable read'); COMMIT;"; }
+barrier_run rr_job rr_prelude
+check "sends that committed" 1 "$(cat "$work"/out.* | grep -c '^sent ')"
+check "sends that failed with 40001" $((clients - 1)) "$(cat "$work"/out.* | grep -c '40001')"
+check "last_seq moved by one" $((rr_before + 1)) "$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $rr")"
 
 echo "== seqs stay gapless in every conversation"
 check "conversations with a gap or a last_seq mismatch" 0 "$(sql -c "
