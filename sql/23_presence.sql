@@ -53,6 +53,19 @@ SELECT id, last_seen IS NOT NULL AS has_last_seen FROM chat.users WHERE id IN (2
 SELECT chat.node_heartbeat('gw9');
 SELECT node FROM chat.nodes ORDER BY node;
 
+-- A heartbeat notices nodes silent beyond chat.node_timeout: their users
+-- get last_seen (sessions stay, so a slow node comes back whole).
+SELECT chat.connect('gw2', 3, 1);
+UPDATE chat.users SET last_seen = NULL WHERE id = 3;
+UPDATE chat.nodes SET heartbeat_at = now() - interval '1 hour' WHERE node = 'gw2';
+SELECT chat.node_heartbeat('gw9');
+SELECT node, gone_at IS NOT NULL AS gone FROM chat.nodes ORDER BY node;
+SELECT last_seen IS NOT NULL AS last_seen_set FROM chat.users WHERE id = 3;
+SELECT count(*) AS sessions_kept FROM chat.sessions WHERE node = 'gw2';
+SELECT chat.node_heartbeat('gw2');
+SELECT node, gone_at IS NOT NULL AS gone FROM chat.nodes ORDER BY node;
+SELECT user_id, online FROM chat.presence(1, ARRAY[3]);
+
 -- Bad input.
 SELECT pg_temp.try($$SELECT chat.node_reset('GW1')$$);
 SELECT pg_temp.try($$SELECT chat.node_heartbeat('')$$);

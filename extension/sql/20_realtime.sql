@@ -4,6 +4,11 @@
 -- A session counts as online while its node's heartbeat is younger than
 -- chat.node_timeout; chat.live_sessions is that rule, used everywhere.
 
+-- When a node was found silent beyond chat.node_timeout and its users were
+-- announced offline (NULL: alive, or not yet noticed).
+ALTER TABLE chat.nodes ADD COLUMN gone_at timestamptz;
+COMMENT ON COLUMN chat.nodes.gone_at IS 'when the node was found silent and its users announced offline';
+
 CREATE VIEW chat.live_sessions AS
 SELECT s.node, s.user_id, s.device_id, s.connected_at
   FROM chat.sessions s
@@ -64,11 +69,13 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     gone bigint;
+    was_gone timestamptz;
 BEGIN
     PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_reset.node;
     INSERT INTO chat.nodes AS n (node) VALUES (node_reset.node)
         ON CONFLICT ON CONSTRAINT nodes_pkey
-        DO UPDATE SET started_at = now(), heartbeat_at = now();
+        DO UPDATE SET started_at = now(), heartbeat_at = now(), gone_at = NULL;
     FOR gone IN
         WITH dropped AS (
             DELETE FROM chat.sessions s WHERE s.node = node_reset.node RETURNING s.user_id)
@@ -76,23 +83,61 @@ BEGIN
          WHERE NOT EXISTS (SELECT FROM chat.live_sessions l
                             WHERE l.user_id = d.user_id AND l.node <> node_reset.node)
     LOOP
+        -- users of a node already announced gone keep that last_seen
+        CONTINUE WHEN was_gone IS NOT NULL;
         UPDATE chat.users SET last_seen = now() WHERE id = gone;
         PERFORM chat.fanout_presence(gone, false);
     END LOOP;
 END
 $$;
 
--- Gateway heartbeat: keeps the node's sessions online.
+-- Gateway heartbeat: keeps the node's sessions online.  It also notices
+-- other nodes gone silent beyond chat.node_timeout: their users with no
+-- other live session get last_seen and a presence online:false event (the
+-- sessions stay, so a node that was only slow comes back whole); a node
+-- heard from again announces its users online.
 CREATE FUNCTION chat.node_heartbeat(node text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
 BEGIN
     PERFORM chat.check_node(node);
-    UPDATE chat.nodes n SET heartbeat_at = now() WHERE n.node = node_heartbeat.node;
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
     IF NOT FOUND THEN
         INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
     END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND n.heartbeat_at <= now() - current_setting('chat.node_timeout')::interval
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
 END
 $$;
 
@@ -201,7 +246,7 @@ COMMENT ON FUNCTION chat.check_node(text) IS 'raises 22023 unless the node name 
 COMMENT ON FUNCTION chat.presence_audience(bigint) IS 'users who receive presence events of a user';
 COMMENT ON FUNCTION chat.fanout_presence(bigint, boolean) IS 'internal: presence event of a user to its audience';
 COMMENT ON FUNCTION chat.node_reset(text) IS 'gateway start: registers the node and forgets its sessions';
-COMMENT ON FUNCTION chat.node_heartbeat(text) IS 'gateway heartbeat; silent nodes go offline after chat.node_timeout';
+COMMENT ON FUNCTION chat.node_heartbeat(text) IS 'gateway heartbeat; announces nodes silent beyond chat.node_timeout offline';
 COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'a device is online on a node; first device sends presence';
 COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'a device went offline; last device sets last_seen, sends presence';
 COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'online state and last_seen of users as the viewer may see them';

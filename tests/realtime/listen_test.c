@@ -396,6 +396,25 @@ test_presence(void)
 	run("SELECT chat.connect('gw3', 4, 1)");
 	collect(300);
 	check(count_events(NULL, "presence") == 0, "a repeated connect sends no presence");
+	/* a node gone silent: a heartbeat of another node announces its users */
+	run("SELECT chat.direct_conversation(1, 6)");
+	run("SELECT chat.connect('gw4', 6, 1)");
+	collect(400);
+	check(strcmp(header_of("chat_node_gw1", "\"user\": 6, \"online\": true"), "1") == 0,
+		  "user 6 online on gw4: presence to its peer 1 on gw1");
+	run("UPDATE chat.nodes SET heartbeat_at = now() - interval '1 hour' WHERE node = 'gw4'");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 6, \"online\": false") == 1,
+		  "gw4 silent: the next heartbeat of gw1 announces user 6 offline");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(300);
+	check(count_events(NULL, "\"user\": 6") == 0, "announced once only");
+	run("SELECT chat.node_heartbeat('gw4')");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 6, \"online\": true") == 1,
+		  "gw4 heard from again: user 6 online again");
+	run("SELECT chat.node_heartbeat('gw1'), chat.node_heartbeat('gw2'), chat.node_heartbeat('gw3')");
 	run("UPDATE chat.users SET presence_privacy = 'nobody' WHERE id = 4");
 	run("SELECT chat.disconnect('gw3', 4, 1)");
 	collect(400);
