@@ -161,9 +161,16 @@ test('a non-member gets an error frame 42501 with the request id', async () => {
 test('a request blocked in the database does not block the event loop', async () => {
   // Another session holds the conversation row for 2 s: alice's send waits
   // in the database while the gateway keeps answering everyone else.
-  const locker = psql(DB, `BEGIN; SELECT id FROM chat.conversations WHERE id = ${conv} FOR UPDATE; SELECT pg_sleep(2); COMMIT`);
-  await sleep(300);
-  const t0 = Date.now();
+  // The locker prints the time just before it commits.
+  const locker = psql(DB, `BEGIN; SELECT id FROM chat.conversations WHERE id = ${conv} FOR UPDATE; SELECT pg_sleep(2) /* gw02-locker */;
+                           SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'); COMMIT`)
+    .then((out) => out.trim().split('\n').at(-1));
+  let held = 0;
+  for (let i = 0; i < 50 && !held; i++) {
+    held = Number(await value(DB, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%gw02-locker%' AND state = 'active' AND pid <> pg_backend_pid()`));
+    if (!held) await sleep(50);
+  }
+  assert.ok(held, 'the locking session did not start');
   const pending = a.request({ type: 'send', conversation: conv, body: 'slow', client_msg_id: 'a-blocked' }, 10000);
   await sleep(100);
   const lat = [];
@@ -177,9 +184,10 @@ test('a request blocked in the database does not block the event loop', async ()
   const c = await connectAs(gw, carol.id, 1, { label: 'carol during the block' });
   c.close();
   const r = await pending;
+  const unlockedAt = await locker;
   assert.equal(r.type, 'ok', JSON.stringify(r));
-  assert.ok(Date.now() - t0 >= 1000, 'the send did wait for the lock');
-  await locker;
+  assert.ok(Date.parse(r.result.created_at) >= Date.parse(unlockedAt) - 1,
+    `the send was stored at ${r.result.created_at}, before the lock went at ${unlockedAt}: it did not wait`);
 });
 
 test('the database holds every message once, gapless', async () => {
