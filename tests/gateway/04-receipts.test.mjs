@@ -106,3 +106,51 @@ test('presence: online when the first device connects, offline with last_seen wh
   assert.equal(s.n, 0, 'dave\'s sessions are gone');
   a.close();
 });
+
+test('group membership through the gateway: member events, system messages, conversations list', async () => {
+  const alice = await makeUser(DB), bob = await makeUser(DB), carol = await makeUser(DB);
+  const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
+  const b = await connectAs(gw, bob.id, 1, { label: 'bob' });
+  const c = await connectAs(gw, carol.id, 1, { label: 'carol' });
+  const { conversation: conv } = await a.call({ type: 'create_group', title: 'club', members: [bob.id] });
+  assert.ok(Number.isInteger(conv), `create_group result conversation ${conv}`);
+
+  let sinceB = b.mark();
+  const sinceC = c.mark();
+  await a.call({ type: 'add_member', conversation: conv, user: carol.id });
+  const added = (f) => f.type === 'member' && f.conversation === conv && f.user === carol.id && f.action === 'added';
+  for (const [cl, since] of [[b, sinceB], [c, sinceC]]) {
+    const ev = await cl.waitFor(added, 3000, since);
+    assert.equal(ev.role, 'member', JSON.stringify(ev));
+  }
+  const sys = await b.waitFor((f) => f.type === 'message' && f.conversation === conv && f.kind === 'system', 3000, sinceB);
+  assert.equal(sys.sender, alice.id);
+
+  // carol is a member now: her message reaches both.
+  const r = await c.call({ type: 'send', conversation: conv, body: 'hi club', client_msg_id: 'club-1' });
+  for (const cl of [a, b]) assert.equal((await cl.waitFor((f) => f.type === 'message' && f.seq === r.seq && f.conversation === conv, 3000)).body, 'hi club');
+
+  // bob's chat list shows the group with carol's message unread.
+  const list = await b.call({ type: 'conversations' });
+  const row = list.conversations.find((x) => x.conversation === conv);
+  assert.ok(row, `club in ${JSON.stringify(list)}`);
+  assert.equal(row.kind, 'group');
+  assert.equal(row.title, 'club');
+  assert.equal(row.last_seq, r.seq);
+  assert.ok(row.unread >= 1, JSON.stringify(row));
+
+  // Removed: carol hears it, then may not send.
+  sinceB = b.mark();
+  const sinceC2 = c.mark();
+  await a.call({ type: 'remove_member', conversation: conv, user: carol.id });
+  const removed = (f) => f.type === 'member' && f.conversation === conv && f.user === carol.id && f.action === 'removed';
+  await c.waitFor(removed, 3000, sinceC2);
+  await b.waitFor(removed, 3000, sinceB);
+  const denied = await c.request({ type: 'send', conversation: conv, body: 'still here?', client_msg_id: 'club-2' });
+  assert.equal(denied.type, 'error');
+  assert.equal(denied.code, '42501', JSON.stringify(denied));
+  // bob (a plain member) may not add anyone.
+  const notAdmin = await b.request({ type: 'add_member', conversation: conv, user: carol.id });
+  assert.equal(notAdmin.code, '42501', JSON.stringify(notAdmin));
+  for (const cl of [a, b, c]) cl.close();
+});
