@@ -180,7 +180,8 @@ test('a request blocked in the database does not block the event loop', async ()
     assert.equal(await gw.healthz(), 200);
     lat.push(Date.now() - t);
   }
-  assert.ok(Math.max(...lat) < ms(500), `ping + /healthz took ${lat} ms while a request was blocked`);
+  // A blocked loop would show the rest of the 2 s lock (over 1.5 s) here.
+  assert.ok(Math.max(...lat) < 800, `ping + /healthz took ${lat} ms while a request was blocked`);
   const c = await connectAs(gw, carol.id, 1, { label: 'carol during the block' });
   c.close();
   const r = await pending;
