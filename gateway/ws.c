@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
 #include <jansson.h>
 #include "gateway.h"
 
@@ -688,6 +689,10 @@ ws_tick(lws_sorted_usec_list_t *sul)
 			ws_close(c, 4008, "authentication timeout");
 		}
 	}
+	/* Connection storms leave freed memory inside the heap (pending queries,
+	 * handshakes): give whole free pages back now and then. */
+	if (ticks % 10 == 9)
+		malloc_trim(0);
 	if (++ticks % (uint32_t)cfg.heartbeat == 0) {
 		for (c = authed_head; c; c = c->next) {
 			if (c->close_code)
