@@ -22,11 +22,16 @@ export BENCH_TMP=$top/bench/results/tmp-$stamp
 mkdir -p "$BENCH_TMP"
 chmod 755 "$BENCH_TMP"
 
+failures=0
 cleanup() {
   bench/gw-ctl.sh stop gateway >/dev/null 2>&1 || true
   bench/gw-ctl.sh stop peer >/dev/null 2>&1 || true
   cluster_stop
-  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$BENCH_TMP"
+  if [ -n "${BENCH_KEEP:-}" ] || [ "$failures" -gt 0 ]; then
+    echo "bench: logs kept in $BENCH_TMP" >&2
+  else
+    rm -rf "$BENCH_TMP"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -69,7 +74,11 @@ run() {
     --pg-pid "$(head -1 "$CHAT_TEST_PGDATA/postmaster.pid")" \
     --label "$kind" "${restart[@]}" --json "$@" >"$out" 2>"$BENCH_TMP/$name-$kind.err"
   local rc=$?
-  [ $rc -eq 0 ] || echo "bench: chat-load exited $rc for $name on $kind: $(tail -3 "$BENCH_TMP/$name-$kind.err")" >&2
+  if [ $rc -ne 0 ]; then
+    failures=$((failures + 1))
+    echo "bench: chat-load exited $rc for $name on $kind (1: loss or duplicates found; other: failure): $(tail -3 "$BENCH_TMP/$name-$kind.err")" >&2
+  fi
+  cp "$BENCH_TMP/$kind.log" "$BENCH_TMP/$name-$kind.log" 2>/dev/null
   # chat-load's gateway-pid view of the workers is gone after a restart
   bench/gw-ctl.sh stop "$kind"
   if [ -s "$out" ]; then
