@@ -111,7 +111,7 @@ struct conn {
 	uint16_t close_code;		/* nonzero: close at the next writeable */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint8_t missed_pongs;
-	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1;
+	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1;
 };
 
 struct msg *msg_new(const char *data, size_t len);

@@ -379,7 +379,7 @@ main_serve(void)
 	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	lws_set_log_level(LLL_ERR | LLL_WARN, log_lws);
+	lws_set_log_level(getenv("CHAT_LWS_LOG") ? atoi(getenv("CHAT_LWS_LOG")) : (LLL_ERR | LLL_WARN), log_lws);
 	memset(&info, 0, sizeof(info));
 	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8;
 	if (cfg.tls_cert)

@@ -607,6 +607,12 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		if (!c)
 			return 0;
 		if (c->close_code && (!c->ring || !c->ring->count)) {
+			/* Once: lws sends the close frame and waits for the peer's.
+			 * A second -1 would kill the socket with the peer's unread
+			 * frames still queued, an RST that loses what we sent. */
+			if (c->close_sent)
+				return 0;
+			c->close_sent = 1;
 			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
 			return -1;
 		}
