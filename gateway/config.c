@@ -111,7 +111,10 @@ config_set(struct flag *f, const char *value, int source, const char *where)
 	f->set_by = source;
 	if (f->type == F_STR) {
 		char **dst = (char **)(base + f->offset);
+		free(*dst);
 		*dst = value ? strdup(value) : NULL;
+		if (value && !*dst)
+			abort();
 		return;
 	}
 	char *end;
@@ -231,6 +234,8 @@ config_listen(void)
 	cfg.listen_port = (int)port;
 	if (colon > cfg.listen) {
 		cfg.listen_host = strndup(cfg.listen, (size_t)(colon - cfg.listen));
+		if (!cfg.listen_host)
+			abort();
 		if (cfg.listen_host[0] == '[') {	/* [::1]:8080 */
 			size_t l = strlen(cfg.listen_host);
 			memmove(cfg.listen_host, cfg.listen_host + 1, l);

@@ -425,7 +425,9 @@ main_spawn(int i, const char *base_node)
 	pid_t parent = getpid(), pid = fork();
 
 	if (pid == 0) {
-		char *node = malloc(strlen(base_node) + 8);
+		char *node = malloc(strlen(base_node) + 16);
+		if (!node)
+			abort();
 		sprintf(node, "%s_%d", base_node, i);
 		cfg.node = node;
 		cfg.worker_index = i;

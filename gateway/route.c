@@ -173,10 +173,9 @@ route_resync_users(const int64_t *users, uint32_t n_users)
 {
 	static struct msg *resync;
 
-	if (!resync) {
-		resync = msg_new("{\"type\":\"resync\"}", 17);
-		resync->refs = MSG_STATIC;
-	}
+	if (!resync && !(resync = msg_new("{\"type\":\"resync\"}", 17)))
+		abort();
+	resync->refs = MSG_STATIC;
 	for (uint32_t i = 0; i < n_users; i++)
 		for (struct conn *c = buckets[bucket_of(users[i], n_buckets)]; c; c = c->user_next)
 			if (c->user == users[i]) {

@@ -269,10 +269,9 @@ ws_registered(struct conn *c)
 	if (!c->wsi || c->close_code || !c->authed)
 		return;
 	if (c->hello_sent) {
-		if (!resync_msg) {
-			resync_msg = msg_new("{\"type\":\"resync\"}", 17);
-			resync_msg->refs = MSG_STATIC;
-		}
+		if (!resync_msg && !(resync_msg = msg_new("{\"type\":\"resync\"}", 17)))
+			abort();
+		resync_msg->refs = MSG_STATIC;
 		ws_send(c, resync_msg);
 		stats.resyncs++;
 		return;
@@ -533,7 +532,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		char buf[2048];
 		const char *token;
 
-		c = calloc(1, sizeof(*c));
+		c = pss ? calloc(1, sizeof(*c)) : NULL;
 		if (!c)
 			return -1;
 		*pss = c;
