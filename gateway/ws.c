@@ -681,7 +681,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 static void
 ws_tick(lws_sorted_usec_list_t *sul)
 {
-	uint32_t now = now_ms(), limit = (uint32_t)cfg.auth_timeout * 1000;
+	uint32_t now = now_ms(), limit = (uint32_t)cfg.auth_timeout * 1000, slice;
 	struct conn *c, *next;
 
 	(void)sul;
@@ -698,18 +698,19 @@ ws_tick(lws_sorted_usec_list_t *sul)
 	 * handshakes): give whole free pages back now and then. */
 	if (ticks % 10 == 9)
 		malloc_trim(0);
-	if (++ticks % (uint32_t)cfg.heartbeat == 0) {
-		for (c = authed_head; c; c = c->next) {
-			if (c->close_code)
-				continue;
-			if (c->missed_pongs >= 2) {
-				ws_close(c, 1001, "two heartbeat pings unanswered");
-				continue;
-			}
-			c->missed_pongs++;
-			c->ping_due = 1;
-			lws_callback_on_writable(c->wsi);
+	/* Each connection is pinged every --heartbeat seconds, in slices by
+	 * id, so that 19,000 pings are not all written in the same second. */
+	slice = ++ticks % (uint32_t)cfg.heartbeat;
+	for (c = authed_head; c; c = c->next) {
+		if (c->close_code || c->id % (uint32_t)cfg.heartbeat != slice)
+			continue;
+		if (c->missed_pongs >= 2) {
+			ws_close(c, 1001, "two heartbeat pings unanswered");
+			continue;
 		}
+		c->missed_pongs++;
+		c->ping_due = 1;
+		lws_callback_on_writable(c->wsi);
 	}
 	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
 }
