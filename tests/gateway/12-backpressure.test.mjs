@@ -46,6 +46,8 @@ test('a client that stops reading is closed with 4009 and recovers by sync', { t
   let lagged = 0;
   for (let i = 0; i < 50 && !(lagged = await closesWithCode(gw, 4009)); i++) await sleep(100);
   assert.ok(lagged >= 1, `no 4009 close after ${sent} messages of 60 KB to a stalled reader`);
+  const drops = parseMetrics((await gw.get('/metrics')).text).filter((m) => /drop/.test(m.name)).reduce((t, m) => t + m.value, 0);
+  assert.ok(drops >= 1, 'the events dropped for the lagging client are counted');
 
   // bob reads again: what was buffered, then the close 4009.
   b.ws._socket.resume();

@@ -81,6 +81,18 @@ test('configured by CHAT_* environment alone', async () => {
   await gw.stop();
 });
 
+test('a multi-host DSN whose first host is down connects to the next', async () => {
+  const dead = await freePort();
+  const multi = `host=127.0.0.1,${process.env.PGHOST} port=${dead},${process.env.PGPORT} dbname=${DB} user=${process.env.PGUSER} connect_timeout=2 target_session_attrs=read-write`;
+  const port = await freePort(), node = nodeName();
+  const gw = await startGateway({
+    db: DB, port, node, bare: true, label: 'multihost',
+    args: ['--listen', `127.0.0.1:${port}`, '--node', node, '--dsn', multi, '--token-secret-file', SECRET_FILE],
+  });
+  await chatOnce(gw, 'multihost');
+  await gw.stop();
+});
+
 test('a bad configuration stops start-up with a message naming the key', async () => {
   const r = await run(GATEWAY_BIN, ['--listen', '127.0.0.1:1', '--node', 'Bad-Node!', '--dsn', dsn(DB), '--token-secret-file', SECRET_FILE]);
   assert.notEqual(r.code, 0, 'started with an invalid node name');
