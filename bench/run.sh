@@ -103,15 +103,15 @@ if [ "$profile" = quick ]; then
   pair group 0     --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 10 --restart-at 3 "${ips[@]}"
 else
-  pair idle-19k 0  --scenario idle --clients 19000 --procs 2 --connect-rate 8000 --duration 20 "${ips[@]}"
+  pair idle-18k 0  --scenario idle --clients 18000 --procs 2 --connect-rate 8000 --duration 15 "${ips[@]}"
   run gateway 6 idle-100k --scenario idle --clients 100000 --procs 6 --connect-rate 10000 --duration 30 "${ips[@]}"
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 30
   pair direct-4k 0 --scenario direct --clients 1000 --rate 4000 --duration 20
   for w in 1 4 16; do
     pair group-w$w 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window $w --duration 15
   done
-  run gateway 2 storm-20k --scenario storm --clients 20000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
-  run peer 1 storm-19k --scenario storm --clients 19000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
+  run gateway 2 storm --scenario storm --clients 20000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
+  run peer 1 storm --scenario storm --clients 18000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
 fi
 
 [ ${#runs[@]} -gt 0 ] || { echo "bench: no run produced figures" >&2; exit 1; }
