@@ -417,6 +417,9 @@ main_serve(void)
 
 /* --workers: the parent only forks, restarts and forwards signals. */
 static pid_t *children;
+static time_t *started;		/* when each worker was (re)started */
+static unsigned *restart_delay;	/* seconds; doubles while a worker keeps dying young */
+static time_t *restart_at;	/* 0: running (or stopped for good) */
 
 /* Forks worker i (node <node>_<i>); the child never returns. */
 static pid_t
@@ -465,6 +468,11 @@ main_supervise(void)
 	int alive = 0, terminating = 0;
 
 	children = calloc((size_t)cfg.workers, sizeof(*children));
+	started = calloc((size_t)cfg.workers, sizeof(*started));
+	restart_delay = calloc((size_t)cfg.workers, sizeof(*restart_delay));
+	restart_at = calloc((size_t)cfg.workers, sizeof(*restart_at));
+	if (!children || !started || !restart_delay || !restart_at)
+		abort();
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigaction(SIGTERM, &sa, NULL);
@@ -472,17 +480,22 @@ main_supervise(void)
 	sigaction(SIGHUP, &sa, NULL);
 	sa.sa_handler = on_child;
 	sigaction(SIGCHLD, &sa, NULL);
+	sigaction(SIGALRM, &sa, NULL);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
 	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGALRM);
 	/* Blocked except inside sigsuspend: no signal slips between check and wait. */
 	sigprocmask(SIG_BLOCK, &mask, &old);
 
-	for (int i = 0; i < cfg.workers; i++)
+	for (int i = 0; i < cfg.workers; i++) {
+		started[i] = time(NULL);
+		restart_delay[i] = 1;
 		if ((children[i] = main_spawn(i, base)) > 0)
 			alive++;
+	}
 	for (;;) {
 		int status;
 		pid_t pid;
@@ -512,14 +525,35 @@ main_supervise(void)
 				log_msg(LOG_WARN, 0, "worker %d (pid %d) died (%s %d): restarting",
 					i, (int)pid, WIFSIGNALED(status) ? "signal" : "status",
 					WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-				sleep(1);	/* no tight restart loop */
-				if ((children[i] = main_spawn(i, base)) > 0)
-					alive++;
+				/* No tight restart loop: a worker that dies within 10 s
+				 * of its start waits twice as long next time (to 60 s). */
+				int young = time(NULL) - started[i] < 10;
+				if (!young)
+					restart_delay[i] = 1;
+				restart_at[i] = time(NULL) + restart_delay[i];
+				if (young)
+					restart_delay[i] = restart_delay[i] * 2 > 60 ? 60 : restart_delay[i] * 2;
 				break;
 			}
 		}
 		if (terminating && alive <= 0)
 			break;
+		/* Restarts are due on a timer (SIGALRM), never in a sleep that
+		 * would hold up SIGTERM. */
+		time_t now = time(NULL), next = 0;
+		for (int i = 0; i < cfg.workers; i++) {
+			if (!restart_at[i] || terminating)
+				continue;
+			if (now >= restart_at[i]) {
+				restart_at[i] = 0;
+				started[i] = now;
+				if ((children[i] = main_spawn(i, base)) > 0)
+					alive++;
+			} else if (!next || restart_at[i] < next) {
+				next = restart_at[i];
+			}
+		}
+		alarm(next ? (unsigned)(next - now) : 0);
 		sigsuspend(&old);
 	}
 	log_msg(LOG_INFO, 0, "all workers stopped");
