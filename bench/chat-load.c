@@ -69,6 +69,7 @@ static struct options {
 	const char *dsn, *url, *secret_file, *restart_cmd, *source_ips_arg;
 	int clients, procs, connect_rate, group_size, duration, window;
 	int			json, sync_on_connect, ack_interval_ms, drain_max, verbose, max_inflight;
+	int			devices;		/* connections (devices) per user */
 	double rate;
 	enum scenario scenario;
 	long		gateway_pid, pg_pid;
@@ -404,9 +405,11 @@ setup_database(void)
 	PGresult   *res;
 	char		a[32], b[32], c[32];
 	const char *p[4];
-	int			n = opt.clients, chunk = 5000;
+	int			n = opt.clients, chunk = 5000, dev = opt.devices;
+	int			nusers = (opt.clients + dev - 1) / dev;
 	int64_t		t0 = mono_us();
 	int			db_tokens = 0;
+	int64_t    *uconv;
 
 	if (PQstatus(conn) != CONNECTION_OK)
 		die("cannot connect to %s: %s", opt.dsn, PQerrorMessage(conn));
@@ -417,35 +420,41 @@ setup_database(void)
 	device_ids = calloc((size_t) n, sizeof(int32_t));
 	conv_ids = calloc((size_t) n, sizeof(int64_t));
 	tokens = calloc((size_t) n, sizeof(char *));
+	uconv = calloc((size_t) nusers, sizeof(int64_t));
 
-	for (int lo = 0; lo < n; lo += chunk)
+	/* Users: client k is device (k % D) + 1 of user index k / D. */
+	for (int lo = 0; lo < nusers; lo += chunk)
 	{
-		int			hi = lo + chunk < n ? lo + chunk : n;
+		int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
 		snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
 		snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+		snprintf(c, sizeof(c), "%d", dev);
 		p[0] = a;
 		p[1] = b;
+		p[2] = c;
 		res = exec_ok(conn,
-					  "SELECT g, chat.register_device(g, 'bench') FROM"
-					  " (SELECT g, chat.upsert_user(g, 'bench_' || g) FROM generate_series($1::bigint, $2::bigint) g) s"
-					  " ORDER BY g", 2, p);
+					  "SELECT g, d, chat.register_device(g, 'bench') FROM"
+					  " (SELECT g, chat.upsert_user(g, 'bench_' || g) FROM generate_series($1::bigint, $2::bigint) g"
+					  "  OFFSET 0) s, generate_series(1, $3::int) d ORDER BY g, d", 3, p);
 		for (int i = 0; i < PQntuples(res); i++)
 		{
 			int64_t		uid = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-			int			k = (int) (uid - opt.user_base);
+			int			k = (int) (uid - opt.user_base) * dev + atoi(PQgetvalue(res, i, 1)) - 1;
 
+			if (k >= n)
+				continue;
 			user_ids[k] = uid;
-			device_ids[k] = atoi(PQgetvalue(res, i, 1));
+			device_ids[k] = atoi(PQgetvalue(res, i, 2));
 		}
 		PQclear(res);
 	}
 
 	if (opt.scenario == SC_DIRECT || opt.scenario == SC_STORM)
 	{
-		for (int lo = 0; lo + 1 < n; lo += chunk)
+		for (int lo = 0; lo + 1 < nusers; lo += chunk)
 		{
-			int			hi = lo + chunk < n ? lo + chunk : n;
+			int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
 			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
 			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
@@ -458,16 +467,16 @@ setup_database(void)
 			{
 				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base);
 
-				conv_ids[k] = conv_ids[k + 1] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+				uconv[k] = uconv[k + 1] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
 			}
 			PQclear(res);
 		}
 	}
 	else if (opt.scenario == SC_GROUP)
 	{
-		for (int lo = 0; lo < n; lo += opt.group_size)
+		for (int lo = 0; lo < nusers; lo += opt.group_size)
 		{
-			int			hi = lo + opt.group_size < n ? lo + opt.group_size : n;
+			int			hi = lo + opt.group_size < nusers ? lo + opt.group_size : nusers;
 			int64_t		cid;
 
 			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
@@ -481,10 +490,13 @@ setup_database(void)
 						  " ARRAY(SELECT generate_series($1::bigint + 1, $2::bigint)))", 3, p);
 			cid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 			PQclear(res);
-			for (int k = lo; k < hi; k++)
-				conv_ids[k] = cid;
+			for (int u = lo; u < hi; u++)
+				uconv[u] = cid;
 		}
 	}
+	for (int k = 0; k < n; k++)
+		conv_ids[k] = uconv[k / dev];
+	free(uconv);
 
 	/* Tokens: sign locally when our signing matches the database's. */
 	if (opt.secret_file)
@@ -515,23 +527,24 @@ setup_database(void)
 
 	if (db_tokens)
 	{
-		for (int lo = 0; lo < n; lo += chunk)
+		for (int lo = 0; lo < nusers; lo += chunk)
 		{
-			int			hi = lo + chunk < n ? lo + chunk : n;
+			int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
 			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
 			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
 			p[0] = a;
 			p[1] = b;
 			res = exec_ok(conn,
-						  "SELECT d.user_id, chat.issue_token(d.user_id, d.device_id, '4 hours')"
+						  "SELECT d.user_id, chat.issue_token(d.user_id, d.device_id, '4 hours'), d.device_id"
 						  " FROM chat.devices d WHERE d.user_id BETWEEN $1::bigint AND $2::bigint"
-						  " AND d.platform = 'bench' ORDER BY d.user_id, d.device_id DESC", 2, p);
+						  " AND d.platform = 'bench' ORDER BY d.user_id, d.device_id", 2, p);
 			for (int i = 0; i < PQntuples(res); i++)
 			{
-				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base);
+				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base) * dev +
+					atoi(PQgetvalue(res, i, 2)) - 1;
 
-				if (!tokens[k])
+				if (k >= 0 && k < n && !tokens[k])
 					tokens[k] = strdup(PQgetvalue(res, i, 1));
 			}
 			PQclear(res);
@@ -554,6 +567,30 @@ setup_database(void)
 }
 
 /* ---------- the client side (runs in each child) ---------- */
+
+static int	total_senders;		/* over all processes, for the rate share */
+
+/*
+ * Direct and storm: every device of every paired user sends.  Group: the
+ * first device of the first user of each group (of at least two users).
+ */
+static int
+is_sender(int k)
+{
+	int			u = k / opt.devices;
+	int			nusers = (opt.clients + opt.devices - 1) / opt.devices;
+
+	switch (opt.scenario)
+	{
+		case SC_DIRECT:
+		case SC_STORM:
+			return conv_ids[k] != 0;
+		case SC_GROUP:
+			return k % opt.devices == 0 && u % opt.group_size == 0 && u + 1 < nusers;
+		default:
+			return 0;
+	}
+}
 
 struct txbuf {
 	struct txbuf *next;
@@ -664,7 +701,8 @@ client_store(struct client *c, int64_t seq)
 
 /* A bench message arrived (live or by sync): dedupe by seq, record latency. */
 static void
-client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, const char *body, int live)
+client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, int64_t sender_device,
+				   const char *body, int live)
 {
 	int64_t		now = real_ns();
 	int			fresh;
@@ -675,7 +713,7 @@ client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, 
 		return;
 	}
 	fresh = client_store(c, seq);
-	if (sender == user_ids[c->idx])
+	if (sender == user_ids[c->idx] && sender_device == device_ids[c->idx])
 		return;					/* our own message, e.g. from sync */
 	if (!body || body[0] != 't')
 		return;					/* a system message */
@@ -864,6 +902,7 @@ client_response(struct client *c, const char *frame, size_t len)
 								   json_integer_value(json_object_get(m, "conversation")),
 								   json_integer_value(json_object_get(m, "seq")),
 								   json_integer_value(json_object_get(m, "sender")),
+								   json_integer_value(json_object_get(m, "sender_device")),
 								   json_string_value(json_object_get(m, "body")), 0);
 			}
 			if (json_is_true(json_object_get(result, "more")))
@@ -914,7 +953,7 @@ client_frame(struct client *c, const char *frame, size_t len)
 					p = NULL;
 			}
 			client_got_message(c, json_int_after(s, "\"conversation\":"), json_int_after(s, "\"seq\":"),
-							   json_int_after(s, "\"sender\":"), p, 1);
+							   json_int_after(s, "\"sender\":"), json_int_after(s, "\"sender_device\":"), p, 1);
 			return;
 		}
 		if (memmem(frame, len, "\"type\":\"hello\"", 14) || memmem(frame, len, "\"type\": \"hello\"", 15))
@@ -1196,8 +1235,7 @@ tick(lws_sorted_usec_list_t *sul)
 	/* Open loop: this process's share of --rate, round robin over senders. */
 	if (ph == PH_RUN && opt.rate > 0 && nsenders)
 	{
-		double		per_proc = opt.rate * nsenders / (double) (opt.scenario == SC_GROUP ?
-																(opt.clients + opt.group_size - 1) / opt.group_size : opt.clients);
+		double		per_proc = opt.rate * nsenders / (double) total_senders;
 		int64_t		due = (int64_t) ((double) (now - run_start_us) / 1e6 * per_proc);
 		int			guard = 0;
 
@@ -1275,18 +1313,7 @@ child_main(int proc, int lo, int hi)
 		int			g = lo + i;
 
 		c->idx = g;
-		switch (opt.scenario)
-		{
-			case SC_DIRECT:
-			case SC_STORM:
-				c->sender = conv_ids[g] != 0;
-				break;
-			case SC_GROUP:
-				c->sender = g % opt.group_size == 0 && g + 1 < opt.clients;
-				break;
-			default:
-				c->sender = 0;
-		}
+		c->sender = is_sender(g);
 		if (c->sender)
 			sender_list[nsenders++] = i;
 	}
@@ -1443,7 +1470,7 @@ usage(void)
 			"  [--rate MSGS_PER_S (0: closed loop)] [--window W] [--group-size G] [--duration S]\n"
 			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
 			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S] [--pg-pid POSTMASTER]\n"
-			"  [--user-base ID] [--label NAME] [--json] [-v]\n");
+			"  [--devices-per-user D] [--user-base ID] [--label NAME] [--json] [-v]\n");
 	exit(2);
 }
 
@@ -1505,37 +1532,46 @@ check_database(int64_t *expected_total, int64_t *stored_total, int64_t *db_dups,
 	p[1] = b;
 	/* Bench messages per (conversation, sender); the body marks them. */
 	res = exec_ok(conn,
-				  "SELECT conversation_id, sender_id, count(*), count(DISTINCT client_msg_id)"
+				  "SELECT conversation_id, sender_id, count(*), count(DISTINCT client_msg_id), sender_device"
 				  " FROM chat.messages WHERE conversation_id BETWEEN $1::bigint AND $2::bigint"
-				  " AND kind = 'text' AND body LIKE 't% bench' GROUP BY 1, 2 ORDER BY 1, 2", 2, p);
+				  " AND kind = 'text' AND body LIKE 't% bench' GROUP BY 1, 2, 5 ORDER BY 1, 2, 5", 2, p);
 	{
 		/* per conversation: total bench messages; per sender: own count */
 		int			rows = PQntuples(res);
 		int64_t    *rc = malloc(sizeof(int64_t) * (size_t) (rows + 1));
 		int64_t    *rs = malloc(sizeof(int64_t) * (size_t) (rows + 1));
 		int64_t    *rn = malloc(sizeof(int64_t) * (size_t) (rows + 1));
+		int64_t    *rd = malloc(sizeof(int64_t) * (size_t) (rows + 1));
 
 		for (int i = 0; i < rows; i++)
 		{
 			rc[i] = strtoll(PQgetvalue(res, i, 0), NULL, 10);
 			rs[i] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
 			rn[i] = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+			rd[i] = strtoll(PQgetvalue(res, i, 4), NULL, 10);
 			*stored_total += rn[i];
 			*db_dups += rn[i] - strtoll(PQgetvalue(res, i, 3), NULL, 10);
 		}
 		for (int k = 0; k < opt.clients; k++)
 		{
 			int64_t		want = 0;
+			int			lo = 0, hi = rows;
 
 			if (!conv_ids[k])
 				continue;
-			for (int i = 0; i < rows; i++)	/* rows are few per conversation */
+			/* rows are sorted by conversation: binary search its first row */
+			while (lo < hi)
 			{
-				if (rc[i] != conv_ids[k])
-					continue;
-				if (rs[i] != user_ids[k])
-					want += rn[i];
+				int			mid = (lo + hi) / 2;
+
+				if (rc[mid] < conv_ids[k])
+					lo = mid + 1;
+				else
+					hi = mid;
 			}
+			for (int i = lo; i < rows && rc[i] == conv_ids[k]; i++)
+				if (rs[i] != user_ids[k] || rd[i] != device_ids[k])
+					want += rn[i];
 			*expected_total += want;
 			if (results[k].got < want)
 				*lost += want - results[k].got;
@@ -1544,6 +1580,7 @@ check_database(int64_t *expected_total, int64_t *stored_total, int64_t *db_dups,
 		free(rc);
 		free(rs);
 		free(rn);
+		free(rd);
 	}
 	PQclear(res);
 	PQfinish(conn);
@@ -1559,7 +1596,8 @@ main(int argc, char **argv)
 		{"duration", 1, 0, 't'}, {"token-secret-file", 1, 0, 'k'}, {"gateway-pid", 1, 0, 'p'},
 		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
 		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
-		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"pg-pid", 1, 0, 'G'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"pg-pid", 1, 0, 'G'},
+		{"devices-per-user", 1, 0, 'E'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
 		{0, 0, 0, 0}
 	};
 	int			ch, n;
@@ -1583,6 +1621,7 @@ main(int argc, char **argv)
 	opt.ack_interval_ms = -1;
 	opt.drain_max = 30;
 	opt.max_inflight = 1000;
+	opt.devices = 1;
 	opt.restart_at = -1;
 	opt.scenario = SC_DIRECT;
 	snprintf(opt.label, sizeof(opt.label), "gateway");
@@ -1620,6 +1659,7 @@ main(int argc, char **argv)
 			case 'D': opt.drain_max = atoi(optarg); break;
 			case 'I': opt.max_inflight = atoi(optarg); break;
 			case 'G': opt.pg_pid = atol(optarg); break;
+			case 'E': opt.devices = atoi(optarg); break;
 			case 'v': opt.verbose++; break;
 			default: usage();
 		}
@@ -1634,6 +1674,8 @@ main(int argc, char **argv)
 		die("--duration must be 1..%d s", LOAD_MAX_DURATION);
 	if (opt.group_size < 2)
 		die("--group-size must be at least 2");
+	if (opt.devices < 1 || opt.devices > 16)
+		die("--devices-per-user must be 1..16");
 	if (opt.connect_rate < 1)
 		die("--connect-rate must be positive");
 	if (!opt.procs)
@@ -1655,6 +1697,8 @@ main(int argc, char **argv)
 		opt.user_base = ((int64_t) time(NULL) % 1000000) * 1000000 + (int64_t) (getpid() % 100) * 10000000000LL;
 
 	setup_database();
+	for (int k = 0; k < opt.clients; k++)
+		total_senders += is_sender(k);
 
 	shm = mmap(NULL, sizeof(struct shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	results = mmap(NULL, sizeof(struct client_result) * (size_t) opt.clients, PROT_READ | PROT_WRITE,

@@ -100,15 +100,16 @@ ips=(--source-ips 127.0.0.1-127.0.0.16)
 if [ "$profile" = quick ]; then
   pair idle 0      --scenario idle --clients 5000 --connect-rate 5000 --duration 5 "${ips[@]}"
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 10
-  pair group 0     --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 10
+  pair group 0     --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 8 --restart-at 2 "${ips[@]}"
 else
   pair idle-18k 0  --scenario idle --clients 18000 --procs 2 --connect-rate 8000 --duration 15 "${ips[@]}"
   run gateway 6 idle-100k --scenario idle --clients 100000 --procs 6 --connect-rate 10000 --duration 30 "${ips[@]}"
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 30
   pair direct-500 0 --scenario direct --clients 1000 --rate 500 --duration 20
+  pair group-256 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 15
   for w in 1 4 16; do
-    pair group-w$w 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window $w --duration 15
+    pair group-64x4-w$w 0 --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window $w --duration 15
   done
   run gateway 2 storm --scenario storm --clients 20000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
   run peer 1 storm --scenario storm --clients 18000 --procs 2 --connect-rate 8000 --rate 500 --duration 30 --restart-at 10 "${ips[@]}"
