@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, freePort, nodeName, dsn, SECRET_FILE, GATEWAY_BIN, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, freePort, nodeName, dsn, SECRET_FILE, GATEWAY_BIN, sleep } from './lib.mjs';
 
 const DB = 'gw_13_ops';
 let alice, bob, conv, dir;
