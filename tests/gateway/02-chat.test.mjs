@@ -158,6 +158,22 @@ test('a non-member gets an error frame 42501 with the request id', async () => {
   c.close();
 });
 
+test('identity comes from the token only: fields naming another user are ignored', async () => {
+  const since = b.mark();
+  const r = await a.call({ type: 'send', conversation: conv, body: 'who am i', client_msg_id: 'a-spoof',
+    sender: bob.id, sender_device: 9, user: bob.id, user_id: bob.id, device: 9, node: 'evil' });
+  const ev = await b.waitFor((f) => f.type === 'message' && f.seq === r.seq, 3000, since);
+  assert.equal(ev.sender, alice.id);
+  assert.equal(ev.sender_device, 1);
+  const [row] = await rows(DB, `SELECT sender_id::int, sender_device FROM chat.messages WHERE conversation_id = ${conv} AND seq = ${r.seq}`);
+  assert.deepEqual(row, { sender_id: alice.id, sender_device: 1 });
+  // An ack "for bob" moves alice's own cursor, not bob's.
+  const [before] = await rows(DB, `SELECT acked_seq::int FROM chat.device_cursors WHERE user_id = ${bob.id} AND device_id = 1 AND conversation_id = ${conv}`);
+  await a.call({ type: 'ack', conversation: conv, seq: r.seq, user: bob.id, device: 1 });
+  const [afterAck] = await rows(DB, `SELECT acked_seq::int FROM chat.device_cursors WHERE user_id = ${bob.id} AND device_id = 1 AND conversation_id = ${conv}`);
+  assert.deepEqual(afterAck, before, 'bob\'s cursor moved by alice\'s ack');
+});
+
 test('a request blocked in the database does not block the event loop', async () => {
   // Another session holds the conversation row for 2 s: alice's send waits
   // in the database while the gateway keeps answering everyone else.
