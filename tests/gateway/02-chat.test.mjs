@@ -158,6 +158,22 @@ test('a non-member gets an error frame 42501 with the request id', async () => {
   c.close();
 });
 
+test('100 pipelined sends from one connection are executed in arrival order (pool of 4)', async () => {
+  const gw2 = await startGateway({ db: DB, args: ['--pool', '4', '--rate', '1000'], label: 'order' });
+  const x = await connectAs(gw2, alice.id, 1, { label: 'alice pipelined' });
+  const y = await connectAs(gw2, bob.id, 1, { label: 'bob pipelined' });
+  const since = y.mark();
+  const results = await Promise.all(Array.from({ length: 100 }, (_, i) =>
+    x.call({ type: 'send', conversation: conv, body: `p${i}`, client_msg_id: `a-pipe-${i}` }, 10000)));
+  const seqs = results.map((r) => r.seq);
+  for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `send ${i} got seq ${seqs[i]} after ${seqs[i - 1]}`);
+  await y.waitFor((f) => f.type === 'message' && f.seq === seqs.at(-1), 5000, since);
+  const got = y.frames.slice(since).filter((f) => f.type === 'message' && f.conversation === conv);
+  assert.deepEqual(got.map((m) => m.body), results.map((_, i) => `p${i}`), 'bob got them once each, in order');
+  x.close(); y.close();
+  await gw2.stop();
+});
+
 test('identity comes from the token only: fields naming another user are ignored', async () => {
   const since = b.mark();
   const r = await a.call({ type: 'send', conversation: conv, body: 'who am i', client_msg_id: 'a-spoof',
