@@ -3,7 +3,7 @@
 // binary frames (1003), and a request flood beyond --rate (53400, then 1008).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, Client, token, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, Client, token, rows, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_06_limits';
 let gw, alice, bob, conv;
@@ -30,6 +30,20 @@ test('a frame over 64 KiB closes with 1009; one just under is assembled and serv
   assert.equal((await d.waitClose(5000)).code, 1009);
 });
 
+test('a message in WebSocket fragments is assembled; fragments over 64 KiB in total close with 1009', async () => {
+  const c = await connect('fragments');
+  const text = JSON.stringify({ id: 'frag', type: 'send', conversation: conv, body: 'f'.repeat(30000), client_msg_id: 'frag-1' });
+  const parts = [text.slice(0, 10), text.slice(10, 20000), text.slice(20000)];
+  parts.forEach((p, i) => c.ws.send(p, { fin: i === parts.length - 1 }));
+  const r = await c.waitFor((f) => f.id === 'frag', 5000);
+  assert.equal(r.type, 'ok', JSON.stringify(r));
+  const [row] = await rows(DB, `SELECT length(body) AS n FROM chat.messages WHERE conversation_id = ${conv} AND client_msg_id = 'frag-1'`);
+  assert.equal(row.n, 30000);
+  // 8 fragments of 10 KB: no single frame is big, the message is.
+  for (let i = 0; i < 8; i++) c.ws.send('x'.repeat(10000), { fin: i === 7 });
+  assert.equal((await c.waitClose(5000)).code, 1009);
+});
+
 test('--max-frame lowers the cap', async () => {
   const gw2 = await startGateway({ db: DB, args: ['--max-frame', '1024'], label: 'maxframe' });
   const c = await connectAs(gw2, alice.id, 1, { label: 'capped' });
@@ -47,6 +61,17 @@ test('invalid UTF-8 closes with 1007', async () => {
   const info = await c.waitClose(5000);
   assert.equal(info.code, 1007);
   assert.ok(!c.frames.some((f) => f.type === 'pong'), 'answered an invalid frame');
+});
+
+test('a UTF-8 character split across two fragments is valid', async () => {
+  const c = await connect('split-utf8');
+  const bytes = Buffer.from('{"id":"u8","type":"ping","x":"é"}');
+  const cut = bytes.indexOf(0xc3) + 1;   // between the two bytes of é
+  c.ws.send(bytes.subarray(0, cut), { binary: false, fin: false });
+  c.ws.send(bytes.subarray(cut), { binary: false, fin: true });
+  assert.equal((await c.waitFor((f) => f.id === 'u8', 3000)).type, 'pong');
+  assert.ok(c.open);
+  c.close();
 });
 
 test('non-JSON and type-less frames get error 22P02 and the connection stays', async () => {
