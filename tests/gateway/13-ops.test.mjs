@@ -136,6 +136,18 @@ test('SIGHUP reopens --log-file', async () => {
   assert.ok(fs.statSync(log).size > 0, 'lines after SIGHUP go to the new file');
 });
 
+test('--log-format json writes one JSON object per line, with connection ids', async () => {
+  const gw = await startGateway({ db: DB, args: ['--log-format', 'json', '--log-level', 'debug'], label: 'jsonlog' });
+  await chatOnce(gw, 'jsonlog');
+  const exit = await gw.stop();
+  assert.equal(exit.code, 0);
+  const lines = fs.readFileSync(gw.log, 'utf8').split('\n').filter((l) => l && !l.startsWith('=== '));
+  assert.ok(lines.length >= 3, `only ${lines.length} log lines`);
+  const objs = lines.map((l) => { try { return JSON.parse(l); } catch { assert.fail(`not JSON: ${l}`); } });
+  for (const o of objs) assert.equal(typeof o, 'object');
+  assert.ok(objs.some((o) => Object.keys(o).some((k) => /conn/.test(k))), `no connection id in ${lines.slice(0, 20).join('\n')}`);
+});
+
 test('--help documents every flag', async () => {
   const r = await run(GATEWAY_BIN, ['--help']);
   assert.equal(r.code, 0);
