@@ -84,3 +84,25 @@ test('a group message reaches every member device once', async () => {
   await sender.expectNone((f) => f.type === 'message' && f.conversation === conv, 200);
   for (const c of devices) c.close();
 });
+
+test('a large group message (notified by reference) reaches every device in full', async () => {
+  const conv = await group(DB, bob.id, [alice.id, carol.id], 'big');
+  const devices = [
+    await connectAs(gw, alice.id, 1, { label: 'alice/1' }),
+    await connectAs(gw, alice.id, 2, { label: 'alice/2' }),
+    await connectAs(gw, bob.id, 2, { label: 'bob/2' }),
+    await connectAs(gw, carol.id, 1, { label: 'carol/1' }),
+  ];
+  const sender = await connectAs(gw, bob.id, 1, { label: 'bob/1' });
+  const body = 'ß'.repeat(10000) + '\n' + 'z'.repeat(9000);   // about 29 KB of UTF-8
+  const r = await sender.call({ type: 'send', conversation: conv, body, client_msg_id: 'big-group' });
+  for (const c of devices) {
+    const ev = await c.waitFor((f) => f.type === 'message' && f.conversation === conv && f.seq === r.seq, 5000);
+    assert.ok(ev.body === body, `${c.label}: body of ${ev.body?.length} chars`);
+    assert.ok(!('ref' in ev), `${c.label}: unresolved ref`);
+    assert.equal(ev.sender, bob.id);
+    assert.equal(ev.sender_device, 1);
+  }
+  await sender.expectNone((f) => f.type === 'message' && f.seq === r.seq && f.conversation === conv, 200);
+  for (const c of [...devices, sender]) c.close();
+});
