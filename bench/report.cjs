@@ -132,7 +132,7 @@ const goals = [];
 }
 for (const [what, got, ok] of goals) {
   const mark = ok === true ? 'MET' : ok === false ? 'MISSED' : String(ok);
-  say(`${mark.padEnd(16)}${what}: ${got}`);
+  say(`${mark.padEnd(18)}${what}: ${got}`);
 }
 
 // ---- results file ----
