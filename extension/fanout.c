@@ -153,6 +153,29 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 }
 
 /*
+ * Adds user to the route of node in *routes (rows come ordered by node, then
+ * user; *cur is the route of the previous row).  Allocates in cxt; room for
+ * remaining users is reserved when a node's route starts.
+ */
+static void
+RouteAdd(List **routes, NodeRoute **cur, const char *node, int64 user,
+		 uint64 remaining, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	if (*cur == NULL || strcmp((*cur)->node, node) != 0)
+	{
+		*cur = palloc0(sizeof(NodeRoute));
+		(*cur)->node = pstrdup(node);
+		(*cur)->users = palloc(sizeof(int64) * remaining);
+		*routes = lappend(*routes, *cur);
+	}
+	if ((*cur)->nusers == 0 || (*cur)->users[(*cur)->nusers - 1] != user)
+		(*cur)->users[(*cur)->nusers++] = user;
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * Groups the (node, user_id) rows of the last SPI result, ordered by node
  * and user, into NodeRoutes allocated in cxt, leaving out exclude_user and
  * the repeats of a user with several sessions on a node.
@@ -171,21 +194,9 @@ RoutesFromResult(int64 exclude_user, MemoryContext cxt)
 		bool		isnull;
 		char	   *node = SPI_getvalue(tup, desc, 1);
 		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		MemoryContext old;
 
-		if (user == exclude_user)
-			continue;
-		old = MemoryContextSwitchTo(cxt);
-		if (cur == NULL || strcmp(cur->node, node) != 0)
-		{
-			cur = palloc0(sizeof(NodeRoute));
-			cur->node = pstrdup(node);
-			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
-			routes = lappend(routes, cur);
-		}
-		if (cur->nusers == 0 || cur->users[cur->nusers - 1] != user)
-			cur->users[cur->nusers++] = user;
-		MemoryContextSwitchTo(old);
+		if (user != exclude_user)
+			RouteAdd(&routes, &cur, node, user, SPI_processed - i, cxt);
 	}
 	return routes;
 }
@@ -412,7 +423,6 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 		char	   *node = SPI_getvalue(tup, desc, 1);
 		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		bool		push = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-		MemoryContext old;
 
 		if (node == NULL)
 		{
@@ -420,17 +430,7 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 				push_ids[npush++] = Int64GetDatum(user);
 			continue;
 		}
-		old = MemoryContextSwitchTo(cxt);
-		if (cur == NULL || strcmp(cur->node, node) != 0)
-		{
-			cur = palloc0(sizeof(NodeRoute));
-			cur->node = pstrdup(node);
-			cur->users = palloc(sizeof(int64) * (SPI_processed - i));
-			result = lappend(result, cur);
-		}
-		if (cur->nusers == 0 || cur->users[cur->nusers - 1] != user)
-			cur->users[cur->nusers++] = user;
-		MemoryContextSwitchTo(old);
+		RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
 	}
 	if (npush > 0)
 	{
