@@ -105,13 +105,15 @@ struct conn {
 	int32_t device;
 	uint32_t rx_len;
 	uint32_t born_ms;		/* accept time, for the auth timeout */
+	uint32_t close_ms;		/* ws_close time, for the stalled-close backstop */
 	uint32_t rate_ms;		/* last token-bucket refill */
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
 	uint16_t close_code;		/* nonzero: close at the next writeable */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint8_t missed_pongs;
-	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1;
+	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1,
+		 on_closing:1;
 };
 
 struct msg *msg_new(const char *data, size_t len);

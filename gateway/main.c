@@ -24,8 +24,7 @@ int draining;
 
 static volatile sig_atomic_t got_term, got_hup;
 static int stop, exit_status, log_fd = 2;
-static uint64_t drain_started;
-static lws_sorted_usec_list_t sul_signals;
+static lws_sorted_usec_list_t sul_signals, sul_drain;
 static struct lws_http_mount mounts[3];
 
 static int main_accept(struct lws *wsi, enum lws_callback_reasons reason,
@@ -165,6 +164,16 @@ on_signal(int sig)
 		lws_cancel_service(context);
 }
 
+/* SIGTERM's drain deadline: stop with whatever is still open. */
+static void
+main_drain_deadline(lws_sorted_usec_list_t *sul)
+{
+	(void)sul;
+	log_msg(LOG_WARN, 0, "drain timeout: %u connections left", ws_conns_total);
+	lws_sul_cancel(&sul_signals);
+	main_stop();
+}
+
 /* Signals are acted on here, in the loop, never in the handler. */
 static void
 main_signals(lws_sorted_usec_list_t *sul)
@@ -177,21 +186,18 @@ main_signals(lws_sorted_usec_list_t *sul)
 	}
 	if (got_term && !draining) {
 		draining = 1;
-		drain_started = now_us();
 		log_msg(LOG_INFO, 0, "SIGTERM: draining %u connections", ws_conns_total);
+		/* One deadline for the whole drain, not a timer per connection. */
+		lws_sul_schedule(context, 0, &sul_drain, main_drain_deadline,
+				 (lws_usec_t)cfg.drain_timeout * LWS_US_PER_SEC);
 		main_unlisten();
 		ws_drain();
 		db_shutdown();
 	}
-	if (draining) {
-		int timed_out = now_us() - drain_started > (uint64_t)cfg.drain_timeout * LWS_US_PER_SEC;
-		int reset_done = db_shutdown_done();
-		if ((ws_conns_total == 0 && reset_done) || timed_out) {
-			if (timed_out)
-				log_msg(LOG_WARN, 0, "drain timeout: %u connections left", ws_conns_total);
-			main_stop();
-			return;
-		}
+	if (draining && ws_conns_total == 0 && db_shutdown_done()) {
+		lws_sul_cancel(&sul_drain);
+		main_stop();
+		return;
 	}
 	lws_sul_schedule(context, 0, &sul_signals, main_signals, 50 * LWS_US_PER_MS);
 }
@@ -294,6 +300,11 @@ main_listen_socket(void)
 	return fd;
 }
 
+static const lws_retry_bo_t no_validity_timers = {
+	.secs_since_valid_ping = 0,
+	.secs_since_valid_hangup = 0,
+};
+
 /* Creates the client vhost and the listen socket once the database is ready. */
 int
 main_listen(void)
@@ -326,6 +337,10 @@ main_listen(void)
 	info.protocols = client_protocols;
 	info.mounts = mounts;
 	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+	/* No lws validity (idle ping / hangup) timers: ws.c pings every
+	 * --heartbeat seconds from its tick.  lws's default policy re-inserts a
+	 * timer in one sorted list at each pong, O(connections) each. */
+	info.retry_and_idle_policy = &no_validity_timers;
 	if (cfg.tls_cert) {
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT |
 				LWS_SERVER_OPTION_CREATE_VHOST_SSL_CTX;

@@ -14,8 +14,12 @@
 
 uint32_t ws_conns_total, ws_conns_unauth;
 
-/* Unauthenticated connections in accept order (auth timeout), then the rest. */
-static struct conn *unauth_head, *unauth_tail, *authed_head;
+/* Unauthenticated connections in accept order (auth timeout), then the rest;
+ * connections being closed move to their own list in close order, where the
+ * once-a-second tick kills those whose close stalls (no per-connection lws
+ * timer: lws keeps all timers in one sorted list, O(connections) per insert). */
+static struct conn *unauth_head, *unauth_tail, *authed_head, *closing_head, *closing_tail;
+static uint32_t closing_n;		/* on the closing list */
 static uint32_t next_conn_id;
 static lws_sorted_usec_list_t sul_tick;
 static uint32_t ticks;
@@ -204,6 +208,31 @@ ws_send_error(struct conn *c, const char *id_json, const char *code, const char 
 	}
 }
 
+/* Unlinks c from whichever list holds it. */
+static void
+list_unlink(struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (c == unauth_head)
+		unauth_head = c->next;
+	else if (c == authed_head)
+		authed_head = c->next;
+	else if (c == closing_head)
+		closing_head = c->next;
+	if (c->on_closing) {
+		c->on_closing = 0;
+		closing_n--;
+	}
+	if (c->next)
+		c->next->prev = c->prev;
+	else if (c == unauth_tail)
+		unauth_tail = c->prev;
+	else if (c == closing_tail)
+		closing_tail = c->prev;
+	c->prev = c->next = NULL;
+}
+
 /* Starts closing c with code (sent after the queued frames, 4009 drops them). */
 void
 ws_close(struct conn *c, int code, const char *why)
@@ -219,8 +248,18 @@ ws_close(struct conn *c, int code, const char *why)
 	if (code == 4009)
 		ring_clear(c);
 	lws_callback_on_writable(c->wsi);
-	/* A peer that never reads would never give us the writeable: backstop. */
-	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 5);
+	/* A peer that never reads would never give us the writeable: the tick
+	 * kills it CLOSE_BACKSTOP_MS later. */
+	c->close_ms = now_ms();
+	list_unlink(c);
+	c->on_closing = 1;
+	closing_n++;
+	c->prev = closing_tail;
+	if (closing_tail)
+		closing_tail->next = c;
+	else
+		closing_head = c;
+	closing_tail = c;
 }
 
 /* A pending database entry now refers to c. */
@@ -240,23 +279,6 @@ ws_conn_unref(struct conn *c)
 		free(c->rx);
 		free(c);
 	}
-}
-
-/* Unlinks c from whichever list holds it. */
-static void
-list_unlink(struct conn *c)
-{
-	if (c->prev)
-		c->prev->next = c->next;
-	else if (c == unauth_head)
-		unauth_head = c->next;
-	else if (c == authed_head)
-		authed_head = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	else if (c == unauth_tail)
-		unauth_tail = c->prev;
-	c->prev = c->next = NULL;
 }
 
 /* chat.connect committed (or cannot run now): hello the first time, then resync. */
@@ -682,9 +704,19 @@ static void
 ws_tick(lws_sorted_usec_list_t *sul)
 {
 	uint32_t now = now_ms(), limit = (uint32_t)cfg.auth_timeout * 1000, slice;
+	enum { CLOSE_BACKSTOP_MS = 5000 };
 	struct conn *c, *next;
 
 	(void)sul;
+	/* Closes that stalled (peer not reading, close never acknowledged). */
+	for (c = closing_head; c; c = next) {
+		next = c->next;
+		if (now - c->close_ms < CLOSE_BACKSTOP_MS)
+			break;			/* list is in close order */
+		list_unlink(c);		/* killed once; CLOSED finds it in no list */
+		if (c->wsi)
+			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+	}
 	for (c = unauth_head; c; c = next) {
 		next = c->next;
 		if (now - c->born_ms < limit)
@@ -701,7 +733,8 @@ ws_tick(lws_sorted_usec_list_t *sul)
 	/* Each connection is pinged every --heartbeat seconds, in slices by
 	 * id, so that 19,000 pings are not all written in the same second. */
 	slice = ++ticks % (uint32_t)cfg.heartbeat;
-	for (c = authed_head; c; c = c->next) {
+	for (c = authed_head; c; c = next) {
+		next = c->next;		/* ws_close moves c to the closing list */
 		if (c->close_code || c->id % (uint32_t)cfg.heartbeat != slice)
 			continue;
 		if (c->missed_pongs >= 2) {
@@ -722,14 +755,35 @@ ws_start_timers(void)
 	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
 }
 
-/* SIGTERM: closes every client with 1012. */
+/* SIGTERM: closes every client with 1012, at most DRAIN_INFLIGHT closes
+ * pending at a time.  Each close makes lws insert close-send, close-ack and
+ * shutdown-flush timeouts in its one sorted timer list, O(timers pending)
+ * each: closing 10,000 at once costs O(n^2) and overruns --drain-timeout.
+ * Stalled closes (peers not reading) cannot hold the others back for long:
+ * each step starts at least DRAIN_MIN_STEP closes. */
+#ifndef DRAIN_INFLIGHT
+#define DRAIN_INFLIGHT 4096
+#endif
+#define DRAIN_MIN_STEP 16	/* per 1 ms step however many closes stall */
+static lws_sorted_usec_list_t sul_drain_step;
+
+static void
+ws_drain_step(lws_sorted_usec_list_t *sul)
+{
+	uint32_t n = closing_n < DRAIN_INFLIGHT - DRAIN_MIN_STEP ?
+		     DRAIN_INFLIGHT - closing_n : DRAIN_MIN_STEP;
+
+	(void)sul;
+	for (; unauth_head && n; n--)
+		ws_close(unauth_head, 1012, "server shutting down");
+	for (; authed_head && n; n--)
+		ws_close(authed_head, 1012, "server shutting down");
+	if (unauth_head || authed_head)
+		lws_sul_schedule(context, 0, &sul_drain_step, ws_drain_step, LWS_US_PER_MS);
+}
+
 void
 ws_drain(void)
 {
-	struct conn *c;
-
-	for (c = unauth_head; c; c = c->next)
-		ws_close(c, 1012, "server shutting down");
-	for (c = authed_head; c; c = c->next)
-		ws_close(c, 1012, "server shutting down");
+	ws_drain_step(&sul_drain_step);
 }
