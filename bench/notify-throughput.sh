@@ -116,26 +116,24 @@ for c in $CLIENTS; do
   done
 done
 echo
-echo "median TPS per mode, ratio to the median of \"off\" (no NOTIFY) at the same client count:"
-printf '%-8s' clients; for mode in $MODES; do printf ' %16s' "$mode"; done; echo
-for c in $CLIENTS; do
-  base=$(echo ${runs[$c,off]:-0} | median)
-  printf '%-8s' "$c"
-  for mode in $MODES; do
-    m=$(echo ${runs[$c,$mode]} | median)
-    printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }'))"
+# ratio_table ARRAY AWK_RATIO: per client count, the median of ARRAY[c,mode]
+# for each mode with AWK_RATIO (of a = mode's median, b = off's median).
+ratio_table() {
+  local -n values=$1
+  local c mode base m
+  printf '%-8s' clients; for mode in $MODES; do printf ' %16s' "$mode"; done; echo
+  for c in $CLIENTS; do
+    base=$(echo ${values[$c,off]:-0} | median)
+    printf '%-8s' "$c"
+    for mode in $MODES; do
+      m=$(echo ${values[$c,$mode]} | median)
+      printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" "BEGIN { printf \"%.2fx\", $2 }"))"
+    done
+    echo
   done
-  echo
-done
+}
+echo "median TPS per mode, ratio to the median of \"off\" (no NOTIFY) at the same client count:"
+ratio_table runs '(b > 0 ? a / b : 0)'
 echo
 echo "median server CPU per send (microseconds), ratio off/mode (what TPS would be on an idle, CPU-bound machine):"
-printf '%-8s' clients; for mode in $MODES; do printf ' %16s' "$mode"; done; echo
-for c in $CLIENTS; do
-  base=$(echo ${cpus[$c,off]:-0} | median)
-  printf '%-8s' "$c"
-  for mode in $MODES; do
-    m=$(echo ${cpus[$c,$mode]} | median)
-    printf ' %16s' "$m ($(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2fx", (a > 0 ? b / a : 0) }'))"
-  done
-  echo
-done
+ratio_table cpus '(a > 0 ? b / a : 0)'
