@@ -397,6 +397,19 @@ exec_ok(PGconn *conn, const char *sql, int nparams, const char *const *params)
 	return res;
 }
 
+/* Runs sql with $1, $2 = the user ids of user indexes lo .. hi-1 and $3 =
+ * extra (when not NULL); dies on error, like exec_ok. */
+static PGresult *
+exec_user_range(PGconn *conn, const char *sql, int lo, int hi, const char *extra)
+{
+	char		a[32], b[32];
+	const char *p[3] = {a, b, extra};
+
+	snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
+	snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
+	return exec_ok(conn, sql, extra ? 3 : 2, p);
+}
+
 /* Creates users (one device each), conversations and tokens for all clients. */
 static void
 setup_database(void)
@@ -427,16 +440,11 @@ setup_database(void)
 	{
 		int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
-		snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
-		snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
 		snprintf(c, sizeof(c), "%d", dev);
-		p[0] = a;
-		p[1] = b;
-		p[2] = c;
-		res = exec_ok(conn,
-					  "SELECT g, d, chat.register_device(g, 'bench') FROM"
-					  " (SELECT g, chat.upsert_user(g, 'bench_' || g) FROM generate_series($1::bigint, $2::bigint) g"
-					  "  OFFSET 0) s, generate_series(1, $3::int) d ORDER BY g, d", 3, p);
+		res = exec_user_range(conn,
+							  "SELECT g, d, chat.register_device(g, 'bench') FROM"
+							  " (SELECT g, chat.upsert_user(g, 'bench_' || g) FROM generate_series($1::bigint, $2::bigint) g"
+							  "  OFFSET 0) s, generate_series(1, $3::int) d ORDER BY g, d", lo, hi, c);
 		for (int i = 0; i < PQntuples(res); i++)
 		{
 			int64_t		uid = strtoll(PQgetvalue(res, i, 0), NULL, 10);
@@ -456,13 +464,9 @@ setup_database(void)
 		{
 			int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
-			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
-			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
-			p[0] = a;
-			p[1] = b;
-			res = exec_ok(conn,
-						  "SELECT g, chat.direct_conversation(g, g + 1) FROM generate_series($1::bigint, $2::bigint) g"
-						  " WHERE (g - $1::bigint) % 2 = 0 AND g + 1 <= $2::bigint", 2, p);
+			res = exec_user_range(conn,
+								  "SELECT g, chat.direct_conversation(g, g + 1) FROM generate_series($1::bigint, $2::bigint) g"
+								  " WHERE (g - $1::bigint) % 2 = 0 AND g + 1 <= $2::bigint", lo, hi, NULL);
 			for (int i = 0; i < PQntuples(res); i++)
 			{
 				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base);
@@ -479,15 +483,10 @@ setup_database(void)
 			int			hi = lo + opt.group_size < nusers ? lo + opt.group_size : nusers;
 			int64_t		cid;
 
-			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
-			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
 			snprintf(c, sizeof(c), "bench group %d", lo / opt.group_size);
-			p[0] = a;
-			p[1] = b;
-			p[2] = c;
-			res = exec_ok(conn,
-						  "SELECT chat.create_group($1::bigint, $3,"
-						  " ARRAY(SELECT generate_series($1::bigint + 1, $2::bigint)))", 3, p);
+			res = exec_user_range(conn,
+								  "SELECT chat.create_group($1::bigint, $3,"
+								  " ARRAY(SELECT generate_series($1::bigint + 1, $2::bigint)))", lo, hi, c);
 			cid = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 			PQclear(res);
 			for (int u = lo; u < hi; u++)
@@ -531,14 +530,10 @@ setup_database(void)
 		{
 			int			hi = lo + chunk < nusers ? lo + chunk : nusers;
 
-			snprintf(a, sizeof(a), "%" PRId64, opt.user_base + lo);
-			snprintf(b, sizeof(b), "%" PRId64, opt.user_base + hi - 1);
-			p[0] = a;
-			p[1] = b;
-			res = exec_ok(conn,
-						  "SELECT d.user_id, chat.issue_token(d.user_id, d.device_id, '4 hours'), d.device_id"
-						  " FROM chat.devices d WHERE d.user_id BETWEEN $1::bigint AND $2::bigint"
-						  " AND d.platform = 'bench' ORDER BY d.user_id, d.device_id", 2, p);
+			res = exec_user_range(conn,
+								  "SELECT d.user_id, chat.issue_token(d.user_id, d.device_id, '4 hours'), d.device_id"
+								  " FROM chat.devices d WHERE d.user_id BETWEEN $1::bigint AND $2::bigint"
+								  " AND d.platform = 'bench' ORDER BY d.user_id, d.device_id", lo, hi, NULL);
 			for (int i = 0; i < PQntuples(res); i++)
 			{
 				int			k = (int) (strtoll(PQgetvalue(res, i, 0), NULL, 10) - opt.user_base) * dev +
