@@ -37,7 +37,7 @@ psql -qX -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET synchronous_commi
 cluster_ctl restart
 work=$CHAT_TEST_TMP
 gcc -Wall -Wextra -Werror -O2 -o "$work/notify_probe" bench/notify_probe.c \
-    -I"$(pg_config --includedir)" -L"$(pg_config --libdir)" -lpq -lpthread
+    -I"$(${PG_CONFIG:-pg_config} --includedir)" -L"$(${PG_CONFIG:-pg_config} --libdir)" -lpq -lpthread
 
 new_db bench
 psql -qX -d bench -v ON_ERROR_STOP=1 >/dev/null <<SQL

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 packages=(
   make gcc pkg-config
   postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libpq-dev
+  libtap-parser-sourcehandler-pgtap-perl   # pg_prove: only a Recommends of postgresql-15-pgtap
   libwebsockets-dev libjansson-dev libssl-dev
   nodejs npm chromium gnuplot-nox
   libclang-rt-14-dev clang

@@ -2,7 +2,7 @@
 # scripts run alone.  cluster_start exports PGHOST/PGPORT/PGUSER and friends;
 # cluster_stop stops it and removes its directory.
 
-PGBIN=${PGBIN:-$(pg_config --bindir)}
+PGBIN=${PGBIN:-$(${PG_CONFIG:-pg_config} --bindir)}
 
 # Runs a command as the cluster's owner (initdb refuses to run as root).
 as_owner() {
