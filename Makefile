@@ -10,7 +10,12 @@
 EXTENSION   = chat
 MODULE_big  = chat
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
-DATA_built  = extension/chat--0.1.0.sql
+# The install script of the current version is assembled from one file per
+# SQL area (extension/sql/); released versions' scripts and the upgrade
+# scripts between them are kept as they shipped (never edited afterwards).
+CHAT_VERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" chat.control)
+DATA_built  = extension/chat--$(CHAT_VERSION).sql
+DATA        = $(filter-out $(DATA_built),$(wildcard extension/chat--*.sql))
 SQL_PARTS   = $(sort $(wildcard extension/sql/*.sql))
 REGRESS     = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
 REGRESS_OPTS = --inputdir=. --outputdir=results --dbname=chat_regress
@@ -30,8 +35,7 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# The install script is assembled from one file per SQL area.
-extension/chat--0.1.0.sql: $(SQL_PARTS)
+$(DATA_built): $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
 
 all: gateway-build

@@ -1,4 +1,4 @@
--- chat extension 0.1.0: schema.  The install script is assembled from the
+-- chat extension 0.2.0: schema.  The install script is assembled from the
 -- files of extension/sql/ in name order.
 \echo Use "CREATE EXTENSION chat" to load this file. \quit
 
