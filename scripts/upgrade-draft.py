@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Drafts an upgrade script between two install scripts of the extension.
+
+    scripts/upgrade-draft.py extension/chat--0.1.0.sql extension/chat--0.2.0.sql
+
+Prints, statement by statement, what the new script has that the old one
+lacks: changed functions as CREATE OR REPLACE (flagged when the result type
+or the argument list changed, which needs DROP FUNCTION first), new
+statements as they are, and the old statements that disappeared as comments.
+Table and type changes come out as their new CREATE statements, flagged for
+hand translation into ALTER.  A draft to review, never to ship unread:
+tests/upgrade/run.sh proves the result equals a fresh install.
+"""
+import re
+import sys
+
+
+def statements(path):
+    """Splits a SQL script into statements (dollar quotes respected), without leading comments."""
+    out, cur, tag = [], [], None
+    for line in open(path, encoding="utf-8"):
+        if tag is None and not cur and (line.strip() == "" or line.lstrip().startswith("--")):
+            continue
+        cur.append(line)
+        for m in re.finditer(r"\$[A-Za-z_]*\$", line):
+            if tag is None:
+                tag = m.group(0)
+            elif m.group(0) == tag:
+                tag = None
+        if tag is None and line.rstrip().endswith(";"):
+            text = "".join(cur).strip()
+            if not text.startswith("\\echo"):
+                out.append(text)
+            cur = []
+    return out
+
+
+def key(stmt):
+    """Functions by name and argument list; everything else by its whole text."""
+    norm = " ".join(stmt.split())
+    m = re.match(r"CREATE (?:OR REPLACE )?FUNCTION ([\w.]+)\((.*?)\)\s*RETURNS", norm, re.S)
+    if m:
+        return ("function", m.group(1)), norm
+    return ("stmt", norm), norm
+
+
+def main():
+    old = {key(s)[0]: s for s in statements(sys.argv[1])}
+    new = statements(sys.argv[2])
+    seen = set()
+    print("-- drafted by scripts/upgrade-draft.py: review every statement")
+    for s in new:
+        k, norm = key(s)
+        seen.add(k)
+        if k in old and " ".join(old[k].split()) == norm:
+            continue
+        if k[0] == "function" and k in old:
+            ret_old = re.search(r"RETURNS(.*?)LANGUAGE", " ".join(old[k].split()))
+            ret_new = re.search(r"RETURNS(.*?)LANGUAGE", norm)
+            if ret_old and ret_new and ret_old.group(1) != ret_new.group(1):
+                print("-- RESULT TYPE CHANGED: DROP FUNCTION first (grants must be given again)")
+            print(re.sub(r"^CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", s) + "\n")
+        elif k[0] == "function":
+            print("-- new function\n" + s + "\n")
+        elif re.match(r"CREATE (TABLE|TYPE|UNLOGGED TABLE|VIEW)", s):
+            print("-- CHANGED OR NEW RELATION/TYPE: translate into ALTER by hand\n/*\n" + s + "\n*/\n")
+        else:
+            print(s + "\n")
+    for k, s in old.items():
+        if k not in seen:
+            first = s.splitlines()[0]
+            print("-- gone from the new script (drop or keep?): " + first)
+
+
+if __name__ == "__main__":
+    main()
