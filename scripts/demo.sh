@@ -84,6 +84,7 @@ fi
 pg -d "$db" >/dev/null <<'SQL'
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS chat;
+ALTER EXTENSION chat UPDATE;  -- a .demo/ from an older checkout
 SELECT chat.upsert_user(1, 'alice', 'Alice');
 SELECT chat.upsert_user(2, 'bob', 'Bob');
 SELECT chat.upsert_user(3, 'carol', 'Carol');
