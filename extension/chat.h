@@ -2,8 +2,9 @@
  * chat.h: shared declarations of the chat extension.
  *
  * Files by SQL area: chat.c (module init, GUCs), send.c (send_message and
- * the message write path), fanout.c (NOTIFY routing and the push outbox),
- * realtime.c (nodes, sessions, typing, presence), token.c (issue_token).
+ * append_message: the one message write path), fanout.c (NOTIFY routing
+ * and the push outbox), realtime.c (nodes, sessions, typing, presence),
+ * token.c (issue_token).
  */
 #ifndef CHAT_H
 #define CHAT_H
@@ -23,10 +24,11 @@ typedef struct ChatMessage
 	int64		seq;
 	int64		sender_id;
 	int32		sender_device;	/* 0 when not known */
-	const char *kind;			/* text, system, e2e */
+	const char *kind;			/* text, system, e2e, edit, delete */
 	const char *body;			/* NULL for a tombstone */
 	const char *client_msg_id;	/* NULL when none */
 	int64		reply_to;		/* 0 when none */
+	int64		target;			/* log entries (edit, delete): seq changed; else 0 */
 	TimestampTz created_at;
 } ChatMessage;
 

@@ -54,6 +54,7 @@ static SPIPlanPtr member_routes_plan = NULL;
 static SPIPlanPtr push_ids_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
+static SPIPlanPtr entry_routes_plan = NULL;
 
 /* Prepares and keeps a plan (first use in the backend). */
 static SPIPlanPtr
@@ -108,7 +109,8 @@ AppendJsonString(StringInfo buf, const char *s)
 /*
  * Appends the message event of msg: the one shape of a message for
  * notifications and results.  With ref, the body is left out and
- * "ref":true says to fetch it.  edited_at/deleted_at are 0 when unset.
+ * "ref":true says to fetch it.  edited_at/deleted_at are 0 when unset;
+ * "target" appears on log entries (edit, delete) only.
  */
 static void
 AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
@@ -139,6 +141,8 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 		appendStringInfoString(buf, "null");
 	appendStringInfoString(buf, ",\"created_at\":");
 	AppendJsonTimestamp(buf, msg->created_at);
+	if (msg->target > 0)
+		appendStringInfo(buf, ",\"target\":" INT64_FORMAT, msg->target);
 	if (edited_at != 0)
 	{
 		appendStringInfoString(buf, ",\"edited_at\":");
@@ -457,11 +461,68 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 	return result;
 }
 
+/* True for the kinds of change-log entries (edit, delete). */
+static bool
+IsLogEntry(const ChatMessage *msg)
+{
+	return msg->target != 0;
+}
+
+/*
+ * The routes of an edit entry, split by what each member may see: members
+ * who joined after the target (joined_seq >= target) never saw it, so they
+ * get the entry without its body (*redacted); the others get it whole.
+ * The seq still reaches everyone, so no member's log has a hole.  Caller
+ * is connected to SPI.
+ */
+static List *
+EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
+{
+	Oid			types[3] = {INT8OID, INT8OID, INT4OID};
+	Datum		args[3];
+	List	   *full = NIL;
+	NodeRoute  *cur_full = NULL;
+	NodeRoute  *cur_red = NULL;
+	uint64		i;
+	int			ret;
+
+	PreparePlan(&entry_routes_plan,
+				"SELECT s.node, m.user_id, m.joined_seq >= $2 AS redact FROM chat.members m"
+				" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
+				"               JOIN chat.nodes n ON n.node = s.node"
+				"               WHERE s.user_id = m.user_id"
+				"               AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true"
+				" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
+				" ORDER BY 3, 1, 2", 3, types);
+	args[0] = Int64GetDatum(msg->conversation_id);
+	args[1] = Int64GetDatum(msg->target);
+	args[2] = Int32GetDatum(chat_node_timeout);
+	ret = SPI_execute_plan(entry_routes_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
+	*redacted = NIL;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *node = SPI_getvalue(tup, desc, 1);
+		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+
+		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+			RouteAdd(redacted, &cur_red, node, user, SPI_processed - i, cxt);
+		else
+			RouteAdd(&full, &cur_full, node, user, SPI_processed - i, cxt);
+	}
+	return full;
+}
+
 /*
  * Fans out a stored message: a message event to the online members
  * (including the sender's other devices; the gateway skips the sending
- * device) and push rows for the offline ones (not for system messages).
- * Called by send_message in the writing transaction.
+ * device) and push rows for the offline ones (not for system messages nor
+ * change-log entries: those are no news to be woken for).  Called by the
+ * write path (send.c) in the writing transaction.
  */
 void
 FanoutMessage(const ChatMessage *msg)
@@ -470,6 +531,7 @@ FanoutMessage(const ChatMessage *msg)
 	StringInfoData ref;
 	MemoryContext cxt = CurrentMemoryContext;
 	List	   *routes = NIL;
+	List	   *redacted = NIL;
 	bool		notify = chat_fanout_mode != FANOUT_MODE_OFF;
 
 	initStringInfo(&event);
@@ -478,7 +540,12 @@ FanoutMessage(const ChatMessage *msg)
 	AppendMessageJson(&ref, msg, 0, 0, true);
 
 	SPI_connect();
-	if (msg->kind != NULL && strcmp(msg->kind, "system") == 0)
+	if (IsLogEntry(msg) && msg->body != NULL)
+	{
+		if (notify)
+			routes = EditEntryRoutes(msg, &redacted, cxt);
+	}
+	else if (IsLogEntry(msg) || (msg->kind != NULL && strcmp(msg->kind, "system") == 0))
 	{
 		if (notify)
 			routes = OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
@@ -488,6 +555,15 @@ FanoutMessage(const ChatMessage *msg)
 							  notify, cxt);
 	SPI_finish();
 	EmitRoutes(routes, event.data, ref.data);
+	if (redacted != NIL)
+	{
+		ChatMessage bare = *msg;
+
+		bare.body = NULL;
+		resetStringInfo(&event);
+		AppendMessageJson(&event, &bare, 0, 0, false);
+		EmitRoutes(redacted, event.data, NULL);
+	}
 	pfree(event.data);
 	pfree(ref.data);
 }
@@ -560,7 +636,10 @@ chat_fanout_event(PG_FUNCTION_ARGS)
 /*
  * chat.fanout_receipt(conversation_id, reader, from_seq, to_seq, kind):
  * receipts to the senders (other than the reader) of the messages in
- * (from_seq, to_seq], never to the whole group.
+ * (from_seq, to_seq], never to the whole group.  Only senders who are
+ * still members get one (a removed member learns nothing more of the
+ * conversation), and only for messages: system messages and change-log
+ * entries have no receipts.
  */
 Datum
 chat_fanout_receipt(PG_FUNCTION_ARGS)
@@ -598,9 +677,12 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	PreparePlan(&senders_plan,
-				"SELECT DISTINCT sender_id FROM chat.messages"
-				" WHERE conversation_id = $1 AND seq > $2 AND seq <= $3"
-				" AND sender_id <> $4 AND kind <> 'system'", 4, types);
+				"SELECT DISTINCT x.sender_id FROM chat.messages x"
+				" JOIN chat.members m ON m.conversation_id = x.conversation_id"
+				"                    AND m.user_id = x.sender_id AND m.left_at IS NULL"
+				" WHERE x.conversation_id = $1 AND x.seq > $2 AND x.seq <= $3"
+				" AND x.sender_id <> $4 AND x.kind NOT IN ('system', 'edit', 'delete')",
+				4, types);
 	args[0] = Int64GetDatum(conversation_id);
 	args[1] = Int64GetDatum(from_seq);
 	args[2] = Int64GetDatum(to_seq);
@@ -643,8 +725,8 @@ LoadMessage(int64 conversation_id, int64 seq, ChatMessage *msg, MemoryContext cx
 	int			ret;
 
 	PreparePlan(&message_plan,
-				"SELECT sender_id, sender_device, kind, body, client_msg_id, reply_to, created_at"
-				" FROM chat.messages WHERE conversation_id = $1 AND seq = $2", 2, types);
+				"SELECT sender_id, sender_device, kind, body, client_msg_id, reply_to, created_at,"
+				" target FROM chat.messages WHERE conversation_id = $1 AND seq = $2", 2, types);
 	args[0] = Int64GetDatum(conversation_id);
 	args[1] = Int64GetDatum(seq);
 	ret = SPI_execute_plan(message_plan, args, NULL, false, 1);
@@ -667,6 +749,8 @@ LoadMessage(int64 conversation_id, int64 seq, ChatMessage *msg, MemoryContext cx
 	d = SPI_getbinval(tup, desc, 6, &isnull);
 	msg->reply_to = isnull ? 0 : DatumGetInt64(d);
 	msg->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &isnull));
+	d = SPI_getbinval(tup, desc, 8, &isnull);
+	msg->target = isnull ? 0 : DatumGetInt64(d);
 	MemoryContextSwitchTo(old);
 	return true;
 }
@@ -728,6 +812,8 @@ chat_message_json(PG_FUNCTION_ARGS)
 	msg.reply_to = isnull ? 0 : DatumGetInt64(d);
 	d = Attr(row, "created_at", &isnull);
 	msg.created_at = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+	d = Attr(row, "target", &isnull);
+	msg.target = isnull ? 0 : DatumGetInt64(d);
 	d = Attr(row, "edited_at", &isnull);
 	if (!isnull)
 		edited_at = DatumGetTimestampTz(d);

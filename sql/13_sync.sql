@@ -70,3 +70,34 @@ SELECT pg_temp.try($$ SELECT * FROM chat.sync(2, 1, -1) $$);       -- negative l
 SELECT pg_temp.try($$ SELECT * FROM chat.sync(2, 1, 100000) $$);   -- huge limit
 SELECT * FROM pg_temp.marks();
 SELECT user_id, device_id, conversation_id, acked_seq FROM chat.device_cursors ORDER BY 1, 2, 3;
+
+-- Change log: a device that was away while a message was edited and
+-- another deleted gets both changes by sync, as entries after its cursor.
+SELECT seq FROM chat.send_message(2, 1, 'b6');
+SELECT chat.register_device(1) AS alice_laptop;
+SELECT chat.ack(1, 1, 1, 6), chat.ack(1, 2, 1, 6), chat.ack(2, 1, 1, 6), chat.ack(2, 2, 1, 6);
+SELECT conversation_id, seq FROM chat.sync(1, 2) WHERE conversation_id = 1;  -- laptop: nothing new
+-- (laptops offline) alice edits her 5 from her phone, bob deletes his 6.
+SELECT chat.edit_message(1, 1, 5, 'a5 (edited)');
+SELECT chat.delete_message(2, 1, 6);
+SELECT conversation_id, seq, kind, body, target FROM chat.sync(1, 2) WHERE conversation_id = 1;
+SELECT conversation_id, seq, kind, body, target FROM chat.sync(2, 2) WHERE conversation_id = 1;
+-- The targets show their current state to whoever reads them again.
+SELECT seq, body, edited_at IS NOT NULL AS edited, deleted_at IS NOT NULL AS deleted
+  FROM chat.history(2, 1) WHERE seq IN (5, 6) ORDER BY seq;
+-- Acks cover entries like any seq.
+SELECT chat.ack(1, 2, 1, 8);
+SELECT user_id, device_id, conversation_id, acked_seq FROM chat.device_cursors
+ WHERE conversation_id = 1 ORDER BY 1, 2, 3;
+SELECT conversation_id, seq FROM chat.sync(1, 2) WHERE conversation_id = 1;
+-- Paging walks through entries like through messages.
+SELECT chat.edit_message(1, 1, 5, 'a5 (again)');
+SELECT conversation_id, seq, kind, target FROM chat.sync(1, 1, 2);
+SELECT chat.ack(1, 1, 1, 8);
+SELECT conversation_id, seq, kind, target FROM chat.sync(1, 1, 2);
+-- Unread counts skip entries; authors' watermarks moved as with a send.
+SELECT * FROM pg_temp.marks() WHERE conversation_id = 1;
+SELECT conversation_id, last_seq, read_seq, unread FROM chat.conversations(2) WHERE conversation_id = 1;
+SELECT conversation_id, last_seq, read_seq, unread FROM chat.conversations(1) WHERE conversation_id = 1;
+SELECT seq FROM chat.send_message(1, 1, 'a10');
+SELECT conversation_id, last_seq, read_seq, unread FROM chat.conversations(2) WHERE conversation_id = 1;

@@ -21,8 +21,10 @@ SELECT chat.node_reset('gw1'), chat.node_reset('gw2');
 SELECT chat.connect('gw1', 1, 1), chat.connect('gw2', 1, 2), chat.connect('gw1', 3, 1);
 SELECT node, user_id, device_id FROM chat.live_sessions ORDER BY 1, 2, 3;
 
--- Privacy: everyone (3), peers (2: 1 is a peer, 3 is not), nobody (4).
-UPDATE chat.users SET presence_privacy = 'peers' WHERE id = 2;
+-- Privacy: everyone (3), contacts (2: 1 is a contact, 3 is not), nobody (4).
+-- 1 and 2 are contacts: both have sent a message in their direct conversation.
+SELECT count(*) FROM chat.send_message(1, 1, 'hi 2') a, chat.send_message(2, 1, 'hi 1') b;
+UPDATE chat.users SET presence_privacy = 'contacts' WHERE id = 2;
 UPDATE chat.users SET presence_privacy = 'nobody' WHERE id = 4;
 SELECT chat.connect('gw1', 2, 1), chat.connect('gw1', 4, 1);
 SELECT 'viewer 1' AS v, user_id, online, last_seen IS NOT NULL AS has_last_seen FROM chat.presence(1, ARRAY[1, 2, 3, 4, 99]);
@@ -65,6 +67,34 @@ SELECT count(*) AS sessions_kept FROM chat.sessions WHERE node = 'gw2';
 SELECT chat.node_heartbeat('gw2');
 SELECT node, gone_at IS NOT NULL AS gone FROM chat.nodes ORDER BY node;
 SELECT user_id, online FROM chat.presence(1, ARRAY[3]);
+
+-- Contacts are made by talking, not by opening a conversation: a stranger
+-- (3) who opens a direct conversation with 2 (privacy 'contacts') neither
+-- sees 2's presence nor is in the audience of 2's presence events; after
+-- 3 alone has written, still not; after both have written, both.
+SELECT chat.direct_conversation(3, 2) AS stranger_conv;
+SELECT chat.connect('gw9', 2, 1);
+SELECT user_id, online, last_seen IS NOT NULL AS has_last_seen FROM chat.presence(3, ARRAY[2]);
+SELECT chat.presence_audience(2) AS audience_of_2, ARRAY(SELECT chat.contacts(2)) AS contacts_of_2,
+       chat.is_contact(2, 3) AS contact_2_3;
+SELECT count(*) FROM chat.send_message(3, 3, 'hello? let me see you');
+SELECT user_id, online FROM chat.presence(3, ARRAY[2]);
+SELECT chat.presence_audience(2) AS audience_of_2, chat.is_contact(3, 2) AS contact_3_2;
+SELECT count(*) FROM chat.send_message(2, 3, 'hello 3');
+SELECT user_id, online FROM chat.presence(3, ARRAY[2]);
+SELECT chat.presence_audience(2) AS audience_of_2, ARRAY(SELECT chat.contacts(2)) AS contacts_of_2,
+       ARRAY(SELECT chat.contacts(3)) AS contacts_of_3, chat.is_contact(3, 2) AS contact_3_2;
+-- A group shared with 4 makes 4 an audience of 'everyone' presence (3's), not of
+-- 'contacts' presence (2's): groups make no contacts.
+SELECT chat.create_group(2, 'g', ARRAY[3, 4]::bigint[]) > 0 AS group_made;
+SELECT count(*) FROM chat.send_message(4, currval('chat.conversations_id_seq'), 'hi group') a,
+                     chat.send_message(2, currval('chat.conversations_id_seq'), 'hi 4') b;
+SELECT chat.presence_audience(3) AS audience_of_3, chat.presence_audience(2) AS audience_of_2,
+       chat.presence_audience(4) AS audience_of_4_nobody;
+SELECT user_id, online FROM chat.presence(4, ARRAY[2, 3]);
+-- Only everyone, contacts and nobody are privacy levels.
+SELECT pg_temp.try($$UPDATE chat.users SET presence_privacy = 'peers' WHERE id = 2$$);
+SELECT presence_privacy FROM chat.users WHERE id = 2;
 
 -- Bad input.
 SELECT pg_temp.try($$SELECT chat.node_reset('GW1')$$);

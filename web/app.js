@@ -3,7 +3,7 @@
 // presence, new chats, connection state and errors.  The token comes from the
 // URL fragment (#token=...&names=1:alice,2:bob), put there by the application.
 
-import { ChatClient } from './chat-client.js';
+import { ChatClient, isLogEntry } from './chat-client.js';
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 30;
@@ -382,6 +382,9 @@ function addMessages(conv, msgs) {
   if (!S.messages.has(conv)) S.messages.set(conv, new Map());
   const map = S.messages.get(conv);
   for (const m of msgs) {
+    // Change-log entries are applied by the client (edit/delete events),
+    // never shown as messages of their own.
+    if (isLogEntry(m)) continue;
     map.set(m.seq, m);
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') learnPeer(conv, Number(m.sender));
   }

@@ -38,6 +38,16 @@ export function newClientMsgId() {
   return s;
 }
 
+/**
+ * Whether a message object is a change-log entry (an edit or a delete of the
+ * message whose seq is its `target`) rather than a message to show.
+ * @param {object} m message object (event, sync, after or history result)
+ * @returns {boolean}
+ */
+export function isLogEntry(m) {
+  return m != null && m.target != null && (m.kind === 'edit' || m.kind === 'delete');
+}
+
 /** Error raised for error frames, timeouts and disconnects. */
 export class ChatError extends Error {
   /**
@@ -80,8 +90,15 @@ function listOf(result, ...keys) {
  *   'reconnecting' (with the delay in ms), 'offline' (network down), 'closed'
  * - `synced` {conversations}: a sync loop finished; lists conversations that got messages
  * - `message` message event: a message newly stored (never twice for one seq);
- *   also the caller's own sent messages once the server assigned their seq (`own: true`)
- * - `edit`, `delete`, `receipt`, `read_state`, `presence`, `member`: server pushes as is
+ *   also the caller's own sent messages once the server assigned their seq (`own: true`).
+ *   Change-log entries (kind `edit` / `delete`, see isLogEntry) are not `message`s:
+ *   they take their seq like any message (contiguous top, acks) and are applied as
+ * - `edit` {conversation, seq, body, edited_at, entry?, sender?} and `delete`
+ *   {conversation, seq, deleted_at, entry?, sender?}: message `seq` was changed.
+ *   From a log entry (`entry` is its seq; live, by sync or by gap repair, so an
+ *   offline device learns every change) or from the server's live edit/delete
+ *   event; each change is emitted once, and never an older one after a newer
+ * - `receipt`, `read_state`, `presence`, `member`: server pushes as is
  * - `typing` {conversation, user, typing, expired?}: typing started or stopped
  *   (stopped also when the TTL ran out or the user's message arrived)
  * - `error` ChatError: a background operation failed (auth rejected, gap repair failed, ...)
@@ -364,7 +381,10 @@ export class ChatClient {
         else this._ingestLive(f);
         break;
       case 'typing': this._onTyping(f); break;
-      case 'edit': case 'delete': case 'receipt': case 'read_state': case 'presence': case 'member':
+      case 'edit': case 'delete':
+        this._onChangeEvent(f);
+        break;
+      case 'receipt': case 'read_state': case 'presence': case 'member':
         this._emit(f.type, f);
         break;
       default:
@@ -569,10 +589,55 @@ export class ChatClient {
       c.pending.add(m.seq);
       if (source !== 'history') this._repair(m.conversation, m.seq);
     }
-    if (m.sender !== undefined && m.sender !== this.user) this._clearTyping(m.conversation, m.sender);
-    if (source !== 'history') this._emit('message', source === 'own' ? { ...m, own: true } : m);
+    if (isLogEntry(m)) {
+      // An edit entry without a body (its message was deleted since, or is
+      // older than this user's membership) has nothing to apply.
+      if (m.kind === 'delete' || typeof m.body === 'string') {
+        this._applyChange(m.conversation, m.target, m.kind, m.body, m.created_at, m.seq, m.sender);
+      }
+    } else {
+      if (m.sender !== undefined && m.sender !== this.user) this._clearTyping(m.conversation, m.sender);
+      if (source !== 'history') this._emit('message', source === 'own' ? { ...m, own: true } : m);
+    }
     if (source !== 'sync') this._scheduleAck();
     return true;
+  }
+
+  /**
+   * A live edit/delete event of the server (it also appends a log entry,
+   * which carries the same change and may come before or after it).  A
+   * "ref" edit carries no body: its log entry brings it.
+   */
+  _onChangeEvent(f) {
+    if (f.type === 'edit' && (f.ref || typeof f.body !== 'string')) return;
+    this._applyChange(f.conversation, f.seq, f.type, f.body, f.type === 'edit' ? f.edited_at : f.deleted_at, 0, undefined);
+  }
+
+  /**
+   * Emits a change of message `target` once: log entries are ordered by
+   * their seq (`entry`; 0 for a live event, which is always the newest), so
+   * an older entry arriving late (gap repair, a page of sync) never undoes a
+   * newer change, a change already emitted is not emitted again, and nothing
+   * follows a delete.
+   */
+  _applyChange(conversation, target, kind, body, at, entry, sender) {
+    const c = this._conv(conversation);
+    if (!c.changes) c.changes = new Map();
+    const prev = c.changes.get(target);
+    if (prev) {
+      if (prev.kind === 'delete') { if (entry) prev.entry = Math.max(prev.entry, entry); return; }
+      if (entry && prev.entry > entry) return;  // a newer entry was applied
+      const same = prev.kind === kind && (kind === 'delete' || prev.body === body);
+      if (entry) prev.entry = entry;
+      if (same) return;
+    }
+    if (c.changes.size >= 1000 && !prev) c.changes.delete(c.changes.keys().next().value);
+    c.changes.set(target, { kind, body: kind === 'edit' ? body : null, entry: entry || (prev ? prev.entry : 0) });
+    const ev = { type: kind, conversation, seq: target };
+    if (kind === 'edit') { ev.body = body; ev.edited_at = at; } else ev.deleted_at = at;
+    if (entry) ev.entry = entry;
+    if (sender !== undefined) ev.sender = sender;
+    this._emit(kind, ev);
   }
 
   /** Fetches the messages between the contiguous top and `upTo` with `after`. */

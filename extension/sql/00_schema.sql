@@ -8,7 +8,7 @@ CREATE TABLE chat.users (
     handle           text NOT NULL CHECK (handle <> '' AND length(handle) <= 64),
     display_name     text,
     presence_privacy text NOT NULL DEFAULT 'everyone'
-                     CHECK (presence_privacy IN ('everyone', 'peers', 'nobody')),
+                     CHECK (presence_privacy IN ('everyone', 'contacts', 'nobody')),
     last_seen        timestamptz,
     last_device_id   integer NOT NULL DEFAULT 0,  -- device ids are never reused
     created_at       timestamptz NOT NULL DEFAULT now()
@@ -56,6 +56,7 @@ CREATE TABLE chat.members (
     joined_seq      bigint NOT NULL DEFAULT 0,
     delivered_seq   bigint NOT NULL DEFAULT 0,
     read_seq        bigint NOT NULL DEFAULT 0,
+    last_sent_seq   bigint NOT NULL DEFAULT 0,  -- seq of the member's latest text/e2e message
     muted_until     timestamptz,
     joined_at       timestamptz NOT NULL DEFAULT now(),
     left_at         timestamptz,
@@ -65,12 +66,15 @@ CREATE TABLE chat.members (
 CREATE INDEX members_user_idx ON chat.members (user_id, conversation_id) WHERE left_at IS NULL;
 
 -- Messages keyed by (conversation_id, seq): seq is gapless per conversation.
+-- The log is also the change log: an edit or a delete appends an entry
+-- (kind 'edit' / 'delete') whose target is the seq it changes.
 CREATE TABLE chat.messages (
     conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
     seq             bigint NOT NULL,
     sender_id       bigint NOT NULL,
     sender_device   integer,
-    kind            text NOT NULL DEFAULT 'text' CHECK (kind IN ('text', 'system', 'e2e')),
+    kind            text NOT NULL DEFAULT 'text'
+                    CHECK (kind IN ('text', 'system', 'e2e', 'edit', 'delete')),
     body            text,
     client_msg_id   text,
     reply_to        bigint,
@@ -79,8 +83,17 @@ CREATE TABLE chat.messages (
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     edited_at       timestamptz,
     deleted_at      timestamptz,
-    PRIMARY KEY (conversation_id, seq)
+    target          bigint,   -- log entries only: the seq of the message changed
+    PRIMARY KEY (conversation_id, seq),
+    CHECK ((kind IN ('edit', 'delete')) = (target IS NOT NULL)),
+    CHECK (target < seq)
 );
+-- The log entries of a conversation by seq (unread counts skip them) and by
+-- target (a delete scrubs the bodies of the edits of its message).
+CREATE INDEX messages_entries_idx ON chat.messages (conversation_id, seq)
+    WHERE target IS NOT NULL;
+CREATE INDEX messages_target_idx ON chat.messages (conversation_id, target)
+    WHERE target IS NOT NULL;
 -- Idempotent sends: one row per (sender, conversation, client_msg_id).
 CREATE UNIQUE INDEX messages_client_msg_key ON chat.messages (conversation_id, sender_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
@@ -148,7 +161,9 @@ COMMENT ON TABLE chat.users IS 'chat users; id is the application''s user id';
 COMMENT ON TABLE chat.devices IS 'devices of a user (device_id 1, 2, ...), with optional push token';
 COMMENT ON TABLE chat.conversations IS 'direct and group conversations; last_seq is the newest message seq';
 COMMENT ON TABLE chat.members IS 'conversation membership with delivered/read watermarks';
-COMMENT ON TABLE chat.messages IS 'messages keyed by (conversation_id, seq), seq gapless per conversation';
+COMMENT ON TABLE chat.messages IS 'messages keyed by (conversation_id, seq), seq gapless per conversation; edits and deletes append entries (kind edit/delete, target)';
+COMMENT ON COLUMN chat.messages.target IS 'log entries (kind edit/delete): the seq of the message the entry changes';
+COMMENT ON COLUMN chat.members.last_sent_seq IS 'seq of the member''s latest text/e2e message (0: never sent); defines contacts';
 COMMENT ON TABLE chat.device_cursors IS 'per-device acked_seq per conversation, for sync';
 COMMENT ON TABLE chat.nodes IS 'gateway nodes and their heartbeats';
 COMMENT ON TABLE chat.sessions IS 'connected devices per gateway node (unlogged)';
@@ -169,6 +184,7 @@ CREATE TYPE chat.message_view AS (
     reply_to        bigint,
     created_at      timestamptz,
     edited_at       timestamptz,
-    deleted_at      timestamptz
+    deleted_at      timestamptz,
+    target          bigint
 );
 COMMENT ON TYPE chat.message_view IS 'a message as readers see it (history, messages_after, get_message, sync)';

@@ -5,38 +5,15 @@
 -- reader's member row, so no cycle is possible.
 
 -- Appends a system message (kind 'system', body a JSON object) as actor and
--- fans it out; the caller holds the conversation row lock.  Like any send it
--- moves the actor's watermarks when the actor is a member.  Returns its seq.
+-- fans it out, through the one write path of the log (chat.append_message,
+-- which takes the conversation row lock).  Like any send it moves the
+-- actor's watermarks when the actor is a member.  Returns its seq.
 CREATE FUNCTION chat.post_system_message(conversation_id bigint, actor bigint, body jsonb)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    new_seq bigint;
-    posted_at timestamptz := clock_timestamp();
-    old_read bigint;
 BEGIN
-    UPDATE chat.conversations SET last_seq = last_seq + 1, last_activity = posted_at
-     WHERE id = post_system_message.conversation_id
-     RETURNING last_seq INTO new_seq;
-    INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body, created_at)
-    VALUES (post_system_message.conversation_id, new_seq, post_system_message.actor,
-            'system', post_system_message.body::text, posted_at);
-    SELECT read_seq INTO old_read FROM chat.members
-     WHERE conversation_id = post_system_message.conversation_id
-       AND user_id = post_system_message.actor AND left_at IS NULL;
-    IF FOUND THEN
-        UPDATE chat.members
-           SET delivered_seq = GREATEST(delivered_seq, new_seq), read_seq = new_seq
-         WHERE conversation_id = post_system_message.conversation_id
-           AND user_id = post_system_message.actor;
-    END IF;
-    PERFORM chat.fanout_message(post_system_message.conversation_id, new_seq);
-    IF old_read < new_seq - 1 THEN
-        PERFORM chat.fanout_receipt(post_system_message.conversation_id, post_system_message.actor,
-                                    old_read, new_seq, 'read');
-    END IF;
-    RETURN new_seq;
+    RETURN chat.append_message(post_system_message.conversation_id, post_system_message.actor,
+                               'system', post_system_message.body::text);
 END
 $$;
 
@@ -318,7 +295,8 @@ $$;
 
 -- The chat list: a user's conversations, newest activity first, with unread
 -- counts and a preview of the last message (body cut to 200 characters, none
--- for e2e or deleted messages).  Direct conversations are titled with the
+-- for e2e or deleted messages).  Change-log entries (edit, delete) are not
+-- messages here: they are neither counted as unread nor previewed.  Direct conversations are titled with the
 -- peer's display name (or handle); peer_id names the peer.
 CREATE FUNCTION chat.conversations(user_id bigint, lim integer DEFAULT 50, before timestamptz DEFAULT NULL)
 RETURNS TABLE(conversation_id bigint, kind text, title text, last_seq bigint, read_seq bigint,
@@ -336,14 +314,19 @@ BEGIN
            CASE WHEN c.kind = 'direct' THEN coalesce(p.display_name, p.handle) ELSE c.title END,
            c.last_seq,
            GREATEST(m.read_seq, m.joined_seq),
-           GREATEST(c.last_seq - GREATEST(m.read_seq, m.joined_seq), 0),
+           GREATEST(c.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                    - (SELECT count(*) FROM chat.messages e
+                        WHERE e.conversation_id = c.id AND e.target IS NOT NULL
+                          AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0),
            c.last_activity,
            (SELECT jsonb_build_object(
                        'seq', x.seq, 'sender', x.sender_id, 'kind', x.kind,
                        'body', CASE WHEN x.kind = 'e2e' THEN NULL ELSE left(x.body, 200) END,
                        'created_at', x.created_at, 'deleted', x.deleted_at IS NOT NULL)
               FROM chat.messages x
-             WHERE x.conversation_id = c.id AND x.seq = c.last_seq AND x.seq > m.joined_seq),
+             WHERE x.conversation_id = c.id AND x.seq > m.joined_seq AND x.target IS NULL
+             ORDER BY x.seq DESC
+             LIMIT 1),
            p.id
       FROM chat.members m
       JOIN chat.conversations c ON c.id = m.conversation_id
@@ -357,7 +340,38 @@ BEGIN
 END
 $$;
 
+-- The contacts of a user: the users with whom it has a direct conversation
+-- in which both have sent a message (creating the conversation alone makes
+-- no one a contact).  members.last_sent_seq, kept by every send, makes this
+-- one index walk over the user's conversations.
+CREATE FUNCTION chat.contacts(user_id bigint)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.user_id
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id AND c.kind = 'direct'
+      JOIN chat.members p ON p.conversation_id = m.conversation_id AND p.user_id <> m.user_id
+     WHERE m.user_id = contacts.user_id AND m.left_at IS NULL AND m.last_sent_seq > 0
+       AND p.left_at IS NULL AND p.last_sent_seq > 0
+     ORDER BY p.user_id
+$$;
+
+-- Whether a and b are contacts (see chat.contacts).
+CREATE FUNCTION chat.is_contact(a bigint, b bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM chat.conversations c
+          JOIN chat.members x ON x.conversation_id = c.id AND x.user_id = LEAST(a, b)
+          JOIN chat.members y ON y.conversation_id = c.id AND y.user_id = GREATEST(a, b)
+         WHERE c.kind = 'direct' AND c.direct_low = LEAST(a, b) AND c.direct_high = GREATEST(a, b)
+           AND x.left_at IS NULL AND x.last_sent_seq > 0
+           AND y.left_at IS NULL AND y.last_sent_seq > 0)
+$$;
+
 REVOKE ALL ON FUNCTION chat.post_system_message(bigint, bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.contacts(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.is_contact(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.require_users(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.lock_group(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.direct_conversation(bigint, bigint) FROM PUBLIC;
@@ -367,7 +381,11 @@ REVOKE ALL ON FUNCTION chat.remove_member(bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.conversations(bigint, integer, timestamptz) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.post_system_message(bigint, bigint, jsonb) IS
-    'internal: appends and fans out a system message; the caller holds the conversation row lock';
+    'internal: appends and fans out a system message (through chat.append_message)';
+COMMENT ON FUNCTION chat.contacts(bigint) IS
+    'the user''s contacts: users sharing a direct conversation with it in which both have sent a message';
+COMMENT ON FUNCTION chat.is_contact(bigint, bigint) IS
+    'true when two users are contacts (a direct conversation in which both have sent a message)';
 COMMENT ON FUNCTION chat.require_users(bigint[]) IS
     'internal: P0002 naming the first id that is not a user';
 COMMENT ON FUNCTION chat.lock_group(bigint) IS

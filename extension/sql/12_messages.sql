@@ -2,6 +2,12 @@
 -- tombstones, per-device sync and the delivered/read watermarks.
 --
 -- A member sees the messages after its joined_seq.  Page limits are 1..1000.
+--
+-- The log is also the change log: edits and deletes append entries (kind
+-- 'edit' / 'delete', target = the seq changed) that every read carries like
+-- any message.  An entry whose target is at or before the reader's
+-- joined_seq (a message from before it joined, which it never saw) reaches
+-- it too, so its seqs stay gapless, but without a body.
 
 CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
                                   client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
@@ -14,7 +20,19 @@ CREATE FUNCTION chat.check_body(body text)
 RETURNS void
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'chat_check_body';
 
--- Edits the text of one's own message within chat.edit_window.
+-- Appends a system message or a change-log entry to the conversation's
+-- gapless log (C, send.c): the one write path besides send_message, sharing
+-- its statement.  Internal; callers check the rights.
+CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
+                                    target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
+
+-- Edits the text of one's own message within chat.edit_window: the message
+-- is updated in place (body, edited_at) and an 'edit' entry with the new
+-- body and target = seq is appended to the log, so every device, online or
+-- not, gets the change in order.  The live 'edit' event is kept for
+-- existing clients; it goes to the members who could see the message.
 CREATE FUNCTION chat.edit_message(actor bigint, conversation_id bigint, seq bigint, body text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -24,17 +42,24 @@ DECLARE
     m chat.members;
     msg chat.messages;
     window_length interval := current_setting('chat.edit_window')::interval;
+    changed_at timestamptz;
 BEGIN
     PERFORM chat.check_body(edit_message.body);
     IF edit_message.seq IS NULL THEN
         RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
     END IF;
+    -- Lock order of every writer: the conversation row, then the rest.
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
     SELECT * INTO msg FROM chat.messages
      WHERE conversation_id = conv AND seq = edit_message.seq FOR NO KEY UPDATE;
     IF NOT FOUND OR msg.seq <= m.joined_seq THEN
         RAISE EXCEPTION 'message % does not exist in conversation %', edit_message.seq, conv
             USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
+            USING ERRCODE = '42501', HINT = format('Edit message %s, the message it changes.', msg.target);
     END IF;
     IF msg.sender_id <> actor OR msg.kind = 'system' THEN
         RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv
@@ -49,16 +74,22 @@ BEGIN
             msg.seq, conv, current_setting('chat.edit_window')
             USING ERRCODE = '55000', HINT = 'Send a new message instead.';
     END IF;
-    UPDATE chat.messages SET body = edit_message.body, edited_at = clock_timestamp()
+    changed_at := clock_timestamp();
+    UPDATE chat.messages SET body = edit_message.body, edited_at = changed_at
      WHERE conversation_id = conv AND seq = msg.seq;
-    PERFORM chat.fanout_event(conv, NULL,
+    PERFORM chat.append_message(conv, actor, 'edit', edit_message.body, msg.seq, changed_at);
+    PERFORM chat.fanout_event(conv,
+        ARRAY(SELECT x.user_id FROM chat.members x
+               WHERE x.conversation_id = conv AND x.left_at IS NULL AND x.joined_seq < msg.seq),
         jsonb_build_object('type', 'edit', 'conversation', conv, 'seq', msg.seq,
                            'body', edit_message.body));
 END
 $$;
 
 -- Deletes a message (its sender, or an owner/admin): a tombstone keeps the
--- seq with body NULL and deleted_at set.  Deleting a tombstone does nothing.
+-- seq with body NULL and deleted_at set, the bodies of its earlier 'edit'
+-- entries are cleared too, and a 'delete' entry (no body, target = seq) is
+-- appended to the log.  Deleting a tombstone does nothing.
 CREATE FUNCTION chat.delete_message(actor bigint, conversation_id bigint, seq bigint)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -67,16 +98,22 @@ DECLARE
     conv bigint := delete_message.conversation_id;
     m chat.members;
     msg chat.messages;
+    changed_at timestamptz;
 BEGIN
     IF delete_message.seq IS NULL THEN
         RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
     END IF;
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
     SELECT * INTO msg FROM chat.messages
      WHERE conversation_id = conv AND seq = delete_message.seq FOR NO KEY UPDATE;
     IF NOT FOUND OR msg.seq <= m.joined_seq THEN
         RAISE EXCEPTION 'message % does not exist in conversation %', delete_message.seq, conv
             USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
+            USING ERRCODE = '42501', HINT = format('Delete message %s, the message it changes.', msg.target);
     END IF;
     IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
         RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
@@ -85,9 +122,13 @@ BEGIN
     IF msg.deleted_at IS NOT NULL THEN
         RETURN;
     END IF;
+    changed_at := clock_timestamp();
     UPDATE chat.messages
-       SET body = NULL, mentions = NULL, attachments = NULL, deleted_at = clock_timestamp()
+       SET body = NULL, mentions = NULL, attachments = NULL, deleted_at = changed_at
      WHERE conversation_id = conv AND seq = msg.seq;
+    UPDATE chat.messages SET body = NULL
+     WHERE conversation_id = conv AND target = msg.seq AND kind = 'edit';
+    PERFORM chat.append_message(conv, actor, 'delete', NULL, msg.seq, changed_at);
     PERFORM chat.fanout_event(conv, NULL,
         jsonb_build_object('type', 'delete', 'conversation', conv, 'seq', msg.seq));
 END
@@ -106,8 +147,9 @@ BEGIN
     m := chat.require_member(actor, history.conversation_id);
     RETURN QUERY
     SELECT * FROM (
-        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
           FROM chat.messages x
          WHERE x.conversation_id = m.conversation_id
            AND x.seq > m.joined_seq
@@ -130,8 +172,9 @@ BEGIN
     PERFORM chat.check_limit(lim);
     m := chat.require_member(actor, messages_after.conversation_id);
     RETURN QUERY
-    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id
        AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
@@ -153,8 +196,9 @@ BEGIN
         RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
     END IF;
     m := chat.require_member(actor, get_message.conversation_id);
-    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
       INTO result
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
@@ -180,11 +224,12 @@ DECLARE
     taken integer;
     conv bigint;
     from_seq bigint;
+    joined bigint;
 BEGIN
     PERFORM chat.check_limit(lim);
     PERFORM chat.require_device(sync.user_id, sync.device_id);
-    FOR conv, from_seq IN
-        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+    FOR conv, from_seq, joined IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
           FROM chat.members m
           JOIN chat.conversations c ON c.id = m.conversation_id
           LEFT JOIN chat.device_cursors dc
@@ -195,8 +240,9 @@ BEGIN
          ORDER BY m.conversation_id
     LOOP
         RETURN QUERY
-        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
           FROM chat.messages x
          WHERE x.conversation_id = conv AND x.seq > from_seq
          ORDER BY x.seq
@@ -277,6 +323,7 @@ $$;
 
 REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.check_body(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.delete_message(bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.history(bigint, bigint, bigint, integer) FROM PUBLIC;
@@ -290,10 +337,12 @@ COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, intege
     'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
 COMMENT ON FUNCTION chat.check_body(text) IS
     'internal: 22023 for a NULL or empty body, 22001 over chat.max_body_bytes';
+COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) IS
+    'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
 COMMENT ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) IS
-    'the sender edits a message within chat.edit_window';
+    'the sender edits a message within chat.edit_window; appends an edit entry to the log';
 COMMENT ON FUNCTION chat.delete_message(bigint, bigint, bigint) IS
-    'the sender or an owner/admin deletes a message, leaving a tombstone';
+    'the sender or an owner/admin deletes a message, leaving a tombstone; appends a delete entry to the log';
 COMMENT ON FUNCTION chat.history(bigint, bigint, bigint, integer) IS
     'the lim messages just below before_seq (or the newest), ascending seq';
 COMMENT ON FUNCTION chat.messages_after(bigint, bigint, bigint, integer) IS

@@ -28,18 +28,25 @@ BEGIN
 END
 $$;
 
--- The users who get presence events of user_id: its conversation peers,
--- unless it hides its presence.
+-- The users who get presence events of user_id, by its privacy setting:
+-- 'everyone': its conversation peers (group members and direct peers);
+-- 'contacts': its contacts only (chat.contacts: a direct conversation in
+-- which both have sent a message); 'nobody': no one.
 CREATE FUNCTION chat.presence_audience(user_id bigint)
 RETURNS bigint[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
+    SELECT CASE u.presence_privacy
+           WHEN 'everyone' THEN
+               (SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
+                  FROM chat.members m
+                  JOIN chat.members p ON p.conversation_id = m.conversation_id
+                                     AND p.left_at IS NULL AND p.user_id <> m.user_id
+                 WHERE m.user_id = u.id AND m.left_at IS NULL)
+           WHEN 'contacts' THEN ARRAY(SELECT chat.contacts(u.id))
+           ELSE '{}'::bigint[] END
       FROM chat.users u
-      JOIN chat.members m ON m.user_id = u.id AND m.left_at IS NULL
-      JOIN chat.members p ON p.conversation_id = m.conversation_id
-                         AND p.left_at IS NULL AND p.user_id <> u.id
-     WHERE u.id = presence_audience.user_id AND u.presence_privacy <> 'nobody'
+     WHERE u.id = presence_audience.user_id
 $$;
 
 -- Sends a presence event of user_id to its audience.
@@ -193,8 +200,8 @@ END
 $$;
 
 -- Online state and last_seen of user_ids as viewer may see them: a user
--- with privacy 'nobody' (or 'peers', to a viewer sharing no conversation)
--- shows offline with no last_seen.  Unknown users are left out.
+-- with privacy 'nobody' (or 'contacts', to a viewer who is not one of its
+-- contacts) shows offline with no last_seen.  Unknown users are left out.
 CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
 RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -207,11 +214,7 @@ SET search_path = pg_catalog, pg_temp AS $$
      CROSS JOIN LATERAL (
         SELECT u.id = viewer
             OR u.presence_privacy = 'everyone'
-            OR (u.presence_privacy = 'peers' AND EXISTS (
-                    SELECT FROM chat.members a
-                      JOIN chat.members b ON b.conversation_id = a.conversation_id
-                     WHERE a.user_id = u.id AND a.left_at IS NULL
-                       AND b.user_id = viewer AND b.left_at IS NULL)) AS visible) v
+            OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)) AS visible) v
      ORDER BY u.id
 $$;
 
