@@ -27,7 +27,7 @@ def statements(path):
                 tag = m.group(0)
             elif m.group(0) == tag:
                 tag = None
-        if tag is None and line.rstrip().endswith(";"):
+        if tag is None and re.sub(r"--.*$", "", line).rstrip().endswith(";"):
             text = "".join(cur).strip()
             if not text.startswith("\\echo"):
                 out.append(text)

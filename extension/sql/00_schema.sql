@@ -1,5 +1,7 @@
 -- chat extension 0.2.0: schema.  The install script is assembled from the
--- files of extension/sql/ in name order.
+-- files of extension/sql/ in name order.  A column added in a later version
+-- goes last in its table (where ALTER TABLE ... ADD COLUMN puts it in the
+-- upgrade script), so that upgraded and fresh installs are alike.
 \echo Use "CREATE EXTENSION chat" to load this file. \quit
 
 -- Users are the application's own; the id is the application's user id.
@@ -56,10 +58,10 @@ CREATE TABLE chat.members (
     joined_seq      bigint NOT NULL DEFAULT 0,
     delivered_seq   bigint NOT NULL DEFAULT 0,
     read_seq        bigint NOT NULL DEFAULT 0,
-    last_sent_seq   bigint NOT NULL DEFAULT 0,  -- seq of the member's latest text/e2e message
     muted_until     timestamptz,
     joined_at       timestamptz NOT NULL DEFAULT now(),
     left_at         timestamptz,
+    last_sent_seq   bigint NOT NULL DEFAULT 0,  -- seq of the member's latest text/e2e message
     PRIMARY KEY (conversation_id, user_id)
 ) WITH (fillfactor = 70);  -- watermarks move on every send, ack and read: HOT updates
 -- A user's current conversations in id order (chat list, sync).
