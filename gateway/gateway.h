@@ -147,6 +147,7 @@ struct conn {
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
 	uint16_t close_code;		/* nonzero: close at the next writeable */
+	const char *close_why;		/* static reason text of the close frame */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint16_t inflight;		/* requests sent to the database, unanswered */
 	uint8_t missed_pongs;

@@ -355,13 +355,15 @@ list_unlink(struct conn *c)
 	c->prev = c->next = NULL;
 }
 
-/* Starts closing c with code (sent after the queued frames, 4009 drops them). */
+/* Starts closing c with code (sent after the queued frames, 4009 drops them);
+ * why must be a static string: it is sent as the close reason. */
 void
 ws_close(struct conn *c, int code, const char *why)
 {
 	if (!c->wsi || c->close_code)
 		return;
 	c->close_code = (uint16_t)code;
+	c->close_why = why;
 	metrics_close(code);
 	log_msg(code == 1000 || code == 1012 ? LOG_DEBUG : LOG_INFO, c->id,
 		"closing %d (%s)", code, why);
@@ -811,7 +813,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			if (c->close_sent)
 				return 0;
 			c->close_sent = 1;
-			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
+			/* The reason goes in the close frame (at most 123 bytes). */
+			lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+					 (unsigned char *)(uintptr_t)c->close_why,
+					 c->close_why ? strnlen(c->close_why, 123) : 0);
 			return -1;
 		}
 		if (c->ping_due && !c->close_code) {
