@@ -186,6 +186,9 @@ extern uint32_t ws_conns_total, ws_conns_unauth;
 
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		void *user, void *in, size_t len);
+/* Opaque user data of the connections accepted on --metrics-listen. */
+extern char ws_metrics_tag;
+#define WS_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &ws_metrics_tag)
 /* HTTP callback of the --metrics-listen vhost (/metrics and /healthz only). */
 int ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
 			void *user, void *in, size_t len);

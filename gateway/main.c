@@ -249,9 +249,13 @@ main_accept(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			int fd = accept4(lws_get_socket_fd(wsi), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 			if (fd < 0)
 				break;
+			struct lws *w;
 			u.sockfd = fd;
-			if (!lws_adopt_descriptor_vhost(vhost_metrics, LWS_ADOPT_HTTP | LWS_ADOPT_SOCKET,
-							u, NULL, NULL))
+			w = lws_adopt_descriptor_vhost(vhost_metrics, LWS_ADOPT_HTTP | LWS_ADOPT_SOCKET,
+						       u, NULL, NULL);
+			if (w)
+				lws_set_opaque_user_data(w, &ws_metrics_tag);
+			else
 				log_msg(LOG_WARN, 0, "lws could not adopt a metrics connection");
 		}
 		return 0;

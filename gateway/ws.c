@@ -690,13 +690,19 @@ http_request(struct lws *wsi, int metrics_vhost)
 	return http_status(wsi, HTTP_STATUS_NOT_FOUND);
 }
 
-/* lws callback of the --metrics-listen vhost: plain HTTP, no upgrade. */
+/* Tags the connections accepted on --metrics-listen (opaque user data). */
+char ws_metrics_tag;
+
+/* lws callback of the --metrics-listen vhost: plain HTTP, no upgrade.  lws
+ * may move a connection to another vhost by its Host header (and move one
+ * of the main listener here), so what a connection may reach is decided by
+ * the listener that accepted it (WS_IS_METRICS), never by the vhost. */
 int
 ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
 		    size_t len)
 {
 	if (reason == LWS_CALLBACK_HTTP)
-		return http_request(wsi, 1);
+		return http_request(wsi, WS_IS_METRICS(wsi));
 	if (reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION)
 		return 1;		/* no WebSocket here */
 	return lws_callback_http_dummy(wsi, reason, user, in, len);
@@ -710,10 +716,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
-		return http_request(wsi, 0);
+		return http_request(wsi, WS_IS_METRICS(wsi));
 
 	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-		if (draining)
+		if (draining || WS_IS_METRICS(wsi))
 			return 1;
 		if (ws_conns_total >= (uint32_t)cfg.max_conns ||
 		    ws_conns_unauth >= (uint32_t)cfg.max_unauth) {
