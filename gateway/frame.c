@@ -1,4 +1,5 @@
-/* frame.c: assembly of a WebSocket message that lws hands over in pieces.
+/* frame.c: assembly of a WebSocket message that lws hands over in pieces,
+ * and the reference-counted outgoing frames (struct msg).
  *
  * No lws dependency, so that tests/fuzz/frame_fuzz.c can drive it.  lws
  * delivers a message as fragments, and a fragment (or a whole frame) larger
@@ -50,4 +51,35 @@ frame_reset(struct frame_buf *f)
 	free(f->data);
 	f->data = NULL;
 	f->len = f->cap = 0;
+}
+
+/* Allocates a frame with LWS_PRE headroom holding a copy of data (refs = 1). */
+struct msg *
+msg_new(const char *data, size_t len)
+{
+	struct msg *m = malloc(sizeof(*m) + LWS_PRE + len + 1);
+
+	if (!m)
+		return NULL;
+	m->refs = 1;
+	m->len = (uint32_t)len;
+	memcpy(m->buf + LWS_PRE, data, len);
+	m->buf[LWS_PRE + len] = '\0';
+	return m;
+}
+
+/* Takes a reference (static frames are not counted). */
+void
+msg_ref(struct msg *m)
+{
+	if (m->refs != MSG_STATIC)
+		m->refs++;
+}
+
+/* Drops a reference; the last one frees the frame. */
+void
+msg_unref(struct msg *m)
+{
+	if (m->refs != MSG_STATIC && --m->refs == 0)
+		free(m);
 }

@@ -145,37 +145,6 @@ now_ms(void)
 	return (uint32_t)(now_us() / 1000);
 }
 
-/* Allocates a frame with LWS_PRE headroom holding a copy of data (refs = 1). */
-struct msg *
-msg_new(const char *data, size_t len)
-{
-	struct msg *m = malloc(sizeof(*m) + LWS_PRE + len + 1);
-
-	if (!m)
-		return NULL;
-	m->refs = 1;
-	m->len = (uint32_t)len;
-	memcpy(m->buf + LWS_PRE, data, len);
-	m->buf[LWS_PRE + len] = '\0';
-	return m;
-}
-
-/* Takes a reference (static frames are not counted). */
-void
-msg_ref(struct msg *m)
-{
-	if (m->refs != MSG_STATIC)
-		m->refs++;
-}
-
-/* Drops a reference; the last one frees the frame. */
-void
-msg_unref(struct msg *m)
-{
-	if (m->refs != MSG_STATIC && --m->refs == 0)
-		free(m);
-}
-
 /* Releases every queued frame (close or overflow); the ring itself stays. */
 static void
 ring_clear(struct conn *c)
