@@ -24,7 +24,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	/* Small caps (64 B .. 16 KiB) reach the limit often; 255: the default. */
 	max = data[0] == 255 ? 65536 : 64 + (size_t)data[0] * 64;
-	for (size_t i = 1; i + 4 <= size; i += 4) {
+	/* At most 1 MiB of pieces per run: many runs beat long ones. */
+	for (size_t i = 1, fed = 0; i + 4 <= size && fed < (1u << 20); i += 4) {
 		size_t len = (size_t)data[i] | ((size_t)(data[i + 1] & 0x3f) << 8);
 		size_t remaining = (size_t)data[i + 2] * 37;
 		int final = data[i + 3] & 1;
@@ -36,6 +37,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			len = sizeof(piece);
 		for (size_t k = 0; k < len; k++)
 			piece[k] = (char)next++;
+		fed += len;
 		if (frame_append(&f, piece, len, remaining, max) != 0) {
 			assert(len + remaining > max - before);
 			frame_reset(&f);
