@@ -9,7 +9,10 @@
 #include <jansson.h>
 #include "gateway.h"
 
-/* Decodes base64url without padding into out (capacity cap); returns length or -1. */
+/* Decodes canonical base64url (RFC 7515: no padding, no other alphabet, no
+ * length of 1 mod 4, zero unused bits in the last character) into out
+ * (capacity cap); returns the length or -1.  Only one text encodes a given
+ * signature, so a token cannot be varied without changing its bytes. */
 static int
 base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 {
@@ -17,6 +20,8 @@ base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 	int bits = 0;
 	size_t n = 0;
 
+	if (len % 4 == 1)
+		return -1;
 	for (size_t i = 0; i < len; i++) {
 		int v;
 		char ch = in[i];
@@ -26,7 +31,6 @@ base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 		else if (ch >= '0' && ch <= '9') v = ch - '0' + 52;
 		else if (ch == '-') v = 62;
 		else if (ch == '_') v = 63;
-		else if (ch == '=' && i >= len - 2) break;
 		else return -1;
 		acc = (acc << 6) | (uint32_t)v;
 		bits += 6;
@@ -36,42 +40,60 @@ base64url_decode(const char *in, size_t len, unsigned char *out, size_t cap)
 				return -1;
 			out[n++] = (unsigned char)(acc >> bits);
 		}
+		acc &= (1u << bits) - 1;
 	}
+	if (acc != 0)
+		return -1;		/* stray low bits in the last character */
 	return (int)n;
 }
 
-/* Reads a positive integer claim given as a JSON number or a decimal string. */
+/* Reads a claim that must be a JSON integer (NumericDate or id). */
 static int
-claim_int(json_t *v, int64_t *out)
+claim_json_int(json_t *v, int64_t *out)
+{
+	if (!json_is_integer(v))
+		return -1;
+	*out = json_integer_value(v);
+	return 0;
+}
+
+/* Reads an id claim (sub, dev): a positive JSON integer or a string of
+ * decimal digits with no sign, space or leading zero, at most max. */
+static int
+claim_id(json_t *v, int64_t max, int64_t *out)
 {
 	if (json_is_integer(v)) {
 		*out = json_integer_value(v);
-		return 0;
-	}
-	if (json_is_real(v)) {
-		double d = json_real_value(v);
-		if (d != (double)(int64_t)d)
-			return -1;
-		*out = (int64_t)d;
-		return 0;
+		return *out > 0 && *out <= max ? 0 : -1;
 	}
 	if (json_is_string(v)) {
 		const char *s = json_string_value(v);
-		char *end;
+		size_t n = json_string_length(v);
+		int64_t x = 0;
 
-		if (!*s || strlen(s) > 19)
+		if (n == 0 || n > 19 || s[0] == '0')
 			return -1;
-		errno = 0;
-		long long x = strtoll(s, &end, 10);
-		if (*end || errno)
-			return -1;
+		for (size_t i = 0; i < n; i++) {
+			if (s[i] < '0' || s[i] > '9')
+				return -1;
+			if (x > (max - (s[i] - '0')) / 10)
+				return -1;
+			x = x * 10 + (s[i] - '0');
+		}
 		*out = x;
 		return 0;
 	}
 	return -1;
 }
 
-/* Checks signature, alg, sub, dev and exp of a compact JWS; see gateway.h. */
+/* Seconds of clock skew allowed between the token issuer and the gateway
+ * for iat and nbf. */
+#define AUTH_LEEWAY 60
+
+/* Checks a compact JWS strictly; see gateway.h.  Signature first (nothing
+ * of an unsigned token is parsed); then header alg exactly HS256 (typ JWT
+ * when present), sub and dev canonical ids, exp a required integer, nbf and
+ * iat honoured when present, and exp - (iat or now) <= --max-token-ttl. */
 int
 auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	    const char **why)
@@ -81,7 +103,8 @@ auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	const char *dot1, *dot2;
 	json_t *hdr = NULL, *claims = NULL;
 	int n, ret = -1;
-	int64_t sub, dev, exp;
+	int64_t sub, dev, exp, nbf, iat, now = (int64_t)time(NULL);
+	json_t *v;
 
 	*why = "malformed token";
 	if (len == 0 || len > 4096)
@@ -104,32 +127,61 @@ auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	}
 
 	n = base64url_decode(token, (size_t)(dot1 - token), buf, sizeof(buf));
-	if (n < 0 || !(hdr = json_loadb((const char *)buf, (size_t)n, 0, NULL)))
+	if (n < 0 || !(hdr = json_loadb((const char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL)) ||
+	    !json_is_object(hdr))
 		goto out;
-	if (!json_is_string(json_object_get(hdr, "alg")) ||
-	    strcmp(json_string_value(json_object_get(hdr, "alg")), "HS256")) {
+	v = json_object_get(hdr, "alg");
+	if (!json_is_string(v) || json_string_length(v) != 5 || strcmp(json_string_value(v), "HS256")) {
 		*why = "alg must be HS256";
+		goto out;
+	}
+	v = json_object_get(hdr, "typ");
+	if (v && (!json_is_string(v) || json_string_length(v) != 3 || strcmp(json_string_value(v), "JWT"))) {
+		*why = "typ must be JWT";
 		goto out;
 	}
 
 	n = base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), buf, sizeof(buf));
-	if (n < 0 || !(claims = json_loadb((const char *)buf, (size_t)n, 0, NULL)) ||
+	if (n < 0 || !(claims = json_loadb((const char *)buf, (size_t)n, JSON_REJECT_DUPLICATES, NULL)) ||
 	    !json_is_object(claims))
 		goto out;
-	if (claim_int(json_object_get(claims, "sub"), &sub) || sub <= 0) {
+	if (claim_id(json_object_get(claims, "sub"), INT64_MAX, &sub)) {
 		*why = "missing or invalid sub";
 		goto out;
 	}
-	if (claim_int(json_object_get(claims, "dev"), &dev) || dev <= 0 || dev > INT32_MAX) {
+	if (claim_id(json_object_get(claims, "dev"), INT32_MAX, &dev)) {
 		*why = "missing or invalid dev";
 		goto out;
 	}
-	if (claim_int(json_object_get(claims, "exp"), &exp)) {
-		*why = "missing exp";
+	if (claim_json_int(json_object_get(claims, "exp"), &exp)) {
+		*why = "missing or invalid exp";
 		goto out;
 	}
-	if (exp <= (int64_t)time(NULL)) {
+	if (exp <= now) {
 		*why = "token expired";
+		goto out;
+	}
+	if ((v = json_object_get(claims, "nbf")) && claim_json_int(v, &nbf)) {
+		*why = "invalid nbf";
+		goto out;
+	}
+	if (v && nbf > now + AUTH_LEEWAY) {
+		*why = "token not valid yet (nbf)";
+		goto out;
+	}
+	if ((v = json_object_get(claims, "iat")) && claim_json_int(v, &iat)) {
+		*why = "invalid iat";
+		goto out;
+	}
+	if (v && iat > now + AUTH_LEEWAY) {
+		*why = "token issued in the future (iat)";
+		goto out;
+	}
+	/* A stolen long-lived token is a long-lived account: the lifetime is
+	 * capped from issue time (or from now when the token does not say). */
+	/* exp > now >= base: the unsigned difference cannot wrap. */
+	if ((uint64_t)exp - (uint64_t)(v && iat < now ? iat : now) > (uint64_t)cfg.max_token_ttl) {
+		*why = "token lifetime exceeds --max-token-ttl";
 		goto out;
 	}
 	*user = sub;

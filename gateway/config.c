@@ -47,6 +47,10 @@ static struct flag flags[] = {
 	{ "heartbeat", I(heartbeat), "30", 1, 3600, "seconds between WebSocket pings; two missed pongs close 1001", 0 },
 	{ "max-conns", I(max_conns), "19000", 1, 10000000, "connections per process", 0 },
 	{ "max-unauth", I(max_unauth), "2000", 1, 10000000, "unauthenticated connections per process", 0 },
+	{ "max-unauth-per-ip", I(max_unauth_per_ip), "64", 1, 10000000, "unauthenticated connections per source address (IPv6: per /64)", 0 },
+	{ "max-inflight", I(max_inflight), "16", 1, 1024, "requests per connection awaiting the database (error 53400 beyond)", 0 },
+	{ "max-token-ttl", I(max_token_ttl), "2592000", 60, 315360000, "longest token lifetime in seconds, exp - (iat or now) (close 4001)", 0 },
+	{ "metrics-listen", S(metrics_listen), NULL, 0, 0, "HOST:PORT serving /metrics and /healthz alone; /metrics then leaves --listen", 0 },
 	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls", 0 },
 	{ "drain-timeout", I(drain_timeout), "5", 1, 3600, "seconds SIGTERM waits for clients to close", 0 },
 	{ "log-format", S(log_format), "text", 0, 0, "text or json", 0 },
@@ -217,36 +221,38 @@ config_secret(void)
 	cfg.secret_len = n;
 }
 
-/* Splits --listen into host and port. */
+/* Splits a HOST:PORT flag into host (NULL: every interface) and port. */
 static void
-config_listen(void)
+config_hostport(const char *key, const char *value, char **host_out, int *port_out)
 {
-	char *colon = strrchr(cfg.listen, ':'), *end;
+	const char *colon = strrchr(value, ':');
+	char *end, *host = NULL;
 	long port;
 
 	if (!colon) {
-		colon = cfg.listen - 1;		/* bare port */
+		colon = value - 1;		/* bare port */
 	}
 	errno = 0;
 	port = strtol(colon + 1, &end, 10);
-	if (*end || errno || port < 1 || port > 65535)
-		config_fail("listen", "\"%s\" is not HOST:PORT", cfg.listen);
-	cfg.listen_port = (int)port;
-	if (colon > cfg.listen) {
-		cfg.listen_host = strndup(cfg.listen, (size_t)(colon - cfg.listen));
-		if (!cfg.listen_host)
+	if (!colon[1] || *end || errno || port < 1 || port > 65535)
+		config_fail(key, "\"%s\" is not HOST:PORT", value);
+	*port_out = (int)port;
+	if (colon > value) {
+		host = strndup(value, (size_t)(colon - value));
+		if (!host)
 			abort();
-		if (cfg.listen_host[0] == '[') {	/* [::1]:8080 */
-			size_t l = strlen(cfg.listen_host);
-			memmove(cfg.listen_host, cfg.listen_host + 1, l);
-			if (l >= 2 && cfg.listen_host[l - 2] == ']')
-				cfg.listen_host[l - 2] = '\0';
+		if (host[0] == '[') {	/* [::1]:8080 */
+			size_t l = strlen(host);
+			memmove(host, host + 1, l);
+			if (l >= 2 && host[l - 2] == ']')
+				host[l - 2] = '\0';
 		}
-		if (!strcmp(cfg.listen_host, "0.0.0.0") || !strcmp(cfg.listen_host, "*")) {
-			free(cfg.listen_host);
-			cfg.listen_host = NULL;
+		if (!strcmp(host, "0.0.0.0") || !strcmp(host, "*")) {
+			free(host);
+			host = NULL;
 		}
 	}
+	*host_out = host;
 }
 
 /* Fills cfg from the command line, CHAT_* variables, --config and defaults; exits 2 on error. */
@@ -315,7 +321,15 @@ config_load(int argc, char **argv)
 		config_fail(cfg.tls_cert ? "tls-key" : "tls-cert", "--tls-cert and --tls-key go together");
 	if (cfg.static_dir && !*cfg.static_dir)
 		cfg.static_dir = NULL;
-	config_listen();
+	config_hostport("listen", cfg.listen, &cfg.listen_host, &cfg.listen_port);
+	if (cfg.metrics_listen && !*cfg.metrics_listen)
+		cfg.metrics_listen = NULL;
+	if (cfg.metrics_listen) {
+		config_hostport("metrics-listen", cfg.metrics_listen, &cfg.metrics_host, &cfg.metrics_port);
+		if (cfg.metrics_port == cfg.listen_port &&
+		    (!cfg.metrics_host || !cfg.listen_host || !strcmp(cfg.metrics_host, cfg.listen_host)))
+			config_fail("metrics-listen", "\"%s\" uses the port of --listen", cfg.metrics_listen);
+	}
 	config_secret();
 	cfg.worker_index = -1;
 }

@@ -261,8 +261,12 @@ db_complete(struct pgconn *pc, struct pending *p)
 		break;
 	case P_REQUEST:
 		metrics_latency(now_us() - p->start_us);
+		c->inflight--;
+		/* Consumed whatever the client does: a client that left, or was
+		 * closed 4009 for not reading, loses its answers here and never
+		 * holds up the others sharing this pool connection. */
 		if (!c->wsi || c->close_code)
-			break;		/* the client left while its request ran */
+			break;
 		if (ok && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 			db_reply(c, p->id, PQgetvalue(res, 0, 0));
 		} else if (res && st == PGRES_FATAL_ERROR) {
@@ -611,6 +615,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	}
 	stats.requests++;
 	p->conn = c;
+	c->inflight++;
 	ws_conn_ref(c);
 }
 

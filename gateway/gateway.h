@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <libwebsockets.h>
 #include <libpq-fe.h>
+#include <jansson.h>
 
 #define GATEWAY_VERSION "0.1.0"
 
@@ -21,6 +22,9 @@ struct config {
 	char *tls_cert;
 	char *tls_key;
 	char *static_dir;
+	char *metrics_listen;		/* host:port of the /metrics listener, or NULL */
+	char *metrics_host;		/* derived from metrics_listen; NULL: every interface */
+	int metrics_port;
 	char *log_format;
 	char *log_file;
 	char *log_level;
@@ -35,6 +39,9 @@ struct config {
 	int heartbeat;			/* seconds between WebSocket pings */
 	int max_conns;
 	int max_unauth;
+	int max_unauth_per_ip;		/* unauthenticated connections per address (IPv6: /64) */
+	int max_inflight;		/* requests per connection awaiting the database */
+	int max_token_ttl;		/* seconds: exp - (iat or now) */
 	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
 	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
 
@@ -74,6 +81,36 @@ int main_listen(void);
 /* Ends the event loop (after a drain). */
 void main_stop(void);
 
+/* ---- frame.c: fragment assembly (no lws, fuzzed) ---- */
+
+/* A message being assembled from fragments; all zero between messages. */
+struct frame_buf {
+	char *data;
+	uint32_t len, cap;
+};
+
+/* Appends a piece (remaining: bytes lws still announces for the current
+ * fragment); -1 when the message would exceed max bytes or memory is out. */
+int frame_append(struct frame_buf *f, const void *in, size_t len, size_t remaining, size_t max);
+/* Frees the buffer and empties f. */
+void frame_reset(struct frame_buf *f);
+
+/* ---- request.c: request frame validation (no lws, fuzzed) ---- */
+
+#define REQ_ID_MAX 128			/* bytes of a string id, characters of a number's */
+
+struct req_info {
+	char *id_json;			/* malloc'd compact JSON of a valid id, or NULL */
+	const char *type;		/* borrowed from the frame */
+	const char *code, *message;	/* the error frame's SQLSTATE and text */
+};
+/* The id of a request frame: 0 with *id_json (NULL: none), or -1 with the
+ * SQLSTATE and message of the error (the id is then never echoed). */
+int req_id(json_t *req, char **id_json, const char **code, const char **message);
+/* Validates a parsed request (NULL: not JSON): 0, or -1 with out->code and
+ * out->message; out->id_json is set whenever the id may be echoed. */
+int req_check(json_t *req, struct req_info *out);
+
 /* ---- ws.c: client connections ---- */
 
 /* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
@@ -99,18 +136,20 @@ struct conn {
 	struct conn *prev, *next;	/* unauthenticated or authenticated list */
 	struct conn *user_next;		/* hash bucket chain (route.c) */
 	struct ring *ring;
-	char *rx;			/* fragment assembly, NULL between frames */
+	struct frame_buf rx;		/* fragment assembly, empty between frames */
+	struct ip_count *ip;		/* source address while unauthenticated */
 	int64_t user;
 	uint32_t id;
 	int32_t device;
-	uint32_t rx_len;
 	uint32_t born_ms;		/* accept time, for the auth timeout */
 	uint32_t close_ms;		/* ws_close time, for the stalled-close backstop */
 	uint32_t rate_ms;		/* last token-bucket refill */
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
 	uint16_t close_code;		/* nonzero: close at the next writeable */
+	const char *close_why;		/* static reason text of the close frame */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
+	uint16_t inflight;		/* requests sent to the database, unanswered */
 	uint8_t missed_pongs;
 	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1,
 		 on_closing:1;
@@ -124,8 +163,9 @@ void msg_unref(struct msg *m);
  * writeable callback; a full ring closes the connection with 4009. */
 void ws_send(struct conn *c, struct msg *m);
 /* Copies text into a new frame and queues it.  Used for responses: they
- * count against --max-queue but not --max-queue-bytes (a large sync page
- * must not make its own client "lagging"). */
+ * count against both caps, but a response is accepted whenever the bytes
+ * already queued are below --max-queue-bytes (one sync page larger than the
+ * budget can still be delivered); beyond that the connection closes 4009. */
 void ws_send_text(struct conn *c, const char *text, size_t len);
 /* Sends an error frame {"id":..,"type":"error",...}; id_json may be NULL. */
 void ws_send_error(struct conn *c, const char *id_json, const char *code,
@@ -146,6 +186,12 @@ extern uint32_t ws_conns_total, ws_conns_unauth;
 
 int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		void *user, void *in, size_t len);
+/* Opaque user data of the connections accepted on --metrics-listen. */
+extern char ws_metrics_tag;
+#define WS_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &ws_metrics_tag)
+/* HTTP callback of the --metrics-listen vhost (/metrics and /healthz only). */
+int ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			void *user, void *in, size_t len);
 /* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
 void ws_start_timers(void);
 
@@ -202,6 +248,8 @@ struct metrics {
 	uint64_t deliveries, drops, skipped_own;
 	uint64_t requests, request_errors, rate_limited;
 	uint64_t refs_resolved;
+	uint64_t inflight_refused;	/* requests refused beyond --max-inflight */
+	uint64_t unauth_per_ip_refused;	/* connections refused by --max-unauth-per-ip */
 	uint64_t db_reconnects, resyncs;
 	uint64_t closes[16];		/* indexed by metrics_close_slot */
 	uint64_t latency_buckets[16];

@@ -25,7 +25,6 @@ int draining;
 static volatile sig_atomic_t got_term, got_hup;
 static int stop, exit_status, log_fd = 2;
 static lws_sorted_usec_list_t sul_signals, sul_drain;
-static struct lws_http_mount mounts[3];
 
 static int main_accept(struct lws *wsi, enum lws_callback_reasons reason,
 		       void *user, void *in, size_t len);
@@ -37,15 +36,21 @@ static const struct lws_protocols client_protocols[] = {
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
-/* Raw descriptors we adopt: libpq sockets and our own listen socket. */
+/* The --metrics-listen vhost: HTTP only, /metrics and /healthz. */
+static const struct lws_protocols metrics_protocols[] = {
+	{ "http-metrics", ws_metrics_callback, 0, 0, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+/* Raw descriptors we adopt: libpq sockets and our own listen sockets. */
 static const struct lws_protocols raw_protocols[] = {
 	{ "pg", db_callback, 0, 0, 0, NULL, 0 },
 	{ "listen", main_accept, 0, 0, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
-static struct lws_vhost *vhost_chat;
-static struct lws *listen_wsi;
+static struct lws_vhost *vhost_chat, *vhost_metrics;
+static struct lws *listen_wsi, *metrics_listen_wsi;
 static lws_sorted_usec_list_t sul_accept;
 static void main_unlisten(void);
 
@@ -231,8 +236,30 @@ main_accept(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		listen_wsi = NULL;
 		return 0;
 	}
+	if (reason == LWS_CALLBACK_RAW_CLOSE_FILE && wsi == metrics_listen_wsi) {
+		metrics_listen_wsi = NULL;
+		return 0;
+	}
 	if (reason != LWS_CALLBACK_RAW_RX_FILE)
 		return 0;
+	if (wsi == metrics_listen_wsi) {
+		/* Scrapes: a few at a time, no client caps, served while draining. */
+		for (int i = 0; i < 8; i++) {
+			lws_sock_file_fd_type u;
+			int fd = accept4(lws_get_socket_fd(wsi), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+			if (fd < 0)
+				break;
+			struct lws *w;
+			u.sockfd = fd;
+			w = lws_adopt_descriptor_vhost(vhost_metrics, LWS_ADOPT_HTTP | LWS_ADOPT_SOCKET,
+						       u, NULL, NULL);
+			if (w)
+				lws_set_opaque_user_data(w, &ws_metrics_tag);
+			else
+				log_msg(LOG_WARN, 0, "lws could not adopt a metrics connection");
+		}
+		return 0;
+	}
 	/* Bounded batch: the loop must also serve the connections we have. */
 	for (int i = 0; i < 64; i++) {
 		lws_sock_file_fd_type u;
@@ -265,7 +292,7 @@ main_accept(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 /* Opens the shared listen socket ourselves: lws 4.1 built with LWS_MAX_SMP 1
  * never sets SO_REUSEPORT, and we also want to close it first on SIGTERM. */
 static int
-main_listen_socket(void)
+main_listen_socket(const char *host, int port_num, const char *what)
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	char port[8];
@@ -275,9 +302,9 @@ main_listen_socket(void)
 	hints.ai_family = AF_UNSPEC;
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	snprintf(port, sizeof(port), "%d", cfg.listen_port);
-	if ((err = getaddrinfo(cfg.listen_host, port, &hints, &res)) != 0) {
-		log_msg(LOG_ERROR, 0, "listen %s: %s", cfg.listen, gai_strerror(err));
+	snprintf(port, sizeof(port), "%d", port_num);
+	if ((err = getaddrinfo(host, port, &hints, &res)) != 0) {
+		log_msg(LOG_ERROR, 0, "listen %s: %s", what, gai_strerror(err));
 		return -1;
 	}
 	for (ai = res; ai; ai = ai->ai_next) {
@@ -296,7 +323,7 @@ main_listen_socket(void)
 	}
 	freeaddrinfo(res);
 	if (fd < 0)
-		log_msg(LOG_ERROR, 0, "cannot listen on %s: %s", cfg.listen, strerror(errno));
+		log_msg(LOG_ERROR, 0, "cannot listen on %s: %s", what, strerror(errno));
 	return fd;
 }
 
@@ -311,31 +338,15 @@ main_listen(void)
 {
 	struct lws_context_creation_info info;
 	lws_sock_file_fd_type u;
-	int n = 0, fd;
+	int fd;
 
 	memset(&info, 0, sizeof(info));
-	if (cfg.static_dir) {
-		mounts[n].mountpoint = "/";
-		mounts[n].mountpoint_len = 1;
-		mounts[n].origin = cfg.static_dir;
-		mounts[n].def = "index.html";
-		mounts[n].origin_protocol = LWSMPRO_FILE;
-		n++;
-	}
-	const char *dyn[] = { "/healthz", "/metrics" };
-	for (int i = 0; i < 2; i++, n++) {
-		mounts[n].mountpoint = dyn[i];
-		mounts[n].mountpoint_len = (unsigned char)strlen(dyn[i]);
-		mounts[n].origin = "chat.v1";
-		mounts[n].origin_protocol = LWSMPRO_CALLBACK;
-	}
-	for (int i = 0; i + 1 < n; i++)
-		mounts[i].mount_next = &mounts[i + 1];
-
+	/* No mounts: every HTTP request reaches ws_callback, which serves
+	 * /healthz, /metrics and --static itself (lws file mounts follow
+	 * symlinks out of their root). */
 	info.vhost_name = "chat";
 	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;	/* we accept, lws serves */
 	info.protocols = client_protocols;
-	info.mounts = mounts;
 	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
 	/* No lws validity (idle ping / hangup) timers: ws.c pings every
 	 * --heartbeat seconds from its tick.  lws's default policy re-inserts a
@@ -354,7 +365,31 @@ main_listen(void)
 			cfg.tls_cert ? " (check --tls-cert and --tls-key)" : "");
 		return -1;
 	}
-	fd = main_listen_socket();
+	if (cfg.metrics_listen) {
+		/* Plain HTTP on its own address (e.g. 127.0.0.1), never TLS. */
+		memset(&info, 0, sizeof(info));
+		info.vhost_name = "metrics";
+		info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+		info.protocols = metrics_protocols;
+		info.retry_and_idle_policy = &no_validity_timers;
+		vhost_metrics = lws_create_vhost(context, &info);
+		fd = vhost_metrics ? main_listen_socket(cfg.metrics_host, cfg.metrics_port,
+							  cfg.metrics_listen) : -1;
+		if (fd < 0) {
+			exit_status = 1;
+			return -1;
+		}
+		u.filefd = fd;
+		metrics_listen_wsi = lws_adopt_descriptor_vhost(vhost_pg, LWS_ADOPT_RAW_FILE_DESC, u,
+								"listen", NULL);
+		if (!metrics_listen_wsi) {
+			close(fd);
+			exit_status = 1;
+			return -1;
+		}
+		log_msg(LOG_INFO, 0, "metrics on %s", cfg.metrics_listen);
+	}
+	fd = main_listen_socket(cfg.listen_host, cfg.listen_port, cfg.listen);
 	if (fd < 0) {
 		exit_status = 1;
 		return -1;

@@ -128,6 +128,10 @@ metrics_render(size_t *len)
 		   "Requests answered with a gateway-made error frame.", stats.request_errors);
 	out_metric(&o, "chat_gateway_rate_limited_total", "counter",
 		   "Requests refused by the per-connection rate limit.", stats.rate_limited);
+	out_metric(&o, "chat_gateway_inflight_refused_total", "counter",
+		   "Requests refused with 53400 beyond --max-inflight.", stats.inflight_refused);
+	out_metric(&o, "chat_gateway_unauth_per_ip_refused_total", "counter",
+		   "Connections refused by --max-unauth-per-ip.", stats.unauth_per_ip_refused);
 	out_metric(&o, "chat_gateway_refs_resolved_total", "counter",
 		   "\"ref\":true message events fetched with chat.get_message.", stats.refs_resolved);
 	out_metric(&o, "chat_gateway_db_reconnects_total", "counter",

@@ -9,6 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <malloc.h>
+#include <limits.h>
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <netinet/in.h>
 #include <jansson.h>
 #include "gateway.h"
 
@@ -26,42 +31,118 @@ static uint32_t ticks;
 
 static struct msg *resync_msg;
 
+/* Unauthenticated connections per source address (--max-unauth-per-ip):
+ * a chained hash table of counts, an entry freed when its count drops to 0.
+ * IPv6 addresses count per /64 (one host usually holds a whole /64);
+ * IPv4-mapped IPv6 addresses count as the IPv4 address. */
+struct ip_count {
+	struct ip_count *next;
+	uint32_t n;
+	unsigned char key[9];		/* family tag, then 4 or 8 address bytes */
+};
+#define IP_BUCKETS 4096
+static struct ip_count *ip_table[IP_BUCKETS];
+
+/* The peer's key for the per-address cap; -1 when it has none (not IP). */
+static int
+ip_key(struct lws *wsi, unsigned char key[9])
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	int fd = (int)lws_get_socket_fd(wsi);
+
+	memset(key, 0, 9);
+	if (fd < 0 || getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+		return -1;
+	if (ss.ss_family == AF_INET) {
+		key[0] = 4;
+		memcpy(key + 1, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+		return 0;
+	}
+	if (ss.ss_family == AF_INET6) {
+		const unsigned char *a = ((struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+		static const unsigned char mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+		if (!memcmp(a, mapped, 12)) {
+			key[0] = 4;
+			memcpy(key + 1, a + 12, 4);
+		} else {
+			key[0] = 6;
+			memcpy(key + 1, a, 8);
+		}
+		return 0;
+	}
+	return -1;
+}
+
+/* The table slot of a key (FNV-1a). */
+static struct ip_count **
+ip_slot(const unsigned char key[9])
+{
+	uint32_t h = 2166136261u;
+	struct ip_count **pp;
+
+	for (int i = 0; i < 9; i++)
+		h = (h ^ key[i]) * 16777619u;
+	for (pp = &ip_table[h % IP_BUCKETS]; *pp; pp = &(*pp)->next)
+		if (!memcmp((*pp)->key, key, 9))
+			break;
+	return pp;
+}
+
+/* Unauthenticated connections open from the peer of wsi. */
+static uint32_t
+ip_unauth(struct lws *wsi)
+{
+	unsigned char key[9];
+	struct ip_count **pp;
+
+	if (ip_key(wsi, key) != 0)
+		return 0;
+	pp = ip_slot(key);
+	return *pp ? (*pp)->n : 0;
+}
+
+/* Counts c against its peer's address while it is unauthenticated. */
+static void
+ip_acquire(struct conn *c)
+{
+	unsigned char key[9];
+	struct ip_count **pp;
+
+	if (ip_key(c->wsi, key) != 0)
+		return;
+	pp = ip_slot(key);
+	if (!*pp) {
+		if (!(*pp = calloc(1, sizeof(**pp))))
+			return;		/* uncounted rather than refused */
+		memcpy((*pp)->key, key, 9);
+	}
+	(*pp)->n++;
+	c->ip = *pp;
+}
+
+/* c authenticated or closed: its address may hold one more. */
+static void
+ip_release(struct conn *c)
+{
+	struct ip_count **pp;
+
+	if (!c->ip)
+		return;
+	pp = ip_slot(c->ip->key);
+	c->ip = NULL;
+	if (*pp && --(*pp)->n == 0) {
+		struct ip_count *e = *pp;
+		*pp = e->next;
+		free(e);
+	}
+}
+
 /* Milliseconds on a wrapping 32-bit clock; compare with differences only. */
 static uint32_t
 now_ms(void)
 {
 	return (uint32_t)(now_us() / 1000);
-}
-
-/* Allocates a frame with LWS_PRE headroom holding a copy of data (refs = 1). */
-struct msg *
-msg_new(const char *data, size_t len)
-{
-	struct msg *m = malloc(sizeof(*m) + LWS_PRE + len + 1);
-
-	if (!m)
-		return NULL;
-	m->refs = 1;
-	m->len = (uint32_t)len;
-	memcpy(m->buf + LWS_PRE, data, len);
-	m->buf[LWS_PRE + len] = '\0';
-	return m;
-}
-
-/* Takes a reference (static frames are not counted). */
-void
-msg_ref(struct msg *m)
-{
-	if (m->refs != MSG_STATIC)
-		m->refs++;
-}
-
-/* Drops a reference; the last one frees the frame. */
-void
-msg_unref(struct msg *m)
-{
-	if (m->refs != MSG_STATIC && --m->refs == 0)
-		free(m);
 }
 
 /* Releases every queued frame (close or overflow); the ring itself stays. */
@@ -107,9 +188,13 @@ ring_grow(struct conn *c)
 	return 0;
 }
 
-/* Queues m; byte_cap: whether --max-queue-bytes applies (pushed events). */
+/* Queues m under both caps.  Pushed events (response 0): m must fit in
+ * --max-queue-bytes with what is queued (an empty ring takes any frame).
+ * Responses (response 1): accepted while the bytes queued are below the
+ * budget, so a single page larger than the budget still goes out, but a
+ * client that stops reading is closed after at most one such page. */
 static void
-ws_enqueue(struct conn *c, struct msg *m, int byte_cap)
+ws_enqueue(struct conn *c, struct msg *m, int response)
 {
 	struct ring *r;
 
@@ -128,7 +213,8 @@ ws_enqueue(struct conn *c, struct msg *m, int byte_cap)
 		}
 		r = c->ring;
 	}
-	if (byte_cap && r->count && r->bytes + m->len > (uint32_t)cfg.max_queue_bytes) {
+	if (r->count && (response ? r->bytes >= (uint32_t)cfg.max_queue_bytes :
+			 (uint64_t)r->bytes + m->len > (uint32_t)cfg.max_queue_bytes)) {
 		stats.drops++;
 		log_msg(LOG_WARN, c->id, "send ring over %d bytes: closing as lagging",
 			cfg.max_queue_bytes);
@@ -142,22 +228,27 @@ ws_enqueue(struct conn *c, struct msg *m, int byte_cap)
 	lws_callback_on_writable(c->wsi);
 }
 
-/* Queues a pushed event (both ring caps apply). */
+/* Queues a pushed event. */
 void
 ws_send(struct conn *c, struct msg *m)
 {
-	ws_enqueue(c, m, 1);
+	ws_enqueue(c, m, 0);
 }
 
-/* Queues a response or gateway frame (--max-queue-bytes does not apply). */
+/* Queues a response or gateway frame (see ws_enqueue for the byte rule). */
 void
 ws_send_text(struct conn *c, const char *text, size_t len)
 {
-	struct msg *m = msg_new(text, len);
+	struct msg *m;
 
+	if (!c->wsi || c->close_code) {
+		stats.drops++;		/* no copy for a client that is going */
+		return;
+	}
+	m = msg_new(text, len);
 	if (!m)
 		return;
-	ws_enqueue(c, m, 0);
+	ws_enqueue(c, m, 1);
 	msg_unref(m);
 }
 
@@ -233,13 +324,15 @@ list_unlink(struct conn *c)
 	c->prev = c->next = NULL;
 }
 
-/* Starts closing c with code (sent after the queued frames, 4009 drops them). */
+/* Starts closing c with code (sent after the queued frames, 4009 drops them);
+ * why must be a static string: it is sent as the close reason. */
 void
 ws_close(struct conn *c, int code, const char *why)
 {
 	if (!c->wsi || c->close_code)
 		return;
 	c->close_code = (uint16_t)code;
+	c->close_why = why;
 	metrics_close(code);
 	log_msg(code == 1000 || code == 1012 ? LOG_DEBUG : LOG_INFO, c->id,
 		"closing %d (%s)", code, why);
@@ -276,7 +369,7 @@ ws_conn_unref(struct conn *c)
 	if (--c->refs == 0) {
 		ring_clear(c);
 		free(c->ring);
-		free(c->rx);
+		frame_reset(&c->rx);
 		free(c);
 	}
 }
@@ -323,6 +416,7 @@ ws_authenticated(struct conn *c, int64_t user, int32_t device)
 {
 	list_unlink(c);
 	ws_conns_unauth--;
+	ip_release(c);
 	c->authed = 1;
 	c->user = user;
 	c->device = device;
@@ -381,8 +475,9 @@ ws_rate_check(struct conn *c)
 static void
 ws_frame(struct conn *c, const char *data, size_t len)
 {
-	json_t *req, *type, *id;
+	json_t *req, *type;
 	json_error_t err;
+	struct req_info ri;
 	char *id_json = NULL;
 	const char *t;
 
@@ -410,33 +505,25 @@ ws_frame(struct conn *c, const char *data, size_t len)
 		if (c->strikes > (uint32_t)cfg.rate) {
 			ws_close(c, 1008, "request rate exceeded");
 		} else {
-			id = req && json_is_object(req) ? json_object_get(req, "id") : NULL;
-			id_json = id ? json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+			const char *code, *msg;
+			if (req_id(req, &id_json, &code, &msg) != 0)
+				id_json = NULL;		/* not echoed */
 			ws_send_error(c, id_json, "53400", "request rate exceeded");
 			stats.request_errors++;
 		}
 		goto out;
 	}
 
-	id = req && json_is_object(req) ? json_object_get(req, "id") : NULL;
-	if (id && (json_is_integer(id) || json_is_string(id) || json_is_real(id)))
-		id_json = json_dumps(id, JSON_ENCODE_ANY | JSON_COMPACT);
-	if (!req || !json_is_object(req)) {
-		ws_send_error(c, NULL, "22P02", req ? "frame is not a JSON object" : "frame is not valid JSON");
+	/* JSON object, a "type", an id that is a short number or string
+	 * (request.c, fuzzed by tests/fuzz/request_fuzz.c). */
+	if (req_check(req, &ri) != 0) {
+		ws_send_error(c, ri.id_json, ri.code, ri.message);
 		stats.request_errors++;
+		id_json = ri.id_json;
 		goto out;
 	}
-	if (!type || !json_is_string(type)) {
-		ws_send_error(c, id_json, "22P02", "frame has no \"type\"");
-		stats.request_errors++;
-		goto out;
-	}
-	if (id_json && strlen(id_json) > 130) {
-		ws_send_error(c, NULL, "22023", "\"id\" is longer than 128 characters");
-		stats.request_errors++;
-		goto out;
-	}
-	t = json_string_value(type);
+	id_json = ri.id_json;
+	t = ri.type;
 	if (!strcmp(t, "ping")) {
 		char buf[200];
 		int n = id_json ? snprintf(buf, sizeof(buf), "{\"id\":%s,\"type\":\"pong\"}", id_json)
@@ -449,31 +536,18 @@ ws_frame(struct conn *c, const char *data, size_t len)
 		stats.request_errors++;
 		goto out;
 	}
+	/* A client may not pile up work (and answers) faster than it reads:
+	 * beyond --max-inflight unanswered requests it gets 53400 at once. */
+	if (c->inflight >= (uint32_t)cfg.max_inflight) {
+		ws_send_error(c, id_json, "53400", "too many requests in flight");
+		stats.request_errors++;
+		stats.inflight_refused++;
+		goto out;
+	}
 	db_request(c, data, len, id_json);
 out:
 	free(id_json);
 	json_decref(req);
-}
-
-/* Appends a fragment; returns -1 when the frame exceeds --max-frame. */
-static int
-ws_rx_append(struct conn *c, const void *in, size_t len, size_t remaining)
-{
-	size_t need = c->rx_len + len;
-
-	if (need + remaining > (size_t)cfg.max_frame)
-		return -1;
-	if (!c->rx) {
-		size_t cap = need + remaining;
-		c->rx = malloc(cap < 1024 ? 1024 : cap);
-	} else if (remaining || need > 1024) {
-		c->rx = realloc(c->rx, need + remaining);
-	}
-	if (!c->rx)
-		return -1;
-	memcpy(c->rx + c->rx_len, in, len);
-	c->rx_len = (uint32_t)need;
-	return 0;
 }
 
 /* Writes a small HTTP response from the HTTP callback (bodies of a few KB). */
@@ -501,16 +575,71 @@ http_reply(struct lws *wsi, unsigned int status, const char *ctype, const char *
 	return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
-/* Dispatches /healthz and /metrics; anything else is 404 (static files are a mount). */
+/* Ends an HTTP transaction with a bodiless status. */
 static int
-http_request(struct lws *wsi)
+http_status(struct lws *wsi, unsigned int status)
 {
-	char uri[128];
+	lws_return_http_status(wsi, status, NULL);
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
 
-	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0) {
-		lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, NULL);
-		return lws_http_transaction_completed(wsi) ? -1 : 0;
+/* Serves a file of --static.  lws's file mounts follow symlinks wherever
+ * they point, so the path is resolved here (realpath) and must stay inside
+ * the resolved root: a symlink out of the root is 404, as is anything that
+ * is not a regular file.  (A symlink to a file inside the root is fine.) */
+static int
+http_static(struct lws *wsi, const char *uri)
+{
+	static char *root;
+	static size_t root_len;
+	char path[PATH_MAX], real[PATH_MAX];
+	const char *mime;
+	struct stat st;
+	int n;
+
+	if (!root) {
+		if (!(root = realpath(cfg.static_dir, NULL))) {
+			log_msg(LOG_WARN, 0, "--static %s: %s", cfg.static_dir, strerror(errno));
+			return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+		}
+		root_len = strlen(root);
 	}
+	if (uri[0] != '/' || strstr(uri, "/../") ||
+	    (strlen(uri) >= 3 && !strcmp(uri + strlen(uri) - 3, "/..")))
+		return http_status(wsi, HTTP_STATUS_FORBIDDEN);
+	n = snprintf(path, sizeof(path), "%s%s%s", root, uri,
+		     uri[strlen(uri) - 1] == '/' ? "index.html" : "");
+	if (n < 0 || (size_t)n >= sizeof(path) || !realpath(path, real))
+		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+	if (strncmp(real, root, root_len) || (real[root_len] != '/' && real[root_len] != '\0'))
+		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+	if (stat(real, &st) == 0 && S_ISDIR(st.st_mode)) {
+		n = snprintf(path, sizeof(path), "%s/index.html", real);
+		if (n < 0 || (size_t)n >= sizeof(path) || !realpath(path, real) ||
+		    strncmp(real, root, root_len) || real[root_len] != '/')
+			return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+	}
+	if (stat(real, &st) != 0 || !S_ISREG(st.st_mode))
+		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+	mime = lws_get_mimetype(real, NULL);
+	n = lws_serve_http_file(wsi, real, mime ? mime : "application/octet-stream", NULL, 0);
+	if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi)))
+		return -1;
+	return 0;
+}
+
+/* Dispatches /healthz, /metrics (unless --metrics-listen moved it; on that
+ * listener nothing else) and --static files; anything else is 404. */
+static int
+http_request(struct lws *wsi, int metrics_vhost)
+{
+	char uri[1024];
+
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
+		return http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED);
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) >= (int)sizeof(uri) ||
+	    lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0)
+		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
 	if (!strcmp(uri, "/healthz")) {
 		if (db_ready() && !draining)
 			return http_reply(wsi, 200, "text/plain", "ok\n", 3);
@@ -518,15 +647,34 @@ http_request(struct lws *wsi)
 				  draining ? "draining\n" : "database unavailable\n",
 				  draining ? 9 : 21);
 	}
-	if (!strcmp(uri, "/metrics")) {
+	if (!strcmp(uri, "/metrics") && (metrics_vhost || !cfg.metrics_listen)) {
 		size_t len;
 		char *body = metrics_render(&len);
 		int r = http_reply(wsi, 200, "text/plain; version=0.0.4", body, len);
 		free(body);
 		return r;
 	}
-	lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
-	return lws_http_transaction_completed(wsi) ? -1 : 0;
+	if (!metrics_vhost && cfg.static_dir)
+		return http_static(wsi, uri);
+	return http_status(wsi, HTTP_STATUS_NOT_FOUND);
+}
+
+/* Tags the connections accepted on --metrics-listen (opaque user data). */
+char ws_metrics_tag;
+
+/* lws callback of the --metrics-listen vhost: plain HTTP, no upgrade.  lws
+ * may move a connection to another vhost by its Host header (and move one
+ * of the main listener here), so what a connection may reach is decided by
+ * the listener that accepted it (WS_IS_METRICS), never by the vhost. */
+int
+ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+		    size_t len)
+{
+	if (reason == LWS_CALLBACK_HTTP)
+		return http_request(wsi, WS_IS_METRICS(wsi));
+	if (reason == LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION)
+		return 1;		/* no WebSocket here */
+	return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
 /* lws callback of the chat.v1 protocol (and default HTTP handler). */
@@ -537,15 +685,24 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
-		return http_request(wsi);
+		return http_request(wsi, WS_IS_METRICS(wsi));
 
 	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-		if (draining)
+		if (draining || WS_IS_METRICS(wsi))
 			return 1;
 		if (ws_conns_total >= (uint32_t)cfg.max_conns ||
 		    ws_conns_unauth >= (uint32_t)cfg.max_unauth) {
 			log_msg(LOG_WARN, 0, "connection refused: %u open, %u unauthenticated",
 				ws_conns_total, ws_conns_unauth);
+			return 1;
+		}
+		/* One host holding idle sockets must not lock everyone out. */
+		if (ip_unauth(wsi) >= (uint32_t)cfg.max_unauth_per_ip) {
+			char peer[64];
+			stats.unauth_per_ip_refused++;
+			lws_get_peer_simple(wsi, peer, sizeof(peer));
+			log_msg(LOG_WARN, 0, "connection refused: %d unauthenticated from %s",
+				cfg.max_unauth_per_ip, peer);
 			return 1;
 		}
 		return 0;
@@ -571,6 +728,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		unauth_tail = c;
 		ws_conns_total++;
 		ws_conns_unauth++;
+		ip_acquire(c);
 		stats.connections_total++;
 		token = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
 		if (token && *token)
@@ -590,7 +748,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		}
 		remaining = lws_remaining_packet_payload(wsi);
 		final = lws_is_final_fragment(wsi);
-		if (final && !c->rx) {
+		if (final && !c->rx.len) {
 			if (len > (size_t)cfg.max_frame) {
 				ws_close(c, 1009, "frame too large");
 				return 0;
@@ -598,20 +756,16 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			ws_frame(c, in, len);	/* whole frame in one piece: no copy */
 			return 0;
 		}
-		if (ws_rx_append(c, in, len, remaining)) {
-			free(c->rx);
-			c->rx = NULL;
-			c->rx_len = 0;
+		if (frame_append(&c->rx, in, len, remaining, (size_t)cfg.max_frame)) {
+			frame_reset(&c->rx);
 			ws_close(c, 1009, "frame too large");
 			return 0;
 		}
-		if (final) {
-			char *rx = c->rx;
-			uint32_t rx_len = c->rx_len;
-			c->rx = NULL;
-			c->rx_len = 0;
-			ws_frame(c, rx, rx_len);
-			free(rx);
+		if (final && !remaining) {
+			struct frame_buf rx = c->rx;
+			memset(&c->rx, 0, sizeof(c->rx));
+			ws_frame(c, rx.data, rx.len);
+			free(rx.data);
 		}
 		return 0;
 	}
@@ -634,7 +788,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			if (c->close_sent)
 				return 0;
 			c->close_sent = 1;
-			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
+			/* The reason goes in the close frame (at most 123 bytes). */
+			lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+					 (unsigned char *)(uintptr_t)c->close_why,
+					 c->close_why ? strnlen(c->close_why, 123) : 0);
 			return -1;
 		}
 		if (c->ping_due && !c->close_code) {
@@ -684,6 +841,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 				db_session_disconnect(c);
 		} else {
 			ws_conns_unauth--;
+			ip_release(c);
 		}
 		log_msg(LOG_DEBUG, c->id, "closed");
 		c->wsi = NULL;
@@ -692,9 +850,9 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		return 0;
 
 	default:
-		/* Static files: lws_callback_http_dummy finishes each HTTP
-		 * transaction (FILE_COMPLETION) so keep-alive connections can
-		 * carry the next request. */
+		/* Static files (http_static): lws_callback_http_dummy finishes
+		 * each HTTP transaction (FILE_COMPLETION) so keep-alive
+		 * connections can carry the next request. */
 		return lws_callback_http_dummy(wsi, reason, user, in, len);
 	}
 }

@@ -159,7 +159,8 @@ test('a non-member gets an error frame 42501 with the request id', async () => {
 });
 
 test('100 pipelined sends from one connection are executed in arrival order (pool of 4)', async () => {
-  const gw2 = await startGateway({ db: DB, args: ['--pool', '4', '--rate', '1000'], label: 'order' });
+  // All 100 at the database at once: --max-inflight (16 by default) raised.
+  const gw2 = await startGateway({ db: DB, args: ['--pool', '4', '--rate', '1000', '--max-inflight', '100'], label: 'order' });
   const x = await connectAs(gw2, alice.id, 1, { label: 'alice pipelined' });
   const y = await connectAs(gw2, bob.id, 1, { label: 'bob pipelined' });
   const since = y.mark();

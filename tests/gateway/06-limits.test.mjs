@@ -44,6 +44,75 @@ test('a message in WebSocket fragments is assembled; fragments over 64 KiB in to
   assert.equal((await c.waitClose(5000)).code, 1009);
 });
 
+// Sends text as WebSocket fragments of the given sizes (the last one takes the rest).
+function sendFragments(c, text, sizes) {
+  let at = 0;
+  sizes.forEach((n, i) => {
+    const last = i === sizes.length - 1;
+    const part = last ? text.slice(at) : text.slice(at, at + n);
+    at += part.length;
+    c.ws.send(part, { fin: last });
+  });
+}
+
+// A JSON text of exactly n bytes: obj with a "pad" string filling the rest.
+function padded(obj, n) {
+  const base = JSON.stringify({ ...obj, pad: '' });
+  assert.ok(base.length <= n);
+  return JSON.stringify({ ...obj, pad: 'p'.repeat(n - base.length) });
+}
+
+test('fragments of 10, 600 and 400 bytes before authentication are assembled (heap overflow regression)', async () => {
+  // With the 512-byte rx buffer lws hands the 600-byte fragment over in two
+  // pieces; the old assembly realloc'ed to exactly 610 bytes and then wrote
+  // the 400-byte fragment past it (the ASan build aborted).
+  const c = await Client.connect(gw, { hello: false, label: 'frag-preauth' });
+  sendFragments(c, padded({ type: 'auth', token: token(alice.id, 1) }, 1010), [10, 600, 400]);
+  const hello = await c.waitFor((f) => f.type === 'hello', 5000);
+  assert.equal(hello.user, alice.id);
+  // And once authenticated, many shapes of fragmentation, each answered.
+  const shapes = [[10, 600, 400], [1, 511, 513, 1], [600, 10, 400, 2000], [3000, 1, 1, 5000], [10, 600, 400, 600, 400, 600, 400]];
+  for (const [k, sizes] of shapes.entries()) {
+    const total = sizes.reduce((t, n) => t + n, 0);
+    sendFragments(c, padded({ id: `shape${k}`, type: 'ping' }, total), sizes);
+    assert.equal((await c.waitFor((f) => f.id === `shape${k}`, 5000)).type, 'pong', `shape ${sizes}`);
+  }
+  assert.ok(gw.running, 'the gateway died');
+  assert.equal(await gw.healthz(), 200);
+  c.close();
+});
+
+test('request ids: numbers and strings up to 128 characters are echoed; others refused and never echoed', async () => {
+  const c = await connect('ids');
+  const ok128 = 'i'.repeat(128);
+  assert.deepEqual(await c.request({ id: ok128, type: 'ping' }), { id: ok128, type: 'pong' });
+  assert.deepEqual(await c.request({ id: 12.5, type: 'ping' }), { id: 12.5, type: 'pong' });
+  const bad = [
+    [{ big: 'o'.repeat(5000) }, '22P02'],
+    [['a', 'r', 'r'.repeat(5000)], '22P02'],
+    [{}, '22P02'],
+    [true, '22P02'],
+    [null, '22P02'],
+    ['s'.repeat(129), '22023'],
+    ['é'.repeat(65), '22023'],   // 130 bytes of UTF-8
+  ];
+  for (const [id, code] of bad) {
+    const since = c.mark();
+    c.sendJson({ id, type: 'ping' });
+    const e = await c.waitFor((f) => f.type === 'error' || f.type === 'pong', 3000, since);
+    assert.equal(e.type, 'error', `id ${JSON.stringify(id).slice(0, 40)} was answered: ${JSON.stringify(e).slice(0, 200)}`);
+    assert.equal(e.code, code, `id ${JSON.stringify(id).slice(0, 40)}: ${JSON.stringify(e).slice(0, 200)}`);
+    assert.ok(!('id' in e), `the refused id was echoed: ${JSON.stringify(e).slice(0, 200)}`);
+  }
+  // A refused id never reaches the database either.
+  const since = c.mark();
+  c.sendJson({ id: { x: 1 }, type: 'send', conversation: conv, body: 'never', client_msg_id: 'bad-id-1' });
+  assert.equal((await c.waitFor((f) => f.type === 'error', 3000, since)).code, '22P02');
+  assert.deepEqual(await rows(DB, `SELECT seq FROM chat.messages WHERE client_msg_id = 'bad-id-1'`), []);
+  assert.equal((await c.request({ type: 'ping' })).type, 'pong');
+  c.close();
+});
+
 test('--max-frame lowers the cap', async () => {
   const gw2 = await startGateway({ db: DB, args: ['--max-frame', '1024'], label: 'maxframe' });
   const c = await connectAs(gw2, alice.id, 1, { label: 'capped' });

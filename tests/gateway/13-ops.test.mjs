@@ -153,7 +153,8 @@ test('--help documents every flag', async () => {
   assert.equal(r.code, 0);
   const text = r.stdout + r.stderr;
   for (const flag of ['listen', 'node', 'dsn', 'token-secret-file', 'tls-cert', 'tls-key', 'static', 'pool', 'log-format',
-    'workers', 'config', 'auth-timeout', 'max-frame', 'rate', 'max-queue', 'heartbeat']) {
+    'workers', 'config', 'auth-timeout', 'max-frame', 'rate', 'max-queue', 'heartbeat',
+    'max-unauth-per-ip', 'max-inflight', 'max-token-ttl', 'metrics-listen']) {
     assert.match(text, new RegExp(`--${flag}\\b`), `--help lacks --${flag}`);
   }
 });
