@@ -74,7 +74,7 @@ claim_int(json_t *v, int64_t *out)
 /* Checks signature, alg, sub, dev and exp of a compact JWS; see gateway.h. */
 int
 auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
-	    const char **why)
+	    int64_t *exp_out, const char **why)
 {
 	unsigned char buf[2048], mac[EVP_MAX_MD_SIZE], sig[64];
 	unsigned int mac_len = 0;
@@ -134,6 +134,7 @@ auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	}
 	*user = sub;
 	*device = (int32_t)dev;
+	*exp_out = exp;
 	*why = NULL;
 	ret = 0;
 out:
