@@ -100,6 +100,7 @@ struct conn {
 	struct conn *user_next;		/* hash bucket chain (route.c) */
 	struct ring *ring;
 	char *rx;			/* fragment assembly, NULL between frames */
+	const char *close_why;		/* static text: the close frame's reason */
 	int64_t user;
 	int64_t exp;			/* unix seconds: the token's exp (extended by re-auth) */
 	uint32_t id;

@@ -244,6 +244,7 @@ ws_close(struct conn *c, int code, const char *why)
 	if (!c->wsi || c->close_code)
 		return;
 	c->close_code = (uint16_t)code;
+	c->close_why = why;
 	metrics_close(code);
 	log_msg(code == 1000 || code == 1012 ? LOG_DEBUG : LOG_INFO, c->id,
 		"closing %d (%s)", code, why);
@@ -698,7 +699,11 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 			if (c->close_sent)
 				return 0;
 			c->close_sent = 1;
-			lws_close_reason(wsi, (enum lws_close_status)c->close_code, NULL, 0);
+			/* The reason tells the client why (e.g. "token expired" vs
+			 * "device revoked"); a close frame's payload is at most 125 bytes. */
+			lws_close_reason(wsi, (enum lws_close_status)c->close_code,
+					 (unsigned char *)c->close_why,
+					 c->close_why ? strnlen(c->close_why, 100) : 0);
 			return -1;
 		}
 		if (c->ping_due && !c->close_code) {
