@@ -158,7 +158,8 @@ test('forged notifications (unsigned, wrong key, tampered) are dropped and count
   const c1 = await connectAs(gw, carol.id, 1, { label: 'carol' });
   const fake = (body) => `${carol.id}\n${JSON.stringify({ type: 'message', conversation: conv, seq: 999, sender: alice.id, sender_device: 1, kind: 'text', body, client_msg_id: null, reply_to: null, created_at: '2026-01-01T00:00:00.000Z' })}`;
   const channel = `chat_node_${gw.node}`;
-  const before = await metric('chat_gateway_notifications_rejected_total');
+  const metricsBefore = parseMetrics((await gw.get('/metrics')).text);
+  const before = metricsBefore.find((x) => x.name === 'chat_gateway_notifications_rejected_total')?.value ?? 0;
   const forged = [
     fake('unsigned'),
     sign(fake('wrong key'), createHmac('sha256', 'guessed secret').update('chat-notify').digest()),
