@@ -169,6 +169,9 @@ int route_has_device(int64_t user, int32_t device);
 /* Verifies one NOTIFY payload ("v1 <hex HMAC>" line, then header line +
  * JSON line, repeated) and delivers its events; drops and counts forgeries. */
 void route_notify(const char *payload);
+/* The part after the signature check: routes "ids\njson\n" pairs (fuzzing
+ * can call it directly, or route_notify with a correctly signed payload). */
+void route_notify_verified(const char *events);
 /* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */
 void route_ref_done(void *event, const char *json, size_t len);
 /* Forgets waiting events (database lost). */

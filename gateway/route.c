@@ -385,10 +385,8 @@ route_verify(const char *payload, size_t len)
 void
 route_notify(const char *payload)
 {
-	static int64_t users[4096];
 	static time_t last_reject_log;
 	static uint64_t rejects_unlogged;
-	const char *p = payload;
 
 	stats.notifications_in++;
 	if (route_verify(payload, strlen(payload)) != 0) {
@@ -408,7 +406,16 @@ route_notify(const char *payload)
 		}
 		return;
 	}
-	p += SIG_LINE_LEN;
+	route_notify_verified(payload + SIG_LINE_LEN);
+}
+
+/* Splits verified events ("ids\njson\n" repeated) into pairs and routes each. */
+void
+route_notify_verified(const char *events)
+{
+	static int64_t users[4096];
+	const char *p = events;
+
 	if (!buckets)
 		route_grow();
 	while (*p) {

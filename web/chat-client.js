@@ -126,7 +126,8 @@ export class ChatClient {
    * @param {string} opts.url WebSocket URL of the gateway, e.g. 'ws://127.0.0.1:8080/ws'
    * @param {string | (() => string | Promise<string>)} opts.token JWT, or a function that returns a fresh one
    *   (asked on every connect and, before the current token's exp, to re-authenticate the open connection)
-   * @param {() => string | Promise<string>} [opts.getToken] same as a token function (alias; wins over `token`)
+   * @param {() => string | Promise<string>} [opts.getToken] same as a token function (wins over `token`;
+   *   `refreshToken` is accepted as another name for it)
    * @param {number} [opts.refreshMargin=60000] ms before the token's exp at which a token function is asked
    *   for a new one (halfway through when the token lives less than twice this)
    * @param {typeof WebSocket} [opts.WebSocket] WebSocket constructor (default: globalThis.WebSocket; in Node pass `ws`)
