@@ -165,6 +165,9 @@ main(int argc, char **argv)
 			long		lines = 1;
 
 			notifications++;
+			/* skip the "v1 <hex HMAC>" signature line */
+			if (strncmp(p, "v1 ", 3) == 0 && strchr(p, '\n'))
+				p = strchr(p, '\n') + 1;
 			for (; *p; p++)
 				if (*p == '\n')
 					lines++;

@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(chat_fanout_receipt);
 PG_FUNCTION_INFO_V1(chat_fanout_message);
 PG_FUNCTION_INFO_V1(chat_message_json);
 PG_FUNCTION_INFO_V1(chat_json_timestamp);
+PG_FUNCTION_INFO_V1(chat_fanout_revoked);
 
 /* The online users of one node. */
 typedef struct NodeRoute
@@ -838,4 +839,47 @@ chat_json_timestamp(PG_FUNCTION_ARGS)
 	if (buf.len >= 2 && buf.data[0] == '"')
 		PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data + 1, buf.len - 2));
 	PG_RETURN_NULL();
+}
+
+/*
+ * chat.fanout_revoked(user_id, device_id): {"type":"revoked","user","device"}
+ * to every node holding a session of that device (live or not: a node that
+ * is only slow still closes it), so that the gateway closes the device's
+ * connections with 4003.  remove_device calls it before deleting the
+ * sessions; the event is sent at commit like any other.
+ */
+Datum
+chat_fanout_revoked(PG_FUNCTION_ARGS)
+{
+	int64		user_id = PG_GETARG_INT64(0);
+	int32		device_id = PG_GETARG_INT32(1);
+	static SPIPlanPtr nodes_plan = NULL;
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		args[2];
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *routes = NIL;
+	NodeRoute  *cur = NULL;
+	char	   *event;
+	uint64		i;
+	int			ret;
+
+	if (chat_fanout_mode == FANOUT_MODE_OFF)
+		PG_RETURN_VOID();
+	SPI_connect();
+	PreparePlan(&nodes_plan,
+				"SELECT DISTINCT node FROM chat.sessions"
+				" WHERE user_id = $1 AND device_id = $2 ORDER BY 1", 2, types);
+	args[0] = Int64GetDatum(user_id);
+	args[1] = Int32GetDatum(device_id);
+	ret = SPI_execute_plan(nodes_plan, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "revoked routing query failed: %s", SPI_result_code_string(ret));
+	for (i = 0; i < SPI_processed; i++)
+		RouteAdd(&routes, &cur, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+				 user_id, 1, cxt);
+	SPI_finish();
+	event = psprintf("{\"type\":\"revoked\",\"user\":" INT64_FORMAT ",\"device\":%d}",
+					 user_id, device_id);
+	EmitRoutes(routes, event, NULL);
+	PG_RETURN_VOID();
 }

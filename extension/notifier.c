@@ -32,6 +32,10 @@
 
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/crypto.h>
+
 #include "access/xact.h"
 #include "commands/async.h"
 #include "miscadmin.h"
@@ -296,19 +300,75 @@ BuildBatches(void)
 	return out;
 }
 
+/*
+ * The payload as sent: "v1 <hex HMAC-SHA256>\n" then the events, the MAC
+ * keyed with HMAC(chat.token_secret, "chat-notify") over the events.  Any
+ * role that can connect may NOTIFY a gateway's channel; a gateway drops
+ * what does not verify.  NULL (nothing to send) when no secret is set.
+ */
+static char *
+SignPayload(const char *events, int len)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char key[EVP_MAX_MD_SIZE],
+				mac[EVP_MAX_MD_SIZE];
+	unsigned int keylen = 0,
+				maclen = 0;
+	char	   *out;
+	unsigned int i;
+
+	if (chat_token_secret == NULL || chat_token_secret[0] == '\0')
+		return NULL;
+	if (HMAC(EVP_sha256(), chat_token_secret, strlen(chat_token_secret),
+			 (const unsigned char *) "chat-notify", 11, key, &keylen) == NULL ||
+		HMAC(EVP_sha256(), key, keylen, (const unsigned char *) events, len,
+			 mac, &maclen) == NULL || maclen != 32)
+		elog(ERROR, "could not compute the notification signature");
+	OPENSSL_cleanse(key, sizeof(key));
+	out = palloc(CHAT_NOTIFY_SIG_LEN + len + 1);
+	memcpy(out, "v1 ", 3);
+	for (i = 0; i < maclen; i++)
+	{
+		out[3 + 2 * i] = hex[mac[i] >> 4];
+		out[4 + 2 * i] = hex[mac[i] & 15];
+	}
+	out[CHAT_NOTIFY_SIG_LEN - 1] = '\n';
+	memcpy(out + CHAT_NOTIFY_SIG_LEN, events, len);
+	out[CHAT_NOTIFY_SIG_LEN + len] = '\0';
+	return out;
+}
+
+/* Signs and NOTIFYs one payload on chat_node_<node>; elevel reports a missing secret. */
+static void
+NotifySigned(const char *node, const char *events, int len, int elevel)
+{
+	char		channel[NAMEDATALEN];
+	char	   *signed_payload = SignPayload(events, len);
+
+	if (signed_payload == NULL)
+	{
+		ereport(elevel,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("chat.token_secret is not set: notification to node \"%s\" not sent", node),
+				 errhint("Gateways accept only signed notifications; set chat.token_secret in postgresql.conf and reload.")));
+		return;
+	}
+	snprintf(channel, sizeof(channel), "chat_node_%s", node);
+	Async_Notify(channel, signed_payload);
+	pfree(signed_payload);
+}
+
 /* NOTIFYs the batches from the current transaction (delivered at commit). */
 static void
 NotifyBatches(List *list)
 {
 	ListCell   *lc;
-	char		channel[NAMEDATALEN];
 
 	foreach(lc, list)
 	{
 		PendingNotify *b = lfirst(lc);
 
-		snprintf(channel, sizeof(channel), "chat_node_%s", b->node);
-		Async_Notify(channel, b->payload);
+		NotifySigned(b->node, b->payload, b->len, WARNING);
 	}
 }
 
@@ -573,7 +633,6 @@ SendDrained(char *buf, Size len)
 {
 	StringInfoData payload;
 	char		node[NAMEDATALEN];
-	char		channel[NAMEDATALEN];
 	Size		off = 0;
 
 	initStringInfo(&payload);
@@ -591,8 +650,7 @@ SendDrained(char *buf, Size len)
 			(strncmp(node, n, e.node_len) != 0 || node[e.node_len] != '\0' ||
 			 payload.len + 1 + e.payload_len > CHAT_NOTIFY_MAX))
 		{
-			snprintf(channel, sizeof(channel), "chat_node_%s", node);
-			Async_Notify(channel, payload.data);
+			NotifySigned(node, payload.data, payload.len, LOG);
 			resetStringInfo(&payload);
 		}
 		if (payload.len > 0)
@@ -603,10 +661,7 @@ SendDrained(char *buf, Size len)
 		off += MAXALIGN(sizeof(RingEntry) + e.node_len + e.payload_len);
 	}
 	if (payload.len > 0)
-	{
-		snprintf(channel, sizeof(channel), "chat_node_%s", node);
-		Async_Notify(channel, payload.data);
-	}
+		NotifySigned(node, payload.data, payload.len, LOG);
 	CommitTransactionCommand();
 	pfree(payload.data);
 }

@@ -45,6 +45,18 @@ static bool typing_shared = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+/*
+ * SHOW, current_setting() and pg_settings print this instead of the secret:
+ * members of pg_read_all_settings (so of pg_monitor) pass the
+ * GUC_SUPERUSER_ONLY check, and the value must not reach them.  Whether a
+ * secret is set stays visible ('' when not), which node_reset relies on.
+ */
+static const char *
+TokenSecretShow(void)
+{
+	return (chat_token_secret != NULL && chat_token_secret[0] != '\0') ? "********" : "";
+}
+
 static const struct config_enum_entry fanout_mode_options[] = {
 	{"off", FANOUT_MODE_OFF, false},
 	{"direct", FANOUT_MODE_DIRECT, false},
@@ -92,10 +104,10 @@ RealtimeInit(void)
 							PGC_SUSET, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("chat.token_secret",
 							   "Shared secret that signs client tokens (HS256).",
-							   "Only superusers can read or see it.",
+							   "Never shown: SHOW and current_setting print ******** when it is set.",
 							   &chat_token_secret, NULL,
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NO_RESET_ALL,
-							   NULL, NULL, NULL);
+							   NULL, NULL, TokenSecretShow);
 	DefineCustomIntVariable("chat.typing_interval",
 							"Least time between two typing events of a user in a conversation.",
 							"Events within it are dropped, except the stop after a start.",

@@ -9,8 +9,14 @@
 #include "lib/stringinfo.h"
 #include "storage/lwlock.h"
 
-/* Largest NOTIFY payload we send (PostgreSQL refuses 8000 and more). */
-#define CHAT_NOTIFY_MAX 7999
+/*
+ * Every payload starts with the line "v1 <64 hex digits of HMAC-SHA256>\n"
+ * (notifier.c): CHAT_NOTIFY_SIG_LEN bytes.  CHAT_NOTIFY_MAX is what is left
+ * for the events themselves; with the line the payload stays under the
+ * 8000 bytes PostgreSQL accepts.
+ */
+#define CHAT_NOTIFY_SIG_LEN 68
+#define CHAT_NOTIFY_MAX (7999 - CHAT_NOTIFY_SIG_LEN)
 
 /* chat.fanout_mode */
 #define FANOUT_MODE_OFF		0

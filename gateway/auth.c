@@ -96,7 +96,7 @@ claim_id(json_t *v, int64_t max, int64_t *out)
  * iat honoured when present, and exp - (iat or now) <= --max-token-ttl. */
 int
 auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
-	    const char **why)
+	    int64_t *exp_out, const char **why)
 {
 	unsigned char buf[2048], mac[EVP_MAX_MD_SIZE], sig[64];
 	unsigned int mac_len = 0;
@@ -186,6 +186,7 @@ auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	}
 	*user = sub;
 	*device = (int32_t)dev;
+	*exp_out = exp;
 	*why = NULL;
 	ret = 0;
 out:

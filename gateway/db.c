@@ -246,13 +246,29 @@ db_complete(struct pgconn *pc, struct pending *p)
 		session_inflight--;
 		if (ok && p->epoch == epoch) {
 			c->registered = 1;
-			ws_registered(c);		/* hello, or resync after a gap */
-		} else {
-			if (!ok && res)
+			ws_registered(c);		/* confirmed: hello, or resync after a gap */
+		} else if (ok) {
+			/* The device exists; a node_reset since then re-registers it
+			 * (resync follows that registration). */
+			if (!c->confirmed)
+				ws_registered(c);
+		} else if (res) {
+			const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+			if (code && !strcmp(code, "P0002")) {
+				/* Removed or never registered: no hello, nothing else. */
+				stats.revoked++;
+				log_msg(LOG_INFO, c->id, "user %lld device %d: %s", (long long)c->user,
+					(int)c->device, err ? err : "unknown device");
+				ws_close(c, 4003, "device revoked");
+			} else {
 				log_msg(LOG_WARN, c->id, "chat.connect failed: %s", err ? err : "?");
-			if (!c->hello_sent)
-				ws_registered(c);	/* resync follows the registration */
+				if (!c->confirmed)
+					ws_close(c, 1011, "session registration failed");
+			}
 		}
+		/* No result (connection lost): the registration is sent again once
+		 * the pool connection is back; an unconfirmed client waits. */
 		break;
 	case P_DISCONNECT:
 		session_inflight--;
@@ -274,6 +290,13 @@ db_complete(struct pgconn *pc, struct pending *p)
 			stats.request_errors++;
 			ws_send_error(c, *p->id ? p->id : NULL, code ? code : "XX000",
 				      err ? err : "request failed");
+			/* client_request turns every error into a frame except one:
+			 * the device does not exist (removed after we confirmed it,
+			 * and its revoked event missed). */
+			if (code && !strcmp(code, "P0002")) {
+				stats.revoked++;
+				ws_close(c, 4003, "device revoked");
+			}
 		} else {
 			stats.request_errors++;
 			ws_send_error(c, *p->id ? p->id : NULL, "08006",
@@ -556,8 +579,8 @@ db_reregister(struct conn *c, void *arg)
 {
 	(void)arg;
 	c->registered = 0;
-	if (!c->close_code && db_session_connect(c) != 0 && !c->hello_sent)
-		ws_registered(c);
+	if (!c->close_code)
+		db_session_connect(c);	/* cannot be sent now: db_register_pending later */
 }
 
 /* A pool connection is back: registers the sessions that wait for it. */

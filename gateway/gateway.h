@@ -139,6 +139,7 @@ struct conn {
 	struct frame_buf rx;		/* fragment assembly, empty between frames */
 	struct ip_count *ip;		/* source address while unauthenticated */
 	int64_t user;
+	int64_t exp;			/* unix seconds: the token's exp (extended by re-auth) */
 	uint32_t id;
 	int32_t device;
 	uint32_t born_ms;		/* accept time, for the auth timeout */
@@ -152,7 +153,8 @@ struct conn {
 	uint16_t inflight;		/* requests sent to the database, unanswered */
 	uint8_t missed_pongs;
 	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1,
-		 on_closing:1;
+		 on_closing:1,
+		 confirmed:1;		/* chat.connect found the device: events and requests may flow */
 };
 
 struct msg *msg_new(const char *data, size_t len);
@@ -175,7 +177,8 @@ void ws_close(struct conn *c, int code, const char *why);
 /* Drops a reference taken for a pending database entry. */
 void ws_conn_unref(struct conn *c);
 void ws_conn_ref(struct conn *c);
-/* The database registered c (chat.connect done): hello or resync. */
+/* The database registered c (chat.connect done): confirms the device, then
+ * hello the first time, resync after. */
 void ws_registered(struct conn *c);
 /* Calls fn for every authenticated connection. */
 void ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
@@ -197,10 +200,10 @@ void ws_start_timers(void);
 
 /* ---- auth.c: HS256 JWT ---- */
 
-/* Verifies token; on success sets user and device and returns 0, else
- * returns -1 and points why at a static reason. */
+/* Verifies token; on success sets user, device and exp (unix seconds) and
+ * returns 0, else returns -1 and points why at a static reason. */
 int auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
-		const char **why);
+		int64_t *exp, const char **why);
 
 /* ---- route.c: user table and notification fan-in ---- */
 
@@ -208,8 +211,12 @@ void route_add(struct conn *c);
 void route_remove(struct conn *c);
 /* True when another local connection of (user, device) sent chat.connect. */
 int route_has_device(int64_t user, int32_t device);
-/* Parses one NOTIFY payload (header line + JSON line, repeated) and delivers. */
+/* Verifies one NOTIFY payload ("v1 <hex HMAC>" line, then header line +
+ * JSON line, repeated) and delivers its events; drops and counts forgeries. */
 void route_notify(const char *payload);
+/* The part after the signature check: routes "ids\njson\n" pairs (fuzzing
+ * can call it directly, or route_notify with a correctly signed payload). */
+void route_notify_verified(const char *events);
 /* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */
 void route_ref_done(void *event, const char *json, size_t len);
 /* Forgets waiting events (database lost). */
@@ -244,7 +251,8 @@ struct metrics {
 	uint64_t connections_total;
 	uint64_t auth_failures;
 	uint64_t frames_in, frames_out, bytes_in, bytes_out;
-	uint64_t notifications_in, events_in, events_invalid;
+	uint64_t notifications_in, notifications_rejected, events_in, events_invalid;
+	uint64_t revoked;
 	uint64_t deliveries, drops, skipped_own;
 	uint64_t requests, request_errors, rate_limited;
 	uint64_t refs_resolved;

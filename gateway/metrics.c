@@ -9,7 +9,7 @@ struct metrics stats;
 
 /* Close codes counted separately; anything else lands in the last slot. */
 static const int close_codes[] = {
-	1000, 1001, 1003, 1007, 1008, 1009, 1011, 1012, 4001, 4008, 4009, 0
+	1000, 1001, 1003, 1007, 1008, 1009, 1011, 1012, 4001, 4003, 4008, 4009, 0
 };
 #define N_CLOSE_CODES (sizeof(close_codes) / sizeof(close_codes[0]))
 
@@ -112,6 +112,12 @@ metrics_render(size_t *len)
 		   "Payload bytes written to clients.", stats.bytes_out);
 	out_metric(&o, "chat_gateway_notifications_total", "counter",
 		   "NOTIFY payloads received from the database.", stats.notifications_in);
+	out_metric(&o, "chat_gateway_notifications_rejected_total", "counter",
+		   "NOTIFY payloads dropped: no valid v1 signature (forged or misconfigured secret).",
+		   stats.notifications_rejected);
+	out_metric(&o, "chat_gateway_revoked_total", "counter",
+		   "Connections closed 4003 because their device was removed or is unknown.",
+		   stats.revoked);
 	out_metric(&o, "chat_gateway_events_total", "counter",
 		   "Events parsed from notifications.", stats.events_in);
 	out_metric(&o, "chat_gateway_events_invalid_total", "counter",

@@ -1,15 +1,26 @@
 /* route.c: the user -> local connections table and the notification fan-in.
  *
- * A notification is "ids\njson\n" repeated.  Each event becomes one shared,
+ * A notification is "v1 <hex HMAC-SHA256>\n" followed by "ids\njson\n"
+ * repeated.  Any role that can connect to the database may NOTIFY our
+ * channel, so a payload whose MAC (keyed with HMAC(secret, "chat-notify"))
+ * does not verify is dropped whole.  Each event becomes one shared,
  * reference-counted frame queued on every recipient's ring: no allocation per
- * delivery.  A "ref":true message is fetched with one query first; events
+ * delivery.  Connections whose device chat.connect has not confirmed yet are
+ * in the table but get nothing.  A "ref":true message is fetched once per
+ * recipient user, as that user (a lookup never serves another user); events
  * behind it wait in arrival order so that no conversation is reordered (they
  * are rare: only bodies too large for an 8000-byte payload). */
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <time.h>
 #include <jansson.h>
+#include <openssl/hmac.h>
+#include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include "gateway.h"
+
+#define SIG_LINE_LEN 68		/* "v1 " + 64 hex digits + "\n" */
 
 static struct conn **buckets;
 static uint32_t n_buckets, n_entries;
@@ -111,7 +122,7 @@ route_deliver(struct msg *m, const int64_t *users, uint32_t n_users, int is_mess
 	for (uint32_t i = 0; i < n_users; i++) {
 		struct conn *c = buckets[bucket_of(users[i], n_buckets)];
 		for (; c; c = c->user_next) {
-			if (c->user != users[i])
+			if (c->user != users[i] || !c->confirmed)
 				continue;
 			if (is_message && c->user == sender && c->device == sender_device) {
 				stats.skipped_own++;
@@ -178,7 +189,7 @@ route_resync_users(const int64_t *users, uint32_t n_users)
 	resync->refs = MSG_STATIC;
 	for (uint32_t i = 0; i < n_users; i++)
 		for (struct conn *c = buckets[bucket_of(users[i], n_buckets)]; c; c = c->user_next)
-			if (c->user == users[i]) {
+			if (c->user == users[i] && c->confirmed) {
 				ws_send(c, resync);
 				stats.resyncs++;
 			}
@@ -231,6 +242,41 @@ parse_users(const char *p, const char *end, int64_t *users, int cap)
 	return n;
 }
 
+/* True when a confirmed local connection of user is open. */
+static int
+route_user_here(int64_t user)
+{
+	for (struct conn *c = buckets[bucket_of(user, n_buckets)]; c; c = c->user_next)
+		if (c->user == user && c->confirmed)
+			return 1;
+	return 0;
+}
+
+/* {"type":"revoked","user","device"}: closes that device's local
+ * connections with 4003 (the user's other devices stay). */
+static void
+route_revoked(json_t *ev)
+{
+	json_t *u = json_object_get(ev, "user"), *d = json_object_get(ev, "device");
+	int64_t user;
+	int64_t device;
+
+	if (!json_is_integer(u) || !json_is_integer(d)) {
+		stats.events_invalid++;
+		log_msg(LOG_WARN, 0, "revoked event without an integer user and device");
+		return;
+	}
+	user = json_integer_value(u);
+	device = json_integer_value(d);
+	for (struct conn *c = buckets[bucket_of(user, n_buckets)], *next; c; c = next) {
+		next = c->user_next;
+		if (c->user != user || c->device != device || c->close_code)
+			continue;
+		stats.revoked++;
+		ws_close(c, 4003, "device revoked");
+	}
+}
+
 /* Validates and routes one event. */
 static void
 route_event(const int64_t *users, int n_users, const char *json, size_t len)
@@ -256,32 +302,41 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 		conversation = json_integer_value(json_object_get(ev, "conversation"));
 		seq = json_integer_value(json_object_get(ev, "seq"));
 		is_ref = json_is_true(json_object_get(ev, "ref"));
+	} else if (!strcmp(json_string_value(type), "revoked")) {
+		/* For the gateway, not the client: it closes connections. */
+		route_revoked(ev);
+		json_decref(ev);
+		return;
 	}
 	json_decref(ev);
 
 	/* Nobody here to receive it: no buffer, no query. */
 	int any = 0;
 	for (int i = 0; i < n_users && !any; i++)
-		for (struct conn *c = buckets[bucket_of(users[i], n_buckets)]; c; c = c->user_next)
-			if (c->user == users[i]) {
-				any = 1;
-				break;
-			}
+		any = route_user_here(users[i]);
 	if (!any)
 		return;
 
 	if (is_ref) {
-		struct event *e = route_wait(NULL, users, (uint32_t)n_users, 1, sender, sender_device);
-		if (!e)
-			return;
-		e->waiting_ref = 1;
-		/* Asked as a recipient: recipients are members, the sender may have left. */
-		if (db_resolve_ref(e, users[0], conversation, seq) != 0) {
-			e->waiting_ref = 0;
-			stats.drops++;
-			route_resync_users(users, (uint32_t)n_users);
-			route_drain();
+		/* One lookup per recipient user, made as that user: get_message
+		 * checks membership, so a listed user who is not a member gets
+		 * nothing (a resync), never another user's lookup. */
+		for (int i = 0; i < n_users; i++) {
+			struct event *e;
+
+			if (!route_user_here(users[i]))
+				continue;
+			e = route_wait(NULL, &users[i], 1, 1, sender, sender_device);
+			if (!e)
+				continue;
+			e->waiting_ref = 1;
+			if (db_resolve_ref(e, users[i], conversation, seq) != 0) {
+				e->waiting_ref = 0;
+				stats.drops++;
+				route_resync_users(&users[i], 1);
+			}
 		}
+		route_drain();
 		return;
 	}
 
@@ -297,14 +352,70 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 	msg_unref(m);
 }
 
-/* Splits a payload into (header, event) pairs and routes each event. */
+/* Checks the "v1 <hex>\n" line against HMAC(key, rest of payload) in
+ * constant time; key = HMAC(secret, "chat-notify"), derived once. */
+static int
+route_verify(const char *payload, size_t len)
+{
+	static unsigned char key[EVP_MAX_MD_SIZE];
+	static unsigned int key_len;
+	unsigned char mac[EVP_MAX_MD_SIZE], given[32];
+	unsigned int mac_len = 0;
+
+	if (!key_len && !HMAC(EVP_sha256(), cfg.secret, (int)cfg.secret_len,
+			      (const unsigned char *)"chat-notify", 11, key, &key_len))
+		return -1;
+	if (len < SIG_LINE_LEN || memcmp(payload, "v1 ", 3) != 0 || payload[SIG_LINE_LEN - 1] != '\n')
+		return -1;
+	for (int i = 0; i < 32; i++) {
+		int hi = OPENSSL_hexchar2int((unsigned char)payload[3 + 2 * i]);
+		int lo = OPENSSL_hexchar2int((unsigned char)payload[4 + 2 * i]);
+
+		if (hi < 0 || lo < 0)
+			return -1;
+		given[i] = (unsigned char)(hi << 4 | lo);
+	}
+	if (!HMAC(EVP_sha256(), key, (int)key_len, (const unsigned char *)payload + SIG_LINE_LEN,
+		  len - SIG_LINE_LEN, mac, &mac_len) || mac_len != 32)
+		return -1;
+	return CRYPTO_memcmp(mac, given, 32) == 0 ? 0 : -1;
+}
+
+/* Verifies a payload, splits it into (header, event) pairs and routes each event. */
 void
 route_notify(const char *payload)
 {
-	static int64_t users[4096];
-	const char *p = payload;
+	static time_t last_reject_log;
+	static uint64_t rejects_unlogged;
 
 	stats.notifications_in++;
+	if (route_verify(payload, strlen(payload)) != 0) {
+		time_t now = time(NULL);
+
+		stats.notifications_rejected++;
+		/* At most one line per 10 s: a flood of forgeries must not flood the log. */
+		if (now - last_reject_log >= 10) {
+			log_msg(LOG_WARN, 0, "dropped a notification of %zu bytes without a valid "
+				"signature (%llu more since the last report): forged, or chat.token_secret "
+				"differs from --token-secret-file", strlen(payload),
+				(unsigned long long)rejects_unlogged);
+			last_reject_log = now;
+			rejects_unlogged = 0;
+		} else {
+			rejects_unlogged++;
+		}
+		return;
+	}
+	route_notify_verified(payload + SIG_LINE_LEN);
+}
+
+/* Splits verified events ("ids\njson\n" repeated) into pairs and routes each. */
+void
+route_notify_verified(const char *events)
+{
+	static int64_t users[4096];
+	const char *p = events;
+
 	if (!buckets)
 		route_grow();
 	while (*p) {

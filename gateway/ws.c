@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <netinet/in.h>
+#include <time.h>
 #include <jansson.h>
 #include "gateway.h"
 
@@ -28,6 +29,9 @@ static uint32_t closing_n;		/* on the closing list */
 static uint32_t next_conn_id;
 static lws_sorted_usec_list_t sul_tick;
 static uint32_t ticks;
+/* No authenticated connection's token expires before this (unix seconds):
+ * the tick scans for expired tokens only once it is reached. */
+static int64_t earliest_exp = INT64_MAX;
 
 static struct msg *resync_msg;
 
@@ -374,7 +378,8 @@ ws_conn_unref(struct conn *c)
 	}
 }
 
-/* chat.connect committed (or cannot run now): hello the first time, then resync. */
+/* chat.connect found the device and committed: the connection is confirmed
+ * (events and requests flow from now on); hello the first time, then resync. */
 void
 ws_registered(struct conn *c)
 {
@@ -383,6 +388,7 @@ ws_registered(struct conn *c)
 
 	if (!c->wsi || c->close_code || !c->authed)
 		return;
+	c->confirmed = 1;
 	if (c->hello_sent) {
 		if (!resync_msg && !(resync_msg = msg_new("{\"type\":\"resync\"}", 17)))
 			abort();
@@ -410,9 +416,19 @@ ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg)
 	}
 }
 
-/* Marks c authenticated as (user, device) and registers its session. */
+/* Notes a token expiry for the tick's scan. */
 static void
-ws_authenticated(struct conn *c, int64_t user, int32_t device)
+ws_note_exp(int64_t exp)
+{
+	if (exp < earliest_exp)
+		earliest_exp = exp;
+}
+
+/* Marks c authenticated as (user, device) and registers its session; the
+ * device is confirmed (hello, events, requests) only once chat.connect
+ * finds it. */
+static void
+ws_authenticated(struct conn *c, int64_t user, int32_t device, int64_t exp)
 {
 	list_unlink(c);
 	ws_conns_unauth--;
@@ -420,6 +436,8 @@ ws_authenticated(struct conn *c, int64_t user, int32_t device)
 	c->authed = 1;
 	c->user = user;
 	c->device = device;
+	c->exp = exp;
+	ws_note_exp(exp);
 	c->next = authed_head;
 	if (authed_head)
 		authed_head->prev = c;
@@ -427,26 +445,67 @@ ws_authenticated(struct conn *c, int64_t user, int32_t device)
 	route_add(c);
 	log_msg(LOG_DEBUG, c->id, "authenticated user %lld device %d", (long long)user, (int)device);
 	/* hello once the session row exists, so that the client's first sync
-	 * sees everything it will not be notified of; database down: hello
-	 * now, resync once the session is registered */
+	 * sees everything it will not be notified of, and only for a device
+	 * that exists (chat.connect raises P0002: close 4003).  Database down:
+	 * the client waits; the session is registered once it is back. */
 	if (db_session_connect(c) != 0)
-		ws_registered(c);
+		log_msg(LOG_DEBUG, c->id, "database unavailable: device confirmation waits");
 }
 
 /* Checks a token; closes with 4001 when it is bad. */
 static void
 ws_auth(struct conn *c, const char *token, size_t len)
 {
-	int64_t user;
+	int64_t user, exp;
 	int32_t device;
 	const char *why;
 
-	if (auth_verify(token, len, &user, &device, &why) != 0) {
+	if (auth_verify(token, len, &user, &device, &exp, &why) != 0) {
 		stats.auth_failures++;
 		ws_close(c, 4001, why);
 		return;
 	}
-	ws_authenticated(c, user, device);
+	ws_authenticated(c, user, device, exp);
+}
+
+/* {"type":"auth"} on an authenticated connection: a valid token of the same
+ * user and device moves the connection's expiry to the new token's exp and
+ * is answered ({"id":..,"type":"ok","result":{"exp":..}} when the frame had
+ * an id, else {"type":"auth_ok","exp":..}); any other token closes 4001. */
+static void
+ws_reauth(struct conn *c, json_t *tok, const char *id_json)
+{
+	int64_t user, exp;
+	int32_t device;
+	const char *why;
+	char buf[256];
+	int n;
+
+	if (!json_is_string(tok)) {
+		stats.auth_failures++;
+		ws_close(c, 4001, "re-authentication without a token");
+		return;
+	}
+	if (auth_verify(json_string_value(tok), json_string_length(tok), &user, &device, &exp, &why) != 0) {
+		stats.auth_failures++;
+		ws_close(c, 4001, why);
+		return;
+	}
+	if (user != c->user || device != c->device) {
+		stats.auth_failures++;
+		log_msg(LOG_WARN, c->id, "re-authentication as user %lld device %d refused on a "
+			"connection of user %lld device %d", (long long)user, (int)device,
+			(long long)c->user, (int)c->device);
+		ws_close(c, 4001, "token of another user or device");
+		return;
+	}
+	if (exp > c->exp)
+		c->exp = exp;		/* an older token never shortens it */
+	ws_note_exp(c->exp);
+	n = id_json ? snprintf(buf, sizeof(buf), "{\"id\":%s,\"type\":\"ok\",\"result\":{\"exp\":%lld}}",
+				   id_json, (long long)c->exp)
+		    : snprintf(buf, sizeof(buf), "{\"type\":\"auth_ok\",\"exp\":%lld}", (long long)c->exp);
+	ws_send_text(c, buf, (size_t)n);
 }
 
 /* Token bucket of --rate requests/s; returns 0 when the request may pass. */
@@ -532,7 +591,12 @@ ws_frame(struct conn *c, const char *data, size_t len)
 		goto out;
 	}
 	if (!strcmp(t, "auth")) {
-		ws_send_error(c, id_json, "22023", "already authenticated");
+		ws_reauth(c, json_object_get(req, "token"), id_json);
+		goto out;
+	}
+	if (!c->confirmed) {
+		/* Nothing runs for a device chat.connect has not found yet. */
+		ws_send_error(c, id_json, "55000", "device not confirmed yet: wait for hello");
 		stats.request_errors++;
 		goto out;
 	}
@@ -883,6 +947,24 @@ ws_tick(lws_sorted_usec_list_t *sul)
 			stats.auth_failures++;
 			ws_close(c, 4008, "authentication timeout");
 		}
+	}
+	/* Tokens that expired without re-authentication: 4001.  Scanned only
+	 * once the earliest known exp is reached, which also recomputes it. */
+	if ((int64_t)time(NULL) >= earliest_exp) {
+		int64_t wall = (int64_t)time(NULL), next_exp = INT64_MAX;
+
+		for (c = authed_head; c; c = next) {
+			next = c->next;		/* ws_close moves c to the closing list */
+			if (c->close_code)
+				continue;
+			if (c->exp <= wall) {
+				stats.auth_failures++;
+				ws_close(c, 4001, "token expired");
+			} else if (c->exp < next_exp) {
+				next_exp = c->exp;
+			}
+		}
+		earliest_exp = next_exp;
 	}
 	/* Connection storms leave freed memory inside the heap (pending queries,
 	 * handshakes): give whole free pages back now and then. */

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # make demo: a PostgreSQL cluster in .demo/ (kept between runs), the chat
-# extension with demo users alice, bob and carol, and chat-gateway serving the
-# demo page; prints one link per user.  Ctrl-C stops the gateway and PostgreSQL.
+# extension with demo users alice, bob and carol, chat-gateway serving the
+# demo page, and a small token service standing in for the application
+# backend (scripts/demo-tokens.mjs: the page asks it for a fresh token before
+# the current one expires); prints one link per user.  Ctrl-C stops them all.
 #
 # Environment: DEMO_PORT (gateway port, default 8080 or a free one),
-# DEMO_LISTEN (address, default 127.0.0.1), DEMO_DIR (default .demo), GATEWAY (binary).
+# DEMO_LISTEN (address, default 127.0.0.1), DEMO_DIR (default .demo), GATEWAY (binary),
+# DEMO_TOKEN_TTL (lifetime of the tokens the page gets, default '1 hour').
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -54,9 +57,11 @@ fi
 pg() { "$PGBIN/psql" -qAtX -v ON_ERROR_STOP=1 -h "$demo" -p 5432 -U postgres "$@"; }
 
 gw_pid=
+tok_pid=
 stop_all() {
   trap - INT TERM EXIT
   echo
+  if [ -n "$tok_pid" ]; then kill -TERM "$tok_pid" 2>/dev/null || true; wait "$tok_pid" 2>/dev/null || true; fi
   if [ -n "$gw_pid" ] && kill -0 "$gw_pid" 2>/dev/null; then
     say "stopping the gateway"
     kill -TERM "$gw_pid" 2>/dev/null || true
@@ -128,16 +133,37 @@ done
 host=$listen
 [ "$host" = 0.0.0.0 ] && host=127.0.0.1
 names='1:Alice,2:Bob,3:Carol'
-echo
-echo "pgchat demo is running (gateway pid $gw_pid, logs in $demo/)."
-echo "Open one link per user, e.g. alice and bob in two browser windows:"
-echo
+ttl=${DEMO_TOKEN_TTL:-1 hour}
+
+# The token service: one random session key per demo user stands for the
+# application's own login; the page fetches fresh tokens with it.
+tok_port=$(free_port) || die "no free port for the token service"
+sessions=$demo/sessions.json
+links=()
+( umask 077; printf '{' > "$sessions" )
+sep=
 for u in 1:alice 2:bob 3:carol; do
   id=${u%%:*} name=${u#*:}
   dev=$(pg -d "$db" -c "SELECT min(device_id) FROM chat.devices WHERE user_id = $id")
-  token=$(pg -d "$db" -c "SELECT chat.issue_token($id, $dev, '30 days')")
-  printf '  %-6s http://%s:%s/#token=%s&names=%s\n' "$name" "$host" "$port" "$token" "$names"
+  key=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  printf '%s"%s":{"user":%s,"device":%s}' "$sep" "$key" "$id" "$dev" >> "$sessions"
+  sep=,
+  token=$(pg -d "$db" -c "SELECT chat.issue_token($id, $dev, '$ttl')")
+  refresh="http://$host:$tok_port/token?session=$key"
+  links+=("$(printf '  %-6s http://%s:%s/#token=%s&refresh=%s&names=%s' "$name" "$host" "$port" "$token" \
+    "$(node -e 'process.stdout.write(encodeURIComponent(process.argv[1]))' "$refresh")" "$names")")
 done
+printf '}\n' >> "$sessions"
+PGHOST=$demo PGPORT=5432 PGUSER=postgres PGDATABASE=$db PSQL=$PGBIN/psql \
+  node "$top/scripts/demo-tokens.mjs" "$listen" "$tok_port" "$sessions" "$ttl" >>"$demo/tokens.log" 2>&1 &
+tok_pid=$!
+
+echo
+echo "pgchat demo is running (gateway pid $gw_pid, token service pid $tok_pid, logs in $demo/)."
+echo "Open one link per user, e.g. alice and bob in two browser windows"
+echo "(tokens live $ttl; the page gets fresh ones from the token service):"
+echo
+printf '%s\n' "${links[@]}"
 echo
 echo "Press Ctrl-C to stop the gateway and PostgreSQL (the data stays in $demo/)."
 wait "$gw_pid" || true

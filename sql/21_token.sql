@@ -19,6 +19,8 @@ CREATE FUNCTION pg_temp.b64url(b bytea) RETURNS text LANGUAGE sql AS $$
 $$;
 
 SELECT current_setting('chat.token_secret') <> '' AS secret_configured;
+-- The secret is never shown (not even to superusers): sign with a known one.
+SET chat.token_secret = 'regress secret';
 CREATE TEMP TABLE t AS
 SELECT tok, split_part(tok, '.', 1) AS h, split_part(tok, '.', 2) AS p, split_part(tok, '.', 3) AS s,
        extract(epoch FROM now())::bigint AS issued
@@ -31,7 +33,7 @@ SELECT c -> 'sub' AS sub, c -> 'dev' AS dev, (c ->> 'exp')::bigint - (c ->> 'iat
        (SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(c) k) AS claims
   FROM (SELECT pg_temp.unb64url(p)::jsonb AS c, issued FROM t) x;
 -- The signature, recomputed independently.
-SELECT s = pg_temp.b64url(hmac(h || '.' || p, current_setting('chat.token_secret'), 'sha256')) AS signature_valid,
+SELECT s = pg_temp.b64url(hmac(h || '.' || p, 'regress secret', 'sha256')) AS signature_valid,
        s <> pg_temp.b64url(hmac(h || '.' || p, 'another secret', 'sha256')) AS other_secret_differs
   FROM t;
 SELECT (pg_temp.unb64url(split_part(chat.issue_token(7, 2, '10 minutes'), '.', 2))::jsonb ->> 'exp')::bigint

@@ -1,9 +1,11 @@
 // app.js: the pgchat demo page.  Plain DOM on top of chat-client.js: chat
 // list, conversation view with history paging, composer, typing, ticks,
 // presence, new chats, connection state and errors.  The token comes from the
-// URL fragment (#token=...&names=1:alice,2:bob), put there by the application.
+// URL fragment (#token=...&refresh=URL&names=1:alice,2:bob), put there by the
+// application; with refresh=, fresh tokens come from that URL (the
+// application's token endpoint, {"token": ...}) before the current one expires.
 
-import { ChatClient, isLogEntry } from './chat-client.js';
+import { ChatClient, isLogEntry, tokenExp } from './chat-client.js';
 
 const $ = (id) => document.getElementById(id);
 const HISTORY_PAGE = 30;
@@ -12,6 +14,23 @@ const HISTORY_PAGE = 30;
 
 const params = new URLSearchParams(location.hash.slice(1));
 const token = params.get('token');
+const refreshUrl = params.get('refresh');
+let currentToken = token;
+
+/** The token for the next connect or re-authentication: a fresh one from the
+ * application's endpoint when the page has one, else the fragment's. */
+async function getToken() {
+  if (refreshUrl) {
+    try {
+      const res = await fetch(refreshUrl, { cache: 'no-store' });
+      if (res.ok) {
+        const t = (await res.json()).token;
+        if (typeof t === 'string' && (tokenExp(t) ?? 0) >= (tokenExp(currentToken) ?? 0)) currentToken = t;
+      }
+    } catch { /* offline or the endpoint is down: the current token, retried later */ }
+  }
+  return currentToken;
+}
 
 const S = {
   me: null,
@@ -462,7 +481,7 @@ function start() {
   document.title = `pgchat — ${S.names.get(S.me) || `user ${S.me}`}`;
 
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  client = new ChatClient({ url: `${proto}//${location.host}/ws`, token });
+  client = new ChatClient({ url: `${proto}//${location.host}/ws`, ...(refreshUrl ? { getToken } : { token }) });
   window.chat = client;  // for the console and the browser test
 
   client.on('state', renderState);

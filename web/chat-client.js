@@ -14,8 +14,41 @@
 /** Subprotocol spoken by the gateway. */
 export const PROTOCOL = 'chat.v1';
 
-/** Close codes after which the client does not reconnect by itself. */
-const FATAL_CLOSE_CODES = new Set([4001]);
+/** Close codes after which the client does not reconnect by itself
+ * (4001 only when there is no token function to ask for a new token;
+ * 4003: the device was removed, a new token would not help). */
+const FATAL_CLOSE_CODES = new Set([4001, 4003]);
+
+/**
+ * The `exp` claim (unix seconds) of a JWT, read without verifying it (the
+ * gateway verifies); null when the token has none or is not a JWT.
+ * @param {string} jwt
+ * @returns {number|null}
+ */
+export function tokenExp(jwt) {
+  try {
+    const part = String(jwt).split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(part.length / 4) * 4, '=');
+    const json = typeof atob === 'function' ? atob(b64) : Buffer.from(b64, 'base64').toString('binary');
+    const exp = JSON.parse(json).exp;
+    return Number.isFinite(Number(exp)) ? Number(exp) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Milliseconds from `nowMs` until a token expiring at `exp` (unix seconds)
+ * should be refreshed: `margin` ms before exp, or halfway when less than
+ * twice the margin is left.
+ * @param {number} exp @param {number} nowMs @param {number} margin
+ * @returns {number}
+ */
+export function refreshDelay(exp, nowMs, margin) {
+  const left = exp * 1000 - nowMs;
+  if (left <= 0) return 0;
+  return left >= 2 * margin ? left - margin : Math.floor(left / 2);
+}
 
 /**
  * Delay before reconnect attempt `attempt` (0-based): exponential backoff
@@ -101,6 +134,7 @@ function listOf(result, ...keys) {
  * - `receipt`, `read_state`, `presence`, `member`: server pushes as is
  * - `typing` {conversation, user, typing, expired?}: typing started or stopped
  *   (stopped also when the TTL ran out or the user's message arrived)
+ * - `token` {exp}: the connection was re-authenticated with a fresh token (before the old one's exp)
  * - `error` ChatError: a background operation failed (auth rejected, gap repair failed, ...)
  */
 export class ChatClient {
@@ -108,6 +142,11 @@ export class ChatClient {
    * @param {object} opts
    * @param {string} opts.url WebSocket URL of the gateway, e.g. 'ws://127.0.0.1:8080/ws'
    * @param {string | (() => string | Promise<string>)} opts.token JWT, or a function that returns a fresh one
+   *   (asked on every connect and, before the current token's exp, to re-authenticate the open connection)
+   * @param {() => string | Promise<string>} [opts.getToken] same as a token function (wins over `token`;
+   *   `refreshToken` is accepted as another name for it)
+   * @param {number} [opts.refreshMargin=60000] ms before the token's exp at which a token function is asked
+   *   for a new one (halfway through when the token lives less than twice this)
    * @param {typeof WebSocket} [opts.WebSocket] WebSocket constructor (default: globalThis.WebSocket; in Node pass `ws`)
    * @param {number} [opts.requestTimeout=10000] ms until an unanswered request fails
    * @param {number} [opts.ackDelay=200] ms to batch acks
@@ -127,7 +166,10 @@ export class ChatClient {
   constructor(opts) {
     if (!opts || !opts.url) throw new TypeError('ChatClient: url is required');
     this.url = opts.url;
-    this.token = opts.token;
+    this.token = opts.getToken || opts.refreshToken || opts.token;
+    this.refreshMargin = opts.refreshMargin ?? 60000;
+    this._refreshTimer = null;
+    this._exp = null;               // exp (unix seconds) of the token the open connection runs on
     this.WebSocket = opts.WebSocket || globalThis.WebSocket;
     if (!this.WebSocket) throw new TypeError('ChatClient: no WebSocket constructor; pass opts.WebSocket');
     this.requestTimeout = opts.requestTimeout ?? 10000;
@@ -247,16 +289,21 @@ export class ChatClient {
     }
     this._opening = false;
     if (this._closedByUser || this._ws) return;
-    const sep = this.url.includes('?') ? '&' : '?';
     let ws;
     try {
-      ws = new this.WebSocket(`${this.url}${sep}token=${encodeURIComponent(token)}`, PROTOCOL);
+      // The token goes in the first frame, never in the URL (proxies log URLs).
+      ws = new this.WebSocket(this.url, PROTOCOL);
     } catch (e) {
       this._emit('error', new ChatError(`could not open ${this.url}: ${e.message}`, { code: 'connect' }));
       this._scheduleReconnect({});
       return;
     }
     this._ws = ws;
+    this._exp = tokenExp(token);
+    ws.onopen = () => {
+      if (this._ws !== ws) return;
+      try { ws.send(JSON.stringify({ type: 'auth', token })); } catch { /* the close event follows */ }
+    };
     ws.onmessage = (ev) => { if (this._ws === ws) this._onFrame(ev.data); };
     ws.onclose = (ev) => { if (this._ws === ws) this._onClose(ev.code, ev.reason); };
     ws.onerror = () => {};  // a close event follows and carries what we need
@@ -267,6 +314,8 @@ export class ChatClient {
     this._ws = null;
     clearInterval(this._pingTimer);
     this._pingTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     // The sync loop of this socket is over; held pushes wait for the next loop.
     this._syncing = false;
     this._syncGeneration++;
@@ -278,8 +327,9 @@ export class ChatClient {
     }
     for (const m of this._outbox) m.inflight = false;
     if (this._closedByUser) { this._setState('closed', { code, reason }); return; }
-    if (FATAL_CLOSE_CODES.has(code) && typeof this.token !== 'function') {
-      const err = new ChatError(`the gateway refused the token (close ${code}${reason ? ': ' + reason : ''})`, { code: String(code) });
+    if (FATAL_CLOSE_CODES.has(code) && (code === 4003 || typeof this.token !== 'function')) {
+      const what = code === 4003 ? 'the device was revoked' : 'the gateway refused the token';
+      const err = new ChatError(`${what} (close ${code}${reason ? ': ' + reason : ''})`, { code: String(code) });
       this._closedByUser = true;
       this._failQueued(err);
       this._setState('closed', { code, reason });
@@ -338,6 +388,8 @@ export class ChatClient {
     this._reconnectTimer = null;
     clearTimeout(this._ackTimer);
     this._ackTimer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     for (const t of this._typingOut.values()) { clearTimeout(t.idleTimer); clearTimeout(t.retryTimer); }
     this._typingOut.clear();
     for (const t of this._typingIn.values()) clearTimeout(t);
@@ -404,6 +456,7 @@ export class ChatClient {
       clearInterval(this._pingTimer);
       this._pingTimer = setInterval(() => this._ping(), this.pingInterval);
     }
+    this._scheduleRefresh();
     // Queued requests and unanswered sends go out first (sends keep their order);
     // the sync runs alongside, and live messages wait until it is done.
     const queued = this._queue;
@@ -411,6 +464,54 @@ export class ChatClient {
     for (const q of queued) this._write(q);
     this._flushOutbox();
     this._sync();
+  }
+
+  /**
+   * With a token function: asks it for a new token refreshMargin ms before
+   * the current one's exp and sends {"type":"auth"} on the open connection,
+   * which moves the connection's expiry (the gateway closes it with 4001 at
+   * exp otherwise).  A failure is retried until exp; after that the gateway
+   * closes and the reconnect asks for a token again.
+   */
+  _scheduleRefresh(retryMs) {
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (typeof this.token !== 'function' || this._exp == null || this.state !== 'open') return;
+    const delay = retryMs ?? refreshDelay(this._exp, Date.now(), this.refreshMargin);
+    this._refreshTimer = setTimeout(() => this._refresh(), delay);
+  }
+
+  async _refresh() {
+    this._refreshTimer = null;
+    const ws = this._ws;
+    if (!ws || this.state !== 'open') return;
+    const retry = () => {
+      const left = this._exp * 1000 - Date.now();
+      if (left > 0 && this._ws === ws) this._scheduleRefresh(Math.max(50, Math.min(5000, Math.floor(left / 4))));
+    };
+    let token;
+    try {
+      token = await this.token();
+    } catch (e) {
+      this._emit('error', new ChatError(`could not get a token: ${e.message}`, { code: 'token' }));
+      retry();
+      return;
+    }
+    const exp = tokenExp(token);
+    if (this._ws !== ws) return;
+    if (exp == null || exp <= this._exp) {  // not a newer token: ask again later
+      retry();
+      return;
+    }
+    try {
+      const res = await this.request('auth', { token });
+      this._exp = Number(res && res.exp) || exp;
+      this._emit('token', { exp: this._exp });
+      if (this._ws === ws) this._scheduleRefresh();
+    } catch (e) {
+      // A refused token closes the connection (4001); a timeout is retried.
+      if (e.code === 'timeout') retry();
+    }
   }
 
   /** Liveness check: a ping without answer means the socket is dead. */

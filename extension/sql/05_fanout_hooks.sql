@@ -17,7 +17,13 @@ RETURNS void LANGUAGE c AS 'MODULE_PATHNAME', 'chat_fanout_receipt';
 CREATE FUNCTION chat.fanout_message(conversation_id bigint, seq bigint)
 RETURNS void LANGUAGE c AS 'MODULE_PATHNAME', 'chat_fanout_message';
 
+-- {"type":"revoked","user","device"} to the nodes holding sessions of the
+-- device, which close its connections (chat.remove_device calls it).
+CREATE FUNCTION chat.fanout_revoked(user_id bigint, device_id integer)
+RETURNS void LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'chat_fanout_revoked';
+
 REVOKE ALL ON FUNCTION chat.fanout_event(bigint, bigint[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.fanout_revoked(bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.fanout_receipt(bigint, bigint, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.fanout_message(bigint, bigint) FROM PUBLIC;
 
@@ -36,6 +42,8 @@ REVOKE ALL ON FUNCTION chat.json_timestamp(timestamptz) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.fanout_event(bigint, bigint[], jsonb) IS
     'internal: notifies an event to the online devices of user_ids (NULL: all members), at commit';
+COMMENT ON FUNCTION chat.fanout_revoked(bigint, integer) IS
+    'internal: revoked event to the nodes holding sessions of a device (they close it with 4003)';
 COMMENT ON FUNCTION chat.fanout_receipt(bigint, bigint, bigint, bigint, text) IS
     'internal: delivered/read receipts to the senders of the messages in (from_seq, to_seq]';
 COMMENT ON FUNCTION chat.fanout_message(bigint, bigint) IS

@@ -149,12 +149,19 @@ END
 $$;
 
 -- Removes a device with its cursors (by cascade), sessions and pending pushes.
+-- The nodes holding its sessions get {"type":"revoked","user","device"} at
+-- commit and close its open connections (4003); the event goes out before
+-- the session rows that route it are deleted.
 CREATE FUNCTION chat.remove_device(user_id bigint, device_id integer)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM chat.require_device(remove_device.user_id, remove_device.device_id);
+    IF EXISTS (SELECT FROM chat.sessions
+                WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id) THEN
+        PERFORM chat.fanout_revoked(remove_device.user_id, remove_device.device_id);
+    END IF;
     DELETE FROM chat.devices
      WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id;
     DELETE FROM chat.sessions
@@ -182,4 +189,4 @@ COMMENT ON FUNCTION chat.upsert_user(bigint, text, text) IS
 COMMENT ON FUNCTION chat.register_device(bigint, text, text) IS
     'adds a device to a user and returns its device_id (1, 2, ... never reused)';
 COMMENT ON FUNCTION chat.remove_device(bigint, integer) IS
-    'removes a device with its sync cursors, sessions and pending pushes';
+    'removes a device with its sync cursors, sessions and pending pushes; its open connections are closed (4003)';

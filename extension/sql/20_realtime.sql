@@ -69,7 +69,9 @@ END
 $$;
 
 -- Gateway start: registers the node and forgets its sessions; users who
--- were online only there go offline.
+-- were online only there go offline.  Refused (55000) while
+-- chat.token_secret is unset: notifications are signed with it and a
+-- gateway drops unsigned ones, so such a node would silently get nothing.
 CREATE FUNCTION chat.node_reset(node text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
@@ -79,6 +81,12 @@ DECLARE
     was_gone timestamptz;
 BEGIN
     PERFORM chat.check_node(node);
+    -- the setting shows '' when unset and a mask when set (never the secret)
+    IF coalesce(current_setting('chat.token_secret', true), '') = '' THEN
+        RAISE EXCEPTION 'cannot register node "%": chat.token_secret is not set', node
+            USING ERRCODE = '55000',
+                  HINT = 'Set chat.token_secret in postgresql.conf to the contents of the gateway''s --token-secret-file and reload; notifications are signed with it.';
+    END IF;
     SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_reset.node;
     INSERT INTO chat.nodes AS n (node) VALUES (node_reset.node)
         ON CONFLICT ON CONSTRAINT nodes_pkey

@@ -210,7 +210,10 @@ $$;
 -- One client frame: dispatches request on behalf of (user_id, device_id)
 -- connected at node and returns the response frame with the request's id.
 -- Errors become error frames; the failed request's work is rolled back to
--- a savepoint, so the caller's transaction goes on.
+-- a savepoint, so the caller's transaction goes on.  The one exception: a
+-- device that does not exist (removed, or never registered) raises P0002,
+-- so that a gateway that missed the revocation cannot act for it (the
+-- gateway closes such a connection with 4003).
 CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -221,6 +224,13 @@ DECLARE
     state text;
     msg text;
 BEGIN
+    PERFORM FROM chat.devices d
+     WHERE d.user_id = client_request.user_id AND d.device_id = client_request.device_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'device % of user % does not exist', device_id, user_id
+            USING ERRCODE = 'P0002',
+                  HINT = 'The device was removed or never registered; register it with chat.register_device and issue a new token.';
+    END IF;
     IF request IS NULL OR jsonb_typeof(request) <> 'object' THEN
         RETURN jsonb_build_object('id', NULL, 'type', 'error', 'code', '22P02',
                                   'error', 'invalid_text_representation',
@@ -262,4 +272,4 @@ COMMENT ON FUNCTION chat.request_ids(jsonb, text, boolean) IS 'client_request fi
 COMMENT ON FUNCTION chat.messages_json(chat.message_view[]) IS 'messages as a JSON array of message event objects';
 COMMENT ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) IS 'internal: runs one client request, errors propagate';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
-    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames';
+    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <assert.h>
+#include <time.h>
 #include <openssl/hmac.h>
 #include <openssl/evp.h>
 #include "gateway.h"
@@ -47,6 +48,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	const char *why = NULL;
 	int64_t user = 0;
 	int32_t device = 0;
+	int64_t exp = 0;
 	size_t len;
 
 	if (!cfg.secret)
@@ -73,8 +75,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		break;
 	}
 	}
-	if (auth_verify(tok, len, &user, &device, &why) == 0)
-		assert(user > 0 && device > 0 && why == NULL);
+	if (auth_verify(tok, len, &user, &device, &exp, &why) == 0)
+		assert(user > 0 && device > 0 && why == NULL && exp > (int64_t)time(NULL) - 1);
 	else
 		assert(why != NULL && *why);
 	return 0;

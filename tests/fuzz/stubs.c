@@ -83,3 +83,11 @@ stub_config(void)
 	cfg.max_inflight = 16;
 	cfg.log_min = LOG_ERROR + 1;
 }
+
+/* Revoked events close connections: records the code on the stub connection. */
+void
+ws_close(struct conn *c, int code, const char *why)
+{
+	(void)why;
+	c->close_code = (uint16_t)code;
+}

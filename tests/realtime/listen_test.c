@@ -1,7 +1,8 @@
 /*
  * listen_test.c: observes the chat extension's notifications with a real
  * listener while SQL runs on a second connection, and checks recipients
- * per node, the payload format, the 8000-byte split, ref:true for large
+ * per node, the payload format (and its "v1 <HMAC>" signature line, verified
+ * with the secret of $CHAT_TOKEN_SECRET_FILE), the 8000-byte split, ref:true for large
  * bodies, that rolled-back work notifies no one, offline nodes, receipts
  * and the typing rate limit.  Runs once per chat.fanout_mode given on the
  * command line (direct, worker).  Exit status 1 on any failure.
@@ -18,6 +19,9 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #define MAX_EVENTS 4096
 
@@ -36,6 +40,9 @@ static Event events[MAX_EVENTS];
 static int	nevents;
 static int	failures;
 static const char *mode;
+static unsigned char notify_key[32];	/* HMAC(secret, "chat-notify") */
+static int	bad_signatures;
+static int	signed_payloads;
 
 /* Prints a failed check. */
 static void
@@ -114,15 +121,65 @@ clear_events(void)
 	nevents = 0;
 }
 
-/* Splits a notification into its (header, json) line pairs. */
+/* Reads the token secret file like the gateway (minus one trailing newline)
+ * and derives the notification key. */
+static void
+load_key(void)
+{
+	const char *path = getenv("CHAT_TOKEN_SECRET_FILE");
+	char		buf[4096];
+	size_t		n;
+	unsigned int klen = 0;
+	FILE	   *f;
+
+	if (!path || !(f = fopen(path, "rb")))
+	{
+		fprintf(stderr, "CHAT_TOKEN_SECRET_FILE is not set or unreadable\n");
+		exit(2);
+	}
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	if (n > 0 && buf[n - 1] == '\n')
+		n--;
+	HMAC(EVP_sha256(), buf, (int) n, (const unsigned char *) "chat-notify", 11, notify_key, &klen);
+}
+
+/* True when payload starts with a valid "v1 <hex HMAC-SHA256>\n" line. */
+static int
+signature_valid(const char *payload)
+{
+	unsigned char mac[32];
+	unsigned int mlen = 0;
+	char		hex[65];
+	int			i;
+
+	if (strlen(payload) < 68 || strncmp(payload, "v1 ", 3) != 0 || payload[67] != '\n')
+		return 0;
+	HMAC(EVP_sha256(), notify_key, sizeof(notify_key), (const unsigned char *) payload + 68,
+		 strlen(payload) - 68, mac, &mlen);
+	for (i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+	return CRYPTO_memcmp(hex, payload + 3, 64) == 0;
+}
+
+/* Splits a notification into its (header, json) line pairs after the signature line. */
 static void
 add_notification(PGnotify *n)
 {
-	char	   *copy = strdup(n->extra);
+	char	   *copy;
 	char	   *save = NULL;
 	char	   *line;
 	int			len = strlen(n->extra);
 	int			i = 0;
+
+	if (!signature_valid(n->extra))
+	{
+		bad_signatures++;
+		fail("notification on %s without a valid v1 signature line: %.80s", n->relname, n->extra);
+		return;
+	}
+	signed_payloads++;
+	copy = strdup(n->extra + 68);
 
 	for (line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++)
 	{
@@ -449,6 +506,24 @@ test_push_skip_locked(const char *g)
 	run("UPDATE chat.devices SET push_token = NULL WHERE user_id = 4");
 }
 
+/* remove_device: a revoked event for the device, only to the node holding it. */
+static void
+test_revoked(void)
+{
+	collect(200);
+	run("SELECT chat.remove_device(2, 2)");	/* device 1 of user 2 is on gw1, device 2 on gw2 */
+	collect(500);
+	check(count_events("chat_node_gw2", "{\"type\":\"revoked\",\"user\":2,\"device\":2}") == 1,
+		  "remove_device: revoked event on gw2, which holds the device");
+	check(strcmp(header_of("chat_node_gw2", "revoked"), "2") == 0, "revoked header lists user 2: %s",
+		  header_of("chat_node_gw2", "revoked"));
+	check(count_events("chat_node_gw1", "revoked") == 0,
+		  "nothing on gw1 (the user's other device is there)");
+	run("SELECT chat.remove_device(4, chat.register_device(4))");	/* no session: nobody to tell */
+	collect(300);
+	check(count_events(NULL, "revoked") == 0, "a device without sessions: no event");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -460,9 +535,11 @@ main(int argc, char **argv)
 		fprintf(stderr, "usage: %s DBNAME MODE...\n", argv[0]);
 		return 2;
 	}
+	load_key();
 	for (int m = 2; m < argc; m++)
 	{
 		mode = argv[m];
+		signed_payloads = bad_signatures = 0;
 		snprintf(conninfo, sizeof(conninfo), "dbname=%s", argv[1]);
 		sql = PQconnectdb(conninfo);
 		listener = PQconnectdb(conninfo);
@@ -484,7 +561,11 @@ main(int argc, char **argv)
 		test_presence();
 		test_push_skip_locked(g);
 		test_split();
+		test_revoked();
 		clear_events();
+		check(signed_payloads > 0 && bad_signatures == 0,
+			  "all %d payloads carry a valid v1 HMAC signature line (%d bad)",
+			  signed_payloads, bad_signatures);
 		PQfinish(sql);
 		PQfinish(listener);
 	}

@@ -12,6 +12,6 @@ if [ -z "${PGPORT:-}" ] || [ -z "${PGHOST:-}" ]; then
   cluster_start
 fi
 bin=${CHAT_TEST_TMP:-/tmp}/listen_test
-gcc -Wall -Wextra -Werror -O1 -o "$bin" "$here/listen_test.c" -I"$(${PG_CONFIG:-pg_config} --includedir)" -L"$(${PG_CONFIG:-pg_config} --libdir)" -lpq
+gcc -Wall -Wextra -Werror -O1 -o "$bin" "$here/listen_test.c" -I"$(${PG_CONFIG:-pg_config} --includedir)" -L"$(${PG_CONFIG:-pg_config} --libdir)" -lpq -lcrypto
 new_db chat_rt
 "$bin" chat_rt direct worker

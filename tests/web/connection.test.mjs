@@ -20,9 +20,11 @@ async function connected(extra) {
 
 beforeEach(() => FakeSocket.reset());
 
-test('connects with the token in the query and the chat.v1 subprotocol', async () => {
+test('authenticates with a first frame (no token in the URL) and the chat.v1 subprotocol', async () => {
   const { client, ws } = await connected();
-  assert.equal(ws.url, 'ws://gw.test/ws?token=tok.en');
+  assert.equal(ws.url, 'ws://gw.test/ws');
+  assert.ok(!ws.url.includes('tok.en'), 'the token never appears in the URL');
+  assert.deepEqual(ws.sent[0], { type: 'auth', token: 'tok.en' });
   assert.equal(ws.protocol, PROTOCOL);
   assert.equal(client.state, 'open');
   assert.equal(client.user, 17);
@@ -61,7 +63,8 @@ test('a request made while disconnected waits for the connection', async () => {
   const p = client.conversations();
   await until(() => FakeSocket.instances.length > 0);
   const ws = FakeSocket.last();
-  assert.equal(ws.sent.length, 0, 'nothing goes out before hello');
+  await sleep(5);
+  assert.deepEqual(ws.sent, [{ type: 'auth', token: 'tok.en' }], 'only the auth frame goes out before hello');
   ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: [{ conversation_id: 3 }] }) });
   ws.hello();
   assert.deepEqual(await p, [{ conversation_id: 3 }]);
@@ -181,8 +184,8 @@ test('a token function is asked again on each connect', async () => {
   await until(() => FakeSocket.instances.length === 1);
   FakeSocket.last().serverClose(4001);
   await until(() => FakeSocket.instances.length === 2);
-  assert.match(FakeSocket.instances[0].url, /token=t1$/);
-  assert.match(FakeSocket.instances[1].url, /token=t2$/);
+  assert.deepEqual(FakeSocket.instances[0].sent[0], { type: 'auth', token: 't1' });
+  assert.deepEqual(FakeSocket.instances[1].sent[0], { type: 'auth', token: 't2' });
   client.close();
 });
 

@@ -12,6 +12,8 @@ export class FakeSocket {
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     this.responder = null;
     FakeSocket.instances.push(this);
+    // Opens once the client has set its handlers (as a browser's would).
+    queueMicrotask(() => { if (!this.closed && this.onopen) this.onopen({}); });
   }
 
   static reset() { FakeSocket.instances = []; }
@@ -43,6 +45,8 @@ export class FakeSocket {
   }
   /** Frames of one type the client sent. */
   of(type) { return this.sent.filter((f) => f.type === type); }
+  /** Frames the client sent, its auth frames left out. */
+  get requests() { return this.sent.filter((f) => f.type !== 'auth'); }
 }
 
 /** A responder that answers like an idle gateway: empty sync, ok to everything else. */
@@ -51,6 +55,7 @@ export function idleGateway(overrides = {}) {
     if (overrides[f.type]) return overrides[f.type](f);
     if (f.type === 'sync') return { id: f.id, type: 'ok', result: { messages: [], more: false } };
     if (f.type === 'ping') return { id: f.id, type: 'pong' };
+    if (f.type === 'auth') return f.id === undefined ? undefined : { id: f.id, type: 'ok', result: { exp: JSON.parse(Buffer.from(f.token.split('.')[1], 'base64url')).exp } };
     return { id: f.id, type: 'ok', result: null };
   };
 }

@@ -201,9 +201,25 @@ function onFrame(c, data, isBinary) {
 }
 
 // ---- notifications ----
-// Payload: pairs of lines, a header of comma-separated user ids, then the event.
+// Payload: a line "v1 <hex HMAC-SHA256>" over the rest (key: HMAC(secret,
+// "chat-notify")), then pairs of lines, a header of comma-separated user ids,
+// then the event.  Unsigned or badly signed payloads are dropped, as the
+// gateway does (and at the same cost).
+let notifyKey = null;
+function signatureValid(payload) {
+  notifyKey ??= createHmac('sha256', secret).update('chat-notify').digest();
+  if (payload.length < 68 || !payload.startsWith('v1 ') || payload[67] !== '\n') return false;
+  const given = Buffer.from(payload.slice(3, 67), 'hex');
+  const mac = createHmac('sha256', notifyKey).update(payload.slice(68)).digest();
+  return given.length === mac.length && timingSafeEqual(given, mac);
+}
+
 function route(payload) {
-  const lines = payload.split('\n');
+  if (!signatureValid(payload)) {
+    log('dropped a notification without a valid signature');
+    return;
+  }
+  const lines = payload.slice(68).split('\n');
   for (let i = 0; i + 1 < lines.length; i += 2) {
     const header = lines[i];
     const json = lines[i + 1];
