@@ -1,2 +1,620 @@
--- chat 0.1.0 -> 0.2.0: the trust-boundary fixes (see README "Upgrading").
+-- chat 0.1.0 -> 0.2.0: the trust-boundary fixes.
+--
+--   * edits and deletes append change-log entries (messages.kind 'edit' /
+--     'delete' with messages.target), so sync carries every change;
+--   * contacts (a direct conversation where both have written) replace
+--     "peers" as a presence privacy level; members.last_sent_seq records who
+--     has written, filled here from the existing messages;
+--   * receipts only to current members, revoked devices refused and closed,
+--     notifications signed (the C side of these lives in chat.so).
+--
+-- Drafted with scripts/upgrade-draft.py and checked by tests/upgrade/run.sh,
+-- which compares an upgraded database with a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Presence privacy: 'peers' (anyone sharing a conversation) becomes
+-- 'contacts' (a direct conversation where both have written), the closest
+-- level that does not let a stranger in by opening a conversation.
+ALTER TABLE chat.users DROP CONSTRAINT users_presence_privacy_check;
+UPDATE chat.users SET presence_privacy = 'contacts' WHERE presence_privacy = 'peers';
+ALTER TABLE chat.users ADD CONSTRAINT users_presence_privacy_check
+    CHECK (presence_privacy IN ('everyone', 'contacts', 'nobody'));
+
+-- Who has written where: the seq of each member's latest text/e2e message.
+ALTER TABLE chat.members ADD COLUMN last_sent_seq bigint NOT NULL DEFAULT 0;
+UPDATE chat.members m SET last_sent_seq = s.last_sent
+  FROM (SELECT conversation_id, sender_id, max(seq) AS last_sent
+          FROM chat.messages WHERE kind IN ('text', 'e2e')
+         GROUP BY conversation_id, sender_id) s
+ WHERE s.conversation_id = m.conversation_id AND s.sender_id = m.user_id;
+
+-- Change-log entries.  Edits and deletes made under 0.1.0 stay as they
+-- are (changed in place, no entry): only changes from now on are logged.
+ALTER TABLE chat.messages DROP CONSTRAINT messages_kind_check;
+ALTER TABLE chat.messages ADD CONSTRAINT messages_kind_check
+    CHECK (kind IN ('text', 'system', 'e2e', 'edit', 'delete'));
+ALTER TABLE chat.messages ADD COLUMN target bigint;
+ALTER TABLE chat.messages ADD CONSTRAINT messages_check
+    CHECK ((kind IN ('edit', 'delete')) = (target IS NOT NULL));
+ALTER TABLE chat.messages ADD CONSTRAINT messages_check1 CHECK (target < seq);
+ALTER TYPE chat.message_view ADD ATTRIBUTE target bigint;
+
+CREATE INDEX messages_entries_idx ON chat.messages (conversation_id, seq)
+    WHERE target IS NOT NULL;
+
+CREATE INDEX messages_target_idx ON chat.messages (conversation_id, target)
+    WHERE target IS NOT NULL;
+
+COMMENT ON TABLE chat.messages IS 'messages keyed by (conversation_id, seq), seq gapless per conversation; edits and deletes append entries (kind edit/delete, target)';
+
+COMMENT ON COLUMN chat.messages.target IS 'log entries (kind edit/delete): the seq of the message the entry changes';
+
+COMMENT ON COLUMN chat.members.last_sent_seq IS 'seq of the member''s latest text/e2e message (0: never sent); defines contacts';
+
+CREATE FUNCTION chat.fanout_revoked(user_id bigint, device_id integer)
+RETURNS void LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'chat_fanout_revoked';
+
+REVOKE ALL ON FUNCTION chat.fanout_revoked(bigint, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.fanout_revoked(bigint, integer) IS
+    'internal: revoked event to the nodes holding sessions of a device (they close it with 4003)';
+
+CREATE OR REPLACE FUNCTION chat.remove_device(user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM chat.require_device(remove_device.user_id, remove_device.device_id);
+    IF EXISTS (SELECT FROM chat.sessions
+                WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id) THEN
+        PERFORM chat.fanout_revoked(remove_device.user_id, remove_device.device_id);
+    END IF;
+    DELETE FROM chat.devices
+     WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id;
+    DELETE FROM chat.sessions
+     WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id;
+    DELETE FROM chat.push_outbox
+     WHERE user_id = remove_device.user_id AND device_id = remove_device.device_id;
+END
+$$;
+
+COMMENT ON FUNCTION chat.remove_device(bigint, integer) IS
+    'removes a device with its sync cursors, sessions and pending pushes; its open connections are closed (4003)';
+
+CREATE OR REPLACE FUNCTION chat.post_system_message(conversation_id bigint, actor bigint, body jsonb)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN chat.append_message(post_system_message.conversation_id, post_system_message.actor,
+                               'system', post_system_message.body::text);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.conversations(user_id bigint, lim integer DEFAULT 50, before timestamptz DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, kind text, title text, last_seq bigint, read_seq bigint,
+              unread bigint, last_activity timestamptz, last_message jsonb, peer_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM chat.check_limit(lim);
+    IF conversations.user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM chat.require_users(ARRAY[conversations.user_id]);
+    RETURN QUERY
+    SELECT c.id, c.kind,
+           CASE WHEN c.kind = 'direct' THEN coalesce(p.display_name, p.handle) ELSE c.title END,
+           c.last_seq,
+           GREATEST(m.read_seq, m.joined_seq),
+           GREATEST(c.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                    - (SELECT count(*) FROM chat.messages e
+                        WHERE e.conversation_id = c.id AND e.target IS NOT NULL
+                          AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0),
+           c.last_activity,
+           (SELECT jsonb_build_object(
+                       'seq', x.seq, 'sender', x.sender_id, 'kind', x.kind,
+                       'body', CASE WHEN x.kind = 'e2e' THEN NULL ELSE left(x.body, 200) END,
+                       'created_at', x.created_at, 'deleted', x.deleted_at IS NOT NULL)
+              FROM chat.messages x
+             WHERE x.conversation_id = c.id AND x.seq > m.joined_seq AND x.target IS NULL
+             ORDER BY x.seq DESC
+             LIMIT 1),
+           p.id
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id
+      LEFT JOIN chat.users p
+             ON c.kind = 'direct'
+            AND p.id = CASE WHEN c.direct_low = m.user_id THEN c.direct_high ELSE c.direct_low END
+     WHERE m.user_id = conversations.user_id AND m.left_at IS NULL
+       AND (conversations.before IS NULL OR c.last_activity < conversations.before)
+     ORDER BY c.last_activity DESC, c.id DESC
+     LIMIT lim;
+END
+$$;
+
+CREATE FUNCTION chat.contacts(user_id bigint)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.user_id
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id AND c.kind = 'direct'
+      JOIN chat.members p ON p.conversation_id = m.conversation_id AND p.user_id <> m.user_id
+     WHERE m.user_id = contacts.user_id AND m.left_at IS NULL AND m.last_sent_seq > 0
+       AND p.left_at IS NULL AND p.last_sent_seq > 0
+     ORDER BY p.user_id
+$$;
+
+CREATE FUNCTION chat.is_contact(a bigint, b bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM chat.conversations c
+          JOIN chat.members x ON x.conversation_id = c.id AND x.user_id = LEAST(a, b)
+          JOIN chat.members y ON y.conversation_id = c.id AND y.user_id = GREATEST(a, b)
+         WHERE c.kind = 'direct' AND c.direct_low = LEAST(a, b) AND c.direct_high = GREATEST(a, b)
+           AND x.left_at IS NULL AND x.last_sent_seq > 0
+           AND y.left_at IS NULL AND y.last_sent_seq > 0)
+$$;
+
+REVOKE ALL ON FUNCTION chat.contacts(bigint) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION chat.is_contact(bigint, bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.post_system_message(bigint, bigint, jsonb) IS
+    'internal: appends and fans out a system message (through chat.append_message)';
+
+COMMENT ON FUNCTION chat.contacts(bigint) IS
+    'the user''s contacts: users sharing a direct conversation with it in which both have sent a message';
+
+COMMENT ON FUNCTION chat.is_contact(bigint, bigint) IS
+    'true when two users are contacts (a direct conversation in which both have sent a message)';
+
+CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
+                                    target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
+
+CREATE OR REPLACE FUNCTION chat.edit_message(actor bigint, conversation_id bigint, seq bigint, body text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := edit_message.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    window_length interval := current_setting('chat.edit_window')::interval;
+    changed_at timestamptz;
+BEGIN
+    PERFORM chat.check_body(edit_message.body);
+    IF edit_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    -- Lock order of every writer: the conversation row, then the rest.
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = conv AND seq = edit_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', edit_message.seq, conv
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
+            USING ERRCODE = '42501', HINT = format('Edit message %s, the message it changes.', msg.target);
+    END IF;
+    IF msg.sender_id <> actor OR msg.kind = 'system' THEN
+        RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender edits a message.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is deleted', msg.seq, conv
+            USING ERRCODE = '55000';
+    END IF;
+    IF clock_timestamp() > msg.created_at + window_length THEN
+        RAISE EXCEPTION 'message % of conversation % is older than chat.edit_window (%)',
+            msg.seq, conv, current_setting('chat.edit_window')
+            USING ERRCODE = '55000', HINT = 'Send a new message instead.';
+    END IF;
+    changed_at := clock_timestamp();
+    UPDATE chat.messages SET body = edit_message.body, edited_at = changed_at
+     WHERE conversation_id = conv AND seq = msg.seq;
+    PERFORM chat.append_message(conv, actor, 'edit', edit_message.body, msg.seq, changed_at);
+    PERFORM chat.fanout_event(conv,
+        ARRAY(SELECT x.user_id FROM chat.members x
+               WHERE x.conversation_id = conv AND x.left_at IS NULL AND x.joined_seq < msg.seq),
+        jsonb_build_object('type', 'edit', 'conversation', conv, 'seq', msg.seq,
+                           'body', edit_message.body));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.delete_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := delete_message.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    changed_at timestamptz;
+BEGIN
+    IF delete_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = conv AND seq = delete_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', delete_message.seq, conv
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
+            USING ERRCODE = '42501', HINT = format('Delete message %s, the message it changes.', msg.target);
+    END IF;
+    IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
+        RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin deletes a message.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RETURN;
+    END IF;
+    changed_at := clock_timestamp();
+    UPDATE chat.messages
+       SET body = NULL, mentions = NULL, attachments = NULL, deleted_at = changed_at
+     WHERE conversation_id = conv AND seq = msg.seq;
+    UPDATE chat.messages SET body = NULL
+     WHERE conversation_id = conv AND target = msg.seq AND kind = 'edit';
+    PERFORM chat.append_message(conv, actor, 'delete', NULL, msg.seq, changed_at);
+    PERFORM chat.fanout_event(conv, NULL,
+        jsonb_build_object('type', 'delete', 'conversation', conv, 'seq', msg.seq));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
+                             lim integer DEFAULT 50)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, history.conversation_id);
+    RETURN QUERY
+    SELECT * FROM (
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+          FROM chat.messages x
+         WHERE x.conversation_id = m.conversation_id
+           AND x.seq > m.joined_seq
+           AND x.seq < coalesce(before_seq, 9223372036854775807)
+         ORDER BY x.seq DESC
+         LIMIT lim) AS page
+     ORDER BY page.seq;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
+                                    lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, messages_after.conversation_id);
+    RETURN QUERY
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id
+       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
+     ORDER BY x.seq
+     LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+    result chat.message_view;
+BEGIN
+    IF get_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, get_message.conversation_id);
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+      INTO result
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
+       AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    room integer := lim;
+    taken integer;
+    conv bigint;
+    from_seq bigint;
+    joined bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    PERFORM chat.require_device(sync.user_id, sync.device_id);
+    FOR conv, from_seq, joined IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
+          FROM chat.members m
+          JOIN chat.conversations c ON c.id = m.conversation_id
+          LEFT JOIN chat.device_cursors dc
+                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
+                AND dc.conversation_id = m.conversation_id
+         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
+           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+         ORDER BY m.conversation_id
+    LOOP
+        RETURN QUERY
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+          FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq > from_seq
+         ORDER BY x.seq
+         LIMIT room;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) IS
+    'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
+
+COMMENT ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) IS
+    'the sender edits a message within chat.edit_window; appends an edit entry to the log';
+
+COMMENT ON FUNCTION chat.delete_message(bigint, bigint, bigint) IS
+    'the sender or an owner/admin deletes a message, leaving a tombstone; appends a delete entry to the log';
+
+CREATE OR REPLACE FUNCTION chat.presence_audience(user_id bigint)
+RETURNS bigint[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE u.presence_privacy
+           WHEN 'everyone' THEN
+               (SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
+                  FROM chat.members m
+                  JOIN chat.members p ON p.conversation_id = m.conversation_id
+                                     AND p.left_at IS NULL AND p.user_id <> m.user_id
+                 WHERE m.user_id = u.id AND m.left_at IS NULL)
+           WHEN 'contacts' THEN ARRAY(SELECT chat.contacts(u.id))
+           ELSE '{}'::bigint[] END
+      FROM chat.users u
+     WHERE u.id = presence_audience.user_id
+$$;
+
+CREATE OR REPLACE FUNCTION chat.node_reset(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    gone bigint;
+    was_gone timestamptz;
+BEGIN
+    PERFORM chat.check_node(node);
+    -- the setting shows '' when unset and a mask when set (never the secret)
+    IF coalesce(current_setting('chat.token_secret', true), '') = '' THEN
+        RAISE EXCEPTION 'cannot register node "%": chat.token_secret is not set', node
+            USING ERRCODE = '55000',
+                  HINT = 'Set chat.token_secret in postgresql.conf to the contents of the gateway''s --token-secret-file and reload; notifications are signed with it.';
+    END IF;
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_reset.node;
+    INSERT INTO chat.nodes AS n (node) VALUES (node_reset.node)
+        ON CONFLICT ON CONSTRAINT nodes_pkey
+        DO UPDATE SET started_at = now(), heartbeat_at = now(), gone_at = NULL;
+    FOR gone IN
+        WITH dropped AS (
+            DELETE FROM chat.sessions s WHERE s.node = node_reset.node RETURNING s.user_id)
+        SELECT DISTINCT d.user_id FROM dropped d
+         WHERE NOT EXISTS (SELECT FROM chat.live_sessions l
+                            WHERE l.user_id = d.user_id AND l.node <> node_reset.node)
+    LOOP
+        -- users of a node already announced gone keep that last_seen
+        CONTINUE WHEN was_gone IS NOT NULL;
+        UPDATE chat.users SET last_seen = now() WHERE id = gone;
+        PERFORM chat.fanout_presence(gone, false);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT u.id,
+           v.visible AND EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = u.id),
+           CASE WHEN v.visible THEN u.last_seen END
+      FROM (SELECT DISTINCT x FROM unnest(user_ids) AS x) ids
+      JOIN chat.users u ON u.id = ids.x
+     CROSS JOIN LATERAL (
+        SELECT u.id = viewer
+            OR u.presence_privacy = 'everyone'
+            OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)) AS visible) v
+     ORDER BY u.id
+$$;
+
+CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    conv bigint;
+    lim integer;
+    r record;
+    msgs chat.message_view[];
+BEGIN
+    CASE rtype
+    WHEN 'send' THEN
+        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
+           AND jsonb_typeof(request -> 'body') <> 'null' THEN
+            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
+        END IF;
+        SELECT * INTO r FROM chat.send_message(user_id,
+            chat.request_bigint(request, 'conversation'),
+            chat.request_text(request, 'body'),
+            chat.request_text(request, 'client_msg_id', false),
+            chat.request_bigint(request, 'reply_to', false),
+            device_id) AS s;
+        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
+                                  'created_at', chat.json_timestamp(r.created_at),
+                                  'duplicate', r.duplicate);
+    WHEN 'edit' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
+                                  chat.request_text(request, 'body'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'delete' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'ack' THEN
+        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'read' THEN
+        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
+                               chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'typing' THEN
+        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
+                            chat.request_bool(request, 'typing', true));
+        RETURN '{}';
+    WHEN 'sync' THEN
+        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
+        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
+                                  'more', cardinality(msgs) >= lim);
+    WHEN 'history' THEN
+        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
+                                                 chat.request_bigint(request, 'before_seq', false),
+                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'after' THEN
+        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
+                                                        chat.request_bigint(request, 'after_seq'),
+                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'conversations' THEN
+        RETURN jsonb_build_object('conversations', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
+                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
+                       'last_activity', chat.json_timestamp(c.last_activity),
+                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
+                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
+                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
+                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
+                              FROM chat.messages x
+                             WHERE x.conversation_id = c.conversation_id
+                               AND x.seq = (c.last_message ->> 'seq')::bigint),
+                           c.last_message) END)
+                   ORDER BY c.last_activity DESC, c.conversation_id)
+              FROM chat.conversations(user_id,
+                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
+                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
+    WHEN 'direct' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
+    WHEN 'create_group' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.create_group(user_id, chat.request_text(request, 'title', false),
+                              chat.request_ids(request, 'members', false)));
+    WHEN 'add_member' THEN
+        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
+                                chat.request_bigint(request, 'user'),
+                                coalesce(chat.request_text(request, 'role', false), 'member'));
+        RETURN '{}';
+    WHEN 'remove_member' THEN
+        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
+                                   chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'presence' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
+                                                'last_seen', chat.json_timestamp(p.last_seen))
+                             ORDER BY p.user_id)
+              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    ELSE
+        RAISE EXCEPTION 'unknown request type "%"', rtype
+            USING ERRCODE = '22023',
+                  HINT = 'See PROTOCOL.md for the request types of chat.v1.';
+    END CASE;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rid jsonb;
+    result jsonb;
+    state text;
+    msg text;
+BEGIN
+    PERFORM FROM chat.devices d
+     WHERE d.user_id = client_request.user_id AND d.device_id = client_request.device_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'device % of user % does not exist', device_id, user_id
+            USING ERRCODE = 'P0002',
+                  HINT = 'The device was removed or never registered; register it with chat.register_device and issue a new token.';
+    END IF;
+    IF request IS NULL OR jsonb_typeof(request) <> 'object' THEN
+        RETURN jsonb_build_object('id', NULL, 'type', 'error', 'code', '22P02',
+                                  'error', 'invalid_text_representation',
+                                  'message', 'request is not a JSON object');
+    END IF;
+    rid := coalesce(request -> 'id', 'null');
+    IF jsonb_typeof(request -> 'type') IS DISTINCT FROM 'string' THEN
+        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', '22P02',
+                                  'error', 'invalid_text_representation',
+                                  'message', 'request has no type');
+    END IF;
+    IF request ->> 'type' = 'ping' THEN
+        RETURN jsonb_build_object('id', rid, 'type', 'pong');
+    END IF;
+    BEGIN
+        result := chat.dispatch_request(node, user_id, device_id, request);
+        RETURN jsonb_build_object('id', rid, 'type', 'ok', 'result', result);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', state,
+                                  'error', coalesce(chat.condition_name(state), 'error'),
+                                  'message', msg);
+    END;
+END
+$$;
+
+COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
+    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';
+

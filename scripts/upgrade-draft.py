@@ -21,6 +21,8 @@ def statements(path):
     for line in open(path, encoding="utf-8"):
         if tag is None and not cur and (line.strip() == "" or line.lstrip().startswith("--")):
             continue
+        if tag is None and not cur and line.startswith("\\"):
+            continue  # a psql meta-command (the \echo guard) is a line of its own
         cur.append(line)
         for m in re.finditer(r"\$[A-Za-z_]*\$", line):
             if tag is None:
