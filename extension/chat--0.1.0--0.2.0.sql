@@ -567,7 +567,7 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
-                  HINT = 'See PROTOCOL.md for the request types of chat.v1.';
+                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
     END CASE;
 END
 $$;
@@ -616,5 +616,5 @@ END
 $$;
 
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
-    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';
+    'one client frame (docs/protocol.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';
 

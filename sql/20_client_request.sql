@@ -1,4 +1,4 @@
--- chat.client_request: every request type of PROTOCOL.md and every error
+-- chat.client_request: every request type of docs/protocol.md and every error
 -- frame (id echoed, SQLSTATE, condition name, message).
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS chat CASCADE;

@@ -1,6 +1,6 @@
 // chat-client.js: the pgchat client library (protocol chat.v1), an ES module
 // without dependencies for browsers and Node >= 20.  It implements the client
-// duties of PROTOCOL.md: request/response by id with timeouts, sends retried
+// duties of docs/protocol.md: request/response by id with timeouts, sends retried
 // with the same client_msg_id, per-conversation contiguous seq with gap repair
 // and dedup, batched acks, sync until done, reconnect with exponential backoff
 // and full jitter, typing debounce with a TTL on the receiving side.
@@ -527,7 +527,7 @@ export class ChatClient {
   /**
    * Sends a request and waits for its response.
    * Requests made while disconnected wait for the connection (within the timeout).
-   * @param {string} type request type (see PROTOCOL.md)
+   * @param {string} type request type (see docs/protocol.md)
    * @param {object} [fields]
    * @param {{timeout?: number}} [opts]
    * @returns {Promise<any>} the `result` of the ok frame; rejects with a ChatError

@@ -174,7 +174,7 @@ COMMENT ON SEQUENCE chat.conversations_id_seq IS 'ids of chat.conversations';
 COMMENT ON SEQUENCE chat.push_outbox_id_seq IS 'ids of chat.push_outbox';
 COMMENT ON SCHEMA chat IS 'pgchat: users, conversations, gapless messages, receipts, presence and NOTIFY fanout';
 
--- What a message looks like to readers (API.md).
+-- What a message looks like to readers (docs/sql-api.md).
 CREATE TYPE chat.message_view AS (
     conversation_id bigint,
     seq             bigint,

@@ -1,4 +1,4 @@
--- Users and devices (API.md "Users and devices"), and the internal checks the
+-- Users and devices (docs/sql-api.md), and the internal checks the
 -- other core functions share.
 --
 -- Every public function is SECURITY DEFINER with a pinned search_path: the

@@ -1,4 +1,4 @@
--- Conversations and members (API.md "Conversations and members").
+-- Conversations and members (docs/sql-api.md).
 --
 -- Lock order, everywhere: the conversation row first (FOR NO KEY UPDATE, as
 -- send_message takes it), then member rows.  ack and mark_read lock only the

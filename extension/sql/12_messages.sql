@@ -1,4 +1,4 @@
--- Messages (API.md "Messages"): the send path in C (send.c), reads, edits,
+-- Messages (docs/sql-api.md): the send path in C (send.c), reads, edits,
 -- tombstones, per-device sync and the delivered/read watermarks.
 --
 -- A member sees the messages after its joined_seq.  Page limits are 1..1000.

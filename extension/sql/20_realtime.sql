@@ -1,5 +1,5 @@
 -- Realtime layer: gateway nodes, sessions, presence, typing, tokens
--- (API.md "Gateway-facing functions").  Fanout itself is C (fanout.c).
+-- (docs/realtime.md).  Fanout itself is C (fanout.c).
 --
 -- A session counts as online while its node's heartbeat is younger than
 -- chat.node_timeout; chat.live_sessions is that rule, used everywhere.

@@ -1,4 +1,4 @@
--- chat.client_request: the one call behind every client frame (PROTOCOL.md).
+-- chat.client_request: the one call behind every client frame (docs/protocol.md).
 --
 -- Field rules: a required field that is missing or null is 22023
 -- invalid_parameter_value; a field of the wrong JSON type (or a non-integer
@@ -202,7 +202,7 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
-                  HINT = 'See PROTOCOL.md for the request types of chat.v1.';
+                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
     END CASE;
 END
 $$;
@@ -272,4 +272,4 @@ COMMENT ON FUNCTION chat.request_ids(jsonb, text, boolean) IS 'client_request fi
 COMMENT ON FUNCTION chat.messages_json(chat.message_view[]) IS 'messages as a JSON array of message event objects';
 COMMENT ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) IS 'internal: runs one client request, errors propagate';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
-    'one client frame (PROTOCOL.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';
+    'one client frame (docs/protocol.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';

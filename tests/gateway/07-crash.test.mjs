@@ -49,8 +49,11 @@ test('kill -9 mid-stream and restart: every message exactly once', { timeout: ms
     await gw.waitHealth(200, 15000);
   };
   const stream = new Promise((resolve, reject) => {
+    // No new sends while the gateway restarts (those in flight are retried
+    // by the client): otherwise the stream could finish before the restart
+    // is confirmed, and the second kill would never come.
     const pump = () => {
-      while (inflight < WINDOW && next < N) {
+      while (inflight < WINDOW && next < N && !restarting) {
         const i = next++;
         inflight++;
         sender.send(conv, `msg ${i}`, `crash-${i}`).then((r) => {
@@ -59,7 +62,7 @@ test('kill -9 mid-stream and restart: every message exactly once', { timeout: ms
           if (done.length === N) { resolve(); return; }
           pump();
           if (kills.length + (restarting ? 1 : 0) < killAt.length && done.length >= killAt[kills.length] && !restarting) {
-            restarting = sleep(1).then(crash).catch(reject).finally(() => { restarting = null; });
+            restarting = sleep(1).then(crash).catch(reject).finally(() => { restarting = null; pump(); });
           }
         }, reject);
       }

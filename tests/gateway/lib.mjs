@@ -446,7 +446,7 @@ export function parseMetrics(text) {
 
 // ---------------------------------------------------------------- dutiful client
 
-// A device that follows PROTOCOL.md's client duties: keeps per-conversation
+// A device that follows docs/protocol.md's client duties: keeps per-conversation
 // contiguous seqs, stores and dedups by seq, repairs gaps with `after`, acks
 // what it stored, syncs on connect and on resync, retries unanswered sends
 // with the same client_msg_id, reconnects with jittered exponential backoff.
