@@ -7,14 +7,10 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 . tests/lib/cluster.sh
-own_cluster=0
-if [ -z "${PGPORT:-}" ] || ! "$PGBIN/pg_isready" -q; then
-  cluster_start
-  own_cluster=1
-fi
+cluster_attach
 work=$(mktemp -d /tmp/chat-dump.XXXXXX)
 chmod 755 "$work"
-trap 'rm -rf "$work"; if [ $own_cluster = 1 ]; then cluster_stop; fi' EXIT
+trap 'rm -rf "$work"; cluster_detach' EXIT
 
 src=chat_dump_src dst=chat_dump_dst
 fail() { echo "FAIL: $*"; exit 1; }

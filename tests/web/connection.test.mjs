@@ -65,9 +65,9 @@ test('a request made while disconnected waits for the connection', async () => {
   const ws = FakeSocket.last();
   await sleep(5);
   assert.deepEqual(ws.sent, [{ type: 'auth', token: 'tok.en' }], 'only the auth frame goes out before hello');
-  ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: [{ conversation_id: 3 }] }) });
+  ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: { conversations: [{ conversation: 3 }] } }) });
   ws.hello();
-  assert.deepEqual(await p, [{ conversation_id: 3 }]);
+  assert.deepEqual(await p, [{ conversation: 3 }]);
   client.close();
 });
 
