@@ -5,12 +5,9 @@
 # conversation.  Uses the harness cluster, or starts
 # its own when run alone.  Exits non-zero on the first failed check.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-cluster_attach
-work=$(mktemp -d /tmp/chat-conc.XXXXXX)
-trap 'rm -rf "$work"; cluster_detach' EXIT
+stage_begin chat-conc
 db=chat_conc
 new_db $db
 

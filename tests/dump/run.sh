@@ -4,13 +4,9 @@
 # the old ones) without a gap or a collision.  Uses the harness cluster
 # (PGHOST/PGPORT/PGUSER), or starts its own when run alone.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-cluster_attach
-work=$(mktemp -d /tmp/chat-dump.XXXXXX)
-chmod 755 "$work"
-trap 'rm -rf "$work"; cluster_detach' EXIT
+stage_begin chat-dump
 
 src=chat_dump_src dst=chat_dump_dst
 fail() { echo "FAIL: $*"; exit 1; }

@@ -69,6 +69,16 @@ cluster_detach() {
   if [ -n "${CHAT_OWN_CLUSTER:-}" ]; then cluster_stop; fi
 }
 
+# The preamble of a stage script that works in files: cluster_attach, a
+# scratch directory $work (/tmp/NAME.XXXXXX, readable by the server) and an
+# EXIT trap removing it and detaching.  stage_begin NAME
+stage_begin() {
+  cluster_attach
+  work=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$work"
+  trap 'rm -rf "$work"; cluster_detach' EXIT
+}
+
 # pg_ctl on the test cluster: cluster_ctl start|stop|restart
 cluster_ctl() {
   as_owner "$PGBIN/pg_ctl" -D "$CHAT_TEST_PGDATA" -l "$CHAT_TEST_TMP/postgres.log" -w -t 60 "$@" >/dev/null

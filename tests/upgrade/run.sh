@@ -7,13 +7,9 @@
 # member objects), and the data of the old version must come through intact.
 # Uses the harness cluster, or starts its own.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-cluster_attach
-work=$(mktemp -d /tmp/chat-upgrade.XXXXXX)
-chmod 755 "$work"
-trap 'rm -rf "$work"; cluster_detach' EXIT
+stage_begin chat-upgrade
 
 fail() { echo "FAIL: $*"; exit 1; }
 q() { local db=$1; shift; "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d "$db" "$@"; }

@@ -2,20 +2,14 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient, ChatError, backoffDelay, PROTOCOL } from '../../web/chat-client.js';
-import { FakeSocket, idleGateway, until, sleep, msg } from './fake-socket.mjs';
+import { FakeSocket, connectClient, idleGateway, until, sleep, msg } from './fake-socket.mjs';
 
 const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', token: 'tok.en', WebSocket: FakeSocket, requestTimeout: 60, ackDelay: 5, pingInterval: 0, watchNetwork: false, ...extra });
 
 /** Starts a client against an idle fake gateway and waits for hello. */
 async function connected(extra) {
   const client = new ChatClient(opts(extra));
-  const p = client.connect();
-  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
-  const ws = FakeSocket.last();
-  ws.responder = idleGateway();
-  ws.hello(17, 2);
-  await p;
-  return { client, ws };
+  return { client, ws: await connectClient(client, { device: 2 }) };
 }
 
 beforeEach(() => FakeSocket.reset());

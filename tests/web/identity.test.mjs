@@ -3,7 +3,7 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient, tokenExp, refreshDelay } from '../../web/chat-client.js';
-import { FakeSocket, idleGateway, until, sleep } from './fake-socket.mjs';
+import { FakeSocket, connectClient, idleGateway, until, sleep } from './fake-socket.mjs';
 
 const b64url = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
 /** An unsigned JWT-shaped token with the given exp (the client never verifies). */
@@ -14,14 +14,7 @@ const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', WebSocket: FakeSocket, r
 /** Connects against an idle fake gateway and waits for hello. */
 async function connected(extra) {
   const client = new ChatClient(opts(extra));
-  const p = client.connect();
-  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
-  const ws = FakeSocket.last();
-  ws.responder = idleGateway();
-  await until(() => ws.sent.length > 0, 500, 'auth frame');
-  ws.hello(17, 2);
-  await p;
-  return { client, ws };
+  return { client, ws: await connectClient(client, { device: 2 }) };
 }
 
 beforeEach(() => FakeSocket.reset());
