@@ -260,3 +260,32 @@ test('own sends answered during a sync are applied after it', async () => {
   assert.equal(client.conversationState(4).top, 3);
   client.close();
 });
+
+test('results are read by their documented keys (docs/protocol.md), nothing else', async () => {
+  const { client, ws } = await connected();
+  const ok = (result) => (f) => ({ id: f.id, type: 'ok', result });
+  ws.responder = idleGateway({
+    direct: ok({ conversation: 5 }),
+    create_group: ok({ conversation: 6 }),
+    presence: ok({ users: [{ user: 2, online: true, last_seen: null }] }),
+    conversations: ok({ conversations: [{ conversation: 5, kind: 'direct' }] }),
+    after: ok({ messages: [msg(5, 1)] }),
+  });
+  assert.equal(await client.direct(2), 5);
+  assert.equal(await client.createGroup('g', [2]), 6);
+  assert.deepEqual(await client.presence([2]), [{ user: 2, online: true, last_seen: null }]);
+  assert.deepEqual(await client.conversations(), [{ conversation: 5, kind: 'direct' }]);
+  assert.equal((await client.after(5, 0))[0].seq, 1);
+  // Other shapes are not guessed at.
+  ws.responder = idleGateway({
+    direct: ok({ conversation_id: 5 }),
+    presence: ok([{ user: 2 }]),
+    conversations: ok({ rows: [{ conversation: 5 }] }),
+    after: ok([msg(5, 1)]),
+  });
+  assert.ok(Number.isNaN(await client.direct(2)));
+  assert.deepEqual(await client.presence([2]), []);
+  assert.deepEqual(await client.conversations(), []);
+  assert.deepEqual(await client.after(5, 0), []);
+  client.close();
+});

@@ -2,7 +2,7 @@
 // open connection (re-authentication), and the close codes that end it.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChatClient, tokenExp, refreshDelay } from '../../web/chat-client.js';
+import { ChatClient, tokenClaims, tokenExp, refreshDelay } from '../../web/chat-client.js';
 import { FakeSocket, connectClient, idleGateway, until, sleep } from './fake-socket.mjs';
 
 const b64url = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
@@ -18,6 +18,11 @@ async function connected(extra) {
 }
 
 beforeEach(() => FakeSocket.reset());
+
+test('tokenClaims decodes the payload of a JWT without verifying it; junk gives null', () => {
+  assert.deepEqual(tokenClaims(jwt(1893456000)), { sub: '17', dev: 2, exp: 1893456000 });
+  for (const junk of ['', 'abc', 'a.!!!.c', `x.${b64url(5)}.y`, `x.${b64url(null)}.y`, null, undefined]) assert.equal(tokenClaims(junk), null, String(junk));
+});
 
 test('tokenExp reads the exp claim of a base64url JWT; junk gives null', () => {
   assert.equal(tokenExp(jwt(1893456000)), 1893456000);
