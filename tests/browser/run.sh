@@ -7,7 +7,6 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 . tests/lib/cluster.sh
 
-own_cluster=
 gw_pid=
 cleanup() {
   if [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null; then
@@ -15,13 +14,10 @@ cleanup() {
     kill -KILL "$gw_pid" 2>/dev/null || true
     wait "$gw_pid" 2>/dev/null || true
   fi
-  [ -z "$own_cluster" ] || cluster_stop
+  cluster_detach
 }
 trap cleanup EXIT
-if [ -z "${CHAT_TEST_TMP:-}" ]; then   # run alone: a cluster of our own
-  own_cluster=1
-  cluster_start
-fi
+cluster_attach
 
 gateway=${GATEWAY:-$top/gateway/chat-gateway}   # GATEWAY: another build, e.g. the ASan one
 chromium=${CHROMIUM:-/usr/bin/chromium}

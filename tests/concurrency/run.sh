@@ -2,19 +2,12 @@
 # Concurrency of the core: parallel sends to one conversation get seqs exactly
 # 1..N; concurrent retries of one client_msg_id store one row and all get the
 # same seq; concurrent direct_conversation(a,b) and (b,a) create one
-# conversation.  Uses the harness cluster (PGHOST/PGPORT/PGUSER), or starts
+# conversation.  Uses the harness cluster, or starts
 # its own when run alone.  Exits non-zero on the first failed check.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-own_cluster=0
-if [ -z "${PGPORT:-}" ] || ! "$PGBIN/pg_isready" -q; then
-  cluster_start
-  own_cluster=1
-fi
-work=$(mktemp -d /tmp/chat-conc.XXXXXX)
-trap 'rm -rf "$work"; if [ $own_cluster = 1 ]; then cluster_stop; fi' EXIT
+stage_begin chat-conc
 db=chat_conc
 new_db $db
 

@@ -4,17 +4,9 @@
 # the old ones) without a gap or a collision.  Uses the harness cluster
 # (PGHOST/PGPORT/PGUSER), or starts its own when run alone.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-own_cluster=0
-if [ -z "${PGPORT:-}" ] || ! "$PGBIN/pg_isready" -q; then
-  cluster_start
-  own_cluster=1
-fi
-work=$(mktemp -d /tmp/chat-dump.XXXXXX)
-chmod 755 "$work"
-trap 'rm -rf "$work"; if [ $own_cluster = 1 ]; then cluster_stop; fi' EXIT
+stage_begin chat-dump
 
 src=chat_dump_src dst=chat_dump_dst
 fail() { echo "FAIL: $*"; exit 1; }

@@ -3,17 +3,14 @@
 // (notified by reference), edits, deletes, history, errors from the database.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, value, rows, psql, MESSAGE_FIELDS, stripType, sleep, ms } from './lib.mjs';
+import { twoUserDb, makeUser, startGateway, stopAll, connectAs, value, rows, psql, MESSAGE_FIELDS, stripType, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_02_chat';
 let gw, alice, bob, carol, conv, a, b;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
+  ({ alice, bob, conv } = await twoUserDb(DB));
   carol = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
   gw = await startGateway({ db: DB });
   a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   b = await connectAs(gw, bob.id, 1, { label: 'bob' });

@@ -2,7 +2,7 @@
 // devices, presence events and the presence request.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, rows } from './lib.mjs';
+import { twoUsers, newDb, makeUser, direct, startGateway, stopAll, connectAs, rows } from './lib.mjs';
 
 const DB = 'gw_04_receipts';
 let gw;
@@ -14,8 +14,7 @@ before(async () => {
 after(stopAll);
 
 test('typing reaches the peer', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB);
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB);
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   const b = await connectAs(gw, bob.id, 1, { label: 'bob' });
   const r = await a.request({ id: 't1', type: 'typing', conversation: conv, typing: true });
@@ -35,8 +34,7 @@ test('typing reaches the peer', async () => {
 });
 
 test('ack sends a delivered receipt to the sender; read sends a read receipt and read_state to the reader\'s other device', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB, { devices: 2 });
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB, { bob: { devices: 2 } });
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   const b1 = await connectAs(gw, bob.id, 1, { label: 'bob/1' });
   const b2 = await connectAs(gw, bob.id, 2, { label: 'bob/2' });

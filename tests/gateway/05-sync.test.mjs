@@ -2,7 +2,7 @@
 // away gets exactly what it missed, page by page, and nothing again once acked.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, group, startGateway, stopAll, connectAs, syncAll, rows, psql } from './lib.mjs';
+import { twoUsers, newDb, makeUser, direct, group, startGateway, stopAll, connectAs, syncAll, rows, psql } from './lib.mjs';
 
 const DB = 'gw_05_sync';
 let gw;
@@ -14,8 +14,7 @@ before(async () => {
 after(stopAll);
 
 test('a device that was offline syncs exactly the messages it missed', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB);
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB);
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   let b = await connectAs(gw, bob.id, 1, { label: 'bob' });
   // Two messages bob receives live and acks.
@@ -84,8 +83,7 @@ test('sync spans conversations, ordered by conversation then seq', async () => {
 });
 
 test('after fills a gap the client noticed', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB);
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB);
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   const b = await connectAs(gw, bob.id, 1, { label: 'bob' });
   for (let i = 1; i <= 2; i++) await a.call({ type: 'send', conversation: conv, body: `m${i}`, client_msg_id: `g-${i}` });

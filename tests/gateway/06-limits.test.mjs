@@ -3,16 +3,13 @@
 // binary frames (1003), and a request flood beyond --rate (53400, then 1008).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, Client, token, rows, sleep, ms } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, Client, token, rows, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_06_limits';
 let gw, alice, bob, conv;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB));
   gw = await startGateway({ db: DB });
 });
 after(stopAll);

@@ -4,16 +4,13 @@
 // receiver ends with every message exactly once, as does the database.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, token, DutifulClient, rows, sleep, ms } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, token, DutifulClient, rows, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_07_crash';
 let gw, alice, bob, conv;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB, { devices: 2 });
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB, { bob: { devices: 2 } }));
   // The stream runs faster than the default 50 requests/s per connection.
   gw = await startGateway({ db: DB, label: 'crash', args: ['--rate', '2000'] });
 });

@@ -3,16 +3,13 @@
 // the live sessions are registered again and sends work again.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, clusterCtl, syncAll, rows, sleep, ms } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, clusterCtl, syncAll, rows, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_08_pg_restart';
 let gw, alice, bob, conv, down = false;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB, { devices: 2 });
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB, { alice: { devices: 2 } }));
   gw = await startGateway({ db: DB });
 });
 after(async () => {

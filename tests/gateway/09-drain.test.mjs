@@ -3,16 +3,13 @@
 // sessions left behind by a crash.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, rows, sleep, ms, Client } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, rows, sleep, ms, Client } from './lib.mjs';
 
 const DB = 'gw_09_drain';
 let alice, bob;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB, { devices: 2 });
-  bob = await makeUser(DB);
-  await direct(DB, alice.id, bob.id);
+  ({ alice, bob } = await twoUserDb(DB, { alice: { devices: 2 } }));
 });
 after(stopAll);
 

@@ -3,16 +3,13 @@
 // histogram, whose counters move with the traffic.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, signToken, Client, parseMetrics, sleep } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, signToken, Client, parseMetrics, sleep } from './lib.mjs';
 
 const DB = 'gw_10_metrics';
 let gw, alice, bob, conv;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB));
   gw = await startGateway({ db: DB });
 });
 after(stopAll);

@@ -4,16 +4,13 @@
 // with 1001 after two missed pongs, while a live one stays.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, syncAll, parseMetrics, sleep, ms } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, syncAll, parseMetrics, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_12_backpressure';
 let alice, bob, conv;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB));
 });
 after(stopAll);
 

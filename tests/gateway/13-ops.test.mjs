@@ -7,16 +7,13 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, freePort, nodeName, dsn, SECRET_FILE, GATEWAY_BIN, sleep } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, freePort, nodeName, dsn, SECRET_FILE, GATEWAY_BIN, sleep } from './lib.mjs';
 
 const DB = 'gw_13_ops';
 let alice, bob, conv, dir;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB));
   dir = fs.mkdtempSync(path.join(process.env.CHAT_TEST_TMP || os.tmpdir(), 'gw13-'));
 });
 after(async () => {

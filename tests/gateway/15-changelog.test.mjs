@@ -3,7 +3,7 @@
 // user's privacy is 'contacts'.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, group, startGateway, stopAll, connectAs, rows, psql, syncAll } from './lib.mjs';
+import { twoUsers, newDb, makeUser, group, startGateway, stopAll, connectAs, rows, psql, syncAll } from './lib.mjs';
 
 const DB = 'gw_14_changelog';
 let gw;
@@ -15,8 +15,7 @@ before(async () => {
 after(stopAll);
 
 test('a device offline during an edit and a delete gets both as log entries by sync', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB, { devices: 2 });
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB, { bob: { devices: 2 } });
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   let b2 = await connectAs(gw, bob.id, 2, { label: 'bob/2' });
   const m1 = await a.call({ type: 'send', conversation: conv, body: 'first', client_msg_id: 'cl-1' });
@@ -70,8 +69,7 @@ test('a device offline during an edit and a delete gets both as log entries by s
 });
 
 test('a 50 KB edit reaches an online peer in full (the entry travels by ref)', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB);
-  const conv = await direct(DB, alice.id, bob.id);
+  const { alice, bob, conv } = await twoUsers(DB);
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   const b = await connectAs(gw, bob.id, 1, { label: 'bob' });
   const sent = await a.call({ type: 'send', conversation: conv, body: 'short', client_msg_id: 'big-1' });

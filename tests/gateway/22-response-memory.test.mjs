@@ -7,16 +7,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { newDb, makeUser, direct, psql, startGateway, stopAll, connectAs, parseMetrics, sleep, ms } from './lib.mjs';
+import { twoUserDb, psql, startGateway, stopAll, connectAs, parseMetrics, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_22_response_memory';
 let alice, bob, conv;
 
 before(async () => {
-  await newDb(DB);
-  alice = await makeUser(DB);
-  bob = await makeUser(DB);
-  conv = await direct(DB, alice.id, bob.id);
+  ({ alice, bob, conv } = await twoUserDb(DB));
   // 50 messages of 60 KB: each history page of 50 is about 3 MB of JSON.
   await psql(DB, `SELECT count(*) FROM generate_series(1, 50) i,
     LATERAL chat.send_message(${alice.id}, ${conv}, repeat('H', 60000), 'big-' || i) s`);

@@ -91,6 +91,21 @@ export async function direct(db, a, b) {
   return Number(await value(db, `SELECT chat.direct_conversation(${a}, ${b})`));
 }
 
+// Two new users of `db`, alice and bob (makeUser options for each), and
+// their direct conversation.
+export async function twoUsers(db, { alice: aliceOpts, bob: bobOpts } = {}) {
+  const alice = await makeUser(db, aliceOpts);
+  const bob = await makeUser(db, bobOpts);
+  const conv = await direct(db, alice.id, bob.id);
+  return { alice, bob, conv };
+}
+
+// A new database `db` with twoUsers: the setup most test files start from.
+export async function twoUserDb(db, opts) {
+  await newDb(db);
+  return twoUsers(db, opts);
+}
+
 // A group created by creator with members.
 export async function group(db, creator, members, title = 'group') {
   return Number(await value(db, `SELECT chat.create_group(${creator}, ${lit(title)}, ARRAY[${members.join(',')}]::bigint[])`));

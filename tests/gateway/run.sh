@@ -9,11 +9,9 @@ set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 
-if [ -z "${CHAT_TEST_PGDATA:-}" ]; then
-  . tests/lib/cluster.sh
-  trap cluster_stop EXIT
-  cluster_start || { echo "could not start the test cluster"; exit 1; }
-fi
+. tests/lib/cluster.sh
+trap cluster_detach EXIT
+cluster_attach || { echo "could not start the test cluster"; exit 1; }
 
 export GATEWAY_BIN=${GATEWAY_BIN:-gateway/chat-gateway}
 export GW_LOG_DIR=${GW_LOG_DIR:-test-artifacts/gateway/plain}

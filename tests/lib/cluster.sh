@@ -1,6 +1,8 @@
 # Throwaway PostgreSQL cluster for tests: sourced by tests/run.sh and by stage
 # scripts run alone.  cluster_start exports PGHOST/PGPORT/PGUSER and friends;
-# cluster_stop stops it and removes its directory.
+# cluster_stop stops it and removes its directory.  A stage script calls
+# cluster_attach (the harness's cluster, or one of its own) and cluster_detach
+# on exit.
 
 PGBIN=${PGBIN:-$(${PG_CONFIG:-pg_config} --bindir)}
 
@@ -49,6 +51,32 @@ chat.token_secret = '$(cat "$CHAT_TOKEN_SECRET_FILE")'
 log_min_messages = warning
 CONF
   cluster_ctl start
+}
+
+# Uses the cluster of tests/run.sh when there is one (it exports CHAT_TEST_PGDATA,
+# PGHOST/PGPORT, CHAT_TOKEN_SECRET_FILE) and it answers; otherwise starts a
+# throwaway cluster, which cluster_detach stops again.  Stage scripts call it
+# so that they run the same under the harness and alone.
+cluster_attach() {
+  CHAT_OWN_CLUSTER=
+  if [ -n "${CHAT_TEST_PGDATA:-}" ] && "$PGBIN/pg_isready" -q; then return 0; fi
+  CHAT_OWN_CLUSTER=1
+  cluster_start
+}
+
+# Stops the cluster cluster_attach started (never the harness's).
+cluster_detach() {
+  if [ -n "${CHAT_OWN_CLUSTER:-}" ]; then cluster_stop; fi
+}
+
+# The preamble of a stage script that works in files: cluster_attach, a
+# scratch directory $work (/tmp/NAME.XXXXXX, readable by the server) and an
+# EXIT trap removing it and detaching.  stage_begin NAME
+stage_begin() {
+  cluster_attach
+  work=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$work"
+  trap 'rm -rf "$work"; cluster_detach' EXIT
 }
 
 # pg_ctl on the test cluster: cluster_ctl start|stop|restart

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # Realtime notifications observed by a real listener (listen_test.c), once
 # with chat.fanout_mode = direct and once with the notifier worker.
-# Uses the harness's cluster (PGHOST/PGPORT/PGUSER) or starts its own.
+# Uses the harness's cluster or starts its own (cluster_attach).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 cd "$top"
 . tests/lib/cluster.sh
-if [ -z "${PGPORT:-}" ] || [ -z "${PGHOST:-}" ]; then
-  trap cluster_stop EXIT
-  cluster_start
-fi
+trap cluster_detach EXIT
+cluster_attach
 bin=${CHAT_TEST_TMP:-/tmp}/listen_test
 gcc -Wall -Wextra -Werror -O1 -o "$bin" "$here/listen_test.c" -I"$(${PG_CONFIG:-pg_config} --includedir)" -L"$(${PG_CONFIG:-pg_config} --libdir)" -lpq -lcrypto
 new_db chat_rt

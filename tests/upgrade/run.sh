@@ -5,19 +5,11 @@
 # fresh install of the default version object for object (compared through
 # pg_dump --binary-upgrade, the only pg_dump mode that lists an extension's
 # member objects), and the data of the old version must come through intact.
-# Uses the harness cluster (PGHOST/PGPORT/PGUSER), or starts its own.
+# Uses the harness cluster, or starts its own.
 set -euo pipefail
-top=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$top"
+cd "$(dirname "$0")/../.."
 . tests/lib/cluster.sh
-own_cluster=0
-if [ -z "${PGPORT:-}" ] || ! "$PGBIN/pg_isready" -q; then
-  cluster_start
-  own_cluster=1
-fi
-work=$(mktemp -d /tmp/chat-upgrade.XXXXXX)
-chmod 755 "$work"
-trap 'rm -rf "$work"; if [ $own_cluster = 1 ]; then cluster_stop; fi' EXIT
+stage_begin chat-upgrade
 
 fail() { echo "FAIL: $*"; exit 1; }
 q() { local db=$1; shift; "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d "$db" "$@"; }

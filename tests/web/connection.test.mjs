@@ -2,20 +2,14 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient, ChatError, backoffDelay, PROTOCOL } from '../../web/chat-client.js';
-import { FakeSocket, idleGateway, until, sleep, msg } from './fake-socket.mjs';
+import { FakeSocket, connectClient, idleGateway, until, sleep, msg } from './fake-socket.mjs';
 
 const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', token: 'tok.en', WebSocket: FakeSocket, requestTimeout: 60, ackDelay: 5, pingInterval: 0, watchNetwork: false, ...extra });
 
 /** Starts a client against an idle fake gateway and waits for hello. */
 async function connected(extra) {
   const client = new ChatClient(opts(extra));
-  const p = client.connect();
-  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
-  const ws = FakeSocket.last();
-  ws.responder = idleGateway();
-  ws.hello(17, 2);
-  await p;
-  return { client, ws };
+  return { client, ws: await connectClient(client, { device: 2 }) };
 }
 
 beforeEach(() => FakeSocket.reset());
@@ -65,9 +59,9 @@ test('a request made while disconnected waits for the connection', async () => {
   const ws = FakeSocket.last();
   await sleep(5);
   assert.deepEqual(ws.sent, [{ type: 'auth', token: 'tok.en' }], 'only the auth frame goes out before hello');
-  ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: [{ conversation_id: 3 }] }) });
+  ws.responder = idleGateway({ conversations: (f) => ({ id: f.id, type: 'ok', result: { conversations: [{ conversation: 3 }] } }) });
   ws.hello();
-  assert.deepEqual(await p, [{ conversation_id: 3 }]);
+  assert.deepEqual(await p, [{ conversation: 3 }]);
   client.close();
 });
 
@@ -264,5 +258,34 @@ test('own sends answered during a sync are applied after it', async () => {
   await until(() => got.length === 3);
   assert.deepEqual(got, ['1', '2', '3 own']);
   assert.equal(client.conversationState(4).top, 3);
+  client.close();
+});
+
+test('results are read by their documented keys (docs/protocol.md), nothing else', async () => {
+  const { client, ws } = await connected();
+  const ok = (result) => (f) => ({ id: f.id, type: 'ok', result });
+  ws.responder = idleGateway({
+    direct: ok({ conversation: 5 }),
+    create_group: ok({ conversation: 6 }),
+    presence: ok({ users: [{ user: 2, online: true, last_seen: null }] }),
+    conversations: ok({ conversations: [{ conversation: 5, kind: 'direct' }] }),
+    after: ok({ messages: [msg(5, 1)] }),
+  });
+  assert.equal(await client.direct(2), 5);
+  assert.equal(await client.createGroup('g', [2]), 6);
+  assert.deepEqual(await client.presence([2]), [{ user: 2, online: true, last_seen: null }]);
+  assert.deepEqual(await client.conversations(), [{ conversation: 5, kind: 'direct' }]);
+  assert.equal((await client.after(5, 0))[0].seq, 1);
+  // Other shapes are not guessed at.
+  ws.responder = idleGateway({
+    direct: ok({ conversation_id: 5 }),
+    presence: ok([{ user: 2 }]),
+    conversations: ok({ rows: [{ conversation: 5 }] }),
+    after: ok([msg(5, 1)]),
+  });
+  assert.ok(Number.isNaN(await client.direct(2)));
+  assert.deepEqual(await client.presence([2]), []);
+  assert.deepEqual(await client.conversations(), []);
+  assert.deepEqual(await client.after(5, 0), []);
   client.close();
 });

@@ -2,7 +2,7 @@
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChatClient } from '../../web/chat-client.js';
-import { FakeSocket, idleGateway, until, sleep, msg } from './fake-socket.mjs';
+import { FakeSocket, connectClient, idleGateway, until, sleep, msg } from './fake-socket.mjs';
 
 const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', token: 't', WebSocket: FakeSocket, requestTimeout: 60, ackDelay: 10, pingInterval: 0, watchNetwork: false, backoffBase: 5, ...extra });
 
@@ -10,14 +10,7 @@ async function connected(extra, overrides) {
   const client = new ChatClient(opts(extra));
   const got = [];
   client.on('message', (m) => got.push(m));
-  const p = client.connect();
-  await until(() => FakeSocket.instances.length > 0);
-  const ws = FakeSocket.last();
-  ws.responder = idleGateway(overrides);
-  ws.hello(17, 1);
-  await p;
-  await until(() => ws.of('sync').length === 1);
-  await sleep(1);
+  const ws = await connectClient(client, { overrides, waitSync: true });
   return { client, ws, got };
 }
 

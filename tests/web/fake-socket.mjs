@@ -72,6 +72,27 @@ export async function until(cond, ms = 1000, what = 'condition') {
   }
 }
 
+/**
+ * Connects `client` (a ChatClient made with WebSocket: FakeSocket) to a new
+ * fake gateway that answers like idleGateway(overrides), says hello as
+ * user/device once the auth frame came, and resolves with the socket when
+ * connect() did; with waitSync, also after the first sync request went out.
+ */
+export async function connectClient(client, { overrides, user = 17, device = 1, waitSync = false } = {}) {
+  const p = client.connect();
+  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
+  const ws = FakeSocket.last();
+  ws.responder = idleGateway(overrides);
+  await until(() => ws.sent.length > 0, 500, 'auth frame');
+  ws.hello(user, device);
+  await p;
+  if (waitSync) {
+    await until(() => ws.of('sync').length >= 1, 1000, 'sync');
+    await sleep(1);
+  }
+  return ws;
+}
+
 /** A message event of conversation c with sequence seq. */
 export function msg(c, seq, extra = {}) {
   return { type: 'message', conversation: c, seq, sender: 2, sender_device: 1, kind: 'text', body: `m${seq}`, client_msg_id: `x${seq}`, created_at: '2026-11-28T10:00:00Z', ...extra };

@@ -2,8 +2,8 @@
 // open connection (re-authentication), and the close codes that end it.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChatClient, tokenExp, refreshDelay } from '../../web/chat-client.js';
-import { FakeSocket, idleGateway, until, sleep } from './fake-socket.mjs';
+import { ChatClient, tokenClaims, tokenExp, refreshDelay } from '../../web/chat-client.js';
+import { FakeSocket, connectClient, idleGateway, until, sleep } from './fake-socket.mjs';
 
 const b64url = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
 /** An unsigned JWT-shaped token with the given exp (the client never verifies). */
@@ -14,17 +14,15 @@ const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', WebSocket: FakeSocket, r
 /** Connects against an idle fake gateway and waits for hello. */
 async function connected(extra) {
   const client = new ChatClient(opts(extra));
-  const p = client.connect();
-  await until(() => FakeSocket.instances.length > 0, 500, 'socket');
-  const ws = FakeSocket.last();
-  ws.responder = idleGateway();
-  await until(() => ws.sent.length > 0, 500, 'auth frame');
-  ws.hello(17, 2);
-  await p;
-  return { client, ws };
+  return { client, ws: await connectClient(client, { device: 2 }) };
 }
 
 beforeEach(() => FakeSocket.reset());
+
+test('tokenClaims decodes the payload of a JWT without verifying it; junk gives null', () => {
+  assert.deepEqual(tokenClaims(jwt(1893456000)), { sub: '17', dev: 2, exp: 1893456000 });
+  for (const junk of ['', 'abc', 'a.!!!.c', `x.${b64url(5)}.y`, `x.${b64url(null)}.y`, null, undefined]) assert.equal(tokenClaims(junk), null, String(junk));
+});
 
 test('tokenExp reads the exp claim of a base64url JWT; junk gives null', () => {
   assert.equal(tokenExp(jwt(1893456000)), 1893456000);
