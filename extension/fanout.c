@@ -50,7 +50,6 @@ typedef struct NodeRoute
 
 static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
-static SPIPlanPtr push_plan = NULL;
 static SPIPlanPtr member_routes_plan = NULL;
 static SPIPlanPtr push_ids_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
@@ -215,41 +214,34 @@ static List *
 OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclude_user,
 			 MemoryContext cxt)
 {
-	Datum		args[2];
+	Datum		args[1];
 	int			ret;
 
 	if (users == NULL)
 	{
-		Oid			types[2] = {INT8OID, INT4OID};
+		Oid			types[1] = {INT8OID};
 
 		PreparePlan(&members_route_plan,
-					"SELECT s.node, m.user_id FROM chat.members m"
-					" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
-					"               JOIN chat.nodes n ON n.node = s.node"
-					"               WHERE s.user_id = m.user_id"
-					"               AND n.heartbeat_at > now() - $2 * interval '1 second') s ON true"
+					"SELECT l.node, m.user_id FROM chat.members m"
+					" JOIN chat.live_sessions l ON l.user_id = m.user_id"
 					" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
-					" ORDER BY 1, 2", 2, types);
+					" ORDER BY 1, 2", 1, types);
 		args[0] = Int64GetDatum(conversation_id);
-		args[1] = Int32GetDatum(chat_node_timeout);
 		ret = SPI_execute_plan(members_route_plan, args, NULL, false, 0);
 	}
 	else
 	{
-		Oid			types[2] = {INT8ARRAYOID, INT4OID};
+		Oid			types[1] = {INT8ARRAYOID};
 		Datum	   *elems = palloc(sizeof(Datum) * Max(nusers, 1));
 		int			j;
 
 		for (j = 0; j < nusers; j++)
 			elems[j] = Int64GetDatum(users[j]);
 		PreparePlan(&users_route_plan,
-					"SELECT s.node, s.user_id FROM chat.sessions s"
-					" JOIN chat.nodes n ON n.node = s.node"
-					" WHERE s.user_id = ANY ($1)"
-					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
-					" ORDER BY 1, 2", 2, types);
+					"SELECT l.node, l.user_id FROM chat.live_sessions l"
+					" WHERE l.user_id = ANY ($1)"
+					" ORDER BY 1, 2", 1, types);
 		args[0] = PointerGetDatum(construct_array(elems, nusers, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[1] = Int32GetDatum(chat_node_timeout);
 		ret = SPI_execute_plan(users_route_plan, args, NULL, false, 0);
 	}
 	if (ret != SPI_OK_SELECT)
@@ -337,53 +329,67 @@ FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 }
 
 /*
- * Push rows for the members of the conversation with no online device,
- * not muted (or mentioned): the rows a SELECT over this FROM/WHERE gives.
- * $1 conversation, $2 seq, $3 sender, $4 payload, $5 chat.node_timeout.
+ * The push rule, member half: member m of conversation $1 wants a push of
+ * message $2 unless it muted the conversation (and is not mentioned in
+ * it).  Whether it is offline, and whether the message is news at all
+ * (MessageWantsPush), are the other halves.
  */
-#define PUSH_INSERT \
-	"INSERT INTO chat.push_outbox" \
-	" (user_id, device_id, push_token, conversation_id, seq, payload)" \
-	" SELECT d.user_id, d.device_id, d.push_token, $1, $2, $4::jsonb" \
-	" FROM chat.members m" \
-	" JOIN chat.devices d ON d.user_id = m.user_id AND d.push_token IS NOT NULL" \
-	" WHERE m.conversation_id = $1 AND m.left_at IS NULL AND m.user_id <> $3" \
-	" AND (m.muted_until IS NULL OR m.muted_until <= now()" \
-	"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x" \
-	"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
+#define PUSH_WANTED_SQL \
+	"(m.muted_until IS NULL OR m.muted_until <= now()" \
+	" OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
+	"            AND x.seq = $2 AND m.user_id = ANY (x.mentions)))"
 
 /*
  * Every current member of conversation $1 with the node of each of its
  * live sessions (NULL: offline), ordered by node and user, and whether an
- * offline member is to be pushed (not muted, or mentioned in message $2).
- * $3: chat.node_timeout.  A user with several sessions on a node appears
- * once per session; the caller skips the repeats.
+ * offline member is to be pushed message $2.  A user with several sessions
+ * on a node appears once per session; the caller skips the repeats.
  */
 #define MEMBER_ROUTES \
-	"SELECT s.node, m.user_id," \
-	"       s.node IS NULL" \
-	"       AND (m.muted_until IS NULL OR m.muted_until <= now()" \
-	"            OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
-	"                       AND x.seq = $2 AND m.user_id = ANY (x.mentions))) AS push" \
+	"SELECT l.node, m.user_id, l.node IS NULL AND " PUSH_WANTED_SQL " AS push" \
 	" FROM chat.members m" \
-	" LEFT JOIN LATERAL (SELECT s.node FROM chat.sessions s" \
-	"                    JOIN chat.nodes n ON n.node = s.node" \
-	"                    WHERE s.user_id = m.user_id" \
-	"                    AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true" \
+	" LEFT JOIN chat.live_sessions l ON l.user_id = m.user_id" \
 	" WHERE m.conversation_id = $1 AND m.left_at IS NULL" \
-	" ORDER BY s.node, m.user_id"
+	" ORDER BY l.node, m.user_id"
+
+/* Queues a push_outbox row per push device of the npush users in push_ids. */
+static void
+QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush, const char *payload)
+{
+	Oid			types[4] = {INT8ARRAYOID, INT8OID, INT8OID, TEXTOID};
+	Datum		args[4];
+	int			ret;
+
+	PreparePlan(&push_ids_plan,
+				"INSERT INTO chat.push_outbox"
+				" (user_id, device_id, push_token, conversation_id, seq, payload)"
+				" SELECT d.user_id, d.device_id, d.push_token, $2, $3, $4::jsonb"
+				" FROM chat.devices d"
+				" WHERE d.user_id = ANY ($1) AND d.push_token IS NOT NULL"
+				" ORDER BY d.user_id, d.device_id",
+				4, types);
+	args[0] = PointerGetDatum(construct_array(push_ids, npush, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = Int64GetDatum(msg->conversation_id);
+	args[2] = Int64GetDatum(msg->seq);
+	args[3] = CStringGetTextDatum(payload);
+	ret = SPI_execute_plan(push_ids_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
+}
 
 /*
- * The message's routes, and push rows for the members who are offline.
- * One lookup over the members finds both; the insert runs only when
- * someone is to be pushed.  With routes false (chat.fanout_mode off) only
- * the push rows are written, by one statement.  Caller is connected to SPI.
+ * The message's routes, and push rows for the members who are offline:
+ * one lookup over the members finds both; the insert runs only when
+ * someone is to be pushed.  With routes false (chat.fanout_mode off) the
+ * routes are dropped and only the push rows written.  Caller is connected
+ * to SPI.
  */
 static List *
 RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt)
 {
-	Oid			types[5] = {INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
-	Datum		args[5];
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
 	int			ret;
 	List	   *result = NIL;
 	Datum	   *push_ids;
@@ -393,30 +399,8 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
-	args[2] = Int64GetDatum(msg->sender_id);
-	args[3] = CStringGetTextDatum(payload);
-	args[4] = Int32GetDatum(chat_node_timeout);
-	if (!routes)
-	{
-		PreparePlan(&push_plan,
-					PUSH_INSERT
-					" AND NOT EXISTS (SELECT 1 FROM chat.sessions s JOIN chat.nodes n ON n.node = s.node"
-					"                 WHERE s.user_id = m.user_id"
-					"                 AND n.heartbeat_at > now() - $5 * interval '1 second')",
-					5, types);
-		ret = SPI_execute_plan(push_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
-		return NIL;
-	}
-
-	{
-		Oid			rtypes[3] = {INT8OID, INT8OID, INT4OID};
-		Datum		rargs[3] = {args[0], args[1], args[4]};
-
-		PreparePlan(&member_routes_plan, MEMBER_ROUTES, 3, rtypes);
-		ret = SPI_execute_plan(member_routes_plan, rargs, NULL, false, 0);
-	}
+	PreparePlan(&member_routes_plan, MEMBER_ROUTES, 2, types);
+	ret = SPI_execute_plan(member_routes_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
 	push_ids = palloc(sizeof(Datum) * (SPI_processed + 1));
@@ -433,32 +417,12 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 		{
 			if (push && !isnull && user != msg->sender_id)
 				push_ids[npush++] = Int64GetDatum(user);
-			continue;
 		}
-		RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
+		else if (routes)
+			RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
 	}
 	if (npush > 0)
-	{
-		Oid			ptypes[4] = {INT8ARRAYOID, INT8OID, INT8OID, TEXTOID};
-		Datum		pargs[4];
-
-		PreparePlan(&push_ids_plan,
-					"INSERT INTO chat.push_outbox"
-					" (user_id, device_id, push_token, conversation_id, seq, payload)"
-					" SELECT d.user_id, d.device_id, d.push_token, $2, $3, $4::jsonb"
-					" FROM chat.devices d"
-					" WHERE d.user_id = ANY ($1) AND d.push_token IS NOT NULL"
-					" ORDER BY d.user_id, d.device_id",
-					4, ptypes);
-		pargs[0] = PointerGetDatum(construct_array(push_ids, npush, INT8OID, 8,
-												   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		pargs[1] = args[0];
-		pargs[2] = args[1];
-		pargs[3] = args[3];
-		ret = SPI_execute_plan(push_ids_plan, pargs, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
-	}
+		QueuePushes(msg, push_ids, npush, payload);
 	return result;
 }
 
@@ -467,6 +431,16 @@ static bool
 IsLogEntry(const ChatMessage *msg)
 {
 	return msg->target != 0;
+}
+
+/*
+ * The push rule, message half: only messages are news to be woken for;
+ * system messages and change-log entries are not.
+ */
+static bool
+MessageWantsPush(const ChatMessage *msg)
+{
+	return !IsLogEntry(msg) && !(msg->kind != NULL && strcmp(msg->kind, "system") == 0);
 }
 
 /*
@@ -479,8 +453,8 @@ IsLogEntry(const ChatMessage *msg)
 static List *
 EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
 {
-	Oid			types[3] = {INT8OID, INT8OID, INT4OID};
-	Datum		args[3];
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
 	List	   *full = NIL;
 	NodeRoute  *cur_full = NULL;
 	NodeRoute  *cur_red = NULL;
@@ -488,16 +462,12 @@ EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
 	int			ret;
 
 	PreparePlan(&entry_routes_plan,
-				"SELECT s.node, m.user_id, m.joined_seq >= $2 AS redact FROM chat.members m"
-				" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
-				"               JOIN chat.nodes n ON n.node = s.node"
-				"               WHERE s.user_id = m.user_id"
-				"               AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true"
+				"SELECT l.node, m.user_id, m.joined_seq >= $2 AS redact FROM chat.members m"
+				" JOIN chat.live_sessions l ON l.user_id = m.user_id"
 				" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
-				" ORDER BY 3, 1, 2", 3, types);
+				" ORDER BY 3, 1, 2", 2, types);
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->target);
-	args[2] = Int32GetDatum(chat_node_timeout);
 	ret = SPI_execute_plan(entry_routes_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
@@ -546,7 +516,7 @@ FanoutMessage(const ChatMessage *msg)
 		if (notify)
 			routes = EditEntryRoutes(msg, &redacted, cxt);
 	}
-	else if (IsLogEntry(msg) || (msg->kind != NULL && strcmp(msg->kind, "system") == 0))
+	else if (!MessageWantsPush(msg))
 	{
 		if (notify)
 			routes = OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
