@@ -106,17 +106,27 @@ DefineRealtimeGucs(void)
 							 "NOTIFYs; off: nothing is sent.",
 							 &chat_fanout_mode, FANOUT_MODE_WORKER, fanout_mode_options,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("chat.notifier_queue_size",
-							"Shared-memory queue of the notifier worker, per database.",
-							"A full queue makes senders notify directly.",
-							&chat_notifier_queue_kb, 1024, 64, 1024 * 1024,
-							PGC_POSTMASTER, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomIntVariable("chat.notifier_delay",
 							"How long the notifier worker lets events gather under load.",
 							"After sending a batch it waits this long before the next; "
 							"the first event after a quiet spell goes at once.",
 							&chat_notifier_delay, 2, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/*
+ * The GUCs that size shared memory (PGC_POSTMASTER): PostgreSQL refuses to
+ * define them after startup (FATAL), so a library loaded late leaves them
+ * undefined, as it has no shared memory to size.
+ */
+static void
+DefinePreloadGucs(void)
+{
+	DefineCustomIntVariable("chat.notifier_queue_size",
+							"Shared-memory queue of the notifier worker, per database.",
+							"A full queue makes senders notify directly.",
+							&chat_notifier_queue_kb, 1024, 64, 1024 * 1024,
+							PGC_POSTMASTER, GUC_UNIT_KB, NULL, NULL, NULL);
 }
 
 /* The one shared-memory request: the notifier's rings and the typing table. */
@@ -151,6 +161,8 @@ _PG_init(void)
 {
 	DefineCoreGucs();
 	DefineRealtimeGucs();
+	if (process_shared_preload_libraries_in_progress)
+		DefinePreloadGucs();
 	MarkGUCPrefixReserved("chat");
 
 	if (!process_shared_preload_libraries_in_progress)

@@ -21,8 +21,8 @@ RETURNS void
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'chat_check_body';
 
 -- Appends a system message or a change-log entry to the conversation's
--- gapless log (C, send.c): the one write path besides send_message, sharing
--- its statement.  Internal; callers check the rights.
+-- gapless log (C, send.c): its seq comes from AppendMessage, the one seq
+-- allocation that send_message uses too.  Internal; callers check the rights.
 CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
                                     target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL)
 RETURNS bigint

@@ -235,7 +235,7 @@ SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'chat_typing';
 CREATE FUNCTION chat.issue_token(user_id bigint, device_id integer, ttl interval DEFAULT '1 hour')
 RETURNS text LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'chat_issue_token';
 
--- PostgreSQL's condition name of an SQLSTATE (C, realtime.c).
+-- PostgreSQL's condition name of an SQLSTATE (C, errors.c).
 CREATE FUNCTION chat.condition_name(sqlstate text)
 RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'chat_condition_name';
 
