@@ -600,9 +600,6 @@ BEGIN
                                   'error', 'invalid_text_representation',
                                   'message', 'request has no type');
     END IF;
-    IF request ->> 'type' = 'ping' THEN
-        RETURN jsonb_build_object('id', rid, 'type', 'pong');
-    END IF;
     BEGIN
         result := chat.dispatch_request(node, user_id, device_id, request);
         RETURN jsonb_build_object('id', rid, 'type', 'ok', 'result', result);
