@@ -32,7 +32,6 @@ int			chat_notifier_queue_kb = 1024;
 int			chat_notifier_delay = 2;
 char	   *chat_token_secret = NULL;
 
-static bool preloaded = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -176,18 +175,10 @@ _PG_init(void)
 				 errhint("Add chat to shared_preload_libraries in postgresql.conf and restart.")));
 		return;
 	}
-	preloaded = true;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = ChatShmemRequest;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = ChatShmemStartup;
-}
-
-/* True when the library came with shared_preload_libraries. */
-bool
-ChatLibraryPreloaded(void)
-{
-	return preloaded;
 }
 
 /* SPI_connect, raising on failure. */

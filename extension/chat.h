@@ -72,7 +72,6 @@ extern SPIPlanPtr ChatPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid 
 extern void ChatExecute(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
 						long count, int expected, const char *what);
 extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
-extern bool ChatLibraryPreloaded(void);
 
 /* member.c */
 extern void RequireMember(int64 user_id, int64 conversation_id);

@@ -70,6 +70,28 @@ RouteAdd(List **routes, NodeRoute **cur, const char *node, int64 user,
 }
 
 /*
+ * Reads row i of the last SPI result of a routing query: the node (col 1,
+ * NULL for an offline member), the user (col 2) and, when flag is given,
+ * the bool of col 3 (false when NULL).
+ */
+static char *
+RouteRow(uint64 i, int64 *user, bool *flag)
+{
+	HeapTuple	tup = SPI_tuptable->vals[i];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+
+	*user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	if (flag != NULL)
+	{
+		Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+
+		*flag = !isnull && DatumGetBool(d);
+	}
+	return SPI_getvalue(tup, desc, 1);
+}
+
+/*
  * Groups the (node, user_id) rows of the last SPI result, ordered by node
  * and user, into NodeRoutes allocated in cxt, leaving out exclude_user and
  * the repeats of a user with several sessions on a node.
@@ -83,11 +105,8 @@ RoutesFromResult(int64 exclude_user, MemoryContext cxt)
 
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int64		user;
+		char	   *node = RouteRow(i, &user, NULL);
 
 		if (user != exclude_user)
 			RouteAdd(&routes, &cur, node, user, SPI_processed - i, cxt);
@@ -255,16 +274,13 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 	push_ids = palloc(sizeof(Datum) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		bool		push = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		int64		user;
+		bool		push;
+		char	   *node = RouteRow(i, &user, &push);
 
 		if (node == NULL)
 		{
-			if (push && !isnull && user != msg->sender_id)
+			if (push && user != msg->sender_id)
 				push_ids[npush++] = Int64GetDatum(user);
 		}
 		else if (routes)
@@ -310,13 +326,11 @@ EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
 	*redacted = NIL;
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int64		user;
+		bool		redact;
+		char	   *node = RouteRow(i, &user, &redact);
 
-		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+		if (redact)
 			RouteAdd(redacted, &cur_red, node, user, SPI_processed - i, cxt);
 		else
 			RouteAdd(&full, &cur_full, node, user, SPI_processed - i, cxt);

@@ -666,20 +666,16 @@ SendDrained(char *buf, Size len)
 	pfree(payload.data);
 }
 
-/* Background worker: NOTIFYs what committed senders of its database queued. */
-void
-ChatNotifierMain(Datum arg)
+/*
+ * Worker start: claims the slot (exits when another worker serves it, or
+ * its database is gone), connects to the slot's database and marks the
+ * slot running.
+ */
+static void
+WorkerAttach(int slotno)
 {
-	int			slotno = DatumGetInt32(arg);
 	NotifierSlot *slot = &notifier->slots[slotno];
 	Oid			dboid;
-	char	   *buf;
-	MemoryContext pass;
-	TimestampTz idle_since = GetCurrentTimestamp();
-
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
 	if (slot->pid != 0 || slot->state != SLOT_STARTING)
@@ -707,7 +703,24 @@ ChatNotifierMain(Datum arg)
 	slot->latch = MyLatch;
 	slot->state = SLOT_RUNNING;
 	LWLockRelease(notifier->lock);
+}
 
+/* Background worker: NOTIFYs what committed senders of its database queued. */
+void
+ChatNotifierMain(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	NotifierSlot *slot = &notifier->slots[slotno];
+	char	   *buf;
+	MemoryContext pass;
+	TimestampTz idle_since;
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	WorkerAttach(slotno);
+
+	idle_since = GetCurrentTimestamp();
 	buf = MemoryContextAlloc(TopMemoryContext, NOTIFIER_MAX_DRAIN);
 	pass = AllocSetContextCreate(TopMemoryContext, "chat notifier pass",
 								 ALLOCSET_DEFAULT_SIZES);
