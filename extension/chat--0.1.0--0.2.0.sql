@@ -9,7 +9,8 @@
 --     notifications signed (the C side of these lives in chat.so);
 --   * one home per rule: chat.live_nodes (liveness, which chat.live_sessions
 --     and node_heartbeat read), chat.changeable_message (what edit and
---     delete may change); client_request leaves ping to the gateway.
+--     delete may change), chat.request_field (a missing request field);
+--     client_request leaves ping to the gateway.
 --
 -- Drafted with scripts/upgrade-draft.py and checked by tests/upgrade/run.sh,
 -- which compares an upgraded database with a fresh 0.2.0 install.
@@ -540,6 +541,88 @@ SET search_path = pg_catalog, pg_temp AS $$
             OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)) AS visible) v
      ORDER BY u.id
 $$;
+
+-- The field of a request as JSON; NULL when absent (or JSON null) and
+-- optional, 22023 when absent and required: the one "missing" rule.
+CREATE FUNCTION chat.request_field(request jsonb, field text, required boolean)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := request -> field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        IF required THEN
+            RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
+        END IF;
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The field of a request as text; NULL when absent and optional.
+CREATE OR REPLACE FUNCTION chat.request_text(request jsonb, field text, required boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, required);
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+        RAISE EXCEPTION 'request field "%" must be a string, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v #>> '{}';
+END
+$$;
+
+-- The field of a request as a boolean; dflt when absent.
+CREATE OR REPLACE FUNCTION chat.request_bool(request jsonb, field text, dflt boolean)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, false);
+BEGIN
+    IF v IS NULL THEN
+        RETURN dflt;
+    END IF;
+    IF jsonb_typeof(v) <> 'boolean' THEN
+        RAISE EXCEPTION 'request field "%" must be true or false, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v::boolean;
+END
+$$;
+
+-- The field of a request as an array of user ids.
+CREATE OR REPLACE FUNCTION chat.request_ids(request jsonb, field text, required boolean DEFAULT true)
+RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, required);
+BEGIN
+    IF v IS NULL THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(v) <> 'array' OR EXISTS (
+            SELECT FROM jsonb_array_elements(v) e
+             WHERE jsonb_typeof(e) NOT IN ('number', 'string') OR e #>> '{}' !~ '^-?[0-9]{1,19}$') THEN
+        RAISE EXCEPTION 'request field "%" must be an array of integers, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN ARRAY(SELECT (e #>> '{}')::bigint FROM jsonb_array_elements(v) e);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.request_field(jsonb, text, boolean) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.request_field(jsonb, text, boolean) IS 'client_request field as jsonb (22023 missing when required; NULL when absent)';
 
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
