@@ -6,7 +6,7 @@
  * member wants it (PUSH_WANTED_SQL in chat.h: not muted, or mentioned);
  * the sender never does.  fanout.c finds the offline members in the same
  * lookup as the online ones and hands them to QueuePushes.  The outbox is
- * drained by chat.claim_pushes (sql/22_push.sql).
+ * drained by chat.claim_push, complete_push and fail_push (sql/22_push.sql).
  */
 #include "chat.h"
 
