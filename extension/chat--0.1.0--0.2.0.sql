@@ -6,7 +6,11 @@
 --     "peers" as a presence privacy level; members.last_sent_seq records who
 --     has written, filled here from the existing messages;
 --   * receipts only to current members, revoked devices refused and closed,
---     notifications signed (the C side of these lives in chat.so).
+--     notifications signed (the C side of these lives in chat.so);
+--   * one home per rule: chat.live_nodes (liveness, which chat.live_sessions
+--     and node_heartbeat read), chat.changeable_message (what edit and
+--     delete may change), chat.request_field (a missing request field);
+--     client_request leaves ping to the gateway.
 --
 -- Drafted with scripts/upgrade-draft.py and checked by tests/upgrade/run.sh,
 -- which compares an upgraded database with a fresh 0.2.0 install.
@@ -174,6 +178,32 @@ CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind 
 RETURNS bigint
 LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
 
+-- The message seq of member m's conversation that m may change (edit or
+-- delete), locked FOR NO KEY UPDATE: P0002 when it does not exist or
+-- predates m's membership, 42501 for a change-log entry (verb names the
+-- change in the hint).  The actor's rights over it are the caller's rule.
+CREATE FUNCTION chat.changeable_message(m chat.members, seq bigint, verb text)
+RETURNS chat.messages
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    msg chat.messages;
+BEGIN
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = m.conversation_id AND seq = changeable_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', changeable_message.seq,
+            m.conversation_id USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq,
+            m.conversation_id, msg.kind
+            USING ERRCODE = '42501', HINT = format('%s message %s, the message it changes.', verb, msg.target);
+    END IF;
+    RETURN msg;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION chat.edit_message(actor bigint, conversation_id bigint, seq bigint, body text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -192,16 +222,7 @@ BEGIN
     -- Lock order of every writer: the conversation row, then the rest.
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
-    SELECT * INTO msg FROM chat.messages
-     WHERE conversation_id = conv AND seq = edit_message.seq FOR NO KEY UPDATE;
-    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
-        RAISE EXCEPTION 'message % does not exist in conversation %', edit_message.seq, conv
-            USING ERRCODE = 'P0002';
-    END IF;
-    IF msg.target IS NOT NULL THEN
-        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
-            USING ERRCODE = '42501', HINT = format('Edit message %s, the message it changes.', msg.target);
-    END IF;
+    msg := chat.changeable_message(m, edit_message.seq, 'Edit');
     IF msg.sender_id <> actor OR msg.kind = 'system' THEN
         RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv
             USING ERRCODE = '42501', HINT = 'Only the sender edits a message.';
@@ -242,16 +263,7 @@ BEGIN
     END IF;
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
-    SELECT * INTO msg FROM chat.messages
-     WHERE conversation_id = conv AND seq = delete_message.seq FOR NO KEY UPDATE;
-    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
-        RAISE EXCEPTION 'message % does not exist in conversation %', delete_message.seq, conv
-            USING ERRCODE = 'P0002';
-    END IF;
-    IF msg.target IS NOT NULL THEN
-        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
-            USING ERRCODE = '42501', HINT = format('Delete message %s, the message it changes.', msg.target);
-    END IF;
+    msg := chat.changeable_message(m, delete_message.seq, 'Delete');
     IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
         RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
             USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin deletes a message.';
@@ -385,10 +397,13 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.changeable_message(chat.members, bigint, text) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) IS
     'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
 
+COMMENT ON FUNCTION chat.changeable_message(chat.members, bigint, text) IS
+    'internal: the message a member may edit or delete, locked (P0002 unknown or before joining, 42501 change-log entry)';
 COMMENT ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) IS
     'the sender edits a message within chat.edit_window; appends an edit entry to the log';
 
@@ -410,6 +425,71 @@ SET search_path = pg_catalog, pg_temp AS $$
            ELSE '{}'::bigint[] END
       FROM chat.users u
      WHERE u.id = presence_audience.user_id
+$$;
+
+-- Liveness written once: chat.live_nodes; chat.live_sessions reads it.
+CREATE VIEW chat.live_nodes AS
+SELECT n.node
+  FROM chat.nodes n
+ WHERE n.heartbeat_at > now() - current_setting('chat.node_timeout')::interval;
+
+CREATE OR REPLACE VIEW chat.live_sessions AS
+SELECT s.node, s.user_id, s.device_id, s.connected_at
+  FROM chat.sessions s
+  JOIN chat.live_nodes n ON n.node = s.node;
+
+REVOKE ALL ON chat.live_nodes FROM PUBLIC;
+
+COMMENT ON VIEW chat.live_nodes IS 'gateway nodes heard from within chat.node_timeout (the one liveness rule)';
+
+-- Gateway heartbeat: keeps the node's sessions online.  It also notices
+-- other nodes gone silent beyond chat.node_timeout: their users with no
+-- other live session get last_seen and a presence online:false event (the
+-- sessions stay, so a node that was only slow comes back whole); a node
+-- heard from again announces its users online.
+CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
+    END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION chat.node_reset(node text)
@@ -461,6 +541,88 @@ SET search_path = pg_catalog, pg_temp AS $$
             OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)) AS visible) v
      ORDER BY u.id
 $$;
+
+-- The field of a request as JSON; NULL when absent (or JSON null) and
+-- optional, 22023 when absent and required: the one "missing" rule.
+CREATE FUNCTION chat.request_field(request jsonb, field text, required boolean)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := request -> field;
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        IF required THEN
+            RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
+        END IF;
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The field of a request as text; NULL when absent and optional.
+CREATE OR REPLACE FUNCTION chat.request_text(request jsonb, field text, required boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, required);
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v) NOT IN ('string', 'number') THEN
+        RAISE EXCEPTION 'request field "%" must be a string, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v #>> '{}';
+END
+$$;
+
+-- The field of a request as a boolean; dflt when absent.
+CREATE OR REPLACE FUNCTION chat.request_bool(request jsonb, field text, dflt boolean)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, false);
+BEGIN
+    IF v IS NULL THEN
+        RETURN dflt;
+    END IF;
+    IF jsonb_typeof(v) <> 'boolean' THEN
+        RAISE EXCEPTION 'request field "%" must be true or false, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN v::boolean;
+END
+$$;
+
+-- The field of a request as an array of user ids.
+CREATE OR REPLACE FUNCTION chat.request_ids(request jsonb, field text, required boolean DEFAULT true)
+RETURNS bigint[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, required);
+BEGIN
+    IF v IS NULL THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(v) <> 'array' OR EXISTS (
+            SELECT FROM jsonb_array_elements(v) e
+             WHERE jsonb_typeof(e) NOT IN ('number', 'string') OR e #>> '{}' !~ '^-?[0-9]{1,19}$') THEN
+        RAISE EXCEPTION 'request field "%" must be an array of integers, not %', field, v::text
+            USING ERRCODE = '22P02';
+    END IF;
+    RETURN ARRAY(SELECT (e #>> '{}')::bigint FROM jsonb_array_elements(v) e);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.request_field(jsonb, text, boolean) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.request_field(jsonb, text, boolean) IS 'client_request field as jsonb (22023 missing when required; NULL when absent)';
 
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
@@ -599,9 +761,6 @@ BEGIN
         RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', '22P02',
                                   'error', 'invalid_text_representation',
                                   'message', 'request has no type');
-    END IF;
-    IF request ->> 'type' = 'ping' THEN
-        RETURN jsonb_build_object('id', rid, 'type', 'pong');
     END IF;
     BEGIN
         result := chat.dispatch_request(node, user_id, device_id, request);

@@ -1,23 +1,56 @@
 /*
- * chat.h: shared declarations of the chat extension.
+ * chat.h: declarations shared by the C files of the chat extension.
  *
- * Files by SQL area: chat.c (module init, GUCs), send.c (send_message and
- * append_message: the one message write path), fanout.c (NOTIFY routing
- * and the push outbox), realtime.c (nodes, sessions, typing, presence),
- * token.c (issue_token).
+ * One file per concern:
+ *   chat.c        _PG_init, every GUC, the shared-memory request/startup pair,
+ *                 the checked SPI helpers
+ *   member.c      the membership rule (mirrors chat.require_member)
+ *   send.c        chat.send_message and chat.append_message: the one append
+ *   fanout.c      routing events to the gateway nodes of online members
+ *   push.c        the push rule and the push outbox rows of offline members
+ *   event_json.c  the JSON of message events and timestamps
+ *   typing.c      chat.typing and its shared rate-limit table
+ *   notifier.c    delivery after commit (direct NOTIFY or the worker)
+ *   token.c       chat.issue_token
+ *   errors.c      chat.condition_name (errnames.h)
  */
 #ifndef CHAT_H
 #define CHAT_H
 
 #include "postgres.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
-/* GUCs (chat.c) */
+/* GUCs (all defined in chat.c) */
 extern int	chat_max_body_bytes;
 extern int	chat_max_group_members;
 extern int	chat_edit_window;		/* seconds */
+extern int	chat_node_timeout;		/* seconds */
+extern int	chat_typing_interval;	/* milliseconds */
+extern int	chat_push_max_attempts;
+extern int	chat_fanout_mode;
+extern int	chat_notifier_queue_kb;
+extern int	chat_notifier_delay;	/* milliseconds */
+extern char *chat_token_secret;
 
-/* A stored message, as fanout needs it. */
+/* chat.fanout_mode */
+#define FANOUT_MODE_OFF		0
+#define FANOUT_MODE_DIRECT	1
+#define FANOUT_MODE_WORKER	2
+
+/*
+ * Every payload starts with the line "v1 <64 hex digits of HMAC-SHA256>\n"
+ * (notifier.c): CHAT_NOTIFY_SIG_LEN bytes.  CHAT_NOTIFY_MAX is what is left
+ * for the events themselves; with the line the payload stays under the
+ * 8000 bytes PostgreSQL accepts.
+ */
+#define CHAT_NOTIFY_SIG_LEN 68
+#define CHAT_NOTIFY_MAX (7999 - CHAT_NOTIFY_SIG_LEN)
+
+/* A stored message, as the write path and fanout see it. */
 typedef struct ChatMessage
 {
 	int64		conversation_id;
@@ -32,14 +65,53 @@ typedef struct ChatMessage
 	TimestampTz created_at;
 } ChatMessage;
 
-/*
- * fanout.c: called inside the writing transaction.  Notifies the nodes of
- * the online members (PostgreSQL delivers at commit, so a rollback notifies
- * no one) and queues push_outbox rows for offline devices.
- */
-extern void FanoutMessage(const ChatMessage *msg);
+/* chat.c: checked SPI plumbing, used by every query of the extension. */
+extern void ChatSpiConnect(void);
+extern void ChatSpiFinish(void);
+extern SPIPlanPtr ChatPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
+extern void ChatExecute(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
+						long count, int expected, const char *what);
+extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
 
-/* realtime.c: GUCs and shared memory of the realtime layer, from _PG_init. */
-extern void RealtimeInit(void);
+/* member.c */
+extern void RequireMember(int64 user_id, int64 conversation_id);
+extern void RaiseNotMember(int64 user_id, int64 conversation_id) pg_attribute_noreturn();
+
+/* fanout.c */
+extern void FanoutMessage(const ChatMessage *msg);
+extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
+						  int64 exclude_user, const char *event, const char *ref_event);
+
+/* push.c */
+extern bool MessageWantsPush(const ChatMessage *msg);
+extern void QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush,
+						const char *payload);
+
+/*
+ * The push rule, member half (push.c holds the rest): member m of
+ * conversation $1 wants a push of message $2 unless it muted the
+ * conversation and is not mentioned in it.
+ */
+#define PUSH_WANTED_SQL \
+	"(m.muted_until IS NULL OR m.muted_until <= now()" \
+	" OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
+	"            AND x.seq = $2 AND m.user_id = ANY (x.mentions)))"
+
+/* event_json.c */
+extern void AppendJsonTimestamp(StringInfo buf, TimestampTz ts);
+extern void AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
+							  TimestampTz deleted_at, bool ref);
+
+/* typing.c */
+extern Size TypingShmemSize(void);
+extern void TypingShmemRequest(void);
+extern void TypingShmemInit(void);
+extern void TypingLocalInit(void);
+
+/* notifier.c */
+extern void NotifierQueue(const char *node, const char *payload, int len);
+extern Size NotifierShmemSize(void);
+extern void NotifierShmemRequest(void);
+extern void NotifierShmemInit(void);
 
 #endif							/* CHAT_H */

@@ -1,31 +1,24 @@
 /*
- * fanout.c: routes events to gateway nodes and queues pushes for offline
- * devices.
+ * fanout.c: routes events to the gateway nodes of online members.
  *
  * An event goes to the online sessions of its recipients, grouped by node:
  * one payload per node of the form "<user ids, comma separated>\n<json>",
  * split into several payloads when the id list would push it past
  * CHAT_NOTIFY_MAX bytes.  Sessions of nodes whose heartbeat is older than
  * chat.node_timeout are offline.  Payloads go through notifier.c, which
- * sends them only if the transaction commits.  The JSON of a message event
- * is built here in one place (AppendMessageJson) for both notifications and
- * the message objects of client_request results.
+ * sends them only if the transaction commits.  A live session is one of
+ * chat.live_sessions (the one definition, sql/20_realtime.sql): every query
+ * here reads that view.  Offline members of a message's conversation are
+ * handed to push.c from the same lookup.
  */
 #include "chat.h"
-#include "realtime.h"
 
-#include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
-#include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "executor/executor.h"
 
 /* Largest event (bytes) a push_outbox row carries inline; beyond: ref. */
 #define PUSH_PAYLOAD_MAX 4000
@@ -36,8 +29,6 @@
 PG_FUNCTION_INFO_V1(chat_fanout_event);
 PG_FUNCTION_INFO_V1(chat_fanout_receipt);
 PG_FUNCTION_INFO_V1(chat_fanout_message);
-PG_FUNCTION_INFO_V1(chat_message_json);
-PG_FUNCTION_INFO_V1(chat_json_timestamp);
 PG_FUNCTION_INFO_V1(chat_fanout_revoked);
 
 /* The online users of one node. */
@@ -50,112 +41,10 @@ typedef struct NodeRoute
 
 static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
-static SPIPlanPtr push_plan = NULL;
 static SPIPlanPtr member_routes_plan = NULL;
-static SPIPlanPtr push_ids_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 static SPIPlanPtr entry_routes_plan = NULL;
-
-/* Prepares and keeps a plan (first use in the backend). */
-static SPIPlanPtr
-PreparePlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		/*
-		 * Generic plans: these are small keyed lookups, and replanning on
-		 * every call would cost more than running them.
-		 */
-		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
-/* Appends ts as a JSON string "YYYY-MM-DDTHH:MM:SS.mmmZ" in UTC. */
-void
-AppendJsonTimestamp(StringInfo buf, TimestampTz ts)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-
-	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-	{
-		appendStringInfoString(buf, "null");
-		return;
-	}
-	appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03dZ\"",
-					 tm.tm_year, tm.tm_mon, tm.tm_mday,
-					 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (fsec / 1000));
-}
-
-/* Appends a JSON string, or null; rejects invalid encoding first. */
-static void
-AppendJsonString(StringInfo buf, const char *s)
-{
-	if (s == NULL)
-	{
-		appendStringInfoString(buf, "null");
-		return;
-	}
-	(void) pg_verifymbstr(s, strlen(s), false);
-	escape_json(buf, s);
-}
-
-/*
- * Appends the message event of msg: the one shape of a message for
- * notifications and results.  With ref, the body is left out and
- * "ref":true says to fetch it.  edited_at/deleted_at are 0 when unset;
- * "target" appears on log entries (edit, delete) only.
- */
-static void
-AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
-				  TimestampTz deleted_at, bool ref)
-{
-	appendStringInfo(buf, "{\"type\":\"message\",\"conversation\":" INT64_FORMAT
-					 ",\"seq\":" INT64_FORMAT ",\"sender\":" INT64_FORMAT ",\"sender_device\":",
-					 msg->conversation_id, msg->seq, msg->sender_id);
-	if (msg->sender_device > 0)
-		appendStringInfo(buf, "%d", msg->sender_device);
-	else
-		appendStringInfoString(buf, "null");
-	appendStringInfoString(buf, ",\"kind\":");
-	AppendJsonString(buf, msg->kind ? msg->kind : "text");
-	if (ref)
-		appendStringInfoString(buf, ",\"ref\":true");
-	else
-	{
-		appendStringInfoString(buf, ",\"body\":");
-		AppendJsonString(buf, msg->body);
-	}
-	appendStringInfoString(buf, ",\"client_msg_id\":");
-	AppendJsonString(buf, msg->client_msg_id);
-	appendStringInfoString(buf, ",\"reply_to\":");
-	if (msg->reply_to > 0)
-		appendStringInfo(buf, INT64_FORMAT, msg->reply_to);
-	else
-		appendStringInfoString(buf, "null");
-	appendStringInfoString(buf, ",\"created_at\":");
-	AppendJsonTimestamp(buf, msg->created_at);
-	if (msg->target > 0)
-		appendStringInfo(buf, ",\"target\":" INT64_FORMAT, msg->target);
-	if (edited_at != 0)
-	{
-		appendStringInfoString(buf, ",\"edited_at\":");
-		AppendJsonTimestamp(buf, edited_at);
-	}
-	if (deleted_at != 0)
-	{
-		appendStringInfoString(buf, ",\"deleted_at\":");
-		AppendJsonTimestamp(buf, deleted_at);
-	}
-	appendStringInfoChar(buf, '}');
-}
 
 /*
  * Adds user to the route of node in *routes (rows come ordered by node, then
@@ -181,6 +70,28 @@ RouteAdd(List **routes, NodeRoute **cur, const char *node, int64 user,
 }
 
 /*
+ * Reads row i of the last SPI result of a routing query: the node (col 1,
+ * NULL for an offline member), the user (col 2) and, when flag is given,
+ * the bool of col 3 (false when NULL).
+ */
+static char *
+RouteRow(uint64 i, int64 *user, bool *flag)
+{
+	HeapTuple	tup = SPI_tuptable->vals[i];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+
+	*user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	if (flag != NULL)
+	{
+		Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+
+		*flag = !isnull && DatumGetBool(d);
+	}
+	return SPI_getvalue(tup, desc, 1);
+}
+
+/*
  * Groups the (node, user_id) rows of the last SPI result, ordered by node
  * and user, into NodeRoutes allocated in cxt, leaving out exclude_user and
  * the repeats of a user with several sessions on a node.
@@ -194,11 +105,8 @@ RoutesFromResult(int64 exclude_user, MemoryContext cxt)
 
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int64		user;
+		char	   *node = RouteRow(i, &user, NULL);
 
 		if (user != exclude_user)
 			RouteAdd(&routes, &cur, node, user, SPI_processed - i, cxt);
@@ -215,45 +123,37 @@ static List *
 OnlineRoutes(int64 conversation_id, const int64 *users, int nusers, int64 exclude_user,
 			 MemoryContext cxt)
 {
-	Datum		args[2];
-	int			ret;
+	Datum		args[1];
 
 	if (users == NULL)
 	{
-		Oid			types[2] = {INT8OID, INT4OID};
+		Oid			types[1] = {INT8OID};
 
-		PreparePlan(&members_route_plan,
-					"SELECT s.node, m.user_id FROM chat.members m"
-					" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
-					"               JOIN chat.nodes n ON n.node = s.node"
-					"               WHERE s.user_id = m.user_id"
-					"               AND n.heartbeat_at > now() - $2 * interval '1 second') s ON true"
+		ChatPrepare(&members_route_plan,
+					"SELECT l.node, m.user_id FROM chat.members m"
+					" JOIN chat.live_sessions l ON l.user_id = m.user_id"
 					" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
-					" ORDER BY 1, 2", 2, types);
+					" ORDER BY 1, 2", 1, types);
 		args[0] = Int64GetDatum(conversation_id);
-		args[1] = Int32GetDatum(chat_node_timeout);
-		ret = SPI_execute_plan(members_route_plan, args, NULL, false, 0);
+		ChatExecute(members_route_plan, args, NULL, false, 0, SPI_OK_SELECT,
+					"fanout routing query");
 	}
 	else
 	{
-		Oid			types[2] = {INT8ARRAYOID, INT4OID};
+		Oid			types[1] = {INT8ARRAYOID};
 		Datum	   *elems = palloc(sizeof(Datum) * Max(nusers, 1));
 		int			j;
 
 		for (j = 0; j < nusers; j++)
 			elems[j] = Int64GetDatum(users[j]);
-		PreparePlan(&users_route_plan,
-					"SELECT s.node, s.user_id FROM chat.sessions s"
-					" JOIN chat.nodes n ON n.node = s.node"
-					" WHERE s.user_id = ANY ($1)"
-					" AND n.heartbeat_at > now() - $2 * interval '1 second'"
-					" ORDER BY 1, 2", 2, types);
+		ChatPrepare(&users_route_plan,
+					"SELECT l.node, l.user_id FROM chat.live_sessions l"
+					" WHERE l.user_id = ANY ($1)"
+					" ORDER BY 1, 2", 1, types);
 		args[0] = PointerGetDatum(construct_array(elems, nusers, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[1] = Int32GetDatum(chat_node_timeout);
-		ret = SPI_execute_plan(users_route_plan, args, NULL, false, 0);
+		ChatExecute(users_route_plan, args, NULL, false, 0, SPI_OK_SELECT,
+					"fanout routing query");
 	}
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
 	return RoutesFromResult(exclude_user, cxt);
 }
 
@@ -330,61 +230,37 @@ FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 		return;
 	if (user_ids != NULL && nusers == 0)
 		return;
-	SPI_connect();
+	ChatSpiConnect();
 	routes = OnlineRoutes(conversation_id, user_ids, nusers, exclude_user, cxt);
-	SPI_finish();
+	ChatSpiFinish();
 	EmitRoutes(routes, event, ref_event);
 }
 
 /*
- * Push rows for the members of the conversation with no online device,
- * not muted (or mentioned): the rows a SELECT over this FROM/WHERE gives.
- * $1 conversation, $2 seq, $3 sender, $4 payload, $5 chat.node_timeout.
- */
-#define PUSH_INSERT \
-	"INSERT INTO chat.push_outbox" \
-	" (user_id, device_id, push_token, conversation_id, seq, payload)" \
-	" SELECT d.user_id, d.device_id, d.push_token, $1, $2, $4::jsonb" \
-	" FROM chat.members m" \
-	" JOIN chat.devices d ON d.user_id = m.user_id AND d.push_token IS NOT NULL" \
-	" WHERE m.conversation_id = $1 AND m.left_at IS NULL AND m.user_id <> $3" \
-	" AND (m.muted_until IS NULL OR m.muted_until <= now()" \
-	"      OR m.user_id = ANY (SELECT unnest(x.mentions) FROM chat.messages x" \
-	"                          WHERE x.conversation_id = $1 AND x.seq = $2))"
-
-/*
  * Every current member of conversation $1 with the node of each of its
  * live sessions (NULL: offline), ordered by node and user, and whether an
- * offline member is to be pushed (not muted, or mentioned in message $2).
- * $3: chat.node_timeout.  A user with several sessions on a node appears
- * once per session; the caller skips the repeats.
+ * offline member is to be pushed message $2.  A user with several sessions
+ * on a node appears once per session; the caller skips the repeats.
  */
 #define MEMBER_ROUTES \
-	"SELECT s.node, m.user_id," \
-	"       s.node IS NULL" \
-	"       AND (m.muted_until IS NULL OR m.muted_until <= now()" \
-	"            OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
-	"                       AND x.seq = $2 AND m.user_id = ANY (x.mentions))) AS push" \
+	"SELECT l.node, m.user_id, l.node IS NULL AND " PUSH_WANTED_SQL " AS push" \
 	" FROM chat.members m" \
-	" LEFT JOIN LATERAL (SELECT s.node FROM chat.sessions s" \
-	"                    JOIN chat.nodes n ON n.node = s.node" \
-	"                    WHERE s.user_id = m.user_id" \
-	"                    AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true" \
+	" LEFT JOIN chat.live_sessions l ON l.user_id = m.user_id" \
 	" WHERE m.conversation_id = $1 AND m.left_at IS NULL" \
-	" ORDER BY s.node, m.user_id"
+	" ORDER BY l.node, m.user_id"
 
 /*
- * The message's routes, and push rows for the members who are offline.
- * One lookup over the members finds both; the insert runs only when
- * someone is to be pushed.  With routes false (chat.fanout_mode off) only
- * the push rows are written, by one statement.  Caller is connected to SPI.
+ * The message's routes, and push rows for the members who are offline:
+ * one lookup over the members finds both; the insert runs only when
+ * someone is to be pushed.  With routes false (chat.fanout_mode off) the
+ * routes are dropped and only the push rows written.  Caller is connected
+ * to SPI.
  */
 static List *
 RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt)
 {
-	Oid			types[5] = {INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
-	Datum		args[5];
-	int			ret;
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
 	List	   *result = NIL;
 	Datum	   *push_ids;
 	int			npush = 0;
@@ -393,72 +269,25 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
-	args[2] = Int64GetDatum(msg->sender_id);
-	args[3] = CStringGetTextDatum(payload);
-	args[4] = Int32GetDatum(chat_node_timeout);
-	if (!routes)
-	{
-		PreparePlan(&push_plan,
-					PUSH_INSERT
-					" AND NOT EXISTS (SELECT 1 FROM chat.sessions s JOIN chat.nodes n ON n.node = s.node"
-					"                 WHERE s.user_id = m.user_id"
-					"                 AND n.heartbeat_at > now() - $5 * interval '1 second')",
-					5, types);
-		ret = SPI_execute_plan(push_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
-		return NIL;
-	}
-
-	{
-		Oid			rtypes[3] = {INT8OID, INT8OID, INT4OID};
-		Datum		rargs[3] = {args[0], args[1], args[4]};
-
-		PreparePlan(&member_routes_plan, MEMBER_ROUTES, 3, rtypes);
-		ret = SPI_execute_plan(member_routes_plan, rargs, NULL, false, 0);
-	}
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
+	ChatPrepare(&member_routes_plan, MEMBER_ROUTES, 2, types);
+	ChatExecute(member_routes_plan, args, NULL, false, 0, SPI_OK_SELECT, "fanout routing query");
 	push_ids = palloc(sizeof(Datum) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		bool		push = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		int64		user;
+		bool		push;
+		char	   *node = RouteRow(i, &user, &push);
 
 		if (node == NULL)
 		{
-			if (push && !isnull && user != msg->sender_id)
+			if (push && user != msg->sender_id)
 				push_ids[npush++] = Int64GetDatum(user);
-			continue;
 		}
-		RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
+		else if (routes)
+			RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
 	}
 	if (npush > 0)
-	{
-		Oid			ptypes[4] = {INT8ARRAYOID, INT8OID, INT8OID, TEXTOID};
-		Datum		pargs[4];
-
-		PreparePlan(&push_ids_plan,
-					"INSERT INTO chat.push_outbox"
-					" (user_id, device_id, push_token, conversation_id, seq, payload)"
-					" SELECT d.user_id, d.device_id, d.push_token, $2, $3, $4::jsonb"
-					" FROM chat.devices d"
-					" WHERE d.user_id = ANY ($1) AND d.push_token IS NOT NULL"
-					" ORDER BY d.user_id, d.device_id",
-					4, ptypes);
-		pargs[0] = PointerGetDatum(construct_array(push_ids, npush, INT8OID, 8,
-												   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		pargs[1] = args[0];
-		pargs[2] = args[1];
-		pargs[3] = args[3];
-		ret = SPI_execute_plan(push_ids_plan, pargs, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "push outbox insert failed: %s", SPI_result_code_string(ret));
-	}
+		QueuePushes(msg, push_ids, npush, payload);
 	return result;
 }
 
@@ -479,38 +308,29 @@ IsLogEntry(const ChatMessage *msg)
 static List *
 EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
 {
-	Oid			types[3] = {INT8OID, INT8OID, INT4OID};
-	Datum		args[3];
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2];
 	List	   *full = NIL;
 	NodeRoute  *cur_full = NULL;
 	NodeRoute  *cur_red = NULL;
 	uint64		i;
-	int			ret;
 
-	PreparePlan(&entry_routes_plan,
-				"SELECT s.node, m.user_id, m.joined_seq >= $2 AS redact FROM chat.members m"
-				" JOIN LATERAL (SELECT s.node FROM chat.sessions s"
-				"               JOIN chat.nodes n ON n.node = s.node"
-				"               WHERE s.user_id = m.user_id"
-				"               AND n.heartbeat_at > now() - $3 * interval '1 second') s ON true"
+	ChatPrepare(&entry_routes_plan,
+				"SELECT l.node, m.user_id, m.joined_seq >= $2 AS redact FROM chat.members m"
+				" JOIN chat.live_sessions l ON l.user_id = m.user_id"
 				" WHERE m.conversation_id = $1 AND m.left_at IS NULL"
-				" ORDER BY 3, 1, 2", 3, types);
+				" ORDER BY 3, 1, 2", 2, types);
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->target);
-	args[2] = Int32GetDatum(chat_node_timeout);
-	ret = SPI_execute_plan(entry_routes_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "fanout routing query failed: %s", SPI_result_code_string(ret));
+	ChatExecute(entry_routes_plan, args, NULL, false, 0, SPI_OK_SELECT, "fanout routing query");
 	*redacted = NIL;
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *node = SPI_getvalue(tup, desc, 1);
-		int64		user = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		int64		user;
+		bool		redact;
+		char	   *node = RouteRow(i, &user, &redact);
 
-		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
+		if (redact)
 			RouteAdd(redacted, &cur_red, node, user, SPI_processed - i, cxt);
 		else
 			RouteAdd(&full, &cur_full, node, user, SPI_processed - i, cxt);
@@ -540,13 +360,13 @@ FanoutMessage(const ChatMessage *msg)
 	initStringInfo(&ref);
 	AppendMessageJson(&ref, msg, 0, 0, true);
 
-	SPI_connect();
+	ChatSpiConnect();
 	if (IsLogEntry(msg) && msg->body != NULL)
 	{
 		if (notify)
 			routes = EditEntryRoutes(msg, &redacted, cxt);
 	}
-	else if (IsLogEntry(msg) || (msg->kind != NULL && strcmp(msg->kind, "system") == 0))
+	else if (!MessageWantsPush(msg))
 	{
 		if (notify)
 			routes = OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
@@ -554,7 +374,7 @@ FanoutMessage(const ChatMessage *msg)
 	else
 		routes = RouteAndPush(msg, event.len <= PUSH_PAYLOAD_MAX ? event.data : ref.data,
 							  notify, cxt);
-	SPI_finish();
+	ChatSpiFinish();
 	EmitRoutes(routes, event.data, ref.data);
 	if (redacted != NIL)
 	{
@@ -655,7 +475,6 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 	int64	   *senders;
 	int			nsenders = 0;
 	uint64		i;
-	int			ret;
 	StringInfoData event;
 
 	for (i = 0; i < 5; i++)
@@ -676,8 +495,8 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 	if (to_seq <= from_seq || chat_fanout_mode == FANOUT_MODE_OFF)
 		PG_RETURN_VOID();
 
-	SPI_connect();
-	PreparePlan(&senders_plan,
+	ChatSpiConnect();
+	ChatPrepare(&senders_plan,
 				"SELECT DISTINCT x.sender_id FROM chat.messages x"
 				" JOIN chat.members m ON m.conversation_id = x.conversation_id"
 				"                    AND m.user_id = x.sender_id AND m.left_at IS NULL"
@@ -688,9 +507,7 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 	args[1] = Int64GetDatum(from_seq);
 	args[2] = Int64GetDatum(to_seq);
 	args[3] = Int64GetDatum(reader);
-	ret = SPI_execute_plan(senders_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "receipt query failed: %s", SPI_result_code_string(ret));
+	ChatExecute(senders_plan, args, NULL, false, 0, SPI_OK_SELECT, "receipt query");
 	senders = MemoryContextAlloc(TopTransactionContext, sizeof(int64) * (SPI_processed + 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -699,7 +516,7 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 		senders[nsenders++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 														  SPI_tuptable->tupdesc, 1, &isnull));
 	}
-	SPI_finish();
+	ChatSpiFinish();
 
 	initStringInfo(&event);
 	appendStringInfo(&event, "{\"type\":\"receipt\",\"conversation\":" INT64_FORMAT
@@ -723,16 +540,13 @@ LoadMessage(int64 conversation_id, int64 seq, ChatMessage *msg, MemoryContext cx
 	bool		isnull;
 	Datum		d;
 	MemoryContext old;
-	int			ret;
 
-	PreparePlan(&message_plan,
+	ChatPrepare(&message_plan,
 				"SELECT sender_id, sender_device, kind, body, client_msg_id, reply_to, created_at,"
 				" target FROM chat.messages WHERE conversation_id = $1 AND seq = $2", 2, types);
 	args[0] = Int64GetDatum(conversation_id);
 	args[1] = Int64GetDatum(seq);
-	ret = SPI_execute_plan(message_plan, args, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "message query failed: %s", SPI_result_code_string(ret));
+	ChatExecute(message_plan, args, NULL, false, 1, SPI_OK_SELECT, "message query");
 	if (SPI_processed == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
@@ -766,79 +580,16 @@ chat_fanout_message(PG_FUNCTION_ARGS)
 	bool		found;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	SPI_connect();
+	ChatSpiConnect();
 	found = LoadMessage(conversation_id, seq, &msg, cxt);
-	SPI_finish();
+	ChatSpiFinish();
 	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("message %lld of conversation %lld does not exist",
-						(long long) seq, (long long) conversation_id)));
+				 errmsg("message " INT64_FORMAT " of conversation " INT64_FORMAT " does not exist",
+						seq, conversation_id)));
 	FanoutMessage(&msg);
 	PG_RETURN_VOID();
-}
-
-/* Reads attribute name of a composite as a Datum. */
-static Datum
-Attr(HeapTupleHeader row, const char *name, bool *isnull)
-{
-	return GetAttributeByName(row, name, isnull);
-}
-
-/* chat.message_json(chat.message_view): the message event of a row. */
-Datum
-chat_message_json(PG_FUNCTION_ARGS)
-{
-	HeapTupleHeader row = PG_GETARG_HEAPTUPLEHEADER(0);
-	ChatMessage msg;
-	bool		isnull;
-	Datum		d;
-	TimestampTz edited_at = 0,
-				deleted_at = 0;
-	StringInfoData buf;
-
-	memset(&msg, 0, sizeof(msg));
-	msg.conversation_id = DatumGetInt64(Attr(row, "conversation_id", &isnull));
-	msg.seq = DatumGetInt64(Attr(row, "seq", &isnull));
-	msg.sender_id = DatumGetInt64(Attr(row, "sender_id", &isnull));
-	d = Attr(row, "sender_device", &isnull);
-	msg.sender_device = isnull ? 0 : DatumGetInt32(d);
-	d = Attr(row, "kind", &isnull);
-	msg.kind = isnull ? NULL : TextDatumGetCString(d);
-	d = Attr(row, "body", &isnull);
-	msg.body = isnull ? NULL : TextDatumGetCString(d);
-	d = Attr(row, "client_msg_id", &isnull);
-	msg.client_msg_id = isnull ? NULL : TextDatumGetCString(d);
-	d = Attr(row, "reply_to", &isnull);
-	msg.reply_to = isnull ? 0 : DatumGetInt64(d);
-	d = Attr(row, "created_at", &isnull);
-	msg.created_at = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
-	d = Attr(row, "target", &isnull);
-	msg.target = isnull ? 0 : DatumGetInt64(d);
-	d = Attr(row, "edited_at", &isnull);
-	if (!isnull)
-		edited_at = DatumGetTimestampTz(d);
-	d = Attr(row, "deleted_at", &isnull);
-	if (!isnull)
-		deleted_at = DatumGetTimestampTz(d);
-
-	initStringInfo(&buf);
-	AppendMessageJson(&buf, &msg, edited_at, deleted_at, false);
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
-}
-
-/* chat.json_timestamp(timestamptz): "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC). */
-Datum
-chat_json_timestamp(PG_FUNCTION_ARGS)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	AppendJsonTimestamp(&buf, PG_GETARG_TIMESTAMPTZ(0));
-	/* strip the JSON quotes */
-	if (buf.len >= 2 && buf.data[0] == '"')
-		PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data + 1, buf.len - 2));
-	PG_RETURN_NULL();
 }
 
 /*
@@ -861,23 +612,20 @@ chat_fanout_revoked(PG_FUNCTION_ARGS)
 	NodeRoute  *cur = NULL;
 	char	   *event;
 	uint64		i;
-	int			ret;
 
 	if (chat_fanout_mode == FANOUT_MODE_OFF)
 		PG_RETURN_VOID();
-	SPI_connect();
-	PreparePlan(&nodes_plan,
+	ChatSpiConnect();
+	ChatPrepare(&nodes_plan,
 				"SELECT DISTINCT node FROM chat.sessions"
 				" WHERE user_id = $1 AND device_id = $2 ORDER BY 1", 2, types);
 	args[0] = Int64GetDatum(user_id);
 	args[1] = Int32GetDatum(device_id);
-	ret = SPI_execute_plan(nodes_plan, args, NULL, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "revoked routing query failed: %s", SPI_result_code_string(ret));
+	ChatExecute(nodes_plan, args, NULL, true, 0, SPI_OK_SELECT, "revoked routing query");
 	for (i = 0; i < SPI_processed; i++)
 		RouteAdd(&routes, &cur, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
 				 user_id, 1, cxt);
-	SPI_finish();
+	ChatSpiFinish();
 	event = psprintf("{\"type\":\"revoked\",\"user\":" INT64_FORMAT ",\"device\":%d}",
 					 user_id, device_id);
 	EmitRoutes(routes, event, NULL);

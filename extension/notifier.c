@@ -28,7 +28,6 @@
  * leaving after a second of idleness so that DROP DATABASE is not blocked.
  */
 #include "chat.h"
-#include "realtime.h"
 
 #include <unistd.h>
 
@@ -97,17 +96,13 @@ typedef struct RingEntry
 	uint32		payload_len;
 } RingEntry;
 
-int			chat_fanout_mode = FANOUT_MODE_WORKER;
-int			chat_notifier_queue_kb = 1024;
-int			chat_notifier_delay = 2;
-
 static NotifierShared *notifier = NULL;
 static List *pending = NIL;		/* of PendingNotify, TopTransactionContext */
 static List *batches = NIL;		/* built at pre-commit */
 static int	reserved_slot = -1;
 static uint64 reserved_bytes = 0;
 static bool callbacks_registered = false;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static bool worker_warned = false;	/* this backend warned of a fallback */
 
 PGDLLEXPORT void ChatNotifierMain(Datum arg);
 
@@ -126,51 +121,32 @@ NotifierShmemSize(void)
 					mul_size(NOTIFIER_SLOTS, (Size) chat_notifier_queue_kb * 1024));
 }
 
-/* Attaches to (or creates) the notifier's shared memory. */
-static void
-NotifierShmemStartup(void)
+/* From the shmem request hook: the rings and the notifier's own lock. */
+void
+NotifierShmemRequest(void)
+{
+	RequestAddinShmemSpace(NotifierShmemSize());
+	RequestNamedLWLockTranche("chat notifier", 1);
+}
+
+/* From the shmem startup hook (AddinShmemInitLock held): attaches or creates. */
+void
+NotifierShmemInit(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	notifier = ShmemInitStruct("chat notifier", NotifierShmemSize(), &found);
 	if (!found)
 	{
 		int			i;
 
 		memset(notifier, 0, sizeof(NotifierShared));
-		notifier->lock = &(GetNamedLWLockTranche("chat"))->lock;
+		notifier->lock = &(GetNamedLWLockTranche("chat notifier"))->lock;
 		notifier->ring_size = (Size) chat_notifier_queue_kb * 1024;
 		for (i = 0; i < NOTIFIER_SLOTS; i++)
 			notifier->slots[i].ring_offset = MAXALIGN(sizeof(NotifierShared)) +
 				(Size) i * notifier->ring_size;
 	}
-	LWLockRelease(AddinShmemInitLock);
-}
-
-/* The shared lock of the realtime layer (also guards the typing table). */
-LWLock *
-NotifierLock(void)
-{
-	return notifier ? notifier->lock : NULL;
-}
-
-/* From the shmem request hook: reserves memory and the lock. */
-void
-NotifierRequestShmem(void)
-{
-	RequestAddinShmemSpace(NotifierShmemSize());
-	RequestNamedLWLockTranche("chat", 1);
-}
-
-/* From _PG_init when preloaded: hooks shared memory startup. */
-void
-NotifierInit(void)
-{
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = NotifierShmemStartup;
 }
 
 /* Copies len bytes into the ring at pos, wrapping around. */
@@ -372,6 +348,25 @@ NotifyBatches(List *list)
 	}
 }
 
+/*
+ * Warns, once per backend, that chat.fanout_mode = worker cannot work
+ * here: the transaction NOTIFYs by itself instead (delivered all the same,
+ * but senders then serialise on the NOTIFY lock).  A full ring is load,
+ * not a fault, and is not reported.
+ */
+static void
+WarnWorkerFallback(const char *why, const char *hint)
+{
+	if (worker_warned)
+		return;
+	worker_warned = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("chat.fanout_mode = worker cannot work: %s", why),
+			 errdetail("Notifications are sent directly by the sending transaction."),
+			 errhint("%s", hint)));
+}
+
 /* Registers the worker of a slot; false when no worker could be started. */
 static bool
 LaunchWorker(int slotno, Oid dboid)
@@ -458,6 +453,8 @@ ReserveRing(List *list)
 		LWLockRelease(notifier->lock);
 		reserved_slot = -1;
 		reserved_bytes = 0;
+		WarnWorkerFallback("could not start the notifier worker",
+						   "Raise max_worker_processes, or set chat.fanout_mode = direct.");
 		return false;
 	}
 	return true;
@@ -510,8 +507,11 @@ NotifierXactCallback(XactEvent event, void *arg)
 			if (pending == NIL || chat_fanout_mode == FANOUT_MODE_OFF)
 				break;
 			batches = BuildBatches();
-			if (chat_fanout_mode == FANOUT_MODE_WORKER && notifier != NULL &&
-				ReserveRing(batches))
+			if (chat_fanout_mode == FANOUT_MODE_WORKER && notifier == NULL)
+				WarnWorkerFallback("chat is not in shared_preload_libraries",
+								   "Add chat to shared_preload_libraries and restart, "
+								   "or set chat.fanout_mode = direct.");
+			else if (chat_fanout_mode == FANOUT_MODE_WORKER && ReserveRing(batches))
 				break;
 			NotifyBatches(batches);
 			batches = NIL;
@@ -666,20 +666,16 @@ SendDrained(char *buf, Size len)
 	pfree(payload.data);
 }
 
-/* Background worker: NOTIFYs what committed senders of its database queued. */
-void
-ChatNotifierMain(Datum arg)
+/*
+ * Worker start: claims the slot (exits when another worker serves it, or
+ * its database is gone), connects to the slot's database and marks the
+ * slot running.
+ */
+static void
+WorkerAttach(int slotno)
 {
-	int			slotno = DatumGetInt32(arg);
 	NotifierSlot *slot = &notifier->slots[slotno];
 	Oid			dboid;
-	char	   *buf;
-	MemoryContext pass;
-	TimestampTz idle_since = GetCurrentTimestamp();
-
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
 	if (slot->pid != 0 || slot->state != SLOT_STARTING)
@@ -707,7 +703,24 @@ ChatNotifierMain(Datum arg)
 	slot->latch = MyLatch;
 	slot->state = SLOT_RUNNING;
 	LWLockRelease(notifier->lock);
+}
 
+/* Background worker: NOTIFYs what committed senders of its database queued. */
+void
+ChatNotifierMain(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	NotifierSlot *slot = &notifier->slots[slotno];
+	char	   *buf;
+	MemoryContext pass;
+	TimestampTz idle_since;
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	WorkerAttach(slotno);
+
+	idle_since = GetCurrentTimestamp();
 	buf = MemoryContextAlloc(TopMemoryContext, NOTIFIER_MAX_DRAIN);
 	pass = AllocSetContextCreate(TopMemoryContext, "chat notifier pass",
 								 ALLOCSET_DEFAULT_SIZES);

@@ -17,10 +17,11 @@
  *      last_activity, except for log entries) and advance the sender's
  *      watermarks.
  *
- * Statement 2 (write_plan) is the only place a row enters chat.messages:
- * send_message and append_message both use it, each after taking the
- * conversation row lock, so the seq is allocated exactly when a row is
- * written: seqs stay gapless and a retry that lost the race to its own
+ * AppendMessage (statement 2, write_plan) is the only place a seq is
+ * allocated and a row enters chat.messages: send_message (user messages)
+ * and append_message (system messages and change-log entries) both call it
+ * after taking the conversation row lock, so the seq is allocated exactly
+ * when a row is written: seqs stay gapless and a retry that lost the race to its own
  * first attempt finds that row and returns it with duplicate = true,
  * burning nothing.  Under REPEATABLE READ a concurrent sender makes step 1
  * fail with a serialization error, never a gap or a second row.
@@ -28,7 +29,6 @@
 #include "chat.h"
 
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -47,28 +47,7 @@ static SPIPlanPtr lock_plan;
 static SPIPlanPtr append_lock_plan;
 static SPIPlanPtr write_plan;
 static SPIPlanPtr duplicate_plan;
-static SPIPlanPtr conversation_plan;
-static SPIPlanPtr user_plan;
 static SPIPlanPtr receipt_plan;
-
-/*
- * Prepares sql with the given argument types and keeps it for the session.
- * Always the generic plan: every statement here is a key lookup whose plan
- * does not depend on the values, and a custom plan per call would cost more
- * in planning than the statement costs to run.
- */
-static SPIPlanPtr
-PrepareSaved(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
-}
 
 /* Prepares the plans of the send path once per backend. */
 static void
@@ -79,12 +58,9 @@ PrepareSendPlans(void)
 	Oid			write_types[10] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
 	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID};
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
-	Oid			id_types[1] = {INT8OID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 
-	if (receipt_plan != NULL)
-		return;
-	lock_plan = PrepareSaved(
+	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
 		"       $3 IS NULL OR EXISTS (SELECT FROM chat.devices d"
 		"                             WHERE d.user_id = $2 AND d.device_id = $3)"
@@ -94,7 +70,7 @@ PrepareSendPlans(void)
 		"   FOR NO KEY UPDATE OF c, m",
 		3, lock_types);
 	/* The author of a system message or log entry need not be a member. */
-	append_lock_plan = PrepareSaved(
+	ChatPrepare(&append_lock_plan,
 		"SELECT c.last_seq, m.read_seq"
 		"  FROM chat.conversations c"
 		"  LEFT JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
@@ -109,7 +85,7 @@ PrepareSendPlans(void)
 	 * entries ($9 set) leave last_activity alone: a change is not news in
 	 * the chat list.  last_sent_seq records text/e2e sends only (contacts).
 	 */
-	write_plan = PrepareSaved(
+	ChatPrepare(&write_plan,
 		"WITH msg AS ("
 		"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
 		"                             kind, body, client_msg_id, reply_to, target, created_at)"
@@ -131,15 +107,11 @@ PrepareSendPlans(void)
 		"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
 		" SELECT seq FROM msg",
 		10, write_types);
-	duplicate_plan = PrepareSaved(
+	ChatPrepare(&duplicate_plan,
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
 		3, duplicate_types);
-	conversation_plan = PrepareSaved(
-		"SELECT FROM chat.conversations WHERE id = $1", 1, id_types);
-	user_plan = PrepareSaved(
-		"SELECT FROM chat.users WHERE id = $1", 1, id_types);
-	receipt_plan = PrepareSaved(
+	ChatPrepare(&receipt_plan,
 		"SELECT chat.fanout_receipt($1, $2, $3, $4, 'read')", 4, receipt_types);
 }
 
@@ -174,45 +146,6 @@ chat_check_body(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* Reads an int8 column of the current SPI result row. */
-static int64
-SpiInt64(int row, int col, bool *isnull)
-{
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
-									   SPI_tuptable->tupdesc, col, isnull));
-}
-
-/*
- * Raises the error for a send that found no (conversation, active member)
- * row: P0002 when the conversation or the user does not exist, 42501
- * otherwise.
- */
-static void
-RaiseNotMember(int64 sender, int64 conversation_id)
-{
-	Datum		args[1] = {Int64GetDatum(conversation_id)};
-
-	if (SPI_execute_plan(conversation_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "chat: conversation lookup failed");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("conversation " INT64_FORMAT " does not exist",
-						conversation_id)));
-	args[0] = Int64GetDatum(sender);
-	if (SPI_execute_plan(user_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "chat: user lookup failed");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("user " INT64_FORMAT " does not exist", sender),
-				 errhint("Create it with chat.upsert_user.")));
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("user " INT64_FORMAT " is not a member of conversation " INT64_FORMAT,
-					sender, conversation_id)));
-}
-
 /*
  * Looks up an earlier send of (conversation, sender, client_msg_id); returns
  * true and its seq and created_at when there is one.
@@ -225,19 +158,17 @@ FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
 	PointerGetDatum(client_msg_id)};
 	bool		isnull;
 
-	if (SPI_execute_plan(duplicate_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "chat: duplicate lookup failed");
+	ChatExecute(duplicate_plan, args, NULL, false, 1, SPI_OK_SELECT, "duplicate lookup");
 	if (SPI_processed == 0)
 		return false;
-	*seq = SpiInt64(0, 1, &isnull);
+	*seq = ChatSpiInt64(0, 1, &isnull);
 	*created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 													SPI_tuptable->tupdesc, 2, &isnull));
 	return true;
 }
 
 /*
- * Writes msg at msg->seq (last_seq + 1 under the conversation row lock the
- * caller holds) with write_plan, moving last_seq and the sender's
+ * Writes msg at msg->seq with write_plan, moving last_seq and the sender's
  * watermarks; body and client_msg_id as text (NULL: none).  Returns false
  * when an earlier row of the same client_msg_id made it a duplicate.
  */
@@ -262,54 +193,56 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
 	args[8] = Int64GetDatum(msg->target);
 	argnulls[8] = msg->target == 0 ? 'n' : ' ';
 	args[9] = TimestampTzGetDatum(msg->created_at);
-	if (SPI_execute_plan(write_plan, args, argnulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "chat: message insert failed");
+	ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
 	return SPI_processed == 1;
 }
 
 /*
- * After a message is written: fans it out and, since writing reads
- * everything before it, sends read receipts to the senders of the messages
- * the author had not read (old_read; negative when the author is not a
- * member).  A read receipt implies delivery: no delivered receipt.
+ * The one append, for user messages, system messages and change-log
+ * entries: allocates seq last_seq + 1 (the caller holds the conversation
+ * row lock it read last_seq under) and writes msg there.  Then fans it out
+ * and, since writing reads everything before it, sends read receipts to
+ * the senders of the messages the author had not read (old_read; negative
+ * when the author is not a member).  A read receipt implies delivery: no
+ * delivered receipt.  Returns false, with nothing written or sent, when
+ * the client_msg_id made it a duplicate.  Caller is connected to SPI.
  */
-static void
-AfterWrite(const ChatMessage *msg, int64 old_read)
+static bool
+AppendMessage(ChatMessage *msg, int64 last_seq, int64 old_read, text *body,
+			  text *client_msg_id)
 {
+	msg->seq = last_seq + 1;
+	if (!WriteMessage(msg, body, client_msg_id))
+		return false;
+	msg->body = body ? text_to_cstring(body) : NULL;
+	msg->client_msg_id = client_msg_id ? text_to_cstring(client_msg_id) : NULL;
 	FanoutMessage(msg);
 	if (old_read >= 0 && old_read < msg->seq - 1)
 	{
 		Datum		rargs[4] = {Int64GetDatum(msg->conversation_id), Int64GetDatum(msg->sender_id),
 		Int64GetDatum(old_read), Int64GetDatum(msg->seq)};
 
-		if (SPI_execute_plan(receipt_plan, rargs, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "chat: read receipt failed");
+		ChatExecute(receipt_plan, rargs, NULL, false, 0, SPI_OK_SELECT, "read receipt");
 	}
+	return true;
 }
 
-/*
- * chat.send_message(sender, conversation_id, body, client_msg_id, reply_to,
- * sender_device) RETURNS TABLE(conversation_id, seq, created_at, duplicate)
- */
-Datum
-chat_send_message(PG_FUNCTION_ARGS)
+/* The arguments of chat.send_message, checked. */
+typedef struct SendArgs
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int64		sender;
 	int64		conversation_id;
 	text	   *body;
-	text	   *client_msg_id = NULL;
-	int64		reply_to = 0;
-	int32		sender_device = 0;
-	int64		last_seq = 0;
-	int64		seq = 0;
-	int64		old_read = 0;
-	TimestampTz created_at = 0;
-	bool		duplicate = false;
-	bool		isnull;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	text	   *client_msg_id;	/* NULL: none */
+	int64		reply_to;		/* 0: none */
+	int32		sender_device;	/* 0: not known */
+} SendArgs;
 
+/* Reads and checks the arguments of chat.send_message (22023, 22001). */
+static void
+GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
+{
+	memset(a, 0, sizeof(*a));
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -318,16 +251,16 @@ chat_send_message(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("conversation_id must not be null")));
-	sender = PG_GETARG_INT64(0);
-	conversation_id = PG_GETARG_INT64(1);
-	body = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
-	CheckBody(body);
+	a->sender = PG_GETARG_INT64(0);
+	a->conversation_id = PG_GETARG_INT64(1);
+	a->body = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	CheckBody(a->body);
 	if (!PG_ARGISNULL(3))
 	{
 		int			bytes;
 
-		client_msg_id = PG_GETARG_TEXT_PP(3);
-		bytes = VARSIZE_ANY_EXHDR(client_msg_id);
+		a->client_msg_id = PG_GETARG_TEXT_PP(3);
+		bytes = VARSIZE_ANY_EXHDR(a->client_msg_id);
 		if (bytes == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -340,88 +273,100 @@ chat_send_message(PG_FUNCTION_ARGS)
 							bytes, CHAT_MAX_CLIENT_MSG_ID_BYTES)));
 	}
 	if (!PG_ARGISNULL(4))
-		reply_to = PG_GETARG_INT64(4);
+		a->reply_to = PG_GETARG_INT64(4);
 	if (!PG_ARGISNULL(5))
-		sender_device = PG_GETARG_INT32(5);
+		a->sender_device = PG_GETARG_INT32(5);
+}
 
-	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+/*
+ * Step 1 of a send: locks the conversation and member rows and returns
+ * true with last_seq and the sender's read_seq.  False when the sender has
+ * no active membership but an earlier send of the client_msg_id exists (a
+ * retry of a send made before leaving still gets its answer: *seq and
+ * *created_at); raises for a non-member otherwise, and for an unknown
+ * device.  Caller is connected to SPI.
+ */
+static bool
+LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
+			TimestampTz *created_at)
+{
+	Datum		args[3] = {Int64GetDatum(a->conversation_id), Int64GetDatum(a->sender),
+	Int32GetDatum(a->sender_device)};
+	char		argnulls[3] = {' ', ' ', a->sender_device == 0 ? 'n' : ' '};
+	bool		isnull;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "chat: SPI_connect failed");
-	PrepareSendPlans();
-
-	/* 1. The row locks serialise seq allocation and pin the membership. */
+	ChatExecute(lock_plan, args, argnulls, false, 1, SPI_OK_SELECT, "conversation lock");
+	if (SPI_processed == 0)
 	{
-		Datum		args[3] = {Int64GetDatum(conversation_id), Int64GetDatum(sender),
-		Int32GetDatum(sender_device)};
-		char		argnulls[3] = {' ', ' ', sender_device == 0 ? 'n' : ' '};
-
-		if (SPI_execute_plan(lock_plan, args, argnulls, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "chat: conversation lock failed");
-		if (SPI_processed == 0)
-		{
-			/* A retry of a send made before leaving still gets its answer. */
-			if (client_msg_id == NULL ||
-				!FindDuplicate(conversation_id, sender, client_msg_id, &seq, &created_at))
-				RaiseNotMember(sender, conversation_id);
-			duplicate = true;
-		}
-		else
-		{
-			last_seq = SpiInt64(0, 1, &isnull);
-			old_read = SpiInt64(0, 2, &isnull);
-			if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 3, &isnull)))
-				ereport(ERROR,
-						(errcode(ERRCODE_NO_DATA_FOUND),
-						 errmsg("device %d of user " INT64_FORMAT " does not exist",
-								sender_device, sender),
-						 errhint("Register it with chat.register_device.")));
-		}
+		if (a->client_msg_id == NULL ||
+			!FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+			RaiseNotMember(a->sender, a->conversation_id);
+		return false;
 	}
-
-	if (!duplicate && reply_to != 0 && (reply_to < 1 || reply_to > last_seq))
+	*last_seq = ChatSpiInt64(0, 1, &isnull);
+	*old_read = ChatSpiInt64(0, 2, &isnull);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("device %d of user " INT64_FORMAT " does not exist",
+						a->sender_device, a->sender),
+				 errhint("Register it with chat.register_device.")));
+	if (a->reply_to != 0 && (a->reply_to < 1 || a->reply_to > *last_seq))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("message " INT64_FORMAT " does not exist in conversation " INT64_FORMAT,
-						reply_to, conversation_id),
+						a->reply_to, a->conversation_id),
 				 errhint("reply_to is the seq of an earlier message of the conversation.")));
+	return true;
+}
 
-	/*
-	 * 2. The row, and with it last_seq and the sender's watermarks; no row
-	 * means a conflict: an earlier send of this client_msg_id.
-	 */
-	if (!duplicate)
+/*
+ * chat.send_message(sender, conversation_id, body, client_msg_id, reply_to,
+ * sender_device) RETURNS TABLE(conversation_id, seq, created_at, duplicate)
+ */
+Datum
+chat_send_message(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	SendArgs	a;
+	int64		last_seq = 0;
+	int64		seq = 0;
+	int64		old_read = 0;
+	TimestampTz created_at = 0;
+	bool		duplicate = true;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	GetSendArgs(fcinfo, &a);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	ChatSpiConnect();
+	PrepareSendPlans();
+
+	/* 1. The row locks serialise seq allocation and pin the membership. */
+	if (LockForSend(&a, &last_seq, &old_read, &seq, &created_at))
 	{
+		/* 2. The row; not written: an earlier send of this client_msg_id. */
 		ChatMessage msg;
 
 		memset(&msg, 0, sizeof(msg));
-		msg.conversation_id = conversation_id;
-		msg.seq = last_seq + 1;
-		msg.sender_id = sender;
-		msg.sender_device = sender_device;
+		msg.conversation_id = a.conversation_id;
+		msg.sender_id = a.sender;
+		msg.sender_device = a.sender_device;
 		msg.kind = "text";
-		msg.reply_to = reply_to;
+		msg.reply_to = a.reply_to;
 		msg.created_at = GetCurrentTimestamp();
-		if (WriteMessage(&msg, body, client_msg_id))
+		duplicate = !AppendMessage(&msg, last_seq, old_read, a.body, a.client_msg_id);
+		if (!duplicate)
 		{
 			seq = msg.seq;
 			created_at = msg.created_at;
-			msg.body = text_to_cstring(body);
-			msg.client_msg_id = client_msg_id ? text_to_cstring(client_msg_id) : NULL;
-			AfterWrite(&msg, old_read);
 		}
-		else
-		{
-			if (!FindDuplicate(conversation_id, sender, client_msg_id, &seq, &created_at))
-				elog(ERROR, "chat: conflicting message of client_msg_id not found");
-			duplicate = true;
-		}
+		else if (!FindDuplicate(a.conversation_id, a.sender, a.client_msg_id, &seq, &created_at))
+			elog(ERROR, "chat: conflicting message of client_msg_id not found");
 	}
+	ChatSpiFinish();
 
-	SPI_finish();
-
-	values[0] = Int64GetDatum(conversation_id);
+	values[0] = Int64GetDatum(a.conversation_id);
 	values[1] = Int64GetDatum(seq);
 	values[2] = TimestampTzGetDatum(created_at);
 	values[3] = BoolGetDatum(duplicate);
@@ -430,14 +375,13 @@ chat_send_message(PG_FUNCTION_ARGS)
 }
 
 /*
- * Appends a system message or a change-log entry to the conversation's log
- * (see chat.append_message) and fans it out; returns its seq.  Takes the
- * conversation row lock (the caller may hold it already).  Caller is
- * connected to SPI.
+ * Appends a system message or a change-log entry (see chat.append_message)
+ * through AppendMessage; returns its seq.  Takes the conversation row lock
+ * (the caller may hold it already).  Caller is connected to SPI.
  */
 static int64
-AppendMessage(int64 conversation_id, int64 author, const char *kind, text *body,
-			  int64 target, TimestampTz created_at)
+AppendLogEntry(int64 conversation_id, int64 author, const char *kind, text *body,
+			   int64 target, TimestampTz created_at)
 {
 	Datum		args[2] = {Int64GetDatum(conversation_id), Int64GetDatum(author)};
 	bool		isnull;
@@ -446,14 +390,13 @@ AppendMessage(int64 conversation_id, int64 author, const char *kind, text *body,
 	ChatMessage msg;
 
 	PrepareSendPlans();
-	if (SPI_execute_plan(append_lock_plan, args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "chat: conversation lock failed");
+	ChatExecute(append_lock_plan, args, NULL, false, 1, SPI_OK_SELECT, "conversation lock");
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("conversation " INT64_FORMAT " does not exist", conversation_id)));
-	last_seq = SpiInt64(0, 1, &isnull);
-	old_read = SpiInt64(0, 2, &isnull);
+	last_seq = ChatSpiInt64(0, 1, &isnull);
+	old_read = ChatSpiInt64(0, 2, &isnull);
 	if (isnull)
 		old_read = -1;
 	if (target != 0 && (target < 1 || target > last_seq))
@@ -464,17 +407,46 @@ AppendMessage(int64 conversation_id, int64 author, const char *kind, text *body,
 
 	memset(&msg, 0, sizeof(msg));
 	msg.conversation_id = conversation_id;
-	msg.seq = last_seq + 1;
 	msg.sender_id = author;
 	msg.kind = kind;
 	msg.target = target;
 	msg.created_at = created_at;
-	if (!WriteMessage(&msg, body, NULL))
+	if (!AppendMessage(&msg, last_seq, old_read, body, NULL))
 		elog(ERROR, "chat: log entry of conversation " INT64_FORMAT " was not written",
 			 conversation_id);
-	msg.body = body ? text_to_cstring(body) : NULL;
-	AfterWrite(&msg, old_read);
 	return msg.seq;
+}
+
+/* Raises 22023 unless (kind, body, target) make a valid append_message. */
+static void
+CheckLogEntry(const char *kind, text *body, bool has_target)
+{
+	bool		entry = strcmp(kind, "edit") == 0 || strcmp(kind, "delete") == 0;
+
+	if (!entry && strcmp(kind, "system") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid log entry kind \"%s\"", kind),
+				 errhint("Use system, edit or delete; text goes through chat.send_message.")));
+	if (entry && !has_target)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("log entry of kind \"%s\" needs a target", kind),
+				 errhint("target is the seq of the message the entry changes.")));
+	if (!entry && has_target)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message of kind \"%s\" takes no target", kind)));
+	if (strcmp(kind, "edit") == 0)
+		CheckBody(body);
+	else if (strcmp(kind, "delete") == 0 && body != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("log entry of kind \"delete\" carries no body")));
+	else if (strcmp(kind, "system") == 0 && body == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("system message needs a body")));
 }
 
 /*
@@ -489,51 +461,20 @@ AppendMessage(int64 conversation_id, int64 author, const char *kind, text *body,
 Datum
 chat_append_message(PG_FUNCTION_ARGS)
 {
-	int64		conversation_id;
-	int64		author;
 	char	   *kind;
 	text	   *body = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
 	int64		target = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT64(4);
 	TimestampTz created_at = PG_ARGISNULL(5) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(5);
-	bool		entry;
 	int64		seq;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("conversation_id, author and kind must not be null")));
-	conversation_id = PG_GETARG_INT64(0);
-	author = PG_GETARG_INT64(1);
 	kind = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	entry = strcmp(kind, "edit") == 0 || strcmp(kind, "delete") == 0;
-	if (!entry && strcmp(kind, "system") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid log entry kind \"%s\"", kind),
-				 errhint("Use system, edit or delete; text goes through chat.send_message.")));
-	if (entry && PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("log entry of kind \"%s\" needs a target", kind),
-				 errhint("target is the seq of the message the entry changes.")));
-	if (!entry && !PG_ARGISNULL(4))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("message of kind \"%s\" takes no target", kind)));
-	if (strcmp(kind, "edit") == 0)
-		CheckBody(body);
-	else if (strcmp(kind, "delete") == 0 && body != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("log entry of kind \"delete\" carries no body")));
-	else if (strcmp(kind, "system") == 0 && body == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("system message needs a body")));
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "chat: SPI_connect failed");
-	seq = AppendMessage(conversation_id, author, kind, body, target, created_at);
-	SPI_finish();
+	CheckLogEntry(kind, body, !PG_ARGISNULL(4));
+	ChatSpiConnect();
+	seq = AppendLogEntry(PG_GETARG_INT64(0), PG_GETARG_INT64(1), kind, body, target, created_at);
+	ChatSpiFinish();
 	PG_RETURN_INT64(seq);
 }

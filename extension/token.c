@@ -6,7 +6,6 @@
  * same secret the gateway verifies with.
  */
 #include "chat.h"
-#include "realtime.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

@@ -41,6 +41,7 @@ stage "pgTAP" pgtap
 script_stage "concurrency" tests/concurrency/run.sh
 script_stage "dump round trip" tests/dump/run.sh
 script_stage "upgrade path" tests/upgrade/run.sh
+script_stage "loaded late (not preloaded)" tests/preload/run.sh
 script_stage "realtime notifications" tests/realtime/run.sh
 script_stage "gateway end-to-end" tests/gateway/run.sh
 script_stage "gateway under ASan+UBSan" tests/gateway/run-asan.sh

@@ -21,12 +21,38 @@ RETURNS void
 LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'chat_check_body';
 
 -- Appends a system message or a change-log entry to the conversation's
--- gapless log (C, send.c): the one write path besides send_message, sharing
--- its statement.  Internal; callers check the rights.
+-- gapless log (C, send.c): its seq comes from AppendMessage, the one seq
+-- allocation that send_message uses too.  Internal; callers check the rights.
 CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
                                     target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL)
 RETURNS bigint
 LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
+
+-- The message seq of member m's conversation that m may change (edit or
+-- delete), locked FOR NO KEY UPDATE: P0002 when it does not exist or
+-- predates m's membership, 42501 for a change-log entry (verb names the
+-- change in the hint).  The actor's rights over it are the caller's rule.
+CREATE FUNCTION chat.changeable_message(m chat.members, seq bigint, verb text)
+RETURNS chat.messages
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    msg chat.messages;
+BEGIN
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = m.conversation_id AND seq = changeable_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', changeable_message.seq,
+            m.conversation_id USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq,
+            m.conversation_id, msg.kind
+            USING ERRCODE = '42501', HINT = format('%s message %s, the message it changes.', verb, msg.target);
+    END IF;
+    RETURN msg;
+END
+$$;
 
 -- Edits the text of one's own message within chat.edit_window: the message
 -- is updated in place (body, edited_at) and an 'edit' entry with the new
@@ -51,16 +77,7 @@ BEGIN
     -- Lock order of every writer: the conversation row, then the rest.
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
-    SELECT * INTO msg FROM chat.messages
-     WHERE conversation_id = conv AND seq = edit_message.seq FOR NO KEY UPDATE;
-    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
-        RAISE EXCEPTION 'message % does not exist in conversation %', edit_message.seq, conv
-            USING ERRCODE = 'P0002';
-    END IF;
-    IF msg.target IS NOT NULL THEN
-        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
-            USING ERRCODE = '42501', HINT = format('Edit message %s, the message it changes.', msg.target);
-    END IF;
+    msg := chat.changeable_message(m, edit_message.seq, 'Edit');
     IF msg.sender_id <> actor OR msg.kind = 'system' THEN
         RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv
             USING ERRCODE = '42501', HINT = 'Only the sender edits a message.';
@@ -105,16 +122,7 @@ BEGIN
     END IF;
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
-    SELECT * INTO msg FROM chat.messages
-     WHERE conversation_id = conv AND seq = delete_message.seq FOR NO KEY UPDATE;
-    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
-        RAISE EXCEPTION 'message % does not exist in conversation %', delete_message.seq, conv
-            USING ERRCODE = 'P0002';
-    END IF;
-    IF msg.target IS NOT NULL THEN
-        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq, conv, msg.kind
-            USING ERRCODE = '42501', HINT = format('Delete message %s, the message it changes.', msg.target);
-    END IF;
+    msg := chat.changeable_message(m, delete_message.seq, 'Delete');
     IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
         RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
             USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin deletes a message.';
@@ -324,6 +332,7 @@ $$;
 REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.check_body(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.changeable_message(chat.members, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.delete_message(bigint, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.history(bigint, bigint, bigint, integer) FROM PUBLIC;
@@ -339,6 +348,8 @@ COMMENT ON FUNCTION chat.check_body(text) IS
     'internal: 22023 for a NULL or empty body, 22001 over chat.max_body_bytes';
 COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) IS
     'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
+COMMENT ON FUNCTION chat.changeable_message(chat.members, bigint, text) IS
+    'internal: the message a member may edit or delete, locked (P0002 unknown or before joining, 42501 change-log entry)';
 COMMENT ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) IS
     'the sender edits a message within chat.edit_window; appends an edit entry to the log';
 COMMENT ON FUNCTION chat.delete_message(bigint, bigint, bigint) IS

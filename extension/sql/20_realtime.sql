@@ -2,18 +2,24 @@
 -- (docs/realtime.md).  Fanout itself is C (fanout.c).
 --
 -- A session counts as online while its node's heartbeat is younger than
--- chat.node_timeout; chat.live_sessions is that rule, used everywhere.
+-- chat.node_timeout: chat.live_nodes is that rule, written once, and
+-- chat.live_sessions (the sessions of live nodes) is what every query, the
+-- C fanout included, reads.
 
 -- When a node was found silent beyond chat.node_timeout and its users were
 -- announced offline (NULL: alive, or not yet noticed).
 ALTER TABLE chat.nodes ADD COLUMN gone_at timestamptz;
 COMMENT ON COLUMN chat.nodes.gone_at IS 'when the node was found silent and its users announced offline';
 
+CREATE VIEW chat.live_nodes AS
+SELECT n.node
+  FROM chat.nodes n
+ WHERE n.heartbeat_at > now() - current_setting('chat.node_timeout')::interval;
+
 CREATE VIEW chat.live_sessions AS
 SELECT s.node, s.user_id, s.device_id, s.connected_at
   FROM chat.sessions s
-  JOIN chat.nodes n ON n.node = s.node
- WHERE n.heartbeat_at > now() - current_setting('chat.node_timeout')::interval;
+  JOIN chat.live_nodes n ON n.node = s.node;
 
 -- Raises 22023 unless node is a valid node name.
 CREATE FUNCTION chat.check_node(node text)
@@ -140,7 +146,7 @@ BEGIN
     FOR dead IN
         SELECT n.node FROM chat.nodes n
          WHERE n.gone_at IS NULL
-           AND n.heartbeat_at <= now() - current_setting('chat.node_timeout')::interval
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
          FOR UPDATE SKIP LOCKED
     LOOP
         UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
@@ -235,7 +241,7 @@ SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'chat_typing';
 CREATE FUNCTION chat.issue_token(user_id bigint, device_id integer, ttl interval DEFAULT '1 hour')
 RETURNS text LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'chat_issue_token';
 
--- PostgreSQL's condition name of an SQLSTATE (C, realtime.c).
+-- PostgreSQL's condition name of an SQLSTATE (C, errors.c).
 CREATE FUNCTION chat.condition_name(sqlstate text)
 RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'chat_condition_name';
 
@@ -250,8 +256,10 @@ REVOKE ALL ON FUNCTION chat.presence(bigint, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.typing(bigint, bigint, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.issue_token(bigint, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.condition_name(text) FROM PUBLIC;
+REVOKE ALL ON chat.live_nodes FROM PUBLIC;
 REVOKE ALL ON chat.live_sessions FROM PUBLIC;
 
+COMMENT ON VIEW chat.live_nodes IS 'gateway nodes heard from within chat.node_timeout (the one liveness rule)';
 COMMENT ON VIEW chat.live_sessions IS 'sessions of nodes heard from within chat.node_timeout (online)';
 COMMENT ON FUNCTION chat.check_node(text) IS 'raises 22023 unless the node name matches [a-z0-9_]{1,40}';
 COMMENT ON FUNCTION chat.presence_audience(bigint) IS 'users who receive presence events of a user';

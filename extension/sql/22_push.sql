@@ -1,4 +1,4 @@
--- Push outbox (fanout.c fills it): rows for members with no online device.
+-- Push outbox (push.c fills it): rows for members with no online device.
 -- A pusher claims due rows, delivers them, then completes or fails each.
 -- A claim leases its rows for 5 minutes, after which a crashed pusher's
 -- rows come due again.

@@ -5,9 +5,10 @@
 -- where an id is due) is 22P02 invalid_text_representation; a request that
 -- is not an object or has no type is 22P02; an unknown type is 22023.
 
--- The field of a request as text; NULL when absent and optional.
-CREATE FUNCTION chat.request_text(request jsonb, field text, required boolean DEFAULT true)
-RETURNS text
+-- The field of a request as JSON; NULL when absent (or JSON null) and
+-- optional, 22023 when absent and required: the one "missing" rule.
+CREATE FUNCTION chat.request_field(request jsonb, field text, required boolean)
+RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -17,6 +18,21 @@ BEGIN
         IF required THEN
             RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
         END IF;
+        RETURN NULL;
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The field of a request as text; NULL when absent and optional.
+CREATE FUNCTION chat.request_text(request jsonb, field text, required boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v jsonb := chat.request_field(request, field, required);
+BEGIN
+    IF v IS NULL THEN
         RETURN NULL;
     END IF;
     IF jsonb_typeof(v) NOT IN ('string', 'number') THEN
@@ -49,9 +65,9 @@ RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v jsonb := request -> field;
+    v jsonb := chat.request_field(request, field, false);
 BEGIN
-    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+    IF v IS NULL THEN
         RETURN dflt;
     END IF;
     IF jsonb_typeof(v) <> 'boolean' THEN
@@ -68,12 +84,9 @@ RETURNS bigint[]
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v jsonb := request -> field;
+    v jsonb := chat.request_field(request, field, required);
 BEGIN
-    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
-        IF required THEN
-            RAISE EXCEPTION 'request field "%" is missing', field USING ERRCODE = '22023';
-        END IF;
+    IF v IS NULL THEN
         RETURN '{}';
     END IF;
     IF jsonb_typeof(v) <> 'array' OR EXISTS (
@@ -242,9 +255,6 @@ BEGIN
                                   'error', 'invalid_text_representation',
                                   'message', 'request has no type');
     END IF;
-    IF request ->> 'type' = 'ping' THEN
-        RETURN jsonb_build_object('id', rid, 'type', 'pong');
-    END IF;
     BEGIN
         result := chat.dispatch_request(node, user_id, device_id, request);
         RETURN jsonb_build_object('id', rid, 'type', 'ok', 'result', result);
@@ -257,6 +267,7 @@ BEGIN
 END
 $$;
 
+REVOKE ALL ON FUNCTION chat.request_field(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.request_text(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.request_bigint(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.request_bool(jsonb, text, boolean) FROM PUBLIC;
@@ -265,6 +276,7 @@ REVOKE ALL ON FUNCTION chat.messages_json(chat.message_view[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
 
+COMMENT ON FUNCTION chat.request_field(jsonb, text, boolean) IS 'client_request field as jsonb (22023 missing when required; NULL when absent)';
 COMMENT ON FUNCTION chat.request_text(jsonb, text, boolean) IS 'client_request field as text (22023 missing, 22P02 wrong type)';
 COMMENT ON FUNCTION chat.request_bigint(jsonb, text, boolean) IS 'client_request field as bigint (22023 missing, 22P02 not an integer)';
 COMMENT ON FUNCTION chat.request_bool(jsonb, text, boolean) IS 'client_request field as boolean (22P02 wrong type)';

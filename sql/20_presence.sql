@@ -103,3 +103,13 @@ SELECT pg_temp.try($$SELECT chat.connect('gw-1', 1, 1)$$);
 SELECT pg_temp.try($$SELECT chat.connect('gw1', 1, 9)$$);
 SELECT pg_temp.try($$SELECT chat.connect('gw1', 42, 1)$$);
 SELECT pg_temp.try($$SELECT chat.disconnect(repeat('a', 41), 1, 1)$$);
+
+-- chat.typing checks membership as chat.require_member does (member.c):
+-- 22023 null argument, P0002 unknown conversation or user, 42501 not a member.
+SELECT pg_temp.try($$SELECT chat.typing(NULL, 1)$$) AS null_user;
+SELECT pg_temp.try($$SELECT chat.typing(1, NULL)$$) AS null_conversation;
+SELECT pg_temp.try($$SELECT chat.typing(1, 999)$$) AS unknown_conversation;
+SELECT pg_temp.try($$SELECT chat.typing(999, 1)$$) AS unknown_user;
+SELECT pg_temp.try($$SELECT chat.typing(4, 1)$$) AS not_a_member;
+SELECT pg_temp.try($$SELECT chat.require_member(999, 1)$$) AS require_member_unknown_user;
+SELECT pg_temp.try($$SELECT chat.require_member(4, 1)$$) AS require_member_not_a_member;

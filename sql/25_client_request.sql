@@ -36,6 +36,7 @@ SELECT pg_temp.req(2, 1, '{"id":21,"type":"typing","conversation":1}');
 SELECT pg_temp.req(2, 1, '{"id":22,"type":"typing","conversation":1,"typing":false}');
 SELECT pg_temp.req(2, 1, '{"id":23,"type":"conversations","limit":5}');
 SELECT pg_temp.req(2, 1, '{"id":24,"type":"presence","users":[1,3,99]}');
+-- ping is the gateway's (it answers pong itself): here an unknown type.
 SELECT pg_temp.req(2, 1, '{"type":"ping"}');
 
 -- A message object in a result has exactly the keys of the message event.
