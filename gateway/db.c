@@ -250,7 +250,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		} else if (ok) {
 			/* The device exists; a node_reset since then re-registers it
 			 * (resync follows that registration). */
-			if (!c->confirmed)
+			if (c->state == CONN_REGISTERING)
 				ws_registered(c);
 		} else if (res) {
 			const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -263,7 +263,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 				ws_close(c, 4003, "device revoked");
 			} else {
 				log_msg(LOG_WARN, c->id, "chat.connect failed: %s", err ? err : "?");
-				if (!c->confirmed)
+				if (c->state == CONN_REGISTERING)
 					ws_close(c, 1011, "session registration failed");
 			}
 		}
@@ -281,7 +281,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		/* Consumed whatever the client does: a client that left, or was
 		 * closed 4009 for not reading, loses its answers here and never
 		 * holds up the others sharing this pool connection. */
-		if (!c->wsi || c->close_code)
+		if (!CONN_OPEN(c))
 			break;
 		if (ok && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
 			db_reply(c, p->id, PQgetvalue(res, 0, 0));
@@ -579,7 +579,7 @@ db_reregister(struct conn *c, void *arg)
 {
 	(void)arg;
 	c->registered = 0;
-	if (!c->close_code)
+	if (CONN_OPEN(c))
 		db_session_connect(c);	/* cannot be sent now: db_register_pending later */
 }
 
@@ -587,7 +587,7 @@ db_reregister(struct conn *c, void *arg)
 static void
 db_register_pending(struct conn *c, void *arg)
 {
-	if (!c->registered && !c->close_code && db_session_pc(c->user, c->device) == arg)
+	if (!c->registered && CONN_OPEN(c) && db_session_pc(c->user, c->device) == arg)
 		db_session_connect(c);
 }
 

@@ -129,16 +129,28 @@ struct ring {
 	struct msg *slot[];
 };
 
+/* The life of a client connection.  conn_set_state (ws.c) makes every
+ * transition, checks that it is legal and moves the connection between the
+ * lists that the once-a-second tick and the drain walk. */
+enum conn_state {
+	CONN_UNAUTH,		/* accepted, no valid token yet: auth timeout runs */
+	CONN_REGISTERING,	/* token valid; chat.connect has not found the device yet */
+	CONN_LIVE,		/* device confirmed: events and requests flow */
+	CONN_CLOSING,		/* close code chosen: queued frames, then the close frame */
+	CONN_CLOSE_SENT,	/* close frame handed to lws, waiting for the peer's */
+	CONN_CLOSED,		/* lws closed the socket (wsi NULL); freed with its last ref */
+};
+
 /* One WebSocket client.  The lws per-session data is only a pointer to it;
  * it outlives its wsi while database requests still refer to it (refs). */
 struct conn {
 	struct lws *wsi;		/* NULL once lws closed it */
-	struct conn *prev, *next;	/* unauthenticated or authenticated list */
+	lws_dll2_t list;		/* on the unauth, authed or closing list (by state) */
 	struct conn *user_next;		/* hash bucket chain (route.c) */
 	struct ring *ring;
 	struct frame_buf rx;		/* fragment assembly, empty between frames */
 	struct ip_count *ip;		/* source address while unauthenticated */
-	int64_t user;
+	int64_t user;			/* 0 until authenticated (auth_verify: sub >= 1) */
 	int64_t exp;			/* unix seconds: the token's exp (extended by re-auth) */
 	uint32_t id;
 	int32_t device;
@@ -147,15 +159,23 @@ struct conn {
 	uint32_t rate_ms;		/* last token-bucket refill */
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
-	uint16_t close_code;		/* nonzero: close at the next writeable */
+	uint16_t close_code;		/* the close code once CONN_CLOSING */
 	const char *close_why;		/* static reason text of the close frame */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint16_t inflight;		/* requests sent to the database, unanswered */
 	uint8_t missed_pongs;
-	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1,
-		 on_closing:1,
-		 confirmed:1;		/* chat.connect found the device: events and requests may flow */
+	uint8_t state;			/* enum conn_state */
+	/* Facts, not states: */
+	unsigned hello_sent:1,		/* the next confirmation sends resync instead */
+		 reg_sent:1,		/* chat.connect was sent: chat.disconnect at close */
+		 registered:1,		/* chat.connect answered in the current epoch */
+		 ping_due:1;		/* the next writeable sends a heartbeat ping */
 };
+
+/* True once the connection has a valid token (REGISTERING or later). */
+#define CONN_AUTHENTICATED(c) ((c)->user != 0)
+/* True while frames may still be queued for the peer. */
+#define CONN_OPEN(c) ((c)->state < CONN_CLOSING)
 
 struct msg *msg_new(const char *data, size_t len);
 void msg_ref(struct msg *m);

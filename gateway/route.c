@@ -122,7 +122,7 @@ route_deliver(struct msg *m, const int64_t *users, uint32_t n_users, int is_mess
 	for (uint32_t i = 0; i < n_users; i++) {
 		struct conn *c = buckets[bucket_of(users[i], n_buckets)];
 		for (; c; c = c->user_next) {
-			if (c->user != users[i] || !c->confirmed)
+			if (c->user != users[i] || c->state != CONN_LIVE)
 				continue;
 			if (is_message && c->user == sender && c->device == sender_device) {
 				stats.skipped_own++;
@@ -189,7 +189,7 @@ route_resync_users(const int64_t *users, uint32_t n_users)
 	resync->refs = MSG_STATIC;
 	for (uint32_t i = 0; i < n_users; i++)
 		for (struct conn *c = buckets[bucket_of(users[i], n_buckets)]; c; c = c->user_next)
-			if (c->user == users[i] && c->confirmed) {
+			if (c->user == users[i] && c->state == CONN_LIVE) {
 				ws_send(c, resync);
 				stats.resyncs++;
 			}
@@ -247,7 +247,7 @@ static int
 route_user_here(int64_t user)
 {
 	for (struct conn *c = buckets[bucket_of(user, n_buckets)]; c; c = c->user_next)
-		if (c->user == user && c->confirmed)
+		if (c->user == user && c->state == CONN_LIVE)
 			return 1;
 	return 0;
 }
@@ -270,7 +270,7 @@ route_revoked(json_t *ev)
 	device = json_integer_value(d);
 	for (struct conn *c = buckets[bucket_of(user, n_buckets)], *next; c; c = next) {
 		next = c->user_next;
-		if (c->user != user || c->device != device || c->close_code)
+		if (c->user != user || c->device != device || !CONN_OPEN(c))
 			continue;
 		stats.revoked++;
 		ws_close(c, 4003, "device revoked");

@@ -24,8 +24,7 @@ uint32_t ws_conns_total, ws_conns_unauth;
  * connections being closed move to their own list in close order, where the
  * once-a-second tick kills those whose close stalls (no per-connection lws
  * timer: lws keeps all timers in one sorted list, O(connections) per insert). */
-static struct conn *unauth_head, *unauth_tail, *authed_head, *closing_head, *closing_tail;
-static uint32_t closing_n;		/* on the closing list */
+static lws_dll2_owner_t unauth_list, authed_list, closing_list;
 static uint32_t next_conn_id;
 static lws_sorted_usec_list_t sul_tick;
 static uint32_t ticks;
@@ -202,7 +201,7 @@ ws_enqueue(struct conn *c, struct msg *m, int response)
 {
 	struct ring *r;
 
-	if (!c->wsi || c->close_code) {
+	if (!CONN_OPEN(c)) {
 		stats.drops++;
 		return;
 	}
@@ -245,7 +244,7 @@ ws_send_text(struct conn *c, const char *text, size_t len)
 {
 	struct msg *m;
 
-	if (!c->wsi || c->close_code) {
+	if (!CONN_OPEN(c)) {
 		stats.drops++;		/* no copy for a client that is going */
 		return;
 	}
@@ -303,29 +302,56 @@ ws_send_error(struct conn *c, const char *id_json, const char *code, const char 
 	}
 }
 
-/* Unlinks c from whichever list holds it. */
+/* Legal transitions: a bit per target state, by source state. */
+#define TO(st) (1u << (st))
+static const unsigned conn_next[] = {
+	[CONN_UNAUTH] = TO(CONN_REGISTERING) | TO(CONN_CLOSING) | TO(CONN_CLOSED),
+	[CONN_REGISTERING] = TO(CONN_LIVE) | TO(CONN_CLOSING) | TO(CONN_CLOSED),
+	[CONN_LIVE] = TO(CONN_CLOSING) | TO(CONN_CLOSED),
+	[CONN_CLOSING] = TO(CONN_CLOSE_SENT) | TO(CONN_CLOSED),
+	[CONN_CLOSE_SENT] = TO(CONN_CLOSED),
+	[CONN_CLOSED] = 0,
+};
+#undef TO
+
+/* The one place a connection changes state: checks the transition and moves
+ * c to the list of its new state (no list once CLOSED; CLOSE_SENT stays on
+ * the closing list so that the backstop still covers it).  An illegal
+ * transition is a bug: abort rather than run on with broken lists. */
 static void
-list_unlink(struct conn *c)
+conn_set_state(struct conn *c, enum conn_state to)
 {
-	if (c->prev)
-		c->prev->next = c->next;
-	else if (c == unauth_head)
-		unauth_head = c->next;
-	else if (c == authed_head)
-		authed_head = c->next;
-	else if (c == closing_head)
-		closing_head = c->next;
-	if (c->on_closing) {
-		c->on_closing = 0;
-		closing_n--;
+	static const char *const names[] = { "unauth", "registering", "live", "closing",
+					     "close-sent", "closed" };
+
+	if (!(conn_next[c->state] & (1u << to))) {
+		log_msg(LOG_ERROR, c->id, "illegal connection state change %s -> %s",
+			names[c->state], names[to]);
+		abort();
 	}
-	if (c->next)
-		c->next->prev = c->prev;
-	else if (c == unauth_tail)
-		unauth_tail = c->prev;
-	else if (c == closing_tail)
-		closing_tail = c->prev;
-	c->prev = c->next = NULL;
+	c->state = (uint8_t)to;
+	switch (to) {
+	case CONN_REGISTERING:
+		lws_dll2_remove(&c->list);
+		lws_dll2_add_head(&c->list, &authed_list);
+		break;
+	case CONN_CLOSING:
+		lws_dll2_remove(&c->list);
+		lws_dll2_add_tail(&c->list, &closing_list);
+		break;
+	case CONN_CLOSED:
+		lws_dll2_remove(&c->list);
+		break;
+	default:		/* LIVE and CLOSE_SENT keep their list */
+		break;
+	}
+}
+
+/* The connection behind a list link. */
+static struct conn *
+conn_of(lws_dll2_t *d)
+{
+	return d ? lws_container_of(d, struct conn, list) : NULL;
 }
 
 /* Starts closing c with code (sent after the queued frames, 4009 drops them);
@@ -333,7 +359,7 @@ list_unlink(struct conn *c)
 void
 ws_close(struct conn *c, int code, const char *why)
 {
-	if (!c->wsi || c->close_code)
+	if (!CONN_OPEN(c))
 		return;
 	c->close_code = (uint16_t)code;
 	c->close_why = why;
@@ -348,15 +374,7 @@ ws_close(struct conn *c, int code, const char *why)
 	/* A peer that never reads would never give us the writeable: the tick
 	 * kills it CLOSE_BACKSTOP_MS later. */
 	c->close_ms = now_ms();
-	list_unlink(c);
-	c->on_closing = 1;
-	closing_n++;
-	c->prev = closing_tail;
-	if (closing_tail)
-		closing_tail->next = c;
-	else
-		closing_head = c;
-	closing_tail = c;
+	conn_set_state(c, CONN_CLOSING);
 }
 
 /* A pending database entry now refers to c. */
@@ -386,9 +404,10 @@ ws_registered(struct conn *c)
 	char buf[256];
 	int n;
 
-	if (!c->wsi || c->close_code || !c->authed)
+	if (c->state != CONN_REGISTERING && c->state != CONN_LIVE)
 		return;
-	c->confirmed = 1;
+	if (c->state == CONN_REGISTERING)
+		conn_set_state(c, CONN_LIVE);
 	if (c->hello_sent) {
 		if (!resync_msg && !(resync_msg = msg_new("{\"type\":\"resync\"}", 17)))
 			abort();
@@ -408,12 +427,9 @@ ws_registered(struct conn *c)
 void
 ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg)
 {
-	struct conn *c, *next;
-
-	for (c = authed_head; c; c = next) {
-		next = c->next;
-		fn(c, arg);
-	}
+	lws_start_foreach_dll_safe(lws_dll2_t *, d, d1, lws_dll2_get_head(&authed_list)) {
+		fn(conn_of(d), arg);
+	} lws_end_foreach_dll_safe(d, d1);
 }
 
 /* Notes a token expiry for the tick's scan. */
@@ -430,18 +446,13 @@ ws_note_exp(int64_t exp)
 static void
 ws_authenticated(struct conn *c, int64_t user, int32_t device, int64_t exp)
 {
-	list_unlink(c);
 	ws_conns_unauth--;
 	ip_release(c);
-	c->authed = 1;
 	c->user = user;
 	c->device = device;
 	c->exp = exp;
 	ws_note_exp(exp);
-	c->next = authed_head;
-	if (authed_head)
-		authed_head->prev = c;
-	authed_head = c;
+	conn_set_state(c, CONN_REGISTERING);
 	route_add(c);
 	log_msg(LOG_DEBUG, c->id, "authenticated user %lld device %d", (long long)user, (int)device);
 	/* hello once the session row exists, so that the client's first sync
@@ -547,7 +558,7 @@ ws_frame(struct conn *c, const char *data, size_t len)
 	req = json_loadb(data, len, 0, &err);
 	type = req && json_is_object(req) ? json_object_get(req, "type") : NULL;
 
-	if (!c->authed) {
+	if (c->state == CONN_UNAUTH) {
 		json_t *tok = req ? json_object_get(req, "token") : NULL;
 		if (type && json_is_string(type) && !strcmp(json_string_value(type), "auth") &&
 		    json_is_string(tok))
@@ -594,7 +605,7 @@ ws_frame(struct conn *c, const char *data, size_t len)
 		ws_reauth(c, json_object_get(req, "token"), id_json);
 		goto out;
 	}
-	if (!c->confirmed) {
+	if (c->state != CONN_LIVE) {
 		/* Nothing runs for a device chat.connect has not found yet. */
 		ws_send_error(c, id_json, "55000", "device not confirmed yet: wait for hello");
 		stats.request_errors++;
@@ -784,12 +795,8 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		c->refs = 1;
 		c->born_ms = c->rate_ms = now_ms();
 		c->tokens = (float)cfg.rate;
-		c->prev = unauth_tail;
-		if (unauth_tail)
-			unauth_tail->next = c;
-		else
-			unauth_head = c;
-		unauth_tail = c;
+		c->state = CONN_UNAUTH;
+		lws_dll2_add_tail(&c->list, &unauth_list);
 		ws_conns_total++;
 		ws_conns_unauth++;
 		ip_acquire(c);
@@ -804,7 +811,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		size_t remaining;
 		int final;
 
-		if (!c || c->close_code)
+		if (!c || !CONN_OPEN(c))
 			return 0;
 		if (lws_frame_is_binary(wsi)) {
 			ws_close(c, 1003, "binary frames are not part of chat.v1");
@@ -845,20 +852,20 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 
 		if (!c)
 			return 0;
-		if (c->close_code && (!c->ring || !c->ring->count)) {
+		if (!CONN_OPEN(c) && (!c->ring || !c->ring->count)) {
 			/* Once: lws sends the close frame and waits for the peer's.
 			 * A second -1 would kill the socket with the peer's unread
 			 * frames still queued, an RST that loses what we sent. */
-			if (c->close_sent)
+			if (c->state != CONN_CLOSING)
 				return 0;
-			c->close_sent = 1;
+			conn_set_state(c, CONN_CLOSE_SENT);
 			/* The reason goes in the close frame (at most 123 bytes). */
 			lws_close_reason(wsi, (enum lws_close_status)c->close_code,
 					 (unsigned char *)(uintptr_t)c->close_why,
 					 c->close_why ? strnlen(c->close_why, 123) : 0);
 			return -1;
 		}
-		if (c->ping_due && !c->close_code) {
+		if (c->ping_due && CONN_OPEN(c)) {
 			/* A payload: lws 4.1 reports no RECEIVE_PONG for an empty pong. */
 			unsigned char ping[LWS_PRE + 4];
 			c->ping_due = 0;
@@ -881,7 +888,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		r->count--;
 		r->bytes -= m->len;
 		msg_unref(m);
-		if (r->count || c->close_code)
+		if (r->count || !CONN_OPEN(c))
 			lws_callback_on_writable(wsi);
 		return 0;
 	}
@@ -895,9 +902,9 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		if (!c)
 			return 0;
 		*pss = NULL;
-		list_unlink(c);
 		ws_conns_total--;
-		if (c->authed) {
+		conn_set_state(c, CONN_CLOSED);
+		if (CONN_AUTHENTICATED(c)) {
 			route_remove(c);
 			/* The same device may hold another socket here (a reconnect
 			 * racing the old one): its session row stays. */
@@ -927,43 +934,38 @@ ws_tick(lws_sorted_usec_list_t *sul)
 {
 	uint32_t now = now_ms(), limit = (uint32_t)cfg.auth_timeout * 1000, slice;
 	enum { CLOSE_BACKSTOP_MS = 5000 };
-	struct conn *c, *next;
+	struct conn *c;
 
 	(void)sul;
 	/* Closes that stalled (peer not reading, close never acknowledged). */
-	for (c = closing_head; c; c = next) {
-		next = c->next;
+	while ((c = conn_of(lws_dll2_get_head(&closing_list)))) {
 		if (now - c->close_ms < CLOSE_BACKSTOP_MS)
 			break;			/* list is in close order */
-		list_unlink(c);		/* killed once; CLOSED finds it in no list */
+		lws_dll2_remove(&c->list);	/* killed once; CLOSED finds it in no list */
 		if (c->wsi)
 			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 	}
-	for (c = unauth_head; c; c = next) {
-		next = c->next;
+	/* In accept order; ws_close moves each to the closing list. */
+	while ((c = conn_of(lws_dll2_get_head(&unauth_list)))) {
 		if (now - c->born_ms < limit)
-			break;			/* list is in accept order */
-		if (!c->close_code) {
-			stats.auth_failures++;
-			ws_close(c, 4008, "authentication timeout");
-		}
+			break;
+		stats.auth_failures++;
+		ws_close(c, 4008, "authentication timeout");
 	}
 	/* Tokens that expired without re-authentication: 4001.  Scanned only
 	 * once the earliest known exp is reached, which also recomputes it. */
 	if ((int64_t)time(NULL) >= earliest_exp) {
 		int64_t wall = (int64_t)time(NULL), next_exp = INT64_MAX;
 
-		for (c = authed_head; c; c = next) {
-			next = c->next;		/* ws_close moves c to the closing list */
-			if (c->close_code)
-				continue;
+		lws_start_foreach_dll_safe(lws_dll2_t *, d, d1, lws_dll2_get_head(&authed_list)) {
+			c = conn_of(d);		/* ws_close moves c to the closing list */
 			if (c->exp <= wall) {
 				stats.auth_failures++;
 				ws_close(c, 4001, "token expired");
 			} else if (c->exp < next_exp) {
 				next_exp = c->exp;
 			}
-		}
+		} lws_end_foreach_dll_safe(d, d1);
 		earliest_exp = next_exp;
 	}
 	/* Connection storms leave freed memory inside the heap (pending queries,
@@ -973,18 +975,19 @@ ws_tick(lws_sorted_usec_list_t *sul)
 	/* Each connection is pinged every --heartbeat seconds, in slices by
 	 * id, so that 19,000 pings are not all written in the same second. */
 	slice = ++ticks % (uint32_t)cfg.heartbeat;
-	for (c = authed_head; c; c = next) {
-		next = c->next;		/* ws_close moves c to the closing list */
-		if (c->close_code || c->id % (uint32_t)cfg.heartbeat != slice)
-			continue;
-		if (c->missed_pongs >= 2) {
+	lws_start_foreach_dll_safe(lws_dll2_t *, d, d1, lws_dll2_get_head(&authed_list)) {
+		/* No continue in here: the macro advances at its end. */
+		c = conn_of(d);		/* ws_close moves c to the closing list */
+		if (c->id % (uint32_t)cfg.heartbeat != slice) {
+			/* another slice */
+		} else if (c->missed_pongs >= 2) {
 			ws_close(c, 1001, "two heartbeat pings unanswered");
-			continue;
+		} else {
+			c->missed_pongs++;
+			c->ping_due = 1;
+			lws_callback_on_writable(c->wsi);
 		}
-		c->missed_pongs++;
-		c->ping_due = 1;
-		lws_callback_on_writable(c->wsi);
-	}
+	} lws_end_foreach_dll_safe(d, d1);
 	lws_sul_schedule(context, 0, &sul_tick, ws_tick, LWS_US_PER_SEC);
 }
 
@@ -1010,15 +1013,16 @@ static lws_sorted_usec_list_t sul_drain_step;
 static void
 ws_drain_step(lws_sorted_usec_list_t *sul)
 {
+	uint32_t closing_n = closing_list.count;
 	uint32_t n = closing_n < DRAIN_INFLIGHT - DRAIN_MIN_STEP ?
 		     DRAIN_INFLIGHT - closing_n : DRAIN_MIN_STEP;
 
 	(void)sul;
-	for (; unauth_head && n; n--)
-		ws_close(unauth_head, 1012, "server shutting down");
-	for (; authed_head && n; n--)
-		ws_close(authed_head, 1012, "server shutting down");
-	if (unauth_head || authed_head)
+	for (; unauth_list.head && n; n--)
+		ws_close(conn_of(unauth_list.head), 1012, "server shutting down");
+	for (; authed_list.head && n; n--)
+		ws_close(conn_of(authed_list.head), 1012, "server shutting down");
+	if (unauth_list.head || authed_list.head)
 		lws_sul_schedule(context, 0, &sul_drain_step, ws_drain_step, LWS_US_PER_MS);
 }
 

@@ -28,8 +28,7 @@ setup(void)
 	for (int i = 0; i < 6; i++) {
 		conns[i].user = users[i];
 		conns[i].device = i + 1;
-		conns[i].authed = 1;
-		conns[i].confirmed = 1;
+		conns[i].state = CONN_LIVE;
 		route_add(&conns[i]);
 	}
 }

@@ -90,4 +90,5 @@ ws_close(struct conn *c, int code, const char *why)
 {
 	(void)why;
 	c->close_code = (uint16_t)code;
+	c->state = CONN_CLOSING;
 }
