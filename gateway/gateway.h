@@ -50,7 +50,6 @@ struct config {
 	size_t secret_len;
 	int log_json;
 	int log_min;			/* LOG_DEBUG .. LOG_ERROR */
-	int worker_index;		/* -1 when not a worker */
 };
 
 extern struct config cfg;
@@ -60,7 +59,7 @@ void config_load(int argc, char **argv);
 /* Checks a node name against [a-z0-9_]{1,40}. */
 int config_node_valid(const char *node);
 
-/* ---- main.c: logging, time, process life cycle ---- */
+/* ---- log.c: logging and the clocks ---- */
 
 enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
@@ -69,17 +68,53 @@ void log_msg(int level, uint32_t conn, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Reopens --log-file (SIGHUP). */
 void log_reopen(void);
+/* lws's own log lines (lws_set_log_level's emitter). */
+void log_lws(int level, const char *line);
 /* Monotonic microseconds. */
 uint64_t now_us(void);
+/* Monotonic milliseconds on a wrapping 32-bit clock: compare differences only. */
+uint32_t now_ms(void);
+
+/* ---- alloc.c: the one out-of-memory policy ---- */
+
+/* malloc, calloc, realloc and strdup that never return NULL: out of memory
+ * is logged and aborts (no silent drop, no OOM disguised as a close code).
+ * jansson allocates through xmalloc too (json_set_alloc_funcs in main). */
+void *xmalloc(size_t size);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t size);
+char *xstrdup(const char *s);
+
+/* ---- supervise.c: --workers ---- */
+
+/* Forks cfg.workers server processes, restarts dead ones, forwards signals. */
+int supervise_run(void);
+
+/* ---- server.c: the process: context, listen sockets, signals, drain ---- */
 
 extern struct lws_context *context;
 extern struct lws_vhost *vhost_pg;	/* vhost holding the adopted libpq sockets */
-extern int draining;			/* SIGTERM received */
+extern int draining;			/* SIGTERM received (or stopping) */
 
-/* Creates the listening vhost once the database is ready; returns 0 on success. */
-int main_listen(void);
-/* Ends the event loop (after a drain). */
-void main_stop(void);
+/* Runs one single-threaded server process; returns its exit status. */
+int server_run(void);
+
+/* ---- WebSocket close codes (ws.c, conn.c, db.c, route.c, metrics.c) ---- */
+
+enum close_code {
+	CLOSE_NORMAL = 1000,
+	CLOSE_GOING_AWAY = 1001,	/* heartbeat pings unanswered */
+	CLOSE_UNSUPPORTED = 1003,	/* binary frame */
+	CLOSE_INVALID_DATA = 1007,	/* invalid UTF-8 (lws) */
+	CLOSE_POLICY = 1008,		/* request rate exceeded */
+	CLOSE_TOO_BIG = 1009,		/* frame over --max-frame */
+	CLOSE_INTERNAL = 1011,		/* session registration failed */
+	CLOSE_RESTART = 1012,		/* SIGTERM drain */
+	CLOSE_AUTH = 4001,		/* bad, expired or missing token */
+	CLOSE_REVOKED = 4003,		/* device removed or unknown */
+	CLOSE_AUTH_TIMEOUT = 4008,	/* no token within --auth-timeout */
+	CLOSE_LAGGING = 4009,		/* send ring over its caps */
+};
 
 /* ---- frame.c: fragment assembly (no lws, fuzzed) ---- */
 
@@ -94,6 +129,23 @@ struct frame_buf {
 int frame_append(struct frame_buf *f, const void *in, size_t len, size_t remaining, size_t max);
 /* Frees the buffer and empties f. */
 void frame_reset(struct frame_buf *f);
+
+/* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
+ * reference counted, freed by the last msg_unref. */
+struct msg {
+	uint32_t refs;			/* MSG_STATIC: never freed */
+	uint32_t len;
+	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
+};
+#define MSG_STATIC UINT32_MAX
+#define MSG_DATA(m) ((char *)(m)->buf + LWS_PRE)
+
+/* A new frame holding a copy of data (refs 1). */
+struct msg *msg_new(const char *data, size_t len);
+void msg_ref(struct msg *m);
+void msg_unref(struct msg *m);
+/* The one {"type":"resync"} frame (static, shared by every sender). */
+struct msg *msg_resync(void);
 
 /* ---- request.c: request frame validation (no lws, fuzzed) ---- */
 
@@ -111,17 +163,7 @@ int req_id(json_t *req, char **id_json, const char **code, const char **message)
  * out->message; out->id_json is set whenever the id may be echoed. */
 int req_check(json_t *req, struct req_info *out);
 
-/* ---- ws.c: client connections ---- */
-
-/* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
- * reference counted, freed by the last msg_unref. */
-struct msg {
-	uint32_t refs;			/* MSG_STATIC: never freed */
-	uint32_t len;
-	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
-};
-#define MSG_STATIC UINT32_MAX
-#define MSG_DATA(m) ((char *)(m)->buf + LWS_PRE)
+/* ---- conn.c: connection life cycle, lists, send rings, housekeeping ---- */
 
 /* Per-connection bounded send ring, allocated on first use. */
 struct ring {
@@ -155,7 +197,7 @@ struct conn {
 	uint32_t id;
 	int32_t device;
 	uint32_t born_ms;		/* accept time, for the auth timeout */
-	uint32_t close_ms;		/* ws_close time, for the stalled-close backstop */
+	uint32_t close_ms;		/* conn_close time, for the stalled-close backstop */
 	uint32_t rate_ms;		/* last token-bucket refill */
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
@@ -177,46 +219,66 @@ struct conn {
 /* True while frames may still be queued for the peer. */
 #define CONN_OPEN(c) ((c)->state < CONN_CLOSING)
 
-struct msg *msg_new(const char *data, size_t len);
-void msg_ref(struct msg *m);
-void msg_unref(struct msg *m);
-
+/* A new connection of wsi in CONN_UNAUTH (counted, on the unauth list). */
+struct conn *conn_new(struct lws *wsi);
+/* Moves c to state to; aborts on an illegal transition. */
+void conn_set_state(struct conn *c, enum conn_state to);
+/* lws closed c's socket: leaves every list, table and count; drops the wsi's ref. */
+void conn_gone(struct conn *c);
+/* Unauthenticated connections open from the peer of wsi (--max-unauth-per-ip). */
+uint32_t conn_unauth_from(struct lws *wsi);
+/* A valid token: c becomes REGISTERING as (user, device) and chat.connect is sent. */
+void conn_authenticated(struct conn *c, int64_t user, int32_t device, int64_t exp);
+/* Notes a token expiry for the tick's scan. */
+void conn_note_exp(int64_t exp);
 /* Queues m on the connection's ring (taking a reference) and asks for a
  * writeable callback; a full ring closes the connection with 4009. */
-void ws_send(struct conn *c, struct msg *m);
+void conn_send(struct conn *c, struct msg *m);
 /* Copies text into a new frame and queues it.  Used for responses: they
  * count against both caps, but a response is accepted whenever the bytes
  * already queued are below --max-queue-bytes (one sync page larger than the
  * budget can still be delivered); beyond that the connection closes 4009. */
-void ws_send_text(struct conn *c, const char *text, size_t len);
+void conn_send_text(struct conn *c, const char *text, size_t len);
+/* The frame to write next, or NULL; conn_sent releases it once written. */
+struct msg *conn_next_frame(struct conn *c);
+void conn_sent(struct conn *c);
+/* Closes the connection with a WebSocket close code at the next writeable;
+ * why must be a static string (the close frame's reason). */
+void conn_close(struct conn *c, enum close_code code, const char *why);
+/* A pending database entry refers to c / no longer does (the last ref frees c). */
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+/* The database registered c (chat.connect done): confirms the device, then
+ * hello the first time, resync after. */
+void conn_confirmed(struct conn *c);
+/* Calls fn for every authenticated, open connection (fn may close it). */
+void conn_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
+/* SIGTERM: close every client with 1012 (in steps). */
+void conn_drain(void);
+/* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
+void conn_start_timers(void);
+/* Counts of open connections. */
+extern uint32_t conn_count, conn_count_unauth;
+
+/* ---- ws.c: the chat.v1 protocol ---- */
+
+/* lws callback of the chat.v1 protocol (and the client port's HTTP). */
+int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		void *user, void *in, size_t len);
 /* Sends an error frame {"id":..,"type":"error",...}; id_json may be NULL. */
 void ws_send_error(struct conn *c, const char *id_json, const char *code,
 		   const char *message);
-/* Closes the connection with a WebSocket close code at the next writeable. */
-void ws_close(struct conn *c, int code, const char *why);
-/* Drops a reference taken for a pending database entry. */
-void ws_conn_unref(struct conn *c);
-void ws_conn_ref(struct conn *c);
-/* The database registered c (chat.connect done): confirms the device, then
- * hello the first time, resync after. */
-void ws_registered(struct conn *c);
-/* Calls fn for every authenticated connection. */
-void ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
-/* SIGTERM: close every client with 1012. */
-void ws_drain(void);
-/* Counts of open connections. */
-extern uint32_t ws_conns_total, ws_conns_unauth;
 
-int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
-		void *user, void *in, size_t len);
+/* ---- http.c: /healthz, /metrics, --static ---- */
+
+/* Serves one HTTP request (metrics_listener: accepted on --metrics-listen). */
+int http_request(struct lws *wsi, int metrics_listener);
 /* Opaque user data of the connections accepted on --metrics-listen. */
-extern char ws_metrics_tag;
-#define WS_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &ws_metrics_tag)
+extern char http_metrics_tag;
+#define HTTP_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &http_metrics_tag)
 /* HTTP callback of the --metrics-listen vhost (/metrics and /healthz only). */
-int ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
-			void *user, void *in, size_t len);
-/* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
-void ws_start_timers(void);
+int http_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			  void *user, void *in, size_t len);
 
 /* ---- auth.c: HS256 JWT ---- */
 
@@ -239,13 +301,12 @@ void route_notify(const char *payload);
 void route_notify_verified(const char *events);
 /* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */
 void route_ref_done(void *event, const char *json, size_t len);
-/* Forgets waiting events (database lost). */
-void route_reset(void);
 
 /* ---- db.c: libpq in the event loop ---- */
 
-/* Starts connecting the LISTEN/control connection and the pool. */
-void db_start(void);
+/* Starts connecting the LISTEN/control connection and the pool; on_ready is
+ * called once, when the node is registered and the whole pool is up. */
+void db_start(void (*on_ready)(void));
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
 
@@ -287,6 +348,7 @@ struct metrics {
 
 extern struct metrics stats;
 
+/* Counts a close (the gateway's code or the peer's). */
 void metrics_close(int code);
 void metrics_latency(uint64_t us);
 /* Renders the Prometheus text into a malloc'd buffer; caller frees. */

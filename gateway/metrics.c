@@ -9,7 +9,9 @@ struct metrics stats;
 
 /* Close codes counted separately; anything else lands in the last slot. */
 static const int close_codes[] = {
-	1000, 1001, 1003, 1007, 1008, 1009, 1011, 1012, 4001, 4003, 4008, 4009, 0
+	CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_UNSUPPORTED, CLOSE_INVALID_DATA, CLOSE_POLICY,
+	CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_RESTART, CLOSE_AUTH, CLOSE_REVOKED,
+	CLOSE_AUTH_TIMEOUT, CLOSE_LAGGING, 0
 };
 #define N_CLOSE_CODES (sizeof(close_codes) / sizeof(close_codes[0]))
 
@@ -69,9 +71,7 @@ out_printf(struct out *o, const char *fmt, ...)
 			return;
 		}
 		o->cap *= 2;
-		o->buf = realloc(o->buf, o->cap);
-		if (!o->buf)
-			abort();
+		o->buf = xrealloc(o->buf, o->cap);
 	}
 }
 
@@ -88,16 +88,14 @@ out_metric(struct out *o, const char *name, const char *type, const char *help,
 char *
 metrics_render(size_t *len)
 {
-	struct out o = { malloc(8192), 0, 8192 };
+	struct out o = { xmalloc(8192), 0, 8192 };
 	uint64_t cum = 0;
 	size_t i;
 
-	if (!o.buf)
-		abort();
 	out_metric(&o, "chat_gateway_connections", "gauge",
-		   "Open WebSocket connections.", ws_conns_total);
+		   "Open WebSocket connections.", conn_count);
 	out_metric(&o, "chat_gateway_connections_unauthenticated", "gauge",
-		   "Open connections that have not authenticated yet.", ws_conns_unauth);
+		   "Open connections that have not authenticated yet.", conn_count_unauth);
 	out_metric(&o, "chat_gateway_connections_total", "counter",
 		   "WebSocket connections accepted.", stats.connections_total);
 	out_metric(&o, "chat_gateway_auth_failures_total", "counter",

@@ -11,7 +11,7 @@
 struct config cfg;
 struct metrics stats;
 
-/* Frames queued by ws_send (route.c deliveries). */
+/* Frames queued by conn_send (route.c deliveries). */
 uint64_t stub_sends;
 /* db_resolve_ref: events handed over (resolve them with route_ref_done). */
 void **stub_refs;
@@ -40,7 +40,7 @@ now_us(void)
 
 /* Counts a delivery; touches the frame so ASan sees a use after free. */
 void
-ws_send(struct conn *c, struct msg *m)
+conn_send(struct conn *c, struct msg *m)
 {
 	(void)c;
 	stub_sends += (unsigned char)MSG_DATA(m)[0] + m->len;
@@ -86,7 +86,7 @@ stub_config(void)
 
 /* Revoked events close connections: records the code on the stub connection. */
 void
-ws_close(struct conn *c, int code, const char *why)
+conn_close(struct conn *c, int code, const char *why)
 {
 	(void)why;
 	c->close_code = (uint16_t)code;
