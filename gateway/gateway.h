@@ -3,6 +3,7 @@
 #define CHAT_GATEWAY_H
 
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <libwebsockets.h>
 #include <libpq-fe.h>
@@ -96,6 +97,10 @@ extern struct lws_context *context;
 extern struct lws_vhost *vhost_pg;	/* vhost holding the adopted libpq sockets */
 extern int draining;			/* SIGTERM received (or stopping) */
 
+/* SIGTERM/SIGINT and SIGHUP seen (set by server_on_signal, the handler of
+ * both the server and the supervisor; acted on outside the handler). */
+extern volatile sig_atomic_t sig_term, sig_hup;
+void server_on_signal(int sig);
 /* Runs one single-threaded server process; returns its exit status. */
 int server_run(void);
 

@@ -84,13 +84,48 @@ out_metric(struct out *o, const char *name, const char *type, const char *help,
 		   name, help, name, type, name, cfg.node, (unsigned long long)value);
 }
 
+/* The closes counter, one series per close code. */
+static void
+metrics_render_closes(struct out *o)
+{
+	out_printf(o, "# HELP chat_gateway_closes_total Connections closed, by WebSocket close code.\n"
+		       "# TYPE chat_gateway_closes_total counter\n");
+	for (size_t i = 0; i < N_CLOSE_CODES; i++) {
+		if (close_codes[i])
+			out_printf(o, "chat_gateway_closes_total{node=\"%s\",code=\"%d\"} %llu\n",
+				   cfg.node, close_codes[i], (unsigned long long)stats.closes[i]);
+		else
+			out_printf(o, "chat_gateway_closes_total{node=\"%s\",code=\"other\"} %llu\n",
+				   cfg.node, (unsigned long long)stats.closes[i]);
+	}
+}
+
+/* The request latency histogram. */
+static void
+metrics_render_latency(struct out *o)
+{
+	uint64_t cum = 0;
+
+	out_printf(o, "# HELP chat_gateway_request_duration_seconds Frame received to response queued.\n"
+		       "# TYPE chat_gateway_request_duration_seconds histogram\n");
+	for (size_t i = 0; i < N_BOUNDS; i++) {
+		cum += stats.latency_buckets[i];
+		out_printf(o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"%g\"} %llu\n",
+			   cfg.node, latency_bounds[i], (unsigned long long)cum);
+	}
+	cum += stats.latency_buckets[N_BOUNDS];
+	out_printf(o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"+Inf\"} %llu\n"
+		       "chat_gateway_request_duration_seconds_sum{node=\"%s\"} %.6f\n"
+		       "chat_gateway_request_duration_seconds_count{node=\"%s\"} %llu\n",
+		   cfg.node, (unsigned long long)cum, cfg.node, stats.latency_sum,
+		   cfg.node, (unsigned long long)stats.latency_count);
+}
+
 /* Renders every metric as Prometheus text; caller frees. */
 char *
 metrics_render(size_t *len)
 {
 	struct out o = { xmalloc(8192), 0, 8192 };
-	uint64_t cum = 0;
-	size_t i;
 
 	out_metric(&o, "chat_gateway_connections", "gauge",
 		   "Open WebSocket connections.", conn_count);
@@ -145,30 +180,8 @@ metrics_render(size_t *len)
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_ready());
 
-	out_printf(&o, "# HELP chat_gateway_closes_total Connections closed, by WebSocket close code.\n"
-		       "# TYPE chat_gateway_closes_total counter\n");
-	for (i = 0; i < N_CLOSE_CODES; i++) {
-		if (close_codes[i])
-			out_printf(&o, "chat_gateway_closes_total{node=\"%s\",code=\"%d\"} %llu\n",
-				   cfg.node, close_codes[i], (unsigned long long)stats.closes[i]);
-		else
-			out_printf(&o, "chat_gateway_closes_total{node=\"%s\",code=\"other\"} %llu\n",
-				   cfg.node, (unsigned long long)stats.closes[i]);
-	}
-
-	out_printf(&o, "# HELP chat_gateway_request_duration_seconds Frame received to response queued.\n"
-		       "# TYPE chat_gateway_request_duration_seconds histogram\n");
-	for (i = 0; i < N_BOUNDS; i++) {
-		cum += stats.latency_buckets[i];
-		out_printf(&o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"%g\"} %llu\n",
-			   cfg.node, latency_bounds[i], (unsigned long long)cum);
-	}
-	cum += stats.latency_buckets[N_BOUNDS];
-	out_printf(&o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"+Inf\"} %llu\n"
-		       "chat_gateway_request_duration_seconds_sum{node=\"%s\"} %.6f\n"
-		       "chat_gateway_request_duration_seconds_count{node=\"%s\"} %llu\n",
-		   cfg.node, (unsigned long long)cum, cfg.node, stats.latency_sum,
-		   cfg.node, (unsigned long long)stats.latency_count);
+	metrics_render_closes(&o);
+	metrics_render_latency(&o);
 	*len = o.len;
 	return o.buf;
 }

@@ -18,7 +18,7 @@ struct lws_context *context;
 struct lws_vhost *vhost_pg;
 int draining;
 
-static volatile sig_atomic_t got_term, got_hup;
+volatile sig_atomic_t sig_term, sig_hup;
 static int stop, exit_status;
 static lws_sorted_usec_list_t sul_signals, sul_drain;
 
@@ -51,14 +51,15 @@ static lws_sorted_usec_list_t sul_accept;
 static void server_unlisten(void);
 static void server_stop(void);
 
-/* Signal handler: only sets flags and wakes the loop. */
-static void
-on_signal(int sig)
+/* Signal handler (also the supervisor's): only sets flags and wakes the
+ * loop when there is one. */
+void
+server_on_signal(int sig)
 {
 	if (sig == SIGHUP)
-		got_hup = 1;
+		sig_hup = 1;
 	else
-		got_term = 1;
+		sig_term = 1;
 	if (context)
 		lws_cancel_service(context);
 }
@@ -78,12 +79,12 @@ static void
 server_signals(lws_sorted_usec_list_t *sul)
 {
 	(void)sul;
-	if (got_hup) {
-		got_hup = 0;
+	if (sig_hup) {
+		sig_hup = 0;
 		log_reopen();
 		log_msg(LOG_INFO, 0, "SIGHUP: log file reopened");
 	}
-	if (got_term && !draining) {
+	if (sig_term && !draining) {
 		draining = 1;
 		log_msg(LOG_INFO, 0, "SIGTERM: draining %u connections", conn_count);
 		/* One deadline for the whole drain, not a timer per connection. */
@@ -326,7 +327,7 @@ server_run(void)
 	struct sigaction sa;
 
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
+	sa.sa_handler = server_on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);

@@ -12,25 +12,14 @@
 #include <sys/prctl.h>
 #include "gateway.h"
 
-static volatile sig_atomic_t got_term, got_hup;
 static pid_t *children;
 static time_t *started;		/* when each worker was (re)started */
 static unsigned *restart_delay;	/* seconds; doubles while a worker keeps dying young */
 static time_t *restart_at;	/* 0: running (or stopped for good) */
 
-/* Signal handler of the supervisor: only sets flags (sigsuspend wakes). */
-static void
-on_signal(int sig)
-{
-	if (sig == SIGHUP)
-		got_hup = 1;
-	else
-		got_term = 1;
-}
-
 /* Forks worker i (node <node>_<i>); the child never returns. */
 static pid_t
-main_spawn(int i, const char *base_node)
+supervise_spawn(int i, const char *base_node)
 {
 	pid_t parent = getpid(), pid = fork();
 
@@ -62,103 +51,132 @@ on_child(int sig)
 	(void)sig;
 }
 
+/* Installs the supervisor's handlers and blocks its signals; *old is the
+ * mask sigsuspend waits with (blocked except inside sigsuspend: no signal
+ * slips between a check and the wait). */
+static void
+supervise_signals(sigset_t *old)
+{
+	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGALRM };
+	struct sigaction sa;
+	sigset_t mask;
+
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		sa.sa_handler = sigs[i] == SIGCHLD || sigs[i] == SIGALRM ? on_child : server_on_signal;
+		sigaction(sigs[i], &sa, NULL);
+		sigaddset(&mask, sigs[i]);
+	}
+	sigprocmask(SIG_BLOCK, &mask, old);
+}
+
+/* Sends sig to every running worker. */
+static void
+supervise_kill_all(int sig)
+{
+	for (int i = 0; i < cfg.workers; i++)
+		if (children[i] > 0)
+			kill(children[i], sig);
+}
+
+/* Collects dead workers; unless terminating, schedules each one's restart.
+ * Returns how many died. */
+static int
+supervise_reap(int terminating)
+{
+	int status, dead = 0;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < cfg.workers; i++) {
+			if (children[i] != pid)
+				continue;
+			children[i] = 0;
+			dead++;
+			if (terminating)
+				break;
+			log_msg(LOG_WARN, 0, "worker %d (pid %d) died (%s %d): restarting",
+				i, (int)pid, WIFSIGNALED(status) ? "signal" : "status",
+				WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+			/* No tight restart loop: a worker that dies within 10 s
+			 * of its start waits twice as long next time (to 60 s). */
+			int young = time(NULL) - started[i] < 10;
+			if (!young)
+				restart_delay[i] = 1;
+			restart_at[i] = time(NULL) + restart_delay[i];
+			if (young)
+				restart_delay[i] = restart_delay[i] * 2 > 60 ? 60 : restart_delay[i] * 2;
+			break;
+		}
+	}
+	return dead;
+}
+
+/* Restarts the workers whose time has come; returns how many started and
+ * sets the SIGALRM for the next one (restarts are due on a timer, never in
+ * a sleep that would hold up SIGTERM). */
+static int
+supervise_restart(const char *base)
+{
+	time_t now = time(NULL), next = 0;
+	int born = 0;
+
+	for (int i = 0; i < cfg.workers; i++) {
+		if (!restart_at[i])
+			continue;
+		if (now >= restart_at[i]) {
+			restart_at[i] = 0;
+			started[i] = now;
+			if ((children[i] = supervise_spawn(i, base)) > 0)
+				born++;
+		} else if (!next || restart_at[i] < next) {
+			next = restart_at[i];
+		}
+	}
+	alarm(next ? (unsigned)(next - now) : 0);
+	return born;
+}
+
 /* --workers: forks the workers, restarts dead ones, forwards signals. */
 int
 supervise_run(void)
 {
 	char *base = cfg.node;
-	struct sigaction sa;
-	sigset_t mask, old;
+	sigset_t old;
 	int alive = 0, terminating = 0;
 
 	children = xcalloc((size_t)cfg.workers, sizeof(*children));
 	started = xcalloc((size_t)cfg.workers, sizeof(*started));
 	restart_delay = xcalloc((size_t)cfg.workers, sizeof(*restart_delay));
 	restart_at = xcalloc((size_t)cfg.workers, sizeof(*restart_at));
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGHUP, &sa, NULL);
-	sa.sa_handler = on_child;
-	sigaction(SIGCHLD, &sa, NULL);
-	sigaction(SIGALRM, &sa, NULL);
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	sigaddset(&mask, SIGCHLD);
-	sigaddset(&mask, SIGALRM);
-	/* Blocked except inside sigsuspend: no signal slips between check and wait. */
-	sigprocmask(SIG_BLOCK, &mask, &old);
-
+	supervise_signals(&old);
 	for (int i = 0; i < cfg.workers; i++) {
 		started[i] = time(NULL);
 		restart_delay[i] = 1;
-		if ((children[i] = main_spawn(i, base)) > 0)
+		if ((children[i] = supervise_spawn(i, base)) > 0)
 			alive++;
 	}
 	for (;;) {
-		int status;
-		pid_t pid;
-
-		if (got_hup) {
-			got_hup = 0;
+		if (sig_hup) {
+			sig_hup = 0;
 			log_reopen();
-			for (int i = 0; i < cfg.workers; i++)
-				if (children[i] > 0)
-					kill(children[i], SIGHUP);
+			supervise_kill_all(SIGHUP);
 		}
-		if (got_term && !terminating) {
+		if (sig_term && !terminating) {
 			terminating = 1;
 			log_msg(LOG_INFO, 0, "SIGTERM: stopping %d workers", alive);
-			for (int i = 0; i < cfg.workers; i++)
-				if (children[i] > 0)
-					kill(children[i], SIGTERM);
+			supervise_kill_all(SIGTERM);
 		}
-		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-			for (int i = 0; i < cfg.workers; i++) {
-				if (children[i] != pid)
-					continue;
-				children[i] = 0;
-				alive--;
-				if (terminating)
-					break;
-				log_msg(LOG_WARN, 0, "worker %d (pid %d) died (%s %d): restarting",
-					i, (int)pid, WIFSIGNALED(status) ? "signal" : "status",
-					WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-				/* No tight restart loop: a worker that dies within 10 s
-				 * of its start waits twice as long next time (to 60 s). */
-				int young = time(NULL) - started[i] < 10;
-				if (!young)
-					restart_delay[i] = 1;
-				restart_at[i] = time(NULL) + restart_delay[i];
-				if (young)
-					restart_delay[i] = restart_delay[i] * 2 > 60 ? 60 : restart_delay[i] * 2;
-				break;
-			}
-		}
+		alive -= supervise_reap(terminating);
 		if (terminating && alive <= 0)
 			break;
-		/* Restarts are due on a timer (SIGALRM), never in a sleep that
-		 * would hold up SIGTERM. */
-		time_t now = time(NULL), next = 0;
-		for (int i = 0; i < cfg.workers; i++) {
-			if (!restart_at[i] || terminating)
-				continue;
-			if (now >= restart_at[i]) {
-				restart_at[i] = 0;
-				started[i] = now;
-				if ((children[i] = main_spawn(i, base)) > 0)
-					alive++;
-			} else if (!next || restart_at[i] < next) {
-				next = restart_at[i];
-			}
-		}
-		alarm(next ? (unsigned)(next - now) : 0);
+		if (!terminating)
+			alive += supervise_restart(base);
+		else
+			alarm(0);
 		sigsuspend(&old);
 	}
 	log_msg(LOG_INFO, 0, "all workers stopped");
 	return 0;
 }
-

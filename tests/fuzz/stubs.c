@@ -86,7 +86,7 @@ stub_config(void)
 
 /* Revoked events close connections: records the code on the stub connection. */
 void
-conn_close(struct conn *c, int code, const char *why)
+conn_close(struct conn *c, enum close_code code, const char *why)
 {
 	(void)why;
 	c->close_code = (uint16_t)code;
