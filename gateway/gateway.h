@@ -64,6 +64,9 @@ int config_node_valid(const char *node);
 
 enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
+/* Takes the settings: JSON or text lines, the least level written, the node
+ * named in each line, --log-file (NULL: stderr). */
+void log_setup(int json, int min, const char *node, const char *file);
 /* Writes one structured log line; conn is 0 when no connection is concerned. */
 void log_msg(int level, uint32_t conn, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

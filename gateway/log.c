@@ -1,5 +1,6 @@
 /* log.c: structured log lines (text or JSON, one write() each) and the clocks.
- * Every module logs; this one depends on nothing but the configuration. */
+ * Every module logs and reads the clock, so this module depends on no other:
+ * its settings are handed over by log_setup. */
 #include <stdio.h>
 #include <string.h>
 #include <stdarg.h>
@@ -10,6 +11,19 @@
 #include "gateway.h"
 
 static int log_fd = 2;
+static int log_json, log_min = LOG_INFO;
+static const char *log_node = "", *log_file;
+
+/* Takes the log settings (main after config_load, a worker after naming its
+ * node); the strings must outlive the process's logging. */
+void
+log_setup(int json, int min, const char *node, const char *file)
+{
+	log_json = json;
+	log_min = min;
+	log_node = node ? node : "";
+	log_file = file;
+}
 
 /* Monotonic clock in microseconds. */
 uint64_t
@@ -59,7 +73,7 @@ log_msg(int level, uint32_t conn, const char *fmt, ...)
 	size_t n;
 	va_list ap;
 
-	if (level < cfg.log_min)
+	if (level < log_min)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -72,10 +86,10 @@ log_msg(int level, uint32_t conn, const char *fmt, ...)
 	n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(ts + n, sizeof(ts) - n, ".%03ldZ", now.tv_nsec / 1000000);
 
-	if (cfg.log_json) {
+	if (log_json) {
 		n = (size_t)snprintf(line, sizeof(line),
 				     "{\"ts\":\"%s\",\"level\":\"%s\",\"node\":\"%s\",\"pid\":%d,",
-				     ts, names[level], cfg.node ? cfg.node : "", (int)getpid());
+				     ts, names[level], log_node, (int)getpid());
 		if (conn)
 			n += (size_t)snprintf(line + n, sizeof(line) - n, "\"conn\":%u,", conn);
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "\"msg\":\"");
@@ -84,7 +98,7 @@ log_msg(int level, uint32_t conn, const char *fmt, ...)
 		line[n++] = '}';
 	} else {
 		n = (size_t)snprintf(line, sizeof(line), "%s %-5s node=%s pid=%d ", ts, names[level],
-				     cfg.node ? cfg.node : "", (int)getpid());
+				     log_node, (int)getpid());
 		if (conn)
 			n += (size_t)snprintf(line + n, sizeof(line) - n, "conn=%u ", conn);
 		n += (size_t)snprintf(line + n, sizeof(line) - n, "%s", msg);
@@ -104,11 +118,11 @@ log_reopen(void)
 {
 	int fd;
 
-	if (!cfg.log_file)
+	if (!log_file)
 		return;
-	fd = open(cfg.log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	fd = open(log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
 	if (fd < 0) {
-		log_msg(LOG_ERROR, 0, "cannot open log file %s: %s", cfg.log_file, strerror(errno));
+		log_msg(LOG_ERROR, 0, "cannot open log file %s: %s", log_file, strerror(errno));
 		return;
 	}
 	if (log_fd != 2)

@@ -27,6 +27,7 @@ supervise_spawn(int i, const char *base_node)
 		char *node = xmalloc(strlen(base_node) + 16);
 		sprintf(node, "%s_%d", base_node, i);
 		cfg.node = node;
+		log_setup(cfg.log_json, cfg.log_min, cfg.node, cfg.log_file);
 		sigset_t none;
 		sigemptyset(&none);
 		signal(SIGCHLD, SIG_DFL);
