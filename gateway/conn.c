@@ -24,6 +24,8 @@ uint32_t conn_count, conn_count_unauth;
  * timer: lws keeps all timers in one sorted list, O(connections) per insert). */
 static lws_dll2_owner_t unauth_list, authed_list, closing_list;
 static uint32_t next_conn_id;
+static struct lws_context *conn_context;
+static int draining;			/* conn_drain ran: SIGTERM */
 static lws_sorted_usec_list_t sul_tick;
 static uint32_t ticks;
 /* No authenticated connection's token expires before this (unix seconds):
@@ -365,7 +367,7 @@ conn_gone(struct conn *c)
 		route_remove(c);
 		/* The same device may hold another socket here (a reconnect
 		 * racing the old one): its session row stays. */
-		if (c->reg_sent && !draining && !route_has_device(c->user, c->device))
+		if (c->reg_sent && !route_has_device(c->user, c->device))
 			db_session_disconnect(c);
 	} else {
 		conn_count_unauth--;
@@ -523,14 +525,15 @@ conn_tick(lws_sorted_usec_list_t *sul)
 			lws_callback_on_writable(c->wsi);
 		}
 	} lws_end_foreach_dll_safe(d, d1);
-	lws_sul_schedule(context, 0, &sul_tick, conn_tick, LWS_US_PER_SEC);
+	lws_sul_schedule(conn_context, 0, &sul_tick, conn_tick, LWS_US_PER_SEC);
 }
 
 /* Starts the once-a-second housekeeping tick. */
 void
-conn_start_timers(void)
+conn_start_timers(struct lws_context *ctx)
 {
-	lws_sul_schedule(context, 0, &sul_tick, conn_tick, LWS_US_PER_SEC);
+	conn_context = ctx;
+	lws_sul_schedule(conn_context, 0, &sul_tick, conn_tick, LWS_US_PER_SEC);
 }
 
 
@@ -559,12 +562,20 @@ conn_drain_step(lws_sorted_usec_list_t *sul)
 	for (; authed_list.head && n; n--)
 		conn_close(conn_of(authed_list.head), CLOSE_RESTART, "server shutting down");
 	if (unauth_list.head || authed_list.head)
-		lws_sul_schedule(context, 0, &sul_drain_step, conn_drain_step, LWS_US_PER_MS);
+		lws_sul_schedule(conn_context, 0, &sul_drain_step, conn_drain_step, LWS_US_PER_MS);
 }
 
 void
 conn_drain(void)
 {
+	draining = 1;
 	conn_drain_step(&sul_drain_step);
 }
 
+
+/* True once SIGTERM started the drain: no new connections, /healthz 503. */
+int
+conn_draining(void)
+{
+	return draining;
+}

@@ -61,7 +61,10 @@ struct pgconn {
 static struct pgconn ctl, *pool;
 static lws_sorted_usec_list_t sul_heartbeat;
 static int listening, shutdown_done, final_wanted, final_sent;
+static struct lws_context *db_context;
+static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
 static void (*db_on_ready)(void);	/* server.c: open the port */
+static int stopping;			/* db_shutdown: no reconnects, no new sessions */
 static uint32_t epoch;			/* moves on with every node_reset */
 static int session_inflight;		/* connect/disconnect calls unanswered */
 
@@ -414,7 +417,7 @@ db_connected(struct pgconn *pc)
 		return;
 	}
 	u.filefd = fd;
-	pc->wsi = lws_adopt_descriptor_vhost(vhost_pg, LWS_ADOPT_RAW_FILE_DESC, u, "pg", NULL);
+	pc->wsi = lws_adopt_descriptor_vhost(db_vhost, LWS_ADOPT_RAW_FILE_DESC, u, "pg", NULL);
 	if (!pc->wsi) {
 		close(fd);
 		db_lost(pc, "lws could not adopt the socket");
@@ -467,7 +470,7 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_lost(pc, "connection attempt timed out after 10 s");
 		return;
 	}
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll,
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll,
 			 now_us() - pc->connect_started < 50000 ? 500 : 5000);
 }
 
@@ -479,7 +482,7 @@ db_connect_begin(struct pgconn *pc)
 	char appname[64];
 	const char *values[3] = { cfg.dsn, appname, NULL };
 
-	if (draining)
+	if (stopping)
 		return;
 	snprintf(appname, sizeof(appname), "chat-gateway %s", cfg.node);
 	pc->pg = PQconnectStartParams(keys, values, 1);
@@ -490,7 +493,7 @@ db_connect_begin(struct pgconn *pc)
 	}
 	pc->state = PG_CONNECTING;
 	pc->connect_started = now_us();
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll, 200);
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, 200);
 }
 
 /* Schedules a reconnect with exponential backoff and jitter (0.5 to 1 x). */
@@ -503,7 +506,7 @@ db_retry(struct pgconn *pc)
 	if (pc->backoff_ms > 5000)
 		pc->backoff_ms = 5000;
 	ms = pc->backoff_ms / 2 + (uint32_t)(random() % (pc->backoff_ms / 2 + 1));
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll, (lws_usec_t)ms * 1000);
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, (lws_usec_t)ms * 1000);
 }
 
 /* Forgets a dead connection: fails its pending entries and reconnects later. */
@@ -514,7 +517,7 @@ db_lost(struct pgconn *pc, const char *why)
 
 	if (pc->state == PG_DOWN)
 		return;
-	if (draining)
+	if (stopping)
 		log_msg(LOG_DEBUG, 0, "%s connection closed", pc_name(pc));
 	else
 		log_msg(pc->state >= PG_SETUP ? LOG_ERROR : LOG_WARN, 0, "%s connection %s: %.*s",
@@ -540,9 +543,9 @@ db_lost(struct pgconn *pc, const char *why)
 		db_complete(pc, p);
 	}
 	pc->tail = NULL;
-	if (pc->index < 0 && draining)
+	if (pc->index < 0 && stopping)
 		shutdown_done = 1;
-	if (!draining)
+	if (!stopping)
 		db_retry(pc);
 }
 
@@ -553,17 +556,19 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	const char *node[1] = { cfg.node };
 
 	(void)sul;
-	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !draining &&
+	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
-	lws_sul_schedule(context, 0, &sul_heartbeat, db_heartbeat,
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
 /* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */
 void
-db_start(void (*on_ready)(void))
+db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void))
 {
+	db_context = ctx;
+	db_vhost = vhost;
 	db_on_ready = on_ready;
 	pool = xcalloc((size_t)cfg.pool, sizeof(*pool));
 	ctl.index = -1;
@@ -572,7 +577,7 @@ db_start(void (*on_ready)(void))
 		pool[i].index = i;
 		db_connect_begin(&pool[i]);
 	}
-	lws_sul_schedule(context, 0, &sul_heartbeat, db_heartbeat,
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
@@ -620,7 +625,7 @@ db_register_pending(struct conn *c, void *arg)
 static void
 db_maybe_listen(void)
 {
-	if (listening || draining || !db_ready())
+	if (listening || stopping || !db_ready())
 		return;
 	listening = 1;
 	db_on_ready();
@@ -673,7 +678,7 @@ db_session_connect(struct conn *c)
 	const char *values[3] = { cfg.node, user, device };
 	struct pending *p;
 
-	if (ctl.state != PG_READY || pc->state != PG_READY || draining)
+	if (ctl.state != PG_READY || pc->state != PG_READY || stopping)
 		return -1;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
 	snprintf(device, sizeof(device), "%d", (int)c->device);
@@ -696,6 +701,9 @@ db_session_disconnect(struct conn *c)
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 
+	/* Shutting down: the final node_reset removes every session row. */
+	if (stopping)
+		return;
 	/* Behind its connect on the same connection; if that one is gone, the
 	 * control connection does (a later node_reset would as well). */
 	if (pc->state != PG_READY)
@@ -733,6 +741,7 @@ db_shutdown(void)
 {
 	lws_sul_cancel(&sul_heartbeat);
 	final_wanted = 1;
+	stopping = 1;
 }
 
 /* Called on the drain tick: the final node_reset goes once no connect or

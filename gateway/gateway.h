@@ -96,10 +96,6 @@ int supervise_run(void);
 
 /* ---- server.c: the process: context, listen sockets, signals, drain ---- */
 
-extern struct lws_context *context;
-extern struct lws_vhost *vhost_pg;	/* vhost holding the adopted libpq sockets */
-extern int draining;			/* SIGTERM received (or stopping) */
-
 /* SIGTERM/SIGINT and SIGHUP seen (set by server_on_signal, the handler of
  * both the server and the supervisor; acted on outside the handler). */
 extern volatile sig_atomic_t sig_term, sig_hup;
@@ -264,7 +260,9 @@ void conn_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
 /* SIGTERM: close every client with 1012 (in steps). */
 void conn_drain(void);
 /* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
-void conn_start_timers(void);
+void conn_start_timers(struct lws_context *ctx);
+/* True once conn_drain ran (SIGTERM): no new connections, /healthz 503. */
+int conn_draining(void);
 /* Counts of open connections. */
 extern uint32_t conn_count, conn_count_unauth;
 
@@ -312,9 +310,10 @@ void route_ref_done(void *event, const char *json, size_t len);
 
 /* ---- db.c: libpq in the event loop ---- */
 
-/* Starts connecting the LISTEN/control connection and the pool; on_ready is
- * called once, when the node is registered and the whole pool is up. */
-void db_start(void (*on_ready)(void));
+/* Starts connecting the LISTEN/control connection and the pool (sockets
+ * adopted on vhost, timers on ctx); on_ready is called once, when the node
+ * is registered and the whole pool is up. */
+void db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void));
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
 
@@ -327,7 +326,8 @@ int db_session_connect(struct conn *c);
 void db_session_disconnect(struct conn *c);
 /* Resolves a "ref":true message event; calls route_ref_done(event, ...). */
 int db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq);
-/* SIGTERM: queues chat.node_reset; db_shutdown_done() says when it ran. */
+/* SIGTERM (or stop): no reconnects, no new sessions; the final
+ * chat.node_reset is queued, db_shutdown_done() says when it ran. */
 void db_shutdown(void);
 int db_shutdown_done(void);
 

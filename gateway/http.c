@@ -97,6 +97,8 @@ http_request(struct lws *wsi, int metrics_vhost)
 	    lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0)
 		return http_status(wsi, HTTP_STATUS_NOT_FOUND);
 	if (!strcmp(uri, "/healthz")) {
+		int draining = conn_draining();
+
 		if (db_ready() && !draining)
 			return http_reply(wsi, 200, "text/plain", "ok\n", 3);
 		return http_reply(wsi, 503, "text/plain",

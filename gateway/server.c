@@ -14,9 +14,9 @@
 #include <netinet/tcp.h>
 #include "gateway.h"
 
-struct lws_context *context;
-struct lws_vhost *vhost_pg;
-int draining;
+static struct lws_context *context;
+static struct lws_vhost *vhost_pg;	/* holds the adopted libpq sockets and listen sockets */
+static int draining;			/* SIGTERM received (or stopping) */
 
 volatile sig_atomic_t sig_term, sig_hup;
 static int stop, exit_status;
@@ -107,7 +107,8 @@ static void
 server_stop(void)
 {
 	stop = 1;
-	draining = 1;		/* no reconnects while the context goes */
+	draining = 1;
+	db_shutdown();		/* no reconnects while the context goes */
 	lws_cancel_service(context);
 }
 
@@ -356,8 +357,8 @@ server_run(void)
 		return 1;
 	}
 	log_msg(LOG_INFO, 0, "chat-gateway %s starting (pool %d)", GATEWAY_VERSION, cfg.pool);
-	db_start(server_on_db_ready);
-	conn_start_timers();
+	db_start(context, vhost_pg, server_on_db_ready);
+	conn_start_timers(context);
 	lws_sul_schedule(context, 0, &sul_signals, server_signals, 50 * LWS_US_PER_MS);
 
 	while (!stop)

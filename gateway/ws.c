@@ -230,7 +230,7 @@ ws_frame(struct conn *c, const char *data, size_t len)
 static int
 ws_on_filter(struct lws *wsi)
 {
-	if (draining || HTTP_IS_METRICS(wsi))
+	if (conn_draining() || HTTP_IS_METRICS(wsi))
 		return 1;
 	if (conn_count >= (uint32_t)cfg.max_conns ||
 	    conn_count_unauth >= (uint32_t)cfg.max_unauth) {
