@@ -359,7 +359,8 @@ extern struct metrics stats;
 /* Counts a close (the gateway's code or the peer's). */
 void metrics_close(int code);
 void metrics_latency(uint64_t us);
-/* Renders the Prometheus text into a malloc'd buffer; caller frees. */
-char *metrics_render(size_t *len);
+/* Renders the Prometheus text (with the gauges: open and unauthenticated
+ * connections, database up) into a malloc'd buffer; caller frees. */
+char *metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up);
 
 #endif

@@ -107,7 +107,7 @@ http_request(struct lws *wsi, int metrics_vhost)
 	}
 	if (!strcmp(uri, "/metrics") && (metrics_vhost || !cfg.metrics_listen)) {
 		size_t len;
-		char *body = metrics_render(&len);
+		char *body = metrics_render(&len, conn_count, conn_count_unauth, db_ready());
 		int r = http_reply(wsi, 200, "text/plain; version=0.0.4", body, len);
 		free(body);
 		return r;

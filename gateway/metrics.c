@@ -121,16 +121,17 @@ metrics_render_latency(struct out *o)
 		   cfg.node, (unsigned long long)stats.latency_count);
 }
 
-/* Renders every metric as Prometheus text; caller frees. */
+/* Renders every metric as Prometheus text; caller frees.  The gauges that
+ * other modules own come as arguments: metrics.c depends on none of them. */
 char *
-metrics_render(size_t *len)
+metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 {
 	struct out o = { xmalloc(8192), 0, 8192 };
 
 	out_metric(&o, "chat_gateway_connections", "gauge",
-		   "Open WebSocket connections.", conn_count);
+		   "Open WebSocket connections.", conns);
 	out_metric(&o, "chat_gateway_connections_unauthenticated", "gauge",
-		   "Open connections that have not authenticated yet.", conn_count_unauth);
+		   "Open connections that have not authenticated yet.", unauth);
 	out_metric(&o, "chat_gateway_connections_total", "counter",
 		   "WebSocket connections accepted.", stats.connections_total);
 	out_metric(&o, "chat_gateway_auth_failures_total", "counter",
@@ -178,7 +179,7 @@ metrics_render(size_t *len)
 	out_metric(&o, "chat_gateway_resyncs_total", "counter",
 		   "Resync frames sent to clients.", stats.resyncs);
 	out_metric(&o, "chat_gateway_db_up", "gauge",
-		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_ready());
+		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_up);
 
 	metrics_render_closes(&o);
 	metrics_render_latency(&o);
