@@ -237,15 +237,15 @@ server_listen(void)
 	int fd;
 
 	memset(&info, 0, sizeof(info));
-	/* No mounts: every HTTP request reaches ws_callback, which serves
-	 * /healthz, /metrics and --static itself (lws file mounts follow
-	 * symlinks out of their root). */
+	/* No mounts: every HTTP request reaches ws_callback, which hands it
+	 * to http.c for /healthz, /metrics and --static (lws file mounts
+	 * follow symlinks out of their root). */
 	info.vhost_name = "chat";
 	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;	/* we accept, lws serves */
 	info.protocols = client_protocols;
 	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
-	/* No lws validity (idle ping / hangup) timers: ws.c pings every
-	 * --heartbeat seconds from its tick.  lws's default policy re-inserts a
+	/* No lws validity (idle ping / hangup) timers: conn.c's tick pings
+	 * every --heartbeat seconds.  lws's default policy re-inserts a
 	 * timer in one sorted list at each pong, O(connections) each. */
 	info.retry_and_idle_policy = &no_validity_timers;
 	if (cfg.tls_cert) {

@@ -1,5 +1,6 @@
 /* stubs.c: what the lws-free gateway sources (frame.c, request.c, auth.c,
- * route.c) need from the rest of the gateway, for the libFuzzer harnesses.
+ * route.c, alloc.c) need from the rest of the gateway, for the libFuzzer
+ * harnesses.
  * Shared by every harness (tests/fuzz/NAME_fuzz.c); harness-specific
  * behaviour stays behind the stub_* variables below. */
 #include <stdlib.h>
