@@ -93,7 +93,10 @@ claim_id(json_t *v, int64_t max, int64_t *out)
 /* Checks a compact JWS strictly; see gateway.h.  Signature first (nothing
  * of an unsigned token is parsed); then header alg exactly HS256 (typ JWT
  * when present), sub and dev canonical ids, exp a required integer, nbf and
- * iat honoured when present, and exp - (iat or now) <= --max-token-ttl. */
+ * iat honoured when present, and exp - (iat or now) <= --max-token-ttl.
+ * Longer than 80 lines on purpose: one flat sequence of checks in the order
+ * they must run (signature before any parsing), each with its reason; the
+ * fuzz harness (tests/fuzz/auth_fuzz.c) drives it as one unit. */
 int
 auth_verify(const char *token, size_t len, int64_t *user, int32_t *device,
 	    int64_t *exp_out, const char **why)

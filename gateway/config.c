@@ -116,9 +116,7 @@ config_set(struct flag *f, const char *value, int source, const char *where)
 	if (f->type == F_STR) {
 		char **dst = (char **)(base + f->offset);
 		free(*dst);
-		*dst = value ? strdup(value) : NULL;
-		if (value && !*dst)
-			abort();
+		*dst = value ? xstrdup(value) : NULL;
 		return;
 	}
 	char *end;
@@ -214,9 +212,7 @@ config_secret(void)
 		n--;			/* exactly one: the rest is the secret */
 	if (n == 0)
 		config_fail("token-secret-file", "%s is empty", cfg.token_secret_file);
-	cfg.secret = malloc(n);
-	if (!cfg.secret)
-		abort();
+	cfg.secret = xmalloc(n);
 	memcpy(cfg.secret, buf, n);
 	cfg.secret_len = n;
 }
@@ -238,9 +234,8 @@ config_hostport(const char *key, const char *value, char **host_out, int *port_o
 		config_fail(key, "\"%s\" is not HOST:PORT", value);
 	*port_out = (int)port;
 	if (colon > value) {
-		host = strndup(value, (size_t)(colon - value));
-		if (!host)
-			abort();
+		host = xstrdup(value);
+		host[colon - value] = '\0';
 		if (host[0] == '[') {	/* [::1]:8080 */
 			size_t l = strlen(host);
 			memmove(host, host + 1, l);
@@ -331,5 +326,4 @@ config_load(int argc, char **argv)
 			config_fail("metrics-listen", "\"%s\" uses the port of --listen", cfg.metrics_listen);
 	}
 	config_secret();
-	cfg.worker_index = -1;
 }

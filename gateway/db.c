@@ -61,6 +61,10 @@ struct pgconn {
 static struct pgconn ctl, *pool;
 static lws_sorted_usec_list_t sul_heartbeat;
 static int listening, shutdown_done, final_wanted, final_sent;
+static struct lws_context *db_context;
+static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
+static void (*db_on_ready)(void);	/* server.c: open the port */
+static int stopping;			/* db_shutdown: no reconnects, no new sessions */
 static uint32_t epoch;			/* moves on with every node_reset */
 static int session_inflight;		/* connect/disconnect calls unanswered */
 
@@ -141,9 +145,7 @@ db_send(struct pgconn *pc, int kind, const char *stmt, const char *sql,
 		db_kill(pc, PQerrorMessage(pc->pg));
 		return NULL;
 	}
-	p = calloc(1, sizeof(*p) + id_len + 1);
-	if (!p)
-		abort();		/* the pipeline would lose its alignment */
+	p = xcalloc(1, sizeof(*p) + id_len + 1);
 	p->kind = (uint8_t)kind;
 	p->start_us = now_us();
 	if (id_len)
@@ -157,173 +159,201 @@ db_send(struct pgconn *pc, int kind, const char *stmt, const char *sql,
 	return p;
 }
 
-/* Answers a request; adds the request's id when the result lacks one. */
+/* The outcome of a pending entry: res (NULL: the connection was lost), its
+ * status, ok for a tuples or command result, the primary error message. */
+struct outcome {
+	PGresult *res;
+	ExecStatusType st;
+	int ok;
+	const char *err;
+};
+
+/* A connection finished its set-up (prepare or node_reset): it is ready. */
 static void
-db_reply(struct conn *c, const char *id_json, const char *text)
+db_now_ready(struct pgconn *pc)
 {
-	const char *p = text;
-	size_t len = strlen(text);
-
-	while (*p == ' ')
-		p++;
-	if (*id_json && *p == '{') {
-		const char *q = p + 1;
-		while (*q == ' ')
-			q++;
-		if (strncmp(q, "\"id\"", 4) != 0) {
-			size_t id_len = strlen(id_json), rest = len - (size_t)(q - text);
-			char *buf = malloc(id_len + rest + 16);
-			int n;
-
-			if (!buf)
-				return;
-			n = snprintf(buf, id_len + 16, "{\"id\":%s%s", id_json, *q == '}' ? "" : ",");
-			memcpy(buf + n, q, rest);
-			ws_send_text(c, buf, (size_t)n + rest);
-			free(buf);
-			return;
-		}
-	}
-	ws_send_text(c, text, len);
+	pc->state = PG_READY;
+	if (pc->ever_ready)
+		stats.db_reconnects++;
+	pc->ever_ready = 1;
+	pc->backoff_ms = 0;
 }
 
-/* Called for each answered (or failed: res NULL) pending entry. */
+/* P_PREPARE answered: a pool connection is ready; sessions that waited for
+ * it are registered. */
+static void
+db_done_prepare(struct pgconn *pc, const struct outcome *o)
+{
+	if (o->ok) {
+		db_now_ready(pc);
+		log_msg(LOG_INFO, 0, "%s connection ready", pc_name(pc));
+		if (ctl.state == PG_READY)
+			conn_foreach_authed(db_register_pending, pc);
+		db_maybe_listen();
+	} else if (o->res) {
+		log_msg(LOG_ERROR, 0, "%s connection: prepare failed: %s", pc_name(pc),
+			o->err ? o->err : "?");
+		db_kill(pc, "prepare failed");
+	}
+}
+
+/* P_RESET answered: the node is registered anew (new epoch); every live
+ * session is registered again. */
+static void
+db_done_reset(struct pgconn *pc, const struct outcome *o)
+{
+	if (o->ok) {
+		db_now_ready(pc);
+		epoch++;
+		log_msg(LOG_INFO, 0, "control connection ready: node %s registered", cfg.node);
+		conn_foreach_authed(db_reregister, NULL);
+		db_maybe_listen();
+	} else if (o->res) {
+		log_msg(LOG_ERROR, 0, "chat.node_reset failed: %s", o->err ? o->err : "?");
+		db_kill(pc, "node_reset failed");
+	}
+}
+
+/* P_CONNECT answered: the device exists (confirm: hello, or resync after a
+ * gap), was removed (4003), or registration failed (1011 if never confirmed).
+ * No result (connection lost): it is sent again once the pool connection is
+ * back; an unconfirmed client waits. */
+static void
+db_done_connect(struct pending *p, const struct outcome *o)
+{
+	struct conn *c = p->conn;
+	const char *code;
+
+	session_inflight--;
+	if (o->ok && p->epoch == epoch) {
+		c->registered = 1;
+		conn_confirmed(c);
+	} else if (o->ok) {
+		/* The device exists; a node_reset since then re-registers it
+		 * (resync follows that registration). */
+		if (c->state == CONN_REGISTERING)
+			conn_confirmed(c);
+	} else if (o->res) {
+		code = PQresultErrorField(o->res, PG_DIAG_SQLSTATE);
+		if (code && !strcmp(code, "P0002")) {
+			/* Removed or never registered: no hello, nothing else. */
+			stats.revoked++;
+			log_msg(LOG_INFO, c->id, "user %lld device %d: %s", (long long)c->user,
+				(int)c->device, o->err ? o->err : "unknown device");
+			conn_close(c, CLOSE_REVOKED, "device revoked");
+		} else {
+			log_msg(LOG_WARN, c->id, "chat.connect failed: %s", o->err ? o->err : "?");
+			if (c->state == CONN_REGISTERING)
+				conn_close(c, CLOSE_INTERNAL, "session registration failed");
+		}
+	}
+}
+
+/* P_REQUEST answered: the response frame (chat.client_request always puts
+ * the request's id in it), or an error frame made here. */
+static void
+db_done_request(struct pending *p, const struct outcome *o)
+{
+	struct conn *c = p->conn;
+	const char *id = *p->id ? p->id : NULL;
+
+	metrics_latency(now_us() - p->start_us);
+	c->inflight--;
+	/* Consumed whatever the client does: a client that left, or was
+	 * closed 4009 for not reading, loses its answers here and never
+	 * holds up the others sharing this pool connection. */
+	if (!CONN_OPEN(c))
+		return;
+	if (o->ok && PQntuples(o->res) == 1 && !PQgetisnull(o->res, 0, 0)) {
+		conn_send_text(c, PQgetvalue(o->res, 0, 0), (size_t)PQgetlength(o->res, 0, 0));
+	} else if (o->res && o->st == PGRES_FATAL_ERROR) {
+		const char *code = PQresultErrorField(o->res, PG_DIAG_SQLSTATE);
+		stats.request_errors++;
+		ws_send_error(c, id, code ? code : "XX000", o->err ? o->err : "request failed");
+		/* client_request turns every error into a frame except one:
+		 * the device does not exist (removed after we confirmed it,
+		 * and its revoked event missed). */
+		if (code && !strcmp(code, "P0002")) {
+			stats.revoked++;
+			conn_close(c, CLOSE_REVOKED, "device revoked");
+		}
+	} else {
+		stats.request_errors++;
+		ws_send_error(c, id, "08006", o->res ? "request returned no result" :
+			      "database connection lost; the request may or may not have been applied");
+	}
+}
+
+/* P_REF answered: the stored message's event, or a failure (route.c resyncs). */
+static void
+db_done_ref(struct pending *p, const struct outcome *o)
+{
+	if (o->ok && PQntuples(o->res) == 1 && !PQgetisnull(o->res, 0, 0)) {
+		route_ref_done(p->event, PQgetvalue(o->res, 0, 0), (size_t)PQgetlength(o->res, 0, 0));
+	} else {
+		log_msg(LOG_WARN, 0, "ref message lookup failed: %s", o->err ? o->err : "connection lost");
+		route_ref_done(p->event, NULL, 0);
+	}
+}
+
+/* Logs a failed query whose answer needs no other action. */
+static void
+db_done_log(const struct outcome *o, int level, const char *what)
+{
+	if (!o->ok && o->res)
+		log_msg(level, 0, "%s failed: %s", what, o->err ? o->err : "?");
+}
+
+/* Called for each answered (or failed: res NULL) pending entry: hands it
+ * to the handler of its kind, then frees it and drops its conn reference. */
 static void
 db_complete(struct pgconn *pc, struct pending *p)
 {
-	PGresult *res = p->res;
-	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-	int ok = res && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK);
-	const char *err = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	struct conn *c = p->conn;
+	struct outcome o = { .res = p->res };
 
+	o.st = o.res ? PQresultStatus(o.res) : PGRES_FATAL_ERROR;
+	o.ok = o.res && (o.st == PGRES_TUPLES_OK || o.st == PGRES_COMMAND_OK);
+	o.err = o.res ? PQresultErrorField(o.res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 	switch (p->kind) {
 	case P_PREPARE:
-		if (ok) {
-			pc->state = PG_READY;
-			if (pc->ever_ready)
-				stats.db_reconnects++;
-			pc->ever_ready = 1;
-			pc->backoff_ms = 0;
-			log_msg(LOG_INFO, 0, "%s connection ready", pc_name(pc));
-			if (ctl.state == PG_READY)
-				ws_foreach_authed(db_register_pending, pc);
-			db_maybe_listen();
-		} else if (res) {
-			log_msg(LOG_ERROR, 0, "%s connection: prepare failed: %s", pc_name(pc),
-				err ? err : "?");
-			db_kill(pc, "prepare failed");
-		}
+		db_done_prepare(pc, &o);
 		break;
 	case P_LISTEN:
-		if (!ok && res) {
-			log_msg(LOG_ERROR, 0, "LISTEN failed: %s", err ? err : "?");
+		if (!o.ok && o.res) {
+			log_msg(LOG_ERROR, 0, "LISTEN failed: %s", o.err ? o.err : "?");
 			db_kill(pc, "LISTEN failed");
 		}
 		break;
 	case P_RESET:
-		if (ok) {
-			pc->state = PG_READY;
-			if (pc->ever_ready)
-				stats.db_reconnects++;
-			pc->ever_ready = 1;
-			pc->backoff_ms = 0;
-			epoch++;
-			log_msg(LOG_INFO, 0, "control connection ready: node %s registered", cfg.node);
-			ws_foreach_authed(db_reregister, NULL);
-			db_maybe_listen();
-		} else if (res) {
-			log_msg(LOG_ERROR, 0, "chat.node_reset failed: %s", err ? err : "?");
-			db_kill(pc, "node_reset failed");
-		}
+		db_done_reset(pc, &o);
 		break;
 	case P_HEARTBEAT:
 		pc->heartbeat_inflight = 0;
-		if (!ok && res)
-			log_msg(LOG_WARN, 0, "chat.node_heartbeat failed: %s", err ? err : "?");
+		db_done_log(&o, LOG_WARN, "chat.node_heartbeat");
 		break;
 	case P_CONNECT:
-		session_inflight--;
-		if (ok && p->epoch == epoch) {
-			c->registered = 1;
-			ws_registered(c);		/* confirmed: hello, or resync after a gap */
-		} else if (ok) {
-			/* The device exists; a node_reset since then re-registers it
-			 * (resync follows that registration). */
-			if (!c->confirmed)
-				ws_registered(c);
-		} else if (res) {
-			const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-			if (code && !strcmp(code, "P0002")) {
-				/* Removed or never registered: no hello, nothing else. */
-				stats.revoked++;
-				log_msg(LOG_INFO, c->id, "user %lld device %d: %s", (long long)c->user,
-					(int)c->device, err ? err : "unknown device");
-				ws_close(c, 4003, "device revoked");
-			} else {
-				log_msg(LOG_WARN, c->id, "chat.connect failed: %s", err ? err : "?");
-				if (!c->confirmed)
-					ws_close(c, 1011, "session registration failed");
-			}
-		}
-		/* No result (connection lost): the registration is sent again once
-		 * the pool connection is back; an unconfirmed client waits. */
+		db_done_connect(p, &o);
 		break;
 	case P_DISCONNECT:
 		session_inflight--;
-		if (!ok && res)
-			log_msg(LOG_WARN, 0, "chat.disconnect failed: %s", err ? err : "?");
+		db_done_log(&o, LOG_WARN, "chat.disconnect");
 		break;
 	case P_REQUEST:
-		metrics_latency(now_us() - p->start_us);
-		c->inflight--;
-		/* Consumed whatever the client does: a client that left, or was
-		 * closed 4009 for not reading, loses its answers here and never
-		 * holds up the others sharing this pool connection. */
-		if (!c->wsi || c->close_code)
-			break;
-		if (ok && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
-			db_reply(c, p->id, PQgetvalue(res, 0, 0));
-		} else if (res && st == PGRES_FATAL_ERROR) {
-			const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-			stats.request_errors++;
-			ws_send_error(c, *p->id ? p->id : NULL, code ? code : "XX000",
-				      err ? err : "request failed");
-			/* client_request turns every error into a frame except one:
-			 * the device does not exist (removed after we confirmed it,
-			 * and its revoked event missed). */
-			if (code && !strcmp(code, "P0002")) {
-				stats.revoked++;
-				ws_close(c, 4003, "device revoked");
-			}
-		} else {
-			stats.request_errors++;
-			ws_send_error(c, *p->id ? p->id : NULL, "08006",
-				      res ? "request returned no result" :
-				      "database connection lost; the request may or may not have been applied");
-		}
+		db_done_request(p, &o);
 		break;
 	case P_REF:
-		if (ok && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0)) {
-			route_ref_done(p->event, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
-		} else {
-			log_msg(LOG_WARN, 0, "ref message lookup failed: %s", err ? err : "connection lost");
-			route_ref_done(p->event, NULL, 0);
-		}
+		db_done_ref(p, &o);
 		break;
 	case P_FINAL:
-		if (!ok && res)
-			log_msg(LOG_WARN, 0, "chat.node_reset at shutdown failed: %s", err ? err : "?");
+		db_done_log(&o, LOG_WARN, "chat.node_reset at shutdown");
 		shutdown_done = 1;
 		break;
 	}
-	if (c)
-		ws_conn_unref(c);
-	PQclear(res);
+	if (p->conn)
+		conn_unref(p->conn);
+	PQclear(o.res);
 	free(p);
 }
-
 /* Matches the results available now to the pending FIFO. */
 static void
 db_process(struct pgconn *pc)
@@ -387,7 +417,7 @@ db_connected(struct pgconn *pc)
 		return;
 	}
 	u.filefd = fd;
-	pc->wsi = lws_adopt_descriptor_vhost(vhost_pg, LWS_ADOPT_RAW_FILE_DESC, u, "pg", NULL);
+	pc->wsi = lws_adopt_descriptor_vhost(db_vhost, LWS_ADOPT_RAW_FILE_DESC, u, "pg", NULL);
 	if (!pc->wsi) {
 		close(fd);
 		db_lost(pc, "lws could not adopt the socket");
@@ -401,9 +431,7 @@ db_connected(struct pgconn *pc)
 			db_kill(pc, PQerrorMessage(pc->pg));
 			return;
 		}
-		struct pending *p = calloc(1, sizeof(*p) + 1);
-		if (!p)
-			abort();
+		struct pending *p = xcalloc(1, sizeof(*p) + 1);
 		p->kind = P_PREPARE;
 		pc->head = pc->tail = p;
 		db_flush(pc);
@@ -442,7 +470,7 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_lost(pc, "connection attempt timed out after 10 s");
 		return;
 	}
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll,
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll,
 			 now_us() - pc->connect_started < 50000 ? 500 : 5000);
 }
 
@@ -454,7 +482,7 @@ db_connect_begin(struct pgconn *pc)
 	char appname[64];
 	const char *values[3] = { cfg.dsn, appname, NULL };
 
-	if (draining)
+	if (stopping)
 		return;
 	snprintf(appname, sizeof(appname), "chat-gateway %s", cfg.node);
 	pc->pg = PQconnectStartParams(keys, values, 1);
@@ -465,7 +493,7 @@ db_connect_begin(struct pgconn *pc)
 	}
 	pc->state = PG_CONNECTING;
 	pc->connect_started = now_us();
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll, 200);
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, 200);
 }
 
 /* Schedules a reconnect with exponential backoff and jitter (0.5 to 1 x). */
@@ -478,7 +506,7 @@ db_retry(struct pgconn *pc)
 	if (pc->backoff_ms > 5000)
 		pc->backoff_ms = 5000;
 	ms = pc->backoff_ms / 2 + (uint32_t)(random() % (pc->backoff_ms / 2 + 1));
-	lws_sul_schedule(context, 0, &pc->sul, db_connect_poll, (lws_usec_t)ms * 1000);
+	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, (lws_usec_t)ms * 1000);
 }
 
 /* Forgets a dead connection: fails its pending entries and reconnects later. */
@@ -489,7 +517,7 @@ db_lost(struct pgconn *pc, const char *why)
 
 	if (pc->state == PG_DOWN)
 		return;
-	if (draining)
+	if (stopping)
 		log_msg(LOG_DEBUG, 0, "%s connection closed", pc_name(pc));
 	else
 		log_msg(pc->state >= PG_SETUP ? LOG_ERROR : LOG_WARN, 0, "%s connection %s: %.*s",
@@ -515,9 +543,9 @@ db_lost(struct pgconn *pc, const char *why)
 		db_complete(pc, p);
 	}
 	pc->tail = NULL;
-	if (pc->index < 0 && draining)
+	if (pc->index < 0 && stopping)
 		shutdown_done = 1;
-	if (!draining)
+	if (!stopping)
 		db_retry(pc);
 }
 
@@ -528,27 +556,28 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	const char *node[1] = { cfg.node };
 
 	(void)sul;
-	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !draining &&
+	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
-	lws_sul_schedule(context, 0, &sul_heartbeat, db_heartbeat,
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
 /* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */
 void
-db_start(void)
+db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void))
 {
-	pool = calloc((size_t)cfg.pool, sizeof(*pool));
-	if (!pool)
-		abort();
+	db_context = ctx;
+	db_vhost = vhost;
+	db_on_ready = on_ready;
+	pool = xcalloc((size_t)cfg.pool, sizeof(*pool));
 	ctl.index = -1;
 	db_connect_begin(&ctl);
 	for (int i = 0; i < cfg.pool; i++) {
 		pool[i].index = i;
 		db_connect_begin(&pool[i]);
 	}
-	lws_sul_schedule(context, 0, &sul_heartbeat, db_heartbeat,
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
 
@@ -579,7 +608,7 @@ db_reregister(struct conn *c, void *arg)
 {
 	(void)arg;
 	c->registered = 0;
-	if (!c->close_code)
+	if (CONN_OPEN(c))
 		db_session_connect(c);	/* cannot be sent now: db_register_pending later */
 }
 
@@ -587,19 +616,19 @@ db_reregister(struct conn *c, void *arg)
 static void
 db_register_pending(struct conn *c, void *arg)
 {
-	if (!c->registered && !c->close_code && db_session_pc(c->user, c->device) == arg)
+	if (!c->registered && CONN_OPEN(c) && db_session_pc(c->user, c->device) == arg)
 		db_session_connect(c);
 }
 
-/* Opens the port the first time the node is registered and the pool is up. */
+/* Reports readiness (server.c opens the port) the first time the node is
+ * registered and the whole pool is up. */
 static void
 db_maybe_listen(void)
 {
-	if (listening || draining || !db_ready())
+	if (listening || stopping || !db_ready())
 		return;
 	listening = 1;
-	if (main_listen() != 0)
-		main_stop();
+	db_on_ready();
 }
 
 /* Sends a client frame through chat.client_request on the client's pool connection. */
@@ -621,9 +650,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	if (len + 1 > cap) {
 		cap = len + 1 > 4096 ? len + 1 : 4096;
 		free(buf);
-		buf = malloc(cap);
-		if (!buf)
-			abort();
+		buf = xmalloc(cap);
 	}
 	memcpy(buf, frame, len);
 	buf[len] = '\0';
@@ -639,7 +666,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	stats.requests++;
 	p->conn = c;
 	c->inflight++;
-	ws_conn_ref(c);
+	conn_ref(c);
 }
 
 /* Sends chat.connect for c on its (user, device) pool connection. */
@@ -651,7 +678,7 @@ db_session_connect(struct conn *c)
 	const char *values[3] = { cfg.node, user, device };
 	struct pending *p;
 
-	if (ctl.state != PG_READY || pc->state != PG_READY || draining)
+	if (ctl.state != PG_READY || pc->state != PG_READY || stopping)
 		return -1;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
 	snprintf(device, sizeof(device), "%d", (int)c->device);
@@ -661,7 +688,7 @@ db_session_connect(struct conn *c)
 	c->reg_sent = 1;
 	p->conn = c;
 	p->epoch = epoch;
-	ws_conn_ref(c);
+	conn_ref(c);
 	session_inflight++;
 	return 0;
 }
@@ -674,6 +701,9 @@ db_session_disconnect(struct conn *c)
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 
+	/* Shutting down: the final node_reset removes every session row. */
+	if (stopping)
+		return;
 	/* Behind its connect on the same connection; if that one is gone, the
 	 * control connection does (a later node_reset would as well). */
 	if (pc->state != PG_READY)
@@ -711,6 +741,7 @@ db_shutdown(void)
 {
 	lws_sul_cancel(&sul_heartbeat);
 	final_wanted = 1;
+	stopping = 1;
 }
 
 /* Called on the drain tick: the final node_reset goes once no connect or

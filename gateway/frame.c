@@ -11,13 +11,12 @@
 #include <string.h>
 #include "gateway.h"
 
-/* Appends one piece; -1 when the message would exceed max or memory is out
- * (the caller closes with 1009 and calls frame_reset). */
+/* Appends one piece; -1 when the message would exceed max (the caller
+ * closes with 1009 and calls frame_reset).  Out of memory aborts (alloc.c). */
 int
 frame_append(struct frame_buf *f, const void *in, size_t len, size_t remaining, size_t max)
 {
 	size_t need, cap;
-	char *p;
 
 	/* Overflow-safe: f->len <= max always holds. */
 	if (len > max - f->len || remaining > max - f->len - len)
@@ -32,10 +31,7 @@ frame_append(struct frame_buf *f, const void *in, size_t len, size_t remaining, 
 			cap *= 2;
 		if (cap > max)
 			cap = max;
-		p = realloc(f->data, cap ? cap : 1);
-		if (!p)
-			return -1;
-		f->data = p;
+		f->data = xrealloc(f->data, cap);
 		f->cap = (uint32_t)cap;
 	}
 	if (len)
@@ -57,10 +53,8 @@ frame_reset(struct frame_buf *f)
 struct msg *
 msg_new(const char *data, size_t len)
 {
-	struct msg *m = malloc(sizeof(*m) + LWS_PRE + len + 1);
+	struct msg *m = xmalloc(sizeof(*m) + LWS_PRE + len + 1);
 
-	if (!m)
-		return NULL;
 	m->refs = 1;
 	m->len = (uint32_t)len;
 	memcpy(m->buf + LWS_PRE, data, len);
@@ -82,4 +76,18 @@ msg_unref(struct msg *m)
 {
 	if (m->refs != MSG_STATIC && --m->refs == 0)
 		free(m);
+}
+
+/* The one resync frame: sent when a client's events were lost (database
+ * reconnect, failed ref lookup); static, so queueing it never allocates. */
+struct msg *
+msg_resync(void)
+{
+	static struct msg *resync;
+
+	if (!resync) {
+		resync = msg_new("{\"type\":\"resync\"}", 17);
+		resync->refs = MSG_STATIC;
+	}
+	return resync;
 }

@@ -3,6 +3,7 @@
 #define CHAT_GATEWAY_H
 
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <libwebsockets.h>
 #include <libpq-fe.h>
@@ -50,7 +51,6 @@ struct config {
 	size_t secret_len;
 	int log_json;
 	int log_min;			/* LOG_DEBUG .. LOG_ERROR */
-	int worker_index;		/* -1 when not a worker */
 };
 
 extern struct config cfg;
@@ -60,26 +60,65 @@ void config_load(int argc, char **argv);
 /* Checks a node name against [a-z0-9_]{1,40}. */
 int config_node_valid(const char *node);
 
-/* ---- main.c: logging, time, process life cycle ---- */
+/* ---- log.c: logging and the clocks ---- */
 
 enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
+/* Takes the settings: JSON or text lines, the least level written, the node
+ * named in each line, --log-file (NULL: stderr). */
+void log_setup(int json, int min, const char *node, const char *file);
 /* Writes one structured log line; conn is 0 when no connection is concerned. */
 void log_msg(int level, uint32_t conn, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Reopens --log-file (SIGHUP). */
 void log_reopen(void);
+/* lws's own log lines (lws_set_log_level's emitter). */
+void log_lws(int level, const char *line);
 /* Monotonic microseconds. */
 uint64_t now_us(void);
+/* Monotonic milliseconds on a wrapping 32-bit clock: compare differences only. */
+uint32_t now_ms(void);
 
-extern struct lws_context *context;
-extern struct lws_vhost *vhost_pg;	/* vhost holding the adopted libpq sockets */
-extern int draining;			/* SIGTERM received */
+/* ---- alloc.c: the one out-of-memory policy ---- */
 
-/* Creates the listening vhost once the database is ready; returns 0 on success. */
-int main_listen(void);
-/* Ends the event loop (after a drain). */
-void main_stop(void);
+/* malloc, calloc, realloc and strdup that never return NULL: out of memory
+ * is logged and aborts (no silent drop, no OOM disguised as a close code).
+ * jansson allocates through xmalloc too (json_set_alloc_funcs in main). */
+void *xmalloc(size_t size);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t size);
+char *xstrdup(const char *s);
+
+/* ---- supervise.c: --workers ---- */
+
+/* Forks cfg.workers server processes, restarts dead ones, forwards signals. */
+int supervise_run(void);
+
+/* ---- server.c: the process: context, listen sockets, signals, drain ---- */
+
+/* SIGTERM/SIGINT and SIGHUP seen (set by server_on_signal, the handler of
+ * both the server and the supervisor; acted on outside the handler). */
+extern volatile sig_atomic_t sig_term, sig_hup;
+void server_on_signal(int sig);
+/* Runs one single-threaded server process; returns its exit status. */
+int server_run(void);
+
+/* ---- WebSocket close codes (ws.c, conn.c, db.c, route.c, metrics.c) ---- */
+
+enum close_code {
+	CLOSE_NORMAL = 1000,
+	CLOSE_GOING_AWAY = 1001,	/* heartbeat pings unanswered */
+	CLOSE_UNSUPPORTED = 1003,	/* binary frame */
+	CLOSE_INVALID_DATA = 1007,	/* invalid UTF-8 (lws) */
+	CLOSE_POLICY = 1008,		/* request rate exceeded */
+	CLOSE_TOO_BIG = 1009,		/* frame over --max-frame */
+	CLOSE_INTERNAL = 1011,		/* session registration failed */
+	CLOSE_RESTART = 1012,		/* SIGTERM drain */
+	CLOSE_AUTH = 4001,		/* bad, expired or missing token */
+	CLOSE_REVOKED = 4003,		/* device removed or unknown */
+	CLOSE_AUTH_TIMEOUT = 4008,	/* no token within --auth-timeout */
+	CLOSE_LAGGING = 4009,		/* send ring over its caps */
+};
 
 /* ---- frame.c: fragment assembly (no lws, fuzzed) ---- */
 
@@ -94,6 +133,23 @@ struct frame_buf {
 int frame_append(struct frame_buf *f, const void *in, size_t len, size_t remaining, size_t max);
 /* Frees the buffer and empties f. */
 void frame_reset(struct frame_buf *f);
+
+/* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
+ * reference counted, freed by the last msg_unref. */
+struct msg {
+	uint32_t refs;			/* MSG_STATIC: never freed */
+	uint32_t len;
+	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
+};
+#define MSG_STATIC UINT32_MAX
+#define MSG_DATA(m) ((char *)(m)->buf + LWS_PRE)
+
+/* A new frame holding a copy of data (refs 1). */
+struct msg *msg_new(const char *data, size_t len);
+void msg_ref(struct msg *m);
+void msg_unref(struct msg *m);
+/* The one {"type":"resync"} frame (static, shared by every sender). */
+struct msg *msg_resync(void);
 
 /* ---- request.c: request frame validation (no lws, fuzzed) ---- */
 
@@ -111,17 +167,7 @@ int req_id(json_t *req, char **id_json, const char **code, const char **message)
  * out->message; out->id_json is set whenever the id may be echoed. */
 int req_check(json_t *req, struct req_info *out);
 
-/* ---- ws.c: client connections ---- */
-
-/* A frame shared by all its recipients: one allocation with LWS_PRE headroom,
- * reference counted, freed by the last msg_unref. */
-struct msg {
-	uint32_t refs;			/* MSG_STATIC: never freed */
-	uint32_t len;
-	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
-};
-#define MSG_STATIC UINT32_MAX
-#define MSG_DATA(m) ((char *)(m)->buf + LWS_PRE)
+/* ---- conn.c: connection life cycle, lists, send rings, housekeeping ---- */
 
 /* Per-connection bounded send ring, allocated on first use. */
 struct ring {
@@ -129,74 +175,116 @@ struct ring {
 	struct msg *slot[];
 };
 
+/* The life of a client connection.  conn_set_state (ws.c) makes every
+ * transition, checks that it is legal and moves the connection between the
+ * lists that the once-a-second tick and the drain walk. */
+enum conn_state {
+	CONN_UNAUTH,		/* accepted, no valid token yet: auth timeout runs */
+	CONN_REGISTERING,	/* token valid; chat.connect has not found the device yet */
+	CONN_LIVE,		/* device confirmed: events and requests flow */
+	CONN_CLOSING,		/* close code chosen: queued frames, then the close frame */
+	CONN_CLOSE_SENT,	/* close frame handed to lws, waiting for the peer's */
+	CONN_CLOSED,		/* lws closed the socket (wsi NULL); freed with its last ref */
+};
+
 /* One WebSocket client.  The lws per-session data is only a pointer to it;
  * it outlives its wsi while database requests still refer to it (refs). */
 struct conn {
 	struct lws *wsi;		/* NULL once lws closed it */
-	struct conn *prev, *next;	/* unauthenticated or authenticated list */
+	lws_dll2_t list;		/* on the unauth, authed or closing list (by state) */
 	struct conn *user_next;		/* hash bucket chain (route.c) */
 	struct ring *ring;
 	struct frame_buf rx;		/* fragment assembly, empty between frames */
 	struct ip_count *ip;		/* source address while unauthenticated */
-	int64_t user;
+	int64_t user;			/* 0 until authenticated (auth_verify: sub >= 1) */
 	int64_t exp;			/* unix seconds: the token's exp (extended by re-auth) */
 	uint32_t id;
 	int32_t device;
 	uint32_t born_ms;		/* accept time, for the auth timeout */
-	uint32_t close_ms;		/* ws_close time, for the stalled-close backstop */
+	uint32_t close_ms;		/* conn_close time, for the stalled-close backstop */
 	uint32_t rate_ms;		/* last token-bucket refill */
 	float tokens;
 	uint16_t strikes;		/* requests refused since the bucket was last full */
-	uint16_t close_code;		/* nonzero: close at the next writeable */
+	uint16_t close_code;		/* the close code once CONN_CLOSING */
 	const char *close_why;		/* static reason text of the close frame */
 	uint32_t refs;			/* 1 for the wsi + one per pending db entry */
 	uint16_t inflight;		/* requests sent to the database, unanswered */
 	uint8_t missed_pongs;
-	unsigned authed:1, hello_sent:1, reg_sent:1, registered:1, ping_due:1, close_sent:1,
-		 on_closing:1,
-		 confirmed:1;		/* chat.connect found the device: events and requests may flow */
+	uint8_t state;			/* enum conn_state */
+	/* Facts, not states: */
+	unsigned hello_sent:1,		/* the next confirmation sends resync instead */
+		 reg_sent:1,		/* chat.connect was sent: chat.disconnect at close */
+		 registered:1,		/* chat.connect answered in the current epoch */
+		 ping_due:1;		/* the next writeable sends a heartbeat ping */
 };
 
-struct msg *msg_new(const char *data, size_t len);
-void msg_ref(struct msg *m);
-void msg_unref(struct msg *m);
+/* True once the connection has a valid token (REGISTERING or later). */
+#define CONN_AUTHENTICATED(c) ((c)->user != 0)
+/* True while frames may still be queued for the peer. */
+#define CONN_OPEN(c) ((c)->state < CONN_CLOSING)
 
+/* A new connection of wsi in CONN_UNAUTH (counted, on the unauth list). */
+struct conn *conn_new(struct lws *wsi);
+/* Moves c to state to; aborts on an illegal transition. */
+void conn_set_state(struct conn *c, enum conn_state to);
+/* lws closed c's socket: leaves every list, table and count; drops the wsi's ref. */
+void conn_gone(struct conn *c);
+/* Unauthenticated connections open from the peer of wsi (--max-unauth-per-ip). */
+uint32_t conn_unauth_from(struct lws *wsi);
+/* A valid token: c becomes REGISTERING as (user, device) and chat.connect is sent. */
+void conn_authenticated(struct conn *c, int64_t user, int32_t device, int64_t exp);
+/* Notes a token expiry for the tick's scan. */
+void conn_note_exp(int64_t exp);
 /* Queues m on the connection's ring (taking a reference) and asks for a
  * writeable callback; a full ring closes the connection with 4009. */
-void ws_send(struct conn *c, struct msg *m);
+void conn_send(struct conn *c, struct msg *m);
 /* Copies text into a new frame and queues it.  Used for responses: they
  * count against both caps, but a response is accepted whenever the bytes
  * already queued are below --max-queue-bytes (one sync page larger than the
  * budget can still be delivered); beyond that the connection closes 4009. */
-void ws_send_text(struct conn *c, const char *text, size_t len);
+void conn_send_text(struct conn *c, const char *text, size_t len);
+/* The frame to write next, or NULL; conn_sent releases it once written. */
+struct msg *conn_next_frame(struct conn *c);
+void conn_sent(struct conn *c);
+/* Closes the connection with a WebSocket close code at the next writeable;
+ * why must be a static string (the close frame's reason). */
+void conn_close(struct conn *c, enum close_code code, const char *why);
+/* A pending database entry refers to c / no longer does (the last ref frees c). */
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+/* The database registered c (chat.connect done): confirms the device, then
+ * hello the first time, resync after. */
+void conn_confirmed(struct conn *c);
+/* Calls fn for every authenticated, open connection (fn may close it). */
+void conn_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
+/* SIGTERM: close every client with 1012 (in steps). */
+void conn_drain(void);
+/* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
+void conn_start_timers(struct lws_context *ctx);
+/* True once conn_drain ran (SIGTERM): no new connections, /healthz 503. */
+int conn_draining(void);
+/* Counts of open connections. */
+extern uint32_t conn_count, conn_count_unauth;
+
+/* ---- ws.c: the chat.v1 protocol ---- */
+
+/* lws callback of the chat.v1 protocol (and the client port's HTTP). */
+int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
+		void *user, void *in, size_t len);
 /* Sends an error frame {"id":..,"type":"error",...}; id_json may be NULL. */
 void ws_send_error(struct conn *c, const char *id_json, const char *code,
 		   const char *message);
-/* Closes the connection with a WebSocket close code at the next writeable. */
-void ws_close(struct conn *c, int code, const char *why);
-/* Drops a reference taken for a pending database entry. */
-void ws_conn_unref(struct conn *c);
-void ws_conn_ref(struct conn *c);
-/* The database registered c (chat.connect done): confirms the device, then
- * hello the first time, resync after. */
-void ws_registered(struct conn *c);
-/* Calls fn for every authenticated connection. */
-void ws_foreach_authed(void (*fn)(struct conn *c, void *arg), void *arg);
-/* SIGTERM: close every client with 1012. */
-void ws_drain(void);
-/* Counts of open connections. */
-extern uint32_t ws_conns_total, ws_conns_unauth;
 
-int ws_callback(struct lws *wsi, enum lws_callback_reasons reason,
-		void *user, void *in, size_t len);
+/* ---- http.c: /healthz, /metrics, --static ---- */
+
+/* Serves one HTTP request (metrics_listener: accepted on --metrics-listen). */
+int http_request(struct lws *wsi, int metrics_listener);
 /* Opaque user data of the connections accepted on --metrics-listen. */
-extern char ws_metrics_tag;
-#define WS_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &ws_metrics_tag)
+extern char http_metrics_tag;
+#define HTTP_IS_METRICS(wsi) (lws_get_opaque_user_data(wsi) == &http_metrics_tag)
 /* HTTP callback of the --metrics-listen vhost (/metrics and /healthz only). */
-int ws_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
-			void *user, void *in, size_t len);
-/* Starts the per-second housekeeping timer (auth timeouts, heartbeats). */
-void ws_start_timers(void);
+int http_metrics_callback(struct lws *wsi, enum lws_callback_reasons reason,
+			  void *user, void *in, size_t len);
 
 /* ---- auth.c: HS256 JWT ---- */
 
@@ -219,13 +307,13 @@ void route_notify(const char *payload);
 void route_notify_verified(const char *events);
 /* Result of a "ref":true lookup (NULL json: failed) for the oldest waiting event. */
 void route_ref_done(void *event, const char *json, size_t len);
-/* Forgets waiting events (database lost). */
-void route_reset(void);
 
 /* ---- db.c: libpq in the event loop ---- */
 
-/* Starts connecting the LISTEN/control connection and the pool. */
-void db_start(void);
+/* Starts connecting the LISTEN/control connection and the pool (sockets
+ * adopted on vhost, timers on ctx); on_ready is called once, when the node
+ * is registered and the whole pool is up. */
+void db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void));
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
 
@@ -238,7 +326,8 @@ int db_session_connect(struct conn *c);
 void db_session_disconnect(struct conn *c);
 /* Resolves a "ref":true message event; calls route_ref_done(event, ...). */
 int db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq);
-/* SIGTERM: queues chat.node_reset; db_shutdown_done() says when it ran. */
+/* SIGTERM (or stop): no reconnects, no new sessions; the final
+ * chat.node_reset is queued, db_shutdown_done() says when it ran. */
 void db_shutdown(void);
 int db_shutdown_done(void);
 
@@ -267,9 +356,11 @@ struct metrics {
 
 extern struct metrics stats;
 
+/* Counts a close (the gateway's code or the peer's). */
 void metrics_close(int code);
 void metrics_latency(uint64_t us);
-/* Renders the Prometheus text into a malloc'd buffer; caller frees. */
-char *metrics_render(size_t *len);
+/* Renders the Prometheus text (with the gauges: open and unauthenticated
+ * connections, database up) into a malloc'd buffer; caller frees. */
+char *metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up);
 
 #endif

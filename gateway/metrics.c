@@ -9,7 +9,9 @@ struct metrics stats;
 
 /* Close codes counted separately; anything else lands in the last slot. */
 static const int close_codes[] = {
-	1000, 1001, 1003, 1007, 1008, 1009, 1011, 1012, 4001, 4003, 4008, 4009, 0
+	CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_UNSUPPORTED, CLOSE_INVALID_DATA, CLOSE_POLICY,
+	CLOSE_TOO_BIG, CLOSE_INTERNAL, CLOSE_RESTART, CLOSE_AUTH, CLOSE_REVOKED,
+	CLOSE_AUTH_TIMEOUT, CLOSE_LAGGING, 0
 };
 #define N_CLOSE_CODES (sizeof(close_codes) / sizeof(close_codes[0]))
 
@@ -69,9 +71,7 @@ out_printf(struct out *o, const char *fmt, ...)
 			return;
 		}
 		o->cap *= 2;
-		o->buf = realloc(o->buf, o->cap);
-		if (!o->buf)
-			abort();
+		o->buf = xrealloc(o->buf, o->cap);
 	}
 }
 
@@ -84,20 +84,54 @@ out_metric(struct out *o, const char *name, const char *type, const char *help,
 		   name, help, name, type, name, cfg.node, (unsigned long long)value);
 }
 
-/* Renders every metric as Prometheus text; caller frees. */
-char *
-metrics_render(size_t *len)
+/* The closes counter, one series per close code. */
+static void
+metrics_render_closes(struct out *o)
 {
-	struct out o = { malloc(8192), 0, 8192 };
-	uint64_t cum = 0;
-	size_t i;
+	out_printf(o, "# HELP chat_gateway_closes_total Connections closed, by WebSocket close code.\n"
+		       "# TYPE chat_gateway_closes_total counter\n");
+	for (size_t i = 0; i < N_CLOSE_CODES; i++) {
+		if (close_codes[i])
+			out_printf(o, "chat_gateway_closes_total{node=\"%s\",code=\"%d\"} %llu\n",
+				   cfg.node, close_codes[i], (unsigned long long)stats.closes[i]);
+		else
+			out_printf(o, "chat_gateway_closes_total{node=\"%s\",code=\"other\"} %llu\n",
+				   cfg.node, (unsigned long long)stats.closes[i]);
+	}
+}
 
-	if (!o.buf)
-		abort();
+/* The request latency histogram. */
+static void
+metrics_render_latency(struct out *o)
+{
+	uint64_t cum = 0;
+
+	out_printf(o, "# HELP chat_gateway_request_duration_seconds Frame received to response queued.\n"
+		       "# TYPE chat_gateway_request_duration_seconds histogram\n");
+	for (size_t i = 0; i < N_BOUNDS; i++) {
+		cum += stats.latency_buckets[i];
+		out_printf(o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"%g\"} %llu\n",
+			   cfg.node, latency_bounds[i], (unsigned long long)cum);
+	}
+	cum += stats.latency_buckets[N_BOUNDS];
+	out_printf(o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"+Inf\"} %llu\n"
+		       "chat_gateway_request_duration_seconds_sum{node=\"%s\"} %.6f\n"
+		       "chat_gateway_request_duration_seconds_count{node=\"%s\"} %llu\n",
+		   cfg.node, (unsigned long long)cum, cfg.node, stats.latency_sum,
+		   cfg.node, (unsigned long long)stats.latency_count);
+}
+
+/* Renders every metric as Prometheus text; caller frees.  The gauges that
+ * other modules own come as arguments: metrics.c depends on none of them. */
+char *
+metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
+{
+	struct out o = { xmalloc(8192), 0, 8192 };
+
 	out_metric(&o, "chat_gateway_connections", "gauge",
-		   "Open WebSocket connections.", ws_conns_total);
+		   "Open WebSocket connections.", conns);
 	out_metric(&o, "chat_gateway_connections_unauthenticated", "gauge",
-		   "Open connections that have not authenticated yet.", ws_conns_unauth);
+		   "Open connections that have not authenticated yet.", unauth);
 	out_metric(&o, "chat_gateway_connections_total", "counter",
 		   "WebSocket connections accepted.", stats.connections_total);
 	out_metric(&o, "chat_gateway_auth_failures_total", "counter",
@@ -145,32 +179,10 @@ metrics_render(size_t *len)
 	out_metric(&o, "chat_gateway_resyncs_total", "counter",
 		   "Resync frames sent to clients.", stats.resyncs);
 	out_metric(&o, "chat_gateway_db_up", "gauge",
-		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_ready());
+		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_up);
 
-	out_printf(&o, "# HELP chat_gateway_closes_total Connections closed, by WebSocket close code.\n"
-		       "# TYPE chat_gateway_closes_total counter\n");
-	for (i = 0; i < N_CLOSE_CODES; i++) {
-		if (close_codes[i])
-			out_printf(&o, "chat_gateway_closes_total{node=\"%s\",code=\"%d\"} %llu\n",
-				   cfg.node, close_codes[i], (unsigned long long)stats.closes[i]);
-		else
-			out_printf(&o, "chat_gateway_closes_total{node=\"%s\",code=\"other\"} %llu\n",
-				   cfg.node, (unsigned long long)stats.closes[i]);
-	}
-
-	out_printf(&o, "# HELP chat_gateway_request_duration_seconds Frame received to response queued.\n"
-		       "# TYPE chat_gateway_request_duration_seconds histogram\n");
-	for (i = 0; i < N_BOUNDS; i++) {
-		cum += stats.latency_buckets[i];
-		out_printf(&o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"%g\"} %llu\n",
-			   cfg.node, latency_bounds[i], (unsigned long long)cum);
-	}
-	cum += stats.latency_buckets[N_BOUNDS];
-	out_printf(&o, "chat_gateway_request_duration_seconds_bucket{node=\"%s\",le=\"+Inf\"} %llu\n"
-		       "chat_gateway_request_duration_seconds_sum{node=\"%s\"} %.6f\n"
-		       "chat_gateway_request_duration_seconds_count{node=\"%s\"} %llu\n",
-		   cfg.node, (unsigned long long)cum, cfg.node, stats.latency_sum,
-		   cfg.node, (unsigned long long)stats.latency_count);
+	metrics_render_closes(&o);
+	metrics_render_latency(&o);
 	*len = o.len;
 	return o.buf;
 }

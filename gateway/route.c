@@ -51,10 +51,8 @@ static void
 route_grow(void)
 {
 	uint32_t n = n_buckets ? n_buckets * 2 : 1024;
-	struct conn **nb = calloc(n, sizeof(*nb));
+	struct conn **nb = xcalloc(n, sizeof(*nb));
 
-	if (!nb)
-		return;		/* keep the longer chains */
 	for (uint32_t i = 0; i < n_buckets; i++) {
 		struct conn *c = buckets[i], *next;
 		for (; c; c = next) {
@@ -77,8 +75,6 @@ route_add(struct conn *c)
 
 	if (n_entries >= n_buckets)
 		route_grow();
-	if (!buckets)
-		abort();
 	b = bucket_of(c->user, n_buckets);
 	c->user_next = buckets[b];
 	buckets[b] = c;
@@ -122,13 +118,13 @@ route_deliver(struct msg *m, const int64_t *users, uint32_t n_users, int is_mess
 	for (uint32_t i = 0; i < n_users; i++) {
 		struct conn *c = buckets[bucket_of(users[i], n_buckets)];
 		for (; c; c = c->user_next) {
-			if (c->user != users[i] || !c->confirmed)
+			if (c->user != users[i] || c->state != CONN_LIVE)
 				continue;
 			if (is_message && c->user == sender && c->device == sender_device) {
 				stats.skipped_own++;
 				continue;
 			}
-			ws_send(c, m);
+			conn_send(c, m);
 			stats.deliveries++;
 		}
 	}
@@ -153,15 +149,13 @@ route_drain(void)
 	}
 }
 
-/* Appends an event to the waiting queue; returns it or NULL (out of memory). */
+/* Appends an event to the waiting queue; returns it. */
 static struct event *
 route_wait(struct msg *m, const int64_t *users, uint32_t n_users, int is_message,
 	   int64_t sender, int32_t sender_device)
 {
-	struct event *e = malloc(sizeof(*e) + n_users * sizeof(int64_t));
+	struct event *e = xmalloc(sizeof(*e) + n_users * sizeof(int64_t));
 
-	if (!e)
-		return NULL;
 	e->next = NULL;
 	e->msg = m;
 	e->sender = sender;
@@ -182,15 +176,10 @@ route_wait(struct msg *m, const int64_t *users, uint32_t n_users, int is_message
 static void
 route_resync_users(const int64_t *users, uint32_t n_users)
 {
-	static struct msg *resync;
-
-	if (!resync && !(resync = msg_new("{\"type\":\"resync\"}", 17)))
-		abort();
-	resync->refs = MSG_STATIC;
 	for (uint32_t i = 0; i < n_users; i++)
 		for (struct conn *c = buckets[bucket_of(users[i], n_buckets)]; c; c = c->user_next)
-			if (c->user == users[i] && c->confirmed) {
-				ws_send(c, resync);
+			if (c->user == users[i] && c->state == CONN_LIVE) {
+				conn_send(c, msg_resync());
 				stats.resyncs++;
 			}
 }
@@ -210,13 +199,6 @@ route_ref_done(void *event, const char *json, size_t len)
 		route_resync_users(e->users, e->n_users);
 	}
 	route_drain();
-}
-
-/* Nothing to forget here: waiting refs are failed by db.c. */
-void
-route_reset(void)
-{
-	/* Pending ref entries are failed by db.c, which calls route_ref_done. */
 }
 
 /* Parses the header line "17,42" into users; returns the count or -1. */
@@ -247,7 +229,7 @@ static int
 route_user_here(int64_t user)
 {
 	for (struct conn *c = buckets[bucket_of(user, n_buckets)]; c; c = c->user_next)
-		if (c->user == user && c->confirmed)
+		if (c->user == user && c->state == CONN_LIVE)
 			return 1;
 	return 0;
 }
@@ -270,10 +252,10 @@ route_revoked(json_t *ev)
 	device = json_integer_value(d);
 	for (struct conn *c = buckets[bucket_of(user, n_buckets)], *next; c; c = next) {
 		next = c->user_next;
-		if (c->user != user || c->device != device || c->close_code)
+		if (c->user != user || c->device != device || !CONN_OPEN(c))
 			continue;
 		stats.revoked++;
-		ws_close(c, 4003, "device revoked");
+		conn_close(c, CLOSE_REVOKED, "device revoked");
 	}
 }
 
@@ -327,8 +309,6 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 			if (!route_user_here(users[i]))
 				continue;
 			e = route_wait(NULL, &users[i], 1, 1, sender, sender_device);
-			if (!e)
-				continue;
 			e->waiting_ref = 1;
 			if (db_resolve_ref(e, users[i], conversation, seq) != 0) {
 				e->waiting_ref = 0;
@@ -341,11 +321,8 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 	}
 
 	m = msg_new(json, len);
-	if (!m)
-		return;
 	if (wait_head) {
-		if (!route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device))
-			msg_unref(m);
+		route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device);
 		return;
 	}
 	route_deliver(m, users, (uint32_t)n_users, is_message, sender, sender_device);

@@ -6,7 +6,7 @@
  * rejected, which exercises the check itself).  "ref":true events
  * are resolved right after (with a message, or failed: resync), alternately
  * db_resolve_ref itself fails, so that the waiting queue is exercised and
- * always drained.  ws_send is a stub that reads the queued frame. */
+ * always drained.  conn_send is a stub that reads the queued frame. */
 #include <stdlib.h>
 #include <string.h>
 #include <assert.h>
@@ -28,8 +28,7 @@ setup(void)
 	for (int i = 0; i < 6; i++) {
 		conns[i].user = users[i];
 		conns[i].device = i + 1;
-		conns[i].authed = 1;
-		conns[i].confirmed = 1;
+		conns[i].state = CONN_LIVE;
 		route_add(&conns[i]);
 	}
 }

@@ -1,5 +1,6 @@
 /* stubs.c: what the lws-free gateway sources (frame.c, request.c, auth.c,
- * route.c) need from the rest of the gateway, for the libFuzzer harnesses.
+ * route.c, alloc.c) need from the rest of the gateway, for the libFuzzer
+ * harnesses.
  * Shared by every harness (tests/fuzz/NAME_fuzz.c); harness-specific
  * behaviour stays behind the stub_* variables below. */
 #include <stdlib.h>
@@ -11,7 +12,7 @@
 struct config cfg;
 struct metrics stats;
 
-/* Frames queued by ws_send (route.c deliveries). */
+/* Frames queued by conn_send (route.c deliveries). */
 uint64_t stub_sends;
 /* db_resolve_ref: events handed over (resolve them with route_ref_done). */
 void **stub_refs;
@@ -40,7 +41,7 @@ now_us(void)
 
 /* Counts a delivery; touches the frame so ASan sees a use after free. */
 void
-ws_send(struct conn *c, struct msg *m)
+conn_send(struct conn *c, struct msg *m)
 {
 	(void)c;
 	stub_sends += (unsigned char)MSG_DATA(m)[0] + m->len;
@@ -86,8 +87,9 @@ stub_config(void)
 
 /* Revoked events close connections: records the code on the stub connection. */
 void
-ws_close(struct conn *c, int code, const char *why)
+conn_close(struct conn *c, enum close_code code, const char *why)
 {
 	(void)why;
 	c->close_code = (uint16_t)code;
+	c->state = CONN_CLOSING;
 }
