@@ -90,6 +90,14 @@ SELECT seq, duplicate FROM chat.send_message(1, 1, 'before', 'retry-1');
 SELECT chat.block(2, 1);
 SELECT seq, duplicate FROM chat.send_message(1, 1, 'before', 'retry-1');
 SELECT pg_temp.try($$SELECT chat.send_message(1, 1, 'after', 'retry-2')$$);
+-- Nor edit there (an edit brings new text); deleting its own message stays allowed.
+SELECT pg_temp.try($$SELECT chat.edit_message(1, 1, 4, 'edited while blocked')$$);
+SELECT body, edited_at IS NULL AS not_edited FROM chat.messages WHERE conversation_id = 1 AND seq = 4;
+SELECT count(*) AS edit_entries FROM chat.messages WHERE conversation_id = 1 AND kind = 'edit';
+SELECT seq FROM chat.send_message(2, 1, 'the blocker writes');
+SELECT chat.edit_message(2, 1, 5, 'the blocker edits');
+SELECT chat.delete_message(1, 1, 4);
+SELECT seq, kind, target, body FROM chat.messages WHERE conversation_id = 1 AND seq > 4 ORDER BY seq;
 -- Over client_request too.
 SELECT chat.client_request('n1', 1, 1, '{"id":1,"type":"send","conversation":1,"body":"x"}') - 'message';
 
