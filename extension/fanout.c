@@ -43,6 +43,7 @@ static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
 static SPIPlanPtr member_routes_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
+static SPIPlanPtr read_receipts_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 static SPIPlanPtr entry_routes_plan = NULL;
 
@@ -460,7 +461,9 @@ chat_fanout_event(PG_FUNCTION_ARGS)
  * (from_seq, to_seq], never to the whole group.  Only senders who are
  * still members get one (a removed member learns nothing more of the
  * conversation), and only for messages: system messages and change-log
- * entries have no receipts.
+ * entries have no receipts.  No receipt passes a block (chat.blocks,
+ * either way).  A reader with read_receipts off sends a delivered receipt
+ * instead of a read one (reading implies delivery, which still goes out).
  */
 Datum
 chat_fanout_receipt(PG_FUNCTION_ARGS)
@@ -496,12 +499,29 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	ChatSpiConnect();
+	if (strcmp(kind, "read") == 0)
+	{
+		bool		isnull;
+		Datum		rargs[1] = {Int64GetDatum(reader)};
+
+		ChatPrepare(&read_receipts_plan,
+					"SELECT read_receipts FROM chat.users WHERE id = $1", 1, types);
+		ChatExecute(read_receipts_plan, rargs, NULL, false, 1, SPI_OK_SELECT, "privacy lookup");
+		if (SPI_processed == 1 &&
+			!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
+			!isnull)
+			kind = "delivered";
+	}
 	ChatPrepare(&senders_plan,
-				"SELECT DISTINCT x.sender_id FROM chat.messages x"
-				" JOIN chat.members m ON m.conversation_id = x.conversation_id"
-				"                    AND m.user_id = x.sender_id AND m.left_at IS NULL"
-				" WHERE x.conversation_id = $1 AND x.seq > $2 AND x.seq <= $3"
-				" AND x.sender_id <> $4 AND x.kind NOT IN ('system', 'edit', 'delete')",
+				"SELECT s.sender_id FROM ("
+				"  SELECT DISTINCT x.sender_id FROM chat.messages x"
+				"   JOIN chat.members m ON m.conversation_id = x.conversation_id"
+				"                      AND m.user_id = x.sender_id AND m.left_at IS NULL"
+				"  WHERE x.conversation_id = $1 AND x.seq > $2 AND x.seq <= $3"
+				"    AND x.sender_id <> $4 AND x.kind NOT IN ('system', 'edit', 'delete')) s"
+				" WHERE NOT EXISTS (SELECT FROM chat.blocks b"
+				"                    WHERE (b.blocker = $4 AND b.blocked = s.sender_id)"
+				"                       OR (b.blocker = s.sender_id AND b.blocked = $4))",
 				4, types);
 	args[0] = Int64GetDatum(conversation_id);
 	args[1] = Int64GetDatum(from_seq);

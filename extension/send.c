@@ -60,10 +60,18 @@ PrepareSendPlans(void)
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 
+	/*
+	 * Column 4: the peer of a direct conversation when it blocks the sender
+	 * (one primary-key probe of chat.blocks; NULL otherwise).
+	 */
 	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
 		"       $3 IS NULL OR EXISTS (SELECT FROM chat.devices d"
-		"                             WHERE d.user_id = $2 AND d.device_id = $3)"
+		"                             WHERE d.user_id = $2 AND d.device_id = $3),"
+		"       (SELECT b.blocker FROM chat.blocks b"
+		"         WHERE c.kind = 'direct' AND b.blocked = $2"
+		"           AND b.blocker = CASE WHEN c.direct_low = $2 THEN c.direct_high"
+		"                                ELSE c.direct_low END)"
 		"  FROM chat.conversations c"
 		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
 		" WHERE c.id = $1 AND m.left_at IS NULL"
@@ -281,10 +289,11 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 /*
  * Step 1 of a send: locks the conversation and member rows and returns
  * true with last_seq and the sender's read_seq.  False when the sender has
- * no active membership but an earlier send of the client_msg_id exists (a
- * retry of a send made before leaving still gets its answer: *seq and
- * *created_at); raises for a non-member otherwise, and for an unknown
- * device.  Caller is connected to SPI.
+ * no active membership, or is blocked by the peer of a direct conversation,
+ * but an earlier send of the client_msg_id exists (a retry of a send made
+ * before leaving or being blocked still gets its answer: *seq and
+ * *created_at); raises for a non-member (42501 for a blocked sender)
+ * otherwise, and for an unknown device.  Caller is connected to SPI.
  */
 static bool
 LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
@@ -294,6 +303,7 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 	Int32GetDatum(a->sender_device)};
 	char		argnulls[3] = {' ', ' ', a->sender_device == 0 ? 'n' : ' '};
 	bool		isnull;
+	int64		blocker;
 
 	ChatExecute(lock_plan, args, argnulls, false, 1, SPI_OK_SELECT, "conversation lock");
 	if (SPI_processed == 0)
@@ -311,6 +321,18 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 				 errmsg("device %d of user " INT64_FORMAT " does not exist",
 						a->sender_device, a->sender),
 				 errhint("Register it with chat.register_device.")));
+	blocker = ChatSpiInt64(0, 4, &isnull);
+	if (!isnull)
+	{
+		if (a->client_msg_id != NULL &&
+			FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT
+						": blocked by user " INT64_FORMAT,
+						a->sender, a->conversation_id, blocker)));
+	}
 	if (a->reply_to != 0 && (a->reply_to < 1 || a->reply_to > *last_seq))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),

@@ -8,6 +8,7 @@
  */
 #include "chat.h"
 
+#include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -34,6 +35,9 @@ typedef struct TypingTable
 } TypingTable;
 
 static TypingTable *typing_table = NULL;
+
+static SPIPlanPtr any_block_plan = NULL;
+static SPIPlanPtr unblocked_members_plan = NULL;
 
 PG_FUNCTION_INFO_V1(chat_typing);
 
@@ -114,9 +118,47 @@ TypingAllowed(int64 user_id, int64 conversation_id, bool typing)
 }
 
 /*
+ * When user_id is in a block (either way, chat.blocks), the other current
+ * members of the conversation that are not in one with it: *users (in
+ * cxt) and *nusers; returns false when there is no block at all, so the
+ * event goes to every member (the common case costs two index probes).
+ * Caller is connected to SPI.
+ */
+static bool
+UnblockedMembers(int64 user_id, int64 conversation_id, MemoryContext cxt,
+				 int64 **users, int *nusers)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(user_id), Int64GetDatum(conversation_id)};
+	bool		isnull;
+	uint64		i;
+
+	ChatPrepare(&any_block_plan,
+				"SELECT EXISTS (SELECT FROM chat.blocks WHERE blocker = $1)"
+				"    OR EXISTS (SELECT FROM chat.blocks WHERE blocked = $1)", 1, types);
+	ChatExecute(any_block_plan, args, NULL, false, 1, SPI_OK_SELECT, "block lookup");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return false;
+	ChatPrepare(&unblocked_members_plan,
+				"SELECT m.user_id FROM chat.members m"
+				" WHERE m.conversation_id = $2 AND m.left_at IS NULL AND m.user_id <> $1"
+				"   AND NOT EXISTS (SELECT FROM chat.blocks b"
+				"                    WHERE (b.blocker = $1 AND b.blocked = m.user_id)"
+				"                       OR (b.blocker = m.user_id AND b.blocked = $1))",
+				2, types);
+	ChatExecute(unblocked_members_plan, args, NULL, false, 0, SPI_OK_SELECT, "typing audience");
+	*users = MemoryContextAlloc(cxt, sizeof(int64) * (SPI_processed + 1));
+	*nusers = 0;
+	for (i = 0; i < SPI_processed; i++)
+		(*users)[(*nusers)++] = ChatSpiInt64(i, 1, &isnull);
+	return true;
+}
+
+/*
  * chat.typing(user_id, conversation_id, typing): an ephemeral typing event
  * to the other online members; never stored, rate limited.  The caller
  * must be a member (RequireMember: the errors of chat.require_member).
+ * Members in a block with the typist, either way, get nothing.
  */
 Datum
 chat_typing(PG_FUNCTION_ARGS)
@@ -125,6 +167,10 @@ chat_typing(PG_FUNCTION_ARGS)
 	int64		conversation_id;
 	bool		typing = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
 	char	   *event;
+	MemoryContext cxt = CurrentMemoryContext;
+	int64	   *users = NULL;	/* NULL: every member */
+	int			nusers = 0;
+	bool		filtered;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -138,12 +184,15 @@ chat_typing(PG_FUNCTION_ARGS)
 	conversation_id = PG_GETARG_INT64(1);
 	ChatSpiConnect();
 	RequireMember(user_id, conversation_id);
+	filtered = UnblockedMembers(user_id, conversation_id, cxt, &users, &nusers);
 	ChatSpiFinish();
+	if (filtered && nusers == 0)
+		PG_RETURN_VOID();
 	if (!TypingAllowed(user_id, conversation_id, typing))
 		PG_RETURN_VOID();
 	event = psprintf("{\"type\":\"typing\",\"conversation\":" INT64_FORMAT
 					 ",\"user\":" INT64_FORMAT ",\"typing\":%s}",
 					 conversation_id, user_id, typing ? "true" : "false");
-	FanoutToUsers(conversation_id, NULL, 0, user_id, event, NULL);
+	FanoutToUsers(conversation_id, users, nusers, user_id, event, NULL);
 	PG_RETURN_VOID();
 }

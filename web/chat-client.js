@@ -310,7 +310,8 @@ export class ChatClient {
    * The chat list, newest activity first.
    * @param {{limit?: number, before?: string}} [opts]
    * @returns {Promise<Array<{conversation:number, kind:string, title:string|null, last_seq:number,
-   *   read_seq:number, unread:number, last_activity:string, last_message:object|null}>>}
+   *   read_seq:number, unread:number, last_activity:string, last_message:object|null,
+   *   peer:object|null}>>} peer: the other user's profile in a direct conversation
    */
   async conversations({ limit, before } = {}) {
     const fields = {};
@@ -381,4 +382,82 @@ export class ChatClient {
    * @returns {Promise<Array<{user:number, online:boolean, last_seen:string|null}>>}
    */
   async presence(users) { return resultList(await this.request('presence', { users }), 'users'); }
+
+  // Profiles, blocking, reports, privacy.
+
+  /**
+   * Public profiles of users (unknown ids are left out).
+   * @param {number[]} users
+   * @returns {Promise<Array<{user:number, handle:string, display_name:string|null,
+   *   about:string|null, avatar:string|null}>>}
+   */
+  async profile(users) { return resultList(await this.request('profile', { users }), 'users'); }
+
+  /**
+   * Sets the own profile.  A field left out (or undefined/null) stays as it
+   * is; '' clears it.
+   * @param {{displayName?: string, about?: string, avatar?: string}} fields
+   */
+  setProfile({ displayName, about, avatar } = {}) {
+    const fields = {};
+    if (displayName != null) fields.display_name = displayName;
+    if (about != null) fields.about = about;
+    if (avatar != null) fields.avatar = avatar;
+    return this.request('set_profile', fields);
+  }
+
+  /**
+   * The user with a handle (regardless of case); null when there is none.
+   * @param {string} handle
+   * @returns {Promise<{user:number, handle:string, display_name:string|null,
+   *   about:string|null, avatar:string|null}|null>}
+   */
+  async findUser(handle) {
+    try {
+      return (await this.request('find_user', { handle }))?.user ?? null;
+    } catch (err) {
+      if (err && err.code === 'P0002') return null;
+      throw err;
+    }
+  }
+
+  /**
+   * Blocks a user: it can no longer send into your direct conversation,
+   * and typing, presence and receipts stop between you.
+   * @param {number} user
+   */
+  block(user) { return this.request('block', { user }); }
+
+  /** Lifts a block. @param {number} user */
+  unblock(user) { return this.request('unblock', { user }); }
+
+  /** The users you have blocked. @returns {Promise<number[]>} */
+  async blocked() { return resultList(await this.request('blocked', {}), 'users'); }
+
+  /**
+   * Reports a user, a conversation or a message (conversation and seq) to
+   * the moderators.
+   * @param {{user?: number, conversation?: number, seq?: number, reason: string}} report
+   * @returns {Promise<number>} report id
+   */
+  async report({ user, conversation, seq, reason }) {
+    const fields = { reason };
+    if (user != null) fields.user = user;
+    if (conversation != null) fields.conversation = conversation;
+    if (seq != null) fields.seq = seq;
+    return Number((await this.request('report', fields))?.report);
+  }
+
+  /**
+   * Privacy: who sees your online state and last seen ('everyone',
+   * 'contacts', 'nobody'), and whether your reads are sent as read
+   * receipts.  A setting left out stays as it is.
+   * @param {{lastSeen?: string, readReceipts?: boolean}} settings
+   */
+  setPrivacy({ lastSeen, readReceipts } = {}) {
+    const fields = {};
+    if (lastSeen != null) fields.last_seen = lastSeen;
+    if (readReceipts != null) fields.read_receipts = readReceipts;
+    return this.request('set_privacy', fields);
+  }
 }

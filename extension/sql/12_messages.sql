@@ -69,6 +69,7 @@ DECLARE
     msg chat.messages;
     window_length interval := current_setting('chat.edit_window')::interval;
     changed_at timestamptz;
+    blocker bigint;
 BEGIN
     PERFORM chat.check_body(edit_message.body);
     IF edit_message.seq IS NULL THEN
@@ -77,6 +78,17 @@ BEGIN
     -- Lock order of every writer: the conversation row, then the rest.
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
+    -- An edit brings new text, like a send: not from a blocked user into
+    -- the direct conversation with the blocker (deleting stays allowed).
+    SELECT k.blocker INTO blocker
+      FROM chat.conversations c
+      JOIN chat.blocks k ON k.blocked = actor
+                        AND k.blocker = CASE WHEN c.direct_low = actor THEN c.direct_high ELSE c.direct_low END
+     WHERE c.id = conv AND c.kind = 'direct';
+    IF FOUND THEN
+        RAISE EXCEPTION 'user % cannot edit in conversation %: blocked by user %', actor, conv, blocker
+            USING ERRCODE = '42501';
+    END IF;
     msg := chat.changeable_message(m, edit_message.seq, 'Edit');
     IF msg.sender_id <> actor OR msg.kind = 'system' THEN
         RAISE EXCEPTION 'user % may not edit message % of conversation %', actor, msg.seq, conv

@@ -37,12 +37,14 @@ $$;
 -- The users who get presence events of user_id, by its privacy setting:
 -- 'everyone': its conversation peers (group members and direct peers);
 -- 'contacts': its contacts only (chat.contacts: a direct conversation in
--- which both have sent a message); 'nobody': no one.
+-- which both have sent a message); 'nobody': no one.  Users in a block
+-- with it (either way, chat.blocks) are left out.
 CREATE FUNCTION chat.presence_audience(user_id bigint)
 RETURNS bigint[]
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE u.presence_privacy
+    SELECT ARRAY(
+        SELECT x FROM unnest(CASE u.presence_privacy
            WHEN 'everyone' THEN
                (SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
                   FROM chat.members m
@@ -50,7 +52,10 @@ SET search_path = pg_catalog, pg_temp AS $$
                                      AND p.left_at IS NULL AND p.user_id <> m.user_id
                  WHERE m.user_id = u.id AND m.left_at IS NULL)
            WHEN 'contacts' THEN ARRAY(SELECT chat.contacts(u.id))
-           ELSE '{}'::bigint[] END
+           ELSE '{}'::bigint[] END) AS x
+         WHERE NOT EXISTS (SELECT FROM chat.blocks k
+                            WHERE (k.blocker = u.id AND k.blocked = x)
+                               OR (k.blocker = x AND k.blocked = u.id)))
       FROM chat.users u
      WHERE u.id = presence_audience.user_id
 $$;
@@ -215,7 +220,8 @@ $$;
 
 -- Online state and last_seen of user_ids as viewer may see them: a user
 -- with privacy 'nobody' (or 'contacts', to a viewer who is not one of its
--- contacts) shows offline with no last_seen.  Unknown users are left out.
+-- contacts), or in a block with the viewer either way, shows offline with
+-- no last_seen.  Unknown users are left out.
 CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
 RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -226,9 +232,10 @@ SET search_path = pg_catalog, pg_temp AS $$
       FROM (SELECT DISTINCT x FROM unnest(user_ids) AS x) ids
       JOIN chat.users u ON u.id = ids.x
      CROSS JOIN LATERAL (
-        SELECT u.id = viewer
-            OR u.presence_privacy = 'everyone'
-            OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)) AS visible) v
+        SELECT (u.id = viewer
+                OR u.presence_privacy = 'everyone'
+                OR (u.presence_privacy = 'contacts' AND chat.is_contact(u.id, viewer)))
+               AND NOT chat.is_blocked(u.id, viewer) AS visible) v
      ORDER BY u.id
 $$;
 

@@ -108,6 +108,15 @@ SET search_path = pg_catalog, pg_temp AS $$
       FROM unnest(msgs) AS m
 $$;
 
+-- A profile as the JSON object of the protocol ("user", not "user_id").
+CREATE FUNCTION chat.profile_json(p chat.profile_view)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('user', p.user_id, 'handle', p.handle, 'display_name', p.display_name,
+                              'about', p.about, 'avatar', p.avatar)
+$$;
+
 -- Runs one request of user_id's device (no error handling: see
 -- client_request) and returns its result object.
 CREATE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
@@ -178,6 +187,9 @@ BEGIN
                        'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
                        'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
                        'last_activity', chat.json_timestamp(c.last_activity),
+                       'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
+                                                             u.avatar)::chat.profile_view)
+                                  FROM chat.users u WHERE u.id = c.peer_id),
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
@@ -212,6 +224,38 @@ BEGIN
                                                 'last_seen', chat.json_timestamp(p.last_seen))
                              ORDER BY p.user_id)
               FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    -- Profiles, blocking, reports, privacy (15_profiles.sql).
+    WHEN 'profile' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(p) ORDER BY p.user_id)
+              FROM chat.profile(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    WHEN 'set_profile' THEN
+        PERFORM chat.set_profile(user_id, chat.request_text(request, 'display_name', false),
+                                 chat.request_text(request, 'about', false),
+                                 chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    WHEN 'find_user' THEN
+        RETURN jsonb_build_object('user', (
+            SELECT chat.profile_json(p)
+              FROM chat.find_user(user_id, chat.request_text(request, 'handle')) p));
+    WHEN 'block' THEN
+        PERFORM chat.block(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'unblock' THEN
+        PERFORM chat.unblock(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'blocked' THEN
+        RETURN jsonb_build_object('users', to_jsonb(ARRAY(SELECT chat.blocked(user_id))));
+    WHEN 'report' THEN
+        RETURN jsonb_build_object('report',
+            chat.report(user_id, chat.request_bigint(request, 'user', false),
+                        chat.request_bigint(request, 'conversation', false),
+                        chat.request_bigint(request, 'seq', false),
+                        chat.request_text(request, 'reason')));
+    WHEN 'set_privacy' THEN
+        PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
+                                 chat.request_bool(request, 'read_receipts', NULL));
+        RETURN '{}';
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
@@ -273,6 +317,7 @@ REVOKE ALL ON FUNCTION chat.request_bigint(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.request_bool(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.request_ids(jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.messages_json(chat.message_view[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.profile_json(chat.profile_view) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
 
@@ -282,6 +327,7 @@ COMMENT ON FUNCTION chat.request_bigint(jsonb, text, boolean) IS 'client_request
 COMMENT ON FUNCTION chat.request_bool(jsonb, text, boolean) IS 'client_request field as boolean (22P02 wrong type)';
 COMMENT ON FUNCTION chat.request_ids(jsonb, text, boolean) IS 'client_request field as an array of ids (22P02 wrong type)';
 COMMENT ON FUNCTION chat.messages_json(chat.message_view[]) IS 'messages as a JSON array of message event objects';
+COMMENT ON FUNCTION chat.profile_json(chat.profile_view) IS 'a profile as a JSON object {"user","handle","display_name","about","avatar"}';
 COMMENT ON FUNCTION chat.dispatch_request(text, bigint, integer, jsonb) IS 'internal: runs one client request, errors propagate';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
     'one client frame (docs/protocol.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';

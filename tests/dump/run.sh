@@ -31,6 +31,9 @@ SELECT chat.add_member(1, 2, 5, 'admin');
 SELECT chat.remove_member(1, 2, 3);
 SELECT chat.ack(2, 1, 1, 20), chat.ack(1, 2, 2, 30);
 SELECT chat.mark_read(2, 1, 25), chat.mark_read(4, 2, 10);
+SELECT chat.set_profile(1, 'One', 'about one', 'avatar-1'), chat.set_privacy(2, 'contacts', false);
+SELECT chat.block(3, 1), chat.block(2, 4);
+SELECT chat.report(1, NULL, 1, 1, 'spam'), chat.report(3, 1, NULL, NULL, 'rude');
 SQL
 # Pending pushes, if the realtime layer queued none for the offline devices.
 q $src -c "INSERT INTO chat.push_outbox (user_id, device_id, push_token, conversation_id, seq, payload)
@@ -46,6 +49,8 @@ SELECT 'members ' || md5(string_agg(t::text, '|' ORDER BY t.conversation_id, t.u
 SELECT 'messages ' || md5(string_agg(t::text, '|' ORDER BY t.conversation_id, t.seq)) FROM chat.messages t;
 SELECT 'device_cursors ' || md5(string_agg(t::text, '|' ORDER BY t.user_id, t.device_id, t.conversation_id)) FROM chat.device_cursors t;
 SELECT 'push_outbox ' || md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM chat.push_outbox t;
+SELECT 'blocks ' || md5(string_agg(t::text, '|' ORDER BY t.blocker, t.blocked)) FROM chat.blocks t;
+SELECT 'reports ' || md5(string_agg(t::text, '|' ORDER BY t.id)) FROM chat.reports t;
 SELECT 'counts ' || (SELECT count(*) FROM chat.users) || ' ' || (SELECT count(*) FROM chat.devices) || ' '
     || (SELECT count(*) FROM chat.conversations) || ' ' || (SELECT count(*) FROM chat.members) || ' '
     || (SELECT count(*) FROM chat.messages) || ' ' || (SELECT count(*) FROM chat.device_cursors) || ' '
@@ -76,4 +81,7 @@ check "sync resumes from the restored cursor" "21 34" "$(q $dst -c "SELECT min(s
 check "seqs stay gapless" 0 "$(q $dst -c "
   SELECT count(*) FROM chat.conversations c
    WHERE c.last_seq <> (SELECT count(*) FROM chat.messages m WHERE m.conversation_id = c.id)")"
+check "report ids follow the old ones" 3 "$(q $dst -c "SELECT chat.report(4, 1, NULL, NULL, 'after restore')")"
+check "a restored block still stops a send" "blocked by user 2" \
+  "$(q $dst -c "SELECT chat.send_message(4, chat.direct_conversation(2, 4), 'blocked?')" 2>&1 | grep -o 'blocked by user 2')"
 echo "dump round trip: all checks passed"

@@ -127,6 +127,18 @@ SQL
   got=$(q chat_up_old -c "SELECT count(*) FROM chat.history(2, 1, NULL, 100)")
   [ "$got" = 12 ] || fail "$from: history after the upgrade has $got rows, not 12"
   echo "ok: $from: send, edit entry, sync and history after the upgrade"
+  # Users of the old version get the new profile columns' defaults, and a
+  # block stops a send (the C send path reads chat.blocks).
+  got=$(q chat_up_old -c "SELECT string_agg(coalesce(about, '-') || ':' || coalesce(avatar, '-') || ':' || read_receipts, ' ' ORDER BY id) FROM chat.users WHERE id <= 2")
+  [ "$got" = "-:-:true -:-:true" ] || fail "$from: profile columns after the upgrade: $got"
+  q chat_up_old -c "SELECT chat.set_profile(1, 'One', 'about one', 'av1'), chat.block(2, 1)" >/dev/null
+  got=$(q chat_up_old -c "SELECT display_name || ':' || about || ':' || avatar FROM chat.profile(2, ARRAY[1])")
+  [ "$got" = "One:about one:av1" ] || fail "$from: profile after the upgrade: $got"
+  if q chat_up_old -c "SELECT chat.send_message(1, 1, 'blocked')" >/dev/null 2>"$work/blocked.err"; then
+    fail "$from: a blocked user could send after the upgrade"
+  fi
+  grep -q "blocked by user 2" "$work/blocked.err" || fail "$from: blocked send: $(cat "$work/blocked.err")"
+  echo "ok: $from: profiles and blocks after the upgrade"
   walked=$((walked + 1))
 done
 [ "$walked" -gt 0 ] || fail "no upgrade script to test (extension/chat--A--B.sql with chat--A.sql)"
