@@ -65,6 +65,25 @@ typedef struct ChatMessage
 	TimestampTz created_at;
 } ChatMessage;
 
+/* The arguments of a send (send.c), checked by SendMessage. */
+typedef struct SendArgs
+{
+	int64		sender;
+	int64		conversation_id;
+	text	   *body;			/* NULL: missing (22023) */
+	text	   *client_msg_id;	/* NULL: none */
+	int64		reply_to;		/* 0: none */
+	int32		sender_device;	/* 0: not known */
+} SendArgs;
+
+/* The answer of a send: the row written, or the earlier one of a retry. */
+typedef struct SendResult
+{
+	int64		seq;
+	TimestampTz created_at;
+	bool		duplicate;
+} SendResult;
+
 /* chat.c: checked SPI plumbing, used by every query of the extension. */
 extern void ChatSpiConnect(void);
 extern void ChatSpiFinish(void);
@@ -76,6 +95,15 @@ extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
 /* member.c */
 extern void RequireMember(int64 user_id, int64 conversation_id);
 extern void RaiseNotMember(int64 user_id, int64 conversation_id) pg_attribute_noreturn();
+
+/* send.c */
+extern void SendMessage(const SendArgs *a, SendResult *r);
+
+/* typing.c */
+extern void SendTyping(int64 user_id, int64 conversation_id, bool typing);
+
+/* errors.c */
+extern const char *ConditionName(const char *sqlstate);
 
 /* fanout.c */
 extern void FanoutMessage(const ChatMessage *msg);
