@@ -32,7 +32,7 @@ SECS=${SECS:-20}
 ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-8}
 CONVS=1000
-SCRIPTS="c-request sql-request send base-1"
+SCRIPTS="c-request sql-request send base-1"  # all four are needed for the ratios
 HZ=$(getconf CLK_TCK)
 
 work=$(mktemp -d /tmp/chat-sendcpu.XXXXXX)

@@ -95,6 +95,8 @@ extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
 /* member.c */
 extern void RequireMember(int64 user_id, int64 conversation_id);
 extern void RaiseNotMember(int64 user_id, int64 conversation_id) pg_attribute_noreturn();
+extern void LockMember(int64 user_id, int64 conversation_id, int64 *delivered_seq,
+					   int64 *read_seq);
 
 /* send.c */
 extern void SendMessage(const SendArgs *a, SendResult *r);
@@ -109,6 +111,8 @@ extern const char *ConditionName(const char *sqlstate);
 extern void FanoutMessage(const ChatMessage *msg);
 extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 						  int64 exclude_user, const char *event, const char *ref_event);
+extern void FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
+						  const char *kind);
 
 /* push.c */
 extern bool MessageWantsPush(const ChatMessage *msg);

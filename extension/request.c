@@ -6,9 +6,11 @@
  * of {type, handler}.  The hot types (send, ack, read, typing, sync,
  * history, after) have C handlers: their fields are read straight from the
  * jsonb, send and typing call the C implementations (SendMessage,
- * SendTyping) directly, and ack, read, sync, history and after run their
- * SQL functions through saved SPI plans, their messages turned into JSON
- * here by AppendMessageJson (the shape of chat.message_json).  Every other
+ * SendTyping) directly, ack and read are chat.ack and chat.mark_read
+ * redone in C on saved plans (those SQL functions stay for SQL callers),
+ * and sync, history and after run their SQL functions through saved SPI
+ * plans, their messages turned into JSON here by AppendMessageJson (the
+ * shape of chat.message_json).  Every other
  * type falls through to chat.dispatch_request (plpgsql), so request types
  * added in SQL keep working; a new C handler is one row of the table.
  *
@@ -64,7 +66,9 @@ typedef void (*RequestHandler) (const RequestCtx *ctx, StringInfo result);
 
 /* Saved plans, prepared on first use in each backend. */
 static SPIPlanPtr device_plan;
-static SPIPlanPtr ack_plan;
+static SPIPlanPtr last_seq_plan;
+static SPIPlanPtr cursor_plan;
+static SPIPlanPtr delivered_plan;
 static SPIPlanPtr read_plan;
 static SPIPlanPtr sync_plan;
 static SPIPlanPtr history_plan;
@@ -285,53 +289,130 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	appendStringInfo(result, ",\"duplicate\":%s}", r.duplicate ? "true" : "false");
 }
 
-/* Runs the void SQL function call sql (saved in *plan) with args;
- * result {}. */
-static void
-RunVoid(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types, Datum *args,
-		const char *what, StringInfo result)
+/* The last_seq of a conversation (it exists: the caller holds a member
+ * row of it).  Caller is connected to SPI. */
+static int64
+LastSeq(int64 conversation_id)
 {
+	Oid			types[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(conversation_id)};
+	bool		isnull;
+
+	ChatPrepare(&last_seq_plan, "SELECT last_seq FROM chat.conversations WHERE id = $1",
+				1, types);
+	ChatExecute(last_seq_plan, args, NULL, false, 1, SPI_OK_SELECT, "last_seq lookup");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("conversation " INT64_FORMAT " does not exist", conversation_id)));
+	return ChatSpiInt64(0, 1, &isnull);
+}
+
+/*
+ * "ack": chat.ack in C, step for step: the device has stored everything up
+ * to seq; moves its cursor and the member's delivered_seq forward (never
+ * back) and sends delivery receipts; result {}.  chat.ack's device check
+ * is client_request's, made at the start of this call.
+ */
+static void
+HandleAck(const RequestCtx *ctx, StringInfo result)
+{
+	Oid			cursor_types[4] = {INT8OID, INT4OID, INT8OID, INT8OID};
+	Oid			delivered_types[3] = {INT8OID, INT8OID, INT8OID};
+	int64		conv,
+				upto,
+				delivered,
+				read_seq,
+				last;
+	Datum		args[4];
+
+	RequestInt64(ctx, "conversation", true, &conv);
+	RequestInt64(ctx, "seq", true, &upto);
+	if (upto < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seq " INT64_FORMAT " is not a valid ack", upto)));
 	ChatSpiConnect();
-	ChatPrepare(plan, sql, nargs, types);
-	ChatExecute(*plan, args, NULL, false, 0, SPI_OK_SELECT, what);
+	LockMember(ctx->user_id, conv, &delivered, &read_seq);
+	last = LastSeq(conv);
+	if (upto > last)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seq " INT64_FORMAT " is beyond the last seq " INT64_FORMAT
+						" of conversation " INT64_FORMAT, upto, last, conv),
+				 errhint("Ack only messages the device has received.")));
+	ChatPrepare(&cursor_plan,
+				"INSERT INTO chat.device_cursors AS dc (user_id, device_id, conversation_id, acked_seq)"
+				" VALUES ($1, $2, $3, $4)"
+				" ON CONFLICT (user_id, device_id, conversation_id) DO UPDATE"
+				"    SET acked_seq = EXCLUDED.acked_seq"
+				"  WHERE dc.acked_seq < EXCLUDED.acked_seq", 4, cursor_types);
+	args[0] = Int64GetDatum(ctx->user_id);
+	args[1] = Int32GetDatum(ctx->device_id);
+	args[2] = Int64GetDatum(conv);
+	args[3] = Int64GetDatum(upto);
+	ChatExecute(cursor_plan, args, NULL, false, 0, SPI_OK_INSERT, "cursor upsert");
+	if (upto > delivered)
+	{
+		ChatPrepare(&delivered_plan,
+					"UPDATE chat.members SET delivered_seq = $3"
+					" WHERE conversation_id = $1 AND user_id = $2", 3, delivered_types);
+		args[0] = Int64GetDatum(conv);
+		args[1] = Int64GetDatum(ctx->user_id);
+		args[2] = Int64GetDatum(upto);
+		ChatExecute(delivered_plan, args, NULL, false, 0, SPI_OK_UPDATE, "delivered_seq update");
+		FanoutReceipt(conv, ctx->user_id, delivered, upto, "delivered");
+	}
 	ChatSpiFinish();
 	appendStringInfoString(result, "{}");
 }
 
-/* "ack": chat.ack(user, device, conversation, seq); result {}. */
-static void
-HandleAck(const RequestCtx *ctx, StringInfo result)
-{
-	Oid			types[4] = {INT8OID, INT4OID, INT8OID, INT8OID};
-	int64		conv,
-				seq;
-	Datum		args[4];
-
-	RequestInt64(ctx, "conversation", true, &conv);
-	RequestInt64(ctx, "seq", true, &seq);
-	args[0] = Int64GetDatum(ctx->user_id);
-	args[1] = Int32GetDatum(ctx->device_id);
-	args[2] = Int64GetDatum(conv);
-	args[3] = Int64GetDatum(seq);
-	RunVoid(&ack_plan, "SELECT chat.ack($1, $2, $3, $4)", 4, types, args, "ack", result);
-}
-
-/* "read": chat.mark_read(user, conversation, seq); result {}. */
+/*
+ * "read": chat.mark_read in C, step for step: the user has read everything
+ * up to seq (capped at last_seq); moves read_seq (and delivered_seq with
+ * it) forward, sends read receipts and a read_state event to the user's
+ * devices; result {}.
+ */
 static void
 HandleRead(const RequestCtx *ctx, StringInfo result)
 {
 	Oid			types[3] = {INT8OID, INT8OID, INT8OID};
 	int64		conv,
-				seq;
+				seq,
+				upto,
+				delivered,
+				read_seq;
 	Datum		args[3];
+	int64		reader = ctx->user_id;
 
 	RequestInt64(ctx, "conversation", true, &conv);
 	RequestInt64(ctx, "seq", true, &seq);
-	args[0] = Int64GetDatum(ctx->user_id);
-	args[1] = Int64GetDatum(conv);
-	args[2] = Int64GetDatum(seq);
-	RunVoid(&read_plan, "SELECT chat.mark_read($1, $2, $3)", 3, types, args, "mark_read",
-			result);
+	if (seq < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("seq " INT64_FORMAT " is not a valid read mark", seq)));
+	ChatSpiConnect();
+	LockMember(reader, conv, &delivered, &read_seq);
+	upto = Min(seq, LastSeq(conv));
+	if (upto > read_seq)
+	{
+		ChatPrepare(&read_plan,
+					"UPDATE chat.members SET read_seq = $3,"
+					"       delivered_seq = GREATEST(delivered_seq, $3)"
+					" WHERE conversation_id = $1 AND user_id = $2", 3, types);
+		args[0] = Int64GetDatum(conv);
+		args[1] = Int64GetDatum(reader);
+		args[2] = Int64GetDatum(upto);
+		ChatExecute(read_plan, args, NULL, false, 0, SPI_OK_UPDATE, "read_seq update");
+		FanoutReceipt(conv, reader, read_seq, upto, "read");
+		/* the text chat.fanout_event makes of the jsonb of mark_read */
+		FanoutToUsers(conv, &reader, 1, PG_INT64_MIN,
+					  psprintf("{\"read\": " INT64_FORMAT ", \"type\": \"read_state\","
+							   " \"conversation\": " INT64_FORMAT "}", upto, conv),
+					  NULL);
+	}
+	ChatSpiFinish();
+	appendStringInfoString(result, "{}");
 }
 
 /* "typing": the C typing event; result {}. */

@@ -36,25 +36,37 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
--- The frame of fn for the request, its work rolled back, timestamps masked.
-CREATE FUNCTION pg_temp.undone(fn text, u bigint, d integer, r jsonb) RETURNS text
+-- The frame of fn for the request, timestamps masked, and the state it
+-- left (watermarks, device cursors, last_seqs); its work rolled back.
+CREATE FUNCTION pg_temp.undone(fn text, u bigint, d integer, r jsonb, OUT frame text, OUT state text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    frame jsonb;
+    f jsonb;
 BEGIN
     BEGIN
-        EXECUTE format('SELECT %s($1, $2, $3, $4)', fn) INTO frame USING 'gw1', u, d, r;
+        EXECUTE format('SELECT %s($1, $2, $3, $4)', fn) INTO f USING 'gw1', u, d, r;
+        SELECT concat_ws(' ',
+                   (SELECT string_agg(format('m%s/%s:%s,%s,%s', conversation_id, user_id, delivered_seq,
+                                             read_seq, last_sent_seq), ' ' ORDER BY conversation_id, user_id)
+                      FROM chat.members),
+                   (SELECT string_agg(format('d%s/%s/%s:%s', user_id, device_id, conversation_id, acked_seq),
+                                      ' ' ORDER BY user_id, device_id, conversation_id)
+                      FROM chat.device_cursors),
+                   (SELECT string_agg(format('c%s:%s', id, last_seq), ' ' ORDER BY id) FROM chat.conversations))
+          INTO state;
         RAISE EXCEPTION 'undo' USING ERRCODE = 'XX999';
     EXCEPTION WHEN SQLSTATE 'XX999' THEN
     END;
-    RETURN regexp_replace(frame::text, '"\d{4}-\d\d-\d\dT[^"]*"', '"<ts>"', 'g');
+    frame := regexp_replace(f::text, '"\d{4}-\d\d-\d\dT[^"]*"', '"<ts>"', 'g');
 END
 $$;
 
--- The C frame, and "same" or the reference frame when they differ.
+-- The C frame, and "same" when the reference's frame and state are equal
+-- (else the reference's frame and state).
 CREATE FUNCTION pg_temp.cmp(u bigint, d integer, r text) RETURNS TABLE(frame text, ref text)
 LANGUAGE sql AS $$
-    SELECT c, CASE WHEN c = p THEN 'same' ELSE p END
+    SELECT c.frame, CASE WHEN (c.frame, c.state) = (p.frame, p.state) THEN 'same'
+                         ELSE p.frame || ' ' || p.state || ' (C: ' || c.state || ')' END
       FROM pg_temp.undone('chat.client_request', u, d, r::jsonb) c,
            pg_temp.undone('pg_temp.ref', u, d, r::jsonb) p
 $$;
@@ -108,6 +120,10 @@ SELECT * FROM pg_temp.cmp(3, 1, '{"id":35,"type":"ack","conversation":1,"seq":1}
 SELECT * FROM pg_temp.cmp(2, 1, '{"id":36,"type":"read","conversation":1,"seq":3}');
 SELECT * FROM pg_temp.cmp(2, 1, '{"id":37,"type":"read","conversation":1,"seq":1.5}');
 SELECT * FROM pg_temp.cmp(2, 1, '{"id":38,"type":"read","conversation":2,"seq":1}');
+SELECT * FROM pg_temp.cmp(2, 1, '{"id":39,"type":"read","conversation":1,"seq":99}');
+SELECT * FROM pg_temp.cmp(2, 1, '{"id":44,"type":"read","conversation":1,"seq":0}');
+SELECT * FROM pg_temp.cmp(2, 1, '{"id":45,"type":"ack","conversation":1,"seq":0}');
+SELECT * FROM pg_temp.cmp(2, 1, '{"id":46,"type":"ack","conversation":1,"seq":7}');
 -- typing.
 SELECT * FROM pg_temp.cmp(2, 1, '{"id":40,"type":"typing","conversation":1,"typing":true}');
 SELECT * FROM pg_temp.cmp(2, 1, '{"id":41,"type":"typing","conversation":1,"typing":null}');
