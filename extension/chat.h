@@ -13,6 +13,7 @@
  *   notifier.c    delivery after commit (direct NOTIFY or the worker)
  *   token.c       chat.issue_token
  *   errors.c      chat.condition_name (errnames.h)
+ *   request.c     chat.client_request: the request dispatcher, hot types in C
  */
 #ifndef CHAT_H
 #define CHAT_H
@@ -101,9 +102,6 @@ extern void LockMember(int64 user_id, int64 conversation_id, int64 *delivered_se
 /* send.c */
 extern void SendMessage(const SendArgs *a, SendResult *r);
 
-/* typing.c */
-extern void SendTyping(int64 user_id, int64 conversation_id, bool typing);
-
 /* errors.c */
 extern const char *ConditionName(const char *sqlstate);
 
@@ -139,6 +137,7 @@ extern Size TypingShmemSize(void);
 extern void TypingShmemRequest(void);
 extern void TypingShmemInit(void);
 extern void TypingLocalInit(void);
+extern void SendTyping(int64 user_id, int64 conversation_id, bool typing);
 
 /* notifier.c */
 extern void NotifierQueue(const char *node, const char *payload, int len);
