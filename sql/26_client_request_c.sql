@@ -151,6 +151,26 @@ SELECT * FROM pg_temp.cmp(1, 1, '{"id":71,"type":"edit","conversation":1,"seq":1
 SELECT * FROM pg_temp.cmp(1, 1, '{"id":72,"type":"presence","users":[2]}');
 SELECT * FROM pg_temp.cmp(1, 1, '{"id":73,"type":"nope"}');
 
+-- 600 random requests of the hot types: fields of every JSON type, present
+-- or not; every frame and state must equal the reference's (prints 0).
+SELECT setseed(0.26);
+CREATE TEMP TABLE fuzz AS
+SELECT i, (SELECT jsonb_object_agg(k, v)
+             FROM (SELECT k, (ARRAY['null', 'true', '0', '1', '2', '-1', '1.5', '"1"', '"2"',
+                                    '"x"', '""', '[]', '{}', '[1]', '7', '99999999999999999999',
+                                    '2147483648', '"-3"', '"body"', 'false'])[1 + floor(random() * 20)::int]::jsonb AS v
+                     FROM unnest(ARRAY['conversation', 'seq', 'body', 'client_msg_id', 'reply_to',
+                                       'typing', 'limit', 'before_seq', 'after_seq', 'id']) AS k
+                    WHERE random() < 0.6 + 0 * i) f)
+         || jsonb_build_object('type', (ARRAY['send', 'ack', 'read', 'typing', 'sync', 'history',
+                                              'after'])[1 + floor(random() * 7)::int]) AS r
+  FROM generate_series(1, 600) i;
+SELECT count(*) AS differing
+  FROM fuzz, LATERAL pg_temp.cmp(1 + i % 3, 1, coalesce(r, '{}')::text) c
+ WHERE c.ref <> 'same';
+SELECT count(DISTINCT c.frame) > 50 AS varied, count(*) FILTER (WHERE c.frame LIKE '%"ok"%') > 20 AS some_ok
+  FROM fuzz, LATERAL pg_temp.cmp(1 + i % 3, 1, coalesce(r, '{}')::text) c;
+
 -- An unknown device is raised, not answered (P0002), before any request
 -- work; so are NULL caller ids.
 \set VERBOSITY terse
