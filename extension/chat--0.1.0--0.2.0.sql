@@ -13,7 +13,9 @@
 --     client_request leaves ping to the gateway;
 --   * profiles (about, avatar), find_user, blocks (chat.blocks, read by the
 --     send path, typing, receipts and presence), reports for moderators
---     and the read-receipts privacy switch (users.read_receipts).
+--     and the read-receipts privacy switch (users.read_receipts);
+--   * chat.client_request is C (request.c): the hot request types run
+--     without plpgsql, the others through chat.dispatch_request.
 --
 -- Drafted with scripts/upgrade-draft.py and checked by tests/upgrade/run.sh,
 -- which compares an upgraded database with a fresh 0.2.0 install.
@@ -1194,45 +1196,12 @@ BEGIN
 END
 $$;
 
+-- client_request in C (request.c): the hot request types without plpgsql.
 CREATE OR REPLACE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rid jsonb;
-    result jsonb;
-    state text;
-    msg text;
-BEGIN
-    PERFORM FROM chat.devices d
-     WHERE d.user_id = client_request.user_id AND d.device_id = client_request.device_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'device % of user % does not exist', device_id, user_id
-            USING ERRCODE = 'P0002',
-                  HINT = 'The device was removed or never registered; register it with chat.register_device and issue a new token.';
-    END IF;
-    IF request IS NULL OR jsonb_typeof(request) <> 'object' THEN
-        RETURN jsonb_build_object('id', NULL, 'type', 'error', 'code', '22P02',
-                                  'error', 'invalid_text_representation',
-                                  'message', 'request is not a JSON object');
-    END IF;
-    rid := coalesce(request -> 'id', 'null');
-    IF jsonb_typeof(request -> 'type') IS DISTINCT FROM 'string' THEN
-        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', '22P02',
-                                  'error', 'invalid_text_representation',
-                                  'message', 'request has no type');
-    END IF;
-    BEGIN
-        result := chat.dispatch_request(node, user_id, device_id, request);
-        RETURN jsonb_build_object('id', rid, 'type', 'ok', 'result', result);
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
-        RETURN jsonb_build_object('id', rid, 'type', 'error', 'code', state,
-                                  'error', coalesce(chat.condition_name(state), 'error'),
-                                  'message', msg);
-    END;
-END
-$$;
+LANGUAGE c SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_client_request';
 
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
     'one client frame (docs/protocol.md) -> response frame with the request id; errors become error frames (P0002 raised for an unknown device)';

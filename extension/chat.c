@@ -107,8 +107,8 @@ DefineRealtimeGucs(void)
 							 PGC_SUSET, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("chat.notifier_delay",
 							"How long the notifier worker lets events gather under load.",
-							"After sending a batch it waits this long before the next; "
-							"the first event after a quiet spell goes at once.",
+							"After sending a batch it waits this long before the next when "
+							"more events came meanwhile; an event into an empty queue goes at once.",
 							&chat_notifier_delay, 2, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 }

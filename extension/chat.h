@@ -13,6 +13,7 @@
  *   notifier.c    delivery after commit (direct NOTIFY or the worker)
  *   token.c       chat.issue_token
  *   errors.c      chat.condition_name (errnames.h)
+ *   request.c     chat.client_request: the request dispatcher, hot types in C
  */
 #ifndef CHAT_H
 #define CHAT_H
@@ -65,6 +66,25 @@ typedef struct ChatMessage
 	TimestampTz created_at;
 } ChatMessage;
 
+/* The arguments of a send (send.c), checked by SendMessage. */
+typedef struct SendArgs
+{
+	int64		sender;
+	int64		conversation_id;
+	text	   *body;			/* NULL: missing (22023) */
+	text	   *client_msg_id;	/* NULL: none */
+	int64		reply_to;		/* 0: none */
+	int32		sender_device;	/* 0: not known */
+} SendArgs;
+
+/* The answer of a send: the row written, or the earlier one of a retry. */
+typedef struct SendResult
+{
+	int64		seq;
+	TimestampTz created_at;
+	bool		duplicate;
+} SendResult;
+
 /* chat.c: checked SPI plumbing, used by every query of the extension. */
 extern void ChatSpiConnect(void);
 extern void ChatSpiFinish(void);
@@ -76,11 +96,21 @@ extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
 /* member.c */
 extern void RequireMember(int64 user_id, int64 conversation_id);
 extern void RaiseNotMember(int64 user_id, int64 conversation_id) pg_attribute_noreturn();
+extern void LockMember(int64 user_id, int64 conversation_id, int64 *delivered_seq,
+					   int64 *read_seq);
+
+/* send.c */
+extern void SendMessage(const SendArgs *a, SendResult *r);
+
+/* errors.c */
+extern const char *ConditionName(const char *sqlstate);
 
 /* fanout.c */
 extern void FanoutMessage(const ChatMessage *msg);
 extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 						  int64 exclude_user, const char *event, const char *ref_event);
+extern void FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
+						  const char *kind);
 
 /* push.c */
 extern bool MessageWantsPush(const ChatMessage *msg);
@@ -107,6 +137,7 @@ extern Size TypingShmemSize(void);
 extern void TypingShmemRequest(void);
 extern void TypingShmemInit(void);
 extern void TypingLocalInit(void);
+extern void SendTyping(int64 user_id, int64 conversation_id, bool typing);
 
 /* notifier.c */
 extern void NotifierQueue(const char *node, const char *payload, int len);

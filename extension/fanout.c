@@ -456,23 +456,19 @@ chat_fanout_event(PG_FUNCTION_ARGS)
 }
 
 /*
- * chat.fanout_receipt(conversation_id, reader, from_seq, to_seq, kind):
- * receipts to the senders (other than the reader) of the messages in
- * (from_seq, to_seq], never to the whole group.  Only senders who are
- * still members get one (a removed member learns nothing more of the
- * conversation), and only for messages: system messages and change-log
- * entries have no receipts.  No receipt passes a block (chat.blocks,
- * either way).  A reader with read_receipts off sends a delivered receipt
- * instead of a read one (reading implies delivery, which still goes out).
+ * Receipts of kind (delivered, read) to the senders (other than the
+ * reader) of the messages in (from_seq, to_seq] of the conversation, for
+ * chat.fanout_receipt and C callers alike; never to the whole group.  Only
+ * senders who are still members get one (a removed member learns nothing
+ * more of the conversation), and only for messages: system messages and
+ * change-log entries have no receipts.  No receipt passes a block
+ * (chat.blocks, either way).  A reader with read_receipts off sends a
+ * delivered receipt instead of a read one (reading implies delivery).
  */
-Datum
-chat_fanout_receipt(PG_FUNCTION_ARGS)
+void
+FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
+			  const char *kind)
 {
-	int64		conversation_id,
-				reader,
-				from_seq,
-				to_seq;
-	char	   *kind;
 	Oid			types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 	Datum		args[4];
 	int64	   *senders;
@@ -480,23 +476,8 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 	uint64		i;
 	StringInfoData event;
 
-	for (i = 0; i < 5; i++)
-		if (PG_ARGISNULL(i))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("argument %d of chat.fanout_receipt must not be null", (int) i + 1)));
-	conversation_id = PG_GETARG_INT64(0);
-	reader = PG_GETARG_INT64(1);
-	from_seq = PG_GETARG_INT64(2);
-	to_seq = PG_GETARG_INT64(3);
-	kind = text_to_cstring(PG_GETARG_TEXT_PP(4));
-	if (strcmp(kind, "delivered") != 0 && strcmp(kind, "read") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid receipt kind \"%s\"", kind),
-				 errhint("Use \"delivered\" or \"read\".")));
 	if (to_seq <= from_seq || chat_fanout_mode == FANOUT_MODE_OFF)
-		PG_RETURN_VOID();
+		return;
 
 	ChatSpiConnect();
 	if (strcmp(kind, "read") == 0)
@@ -545,6 +526,42 @@ chat_fanout_receipt(PG_FUNCTION_ARGS)
 	if (nsenders > 0)
 		FanoutToUsers(conversation_id, senders, nsenders, PG_INT64_MIN, event.data, NULL);
 	pfree(senders);
+}
+
+/*
+ * chat.fanout_receipt(conversation_id, reader, from_seq, to_seq, kind):
+ * receipts to the senders (other than the reader) of the messages in
+ * (from_seq, to_seq], never to the whole group.  Only senders who are
+ * still members get one (a removed member learns nothing more of the
+ * conversation), and only for messages: system messages and change-log
+ * entries have no receipts.
+ */
+Datum
+chat_fanout_receipt(PG_FUNCTION_ARGS)
+{
+	int64		conversation_id,
+				reader,
+				from_seq,
+				to_seq;
+	char	   *kind;
+	int			i;
+
+	for (i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("argument %d of chat.fanout_receipt must not be null", (int) i + 1)));
+	conversation_id = PG_GETARG_INT64(0);
+	reader = PG_GETARG_INT64(1);
+	from_seq = PG_GETARG_INT64(2);
+	to_seq = PG_GETARG_INT64(3);
+	kind = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (strcmp(kind, "delivered") != 0 && strcmp(kind, "read") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid receipt kind \"%s\"", kind),
+				 errhint("Use \"delivered\" or \"read\".")));
+	FanoutReceipt(conversation_id, reader, from_seq, to_seq, kind);
 	PG_RETURN_VOID();
 }
 

@@ -2,7 +2,8 @@
  * member.c: the membership rule in C, mirroring chat.require_member (which
  * the plpgsql functions keep calling): P0002 for an unknown conversation or
  * user, 42501 for a user without an active membership.  send.c reaches
- * the error half through its locking query; typing.c calls RequireMember.
+ * the error half through its locking query; typing.c calls RequireMember,
+ * request.c (ack, read) LockMember.
  */
 #include "chat.h"
 
@@ -11,6 +12,7 @@
 static SPIPlanPtr member_plan = NULL;
 static SPIPlanPtr conversation_plan = NULL;
 static SPIPlanPtr user_plan = NULL;
+static SPIPlanPtr lock_member_plan = NULL;
 
 /*
  * Raises the error of a user that has no active membership of the
@@ -57,4 +59,27 @@ RequireMember(int64 user_id, int64 conversation_id)
 	ChatExecute(member_plan, args, NULL, false, 1, SPI_OK_SELECT, "membership lookup");
 	if (SPI_processed == 0)
 		RaiseNotMember(user_id, conversation_id);
+}
+
+/*
+ * RequireMember with the member row locked FOR NO KEY UPDATE, as
+ * chat.require_member(user, conversation, true): returns the row's
+ * delivered_seq and read_seq.  Caller is connected to SPI.
+ */
+void
+LockMember(int64 user_id, int64 conversation_id, int64 *delivered_seq, int64 *read_seq)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(conversation_id), Int64GetDatum(user_id)};
+	bool		isnull;
+
+	ChatPrepare(&lock_member_plan,
+				"SELECT delivered_seq, read_seq FROM chat.members"
+				" WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL"
+				" FOR NO KEY UPDATE", 2, types);
+	ChatExecute(lock_member_plan, args, NULL, false, 1, SPI_OK_SELECT, "membership lock");
+	if (SPI_processed == 0)
+		RaiseNotMember(user_id, conversation_id);
+	*delivered_seq = ChatSpiInt64(0, 1, &isnull);
+	*read_seq = ChatSpiInt64(0, 2, &isnull);
 }

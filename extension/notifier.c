@@ -627,6 +627,19 @@ DrainRing(NotifierSlot *slot, char *buf, bool exit_if_empty, bool *exiting)
 	return len;
 }
 
+/* True when entries are in the ring or ring space is reserved by a
+ * committing transaction: the mark of load after a pass. */
+static bool
+RingBusy(NotifierSlot *slot)
+{
+	bool		busy;
+
+	LWLockAcquire(notifier->lock, LW_SHARED);
+	busy = slot->head != slot->tail || slot->reserved > 0;
+	LWLockRelease(notifier->lock);
+	return busy;
+}
+
 /* NOTIFYs drained entries in one transaction, merging same-node neighbours. */
 static void
 SendDrained(char *buf, Size len)
@@ -753,12 +766,14 @@ ChatNotifierMain(Datum arg)
 			idle_since = GetCurrentTimestamp();
 
 			/*
-			 * Under load, let events gather for chat.notifier_delay before
-			 * the next pass: fewer, fuller notifications cost the listeners
-			 * and the NOTIFY lock less.  The first event after a quiet
-			 * spell goes out at once.
+			 * Under load (events committed, or committing, while this pass
+			 * ran), let more gather for chat.notifier_delay before the next
+			 * pass: fewer, fuller notifications cost the listeners and the
+			 * NOTIFY lock less.  Otherwise the ring is idle and the worker
+			 * waits on its latch, so the next event goes out at once
+			 * instead of waiting out the window.
 			 */
-			if (chat_notifier_delay > 0)
+			if (chat_notifier_delay > 0 && RingBusy(slot))
 				(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 								 chat_notifier_delay, PG_WAIT_EXTENSION);
 			continue;

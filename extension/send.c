@@ -235,18 +235,7 @@ AppendMessage(ChatMessage *msg, int64 last_seq, int64 old_read, text *body,
 	return true;
 }
 
-/* The arguments of chat.send_message, checked. */
-typedef struct SendArgs
-{
-	int64		sender;
-	int64		conversation_id;
-	text	   *body;
-	text	   *client_msg_id;	/* NULL: none */
-	int64		reply_to;		/* 0: none */
-	int32		sender_device;	/* 0: not known */
-} SendArgs;
-
-/* Reads and checks the arguments of chat.send_message (22023, 22001). */
+/* Reads the arguments of chat.send_message and checks them (SendChecks). */
 static void
 GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 {
@@ -262,13 +251,22 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 	a->sender = PG_GETARG_INT64(0);
 	a->conversation_id = PG_GETARG_INT64(1);
 	a->body = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
-	CheckBody(a->body);
-	if (!PG_ARGISNULL(3))
-	{
-		int			bytes;
+	a->client_msg_id = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+	if (!PG_ARGISNULL(4))
+		a->reply_to = PG_GETARG_INT64(4);
+	if (!PG_ARGISNULL(5))
+		a->sender_device = PG_GETARG_INT32(5);
+}
 
-		a->client_msg_id = PG_GETARG_TEXT_PP(3);
-		bytes = VARSIZE_ANY_EXHDR(a->client_msg_id);
+/* The body and client_msg_id rules of a send (22023, 22001). */
+static void
+SendChecks(const SendArgs *a)
+{
+	CheckBody(a->body);
+	if (a->client_msg_id != NULL)
+	{
+		int			bytes = VARSIZE_ANY_EXHDR(a->client_msg_id);
+
 		if (bytes == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -280,10 +278,6 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 					 errmsg("client_msg_id of %d bytes exceeds %d bytes",
 							bytes, CHAT_MAX_CLIENT_MSG_ID_BYTES)));
 	}
-	if (!PG_ARGISNULL(4))
-		a->reply_to = PG_GETARG_INT64(4);
-	if (!PG_ARGISNULL(5))
-		a->sender_device = PG_GETARG_INT32(5);
 }
 
 /*
@@ -343,6 +337,50 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 }
 
 /*
+ * The send of chat.send_message and of client_request's "send": checks a,
+ * then locks, appends and fans out; *r gets the answer.  Connects to SPI
+ * itself (nested in the caller's connection, if any).
+ */
+void
+SendMessage(const SendArgs *a, SendResult *r)
+{
+	int64		last_seq = 0;
+	int64		old_read = 0;
+
+	SendChecks(a);
+	r->seq = 0;
+	r->created_at = 0;
+	r->duplicate = true;
+	ChatSpiConnect();
+	PrepareSendPlans();
+
+	/* 1. The row locks serialise seq allocation and pin the membership. */
+	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at))
+	{
+		/* 2. The row; not written: an earlier send of this client_msg_id. */
+		ChatMessage msg;
+
+		memset(&msg, 0, sizeof(msg));
+		msg.conversation_id = a->conversation_id;
+		msg.sender_id = a->sender;
+		msg.sender_device = a->sender_device;
+		msg.kind = "text";
+		msg.reply_to = a->reply_to;
+		msg.created_at = GetCurrentTimestamp();
+		r->duplicate = !AppendMessage(&msg, last_seq, old_read, a->body, a->client_msg_id);
+		if (!r->duplicate)
+		{
+			r->seq = msg.seq;
+			r->created_at = msg.created_at;
+		}
+		else if (!FindDuplicate(a->conversation_id, a->sender, a->client_msg_id,
+								&r->seq, &r->created_at))
+			elog(ERROR, "chat: conflicting message of client_msg_id not found");
+	}
+	ChatSpiFinish();
+}
+
+/*
  * chat.send_message(sender, conversation_id, body, client_msg_id, reply_to,
  * sender_device) RETURNS TABLE(conversation_id, seq, created_at, duplicate)
  */
@@ -351,47 +389,18 @@ chat_send_message(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	SendArgs	a;
-	int64		last_seq = 0;
-	int64		seq = 0;
-	int64		old_read = 0;
-	TimestampTz created_at = 0;
-	bool		duplicate = true;
+	SendResult	r;
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 
 	GetSendArgs(fcinfo, &a);
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	ChatSpiConnect();
-	PrepareSendPlans();
-
-	/* 1. The row locks serialise seq allocation and pin the membership. */
-	if (LockForSend(&a, &last_seq, &old_read, &seq, &created_at))
-	{
-		/* 2. The row; not written: an earlier send of this client_msg_id. */
-		ChatMessage msg;
-
-		memset(&msg, 0, sizeof(msg));
-		msg.conversation_id = a.conversation_id;
-		msg.sender_id = a.sender;
-		msg.sender_device = a.sender_device;
-		msg.kind = "text";
-		msg.reply_to = a.reply_to;
-		msg.created_at = GetCurrentTimestamp();
-		duplicate = !AppendMessage(&msg, last_seq, old_read, a.body, a.client_msg_id);
-		if (!duplicate)
-		{
-			seq = msg.seq;
-			created_at = msg.created_at;
-		}
-		else if (!FindDuplicate(a.conversation_id, a.sender, a.client_msg_id, &seq, &created_at))
-			elog(ERROR, "chat: conflicting message of client_msg_id not found");
-	}
-	ChatSpiFinish();
+	SendMessage(&a, &r);
 
 	values[0] = Int64GetDatum(a.conversation_id);
-	values[1] = Int64GetDatum(seq);
-	values[2] = TimestampTzGetDatum(created_at);
-	values[3] = BoolGetDatum(duplicate);
+	values[1] = Int64GetDatum(r.seq);
+	values[2] = TimestampTzGetDatum(r.created_at);
+	values[3] = BoolGetDatum(r.duplicate);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }

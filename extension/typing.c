@@ -155,22 +155,43 @@ UnblockedMembers(int64 user_id, int64 conversation_id, MemoryContext cxt,
 }
 
 /*
- * chat.typing(user_id, conversation_id, typing): an ephemeral typing event
- * to the other online members; never stored, rate limited.  The caller
- * must be a member (RequireMember: the errors of chat.require_member).
- * Members in a block with the typist, either way, get nothing.
+ * A typing event of user_id in conversation_id to the other online
+ * members, unless rate limited; the user must be a member (RequireMember:
+ * the errors of chat.require_member).  Members in a block with the typist,
+ * either way, get nothing.  chat.typing and client_request's
+ * "typing" both come here.
  */
-Datum
-chat_typing(PG_FUNCTION_ARGS)
+void
+SendTyping(int64 user_id, int64 conversation_id, bool typing)
 {
-	int64		user_id;
-	int64		conversation_id;
-	bool		typing = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
 	char	   *event;
 	MemoryContext cxt = CurrentMemoryContext;
 	int64	   *users = NULL;	/* NULL: every member */
 	int			nusers = 0;
 	bool		filtered;
+
+	ChatSpiConnect();
+	RequireMember(user_id, conversation_id);
+	filtered = UnblockedMembers(user_id, conversation_id, cxt, &users, &nusers);
+	ChatSpiFinish();
+	if (filtered && nusers == 0)
+		return;
+	if (!TypingAllowed(user_id, conversation_id, typing))
+		return;
+	event = psprintf("{\"type\":\"typing\",\"conversation\":" INT64_FORMAT
+					 ",\"user\":" INT64_FORMAT ",\"typing\":%s}",
+					 conversation_id, user_id, typing ? "true" : "false");
+	FanoutToUsers(conversation_id, users, nusers, user_id, event, NULL);
+}
+
+/*
+ * chat.typing(user_id, conversation_id, typing): an ephemeral typing event
+ * to the other online members; never stored, rate limited (SendTyping).
+ */
+Datum
+chat_typing(PG_FUNCTION_ARGS)
+{
+	bool		typing = PG_ARGISNULL(2) ? true : PG_GETARG_BOOL(2);
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -180,19 +201,6 @@ chat_typing(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("conversation_id must not be null")));
-	user_id = PG_GETARG_INT64(0);
-	conversation_id = PG_GETARG_INT64(1);
-	ChatSpiConnect();
-	RequireMember(user_id, conversation_id);
-	filtered = UnblockedMembers(user_id, conversation_id, cxt, &users, &nusers);
-	ChatSpiFinish();
-	if (filtered && nusers == 0)
-		PG_RETURN_VOID();
-	if (!TypingAllowed(user_id, conversation_id, typing))
-		PG_RETURN_VOID();
-	event = psprintf("{\"type\":\"typing\",\"conversation\":" INT64_FORMAT
-					 ",\"user\":" INT64_FORMAT ",\"typing\":%s}",
-					 conversation_id, user_id, typing ? "true" : "false");
-	FanoutToUsers(conversation_id, users, nusers, user_id, event, NULL);
+	SendTyping(PG_GETARG_INT64(0), PG_GETARG_INT64(1), typing);
 	PG_RETURN_VOID();
 }

@@ -333,6 +333,63 @@ test_rollback(const char *g)
 	check(count_events(NULL, "after error") == 2, "the next request in the same transaction works");
 }
 
+/* Milliseconds until an event whose JSON contains needle arrives, or -1
+ * after timeout_ms. */
+static double
+wait_event(const char *needle, int timeout_ms)
+{
+	double		start = now_ms();
+	PGnotify   *n;
+
+	clear_events();
+	for (;;)
+	{
+		struct pollfd pfd = {PQsocket(listener), POLLIN, 0};
+		double		left = start + timeout_ms - now_ms();
+
+		if (left <= 0)
+			return -1;
+		if (poll(&pfd, 1, (int) left + 1) > 0)
+		{
+			PQconsumeInput(listener);
+			while ((n = PQnotifies(listener)) != NULL)
+			{
+				add_notification(n);
+				PQfreemem(n);
+			}
+			if (count_events(NULL, needle) > 0)
+				return now_ms() - start;
+		}
+	}
+}
+
+/*
+ * The worker batches only under load: with chat.notifier_delay at 1 s, a
+ * send 100 ms after another (the worker idle again) is notified at once,
+ * not when the batching window of the first pass ends.
+ */
+static void
+test_idle_flush(const char *g)
+{
+	double		first,
+				second;
+
+	run("ALTER SYSTEM SET chat.notifier_delay = '1s'");
+	run("SELECT pg_reload_conf()");
+	usleep(300 * 1000);
+	run("SELECT chat.send_message(1, %s, 'idle flush 1')", g);
+	first = wait_event("idle flush 1", 3000);
+	usleep(100 * 1000);
+	run("SELECT chat.send_message(1, %s, 'idle flush 2')", g);
+	second = wait_event("idle flush 2", 3000);
+	run("ALTER SYSTEM RESET chat.notifier_delay");
+	run("SELECT pg_reload_conf()");
+	check(first >= 0 && first < 500, "first event after a quiet spell at once (%.0f ms)", first);
+	check(second >= 0 && second < 500,
+		  "an event while the worker is idle goes at once, not after chat.notifier_delay (%.0f ms)",
+		  second);
+}
+
 /* A body too large for a payload goes as ref:true, without the body. */
 static void
 test_ref(const char *g)
@@ -555,6 +612,8 @@ main(int argc, char **argv)
 		g = setup();
 		test_routing(g);
 		test_rollback(g);
+		if (strcmp(mode, "worker") == 0)
+			test_idle_flush(g);
 		test_ref(g);
 		test_receipts(g);
 		test_typing(g);
