@@ -1049,3 +1049,29 @@ COMMENT ON FUNCTION chat.forget_push(bigint, text) IS
     'a push endpoint answered gone (404/410): removes the row and the device''s registration if it is still token';
 COMMENT ON FUNCTION chat.next_push_due() IS
     'when the next push_outbox row comes due (NULL: none), for a pusher''s retry timer';
+
+-- fail_push with the push service's Retry-After; the two-argument form calls it.
+-- Delivery failed and the push service said when to come back (HTTP
+-- Retry-After): as fail_push(id, error), but the retry comes after
+-- retry_after (1 second to 1 hour) instead of the backoff.
+CREATE FUNCTION chat.fail_push(id bigint, error text)
+RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat.fail_push(id, error, NULL)
+$$;
+
+-- Delivery failed: records the error and retries with exponential backoff
+-- (30 s, 1 min, 2 min, ... capped at 1 hour).  After chat.push_max_attempts
+-- attempts the row is kept as given up (next_attempt_at infinity) for
+-- inspection.  Returns true when it will be retried.
+CREATE OR REPLACE FUNCTION chat.fail_push(id bigint, error text)
+RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat.fail_push(id, error, NULL)
+$$;
+
+REVOKE ALL ON FUNCTION chat.fail_push(bigint, text, interval) FROM PUBLIC;
+COMMENT ON FUNCTION chat.fail_push(bigint, text, interval) IS
+    'records a failed push; retries after retry_after (the push service''s Retry-After) or with backoff, until chat.push_max_attempts';

@@ -173,3 +173,12 @@ SELECT chat.client_request('gw1', 4, 1, '{"id":3,"type":"register_push","platfor
 SELECT chat.client_request('gw1', 4, 1, '{"id":4,"type":"register_push"}');
 SELECT chat.client_request('gw1', 4, 1, '{"id":5,"type":"unregister_push"}');
 SELECT push_token, push_platform FROM chat.devices WHERE user_id = 4;
+
+-- fail_push with the push service's Retry-After.
+SELECT seq FROM chat.send_message(1, 1, 'retry me') \gset
+SELECT id AS rid FROM chat.push_outbox WHERE seq = :seq ORDER BY id LIMIT 1 \gset
+SELECT chat.fail_push(:rid, '503', interval '7 seconds') AS retry;
+SELECT round(extract(epoch FROM next_attempt_at - now())) AS retry_after_s, last_error FROM chat.push_outbox WHERE id = :rid;
+SELECT pg_temp.try(format($$SELECT chat.fail_push(%s, 'x', interval '0 seconds')$$, :rid)) AS too_soon;
+SELECT pg_temp.try(format($$SELECT chat.fail_push(%s, 'x', interval '2 hours')$$, :rid)) AS too_late;
+SELECT round(extract(epoch FROM next_attempt_at - now())) AS unchanged_s FROM chat.push_outbox WHERE id = :rid;

@@ -37,11 +37,10 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM done
 $$;
 
--- Delivery failed: records the error and retries with exponential backoff
--- (30 s, 1 min, 2 min, ... capped at 1 hour).  After chat.push_max_attempts
--- attempts the row is kept as given up (next_attempt_at infinity) for
--- inspection.  Returns true when it will be retried.
-CREATE FUNCTION chat.fail_push(id bigint, error text)
+-- Delivery failed and the push service said when to come back (HTTP
+-- Retry-After): as fail_push(id, error), but the retry comes after
+-- retry_after (1 second to 1 hour) instead of the backoff.
+CREATE FUNCTION chat.fail_push(id bigint, error text, retry_after interval)
 RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -49,6 +48,10 @@ DECLARE
     tries integer;
     retry boolean;
 BEGIN
+    IF retry_after IS NOT NULL AND (retry_after < interval '1 second' OR retry_after > interval '1 hour') THEN
+        RAISE EXCEPTION 'invalid retry_after %', retry_after
+            USING ERRCODE = '22023', HINT = 'Pass between 1 second and 1 hour, or NULL for the backoff.';
+    END IF;
     SELECT p.attempts INTO tries FROM chat.push_outbox p WHERE p.id = fail_push.id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'push % does not exist', fail_push.id USING ERRCODE = 'P0002';
@@ -56,24 +59,38 @@ BEGIN
     retry := tries < current_setting('chat.push_max_attempts')::integer;
     UPDATE chat.push_outbox p
        SET last_error = left(error, 1000),
-           next_attempt_at = CASE WHEN retry
-                                  THEN now() + least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
-                                                     interval '1 hour')
-                                  ELSE 'infinity' END
+           next_attempt_at = CASE WHEN NOT retry THEN 'infinity'
+                                  WHEN retry_after IS NOT NULL THEN now() + retry_after
+                                  ELSE now() + least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
+                                                     interval '1 hour') END
      WHERE p.id = fail_push.id;
     RETURN retry;
 END
 $$;
 
+-- Delivery failed: records the error and retries with exponential backoff
+-- (30 s, 1 min, 2 min, ... capped at 1 hour).  After chat.push_max_attempts
+-- attempts the row is kept as given up (next_attempt_at infinity) for
+-- inspection.  Returns true when it will be retried.
+CREATE FUNCTION chat.fail_push(id bigint, error text)
+RETURNS boolean
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat.fail_push(id, error, NULL)
+$$;
+
 REVOKE ALL ON FUNCTION chat.claim_push(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.complete_push(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.fail_push(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.fail_push(bigint, text, interval) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.claim_push(integer) IS
     'hands out due push_outbox rows (FOR UPDATE SKIP LOCKED), leased for 30 seconds';
 COMMENT ON FUNCTION chat.complete_push(bigint[]) IS 'removes delivered push_outbox rows';
 COMMENT ON FUNCTION chat.fail_push(bigint, text) IS
     'records a failed push; retries with backoff until chat.push_max_attempts, then gives up';
+COMMENT ON FUNCTION chat.fail_push(bigint, text, interval) IS
+    'records a failed push; retries after retry_after (the push service''s Retry-After) or with backoff, until chat.push_max_attempts';
 
 -- The bytes of a base64url string (RFC 4648 section 5, padding optional);
 -- NULL when it is not one.
