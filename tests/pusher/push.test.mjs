@@ -23,6 +23,7 @@ const received = new Map();     // subscription name -> [{at, payload, headers}]
 const answers = new Map();      // subscription name -> [{status, headers}] answered in turn (then 201)
 const problems = [];            // requests the fake endpoint found wrong
 const subs = new Map();         // name -> {ecdh, auth}
+const holding = new Map();      // name -> [res]: requests left unanswered (a hung service)
 
 const b64u = (b) => Buffer.from(b).toString('base64url');
 
@@ -89,6 +90,10 @@ function handle(req, res) {
       if (!['very-low', 'low', 'normal', 'high'].includes(req.headers.urgency)) throw new Error(`urgency ${req.headers.urgency}`);
       if (!/^[A-Za-z0-9_-]{1,32}$/.test(req.headers.topic || '')) throw new Error(`topic ${req.headers.topic}`);
       const payload = decrypt(Buffer.concat(chunks), sub);
+      if (holding.has(name)) {
+        holding.get(name).push(res);
+        return;
+      }
       if (!received.has(name)) received.set(name, []);
       received.get(name).push({ at, payload, headers: req.headers });
     } catch (e) {
@@ -130,15 +135,15 @@ async function send(sender, conv, body) {
 }
 
 // Starts chat-pusher; resolves once it logs that it started.
-function startPusher(args = []) {
-  const out = fs.openSync(pusherLog, 'a');
+function startPusher(args = [], log = pusherLog) {
+  const out = fs.openSync(log, 'a');
   const p = spawn(PUSHER_BIN, ['--dsn', dsn(DB), '--vapid-private-key', path.join(tmp, 'vapid.pem'),
     '--vapid-subject', SUBJECT, '--concurrency', '8', ...args], { stdio: ['ignore', out, out] });
   fs.closeSync(out);
   return new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`pusher did not start\n${tail(pusherLog)}`)), 5000);
     const poll = setInterval(() => {
-      if (fs.readFileSync(pusherLog, 'utf8').includes('chat-pusher started')) {
+      if (fs.readFileSync(log, 'utf8').includes('chat-pusher started')) {
         clearTimeout(t); clearInterval(poll); resolve(p);
       }
     }, 20);
@@ -240,6 +245,53 @@ test('503 with Retry-After is retried exactly once more, after Retry-After, then
   await sleep(1500);
   assert.equal(received.get('erin').length, 2, 'no third attempt');
   assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${erin.id}`)), 0);
+});
+
+// The seqs name received, as a sorted list of distinct values.
+const seqsOf = (name) => [...new Set((received.get(name) || []).map((r) => r.payload.seq))].sort((a, b) => a - b);
+const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+
+test('two pushers in parallel deliver each row once', async () => {
+  const frank = await makeUser(DB);
+  const conv = await direct(DB, sender.id, frank.id);
+  await subscribe(frank.id, 1, 'frank');
+  const log2 = path.join(LOG_DIR, 'pusher-2.log');
+  fs.writeFileSync(log2, '');
+  const second = await startPusher([], log2);
+  try {
+    await psql(DB, `SELECT chat.send_message(${sender.id}, ${conv}, 'n' || i) FROM generate_series(1, 100) i`);
+    await waitFor('frank', 100, 10000);
+    await sleep(500);
+    assert.equal(received.get('frank').length, 100, 'no row delivered twice');
+    assert.deepEqual(seqsOf('frank'), range(1, 100));
+    const logs = fs.readFileSync(pusherLog, 'utf8') + fs.readFileSync(log2, 'utf8');
+    assert.equal(problems.length, 0, problems.join('; '));
+    assert.ok(logs.length > 0);
+  } finally {
+    second.kill('SIGTERM');
+  }
+});
+
+test('kill -9 of the pusher with 200 rows pending loses none: a new pusher delivers all within 60 s', async () => {
+  const gina = await makeUser(DB);
+  const conv = await direct(DB, sender.id, gina.id);
+  await subscribe(gina.id, 1, 'gina');
+  holding.set('gina', []);
+  await psql(DB, `SELECT chat.send_message(${sender.id}, ${conv}, 'm' || i) FROM generate_series(1, 200) i`);
+  const until = Date.now() + 5000;
+  while (holding.get('gina').length < 8 && Date.now() < until) await sleep(20);
+  assert.equal(holding.get('gina').length, 8, 'the pusher has --concurrency 8 requests in flight');
+  const killedAt = Date.now();
+  pusher.kill('SIGKILL');
+  await new Promise((r) => (pusher.exitCode !== null || pusher.signalCode !== null ? r() : pusher.on('exit', r)));
+  for (const res of holding.get('gina')) res.destroy();
+  holding.delete('gina');
+  pusher = await startPusher();
+  const until2 = killedAt + 60000;
+  while (seqsOf('gina').length < 200 && Date.now() < until2) await sleep(100);
+  assert.deepEqual(seqsOf('gina'), range(1, 200), `delivered ${seqsOf('gina').length} of 200 within 60 s`);
+  for (let i = 0; i < 50 && Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${gina.id}`)) > 0; i++) await sleep(50);
+  assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${gina.id}`)), 0);
 });
 
 test('SIGTERM stops the pusher cleanly', async () => {
