@@ -1054,11 +1054,32 @@ COMMENT ON FUNCTION chat.next_push_due() IS
 -- Delivery failed and the push service said when to come back (HTTP
 -- Retry-After): as fail_push(id, error), but the retry comes after
 -- retry_after (1 second to 1 hour) instead of the backoff.
-CREATE FUNCTION chat.fail_push(id bigint, error text)
+CREATE FUNCTION chat.fail_push(id bigint, error text, retry_after interval)
 RETURNS boolean
-LANGUAGE sql SECURITY DEFINER
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT chat.fail_push(id, error, NULL)
+DECLARE
+    tries integer;
+    retry boolean;
+BEGIN
+    IF retry_after IS NOT NULL AND (retry_after < interval '1 second' OR retry_after > interval '1 hour') THEN
+        RAISE EXCEPTION 'invalid retry_after %', retry_after
+            USING ERRCODE = '22023', HINT = 'Pass between 1 second and 1 hour, or NULL for the backoff.';
+    END IF;
+    SELECT p.attempts INTO tries FROM chat.push_outbox p WHERE p.id = fail_push.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'push % does not exist', fail_push.id USING ERRCODE = 'P0002';
+    END IF;
+    retry := tries < current_setting('chat.push_max_attempts')::integer;
+    UPDATE chat.push_outbox p
+       SET last_error = left(error, 1000),
+           next_attempt_at = CASE WHEN NOT retry THEN 'infinity'
+                                  WHEN retry_after IS NOT NULL THEN now() + retry_after
+                                  ELSE now() + least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
+                                                     interval '1 hour') END
+     WHERE p.id = fail_push.id;
+    RETURN retry;
+END
 $$;
 
 -- Delivery failed: records the error and retries with exponential backoff

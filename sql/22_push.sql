@@ -182,3 +182,10 @@ SELECT round(extract(epoch FROM next_attempt_at - now())) AS retry_after_s, last
 SELECT pg_temp.try(format($$SELECT chat.fail_push(%s, 'x', interval '0 seconds')$$, :rid)) AS too_soon;
 SELECT pg_temp.try(format($$SELECT chat.fail_push(%s, 'x', interval '2 hours')$$, :rid)) AS too_late;
 SELECT round(extract(epoch FROM next_attempt_at - now())) AS unchanged_s FROM chat.push_outbox WHERE id = :rid;
+
+-- Never a body for an e2e message (its body is ciphertext).
+DELETE FROM chat.push_outbox;
+SELECT chat.register_push(3, 2, 'apns', 'apns-token-3');
+SELECT seq AS eseq FROM chat.send_message(1, 1, 'ciphertext...') \gset
+UPDATE chat.messages SET kind = 'e2e' WHERE conversation_id = 1 AND seq = :eseq;
+SELECT platform, payload ? 'body' AS has_body, payload ->> 'seq' = :'eseq' AS seq_ok FROM chat.claim_push_deliveries(10);
