@@ -1096,3 +1096,20 @@ $$;
 REVOKE ALL ON FUNCTION chat.fail_push(bigint, text, interval) FROM PUBLIC;
 COMMENT ON FUNCTION chat.fail_push(bigint, text, interval) IS
     'records a failed push; retries after retry_after (the push service''s Retry-After) or with backoff, until chat.push_max_attempts';
+
+-- The outbox at a glance, for a pusher's /metrics: rows due now, the age in
+-- seconds of the oldest due row (0 when none), rows pending in all (due,
+-- leased or waiting for a retry) and rows given up.
+CREATE FUNCTION chat.push_queue_stats(OUT due bigint, OUT oldest_due_age double precision,
+                                      OUT pending bigint, OUT given_up bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FILTER (WHERE next_attempt_at <= now()),
+           coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE next_attempt_at <= now())), 0)::double precision,
+           count(*) FILTER (WHERE next_attempt_at < 'infinity'),
+           count(*) FILTER (WHERE next_attempt_at = 'infinity')
+      FROM chat.push_outbox
+$$;
+REVOKE ALL ON FUNCTION chat.push_queue_stats() FROM PUBLIC;
+COMMENT ON FUNCTION chat.push_queue_stats() IS
+    'push_outbox rows due now, age of the oldest due row (seconds), pending and given-up rows, for /metrics';

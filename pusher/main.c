@@ -14,9 +14,12 @@
  * Database calls are short and synchronous; a transfer finishing meanwhile
  * waits in curl until the next loop pass.
  */
+#define _GNU_SOURCE				/* accept4 */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,7 +55,24 @@ typedef struct Config
 	int			concurrency;
 	long		ttl;
 	long		request_timeout;
+	const char *metrics_listen; /* HOST:PORT, or NULL */
 } Config;
+
+/* Why a row failed: the label of chat_pusher_failed_total. */
+typedef enum FailReason
+{
+	FAIL_TRANSPORT,
+	FAIL_HTTP_429,
+	FAIL_HTTP_5XX,
+	FAIL_HTTP_4XX,
+	FAIL_UNSUPPORTED,
+	FAIL_INVALID,
+	FAIL_NREASONS
+} FailReason;
+
+static const char *const fail_labels[FAIL_NREASONS] = {
+	"transport", "http_429", "http_5xx", "http_4xx", "unsupported_platform", "invalid_registration"
+};
 
 /* One notification in flight. */
 typedef struct Delivery
@@ -79,13 +100,13 @@ static int	signal_pipe[2] = {-1, -1};
 static volatile sig_atomic_t stopping;
 static int64_t *done_ids;		/* delivered, to complete in one call */
 static int	ndone;
+static int	metrics_fd = -1;
 static struct
 {
 	long		sent,
 				gone,
 				retried,
-				failed,
-				unsupported;
+				failed[FAIL_NREASONS];
 } stats;
 
 /* Wall-clock seconds. */
@@ -141,7 +162,7 @@ Usage(void)
 		   "Every flag can also be set as CHAT_<FLAG> in the environment (dashes\n"
 		   "become underscores).  Grant the pusher's database role EXECUTE on\n"
 		   "chat.claim_push_deliveries, renew_push, complete_push, fail_push,\n"
-		   "forget_push and next_push_due.\n\n"
+		   "forget_push, next_push_due and push_queue_stats.\n\n"
 		   "  --dsn                libpq connection string (required)\n"
 		   "  --vapid-private-key  PEM file with the VAPID P-256 private key (required)\n"
 		   "  --vapid-subject      VAPID sub claim: mailto:... or https://... (required)\n"
@@ -149,6 +170,7 @@ Usage(void)
 		   "  --ttl                seconds a push service keeps an undelivered\n"
 		   "                       notification (TTL header), default 86400\n"
 		   "  --request-timeout    seconds one request may take, default 30\n"
+		   "  --metrics-listen     HOST:PORT serving /metrics (Prometheus text) and /healthz\n"
 		   "  --help               this text\n\n"
 		   "FCM and APNs registrations are not delivered yet: their rows are failed\n"
 		   "(and given up after chat.push_max_attempts).\n");
@@ -189,6 +211,8 @@ SetFlag(const char *name, const char *v)
 		cfg.ttl = PositiveFlag(name, v, 28L * 86400);
 	else if (!strcmp(name, "request-timeout"))
 		cfg.request_timeout = PositiveFlag(name, v, 600);
+	else if (!strcmp(name, "metrics-listen"))
+		cfg.metrics_listen = *v ? v : NULL;
 	else
 		return false;
 	return true;
@@ -199,7 +223,7 @@ static void
 ParseArgs(int argc, char **argv)
 {
 	static const char *const names[] = {"dsn", "vapid-private-key", "vapid-subject", "concurrency",
-	"ttl", "request-timeout"};
+	"ttl", "request-timeout", "metrics-listen"};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 	{
@@ -341,7 +365,7 @@ ReadNextDue(void)
 
 /* Records a failed attempt: retried after retry_after seconds (0: backoff). */
 static void
-FailRow(int64_t id, const char *error, long retry_after)
+FailRow(int64_t id, FailReason reason, const char *error, long retry_after)
 {
 	char		id_text[24],
 				interval[32];
@@ -355,7 +379,7 @@ FailRow(int64_t id, const char *error, long retry_after)
 	}
 	DbDo("SELECT chat.fail_push($1, $2, $3::interval)", 3, params);
 	Log("warning", id, "push failed: %s%s", error, retry_after > 0 ? " (Retry-After honoured)" : "");
-	stats.failed++;
+	stats.failed[reason]++;
 }
 
 /* Discards a response body (push services answer with little or nothing). */
@@ -502,20 +526,22 @@ Claim(int n)
 		const char *why = NULL;
 		Delivery   *d = NULL;
 
+		FailReason	reason = FAIL_INVALID;
+
 		if (!strcmp(platform, "webpush"))
 			d = StartWebPush(id, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
 							 PQgetvalue(res, i, 5), &why);
 		else
 		{
 			why = "platform not supported by this pusher";
-			stats.unsupported++;
+			reason = FAIL_UNSUPPORTED;
 		}
 		if (d == NULL)
 		{
 			char		error[256];
 
 			snprintf(error, sizeof(error), "%s: %s", platform, why);
-			FailRow(id, error, 0);
+			FailRow(id, reason, error, 0);
 			continue;
 		}
 		d->next = inflight;
@@ -570,7 +596,7 @@ Finished(Delivery *d, CURLcode result)
 	if (result != CURLE_OK)
 	{
 		snprintf(error, sizeof(error), "transport: %s", curl_easy_strerror(result));
-		FailRow(d->id, error, 0);
+		FailRow(d->id, FAIL_TRANSPORT, error, 0);
 		stats.retried++;
 	}
 	else if (status >= 200 && status < 300)
@@ -587,7 +613,8 @@ Finished(Delivery *d, CURLcode result)
 	else
 	{
 		snprintf(error, sizeof(error), "http %ld", status);
-		FailRow(d->id, error, (status == 429 || status >= 500) ? (long) retry_after : 0);
+		FailRow(d->id, status == 429 ? FAIL_HTTP_429 : status >= 500 ? FAIL_HTTP_5XX : FAIL_HTTP_4XX, error,
+				(status == 429 || status >= 500) ? (long) retry_after : 0);
 		stats.retried++;
 	}
 }
@@ -666,6 +693,133 @@ DrainNotifies(void)
 	}
 }
 
+/* Opens the --metrics-listen socket; exits naming the flag on error. */
+static void
+MetricsOpen(void)
+{
+	char		host[256];
+	const char *colon;
+	struct addrinfo hints = {0},
+			   *ai = NULL;
+	int			one = 1;
+
+	if (cfg.metrics_listen == NULL)
+		return;
+	colon = strrchr(cfg.metrics_listen, ':');
+	if (colon == NULL || colon == cfg.metrics_listen || (size_t) (colon - cfg.metrics_listen) >= sizeof(host))
+		ConfigFail("metrics-listen", "must be HOST:PORT");
+	memcpy(host, cfg.metrics_listen, colon - cfg.metrics_listen);
+	host[colon - cfg.metrics_listen] = '\0';
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || ai == NULL)
+		ConfigFail("metrics-listen", "cannot resolve HOST:PORT");
+	metrics_fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (metrics_fd < 0 || setsockopt(metrics_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+		bind(metrics_fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(metrics_fd, 16) != 0)
+		ConfigFail("metrics-listen", strerror(errno));
+	freeaddrinfo(ai);
+}
+
+/* The Prometheus text of /metrics into buf; its length. */
+static int
+MetricsRender(char *buf, size_t size)
+{
+	PGresult   *res = DbExec("SELECT due, oldest_due_age, pending, given_up FROM chat.push_queue_stats()", 0, NULL);
+	int			n;
+
+	n = snprintf(buf, size,
+				 "# HELP chat_pusher_sent_total Notifications the push services accepted.\n"
+				 "# TYPE chat_pusher_sent_total counter\nchat_pusher_sent_total %ld\n"
+				 "# HELP chat_pusher_gone_total Registrations forgotten after 404/410.\n"
+				 "# TYPE chat_pusher_gone_total counter\nchat_pusher_gone_total %ld\n"
+				 "# HELP chat_pusher_retries_total Failed attempts that the outbox retries.\n"
+				 "# TYPE chat_pusher_retries_total counter\nchat_pusher_retries_total %ld\n"
+				 "# HELP chat_pusher_inflight Requests in flight.\n"
+				 "# TYPE chat_pusher_inflight gauge\nchat_pusher_inflight %d\n"
+				 "# HELP chat_pusher_failed_total Failed attempts by reason.\n"
+				 "# TYPE chat_pusher_failed_total counter\n",
+				 stats.sent, stats.gone, stats.retried, ninflight);
+	for (int r = 0; r < FAIL_NREASONS && n > 0 && (size_t) n < size; r++)
+		n += snprintf(buf + n, size - n, "chat_pusher_failed_total{reason=\"%s\"} %ld\n",
+					  fail_labels[r], stats.failed[r]);
+	if (res != NULL && PQntuples(res) == 1 && n > 0 && (size_t) n < size)
+		n += snprintf(buf + n, size - n,
+					  "# HELP chat_push_queue_due Outbox rows due now.\n"
+					  "# TYPE chat_push_queue_due gauge\nchat_push_queue_due %s\n"
+					  "# HELP chat_push_queue_oldest_due_seconds Age of the oldest due row.\n"
+					  "# TYPE chat_push_queue_oldest_due_seconds gauge\nchat_push_queue_oldest_due_seconds %s\n"
+					  "# HELP chat_push_queue_pending Outbox rows not given up (due, leased or waiting).\n"
+					  "# TYPE chat_push_queue_pending gauge\nchat_push_queue_pending %s\n"
+					  "# HELP chat_push_queue_given_up Outbox rows given up after chat.push_max_attempts.\n"
+					  "# TYPE chat_push_queue_given_up gauge\nchat_push_queue_given_up %s\n",
+					  PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 3));
+	PQclear(res);
+	return (n < 0 || (size_t) n >= size) ? -1 : n;
+}
+
+/*
+ * Answers one scrape: GET /metrics or /healthz.  The loop is single
+ * threaded, so the request is awaited at most 200 ms and the answer (a few
+ * KB, within the socket buffer) written at once.
+ */
+static void
+MetricsServe(int fd)
+{
+	char		req[2048],
+				body[8192],
+				head[256];
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	ssize_t		got = 0;
+	int			blen = -1,
+				hlen;
+	const char *status = "404 Not Found";
+
+	if (poll(&p, 1, 200) == 1)
+		got = recv(fd, req, sizeof(req) - 1, 0);
+	if (got > 0)
+	{
+		req[got] = '\0';
+		if (!strncmp(req, "GET /metrics ", 13) || !strncmp(req, "GET /metrics?", 13))
+		{
+			blen = MetricsRender(body, sizeof(body));
+			status = blen >= 0 ? "200 OK" : "500 Internal Server Error";
+		}
+		else if (!strncmp(req, "GET /healthz ", 13))
+		{
+			bool		up = db != NULL && PQstatus(db) == CONNECTION_OK;
+
+			blen = snprintf(body, sizeof(body), "%s\n", up ? "ok" : "database unreachable");
+			status = up ? "200 OK" : "503 Service Unavailable";
+		}
+	}
+	if (blen < 0)
+		blen = 0;
+	hlen = snprintf(head, sizeof(head), "HTTP/1.1 %s\r\nContent-Type: text/plain; version=0.0.4\r\n"
+					"Content-Length: %d\r\nConnection: close\r\n\r\n", status, blen);
+	if (send(fd, head, hlen, MSG_NOSIGNAL) == hlen && blen > 0)
+	{
+		if (send(fd, body, blen, MSG_NOSIGNAL) != blen)
+		{
+			/* the scraper went away: nothing to do */
+		}
+	}
+	close(fd);
+}
+
+/* Accepts and answers the pending scrapes. */
+static void
+MetricsAccept(void)
+{
+	int			fd;
+
+	if (metrics_fd < 0)
+		return;
+	while ((fd = accept4(metrics_fd, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+		MetricsServe(fd);
+}
+
 /* SIGTERM/SIGINT: stop claiming, finish what is in flight. */
 static void
 OnSignal(int sig)
@@ -708,7 +862,7 @@ Run(void)
 {
 	for (;;)
 	{
-		struct curl_waitfd fds[2];
+		struct curl_waitfd fds[3];
 		unsigned int nfds = 0;
 		double		now = Now(),
 					wait_s = IDLE_WAKE_MS / 1000.0;
@@ -747,6 +901,12 @@ Run(void)
 		fds[nfds].fd = signal_pipe[0];
 		fds[nfds].events = CURL_WAIT_POLLIN;
 		fds[nfds++].revents = 0;
+		if (metrics_fd >= 0)
+		{
+			fds[nfds].fd = metrics_fd;
+			fds[nfds].events = CURL_WAIT_POLLIN;
+			fds[nfds++].revents = 0;
+		}
 		if (db != NULL)
 		{
 			fds[nfds].fd = PQsocket(db);
@@ -756,10 +916,17 @@ Run(void)
 		curl_multi_poll(multi, fds, nfds, (int) (wait_s * 1000) + 1, &numfds);
 		while (read(signal_pipe[0], drain, sizeof(drain)) > 0)
 			;
+		MetricsAccept();
 		DrainNotifies();
 	}
-	Log("info", 0, "stopped: sent %ld, gone %ld, retried %ld, failed %ld (unsupported platform %ld)",
-		stats.sent, stats.gone, stats.retried, stats.failed, stats.unsupported);
+	{
+		long		failed = 0;
+
+		for (int r = 0; r < FAIL_NREASONS; r++)
+			failed += stats.failed[r];
+		Log("info", 0, "stopped: sent %ld, gone %ld, retried %ld, failed %ld", stats.sent, stats.gone,
+			stats.retried, failed);
+	}
 	return 0;
 }
 
@@ -771,6 +938,7 @@ main(int argc, char **argv)
 
 	ParseArgs(argc, argv);
 	LoadVapidKey();
+	MetricsOpen();
 	SetupSignals();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (multi = curl_multi_init()) == NULL)
 	{
@@ -790,6 +958,8 @@ main(int argc, char **argv)
 	EVP_PKEY_free(vapid_key);
 	if (db != NULL)
 		PQfinish(db);
+	if (metrics_fd >= 0)
+		close(metrics_fd);
 	free(done_ids);
 	return rc;
 }

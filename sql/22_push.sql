@@ -189,3 +189,12 @@ SELECT chat.register_push(3, 2, 'apns', 'apns-token-3');
 SELECT seq AS eseq FROM chat.send_message(1, 1, 'ciphertext...') \gset
 UPDATE chat.messages SET kind = 'e2e' WHERE conversation_id = 1 AND seq = :eseq;
 SELECT platform, payload ? 'body' AS has_body, payload ->> 'seq' = :'eseq' AS seq_ok FROM chat.claim_push_deliveries(10);
+
+-- push_queue_stats: due rows and the age of the oldest, pending, given up.
+DELETE FROM chat.push_outbox;
+SELECT * FROM chat.push_queue_stats();
+SELECT chat.send_message(1, 1, 'stats') IS NOT NULL AS sent;
+UPDATE chat.push_outbox SET created_at = now() - interval '42 seconds';
+SELECT due, round(oldest_due_age) AS oldest_due_age, pending, given_up FROM chat.push_queue_stats();
+UPDATE chat.push_outbox SET next_attempt_at = 'infinity';
+SELECT due, oldest_due_age, pending, given_up FROM chat.push_queue_stats();

@@ -32,7 +32,7 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     chat.claim_push(integer), chat.complete_push(bigint[]), chat.fail_push(bigint, text),
     chat.claim_push_deliveries(integer), chat.renew_push(bigint[]), chat.fail_push(bigint, text, interval),
-    chat.forget_push(bigint, text), chat.next_push_due()
+    chat.forget_push(bigint, text), chat.next_push_due(), chat.push_queue_stats()
   TO chat_rt_pusher;
 
 SET ROLE chat_rt_gateway;
@@ -72,6 +72,7 @@ SELECT :'token' AS token, :'endpoint' AS endpoint, :'topic' AS topic, :'body' AS
 SELECT chat.renew_push(ARRAY[:pid]::bigint[]) AS renewed;
 SELECT chat.fail_push(:pid, 'http 503', interval '1 second') AS retry;
 SELECT chat.next_push_due() IS NOT NULL AS due_known;
+SELECT pending FROM chat.push_queue_stats();
 SELECT chat.forget_push(:pid, :'token') AS forgotten;
 SELECT pg_temp.try($$SELECT chat.register_push(2, 1, 'fcm', 'x')$$) AS not_the_pushers;
 RESET ROLE;

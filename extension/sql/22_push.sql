@@ -292,6 +292,20 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT min(next_attempt_at) FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
 $$;
 
+-- The outbox at a glance, for a pusher's /metrics: rows due now, the age in
+-- seconds of the oldest due row (0 when none), rows pending in all (due,
+-- leased or waiting for a retry) and rows given up.
+CREATE FUNCTION chat.push_queue_stats(OUT due bigint, OUT oldest_due_age double precision,
+                                      OUT pending bigint, OUT given_up bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) FILTER (WHERE next_attempt_at <= now()),
+           coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE next_attempt_at <= now())), 0)::double precision,
+           count(*) FILTER (WHERE next_attempt_at < 'infinity'),
+           count(*) FILTER (WHERE next_attempt_at = 'infinity')
+      FROM chat.push_outbox
+$$;
+
 REVOKE ALL ON FUNCTION chat.base64url_bytes(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.register_push(bigint, integer, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.unregister_push(bigint, integer) FROM PUBLIC;
@@ -299,6 +313,7 @@ REVOKE ALL ON FUNCTION chat.claim_push_deliveries(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.renew_push(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.forget_push(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.next_push_due() FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.push_queue_stats() FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.base64url_bytes(text) IS
     'internal: the bytes of a base64url string (padding optional), NULL when it is not one';
@@ -314,3 +329,5 @@ COMMENT ON FUNCTION chat.forget_push(bigint, text) IS
     'a push endpoint answered gone (404/410): removes the row and the device''s registration if it is still token';
 COMMENT ON FUNCTION chat.next_push_due() IS
     'when the next push_outbox row comes due (NULL: none), for a pusher''s retry timer';
+COMMENT ON FUNCTION chat.push_queue_stats() IS
+    'push_outbox rows due now, age of the oldest due row (seconds), pending and given-up rows, for /metrics';

@@ -18,7 +18,7 @@ const SUBJECT = 'mailto:ops@example.com';
 const PUSHER_BIN = path.resolve(TOP, process.env.PUSHER_BIN || 'pusher/chat-pusher');
 const LOG_DIR = path.resolve(TOP, process.env.PUSHER_LOG_DIR || 'test-artifacts/pusher');
 
-let port, origin, server, pusher, pusherLog, vapidPublic, tmp;
+let port, origin, server, pusher, pusherLog, vapidPublic, tmp, metricsPort;
 const received = new Map();     // subscription name -> [{at, payload, headers}]
 const answers = new Map();      // subscription name -> [{status, headers}] answered in turn (then 201)
 const problems = [];            // requests the fake endpoint found wrong
@@ -167,7 +167,8 @@ before(async () => {
   await new Promise((r) => server.listen(port, '127.0.0.1', r));
   await newDb(DB);
   sender = await makeUser(DB);
-  pusher = await startPusher();
+  metricsPort = await freePort();
+  pusher = await startPusher(['--metrics-listen', `127.0.0.1:${metricsPort}`]);
 });
 
 after(async () => {
@@ -245,6 +246,31 @@ test('503 with Retry-After is retried exactly once more, after Retry-After, then
   await sleep(1500);
   assert.equal(received.get('erin').length, 2, 'no third attempt');
   assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${erin.id}`)), 0);
+});
+
+// GET path on the pusher's --metrics-listen: {status, text}.
+async function scrape(pathname) {
+  const r = await fetch(`http://127.0.0.1:${metricsPort}${pathname}`);
+  return { status: r.status, text: await r.text() };
+}
+
+test('/metrics counts sent, gone, retries and failures by reason, and shows the queue', async () => {
+  await psql(DB, `INSERT INTO chat.push_outbox (user_id, device_id, push_token, conversation_id, seq, payload, next_attempt_at, created_at)
+                  VALUES (${sender.id}, 1, 'x', ${conv1}, 1, '{}', 'infinity', now())`);
+  const { status, text } = await scrape('/metrics');
+  assert.equal(status, 200);
+  const metric = (name) => Number(new RegExp(`^${name.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(text)?.[1]);
+  assert.equal(metric('chat_pusher_sent_total'), 3, text);      // bob twice, erin after the retry
+  assert.equal(metric('chat_pusher_gone_total'), 1, text);
+  assert.equal(metric('chat_pusher_retries_total'), 1, text);
+  assert.equal(metric('chat_pusher_failed_total{reason="http_5xx"}'), 1, text);
+  assert.equal(metric('chat_pusher_failed_total{reason="transport"}'), 0, text);
+  assert.equal(metric('chat_pusher_inflight'), 0, text);
+  assert.equal(metric('chat_push_queue_due'), 0, text);
+  assert.equal(metric('chat_push_queue_given_up'), 1, text);
+  await psql(DB, `DELETE FROM chat.push_outbox WHERE push_token = 'x'`);
+  assert.deepEqual(await scrape('/healthz'), { status: 200, text: 'ok\n' });
+  assert.equal((await scrape('/nothing')).status, 404);
 });
 
 // The seqs name received, as a sorted list of distinct values.
