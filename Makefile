@@ -1,6 +1,6 @@
 # pgchat: the chat extension (PGXS), the gateway, and every test.
 #
-#   make              build the extension and gateway/chat-gateway
+#   make              build the extension, gateway/chat-gateway and pusher/chat-pusher
 #   make install      install the extension into the server pg_config names
 #   make installcheck pg_regress against a running server (PGHOST/PGPORT)
 #   make test         install deps, build, run every test on a throwaway cluster
@@ -38,11 +38,14 @@ include $(PGXS)
 $(DATA_built): $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
 
-all: gateway-build
+all: gateway-build pusher-build
 
-.PHONY: gateway-build deps test demo bench bench-full gateway-asan
+.PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
+
+pusher-build:
+	$(MAKE) -C pusher
 
 gateway-asan:
 	$(MAKE) -C gateway asan
@@ -52,9 +55,11 @@ gateway-asan:
 clean-objs:
 	rm -f $(OBJS) $(MODULE_big).so
 
-clean: gateway-clean
+clean: gateway-clean pusher-clean
 gateway-clean:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway clean; fi
+pusher-clean:
+	$(MAKE) -C pusher clean
 
 deps:
 	scripts/deps.sh

@@ -7,10 +7,13 @@
  * the sender never does.  fanout.c finds the offline members in the same
  * lookup as the online ones and hands them to QueuePushes.  The outbox is
  * drained by chat.claim_push, complete_push and fail_push (sql/22_push.sql).
+ * Queuing a row notifies PUSH_CHANNEL at commit, so that pushers (which
+ * LISTEN on it) wake at once instead of polling.
  */
 #include "chat.h"
 
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 
@@ -26,7 +29,13 @@ MessageWantsPush(const ChatMessage *msg)
 	return msg->target == 0 && !(msg->kind != NULL && strcmp(msg->kind, "system") == 0);
 }
 
-/* Queues a push_outbox row per push device of the npush users in push_ids. */
+/* The channel pushers LISTEN on; NOTIFY folds repeats within a transaction. */
+#define PUSH_CHANNEL "chat_push"
+
+/*
+ * Queues a push_outbox row per push device of the npush users in push_ids
+ * and, when there was one, wakes the pushers at commit.
+ */
 void
 QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush, const char *payload)
 {
@@ -47,4 +56,6 @@ QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush, const char *payl
 	args[2] = Int64GetDatum(msg->seq);
 	args[3] = CStringGetTextDatum(payload);
 	ChatExecute(push_ids_plan, args, NULL, false, 0, SPI_OK_INSERT, "push outbox insert");
+	if (SPI_processed > 0)
+		Async_Notify(PUSH_CHANNEL, "");
 }

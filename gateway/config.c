@@ -10,6 +10,9 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include "gateway.h"
 
 struct config cfg;
@@ -37,6 +40,7 @@ static struct flag flags[] = {
 	{ "tls-cert", S(tls_cert), NULL, 0, 0, "PEM certificate: serve wss:// and https://", 0 },
 	{ "tls-key", S(tls_key), NULL, 0, 0, "PEM private key for --tls-cert", 0 },
 	{ "static", S(static_dir), NULL, 0, 0, "directory served at / (index.html by default)", 0 },
+	{ "vapid-public-key", S(vapid_key_file), NULL, 0, 0, "PEM P-256 key (public or private) whose public half hello announces as vapid_public_key", 0 },
 	{ "pool", I(pool), "4", 1, 64, "database connections for client requests", 0 },
 	{ "workers", I(workers), "0", 0, 64, "N worker processes sharing the port (0: one process, no supervisor)", 0 },
 	{ "auth-timeout", I(auth_timeout), "5", 1, 3600, "seconds a client has to authenticate (close 4008)", 0 },
@@ -217,6 +221,49 @@ config_secret(void)
 	cfg.secret_len = n;
 }
 
+/* Reads --vapid-public-key (a PEM public key, or a private key whose public
+ * half is taken) into cfg.vapid_public_key: the uncompressed P-256 point in
+ * base64url, as PushManager.subscribe takes it. */
+static void
+config_vapid(void)
+{
+	FILE *f;
+	EVP_PKEY *key;
+	unsigned char point[65], b64[100];
+	char group[64] = "";
+	size_t len = 0;
+	int n;
+
+	if (!cfg.vapid_key_file || !*cfg.vapid_key_file)
+		return;
+	f = fopen(cfg.vapid_key_file, "r");
+	if (!f)
+		config_fail("vapid-public-key", "cannot open %s: %s", cfg.vapid_key_file, strerror(errno));
+	key = PEM_read_PUBKEY(f, NULL, NULL, NULL);
+	if (!key) {
+		rewind(f);
+		key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	}
+	fclose(f);
+	if (!key || !EVP_PKEY_is_a(key, "EC") ||
+	    EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), NULL) != 1 ||
+	    strcmp(group, "prime256v1") ||
+	    EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof(point), &len) != 1 ||
+	    len != sizeof(point) || point[0] != 0x04) {
+		EVP_PKEY_free(key);
+		config_fail("vapid-public-key", "%s is not a PEM P-256 public or private key", cfg.vapid_key_file);
+	}
+	EVP_PKEY_free(key);
+	n = EVP_EncodeBlock(b64, point, sizeof(point));
+	while (n > 0 && b64[n - 1] == '=')
+		n--;
+	for (int i = 0; i < n; i++)
+		b64[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : b64[i];
+	cfg.vapid_public_key = xmalloc((size_t)n + 1);
+	memcpy(cfg.vapid_public_key, b64, (size_t)n);
+	cfg.vapid_public_key[n] = '\0';
+}
+
 /* Splits a HOST:PORT flag into host (NULL: every interface) and port. */
 static void
 config_hostport(const char *key, const char *value, char **host_out, int *port_out)
@@ -326,4 +373,5 @@ config_load(int argc, char **argv)
 			config_fail("metrics-listen", "\"%s\" uses the port of --listen", cfg.metrics_listen);
 	}
 	config_secret();
+	config_vapid();
 }

@@ -23,6 +23,7 @@ struct config {
 	char *tls_cert;
 	char *tls_key;
 	char *static_dir;
+	char *vapid_key_file;		/* --vapid-public-key */
 	char *metrics_listen;		/* host:port of the /metrics listener, or NULL */
 	char *metrics_host;		/* derived from metrics_listen; NULL: every interface */
 	int metrics_port;
@@ -49,6 +50,7 @@ struct config {
 	/* derived at start-up */
 	unsigned char *secret;
 	size_t secret_len;
+	char *vapid_public_key;		/* base64url P-256 point for hello, or NULL */
 	int log_json;
 	int log_min;			/* LOG_DEBUG .. LOG_ERROR */
 };

@@ -50,7 +50,9 @@ def key(stmt):
         return ("comment", c.group(1)), norm
     m = re.match(r"CREATE (?:OR REPLACE )?FUNCTION ([\w.]+)\((.*?)\)\s*RETURNS", norm, re.S)
     if m:
-        return ("function", m.group(1)), norm
+        # the argument list too: overloads (fail_push(id, error) and
+        # fail_push(id, error, retry_after)) are different functions
+        return ("function", m.group(1) + "(" + m.group(2) + ")"), norm
     return ("stmt", norm), norm
 
 

@@ -45,6 +45,7 @@ script_stage "loaded late (not preloaded)" tests/preload/run.sh
 script_stage "realtime notifications" tests/realtime/run.sh
 script_stage "gateway end-to-end" tests/gateway/run.sh
 script_stage "gateway under ASan+UBSan" tests/gateway/run-asan.sh
+script_stage "push delivery (chat-pusher)" tests/pusher/run.sh
 script_stage "fuzz" tests/fuzz/run.sh
 script_stage "web client unit" tests/web/run.sh
 script_stage "browser" tests/browser/run.sh

@@ -25,6 +25,11 @@ CREATE TABLE chat.devices (
     push_token  text,
     last_active timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- chat.register_push: the push service (webpush, fcm, apns) and, for
+    -- webpush, the subscription {"endpoint","keys":{"p256dh","auth"}}
+    -- (push_token then holds the endpoint).
+    push_platform     text CHECK (push_platform IN ('webpush', 'fcm', 'apns')),
+    push_subscription jsonb,
     PRIMARY KEY (user_id, device_id)
 );
 -- A push token belongs to one app install: registering it again moves it.
@@ -164,6 +169,8 @@ COMMENT ON TABLE chat.devices IS 'devices of a user (device_id 1, 2, ...), with 
 COMMENT ON TABLE chat.conversations IS 'direct and group conversations; last_seq is the newest message seq';
 COMMENT ON TABLE chat.members IS 'conversation membership with delivered/read watermarks';
 COMMENT ON TABLE chat.messages IS 'messages keyed by (conversation_id, seq), seq gapless per conversation; edits and deletes append entries (kind edit/delete, target)';
+COMMENT ON COLUMN chat.devices.push_platform IS 'push service of the registration (chat.register_push): webpush, fcm or apns; NULL: none';
+COMMENT ON COLUMN chat.devices.push_subscription IS 'webpush only: the subscription {"endpoint","keys":{"p256dh","auth"}}';
 COMMENT ON COLUMN chat.messages.target IS 'log entries (kind edit/delete): the seq of the message the entry changes';
 COMMENT ON COLUMN chat.members.last_sent_seq IS 'seq of the member''s latest text/e2e message (0: never sent); defines contacts';
 COMMENT ON TABLE chat.device_cursors IS 'per-device acked_seq per conversation, for sync';

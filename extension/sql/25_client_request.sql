@@ -258,6 +258,20 @@ BEGIN
         PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
                                  chat.request_bool(request, 'read_receipts', NULL));
         RETURN '{}';
+    -- Push registration (22_push.sql).
+    WHEN 'register_push' THEN
+        IF request -> 'subscription' IS NOT NULL AND jsonb_typeof(request -> 'subscription') <> 'null'
+           AND jsonb_typeof(request -> 'subscription') <> 'object' THEN
+            RAISE EXCEPTION 'request field "subscription" must be an object, not %',
+                            request -> 'subscription' USING ERRCODE = '22P02';
+        END IF;
+        PERFORM chat.register_push(user_id, device_id, chat.request_text(request, 'platform'),
+                                   chat.request_text(request, 'token', false),
+                                   chat.request_field(request, 'subscription', false));
+        RETURN '{}';
+    WHEN 'unregister_push' THEN
+        PERFORM chat.unregister_push(user_id, device_id);
+        RETURN '{}';
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
