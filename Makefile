@@ -6,6 +6,7 @@
 #   make test         install deps, build, run every test on a throwaway cluster
 #   make demo         database + extension + gateway + demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
+#   make faults       fault scenarios under load (root; tests/faults/run.sh)
 
 EXTENSION   = chat
 MODULE_big  = chat
@@ -40,7 +41,7 @@ $(DATA_built): $(SQL_PARTS) chat.control
 
 all: gateway-build
 
-.PHONY: gateway-build deps test demo bench bench-full gateway-asan
+.PHONY: gateway-build deps test demo bench bench-full gateway-asan faults
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
 
@@ -69,6 +70,14 @@ demo: deps
 	$(MAKE) all
 	$(MAKE) install
 	scripts/demo.sh
+
+# Fault scenarios (docs/reliability.md): the quick ones also run in `make
+# test`; slower ones will join them here only.
+faults: deps
+	$(MAKE) clean-objs
+	$(MAKE) all CHAT_ASSERTS=1
+	$(MAKE) install CHAT_ASSERTS=1
+	tests/faults/run.sh
 
 bench: deps
 	$(MAKE) all

@@ -46,6 +46,7 @@ script_stage "realtime notifications" tests/realtime/run.sh
 script_stage "gateway end-to-end" tests/gateway/run.sh
 script_stage "gateway under ASan+UBSan" tests/gateway/run-asan.sh
 script_stage "fuzz" tests/fuzz/run.sh
+script_stage "faults (quick)" tests/faults/run.sh
 script_stage "web client unit" tests/web/run.sh
 script_stage "browser" tests/browser/run.sh
 
