@@ -6,6 +6,7 @@
 // exactly once in its view, after recovery.  judge() is pure (it takes the
 // records, not the live objects) so that the self-test can feed it
 // fabricated records and see it fail.
+import fs from 'node:fs';
 import { newDb, makeUser, direct, group, startGateway, DutifulClient, token, rows, sleep, within } from '../gateway/lib.mjs';
 
 // SQLSTATE classes of an error frame after which the send may or may not
@@ -132,7 +133,10 @@ export class Load {
 
   // Starts a gateway (args: extra flags) and every device.
   async start(gwArgs = []) {
-    this.gw = await startGateway({ db: this.db, args: gwArgs, label: this.db });
+    this.gw = await startGateway({ db: this.db, args: gwArgs, label: this.db, wait: false });
+    // For the runner's cleanup, should this process die without its own.
+    if (process.env.FAULTS_PIDFILE) fs.appendFileSync(process.env.FAULTS_PIDFILE, `${this.gw.pid}\n`);
+    await this.gw.waitHealth(200, 15000);
     this.devices = [];
     for (const u of this.users) {
       for (const dev of u.devices) {
@@ -165,6 +169,7 @@ export class Load {
 
   // Sends until answered ok or failed for good (bounded: 60 tries).
   async sendOne(d, conversation, cmid, body) {
+    const t0 = Date.now();
     for (let attempt = 0; attempt < 60; attempt++) {
       try {
         const p = d.send(conversation, body, cmid);
@@ -172,6 +177,7 @@ export class Load {
         const r = await within(p, 30000, () => { throw new Error('send unanswered for 30 s'); });
         const a = { conversation: r.conversation, seq: r.seq, client_msg_id: cmid, sender: d.user, device: d.dev, at: Date.now() };
         this.acks.push(a);
+        this.maxLatency = Math.max(this.maxLatency ?? 0, a.at - t0);
         const label = `${d.user}/${d.dev}`;
         if (!this.own.has(label)) this.own.set(label, []);
         this.own.get(label).push(a);

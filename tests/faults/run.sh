@@ -28,6 +28,8 @@ own_clusters=()
 # Stops every gateway a scenario left behind, every own cluster, the harness
 # cluster if this script started it.
 cleanup() {
+  trap '' INT TERM    # a second signal must not cut the cleanup short
+  if [ -n "${scenario_pid:-}" ]; then kill "$scenario_pid" 2>/dev/null; wait "$scenario_pid" 2>/dev/null; fi
   if [ -f "$FAULTS_PIDFILE" ]; then
     while read -r pid; do [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; done <"$FAULTS_PIDFILE"
   fi
@@ -73,8 +75,13 @@ failed=0
 scenario() {
   local name=$1; shift
   echo "--- $name"
-  env "$@" timeout -k 5 120 node tests/faults/scenario.mjs "$name" >"$work/$name.out" 2>&1
+  # In the background: `wait` returns at once on a signal, so the EXIT
+  # trap cleans up without waiting for the scenario's own timeout.
+  env "$@" timeout -k 5 120 node tests/faults/scenario.mjs "$name" >"$work/$name.out" 2>&1 &
+  scenario_pid=$!
+  wait "$scenario_pid"
   local rc=$?
+  scenario_pid=""
   grep -v '^RESULT ' "$work/$name.out" | tail -20
   if grep -q '^RESULT ' "$work/$name.out"; then grep '^RESULT ' "$work/$name.out" | sed 's/^RESULT //' >>"$results"
   else echo "{\"scenario\":\"$name\",\"pass\":false,\"error\":\"no result (exit $rc)\"}" >>"$results"; fi
@@ -112,7 +119,7 @@ console.log(row(["scenario", "acked", "lost", "duplicated (view/table)", "unseen
 console.log(row(["---", "---:", "---:", "---:", "---:", "---:", "---"]));
 for (const r of lines) console.log(row([r.scenario, r.acked ?? "-", r.lost ?? "-", r.dupView === undefined ? "-" : `${r.dupView}/${r.dupTable}`,
   r.unseen ?? "-", r.recovery_ms == null ? `none (${r.bound_ms ?? "-"} ms)` : `${r.recovery_ms} ms (${r.bound_ms} ms)`, r.pass ? "pass" : "FAIL"]));
-for (const r of lines) console.log(`${r.scenario}: ${r.detail ?? ""}; error frames to sends ${JSON.stringify(r.errors ?? {})}, retries ${r.retries ?? "-"}, gap repairs ${r.gap_repairs ?? "-"}${r.error ? "; " + r.error.split("\n")[0] : ""}`);
+for (const r of lines) console.log(`${r.scenario}: ${r.detail ?? ""}; error frames to sends ${JSON.stringify(r.errors ?? {})}, retries ${r.retries ?? "-"}, gap repairs ${r.gap_repairs ?? "-"}, slowest send (first try to ok) ${r.max_send_ms ?? "-"} ms${r.error ? "; " + r.error.split("\n")[0] : ""}`);
 ' "$results"
 echo "faults: $failed failed"
 [ "$failed" -eq 0 ]
