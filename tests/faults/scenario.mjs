@@ -123,22 +123,22 @@ const faults = {
     }
     const res = await within(Promise.all(sends), 60000, () => { throw new Error('the burst was not answered within 60 s'); });
     const faultEnd = Date.now();
-    await sleep(1500);               // the ring's last batches
-    const pids = await listen.stop();
-    // A notification sent by one of the gateway's pool backends is a
-    // sending transaction's own NOTIFY: the ring had no room for it.
-    const fallbacks = pids.filter((p) => pool.has(p)).length;
-    if (pids.length === 0) throw new Error('the listener saw no notification');
-    if (fallbacks === 0) throw new Error(`no fallback NOTIFY among ${pids.length} notifications: the ring did not overflow, the scenario tested nothing`);
-    const m = await load.gw.get('/metrics');
-    const metric = (n) => (m.text.match(new RegExp(`^${n}\\{[^}]*\\} (\\d+)`, 'm')) ?? [])[1] ?? '?';
-    return {
-      faultEnd, bound: 10000,
-      detail: `burst of ${sends.length} x 3000 B, ${res.filter(Boolean).length} ok; gateway drops_total ${metric('chat_gateway_drops_total')}, ` +
+    // After recovery (the listener sees the ring's last batches meanwhile).
+    const after = async () => {
+      const pids = await listen.stop();
+      // A notification sent by one of the gateway's pool backends is a
+      // sending transaction's own NOTIFY: the ring had no room for it.
+      const fallbacks = pids.filter((p) => pool.has(p)).length;
+      if (pids.length === 0) throw new Error('the listener saw no notification');
+      if (fallbacks === 0) throw new Error(`no fallback NOTIFY among ${pids.length} notifications: the ring did not overflow, the scenario tested nothing`);
+      const m = await load.gw.get('/metrics');
+      const metric = (n) => (m.text.match(new RegExp(`^${n}\\{[^}]*\\} (\\d+)`, 'm')) ?? [])[1] ?? '?';
+      return `burst of ${sends.length} x 3000 B, ${res.filter(Boolean).length} ok; gateway drops_total ${metric('chat_gateway_drops_total')}, ` +
         `resyncs_total ${metric('chat_gateway_resyncs_total')}; notifications seen by a listener: ${pids.length}, ` +
         `${fallbacks} of them NOTIFYed by a sending backend (ring full: fallback), the rest by the notifier worker ` +
-        `(the fallback counter itself is not exposed)`,
+        `(the fallback counter itself is not exposed)`;
     };
+    return { faultEnd, bound: 10000, after };
   },
 };
 
@@ -165,6 +165,7 @@ async function main() {
     result.detail = f.detail;
     result.bound_ms = f.bound;
     result.recovery_ms = await load.waitSynced(f.faultEnd, f.bound);
+    if (f.after) result.detail = await f.after();
     await sleep(1500);               // steady load after recovery
     await load.stopSending();
     if (process.env.FAULTS_SABOTAGE) sabotage(load);
