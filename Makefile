@@ -72,12 +72,14 @@ demo: deps
 	scripts/demo.sh
 
 # Fault scenarios (docs/reliability.md): the quick ones also run in `make
-# test`; slower ones will join them here only.
+# test`; here they run again against the ASan + UBSan gateway, and slower
+# scenarios will join them here only.
 faults: deps
 	$(MAKE) clean-objs
 	$(MAKE) all CHAT_ASSERTS=1
 	$(MAKE) install CHAT_ASSERTS=1
 	tests/faults/run.sh
+	tests/faults/run-asan.sh
 
 bench: deps
 	$(MAKE) all

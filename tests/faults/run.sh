@@ -8,7 +8,8 @@
 # Prints a table scenario x (acked, lost, duplicated, recovery).  Bounded
 # (each scenario under `timeout`); loopback only; every cluster and gateway
 # it started is stopped on exit, failure included.
-# Env: FAULTS (scenarios to run, default all quick ones), GATEWAY_BIN.
+# Env: FAULTS (scenarios to run, default all quick ones), GATEWAY_BIN (e.g.
+# gateway/chat-gateway-asan, with ASAN_OPTIONS as in tests/gateway/run-asan.sh).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -110,6 +111,14 @@ chat.notifier_delay = 500" || { failed=$((failed+1)); continue; }
     *) echo "unknown scenario $s" >&2; failed=$((failed+1)) ;;
   esac
 done
+
+# A sanitizer report in any gateway log fails the run (GATEWAY_BIN may be
+# the ASan + UBSan build: make -C gateway asan).
+if grep -lE 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|SUMMARY: (Address|Undefined|Leak)Sanitizer' "$GW_LOG_DIR"/*.log 2>/dev/null; then
+  grep -hE -A3 'ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:' "$GW_LOG_DIR"/*.log | head -60 >&2
+  echo "faults: sanitizer reports in the gateway logs above ($GW_LOG_DIR)" >&2
+  failed=$((failed+1))
+fi
 
 echo
 node -e '
