@@ -156,8 +156,8 @@ export class Load {
 
   // One device's sender: one send at a time, retried with the same
   // client_msg_id after an error that may not have been applied.
-  async sender(d, n0 = 0) {
-    let n = n0;
+  async sender(d) {
+    let n = 0;
     while (this.sending) {
       const convs = this.convsOf.get(d.user);
       const conversation = convs[n % convs.length];
@@ -195,6 +195,7 @@ export class Load {
     return null;
   }
 
+  // Starts one sender per device.
   startSending() {
     this.sending = true;
     this.senders = this.devices.map((d) => this.sender(d));
@@ -269,6 +270,7 @@ export class Load {
     return judge({ acks: this.acks, devices, members: this.members, table });
   }
 
+  // Stops the devices and the gateway (the runner kills what is left).
   async stop() {
     this.sending = false;
     for (const d of this.devices ?? []) await d.stop();
