@@ -6,6 +6,7 @@
 #   make test         install deps, build, run every test on a throwaway cluster
 #   make demo         database + extension + gateway + demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
+#   make faults       fault scenarios under load (root; tests/faults/run.sh)
 
 EXTENSION   = chat
 MODULE_big  = chat
@@ -40,7 +41,7 @@ $(DATA_built): $(SQL_PARTS) chat.control
 
 all: gateway-build pusher-build
 
-.PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan
+.PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan faults
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
 
@@ -74,6 +75,16 @@ demo: deps
 	$(MAKE) all
 	$(MAKE) install
 	scripts/demo.sh
+
+# Fault scenarios (docs/reliability.md): the quick ones also run in `make
+# test`; here they run again against the ASan + UBSan gateway, and slower
+# scenarios will join them here only.
+faults: deps
+	$(MAKE) clean-objs
+	$(MAKE) all CHAT_ASSERTS=1
+	$(MAKE) install CHAT_ASSERTS=1
+	tests/faults/run.sh
+	tests/faults/run-asan.sh
 
 bench: deps
 	$(MAKE) all
