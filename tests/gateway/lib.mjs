@@ -595,9 +595,10 @@ export class DutifulClient {
           this.outbox.splice(this.outbox.indexOf(item), 1);
           this.results.set(item.client_msg_id, r.result);
           item.resolve(r.result);
-        } else if (r.code === '53400') {
-          // Rate limited: not done, try again a second later.
-          this.rateLimited = (this.rateLimited ?? 0) + 1;
+        } else if (r.code === '53400' || /^(08|57P)/.test(r.code ?? '')) {
+          // Rate limited, or the gateway lost its database (maybe applied):
+          // not done, the same client_msg_id again a second later.
+          if (r.code === '53400') this.rateLimited = (this.rateLimited ?? 0) + 1;
           if (item.inflight === c) item.inflight = null;
           setTimeout(() => { if (!this.stopped) this.trySend(item); }, 1000);
         } else {

@@ -120,6 +120,21 @@ test('sends keep their order across a reconnect', async () => {
   client.close();
 });
 
+test('a send answered 08006 (gateway lost its database) is retried with the same client_msg_id, not rejected', async () => {
+  let calls = 0;
+  const { client, ws } = await connected({}, {
+    send: (f) => (++calls === 1
+      ? { id: f.id, type: 'error', code: '08006', error: 'connection_failure', message: 'database connection lost; the request may or may not have been applied' }
+      : { id: f.id, type: 'ok', result: { conversation: 3, seq: 7, created_at: 'now', duplicate: true } }),
+  });
+  const r = await client.send(3, 'x');
+  assert.equal(r.seq, 7);
+  const [a, b] = ws.of('send');
+  assert.equal(a.client_msg_id, b.client_msg_id);
+  assert.equal(client.outbox.length, 0);
+  client.close();
+});
+
 test('a send refused by the server rejects and is not retried', async () => {
   const { client, ws } = await connected({}, {
     send: (f) => ({ id: f.id, type: 'error', code: '42501', error: 'insufficient_privilege', message: 'user 17 is not a member of conversation 3' }),

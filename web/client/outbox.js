@@ -14,9 +14,18 @@ export function newClientMsgId() {
   return s;
 }
 
-/** Whether a failed send may succeed when retried with the same client_msg_id. */
-function isRetryable(err) {
-  return err.code === 'timeout' || err.code === 'disconnected' || err.code === '53400';
+/**
+ * Whether a failed send may succeed when retried with the same client_msg_id.
+ * Besides timeouts, disconnects and rate limits: the gateway's database
+ * connection failing (SQLSTATE class 08, e.g. 08006 "the request may or may
+ * not have been applied") or the server being shut down or restarted (57P).
+ * The send may already be stored; the retry, being idempotent, gets its seq
+ * back instead of the app sending a second copy.
+ */
+export function isRetryable(err) {
+  const code = typeof err.code === 'string' ? err.code : '';
+  return code === 'timeout' || code === 'disconnected' || code === '53400' ||
+    code.startsWith('08') || code.startsWith('57P');
 }
 
 /**
