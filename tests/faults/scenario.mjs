@@ -4,13 +4,15 @@
 // dedicated one: tests/faults/run.sh starts it), CHAT_TEST_PGDATA its data
 // directory (pg-crash restarts it), CHAT_TOKEN_SECRET_FILE the token secret.
 // Prints one line `RESULT {json}`; exits 0 when the scenario passes.
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { Load } from './checker.mjs';
 import { value, rows, sleep, within } from '../gateway/lib.mjs';
 
 const name = process.argv[2];
-const PGBIN = process.env.PGBIN || '';
+// The server's binaries: as the harness found them, else where pg_config says.
+const PGBIN = process.env.PGBIN ||
+  execFileSync(process.env.PG_CONFIG || 'pg_config', ['--bindir']).toString().trim();
 
 // Runs a command; resolves {code, stdout, stderr}.
 function run(cmd, args, timeout = 60000) {

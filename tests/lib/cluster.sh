@@ -5,6 +5,7 @@
 # on exit.
 
 PGBIN=${PGBIN:-$(${PG_CONFIG:-pg_config} --bindir)}
+export PGBIN  # for the node test programs too (tests/faults)
 
 # Runs a command as the cluster's owner (initdb refuses to run as root).
 as_owner() {
