@@ -1546,3 +1546,14 @@ $$;
 REVOKE ALL ON FUNCTION chat.push_queue_stats() FROM PUBLIC;
 COMMENT ON FUNCTION chat.push_queue_stats() IS
     'push_outbox rows due now, age of the oldest due row (seconds), pending and given-up rows, for /metrics';
+
+-- The notifier's state for monitoring (C, notifier.c): ring size, bytes
+-- queued and worker pid for this database, and the transactions (of any
+-- database) that had to NOTIFY directly since the server started.
+CREATE FUNCTION chat.notifier_stats(OUT preloaded boolean, OUT ring_bytes bigint,
+                                    OUT queued_bytes bigint, OUT worker_pid integer,
+                                    OUT fallbacks bigint)
+RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'chat_notifier_stats';
+REVOKE ALL ON FUNCTION chat.notifier_stats() FROM PUBLIC;
+COMMENT ON FUNCTION chat.notifier_stats() IS
+    'notifier ring size, bytes queued and worker of this database; direct-NOTIFY fallbacks since start (all databases)';

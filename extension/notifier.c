@@ -35,8 +35,10 @@
 #include <openssl/hmac.h>
 #include <openssl/crypto.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "commands/async.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -86,6 +88,7 @@ typedef struct NotifierShared
 {
 	LWLock	   *lock;
 	Size		ring_size;
+	uint64		fallbacks_total;	/* xacts of any database that NOTIFYed directly */
 	NotifierSlot slots[NOTIFIER_SLOTS];
 } NotifierShared;
 
@@ -420,6 +423,7 @@ ReserveRing(List *list)
 	}
 	if (slotno < 0)
 	{
+		notifier->fallbacks_total++;
 		LWLockRelease(notifier->lock);
 		return false;
 	}
@@ -427,6 +431,7 @@ ReserveRing(List *list)
 	if (notifier->ring_size - (slot->head - slot->tail) - slot->reserved < need)
 	{
 		slot->fallbacks++;
+		notifier->fallbacks_total++;
 		LWLockRelease(notifier->lock);
 		return false;
 	}
@@ -450,6 +455,7 @@ ReserveRing(List *list)
 		slot->state = SLOT_FREE;
 		slot->reserved -= need;
 		slot->fallbacks++;
+		notifier->fallbacks_total++;
 		LWLockRelease(notifier->lock);
 		reserved_slot = -1;
 		reserved_bytes = 0;
@@ -781,4 +787,47 @@ ChatNotifierMain(Datum arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 NOTIFIER_IDLE_MS / 2, PG_WAIT_EXTENSION);
 	}
+}
+
+PG_FUNCTION_INFO_V1(chat_notifier_stats);
+
+/*
+ * chat.notifier_stats(): whether the notifier's shared memory exists (the
+ * library was preloaded), its ring size per database, the bytes queued and
+ * the worker's pid for the current database, and how many transactions of
+ * any database had to NOTIFY directly since the server started (ring full,
+ * no ring free, or no worker: slower, never lost).  Monitoring reads it.
+ */
+Datum
+chat_notifier_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[5] = {0};
+	bool		nulls[5] = {false, true, true, true, true};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "chat.notifier_stats: return type must be a row type");
+	values[0] = BoolGetDatum(notifier != NULL);
+	if (notifier != NULL)
+	{
+		uint64		queued = 0;
+		int			pid = 0;
+		int			i;
+
+		LWLockAcquire(notifier->lock, LW_SHARED);
+		for (i = 0; i < NOTIFIER_SLOTS; i++)
+			if (notifier->slots[i].dboid == MyDatabaseId)
+			{
+				queued = notifier->slots[i].head - notifier->slots[i].tail;
+				pid = notifier->slots[i].state == SLOT_RUNNING ? notifier->slots[i].pid : 0;
+			}
+		values[1] = Int64GetDatum((int64) notifier->ring_size);
+		values[2] = Int64GetDatum((int64) queued);
+		values[3] = Int32GetDatum(pid);
+		values[4] = Int64GetDatum((int64) notifier->fallbacks_total);
+		LWLockRelease(notifier->lock);
+		nulls[1] = nulls[2] = nulls[4] = false;
+		nulls[3] = pid == 0;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

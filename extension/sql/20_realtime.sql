@@ -252,7 +252,16 @@ RETURNS text LANGUAGE c STRICT VOLATILE AS 'MODULE_PATHNAME', 'chat_issue_token'
 CREATE FUNCTION chat.condition_name(sqlstate text)
 RETURNS text LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'chat_condition_name';
 
+-- The notifier's state for monitoring (C, notifier.c): ring size, bytes
+-- queued and worker pid for this database, and the transactions (of any
+-- database) that had to NOTIFY directly since the server started.
+CREATE FUNCTION chat.notifier_stats(OUT preloaded boolean, OUT ring_bytes bigint,
+                                    OUT queued_bytes bigint, OUT worker_pid integer,
+                                    OUT fallbacks bigint)
+RETURNS record LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'chat_notifier_stats';
+
 REVOKE ALL ON FUNCTION chat.check_node(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.notifier_stats() FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.presence_audience(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.fanout_presence(bigint, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.node_reset(text) FROM PUBLIC;
@@ -268,6 +277,8 @@ REVOKE ALL ON chat.live_sessions FROM PUBLIC;
 
 COMMENT ON VIEW chat.live_nodes IS 'gateway nodes heard from within chat.node_timeout (the one liveness rule)';
 COMMENT ON VIEW chat.live_sessions IS 'sessions of nodes heard from within chat.node_timeout (online)';
+COMMENT ON FUNCTION chat.notifier_stats() IS
+    'notifier ring size, bytes queued and worker of this database; direct-NOTIFY fallbacks since start (all databases)';
 COMMENT ON FUNCTION chat.check_node(text) IS 'raises 22023 unless the node name matches [a-z0-9_]{1,40}';
 COMMENT ON FUNCTION chat.presence_audience(bigint) IS 'users who receive presence events of a user';
 COMMENT ON FUNCTION chat.fanout_presence(bigint, boolean) IS 'internal: presence event of a user to its audience';

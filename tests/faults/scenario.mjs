@@ -116,6 +116,7 @@ const faults = {
     const size = await value('postgres', "SELECT current_setting('chat.notifier_queue_size')");
     if (size !== '64kB') throw new Error(`chat.notifier_queue_size is ${size}: the scenario needs 64kB`);
     const pool = new Set((await rows(load.db, `SELECT pid FROM pg_stat_activity WHERE application_name = 'chat-gateway ${load.gw.node}'`)).map((r) => r.pid));
+    const countedBefore = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()'));
     const listen = listener(load.db, load.gw.node);
     await sleep(200);
     const sends = [];
@@ -133,12 +134,15 @@ const faults = {
       const fallbacks = pids.filter((p) => pool.has(p)).length;
       if (pids.length === 0) throw new Error('the listener saw no notification');
       if (fallbacks === 0) throw new Error(`no fallback NOTIFY among ${pids.length} notifications: the ring did not overflow, the scenario tested nothing`);
+      // The fallbacks are counted where monitoring can read them.
+      const counted = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()')) - countedBefore;
+      if (counted < 1) throw new Error(`${fallbacks} fallback NOTIFYs seen, but chat.notifier_stats() counted ${counted}`);
       const m = await load.gw.get('/metrics');
       const metric = (n) => (m.text.match(new RegExp(`^${n}\\{[^}]*\\} (\\d+)`, 'm')) ?? [])[1] ?? '?';
       return `burst of ${sends.length} x 3000 B, ${res.filter(Boolean).length} ok; gateway drops_total ${metric('chat_gateway_drops_total')}, ` +
         `resyncs_total ${metric('chat_gateway_resyncs_total')}; notifications seen by a listener: ${pids.length}, ` +
         `${fallbacks} of them NOTIFYed by a sending backend (ring full: fallback), the rest by the notifier worker ` +
-        `(the fallback counter itself is not exposed)`;
+        `(chat.notifier_stats() counted ${counted} fallback transactions)`;
     };
     return { faultEnd, bound: 10000, after };
   },
