@@ -62,7 +62,9 @@ PrepareSendPlans(void)
 
 	/*
 	 * Column 4: the peer of a direct conversation when it blocks the sender
-	 * (one primary-key probe of chat.blocks; NULL otherwise).
+	 * (one primary-key probe of chat.blocks; NULL otherwise).  Column 5:
+	 * the sender is a plain member of a group whose settings say
+	 * only_admins_send (read from the row locked anyway).
 	 */
 	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
@@ -71,7 +73,9 @@ PrepareSendPlans(void)
 		"       (SELECT b.blocker FROM chat.blocks b"
 		"         WHERE c.kind = 'direct' AND b.blocked = $2"
 		"           AND b.blocker = CASE WHEN c.direct_low = $2 THEN c.direct_high"
-		"                                ELSE c.direct_low END)"
+		"                                ELSE c.direct_low END),"
+		"       m.role = 'member'"
+		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false)"
 		"  FROM chat.conversations c"
 		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
 		" WHERE c.id = $1 AND m.left_at IS NULL"
@@ -326,6 +330,18 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 				 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT
 						": blocked by user " INT64_FORMAT,
 						a->sender, a->conversation_id, blocker)));
+	}
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)))
+	{
+		if (a->client_msg_id != NULL &&
+			FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT
+						": only admins send there",
+						a->sender, a->conversation_id),
+				 errhint("An owner or admin can turn this off with chat.update_group.")));
 	}
 	if (a->reply_to != 0 && (a->reply_to < 1 || a->reply_to > *last_seq))
 		ereport(ERROR,

@@ -272,6 +272,28 @@ BEGIN
     WHEN 'unregister_push' THEN
         PERFORM chat.unregister_push(user_id, device_id);
         RETURN '{}';
+    -- Group administration (16_groups.sql).
+    WHEN 'members' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', m.user_id, 'role', m.role,
+                                                'joined_at', chat.json_timestamp(m.joined_at))
+                             ORDER BY m.ord)
+              FROM chat.members(user_id, chat.request_bigint(request, 'conversation'))
+                   WITH ORDINALITY AS m(user_id, role, joined_at, ord)), '[]'));
+    WHEN 'set_role' THEN
+        PERFORM chat.set_role(user_id, chat.request_bigint(request, 'conversation'),
+                              chat.request_bigint(request, 'user'),
+                              chat.request_text(request, 'role'));
+        RETURN '{}';
+    WHEN 'leave' THEN
+        PERFORM chat.leave(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    WHEN 'update_group' THEN
+        PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
+                                  chat.request_text(request, 'title', false),
+                                  chat.request_text(request, 'description', false),
+                                  chat.request_bool(request, 'only_admins_send', NULL));
+        RETURN '{}';
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',

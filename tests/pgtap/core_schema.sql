@@ -1,7 +1,7 @@
 -- Schema invariants of the core: tables, keys, indexes, pg_dump registration,
 -- privileges, SECURITY DEFINER hygiene, comments and the API signatures.
 BEGIN;
-SELECT plan(54);
+SELECT plan(58);
 
 -- Tables and their keys.
 SELECT has_table('chat', t, 'table chat.' || t || ' exists')
@@ -77,14 +77,19 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('get_message', ARRAY['bigint', 'bigint', 'bigint']),
                ('sync', ARRAY['bigint', 'integer', 'integer']),
                ('ack', ARRAY['bigint', 'integer', 'bigint', 'bigint']),
-               ('mark_read', ARRAY['bigint', 'bigint', 'bigint'])) AS api(f, args);
+               ('mark_read', ARRAY['bigint', 'bigint', 'bigint']),
+               ('members', ARRAY['bigint', 'bigint']),
+               ('set_role', ARRAY['bigint', 'bigint', 'bigint', 'text']),
+               ('leave', ARRAY['bigint', 'bigint']),
+               ('update_group', ARRAY['bigint', 'bigint', 'text', 'text', 'boolean'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
           AND proname IN ('upsert_user', 'register_device', 'remove_device', 'direct_conversation',
                           'create_group', 'add_member', 'remove_member', 'conversations',
                           'send_message', 'edit_message', 'delete_message', 'history',
-                          'messages_after', 'get_message', 'sync', 'ack', 'mark_read') $$,
+                          'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
+                          'members', 'set_role', 'leave', 'update_group') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
 SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer)'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
@@ -99,7 +104,8 @@ SELECT is_empty(
                             'send_message', 'edit_message', 'delete_message', 'history',
                             'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
                             'require_member', 'require_device', 'require_users', 'check_limit',
-                            'check_body', 'lock_group', 'post_system_message') $$,
+                            'check_body', 'lock_group', 'post_system_message',
+                            'members', 'set_role', 'leave', 'update_group') $$,
     'every core function has a comment');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
