@@ -64,6 +64,7 @@ SELECT pg_temp.try($$SELECT chat.set_role(1, 1, NULL, 'admin')$$);
 SELECT pg_temp.state(1);
 
 -- update_group ---------------------------------------------------------
+SELECT seq FROM chat.send_message(3, 1, 'before the switch', 'c-before');
 SELECT chat.update_group(2, 1, 'new title', 'about us', true);
 SELECT pg_temp.state(1);
 SELECT body::jsonb FROM chat.messages WHERE conversation_id = 1 ORDER BY seq DESC LIMIT 1;
@@ -78,6 +79,8 @@ SELECT body::jsonb FROM chat.messages WHERE conversation_id = 1 ORDER BY seq DES
 -- only_admins_send: a plain member's send is refused, admins and owner send.
 SELECT pg_temp.try($$SELECT seq FROM chat.send_message(3, 1, 'hi')$$);
 SELECT chat.client_request('n', 3, 1, '{"type":"send","conversation":1,"body":"hi"}') ->> 'code' AS code;
+-- A retry of a send made before the switch still gets its answer.
+SELECT seq, duplicate FROM chat.send_message(3, 1, 'before the switch', 'c-before');
 SELECT seq FROM chat.send_message(2, 1, 'admin speaks');
 SELECT seq FROM chat.send_message(1, 1, 'owner speaks');
 SELECT pg_temp.state(1);
