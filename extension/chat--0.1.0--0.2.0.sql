@@ -1530,8 +1530,9 @@ BEGIN
        SET last_error = left(error, 1000),
            next_attempt_at = CASE WHEN NOT retry THEN 'infinity'
                                   WHEN retry_after IS NOT NULL THEN now() + retry_after
-                                  ELSE now() + least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
-                                                     interval '1 hour') END
+                                  ELSE now() + (0.5 + random() / 2)
+                                                * least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
+                                                        interval '1 hour') END
      WHERE p.id = fail_push.id;
     RETURN retry;
 END

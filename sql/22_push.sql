@@ -63,17 +63,27 @@ SELECT count(*) AS left_over FROM chat.push_outbox;
 SET chat.push_max_attempts = 3;
 SELECT id AS fid FROM chat.push_outbox ORDER BY id LIMIT 1 \gset
 SELECT chat.fail_push(:fid, 'timeout') AS retry_1;
-SELECT attempts, last_error, round(extract(epoch FROM next_attempt_at - now())) AS backoff_s
+SELECT attempts, last_error,
+       extract(epoch FROM next_attempt_at - now()) BETWEEN 14.9 AND 30.1 AS backoff_15_to_30_s
   FROM chat.push_outbox WHERE id = :fid;
 UPDATE chat.push_outbox SET next_attempt_at = now() WHERE id = :fid;
 SELECT count(*) AS claimed FROM chat.claim_push(1) WHERE id = :fid;
 SELECT chat.fail_push(:fid, 'timeout again') AS retry_2;
-SELECT attempts, round(extract(epoch FROM next_attempt_at - now())) AS backoff_s
+SELECT attempts, extract(epoch FROM next_attempt_at - now()) BETWEEN 29.9 AND 60.1 AS backoff_30_to_60_s
   FROM chat.push_outbox WHERE id = :fid;
 UPDATE chat.push_outbox SET next_attempt_at = now() WHERE id = :fid;
 SELECT count(*) AS claimed FROM chat.claim_push(1) WHERE id = :fid;
 SELECT chat.fail_push(:fid, 'gone for good') AS retry_3;
 SELECT attempts, next_attempt_at = 'infinity' AS given_up, last_error FROM chat.push_outbox WHERE id = :fid;
+-- The backoff is jittered: rows that fail together do not come back together.
+INSERT INTO chat.push_outbox (user_id, device_id, push_token, conversation_id, seq, payload, attempts)
+SELECT 999, 1, 'jitter', 1, g, '{}', 1 FROM generate_series(1, 20) AS g;
+SELECT bool_and(r) AS all_retried FROM (SELECT chat.fail_push(id, 'x') AS r FROM chat.push_outbox
+                                         WHERE push_token = 'jitter') f;
+SELECT count(DISTINCT next_attempt_at) > 1 AS spread,
+       bool_and(extract(epoch FROM next_attempt_at - now()) BETWEEN 14.9 AND 30.1) AS within_15_to_30_s
+  FROM chat.push_outbox WHERE push_token = 'jitter';
+DELETE FROM chat.push_outbox WHERE push_token = 'jitter';
 SELECT count(*) AS never_claimed_again FROM chat.claim_push(10) WHERE id = :fid;
 RESET chat.push_max_attempts;
 

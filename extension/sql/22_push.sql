@@ -61,15 +61,18 @@ BEGIN
        SET last_error = left(error, 1000),
            next_attempt_at = CASE WHEN NOT retry THEN 'infinity'
                                   WHEN retry_after IS NOT NULL THEN now() + retry_after
-                                  ELSE now() + least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
-                                                     interval '1 hour') END
+                                  ELSE now() + (0.5 + random() / 2)
+                                                * least(interval '30 seconds' * power(2, greatest(tries - 1, 0)),
+                                                        interval '1 hour') END
      WHERE p.id = fail_push.id;
     RETURN retry;
 END
 $$;
 
 -- Delivery failed: records the error and retries with exponential backoff
--- (30 s, 1 min, 2 min, ... capped at 1 hour).  After chat.push_max_attempts
+-- and jitter (30 s, 1 min, 2 min, ... capped at 1 hour, each shortened by a
+-- random 0 to 50%, so rows that failed together do not retry together:
+-- "equal jitter", which keeps half of the backoff as a floor).  After chat.push_max_attempts
 -- attempts the row is kept as given up (next_attempt_at infinity) for
 -- inspection.  Returns true when it will be retried.
 CREATE FUNCTION chat.fail_push(id bigint, error text)
