@@ -285,6 +285,26 @@ SendChecks(const SendArgs *a)
 }
 
 /*
+ * A send the sender may not make (why: "blocked by user 7", ...): true
+ * when it is a retry of a send made before the refusal began (its original
+ * answer in *seq and *created_at), else raises 42501; never false.
+ */
+static bool
+RetryOrRefuse(const SendArgs *a, int64 *seq, TimestampTz *created_at,
+			  const char *why, const char *hint)
+{
+	if (a->client_msg_id != NULL &&
+		FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+		return true;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT ": %s",
+					a->sender, a->conversation_id, why),
+			 hint ? errhint("%s", hint) : 0));
+	return false;				/* not reached */
+}
+
+/*
  * Step 1 of a send: locks the conversation and member rows and returns
  * true with last_seq and the sender's read_seq.  False when the sender has
  * no active membership, or is blocked by the peer of a direct conversation,
@@ -320,29 +340,13 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 						a->sender_device, a->sender),
 				 errhint("Register it with chat.register_device.")));
 	blocker = ChatSpiInt64(0, 4, &isnull);
-	if (!isnull)
-	{
-		if (a->client_msg_id != NULL &&
-			FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
-			return false;
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT
-						": blocked by user " INT64_FORMAT,
-						a->sender, a->conversation_id, blocker)));
-	}
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)))
-	{
-		if (a->client_msg_id != NULL &&
-			FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
-			return false;
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT
-						": only admins send there",
-						a->sender, a->conversation_id),
-				 errhint("An owner or admin can turn this off with chat.update_group.")));
-	}
+	if (!isnull &&
+		RetryOrRefuse(a, seq, created_at, psprintf("blocked by user " INT64_FORMAT, blocker), NULL))
+		return false;
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull)) &&
+		RetryOrRefuse(a, seq, created_at, "only admins send there",
+					  "An owner or admin can turn this off with chat.update_group."))
+		return false;
 	if (a->reply_to != 0 && (a->reply_to < 1 || a->reply_to > *last_seq))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
