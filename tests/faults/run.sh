@@ -53,12 +53,8 @@ own_cluster() {
   [ "$(id -u)" -eq 0 ] && chown postgres: "$own_dir"
   own_clusters+=("$own_dir")
   own_port=$(free_port) || return 1
-  as_owner "$PGBIN/initdb" -D "$own_dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$own_dir/initdb.log" 2>&1 \
-    || { cat "$own_dir/initdb.log"; return 1; }
+  cluster_init "$own_dir" "$own_port" || return 1
   cat >>"$own_dir/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $own_port
-unix_socket_directories = '$own_dir'
 shared_preload_libraries = 'chat'
 max_connections = 100
 chat.token_secret = '$(cat "$CHAT_TOKEN_SECRET_FILE")'

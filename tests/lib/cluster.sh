@@ -26,6 +26,21 @@ free_port() {
   return 1
 }
 
+# Makes a cluster in DIR/data (initdb as the cluster's owner, its log in
+# DIR) listening on PORT at LISTEN (default 127.0.0.1; '' for the unix socket
+# only), with its socket in DIR; callers append their own settings to
+# DIR/data/postgresql.conf.  cluster_init DIR PORT [LISTEN]
+cluster_init() {
+  local dir=$1 port=$2 listen=${3-127.0.0.1}
+  as_owner "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log"; return 1; }
+  cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '$listen'
+port = $port
+unix_socket_directories = '$dir'
+CONF
+}
+
 cluster_start() {
   CHAT_TEST_TMP=$(mktemp -d /tmp/pgchat-test.XXXXXX)
   chmod 755 "$CHAT_TEST_TMP"
@@ -37,12 +52,8 @@ cluster_start() {
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$CHAT_TOKEN_SECRET_FILE"
   chmod 644 "$CHAT_TOKEN_SECRET_FILE"
 
-  as_owner "$PGBIN/initdb" -D "$CHAT_TEST_PGDATA" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$CHAT_TEST_TMP/initdb.log" 2>&1 \
-    || { cat "$CHAT_TEST_TMP/initdb.log"; return 1; }
+  cluster_init "$CHAT_TEST_TMP" "$PGPORT" || return 1
   cat >>"$CHAT_TEST_PGDATA/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$CHAT_TEST_TMP'
 shared_preload_libraries = 'chat'
 max_connections = 200
 fsync = off

@@ -18,12 +18,8 @@ chmod 755 "$tmp"; [ "$(id -u)" -eq 0 ] && chown postgres: "$tmp"
 port=$(free_port)
 cleanup() { as_owner "$PGBIN/pg_ctl" -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1 || true; rm -rf "$tmp"; }
 trap cleanup EXIT
-as_owner "$PGBIN/initdb" -D "$tmp/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >"$tmp/initdb.log" 2>&1 \
-  || { cat "$tmp/initdb.log"; exit 1; }
+cluster_init "$tmp" "$port" '' || exit 1
 cat >>"$tmp/data/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $port
-unix_socket_directories = '$tmp'
 fsync = off
 chat.token_secret = 'preload-test-secret'
 CONF
