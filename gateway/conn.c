@@ -512,6 +512,8 @@ conn_tick(lws_sorted_usec_list_t *sul)
 	 * handshakes): give whole free pages back now and then. */
 	if (ticks % 10 == 9)
 		malloc_trim(0);
+	/* The other workers render this one's gauges from its shared slot. */
+	metrics_publish(conn_count, conn_count_unauth, db_ready());
 	/* Each connection is pinged every --heartbeat seconds, in slices by
 	 * id, so that 19,000 pings are not all written in the same second. */
 	slice = ++ticks % (uint32_t)cfg.heartbeat;

@@ -354,15 +354,33 @@ struct metrics {
 	uint64_t latency_buckets[16];
 	uint64_t latency_count;
 	double latency_sum;
+	/* Gauges, published by the worker once a second (metrics_publish). */
+	uint64_t conns, conns_unauth, db_up;
+	char node[48];			/* the worker's node name; "" = slot unused */
 };
 
-extern struct metrics stats;
+/* One slot per process: with --workers they live in memory shared with the
+ * supervisor and every worker, so whichever worker answers /metrics renders
+ * them all.  Each slot is written by its own worker only. */
+extern struct metrics *metrics_slots;
+extern int metrics_nslots, metrics_self;
+#define stats (metrics_slots[metrics_self])
+
+/* --workers: maps the shared slots (before forking). */
+void metrics_share(int workers);
+/* In a worker: takes slot i (counters continue from the last process in it). */
+void metrics_take_slot(int i);
+/* Supervisor: a worker died; its gauges read 0 until it is back. */
+void metrics_slot_died(int i);
+/* Publishes this process's gauges into its slot. */
+void metrics_publish(uint32_t conns, uint32_t unauth, int db_up);
 
 /* Counts a close (the gateway's code or the peer's). */
 void metrics_close(int code);
 void metrics_latency(uint64_t us);
-/* Renders the Prometheus text (with the gauges: open and unauthenticated
- * connections, database up) into a malloc'd buffer; caller frees. */
+/* Renders the Prometheus text of every slot (this process's gauges: open and
+ * unauthenticated connections, database up, fresh) into a malloc'd buffer;
+ * caller frees. */
 char *metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up);
 
 #endif

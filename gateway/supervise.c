@@ -27,6 +27,7 @@ supervise_spawn(int i, const char *base_node)
 		char *node = xmalloc(strlen(base_node) + 16);
 		sprintf(node, "%s_%d", base_node, i);
 		cfg.node = node;
+		metrics_take_slot(i);
 		log_setup(cfg.log_json, cfg.log_min, cfg.node, cfg.log_file);
 		sigset_t none;
 		sigemptyset(&none);
@@ -94,6 +95,7 @@ supervise_reap(int terminating)
 			if (children[i] != pid)
 				continue;
 			children[i] = 0;
+			metrics_slot_died(i);
 			dead++;
 			if (terminating)
 				break;
@@ -151,6 +153,7 @@ supervise_run(void)
 	started = xcalloc((size_t)cfg.workers, sizeof(*started));
 	restart_delay = xcalloc((size_t)cfg.workers, sizeof(*restart_delay));
 	restart_at = xcalloc((size_t)cfg.workers, sizeof(*restart_at));
+	metrics_share(cfg.workers);
 	supervise_signals(&old);
 	for (int i = 0; i < cfg.workers; i++) {
 		started[i] = time(NULL);

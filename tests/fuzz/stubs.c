@@ -10,7 +10,9 @@
 #include "stubs.h"
 
 struct config cfg;
-struct metrics stats;
+static struct metrics stub_slot;
+struct metrics *metrics_slots = &stub_slot;
+int metrics_nslots = 1, metrics_self = 0;
 
 /* Frames queued by conn_send (route.c deliveries). */
 uint64_t stub_sends;

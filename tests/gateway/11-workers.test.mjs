@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { newDb, makeUser, direct, startGateway, stopAll, connectAs, rows, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, direct, startGateway, stopAll, connectAs, rows, sleep, ms, parseMetrics } from './lib.mjs';
 
 const DB = 'gw_11_workers';
 let gw, users;
@@ -55,6 +55,37 @@ test('two workers, one port, each its own node; messages cross workers', async (
   assert.equal((await x.waitFor((f) => f.type === 'message' && f.seq === r2.seq, 3000)).body, 'from worker 1');
   const sess = await rows(DB, `SELECT node, user_id::int FROM chat.sessions WHERE user_id IN (${x.hello.user}, ${y.hello.user}) ORDER BY node`);
   assert.deepEqual(sess, [{ node: `${gw.node}_0`, user_id: x.hello.user }, { node: `${gw.node}_1`, user_id: y.hello.user }]);
+  for (const list of Object.values(byNode)) for (const c of list) c.close();
+});
+
+// Whichever worker answers /metrics (SO_REUSEPORT picks one per connection)
+// renders every worker's series: the scrape is the whole gateway's.
+test('/metrics from any worker covers every worker', async () => {
+  const byNode = await spread();
+  const open = Object.values(byNode).flat().length;
+  const names = [`${gw.node}_0`, `${gw.node}_1`];
+  let last = '';
+  for (let scrape = 0; scrape < 8; scrape++) {
+    // Gauges of the other worker are at most a second old (its tick).
+    let samples = [];
+    for (let i = 0; i < 30; i++) {
+      const r = await gw.get('/metrics');
+      assert.equal(r.status, 200);
+      last = r.text;
+      samples = parseMetrics(r.text);
+      const conns = samples.filter((s) => s.name === 'chat_gateway_connections');
+      if (conns.reduce((t, s) => t + s.value, 0) === open) break;
+      await sleep(100);
+    }
+    const conns = samples.filter((s) => s.name === 'chat_gateway_connections');
+    assert.deepEqual(conns.map((s) => s.labels.node).sort(), names, `one connections series per worker:\n${last}`);
+    assert.equal(conns.reduce((t, s) => t + s.value, 0), open, `connections summed over the workers:\n${last}`);
+    for (const n of names) {
+      const frames = samples.find((s) => s.name === 'chat_gateway_frames_in_total' && s.labels.node === n);
+      assert.ok(frames && frames.value > 0, `worker ${n} has its frames_in (authenticated clients sent frames)`);
+      assert.ok(samples.some((s) => s.name === 'chat_gateway_request_duration_seconds_count' && s.labels.node === n), `latency histogram of ${n}`);
+    }
+  }
   for (const list of Object.values(byNode)) for (const c of list) c.close();
 });
 
