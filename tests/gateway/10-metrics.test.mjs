@@ -3,6 +3,7 @@
 // histogram, whose counters move with the traffic.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { twoUserDb, startGateway, stopAll, connectAs, signToken, Client, parseMetrics, sleep } from './lib.mjs';
 
 const DB = 'gw_10_metrics';
@@ -79,4 +80,22 @@ test('/metrics exposes the counters and they move with traffic', async () => {
   const closes4001 = sum(mid.samples, /close/, (l) => Object.values(l).includes('4001'));
   assert.ok(closes4001 >= 1, `closes by code: no sample labelled 4001 in:\n${mid.text}`);
   a.close(); b.close();
+});
+
+// The dashboard and alert rules in monitoring/ name only series the gateway
+// serves (and, for chat_pusher_*, series chat-pusher's source renders):
+// renaming a metric without updating them fails here.
+test('monitoring/ (Grafana dashboard, Prometheus alerts) names existing series', async () => {
+  const root = new URL('../../', import.meta.url);
+  const text = ['monitoring/grafana-dashboard.json', 'monitoring/alerts.yml']
+    .map((f) => fs.readFileSync(new URL(f, root), 'utf8')).join('\n');
+  const used = new Set([...text.matchAll(/\b(chat_(?:gateway|pusher)_[a-z_]+)/g)].map((m) => m[1]));
+  assert.ok(used.size >= 10, `the dashboard uses ${used.size} series`);
+  const { samples } = await scrape();
+  const served = new Set(samples.map((s) => s.name));
+  const pusher = fs.readFileSync(new URL('pusher/main.c', root), 'utf8');
+  for (const name of used) {
+    if (name.startsWith('chat_gateway_')) assert.ok(served.has(name), `${name} is not in the gateway's /metrics`);
+    else assert.ok(pusher.includes(`"${name}`) || pusher.includes(` ${name} `) || pusher.includes(`${name}{`), `${name} is not rendered by chat-pusher`);
+  }
 });
