@@ -92,6 +92,12 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 		appendStringInfoString(buf, ",\"deleted_at\":");
 		AppendJsonTimestamp(buf, deleted_at);
 	}
+	/* already JSON (built by SendAttachments or read from the row) */
+	if (msg->attachments != NULL && deleted_at == 0)
+	{
+		appendStringInfoString(buf, ",\"attachments\":");
+		appendStringInfoString(buf, msg->attachments);
+	}
 	appendStringInfoChar(buf, '}');
 }
 

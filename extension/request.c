@@ -276,7 +276,22 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	a.sender = ctx->user_id;
 	a.sender_device = ctx->device_id;
 	RequestInt64(ctx, "conversation", true, &a.conversation_id);
-	a.body = cstring_to_text(RequestText(ctx, "body", true));
+	/* media (issue 13): a message with attachments may have no caption */
+	{
+		JsonbValue	av;
+		JsonbValue *att = RequestField(ctx, "attachments", false, &av);
+
+		if (att != NULL)
+		{
+			if (att->type != jbvBinary || !JsonContainerIsArray(att->val.binary.data))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("request field \"attachments\" must be an array of upload ids")));
+			a.attachments = JsonbValueToJsonb(att);
+		}
+	}
+	t = RequestText(ctx, "body", a.attachments == NULL);
+	a.body = cstring_to_text(t ? t : "");
 	t = RequestText(ctx, "client_msg_id", false);
 	a.client_msg_id = t ? cstring_to_text(t) : NULL;
 	/* absent: 0, "none"; an explicit 0 is none in send_message too */

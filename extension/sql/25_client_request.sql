@@ -294,6 +294,16 @@ BEGIN
                                   chat.request_text(request, 'description', false),
                                   chat.request_bool(request, 'only_admins_send', NULL));
         RETURN '{}';
+    -- media (issue 13)
+    WHEN 'upload' THEN
+        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
+                           chat.request_text(request, 'mime'),
+                           chat.request_bigint(request, 'size'),
+                           chat.request_text(request, 'sha256'),
+                           chat.request_text(request, 'name', false));
+    WHEN 'media_url' THEN
+        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
+                              chat.request_bool(request, 'thumbnail', false));
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
