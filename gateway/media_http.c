@@ -221,6 +221,10 @@ read_head(int fd, char *buf, struct request *r)
 			return 400;
 		memcpy(r->method, buf, (size_t)(sp1 - buf));
 		r->method[sp1 - buf] = '\0';
+		if (sp2 - sp1 - 1 == 8 && memcmp(sp1 + 1, "/healthz", 8) == 0) {
+			strcpy(r->id, "healthz");
+			return 0;
+		}
 		/* a media path with a mangled query is a tampered URL: 403 */
 		if (strcmp(r->method, "OPTIONS") != 0 &&
 		    parse_target(sp1 + 1, (size_t)(sp2 - sp1 - 1), r) != 0)
@@ -690,7 +694,12 @@ http_serve(int sock, uint32_t conn)
 			    rc == 431 ? "Request Header Fields Too Large" : "Bad Request",
 			    rc == 404 ? "not a media URL" : rc == 403 ? "media URL not valid" :
 			    "malformed request");
-	else if (rc == 0 && strcmp(r.method, "PUT") == 0)
+	else if (rc == 0 && strcmp(r.id, "healthz") == 0) {
+		static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+			"Content-Length: 3\r\nConnection: close\r\n\r\nok\n";
+
+		(void)send_all(sock, ok, sizeof(ok) - 1);
+	} else if (rc == 0 && strcmp(r.method, "PUT") == 0)
 		handle_put(sock, conn, &r);
 	else if (rc == 0 && strcmp(r.method, "GET") == 0)
 		handle_get(sock, conn, &r, 0);
