@@ -5,6 +5,194 @@
 
 -- Media (issue 13): attachments, signed URLs, the deletion queue (32_media.sql),
 -- and the upload/media_url requests of dispatch_request.
+-- Readers' messages carry their attachments: message_view gains them (last).
+ALTER TYPE chat.message_view ADD ATTRIBUTE attachments jsonb;
+CREATE OR REPLACE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
+                             lim integer DEFAULT 50)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, history.conversation_id);
+    RETURN QUERY
+    SELECT * FROM (
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
+          FROM chat.messages x
+         WHERE x.conversation_id = m.conversation_id
+           AND x.seq > m.joined_seq
+           AND x.seq < coalesce(before_seq, 9223372036854775807)
+         ORDER BY x.seq DESC
+         LIMIT lim) AS page
+     ORDER BY page.seq;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
+                                    lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, messages_after.conversation_id);
+    RETURN QUERY
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id
+       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
+     ORDER BY x.seq
+     LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+    result chat.message_view;
+BEGIN
+    IF get_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, get_message.conversation_id);
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
+      INTO result
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
+       AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    room integer := lim;
+    taken integer;
+    conv bigint;
+    from_seq bigint;
+    joined bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    PERFORM chat.require_device(sync.user_id, sync.device_id);
+    FOR conv, from_seq, joined IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
+          FROM chat.members m
+          JOIN chat.conversations c ON c.id = m.conversation_id
+          LEFT JOIN chat.device_cursors dc
+                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
+                AND dc.conversation_id = m.conversation_id
+         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
+           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+         ORDER BY m.conversation_id
+    LOOP
+        RETURN QUERY
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
+          FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq > from_seq
+         ORDER BY x.seq
+         LIMIT room;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.report(actor bigint, user_id bigint, conversation_id bigint, seq bigint, reason text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target_user bigint := report.user_id;
+    conv bigint := report.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    msg_copy jsonb;
+    rid bigint;
+BEGIN
+    PERFORM chat.require_actor(actor);
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'report reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(reason) > 1000 THEN
+        RAISE EXCEPTION 'report reason of % characters is longer than 1000', length(reason)
+            USING ERRCODE = '22001';
+    END IF;
+    IF target_user IS NULL AND conv IS NULL THEN
+        RAISE EXCEPTION 'a report names a user, a conversation or a message'
+            USING ERRCODE = '22023';
+    END IF;
+    IF report.seq IS NOT NULL AND conv IS NULL THEN
+        RAISE EXCEPTION 'seq % needs its conversation', report.seq USING ERRCODE = '22023';
+    END IF;
+    IF target_user = actor THEN
+        RAISE EXCEPTION 'user % cannot report itself', actor USING ERRCODE = '22023';
+    END IF;
+    IF target_user IS NOT NULL THEN
+        PERFORM chat.require_users(ARRAY[target_user]);
+    END IF;
+    IF conv IS NOT NULL THEN
+        m := chat.require_member(actor, conv);
+    END IF;
+    IF report.seq IS NOT NULL THEN
+        SELECT * INTO msg FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq = report.seq;
+        IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+            RAISE EXCEPTION 'message % does not exist in conversation %', report.seq, conv
+                USING ERRCODE = 'P0002';
+        END IF;
+        IF target_user IS NULL THEN
+            target_user := msg.sender_id;
+        ELSIF target_user <> msg.sender_id THEN
+            RAISE EXCEPTION 'user % did not send message % of conversation %', target_user, msg.seq, conv
+                USING ERRCODE = '22023', HINT = 'Leave user out to report the message''s sender.';
+        END IF;
+        IF target_user = actor THEN
+            RAISE EXCEPTION 'user % cannot report its own message', actor USING ERRCODE = '22023';
+        END IF;
+        msg_copy := chat.message_json(ROW(msg.conversation_id, msg.seq, msg.sender_id, msg.sender_device,
+                    msg.kind, msg.body, msg.client_msg_id, msg.reply_to, msg.created_at,
+                    msg.edited_at, msg.deleted_at, msg.target, msg.attachments)::chat.message_view);
+    END IF;
+    -- Serialises one reporter's reports so the count below is exact.
+    PERFORM FROM chat.users u WHERE u.id = actor FOR NO KEY UPDATE;
+    IF (SELECT count(*) FROM chat.reports r
+         WHERE r.reporter = actor AND r.created_at > now() - interval '1 hour') >= 20 THEN
+        RAISE EXCEPTION 'user % has made 20 reports in the last hour', actor
+            USING ERRCODE = '53400', HINT = 'Try again later.';
+    END IF;
+    INSERT INTO chat.reports (reporter, reported_user, conversation_id, seq, reason, message)
+    VALUES (actor, target_user, conv, report.seq, reason, msg_copy)
+    RETURNING id INTO rid;
+    RETURN rid;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -79,7 +267,8 @@ BEGIN
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
-                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
+                                       x.created_at, x.edited_at, x.deleted_at, x.target,
+                                       x.attachments)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),

@@ -137,6 +137,13 @@ chat_message_json(PG_FUNCTION_ARGS)
 	d = GetAttributeByName(row, "deleted_at", &isnull);
 	if (!isnull)
 		deleted_at = DatumGetTimestampTz(d);
+	d = GetAttributeByName(row, "attachments", &isnull);
+	if (!isnull)
+	{
+		Jsonb	   *j = DatumGetJsonbP(d);
+
+		msg.attachments = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
 
 	initStringInfo(&buf);
 	AppendMessageJson(&buf, &msg, edited_at, deleted_at, false);

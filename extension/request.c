@@ -78,7 +78,8 @@ static SPIPlanPtr dispatch_plan;
 /* The columns of chat.message_view, in order, for the message readers. */
 #define MESSAGE_COLUMNS \
 	"m.conversation_id, m.seq, m.sender_id, m.sender_device, m.kind, m.body," \
-	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target"
+	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target," \
+	" m.attachments::text"
 
 /* A jsonb value as its text (what v::text prints in SQL). */
 static char *
@@ -248,6 +249,8 @@ AppendMessageRows(StringInfo buf)
 			deleted_at = DatumGetTimestampTz(d);
 		d = SPI_getbinval(tup, desc, 12, &isnull);
 		msg.target = isnull ? 0 : DatumGetInt64(d);
+		d = SPI_getbinval(tup, desc, 13, &isnull);
+		msg.attachments = isnull ? NULL : TextDatumGetCString(d);
 		if (i > 0)
 			appendStringInfoChar(buf, ',');
 		AppendMessageJson(buf, &msg, edited_at, deleted_at, false);

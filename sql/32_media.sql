@@ -136,13 +136,20 @@ SELECT pg_temp.req(2, '{"type":"media_url"}');
 SELECT pg_temp.req(1, '{"type":"upload","conversation":1,"mime":"application/pdf","size":5,"sha256":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","name":"a.pdf"}')
        #>> '{result,upload}' AS up2 \gset
 SELECT chat.media_uploaded(:'up2');
-SELECT pg_temp.req(1, jsonb_build_object('type', 'media_url', 'attachment', :'up2', 'thumbnail', true));
+SELECT pg_temp.req(1, jsonb_build_object('type', 'media_url', 'attachment', :'up2', 'thumbnail', true)) -> 'code';
 -- the uploader may fetch its own upload before sending it; others not
 SELECT pg_temp.req(1, jsonb_build_object('type', 'media_url', 'attachment', :'up2')) -> 'type';
 SELECT pg_temp.req(2, jsonb_build_object('type', 'media_url', 'attachment', :'up2')) -> 'type';
 
+-- readers see the attachments too (history, sync, after, get_message)
+SELECT jsonb_path_query_array(pg_temp.req(2, '{"type":"history","conversation":1}'), 'strict $.**.attachments[*].mime') AS history,
+       jsonb_path_query_array(pg_temp.req(2, '{"type":"sync"}'), 'strict $.**.attachments[*].name') AS sync,
+       jsonb_path_query_array(pg_temp.req(2, '{"type":"after","conversation":1,"after_seq":1}'), 'strict $.**.attachments[*].width') AS after;
+SELECT (chat.message_json(chat.get_message(2, 1, 2)) -> 'attachments') -> 0 ->> 'name' AS get_message;
+
 -- deletion removes the bytes: the deletion queue -----------------------
 SELECT chat.delete_message(1, 1, 2);
+SELECT jsonb_path_query_array(pg_temp.req(2, '{"type":"history","conversation":1}'), 'strict $.**.attachments') AS after_delete;
 SELECT count(*) AS attachments_of_deleted FROM chat.attachments WHERE id = :'up1';
 SELECT storage_key = 'thumbkey1' OR length(storage_key) = 64 AS queued FROM chat.media_deletions ORDER BY id;
 SELECT count(*) AS claimed FROM chat.media_claim_deletions(10);

@@ -195,7 +195,8 @@ BEGIN
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
-                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
+                                       x.created_at, x.edited_at, x.deleted_at, x.target,
+                                       x.attachments)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
