@@ -105,8 +105,8 @@ const upload = (c, conv, bytes, mime, name = 'f') =>
 
 before(async () => {
   await newDb(DB);
-  gw = await startGateway({ db: DB });
   media = await startMedia(DB);
+  gw = await startGateway({ db: DB, args: ['--media-url', media.origin] });
 });
 after(async () => {
   if (media) { media.proc.kill('SIGTERM'); fs.rmSync(media.dir, { recursive: true, force: true }); }
@@ -118,6 +118,8 @@ test('a picture goes up, out in a message, and down again byte for byte, with a 
   const conv = await group(DB, alice.id, [bob.id]);
   const a = await connectAs(gw, alice.id), b = await connectAs(gw, bob.id);
   const pic = png(800, 600);
+  // hello names chat-media's origin: the media URLs handed out are relative to it
+  assert.equal(a.hello.media_url, media.origin);
 
   const up = await upload(a, conv, pic, 'image/png', 'cat.png');
   assert.equal(up.type, 'ok', JSON.stringify(up));
@@ -168,6 +170,14 @@ test('a picture goes up, out in a message, and down again byte for byte, with a 
   for (let i = 0; i < 50 && stored() > files - 2; i++) await sleep(100);
   assert.equal(stored(), files - 2, 'file and thumbnail deleted');
   assert.equal((await httpReq(media, 'GET', url)).status, 404);
+});
+
+test('--media-url must be an http(s) origin (the gateway refuses to start otherwise)', async () => {
+  for (const bad of ['ftp://x', 'http://a"b', `http://${'a'.repeat(200)}`]) {
+    const g = await startGateway({ db: DB, args: ['--media-url', bad], wait: false });
+    const exit = await g.exited;
+    assert.equal(exit.code, 2, `${bad}: ${JSON.stringify(exit)}`);
+  }
 });
 
 test('every bad upload is refused with its code and leaves nothing behind', async () => {
