@@ -433,7 +433,9 @@ receive_body(int sock, int fd, const struct request *r, int64_t len, EVP_MD_CTX 
 	return 0;
 }
 
-/* PUT <signed upload URL>: stores the bytes of a pending upload. */
+/* PUT <signed upload URL>: stores the bytes of a pending upload.  Every
+ * refusal removes what was written before it answers, so a client that
+ * reads the answer finds nothing left behind. */
 static void
 handle_put(int sock, uint32_t conn, struct request *r)
 {
@@ -444,6 +446,8 @@ handle_put(int sock, uint32_t conn, struct request *r)
 	unsigned int dlen = 0, i;
 	size_t head_len = 0;
 	int fd = -1, status, width = 0, height = 0, have_thumb = 0, rc;
+	int code = 0;			/* the refusal: HTTP status, 0 none, -1 no answer */
+	const char *reason = NULL, *why = NULL;
 	EVP_MD_CTX *md = NULL;
 
 	if (r->thumb || !media_url_valid("put", r->id, r->user, r->expires, r->sig))
@@ -484,21 +488,21 @@ handle_put(int sock, uint32_t conn, struct request *r)
 		abort();
 	rc = receive_body(sock, fd, r, r->content_length, md, head, &head_len, buf);
 	close(fd);
-	fd = -1;
 	if (rc == -1) {
 		log_msg(LOG_INFO, conn, "media: upload %s: client stopped sending", r->id);
-		goto fail_quiet;
+		code = -1;
+		goto out;
 	}
 	if (rc < 0) {
-		reply_error(sock, conn, 503, "Service Unavailable", "storage write failed");
-		goto fail_quiet;
+		code = 503, reason = "Service Unavailable", why = "storage write failed";
+		goto out;
 	}
 	EVP_DigestFinal_ex(md, digest, &dlen);
 	for (i = 0; i < dlen; i++)
 		snprintf(digest_hex + 2 * i, 3, "%02x", digest[i]);
 	if (strcmp(digest_hex, u.sha256) != 0) {
-		reply_error(sock, conn, 400, "Bad Request", "sha256 differs from the announced hash");
-		goto fail_quiet;
+		code = 400, reason = "Bad Request", why = "sha256 differs from the announced hash";
+		goto out;
 	}
 	pthread_mutex_lock(&magic_lock);
 	{
@@ -509,8 +513,8 @@ handle_put(int sock, uint32_t conn, struct request *r)
 	pthread_mutex_unlock(&magic_lock);
 	if (!mime_matches(u.mime, detected)) {
 		log_msg(LOG_INFO, conn, "media: upload %s declared %s, content is %s", r->id, u.mime, detected);
-		reply_error(sock, conn, 415, "Unsupported Media Type", "content does not match the announced type");
-		goto fail_quiet;
+		code = 415, reason = "Unsupported Media Type", why = "content does not match the announced type";
+		goto out;
 	}
 	/* images get dimensions and a thumbnail; ciphertext never does */
 	if (strncmp(u.mime, "image/", 6) == 0) {
@@ -520,8 +524,8 @@ handle_put(int sock, uint32_t conn, struct request *r)
 			rc = thumb_make(tmp, tpath, &width, &height);
 			have_thumb = rc == 0;
 			if (rc < 0) {
-				reply_error(sock, conn, 415, "Unsupported Media Type", "image cannot be decoded");
-				goto fail_quiet;
+				code = 415, reason = "Unsupported Media Type", why = "image cannot be decoded";
+				goto out;
 			}
 		}
 	}
@@ -539,19 +543,20 @@ handle_put(int sock, uint32_t conn, struct request *r)
 		log_msg(LOG_INFO, conn, "media: stored %s (%" PRId64 " bytes, %s)", r->id, u.size, u.mime);
 		if (send_all(sock, hdr, (size_t)hlen) == 0)
 			(void)send_all(sock, body, (size_t)blen);
-		free(tmp);
-		goto done;
-	}
-	if (status == 409)
-		reply_error(sock, conn, 409, "Conflict", "upload already finished");
+	} else if (status == 409)
+		code = 409, reason = "Conflict", why = "upload already finished";
 	else
-		reply_error(sock, conn, 503, "Service Unavailable", "database unavailable");
-fail_quiet:
-	store->abort(tmp);
+		code = 503, reason = "Service Unavailable", why = "database unavailable";
+out:
+	if (code != 0) {
+		/* refused: nothing of it stays (the committed file was renamed away) */
+		store->abort(tmp);
+		if (tpath)
+			(void)store->remove(thumb_key);
+		if (code > 0)
+			reply_error(sock, conn, code, reason, why);
+	}
 	free(tmp);
-	if (have_thumb || tpath)
-		(void)store->remove(thumb_key);
-done:
 	free(tpath);
 	EVP_MD_CTX_free(md);
 	free(head);

@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { TOP, LOG_DIR, SECRET_FILE, newDb, makeUser, group, startGateway, stopAll, connectAs,
-  rows, value, dsn, freePort, sleep, tail, secret } from './lib.mjs';
+  value, dsn, freePort, sleep, tail, secret, token } from './lib.mjs';
 
 const DB = 'gw_24_media';
 const MEDIA_BIN = path.resolve(TOP, process.env.MEDIA_BIN || 'gateway/chat-media');
@@ -262,20 +262,17 @@ test('a 100 MiB upload and download: other clients ping fast, chat-media stays s
 
   const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${media.proc.pid}/status`, 'utf8'))[1]) * 1024;
   const rss0 = rss();
-  let rssMax = rss0, running = true;
-  const rtts = [];
-  // bob pings the gateway every 10 ms throughout
-  const pinger = (async () => {
-    while (running) {
-      const t0 = process.hrtime.bigint();
-      await new Promise((resolve) => { b.ws.once('pong', resolve); b.ws.ping(); });
-      rtts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      rssMax = Math.max(rssMax, rss());
-      await sleep(10);
-    }
-  })();
+  let rssMax = rss0;
+  const sampler = setInterval(() => { rssMax = Math.max(rssMax, rss()); }, 20);
+  // bob pings the gateway every 10 ms throughout, from a process of his own
+  const pinger = spawn(process.execPath, [path.join(TOP, 'tests/gateway/media-pinger.mjs'), token(bob.id), gw.wsUrl()],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  pinger.stdout.on('data', (d) => { out += d; });
+  for (let i = 0; i < 100 && !out.includes('ready'); i++) await sleep(50);
+  assert.ok(out.includes('ready'), 'the pinger connected');
   async function* body() { for (let i = 0; i < 100; i++) yield block; }
-  let put, sent, got;
+  let put, sent, got, rtts;
   try {
     put = await httpReq(media, 'PUT', up.url, { body: body(), headers: { 'Content-Type': 'application/octet-stream', 'Content-Length': SIZE } });
     assert.equal(put.status, 201, put.body.toString());
@@ -290,8 +287,11 @@ test('a 100 MiB upload and download: other clients ping fast, chat-media stays s
       }).on('error', reject);
     });
   } finally {
-    running = false;
-    await pinger;
+    clearInterval(sampler);
+    const exited = new Promise((r) => pinger.on('exit', r));
+    pinger.stdin.end();
+    await exited;
+    rtts = JSON.parse(out.split('\n').filter(Boolean).at(-1));
   }
   assert.ok(sent.seq > 0);
   assert.deepEqual(got, { status: 200, n: SIZE, digest });

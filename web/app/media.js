@@ -45,7 +45,7 @@ export function attachmentView(a) {
     v = el('figure', { class: `attachment ${kind}`, dataset: { attachment: a.id, mime: a.mime } }, media,
       el('figcaption', {}, `${a.name || kind} · ${fmtSize(a.size)}`));
   } else {
-    const link = el('a', { class: 'document', download: a.name || 'file', href: '#' }, `📄 ${a.name || 'file'} (${fmtSize(a.size)})`);
+    const link = el('a', { class: 'document', download: a.name || 'file', href: '#' }, `${a.name || 'file'} (${fmtSize(a.size)})`);
     fill(link, a, 'href');
     v = el('div', { class: 'attachment document', dataset: { attachment: a.id, mime: a.mime } }, link);
   }
