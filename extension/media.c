@@ -138,7 +138,13 @@ SendAttachments(const SendArgs *a)
 		"   FROM ids LEFT JOIN chat.attachments a"
 		"     ON a.id = ids.id AND a.owner_id = $1 AND a.conversation_id = $2",
 		3, types);
-	ChatExecute(attachments_plan, args, NULL, true, 1, SPI_OK_SELECT, "attachments lookup");
+	/*
+	 * Not read-only: a fresh snapshot, taken after the conversation row lock
+	 * was granted, sees a send of the same upload that committed while we
+	 * waited (a read-only query would use the older snapshot and let two
+	 * messages carry one upload).
+	 */
+	ChatExecute(attachments_plan, args, NULL, false, 1, SPI_OK_SELECT, "attachments lookup");
 	missing = ChatSpiInt64(0, 1, &isnull);
 	pending = ChatSpiInt64(0, 2, &isnull);
 	sent = ChatSpiInt64(0, 3, &isnull);

@@ -381,18 +381,14 @@ SendMessage(const SendArgs *a, SendResult *r)
 	PrepareSendPlans();
 
 	/*
-	 * A retry of a send with attachments finds its first answer before the
-	 * attachments (bound to that message by then) would refuse it.
+	 * 1. The row locks serialise seq allocation and pin the membership.  A
+	 * retry of a send with attachments finds its first answer under the
+	 * lock, before the attachments (bound to that message by then) would
+	 * refuse it, also when the first attempt committed while we waited.
 	 */
-	if (a->attachments != NULL && a->client_msg_id != NULL &&
-		FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, &r->seq, &r->created_at))
-	{
-		ChatSpiFinish();
-		return;
-	}
-
-	/* 1. The row locks serialise seq allocation and pin the membership. */
-	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at))
+	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at) &&
+		!(a->attachments != NULL && a->client_msg_id != NULL &&
+		  FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, &r->seq, &r->created_at)))
 	{
 		/* 2. The row; not written: an earlier send of this client_msg_id. */
 		ChatMessage msg;

@@ -7,6 +7,8 @@
 
 /* Longest side of a thumbnail, in pixels. */
 #define THUMB_SIDE 320
+/* Larger images (decompression bombs among them) get no thumbnail. */
+#define THUMB_MAX_PIXELS (100.0 * 1000 * 1000)
 
 /* Starts libvips (once, before any thread uses it); small caches: the
  * server reads each image once. */
@@ -35,6 +37,8 @@ thumb_make(const char *path, const char *thumb_path, int *width, int *height)
 	*width = vips_image_get_width(in);
 	*height = vips_image_get_height(in);
 	g_object_unref(in);
+	if ((double)*width * (double)*height > THUMB_MAX_PIXELS)
+		return 1;
 	/* thumbnail from the file: vips shrinks on load where the format allows */
 	if (vips_thumbnail(path, &out, THUMB_SIDE, "height", THUMB_SIDE, NULL) == 0) {
 		if (vips_jpegsave(out, thumb_path, "Q", 80, "strip", TRUE, NULL) == 0)
