@@ -162,6 +162,7 @@ _PG_init(void)
 	DefineRealtimeGucs();
 	if (process_shared_preload_libraries_in_progress)
 		DefinePreloadGucs();
+	MediaDefineGucs();			/* media (issue 13) */
 	MarkGUCPrefixReserved("chat");
 
 	if (!process_shared_preload_libraries_in_progress)

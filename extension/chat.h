@@ -23,6 +23,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 /* GUCs (all defined in chat.c) */
@@ -64,6 +65,7 @@ typedef struct ChatMessage
 	int64		reply_to;		/* 0 when none */
 	int64		target;			/* log entries (edit, delete): seq changed; else 0 */
 	TimestampTz created_at;
+	const char *attachments;	/* JSON array of attachment objects; NULL when none */
 } ChatMessage;
 
 /* The arguments of a send (send.c), checked by SendMessage. */
@@ -75,6 +77,7 @@ typedef struct SendArgs
 	text	   *client_msg_id;	/* NULL: none */
 	int64		reply_to;		/* 0: none */
 	int32		sender_device;	/* 0: not known */
+	Jsonb	   *attachments;	/* upload ids (jsonb array); NULL: none */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */
@@ -111,6 +114,11 @@ extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nuse
 						  int64 exclude_user, const char *event, const char *ref_event);
 extern void FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 						  const char *kind);
+
+/* media.c */
+extern void MediaDefineGucs(void);
+extern char *SendAttachments(const SendArgs *a);
+extern void AttachToMessage(const SendArgs *a, int64 seq);
 
 /* push.c */
 extern bool MessageWantsPush(const ChatMessage *msg);

@@ -92,6 +92,12 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 		appendStringInfoString(buf, ",\"deleted_at\":");
 		AppendJsonTimestamp(buf, deleted_at);
 	}
+	/* already JSON (built by SendAttachments or read from the row) */
+	if (msg->attachments != NULL && deleted_at == 0)
+	{
+		appendStringInfoString(buf, ",\"attachments\":");
+		appendStringInfoString(buf, msg->attachments);
+	}
 	appendStringInfoChar(buf, '}');
 }
 
@@ -131,6 +137,13 @@ chat_message_json(PG_FUNCTION_ARGS)
 	d = GetAttributeByName(row, "deleted_at", &isnull);
 	if (!isnull)
 		deleted_at = DatumGetTimestampTz(d);
+	d = GetAttributeByName(row, "attachments", &isnull);
+	if (!isnull)
+	{
+		Jsonb	   *j = DatumGetJsonbP(d);
+
+		msg.attachments = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
 
 	initStringInfo(&buf);
 	AppendMessageJson(&buf, &msg, edited_at, deleted_at, false);

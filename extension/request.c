@@ -78,7 +78,8 @@ static SPIPlanPtr dispatch_plan;
 /* The columns of chat.message_view, in order, for the message readers. */
 #define MESSAGE_COLUMNS \
 	"m.conversation_id, m.seq, m.sender_id, m.sender_device, m.kind, m.body," \
-	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target"
+	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target," \
+	" m.attachments::text"
 
 /* A jsonb value as its text (what v::text prints in SQL). */
 static char *
@@ -248,6 +249,8 @@ AppendMessageRows(StringInfo buf)
 			deleted_at = DatumGetTimestampTz(d);
 		d = SPI_getbinval(tup, desc, 12, &isnull);
 		msg.target = isnull ? 0 : DatumGetInt64(d);
+		d = SPI_getbinval(tup, desc, 13, &isnull);
+		msg.attachments = isnull ? NULL : TextDatumGetCString(d);
 		if (i > 0)
 			appendStringInfoChar(buf, ',');
 		AppendMessageJson(buf, &msg, edited_at, deleted_at, false);
@@ -276,7 +279,22 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	a.sender = ctx->user_id;
 	a.sender_device = ctx->device_id;
 	RequestInt64(ctx, "conversation", true, &a.conversation_id);
-	a.body = cstring_to_text(RequestText(ctx, "body", true));
+	/* media (issue 13): a message with attachments may have no caption */
+	{
+		JsonbValue	av;
+		JsonbValue *att = RequestField(ctx, "attachments", false, &av);
+
+		if (att != NULL)
+		{
+			if (att->type != jbvBinary || !JsonContainerIsArray(att->val.binary.data))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+						 errmsg("request field \"attachments\" must be an array of upload ids")));
+			a.attachments = JsonbValueToJsonb(att);
+		}
+	}
+	t = RequestText(ctx, "body", a.attachments == NULL);
+	a.body = cstring_to_text(t ? t : "");
 	t = RequestText(ctx, "client_msg_id", false);
 	a.client_msg_id = t ? cstring_to_text(t) : NULL;
 	/* absent: 0, "none"; an explicit 0 is none in send_message too */

@@ -55,8 +55,8 @@ PrepareSendPlans(void)
 {
 	Oid			lock_types[3] = {INT8OID, INT8OID, INT4OID};
 	Oid			append_lock_types[2] = {INT8OID, INT8OID};
-	Oid			write_types[10] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
-	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID};
+	Oid			write_types[11] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
+	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, JSONBOID};
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 
@@ -93,15 +93,17 @@ PrepareSendPlans(void)
 
 	/*
 	 * $1 conversation, $2 seq, $3 sender, $4 sender_device, $5 kind, $6
-	 * body, $7 client_msg_id, $8 reply_to, $9 target, $10 created_at.  Log
+	 * body, $7 client_msg_id, $8 reply_to, $9 target, $10 created_at, $11
+	 * attachments (JSON of the attachment objects, NULL: none).  Log
 	 * entries ($9 set) leave last_activity alone: a change is not news in
 	 * the chat list.  last_sent_seq records text/e2e sends only (contacts).
 	 */
 	ChatPrepare(&write_plan,
 		"WITH msg AS ("
 		"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
-		"                             kind, body, client_msg_id, reply_to, target, created_at)"
-		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+		"                             kind, body, client_msg_id, reply_to, target, created_at,"
+		"                             attachments)"
+		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 		"  ON CONFLICT (conversation_id, sender_id, client_msg_id)"
 		"    WHERE client_msg_id IS NOT NULL DO NOTHING"
 		"  RETURNING seq),"
@@ -118,7 +120,7 @@ PrepareSendPlans(void)
 		"    FROM msg"
 		"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
 		" SELECT seq FROM msg",
-		10, write_types);
+		11, write_types);
 	ChatPrepare(&duplicate_plan,
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
@@ -187,8 +189,8 @@ FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
 static bool
 WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
 {
-	Datum		args[10];
-	char		argnulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[11];
+	char		argnulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
@@ -205,6 +207,8 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
 	args[8] = Int64GetDatum(msg->target);
 	argnulls[8] = msg->target == 0 ? 'n' : ' ';
 	args[9] = TimestampTzGetDatum(msg->created_at);
+	args[10] = msg->attachments ? DirectFunctionCall1(jsonb_in, CStringGetDatum(msg->attachments)) : (Datum) 0;
+	argnulls[10] = msg->attachments == NULL ? 'n' : ' ';
 	ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
 	return SPI_processed == 1;
 }
@@ -266,7 +270,9 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 static void
 SendChecks(const SendArgs *a)
 {
-	CheckBody(a->body);
+	/* a file may go without a caption: an empty body then */
+	if (a->attachments == NULL || a->body == NULL || VARSIZE_ANY_EXHDR(a->body) > 0)
+		CheckBody(a->body);
 	if (a->client_msg_id != NULL)
 	{
 		int			bytes = VARSIZE_ANY_EXHDR(a->client_msg_id);
@@ -374,8 +380,15 @@ SendMessage(const SendArgs *a, SendResult *r)
 	ChatSpiConnect();
 	PrepareSendPlans();
 
-	/* 1. The row locks serialise seq allocation and pin the membership. */
-	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at))
+	/*
+	 * 1. The row locks serialise seq allocation and pin the membership.  A
+	 * retry of a send with attachments finds its first answer under the
+	 * lock, before the attachments (bound to that message by then) would
+	 * refuse it, also when the first attempt committed while we waited.
+	 */
+	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at) &&
+		!(a->attachments != NULL && a->client_msg_id != NULL &&
+		  FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, &r->seq, &r->created_at)))
 	{
 		/* 2. The row; not written: an earlier send of this client_msg_id. */
 		ChatMessage msg;
@@ -387,9 +400,14 @@ SendMessage(const SendArgs *a, SendResult *r)
 		msg.kind = "text";
 		msg.reply_to = a->reply_to;
 		msg.created_at = GetCurrentTimestamp();
+		/* only sends with attachments pay for them: one lookup, one update */
+		if (a->attachments != NULL)
+			msg.attachments = SendAttachments(a);
 		r->duplicate = !AppendMessage(&msg, last_seq, old_read, a->body, a->client_msg_id);
 		if (!r->duplicate)
 		{
+			if (a->attachments != NULL)
+				AttachToMessage(a, msg.seq);
 			r->seq = msg.seq;
 			r->created_at = msg.created_at;
 		}

@@ -40,6 +40,8 @@ static struct flag flags[] = {
 	{ "tls-cert", S(tls_cert), NULL, 0, 0, "PEM certificate: serve wss:// and https://", 0 },
 	{ "tls-key", S(tls_key), NULL, 0, 0, "PEM private key for --tls-cert", 0 },
 	{ "static", S(static_dir), NULL, 0, 0, "directory served at / (index.html by default)", 0 },
+	/* media (issue 13) */
+	{ "media-url", S(media_url), NULL, 0, 0, "public origin of chat-media (http(s)://host[:port]); hello announces it as media_url, against which clients resolve relative media URLs", 0 },
 	{ "vapid-public-key", S(vapid_key_file), NULL, 0, 0, "PEM P-256 key (public or private) whose public half hello announces as vapid_public_key", 0 },
 	{ "pool", I(pool), "4", 1, 64, "database connections for client requests", 0 },
 	{ "workers", I(workers), "0", 0, 64, "N worker processes sharing the port (0: one process, no supervisor)", 0 },
@@ -221,6 +223,25 @@ config_secret(void)
 	cfg.secret_len = n;
 }
 
+/* Checks --media-url (media, issue 13): an http(s) origin of at most 200
+ * URL-safe characters, so that hello can carry it without escaping. */
+static void
+config_media_url(void)
+{
+	const char *u = cfg.media_url;
+	size_t i;
+
+	if (!u || !*u) {
+		cfg.media_url = NULL;
+		return;
+	}
+	if ((strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) || strlen(u) > 200)
+		config_fail("media-url", "\"%s\" is not an http(s):// origin of at most 200 characters", u);
+	for (i = 0; u[i]; i++)
+		if (!isalnum((unsigned char)u[i]) && !strchr(":/.-_[]%", u[i]))
+			config_fail("media-url", "\"%s\" has a character not allowed in an origin", u);
+}
+
 /* Reads --vapid-public-key (a PEM public key, or a private key whose public
  * half is taken) into cfg.vapid_public_key: the uncompressed P-256 point in
  * base64url, as PushManager.subscribe takes it. */
@@ -374,4 +395,5 @@ config_load(int argc, char **argv)
 	}
 	config_secret();
 	config_vapid();
+	config_media_url();
 }

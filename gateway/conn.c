@@ -406,7 +406,7 @@ conn_sent(struct conn *c)
 void
 conn_confirmed(struct conn *c)
 {
-	char buf[384];
+	char buf[640];
 	int n;
 
 	if (c->state != CONN_REGISTERING && c->state != CONN_LIVE)
@@ -420,10 +420,13 @@ conn_confirmed(struct conn *c)
 	}
 	/* node is [a-z0-9_]{1,40} and the key base64url: nothing to escape */
 	n = snprintf(buf, sizeof(buf),
-		     "{\"type\":\"hello\",\"user\":%lld,\"device\":%d,\"node\":\"%s\",\"heartbeat\":%d%s%s%s}",
+		     "{\"type\":\"hello\",\"user\":%lld,\"device\":%d,\"node\":\"%s\",\"heartbeat\":%d%s%s%s%s%s%s}",
 		     (long long)c->user, (int)c->device, cfg.node, cfg.heartbeat,
 		     cfg.vapid_public_key ? ",\"vapid_public_key\":\"" : "",
-		     cfg.vapid_public_key ? cfg.vapid_public_key : "", cfg.vapid_public_key ? "\"" : "");
+		     cfg.vapid_public_key ? cfg.vapid_public_key : "", cfg.vapid_public_key ? "\"" : "",
+		     /* media (issue 13): checked URL-safe by config_media_url */
+		     cfg.media_url ? ",\"media_url\":\"" : "", cfg.media_url ? cfg.media_url : "",
+		     cfg.media_url ? "\"" : "");
 	c->hello_sent = 1;
 	conn_send_text(c, buf, (size_t)n);
 }

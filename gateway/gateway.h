@@ -24,6 +24,7 @@ struct config {
 	char *tls_key;
 	char *static_dir;
 	char *vapid_key_file;		/* --vapid-public-key */
+	char *media_url;		/* --media-url (media): chat-media's origin, or NULL */
 	char *metrics_listen;		/* host:port of the /metrics listener, or NULL */
 	char *metrics_host;		/* derived from metrics_listen; NULL: every interface */
 	int metrics_port;

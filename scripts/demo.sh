@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: a PostgreSQL cluster in .demo/ (kept between runs), the chat
 # extension with demo users alice, bob and carol, chat-gateway serving the
-# demo page, and a small token service standing in for the application
+# demo page, chat-media storing attachments in .demo/media, and a small token service standing in for the application
 # backend (scripts/demo-tokens.mjs: the page asks it for a fresh token before
 # the current one expires); prints one link per user.  Ctrl-C stops them all.
 #
@@ -19,11 +19,13 @@ secret_file=$demo/token-secret
 listen=${DEMO_LISTEN:-127.0.0.1}
 db=chat_demo
 gateway=${GATEWAY:-$top/gateway/chat-gateway}
+media=${MEDIA:-$top/gateway/chat-media}
 
 say() { printf 'demo: %s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
 [ -x "$gateway" ] || die "gateway/chat-gateway is not built (run: make)"
+[ -x "$media" ] || die "gateway/chat-media is not built (run: make)"
 [ -x "$PGBIN/initdb" ] || die "PostgreSQL binaries not found in $PGBIN (run: make deps)"
 
 # initdb refuses root: as root the cluster belongs to postgres, who must reach .demo.
@@ -58,10 +60,12 @@ pg() { "$PGBIN/psql" -qAtX -v ON_ERROR_STOP=1 -h "$demo" -p 5432 -U postgres "$@
 
 gw_pid=
 tok_pid=
+media_pid=
 stop_all() {
   trap - INT TERM EXIT
   echo
   if [ -n "$tok_pid" ]; then kill -TERM "$tok_pid" 2>/dev/null || true; wait "$tok_pid" 2>/dev/null || true; fi
+  if [ -n "$media_pid" ]; then kill -TERM "$media_pid" 2>/dev/null || true; wait "$media_pid" 2>/dev/null || true; fi
   if [ -n "$gw_pid" ] && kill -0 "$gw_pid" 2>/dev/null; then
     say "stopping the gateway"
     kill -TERM "$gw_pid" 2>/dev/null || true
@@ -117,9 +121,19 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   port=$(free_port) || die "no free port"
 fi
 
+host=$listen
+[ "$host" = 0.0.0.0 ] && host=127.0.0.1
+
+# chat-media: the bytes of attachments (docs/media.md), on a port of its own.
+media_port=$(free_port) || die "no free port for chat-media"
+"$media" --listen "$listen:$media_port" --dsn "host=$demo port=5432 user=postgres dbname=$db" \
+  --token-secret-file "$secret_file" --media-dir "$demo/media" >>"$demo/media.log" 2>&1 &
+media_pid=$!
+
 "$gateway" --listen "$listen:$port" --node demo \
   --dsn "host=$demo port=5432 user=postgres dbname=$db" \
-  --token-secret-file "$secret_file" --static "$top/web" >>"$demo/gateway.log" 2>&1 &
+  --token-secret-file "$secret_file" --static "$top/web" \
+  --media-url "http://$host:$media_port" >>"$demo/gateway.log" 2>&1 &
 gw_pid=$!
 
 healthy=
@@ -130,8 +144,6 @@ for _ in $(seq 1 100); do
 done
 [ -n "$healthy" ] || { tail -20 "$demo/gateway.log"; die "the gateway did not become healthy within 10 s (log: $demo/gateway.log)"; }
 
-host=$listen
-[ "$host" = 0.0.0.0 ] && host=127.0.0.1
 names='1:Alice,2:Bob,3:Carol'
 ttl=${DEMO_TOKEN_TTL:-1 hour}
 
@@ -159,7 +171,7 @@ PGHOST=$demo PGPORT=5432 PGUSER=postgres PGDATABASE=$db PSQL=$PGBIN/psql \
 tok_pid=$!
 
 echo
-echo "pgchat demo is running (gateway pid $gw_pid, token service pid $tok_pid, logs in $demo/)."
+echo "pgchat demo is running (gateway pid $gw_pid, chat-media pid $media_pid, token service pid $tok_pid, logs in $demo/)."
 echo "Open one link per user, e.g. alice and bob in two browser windows"
 echo "(tokens live $ttl; the page gets fresh ones from the token service):"
 echo

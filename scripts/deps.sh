@@ -9,6 +9,8 @@ packages=(
   libtap-parser-sourcehandler-pgtap-perl   # pg_prove: only a Recommends of postgresql-15-pgtap
   libwebsockets-dev libjansson-dev libssl-dev
   libcurl4-openssl-dev                     # chat-pusher: HTTP/2 client (libnghttp2)
+  libmagic-dev libvips-dev                 # chat-media: content checks, thumbnails
+  nginx-light                              # bench/media.sh: the baseline file server
   nodejs npm chromium gnuplot-nox
   libclang-rt-14-dev clang
 )

@@ -14,6 +14,7 @@ import { $, toast } from './app/dom.js';
 import { errorText } from './app/format.js';
 import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } from './app/store.js';
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
+import { setMediaClient, fmtSize } from './app/media.js';
 
 const HISTORY_PAGE = 30;
 
@@ -195,6 +196,34 @@ function sendCurrent() {
   });
 }
 
+/** Sends a file to the open conversation (media): a pending entry with a
+ * progress bar until the upload and the send are done. */
+function sendFileCurrent(file) {
+  const conv = S.current;
+  if (conv === null || !file) return;
+  const caption = $('composer-input').value.trim();
+  $('composer-input').value = '';
+  autoGrow();
+  const clientMsgId = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
+  if (!S.pending.has(conv)) S.pending.set(conv, []);
+  const p = { client_msg_id: clientMsgId, body: `${file.name} (${fmtSize(file.size)})${caption ? ' ' + caption : ''}`, failed: null, progress: 0 };
+  S.pending.get(conv).push(p);
+  renderMessages();
+  $('messages').scrollTop = $('messages').scrollHeight;
+  client.sendFile(conv, file, {
+    caption, clientMsgId,
+    onProgress: (loaded, total) => {
+      p.progress = total ? loaded / total : 1;
+      const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
+      if (bar) bar.value = p.progress;
+    },
+  }).then(() => dropPending(conv, clientMsgId), (e) => {
+    p.failed = errorText(e);
+    toast(errorText(e, 'File not sent'));
+    if (S.current === conv) renderMessages();
+  });
+}
+
 /** A pending send was stored: its placeholder goes. */
 function dropPending(conv, clientMsgId) {
   const list = S.pending.get(conv);
@@ -234,6 +263,7 @@ function start() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   client = new ChatClient({ url: `${proto}//${location.host}/ws`, ...(refreshUrl ? { getToken } : { token }) });
   window.chat = client;  // for the console and the browser test
+  setMediaClient(client);
 
   client.on('state', (s) => {
     if (S.current !== null) header();
@@ -317,6 +347,21 @@ $('composer-input').addEventListener('input', () => {
   if ($('composer-input').value.trim()) client.typing(S.current); else client.typing(S.current, false);
 });
 $('older').addEventListener('click', loadOlder);
+// media: the attach button and drag-and-drop onto the conversation
+$('composer-attach').addEventListener('click', () => $('composer-file').click());
+$('composer-file').addEventListener('change', () => {
+  for (const f of $('composer-file').files) sendFileCurrent(f);
+  $('composer-file').value = '';
+});
+for (const target of [$('messages'), $('composer')]) {
+  target.addEventListener('dragover', (ev) => { if (S.current !== null) { ev.preventDefault(); document.body.classList.add('dropping'); } });
+  target.addEventListener('dragleave', () => document.body.classList.remove('dropping'));
+  target.addEventListener('drop', (ev) => {
+    ev.preventDefault();
+    document.body.classList.remove('dropping');
+    for (const f of ev.dataTransfer?.files || []) sendFileCurrent(f);
+  });
+}
 $('messages').addEventListener('scroll', () => { if ($('messages').scrollTop === 0 && !$('older').hidden && !$('older').disabled) loadOlder(); });
 $('back').addEventListener('click', () => { document.body.classList.remove('show-conv'); });
 document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') markCurrentRead(); });

@@ -15,7 +15,8 @@
 // Each duty lives in one module of client/ (see docs/web-client.md):
 // connection.js (socket, reconnect, auth, token refresh), requests.js (ids,
 // timeouts), outbox.js (send retries), conversation.js (seq, gaps, dedup,
-// change log, acks), sync.js (the sync loop), typing.js, token.js, errors.js.
+// change log, acks), sync.js (the sync loop), typing.js, token.js, errors.js,
+// media.js (file uploads through chat-media).
 
 import { ChatError } from './client/errors.js';
 import { tokenClaims, tokenExp, refreshDelay } from './client/token.js';
@@ -25,6 +26,7 @@ import { Outbox, newClientMsgId } from './client/outbox.js';
 import { Conversations, isLogEntry } from './client/conversation.js';
 import { SyncLoop } from './client/sync.js';
 import { Typing } from './client/typing.js';
+import { uploadFile, absoluteMediaUrl } from './client/media.js';
 
 export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay, newClientMsgId, isLogEntry };
 
@@ -214,6 +216,7 @@ export class ChatClient {
   _onHello(f) {
     this.user = f.user;
     this.device = f.device;
+    this.mediaOrigin = f.media_url || null;  // chat-media's origin (media URLs are relative to it)
     this._conn.attempt = 0;  // the backoff starts over
     this._setState('open', { user: f.user, device: f.device, node: f.node });
     this._emit('hello', f);
@@ -250,6 +253,47 @@ export class ChatClient {
   send(conversation, body, opts = {}) {
     this.typing(conversation, false);
     return this._outbox.add(conversation, body, opts);
+  }
+
+  // ----------------------------------------------------------------- media
+
+  /**
+   * Sends a file: uploads it to chat-media (announce, PUT with progress, an
+   * interrupted PUT retried), then sends a message carrying it, with the
+   * same idempotent retries as `send`.  Emits 'upload_progress'
+   * {conversation, clientMsgId, name, loaded, total} while uploading.
+   * @param {number} conversation
+   * @param {File | Blob | ArrayBuffer | Uint8Array} file
+   * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string,
+   *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function}} [opts]
+   * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean, attachment: object}>}
+   */
+  async sendFile(conversation, file, opts = {}) {
+    const clientMsgId = opts.clientMsgId || newClientMsgId();
+    const up = await uploadFile(this, conversation, file, {
+      mime: opts.mime, name: opts.name, maxAttempts: opts.maxAttempts, put: opts.put,
+      onProgress: (loaded, total) => {
+        if (opts.onProgress) opts.onProgress(loaded, total);
+        this._emit('upload_progress', { conversation, clientMsgId, name: opts.name ?? file.name ?? null, loaded, total });
+      },
+    });
+    const attachment = { id: up.upload, mime: up.mime, size: up.size };
+    if (up.name) attachment.name = up.name;
+    if (up.width) { attachment.width = up.width; attachment.height = up.height; }
+    attachment.thumbnail = up.thumbnail;
+    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment] });
+    return { ...result, attachment };
+  }
+
+  /**
+   * A signed, expiring URL of an attachment (or its thumbnail) for this user.
+   * @param {string} attachment id
+   * @param {{thumbnail?: boolean}} [opts]
+   * @returns {Promise<string>} absolute URL
+   */
+  async mediaUrl(attachment, { thumbnail = false } = {}) {
+    const r = await this.request('media_url', { attachment, thumbnail });
+    return absoluteMediaUrl(this, r.url);
   }
 
   /** Unanswered sends of this client, oldest first (for showing "sending…"). */

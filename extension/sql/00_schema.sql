@@ -194,6 +194,7 @@ CREATE TYPE chat.message_view AS (
     created_at      timestamptz,
     edited_at       timestamptz,
     deleted_at      timestamptz,
-    target          bigint
+    target          bigint,
+    attachments     jsonb     -- media (issue 13): the attachment objects, NULL when none
 );
 COMMENT ON TYPE chat.message_view IS 'a message as readers see it (history, messages_after, get_message, sync)';

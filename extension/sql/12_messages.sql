@@ -169,7 +169,8 @@ BEGIN
     SELECT * FROM (
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
                CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
           FROM chat.messages x
          WHERE x.conversation_id = m.conversation_id
            AND x.seq > m.joined_seq
@@ -194,7 +195,8 @@ BEGIN
     RETURN QUERY
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
            CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id
        AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
@@ -218,7 +220,8 @@ BEGIN
     m := chat.require_member(actor, get_message.conversation_id);
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
            CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
       INTO result
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
@@ -262,7 +265,8 @@ BEGIN
         RETURN QUERY
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
                CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments
           FROM chat.messages x
          WHERE x.conversation_id = conv AND x.seq > from_seq
          ORDER BY x.seq

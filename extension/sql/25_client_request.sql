@@ -195,7 +195,8 @@ BEGIN
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
-                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
+                                       x.created_at, x.edited_at, x.deleted_at, x.target,
+                                       x.attachments)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
@@ -294,6 +295,16 @@ BEGIN
                                   chat.request_text(request, 'description', false),
                                   chat.request_bool(request, 'only_admins_send', NULL));
         RETURN '{}';
+    -- media (issue 13)
+    WHEN 'upload' THEN
+        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
+                           chat.request_text(request, 'mime'),
+                           chat.request_bigint(request, 'size'),
+                           chat.request_text(request, 'sha256'),
+                           chat.request_text(request, 'name', false));
+    WHEN 'media_url' THEN
+        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
+                              chat.request_bool(request, 'thumbnail', false));
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',

@@ -7,6 +7,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const BASE_URL = process.env.BASE_URL;
@@ -239,6 +240,39 @@ test('a refused token and a missing token are explained on the page', async () =
   assert.match(await page.textContent('#no-token'), /make demo/);
   assert.deepEqual(pageErrors, []);
   await context.close();
+});
+
+// A PNG of w x h pixels (a gradient), built with zlib.
+function png(w, h) {
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w * 3; x++) raw[y * (w * 3 + 1) + 1 + x] = (x + y) & 255;
+  const crc32 = (buf) => { let c = ~0; for (const b of buf) { c ^= b; for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1)); } return (~c) >>> 0; };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4); crc.writeUInt32BE(crc32(Buffer.concat([Buffer.from(type), data])));
+    return Buffer.concat([len, Buffer.from(type), data, crc]);
+  };
+  const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(w, 0); ihdr.writeUInt32BE(h, 4); ihdr[8] = 8; ihdr[9] = 2;
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+test('a picture alice attaches appears as an image on bob\'s page, full size on click', async () => {
+  const { page: a } = users.alice;
+  const { page: b } = users.bob;
+  await openChat(a, DIRECT);
+  await openChat(b, DIRECT);
+  await a.setInputFiles('#composer-file', { name: 'gradient.png', mimeType: 'image/png', buffer: png(640, 480) });
+  // bob: the thumbnail (longest side 320) loads as an image
+  const sel = '#message-list .msg:not(.pending) figure.attachment.image img.thumb';
+  await b.waitForFunction((s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }, sel, { timeout: WAIT });
+  assert.deepEqual(await b.$eval(sel, (i) => [i.naturalWidth, i.naturalHeight]), [320, 240]);
+  await b.click(sel);
+  await b.waitForFunction((s) => { const i = document.querySelector(s); return i.classList.contains('full') && i.complete && i.naturalWidth === 640; }, sel, { timeout: WAIT });
+  // alice's page shows her own picture too, and no pending entry is left
+  await a.waitForFunction((s) => document.querySelector(s)?.naturalWidth === 320, sel, { timeout: WAIT });
+  assert.equal(await a.$('#message-list .msg.pending'), null);
+  await shoot('bob', 'bob-picture.png');
 });
 
 test('no uncaught errors in the pages', () => {

@@ -8,7 +8,10 @@ cd "$top"
 . tests/lib/cluster.sh
 
 gw_pid=
+media_pid=
 cleanup() {
+  if [ -n "$media_pid" ]; then kill -TERM "$media_pid" 2>/dev/null || true; wait "$media_pid" 2>/dev/null || true; fi
+  [ -z "${media_dir:-}" ] || rm -rf "$media_dir"
   if [ -n "$gw_pid" ] && kill -TERM "$gw_pid" 2>/dev/null; then
     for _ in $(seq 1 50); do kill -0 "$gw_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$gw_pid" 2>/dev/null || true
@@ -20,6 +23,8 @@ trap cleanup EXIT
 cluster_attach
 
 gateway=${GATEWAY:-$top/gateway/chat-gateway}   # GATEWAY: another build, e.g. the ASan one
+media=${MEDIA:-$top/gateway/chat-media}
+[ -x "$media" ] || { echo "browser: $media is not built"; exit 1; }
 chromium=${CHROMIUM:-/usr/bin/chromium}
 [ -x "$gateway" ] || { echo "browser: $gateway is not built"; exit 1; }
 [ -x "$chromium" ] || { echo "browser: $chromium not found (apt-get install chromium)"; exit 1; }
@@ -54,10 +59,18 @@ SQL
 json=$(printf '%s\n' "$setup" | tail -1)
 field() { node -e 'const o = JSON.parse(process.argv[1]); process.stdout.write(String(o[process.argv[2]]))' "$json" "$1"; }
 
+# chat-media for the attachments (docs/media.md)
+media_port=$(free_port)
+media_dir=$(mktemp -d /tmp/chat-browser-media.XXXXXX)
+"$media" --listen "127.0.0.1:$media_port" --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" \
+  --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --media-dir "$media_dir" >"$artifacts/media.log" 2>&1 &
+media_pid=$!
+
 port=$(free_port)
 "$gateway" --listen "127.0.0.1:$port" --node browser \
   --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" \
-  --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --static "$top/web" >"$artifacts/gateway.log" 2>&1 &
+  --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --static "$top/web" \
+  --media-url "http://127.0.0.1:$media_port" >"$artifacts/gateway.log" 2>&1 &
 gw_pid=$!
 
 for i in $(seq 1 100); do

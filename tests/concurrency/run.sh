@@ -92,6 +92,64 @@ for round in 1 2 3 4 5; do
   check "round $round: no seq burned" "$((before + 1))" "$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")"
 done
 
+# media (issue 13): a retry of a send with attachments must find the first
+# send under the row lock (its attachments are bound by then), not refuse it.
+# Runs $clients sessions of JOB while a holder session keeps the row of
+# conversation $group locked until every one of them waits for a lock: all
+# pass their checks before the lock, then run one after the other.
+rowlock_run() {
+  local job=$1 i
+  "$PGBIN/psql" -XAtq -d $db >/dev/null <<SQL &
+BEGIN;
+SELECT 1 FROM chat.conversations WHERE id = $group FOR UPDATE;
+DO \$\$ BEGIN
+  FOR i IN 1..400 LOOP
+    EXIT WHEN (SELECT count(*) FROM pg_stat_activity
+                WHERE datname = current_database() AND wait_event_type = 'Lock') >= $clients;
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END \$\$;
+COMMIT;
+SQL
+  sleep 0.2
+  for i in $(seq 1 $clients); do
+    "$PGBIN/psql" -XAtq -d $db >"$work/out.$i" 2>&1 <<SQL &
+$($job $i)
+SQL
+  done
+  wait
+}
+
+echo "== concurrent retries of a send with attachments ($clients sessions, 3 rounds)"
+sql -c "SELECT chat.register_device(1)" >/dev/null
+for round in 1 2 3; do
+  before=$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")
+  up=$(sql -c "SELECT chat.upload(1, $group, 'application/pdf', 10, repeat('a', 64), 'f.pdf') ->> 'upload'")
+  sql -c "SELECT chat.media_uploaded('$up')" >/dev/null
+  att_job() { echo "SELECT r #>> '{result,seq}' || CASE WHEN (r #>> '{result,duplicate}')::boolean THEN ' t' ELSE ' f' END || coalesce(' ' || (r ->> 'code'), '') FROM chat.client_request('conc', 1, 1, '{\"type\":\"send\",\"conversation\":$group,\"body\":\"file\",\"client_msg_id\":\"att-$round\",\"attachments\":[\"$up\"]}') AS r;"; }
+  rowlock_run att_job
+  cat "$work"/out.* | grep -v '^$' | sort >"$work/att.$round"
+  grep -qv '^[0-9]* [tf]$' "$work/att.$round" && { cat "$work/att.$round"; fail "a retry with attachments failed"; }
+  check "round $round: answers" $clients "$(wc -l <"$work/att.$round")"
+  check "round $round: one seq for all retries" "$((before + 1))" "$(cut -d' ' -f1 "$work/att.$round" | sort -u | tr '\n' ' ' | xargs)"
+  check "round $round: exactly one original" 1 "$(grep -c ' f$' "$work/att.$round")"
+  check "round $round: the upload bound to it" "$((before + 1))" "$(sql -c "SELECT message_seq FROM chat.attachments WHERE id = '$up'")"
+done
+
+echo "== one upload in concurrent different sends ($clients sessions, 3 rounds)"
+for round in 1 2 3; do
+  before=$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $group")
+  up=$(sql -c "SELECT chat.upload(1, $group, 'application/pdf', 10, repeat('b', 64), 'g.pdf') ->> 'upload'")
+  sql -c "SELECT chat.media_uploaded('$up')" >/dev/null
+  steal_job() { echo "SELECT coalesce(r #>> '{result,seq}', r ->> 'code') FROM chat.client_request('conc', 1, 1, '{\"type\":\"send\",\"conversation\":$group,\"body\":\"file\",\"client_msg_id\":\"steal-$round-$1\",\"attachments\":[\"$up\"]}') AS r;"; }
+  rowlock_run steal_job
+  cat "$work"/out.* | grep -v '^$' | sort >"$work/steal.$round"
+  check "round $round: one send took it" "$((before + 1))" "$(grep -v '^55000$' "$work/steal.$round" | tr '\n' ' ' | xargs)"
+  check "round $round: the others refused (55000)" $((clients - 1)) "$(grep -c '^55000$' "$work/steal.$round")"
+  check "round $round: one message carries it" 1 "$(sql -c "SELECT count(*) FROM chat.messages WHERE conversation_id = $group AND attachments @> '[{\"id\":\"$up\"}]'")"
+  check "round $round: bound to that message" "$((before + 1))" "$(sql -c "SELECT message_seq FROM chat.attachments WHERE id = '$up'")"
+done
+
 echo "== concurrent direct_conversation(a,b) and (b,a) ($clients sessions, 5 pairs)"
 for pair in 1 2 3 4 5; do
   a=$((10 + pair)) b=$((20 - pair + 1))

@@ -35,7 +35,8 @@ SELECT set_eq(
     ARRAY['chat.users', 'chat.devices', 'chat.conversations', 'chat.conversations_id_seq',
           'chat.members', 'chat.messages', 'chat.device_cursors',
           'chat.push_outbox', 'chat.push_outbox_id_seq',
-          'chat.blocks', 'chat.reports', 'chat.reports_id_seq'],
+          'chat.blocks', 'chat.reports', 'chat.reports_id_seq',
+          'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq'],
     'every user-data table and id sequence is registered with pg_extension_config_dump');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c

@@ -4,6 +4,7 @@
 import { $, el } from './dom.js';
 import { fmtTime, lastSeenText, systemText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
+import { attachmentView } from './media.js';
 
 /** The chat list, newest activity first (a click on a row is handled by app.js). */
 export function renderList() {
@@ -16,7 +17,7 @@ export function renderList() {
     let preview;
     if (typing.length) preview = el('span', { class: 'typing' }, `${typing.map(nameOf).join(', ')} typing…`);
     else if (lm && lm.kind === 'system') preview = systemText(lm, whoOf);
-    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${lm.deleted_at ? 'message deleted' : lm.body ?? ''}`;
+    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${lm.deleted_at ? 'message deleted' : lm.body || (lm.attachments ? 'File: ' + (lm.attachments[0].name || lm.attachments[0].mime) : '')}`;
     else preview = el('span', { class: 'muted' }, 'no messages yet');
     const peer = peerOf(c);
     const online = peer != null && S.presence.get(peer)?.online;
@@ -58,7 +59,8 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const tick = mine ? tickOf(conv, m.seq) : null;
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
-      el('span', { class: 'body' }, m.deleted_at ? 'message deleted' : m.body ?? ''),
+      ...(!m.deleted_at && m.attachments ? m.attachments.map(attachmentView) : []),
+      m.deleted_at || m.body || !m.attachments ? el('span', { class: 'body' }, m.deleted_at ? 'message deleted' : m.body ?? '') : null,
       el('span', { class: 'meta' },
         m.edited_at && !m.deleted_at ? el('span', { class: 'edited' }, 'edited') : null,
         el('time', {}, fmtTime(m.created_at)),
@@ -67,6 +69,7 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
   for (const p of S.pending.get(conv) || []) {
     items.push(el('li', { class: `msg mine pending${p.failed ? ' failed' : ''}`, dataset: { clientMsgId: p.client_msg_id } },
       el('span', { class: 'body' }, p.body),
+      p.progress != null && !p.failed ? el('progress', { class: 'upload', max: '1', value: String(p.progress) }) : null,
       el('span', { class: 'meta' }, p.failed
         ? el('span', { class: 'ticks failed', dataset: { status: 'failed' }, title: p.failed }, '!  not sent')
         : el('span', { class: 'ticks sending', dataset: { status: 'sending' }, title: 'sending' }, '🕓'))));
