@@ -111,7 +111,10 @@ typedef struct Delivery
 	unsigned char *body;
 	char	   *resp;			/* the answer's first MAX_RESPONSE bytes */
 	size_t		resp_len;
+	struct curl_slist *sent_headers; /* FCM, APNs: headers plus the credential's */
+	double		credential_at;	/* when the credential it carries was made */
 	bool		waiting;		/* FCM: waits for an access token, not in the multi handle yet */
+	bool		reauthorized;	/* sent again once after its credential was refused */
 	struct Delivery *next;
 } Delivery;
 
@@ -531,6 +534,7 @@ FreeDelivery(Delivery *d)
 	if (d->easy)
 		curl_easy_cleanup(d->easy);
 	curl_slist_free_all(d->headers);
+	curl_slist_free_all(d->sent_headers);
 	free(d->body);
 	free(d->token);
 	free(d->ids);
@@ -691,6 +695,40 @@ FcmTokenValid(void)
 	return fcm_access != NULL && Now() < fcm_expires;
 }
 
+/* Sends d with its headers plus the credential header line (made at made_at); false when out of memory. */
+static bool
+SetCredential(Delivery *d, const char *line, double made_at)
+{
+	struct curl_slist *l = NULL;
+
+	for (struct curl_slist *h = d->headers; h != NULL; h = h->next)
+	{
+		struct curl_slist *n = curl_slist_append(l, h->data);
+
+		if (n == NULL)
+		{
+			curl_slist_free_all(l);
+			return false;
+		}
+		l = n;
+	}
+	{
+		struct curl_slist *n = curl_slist_append(l, line);
+
+		if (n == NULL)
+		{
+			curl_slist_free_all(l);
+			return false;
+		}
+		l = n;
+	}
+	curl_slist_free_all(d->sent_headers);
+	d->sent_headers = l;
+	d->credential_at = made_at;
+	curl_easy_setopt(d->easy, CURLOPT_HTTPHEADER, d->sent_headers);
+	return true;
+}
+
 /* Sets the Authorization header of an FCM request from the cached token; false when out of memory. */
 static bool
 FcmAuthorize(Delivery *d)
@@ -701,10 +739,8 @@ FcmAuthorize(Delivery *d)
 	if (line == NULL)
 		return false;
 	sprintf(line, "Authorization: Bearer %s", fcm_access);
-	ok = AddHeader(d, line);
+	ok = SetCredential(d, line, fcm_fetched_at);
 	free(line);
-	if (ok)
-		curl_easy_setopt(d->easy, CURLOPT_HTTPHEADER, d->headers);
 	return ok;
 }
 
@@ -790,8 +826,7 @@ PrepareApns(Delivery *d, const char *topic, const char *payload, const char **wh
 	d->body = (unsigned char *) apns_payload(topic, payload);
 	if (d->body == NULL)
 		return false;
-	snprintf(line, sizeof(line), "authorization: bearer %s", bearer);
-	if (!AddHeader(d, line) || !AddHeader(d, "apns-push-type: alert") || !AddHeader(d, "apns-priority: 10") ||
+	if (!AddHeader(d, "apns-push-type: alert") || !AddHeader(d, "apns-priority: 10") ||
 		!AddHeader(d, "content-type: application/json"))
 		return false;
 	snprintf(line, sizeof(line), "apns-topic: %s", cfg.apns_topic);
@@ -803,11 +838,10 @@ PrepareApns(Delivery *d, const char *topic, const char *payload, const char **wh
 	snprintf(line, sizeof(line), "apns-expiration: %lld", (long long) time(NULL) + cfg.ttl);
 	if (!AddHeader(d, line))
 		return false;
-	/* APNs speaks HTTP/2 only */
 	if (!PrepareRequest(d, url, (long) strlen((char *) d->body)))
 		return false;
-	curl_easy_setopt(d->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
-	return true;
+	snprintf(line, sizeof(line), "authorization: bearer %s", bearer);
+	return SetCredential(d, line, apns_jwt_at);
 }
 
 /* Adds ids to the rows to complete. */
@@ -998,8 +1032,46 @@ Gone(const Delivery *d, long status)
 	}
 }
 
-/* Handles the answer to one request. */
-static void
+/*
+ * The credential of d was refused: make a new one (unless that happened
+ * since d was sent) and send d again, once.  false when it was already sent
+ * again or cannot be.
+ */
+static bool
+Reauthorize(Delivery *d)
+{
+	char		line[1200];
+	const char *bearer;
+
+	if (d->reauthorized)
+		return false;
+	d->reauthorized = true;
+	free(d->resp);
+	d->resp = NULL;
+	d->resp_len = 0;
+	if (d->kind == KIND_FCM)
+	{
+		if (fcm_access != NULL && fcm_fetched_at <= d->credential_at)
+		{
+			free(fcm_access);
+			fcm_access = NULL;
+		}
+		if (FcmTokenValid())
+			return FcmAuthorize(d) && curl_multi_add_handle(multi, d->easy) == CURLM_OK;
+		d->waiting = true;
+		FcmFetchToken();
+		return true;
+	}
+	if (apns_jwt_at <= d->credential_at)
+		apns_jwt_at = 0;
+	if ((bearer = ApnsBearer()) == NULL)
+		return false;
+	snprintf(line, sizeof(line), "authorization: bearer %s", bearer);
+	return SetCredential(d, line, apns_jwt_at) && curl_multi_add_handle(multi, d->easy) == CURLM_OK;
+}
+
+/* Handles the answer to one request; true when d was sent again (it stays in flight). */
+static bool
 Finished(Delivery *d, CURLcode result)
 {
 	long		status = 0;
@@ -1034,22 +1106,16 @@ Finished(Delivery *d, CURLcode result)
 	else if ((d->kind == KIND_FCM && status == 401) || (d->kind == KIND_APNS && apns_token_refused(status, d->resp)))
 	{
 		/*
-		 * The credential was refused: make a new one.  A token older than a
-		 * minute may just have expired, so retry at once; otherwise back off
-		 * (a wrong key must not burn the attempts).
+		 * The credential was refused (expired or revoked early): send again
+		 * at once with a new one; refused again, back off like any failure
+		 * (a wrong key must not burn the attempts quickly).
 		 */
-		double		age = Now() - (d->kind == KIND_FCM ? fcm_fetched_at : apns_jwt_at);
-
-		if (d->kind == KIND_FCM)
-		{
-			free(fcm_access);
-			fcm_access = NULL;
-		}
-		else
-			apns_jwt_at = 0;
 		snprintf(error, sizeof(error), "%s refused the credential: http %ld %.200s",
 				 d->kind == KIND_FCM ? "fcm" : "apns", status, d->resp ? d->resp : "");
-		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, error, age > 60 ? 1 : 0);
+		Log("warning", d->ids[0], "%s", error);
+		if (Reauthorize(d))
+			return true;
+		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, error, 0);
 		stats.retried++;
 	}
 	else
@@ -1059,6 +1125,7 @@ Finished(Delivery *d, CURLcode result)
 				error, (status == 429 || status >= 500) ? (long) retry_after : 0);
 		stats.retried++;
 	}
+	return false;
 }
 
 /* Collects finished transfers. */
@@ -1081,11 +1148,10 @@ Reap(void)
 			fcm_fetch = NULL;
 			FcmTokenFinished(d, m->data.result);
 		}
+		else if (Finished(d, m->data.result))
+			continue;
 		else
-		{
-			Finished(d, m->data.result);
 			Unlink(d);
-		}
 		FreeDelivery(d);
 	}
 	FlushDone();
