@@ -13,6 +13,16 @@
  * (429/5xx/transport: retried after Retry-After or with backoff).
  * Database calls are short and synchronous; a transfer finishing meanwhile
  * waits in curl until the next loop pass.
+ *
+ * Platforms: Web Push (webpush.c: RFC 8291 + VAPID), FCM HTTP v1 (fcm.c:
+ * an OAuth2 access token from a service-account JWT grant, fetched in the
+ * same multi handle while the FCM requests wait for it, cached until a
+ * minute before it expires) and APNs (apns.c: an ES256 provider token made
+ * every 50 minutes).  A refused credential (FCM 401, APNs 403) is replaced
+ * and the request sent again once.  Each claimed row of
+ * chat.claim_push_notifications is one notification standing for one or
+ * more outbox rows (coalesced per device and conversation): all of them
+ * are completed, failed or renewed together.
  */
 #define _GNU_SOURCE				/* accept4 */
 #include <ctype.h>

@@ -299,6 +299,19 @@ test('APNs: delivered within 2 s over HTTP/2 with an ES256 provider token, colla
   assert.deepEqual(problems, []);
 });
 
+test('APNs 403 ExpiredProviderToken: a new provider token, the notification sent again at once', async () => {
+  const u = await makeUser(DB);
+  const conv = await direct(DB, sender.id, u.id);
+  const token = await register(u.id, 'apns');
+  answers.set(token, [{ status: 403, body: JSON.stringify({ reason: 'ExpiredProviderToken' }) }]);
+  const { at } = await send(sender.id, conv, 'expired');
+  const list = await waitFor(token, 2, 2000);
+  assert.ok(list[1].at - at < 2000, 'sent again at once');
+  assert.notEqual(list[0].headers.authorization, list[1].headers.authorization, 'with a new provider token');
+  await drained(u.id);
+  assert.deepEqual(problems, []);
+});
+
 test('FCM UNREGISTERED, APNs 410 and APNs 400 BadDeviceToken forget the registration', async () => {
   const cases = [
     ['fcm', { status: 404, body: JSON.stringify({ error: { code: 404, status: 'NOT_FOUND', details: [{ '@type': 'type.googleapis.com/google.firebase.fcm.v1.FcmError', errorCode: 'UNREGISTERED' }] } }) }],
