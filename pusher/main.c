@@ -1027,6 +1027,43 @@ FcmTokenFinished(Delivery *t, CURLcode result)
 	}
 }
 
+/*
+ * FCM requests left waiting without a token request under way (it could
+ * not be started, or a token came while they were being claimed): start
+ * them with the cached token, or ask for one; when even that cannot be
+ * started, fail them (they back off) rather than hold them forever.
+ */
+static void
+FcmPump(void)
+{
+	Delivery   *next;
+	bool		any = false;
+
+	for (Delivery *d = inflight; d != NULL && !any; d = d->next)
+		any = d->kind == KIND_FCM && d->waiting;
+	if (!any || fcm_fetch != NULL)
+		return;
+	if (!FcmTokenValid())
+		FcmFetchToken();
+	if (fcm_fetch != NULL)
+		return;
+	for (Delivery *d = inflight; d != NULL; d = next)
+	{
+		next = d->next;
+		if (d->kind != KIND_FCM || !d->waiting)
+			continue;
+		if (FcmTokenValid() && FcmAuthorize(d) && curl_multi_add_handle(multi, d->easy) == CURLM_OK)
+		{
+			d->waiting = false;
+			continue;
+		}
+		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, "fcm: could not start the token request", 0);
+		stats.retried++;
+		Unlink(d);
+		FreeDelivery(d);
+	}
+}
+
 /* The answer means the registration is gone, per platform. */
 static bool
 Gone(const Delivery *d, long status)
@@ -1410,6 +1447,8 @@ Run(void)
 		}
 		if (db != NULL && !stopping && want_claim && ninflight < cfg.concurrency)
 			Claim(cfg.concurrency - ninflight);
+		if (fcm.key != NULL)
+			FcmPump();
 		if (ninflight > 0 && now - last_renew >= RENEW_EVERY_S)
 			Renew();
 		curl_multi_perform(multi, &running);
