@@ -4,6 +4,44 @@
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.3.0'" to load this file. \quit
 
 -- Push previews and coalescing (issue 14)
+CREATE OR REPLACE FUNCTION chat.push_hold()
+RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('chat.push_coalesce_ms', true), '')::integer, 0)
+           * interval '1 millisecond'
+$$;
+REVOKE ALL ON FUNCTION chat.push_hold() FROM PUBLIC;
+COMMENT ON FUNCTION chat.push_hold() IS
+    'internal: chat.push_coalesce_ms as an interval, the wait before a queued push may be claimed';
+CREATE OR REPLACE FUNCTION chat.claim_push(batch integer DEFAULT 100)
+RETURNS SETOF chat.push_outbox
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 10000 THEN
+        RAISE EXCEPTION 'invalid push batch size %', batch
+            USING ERRCODE = '22023', HINT = 'Claim between 1 and 10000 rows.';
+    END IF;
+    RETURN QUERY
+    UPDATE chat.push_outbox p
+       SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
+     WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
+                     WHERE q.next_attempt_at <= now()
+                       AND q.created_at <= now() - chat.push_hold()
+                     ORDER BY q.next_attempt_at, q.id
+                     LIMIT batch
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING p.*;
+END
+$$;
+CREATE OR REPLACE FUNCTION chat.next_push_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT min(greatest(next_attempt_at, created_at + chat.push_hold()))
+      FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
+$$;
 CREATE OR REPLACE FUNCTION chat.claim_push_deliveries(batch integer DEFAULT 100)
 RETURNS TABLE(id bigint, attempts integer, platform text, token text, subscription jsonb,
               topic text, payload jsonb)

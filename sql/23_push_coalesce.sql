@@ -68,3 +68,18 @@ UPDATE chat.devices SET push_platform = NULL WHERE user_id = 2 AND device_id = 2
 SELECT count(*) AS claimed FROM chat.claim_push_notifications(100);
 SELECT count(*) FROM chat.push_outbox WHERE device_id = 2 AND user_id = 2;
 SELECT pg_temp.try('SELECT chat.claim_push_notifications(0)');
+
+-- chat.push_coalesce_ms: a queued row waits that long before it may be
+-- claimed (retries are not held: their created_at is older), and
+-- next_push_due says when it may be.
+DELETE FROM chat.push_outbox;
+SET chat.push_coalesce_ms = 60000;
+SELECT count(*) FROM (SELECT chat.send_message(1, :g, 'held' || i) FROM generate_series(1, 2) i) s;
+SELECT count(*) AS claimed FROM chat.claim_push_notifications(100);
+SELECT round(extract(epoch FROM chat.next_push_due() - max(created_at))) AS due_in_s FROM chat.push_outbox;
+UPDATE chat.push_outbox SET created_at = created_at - interval '61 seconds';
+SELECT token, array_length(ids, 1) AS nids, payload ->> 'first_seq' AS first_seq
+  FROM chat.claim_push_notifications(100) ORDER BY token;
+SELECT pg_temp.try('SET chat.push_coalesce_ms = 60001');
+RESET chat.push_coalesce_ms;
+SELECT chat.next_push_due() > now() AS leased_rows_wait;

@@ -5,8 +5,23 @@
 -- again: another or a restarted pusher delivers them within a minute.
 -- Queuing rows notifies channel chat_push (push.c) so pushers wake at once.
 
+-- How long a queued row waits before it may be claimed: chat.push_coalesce_ms
+-- (0 when the library has not defined it in this session).
+CREATE FUNCTION chat.push_hold()
+RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('chat.push_coalesce_ms', true), '')::integer, 0)
+           * interval '1 millisecond'
+$$;
+REVOKE ALL ON FUNCTION chat.push_hold() FROM PUBLIC;
+COMMENT ON FUNCTION chat.push_hold() IS
+    'internal: chat.push_coalesce_ms as an interval, the wait before a queued push may be claimed';
+
 -- Hands out up to batch due rows, oldest first, skipping rows another
 -- pusher holds; counts the attempt and leases the rows for 30 seconds.
+-- A row queued less than chat.push_coalesce_ms ago is not due yet (so that
+-- chat.claim_push_notifications coalesces the messages of a burst).
 CREATE FUNCTION chat.claim_push(batch integer DEFAULT 100)
 RETURNS SETOF chat.push_outbox
 LANGUAGE plpgsql SECURITY DEFINER
@@ -21,6 +36,7 @@ BEGIN
        SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
      WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
                      WHERE q.next_attempt_at <= now()
+                       AND q.created_at <= now() - chat.push_hold()
                      ORDER BY q.next_attempt_at, q.id
                      LIMIT batch
                      FOR UPDATE SKIP LOCKED)
@@ -294,7 +310,8 @@ CREATE FUNCTION chat.next_push_due()
 RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(next_attempt_at) FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
+    SELECT min(greatest(next_attempt_at, created_at + chat.push_hold()))
+      FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
 $$;
 
 -- The outbox at a glance, for a pusher's /metrics: rows due now, the age in

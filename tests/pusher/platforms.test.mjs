@@ -426,6 +426,36 @@ test('bad FCM or APNs flags, or no platform at all, stop the pusher with status 
   assert.match(r.err, /no platform configured/);
 });
 
+test('chat.push_coalesce_ms: messages sent one by one within the window reach the device as one notification', async () => {
+  const stopped = new Promise((r) => pusher.on('exit', r));
+  pusher.kill('SIGTERM');
+  await stopped;
+  await psql(DB, `ALTER DATABASE ${DB} SET chat.push_coalesce_ms = 1000`);
+  try {
+    pusher = await startPusher();
+    const u = await makeUser(DB);
+    const conv = await direct(DB, sender.id, u.id);
+    const token = await register(u.id, 'fcm');
+    const first = await send(sender.id, conv, 'a');
+    await sleep(200);
+    await send(sender.id, conv, 'b');
+    await sleep(200);
+    const last = await send(sender.id, conv, 'c');
+    const [got] = await waitFor(token, 1, 3000);
+    assert.ok(got.at - first.at >= 900, `held ${got.at - first.at} ms, not the 1000 ms window`);
+    assert.ok(got.at - first.at < 2500, `delivered ${got.at - first.at} ms after the first send`);
+    await sleep(1200);
+    assert.equal(received.get(token).length, 1, 'one notification for the burst');
+    assert.equal(got.body.message.data.seq, String(last.seq));
+    assert.equal(got.body.message.data.first_seq, String(first.seq));
+    assert.equal(got.body.message.data.body, 'c');
+    await drained(u.id);
+  } finally {
+    await psql(DB, `ALTER DATABASE ${DB} RESET chat.push_coalesce_ms`);
+  }
+  assert.deepEqual(problems, []);
+});
+
 test('SIGTERM stops the pusher cleanly', async () => {
   assert.deepEqual(problems, []);
   const exited = new Promise((r) => pusher.on('exit', (code, sig) => r({ code, sig })));
