@@ -252,6 +252,7 @@ async function enableNotifications(quiet = false) {
     if (!quiet && (await Notification.requestPermission()) !== 'granted') { toast('Notifications are blocked for this page', 'info'); return; }
     const reg = await navigator.serviceWorker.register('sw.js');
     await navigator.serviceWorker.ready;
+    await tellWorker();
     let sub = await reg.pushManager.getSubscription();
     if (sub && sub.options?.applicationServerKey) {
       const had = new Uint8Array(sub.options.applicationServerKey);
@@ -261,7 +262,6 @@ async function enableNotifications(quiet = false) {
     sub = sub || await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64urlBytes(vapidKey) });
     const { endpoint, keys } = sub.toJSON();
     await client.request('register_push', { platform: 'webpush', subscription: { endpoint, keys } });
-    await tellWorker();
     $('notify').textContent = 'Notifications on';
     $('notify').disabled = true;
     if (!quiet) toast('Notifications are on', 'info');

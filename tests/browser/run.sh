@@ -54,10 +54,14 @@ SQL
 json=$(printf '%s\n' "$setup" | tail -1)
 field() { node -e 'const o = JSON.parse(process.argv[1]); process.stdout.write(String(o[process.argv[2]]))' "$json" "$1"; }
 
+# A VAPID key, so that hello offers notifications (push.test.mjs).
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$artifacts/vapid.pem"
+
 port=$(free_port)
 "$gateway" --listen "127.0.0.1:$port" --node browser \
   --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" \
-  --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --static "$top/web" >"$artifacts/gateway.log" 2>&1 &
+  --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --static "$top/web" \
+  --vapid-public-key "$artifacts/vapid.pem" >"$artifacts/gateway.log" 2>&1 &
 gw_pid=$!
 
 for i in $(seq 1 100); do
