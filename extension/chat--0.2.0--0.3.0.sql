@@ -193,6 +193,158 @@ BEGIN
 END
 $$;
 
+
+-- Push previews and coalescing (issue 14)
+CREATE OR REPLACE FUNCTION chat.push_hold()
+RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('chat.push_coalesce_ms', true), '')::integer, 0)
+           * interval '1 millisecond'
+$$;
+REVOKE ALL ON FUNCTION chat.push_hold() FROM PUBLIC;
+COMMENT ON FUNCTION chat.push_hold() IS
+    'internal: chat.push_coalesce_ms as an interval, the wait before a queued push may be claimed';
+CREATE OR REPLACE FUNCTION chat.claim_push(batch integer DEFAULT 100)
+RETURNS SETOF chat.push_outbox
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 10000 THEN
+        RAISE EXCEPTION 'invalid push batch size %', batch
+            USING ERRCODE = '22023', HINT = 'Claim between 1 and 10000 rows.';
+    END IF;
+    RETURN QUERY
+    UPDATE chat.push_outbox p
+       SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
+     WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
+                     WHERE q.next_attempt_at <= now()
+                       AND q.created_at <= now() - chat.push_hold()
+                     ORDER BY q.next_attempt_at, q.id
+                     LIMIT batch
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING p.*;
+END
+$$;
+CREATE OR REPLACE FUNCTION chat.next_push_due()
+RETURNS timestamptz
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT min(greatest(next_attempt_at, created_at + chat.push_hold()))
+      FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
+$$;
+CREATE OR REPLACE FUNCTION chat.claim_push_deliveries(batch integer DEFAULT 100)
+RETURNS TABLE(id bigint, attempts integer, platform text, token text, subscription jsonb,
+              topic text, payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claimed chat.push_outbox[] := ARRAY(SELECT p FROM chat.claim_push(batch) p);
+BEGIN
+    DELETE FROM chat.push_outbox o
+     USING unnest(claimed) c
+     WHERE o.id = c.id
+       AND NOT EXISTS (SELECT FROM chat.devices d
+                        WHERE d.user_id = c.user_id AND d.device_id = c.device_id
+                          AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL);
+    RETURN QUERY
+    SELECT c.id, c.attempts, d.push_platform, d.push_token, d.push_subscription,
+           'c' || c.conversation_id,
+           jsonb_build_object('type', 'message', 'conversation', c.conversation_id, 'seq', c.seq,
+                              'sender', x.sender_id, 'unread', u.unread)
+           || CASE WHEN x.kind = 'text' AND x.deleted_at IS NULL
+                        AND (SELECT r.push_previews FROM chat.users r WHERE r.id = c.user_id)
+                   THEN jsonb_build_object('body', left(x.body, 200)) ELSE '{}' END
+      FROM unnest(claimed) c
+      JOIN chat.devices d ON d.user_id = c.user_id AND d.device_id = c.device_id
+                         AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL
+      LEFT JOIN chat.messages x ON x.conversation_id = c.conversation_id AND x.seq = c.seq
+      CROSS JOIN LATERAL (
+          SELECT coalesce(sum(GREATEST(v.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                     - (SELECT count(*) FROM chat.messages e
+                         WHERE e.conversation_id = m.conversation_id AND e.target IS NOT NULL
+                           AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0)), 0)::bigint AS unread
+            FROM chat.members m JOIN chat.conversations v ON v.id = m.conversation_id
+           WHERE m.user_id = c.user_id AND m.left_at IS NULL) u
+     ORDER BY c.id;
+END
+$$;
+ALTER TABLE chat.users ADD COLUMN push_previews boolean NOT NULL DEFAULT true;
+COMMENT ON COLUMN chat.users.push_previews IS
+    'false: push notifications to the user carry no preview of the message body';
+CREATE OR REPLACE FUNCTION chat.set_push_previews(actor bigint, previews boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF previews IS NULL THEN
+        RAISE EXCEPTION 'invalid push previews setting NULL'
+            USING ERRCODE = '22023', HINT = 'Pass true or false.';
+    END IF;
+    UPDATE chat.users u SET push_previews = set_push_previews.previews WHERE u.id = actor;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % does not exist', actor USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION chat.claim_push_notifications(batch integer DEFAULT 100)
+RETURNS TABLE(ids bigint[], platform text, token text, subscription jsonb, topic text, payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claimed chat.push_outbox[] := ARRAY(SELECT p FROM chat.claim_push(batch) p);
+    joined chat.push_outbox[];
+BEGIN
+    WITH more AS (
+        UPDATE chat.push_outbox p
+           SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
+         WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
+                         WHERE q.next_attempt_at <= now()
+                           AND (q.user_id, q.device_id, q.conversation_id) IN
+                               (SELECT c.user_id, c.device_id, c.conversation_id FROM unnest(claimed) c)
+                         FOR UPDATE SKIP LOCKED)
+        RETURNING p.*)
+    SELECT coalesce(array_agg(m), '{}') INTO joined FROM more m;
+    claimed := claimed || joined;
+    DELETE FROM chat.push_outbox o
+     USING unnest(claimed) c
+     WHERE o.id = c.id
+       AND NOT EXISTS (SELECT FROM chat.devices d
+                        WHERE d.user_id = c.user_id AND d.device_id = c.device_id
+                          AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL);
+    RETURN QUERY
+    WITH g AS (
+        SELECT c.user_id, c.device_id, c.conversation_id, array_agg(c.id ORDER BY c.seq, c.id) AS ids,
+               min(c.seq) AS first_seq, max(c.seq) AS seq, count(DISTINCT c.seq) AS n
+          FROM unnest(claimed) c
+         GROUP BY c.user_id, c.device_id, c.conversation_id)
+    SELECT g.ids, d.push_platform, d.push_token, d.push_subscription,
+           'c' || g.conversation_id,
+           jsonb_build_object('type', 'message', 'conversation', g.conversation_id, 'seq', g.seq,
+                              'sender', x.sender_id, 'unread', u.unread)
+           || CASE WHEN g.n > 1 THEN jsonb_build_object('first_seq', g.first_seq) ELSE '{}' END
+           || CASE WHEN x.kind = 'text' AND x.deleted_at IS NULL AND r.push_previews
+                   THEN jsonb_build_object('body', left(x.body, 200)) ELSE '{}' END
+      FROM g
+      JOIN chat.devices d ON d.user_id = g.user_id AND d.device_id = g.device_id
+                         AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL
+      JOIN chat.users r ON r.id = g.user_id
+      LEFT JOIN chat.messages x ON x.conversation_id = g.conversation_id AND x.seq = g.seq
+      CROSS JOIN LATERAL (
+          SELECT coalesce(sum(GREATEST(v.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                     - (SELECT count(*) FROM chat.messages e
+                         WHERE e.conversation_id = m.conversation_id AND e.target IS NOT NULL
+                           AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0)), 0)::bigint AS unread
+            FROM chat.members m JOIN chat.conversations v ON v.id = m.conversation_id
+           WHERE m.user_id = g.user_id AND m.left_at IS NULL) u
+     ORDER BY g.ids[1];
+END
+$$;
+REVOKE ALL ON FUNCTION chat.set_push_previews(bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.claim_push_notifications(integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.set_push_previews(bigint, boolean) IS
+    'sets whether the user''s push notifications carry a preview of the message body';
+COMMENT ON FUNCTION chat.claim_push_notifications(integer) IS
+    'claims due pushes coalesced per device and conversation: the rows (ids), registration, topic and payload with first_seq';
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -269,6 +421,8 @@ BEGIN
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
                                        x.created_at, x.edited_at, x.deleted_at, x.target,
                                        x.attachments)::chat.message_view)
+
+                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
@@ -345,6 +499,10 @@ BEGIN
     WHEN 'unregister_push' THEN
         PERFORM chat.unregister_push(user_id, device_id);
         RETURN '{}';
+
+    WHEN 'set_push_previews' THEN
+        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
+        RETURN '{}';
     -- Group administration (16_groups.sql).
     WHEN 'members' THEN
         RETURN jsonb_build_object('members', coalesce((
@@ -377,6 +535,7 @@ BEGIN
     WHEN 'media_url' THEN
         RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
                               chat.request_bool(request, 'thumbnail', false));
+
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
@@ -681,3 +840,4 @@ CREATE TRIGGER messages_attachments_tombstone AFTER UPDATE OF deleted_at ON chat
 CREATE TRIGGER messages_attachments_delete AFTER DELETE ON chat.messages
     FOR EACH ROW WHEN (OLD.attachments IS NOT NULL)
     EXECUTE FUNCTION chat.media_message_gone();
+

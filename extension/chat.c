@@ -27,6 +27,7 @@ int			chat_edit_window = 900;
 int			chat_node_timeout = 30;
 int			chat_typing_interval = 3000;
 int			chat_push_max_attempts = 8;
+static int	chat_push_coalesce_ms = 0;	/* read in SQL: chat.claim_push, next_push_due */
 int			chat_fanout_mode = FANOUT_MODE_WORKER;
 int			chat_notifier_queue_kb = 1024;
 int			chat_notifier_delay = 2;
@@ -75,6 +76,13 @@ DefineCoreGucs(void)
 	DefineCustomIntVariable("chat.push_max_attempts",
 							"Push deliveries after which a push_outbox row is given up.",
 							NULL, &chat_push_max_attempts, 8, 1, 1000,
+							PGC_SUSET, 0, NULL, NULL, NULL);
+	/* Push coalescing (issue 14): milliseconds, no unit, so SQL reads it as an integer. */
+	DefineCustomIntVariable("chat.push_coalesce_ms",
+							"Milliseconds a queued push waits before it may be claimed, so that "
+							"the messages of a burst coalesce into one notification.",
+							"0 (the default) claims at once.",
+							&chat_push_coalesce_ms, 0, 0, 60000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
 }
 

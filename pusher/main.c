@@ -13,6 +13,16 @@
  * (429/5xx/transport: retried after Retry-After or with backoff).
  * Database calls are short and synchronous; a transfer finishing meanwhile
  * waits in curl until the next loop pass.
+ *
+ * Platforms: Web Push (webpush.c: RFC 8291 + VAPID), FCM HTTP v1 (fcm.c:
+ * an OAuth2 access token from a service-account JWT grant, fetched in the
+ * same multi handle while the FCM requests wait for it, cached until a
+ * minute before it expires) and APNs (apns.c: an ES256 provider token made
+ * every 50 minutes).  A refused credential (FCM 401, APNs 403) is replaced
+ * and the request sent again once.  Each claimed row of
+ * chat.claim_push_notifications is one notification standing for one or
+ * more outbox rows (coalesced per device and conversation): all of them
+ * are completed, failed or renewed together.
  */
 #define _GNU_SOURCE				/* accept4 */
 #include <ctype.h>
@@ -38,6 +48,8 @@
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 
+#include "apns.h"
+#include "fcm.h"
 #include "webpush.h"
 
 #define IDLE_WAKE_MS 30000		/* longest sleep: bounds the pickup of an expired lease */
@@ -45,6 +57,8 @@
 #define RECONNECT_EVERY_S 2.0
 #define VAPID_TTL_S 43200		/* JWT lifetime: 12 h, under RFC 8292's 24 h */
 #define MAX_TOKEN 4097
+#define MAX_RESPONSE 16384		/* answer bytes kept (FCM and APNs explain errors in JSON) */
+#define FCM_EARLY_S 60			/* an access token is renewed this long before it expires */
 
 /* Flags (env CHAT_<FLAG>). */
 typedef struct Config
@@ -56,6 +70,15 @@ typedef struct Config
 	long		ttl;
 	long		request_timeout;
 	const char *metrics_listen; /* HOST:PORT, or NULL */
+	const char *fcm_credentials;	/* service-account JSON, or NULL: no FCM */
+	const char *fcm_endpoint;
+	const char *fcm_token_endpoint; /* NULL: the account's token_uri */
+	const char *apns_key;		/* .p8 file, or NULL: no APNs */
+	const char *apns_key_id;
+	const char *apns_team_id;
+	const char *apns_topic;
+	const char *apns_endpoint;
+	const char *ca_file;		/* CA bundle for the push services (tests), or NULL */
 } Config;
 
 /* Why a row failed: the label of chat_pusher_failed_total. */
@@ -67,26 +90,46 @@ typedef enum FailReason
 	FAIL_HTTP_4XX,
 	FAIL_UNSUPPORTED,
 	FAIL_INVALID,
+	FAIL_AUTH,
 	FAIL_NREASONS
 } FailReason;
 
 static const char *const fail_labels[FAIL_NREASONS] = {
-	"transport", "http_429", "http_5xx", "http_4xx", "unsupported_platform", "invalid_registration"
+	"transport", "http_429", "http_5xx", "http_4xx", "unsupported_platform", "invalid_registration",
+	"auth"
 };
 
-/* One notification in flight. */
+/* What a request is: a notification per platform, or the FCM access-token grant. */
+typedef enum Kind
+{
+	KIND_WEBPUSH,
+	KIND_FCM,
+	KIND_APNS,
+	KIND_FCM_TOKEN
+} Kind;
+
+/* One notification in flight (or the FCM token request, which is not in the inflight list). */
 typedef struct Delivery
 {
-	int64_t		id;
-	char		id_text[24];
+	Kind		kind;
+	int64_t    *ids;			/* the outbox rows it stands for (coalesced), oldest first */
+	int			nids;
+	char	   *ids_text;		/* the same as a bigint[] literal */
 	char	   *token;			/* the registration it was sent to (forget_push) */
 	CURL	   *easy;
 	struct curl_slist *headers;
 	unsigned char *body;
+	char	   *resp;			/* the answer's first MAX_RESPONSE bytes */
+	size_t		resp_len;
+	struct curl_slist *sent_headers; /* FCM, APNs: headers plus the credential's */
+	double		credential_at;	/* when the credential it carries was made */
+	bool		waiting;		/* FCM: waits for an access token, not in the multi handle yet */
+	bool		reauthorized;	/* sent again once after its credential was refused */
 	struct Delivery *next;
 } Delivery;
 
-static Config cfg = {.dsn = "", .concurrency = 64, .ttl = 86400, .request_timeout = 30};
+static Config cfg = {.dsn = "", .concurrency = 64, .ttl = 86400, .request_timeout = 30,
+	.fcm_endpoint = "https://fcm.googleapis.com", .apns_endpoint = "https://api.push.apple.com"};
 static PGconn *db;
 static CURLM *multi;
 static EVP_PKEY *vapid_key;
@@ -99,11 +142,21 @@ static double last_reconnect;
 static int	signal_pipe[2] = {-1, -1};
 static volatile sig_atomic_t stopping;
 static int64_t *done_ids;		/* delivered, to complete in one call */
-static int	ndone;
+static int	ndone,
+			done_cap;
+static FcmAccount fcm;			/* fcm.key NULL: FCM not configured */
+static char *fcm_access;		/* the OAuth2 access token, or NULL */
+static double fcm_expires;		/* when to stop using it (epoch seconds) */
+static double fcm_fetched_at;
+static Delivery *fcm_fetch;		/* the token request in flight, or NULL */
+static EVP_PKEY *apns_key;		/* NULL: APNs not configured */
+static char apns_jwt[1024];		/* the provider token */
+static double apns_jwt_at;		/* when it was made; 0: make one */
 static int	metrics_fd = -1;
 static struct
 {
 	long		sent,
+				tokens,
 				gone,
 				retried,
 				failed[FAIL_NREASONS];
@@ -158,22 +211,37 @@ static void
 Usage(void)
 {
 	printf("usage: chat-pusher [--flag value | --flag=value]...\n\n"
-		   "Delivers pgchat's push outbox (chat.push_outbox) to Web Push endpoints.\n"
-		   "Every flag can also be set as CHAT_<FLAG> in the environment (dashes\n"
-		   "become underscores).  Grant the pusher's database role EXECUTE on\n"
-		   "chat.claim_push_deliveries, renew_push, complete_push, fail_push,\n"
-		   "forget_push, next_push_due and push_queue_stats.\n\n"
+		   "Delivers pgchat's push outbox (chat.push_outbox) to Web Push endpoints,\n"
+		   "FCM (HTTP v1) and APNs.  Every flag can also be set as CHAT_<FLAG> in the\n"
+		   "environment (dashes become underscores).  Grant the pusher's database role\n"
+		   "EXECUTE on chat.claim_push_notifications, renew_push, complete_push,\n"
+		   "fail_push, forget_push, next_push_due and push_queue_stats.\n\n"
 		   "  --dsn                libpq connection string (required)\n"
-		   "  --vapid-private-key  PEM file with the VAPID P-256 private key (required)\n"
-		   "  --vapid-subject      VAPID sub claim: mailto:... or https://... (required)\n"
 		   "  --concurrency        requests in flight at most, default 64\n"
 		   "  --ttl                seconds a push service keeps an undelivered\n"
-		   "                       notification (TTL header), default 86400\n"
+		   "                       notification, default 86400\n"
 		   "  --request-timeout    seconds one request may take, default 30\n"
 		   "  --metrics-listen     HOST:PORT serving /metrics (Prometheus text) and /healthz\n"
-		   "  --help               this text\n\n"
-		   "FCM and APNs registrations are not delivered yet: their rows are failed\n"
-		   "(and given up after chat.push_max_attempts).\n");
+		   "  --ca-file            PEM CA bundle to verify the push services with\n"
+		   "                       (default: the system's)\n\n"
+		   "Web Push (give both):\n"
+		   "  --vapid-private-key  PEM file with the VAPID P-256 private key\n"
+		   "  --vapid-subject      VAPID sub claim: mailto:... or https://...\n\n"
+		   "FCM HTTP v1:\n"
+		   "  --fcm-credentials    service-account JSON file (Firebase console)\n"
+		   "  --fcm-endpoint       base URL, default https://fcm.googleapis.com\n"
+		   "                       (POST <base>/v1/projects/<project_id>/messages:send)\n"
+		   "  --fcm-token-endpoint OAuth2 token URL, default the file's token_uri\n\n"
+		   "APNs (give the first four):\n"
+		   "  --apns-key           .p8 file: the PEM P-256 key of the APNs auth key\n"
+		   "  --apns-key-id        its Key ID (10 characters)\n"
+		   "  --apns-team-id       the Team ID\n"
+		   "  --apns-topic         the app's bundle id (apns-topic)\n"
+		   "  --apns-endpoint      default https://api.push.apple.com\n"
+		   "                       (https://api.sandbox.push.apple.com for development)\n\n"
+		   "At least one platform must be configured; rows for a platform that is not\n"
+		   "are failed (and given up after chat.push_max_attempts).\n"
+		   "  --help               this text\n");
 }
 
 /* A positive integer flag value, or a configuration error. */
@@ -213,9 +281,34 @@ SetFlag(const char *name, const char *v)
 		cfg.request_timeout = PositiveFlag(name, v, 600);
 	else if (!strcmp(name, "metrics-listen"))
 		cfg.metrics_listen = *v ? v : NULL;
+	else if (!strcmp(name, "fcm-credentials"))
+		cfg.fcm_credentials = *v ? v : NULL;
+	else if (!strcmp(name, "fcm-endpoint"))
+		cfg.fcm_endpoint = v;
+	else if (!strcmp(name, "fcm-token-endpoint"))
+		cfg.fcm_token_endpoint = *v ? v : NULL;
+	else if (!strcmp(name, "apns-key"))
+		cfg.apns_key = *v ? v : NULL;
+	else if (!strcmp(name, "apns-key-id"))
+		cfg.apns_key_id = v;
+	else if (!strcmp(name, "apns-team-id"))
+		cfg.apns_team_id = v;
+	else if (!strcmp(name, "apns-topic"))
+		cfg.apns_topic = v;
+	else if (!strcmp(name, "apns-endpoint"))
+		cfg.apns_endpoint = v;
+	else if (!strcmp(name, "ca-file"))
+		cfg.ca_file = *v ? v : NULL;
 	else
 		return false;
 	return true;
+}
+
+/* Whether v starts like an http(s) URL. */
+static bool
+HttpUrl(const char *v)
+{
+	return v != NULL && (!strncmp(v, "https://", 8) || !strncmp(v, "http://", 7)) && strpbrk(v, " \r\n") == NULL;
 }
 
 /* Flags from the environment, then the command line (which wins). */
@@ -223,7 +316,8 @@ static void
 ParseArgs(int argc, char **argv)
 {
 	static const char *const names[] = {"dsn", "vapid-private-key", "vapid-subject", "concurrency",
-	"ttl", "request-timeout", "metrics-listen"};
+	"ttl", "request-timeout", "metrics-listen", "fcm-credentials", "fcm-endpoint", "fcm-token-endpoint",
+	"apns-key", "apns-key-id", "apns-team-id", "apns-topic", "apns-endpoint", "ca-file"};
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 	{
@@ -270,29 +364,65 @@ ParseArgs(int argc, char **argv)
 	}
 	if (!*cfg.dsn)
 		ConfigFail("dsn", "is required");
-	if (!cfg.vapid_private_key)
-		ConfigFail("vapid-private-key", "is required");
-	if (!cfg.vapid_subject || (strncmp(cfg.vapid_subject, "mailto:", 7) && strncmp(cfg.vapid_subject, "https://", 8)) ||
-		strpbrk(cfg.vapid_subject, "\"\\ ") != NULL)
+	if (!cfg.vapid_private_key && !cfg.fcm_credentials && !cfg.apns_key)
+		ConfigFail("vapid-private-key", "no platform configured (give --vapid-private-key, --fcm-credentials or --apns-key)");
+	if (!HttpUrl(cfg.fcm_endpoint) || strlen(cfg.fcm_endpoint) > 1024)
+		ConfigFail("fcm-endpoint", "must be an https:// (or http://) URL");
+	if (cfg.fcm_token_endpoint && !HttpUrl(cfg.fcm_token_endpoint))
+		ConfigFail("fcm-token-endpoint", "must be an https:// (or http://) URL");
+	if (!HttpUrl(cfg.apns_endpoint) || strlen(cfg.apns_endpoint) > 1024)
+		ConfigFail("apns-endpoint", "must be an https:// URL");
+	if (cfg.apns_key)
+	{
+		static const char *const need[][2] = {{"apns-key-id", NULL}, {"apns-team-id", NULL}, {"apns-topic", NULL}};
+		const char *vals[3] = {cfg.apns_key_id, cfg.apns_team_id, cfg.apns_topic};
+
+		for (int i = 0; i < 3; i++)
+			if (vals[i] == NULL || !*vals[i] || strlen(vals[i]) > 200 || strpbrk(vals[i], "\"\\\r\n ") != NULL)
+				ConfigFail(need[i][0], "is required with --apns-key (printable, no spaces or quotes)");
+	}
+	if (cfg.vapid_private_key && (!cfg.vapid_subject || (strncmp(cfg.vapid_subject, "mailto:", 7) && strncmp(cfg.vapid_subject, "https://", 8)) ||
+		strpbrk(cfg.vapid_subject, "\"\\ ") != NULL))
 		ConfigFail("vapid-subject", "must be a mailto: or https:// URL");
 }
 
-/* Loads the VAPID key; exits naming the flag when it is not a P-256 private key. */
-static void
-LoadVapidKey(void)
+/* The P-256 private key of a PEM file; exits naming flag when it is not one. */
+static EVP_PKEY *
+LoadP256(const char *flag, const char *path)
 {
-	FILE	   *f = fopen(cfg.vapid_private_key, "r");
+	FILE	   *f = fopen(path, "r");
 	unsigned char pub[WP_POINT_LEN];
 	char		name[64] = "";
+	EVP_PKEY   *key;
 
 	if (f == NULL)
-		ConfigFail("vapid-private-key", strerror(errno));
-	vapid_key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+		ConfigFail(flag, strerror(errno));
+	key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
 	fclose(f);
-	if (vapid_key == NULL || !EVP_PKEY_is_a(vapid_key, "EC") ||
-		EVP_PKEY_get_utf8_string_param(vapid_key, "group", name, sizeof(name), NULL) != 1 ||
-		(strcmp(name, "prime256v1") && strcmp(name, "P-256")) || wp_public_point(vapid_key, pub) != 0)
-		ConfigFail("vapid-private-key", "is not a PEM P-256 private key");
+	if (key == NULL || !EVP_PKEY_is_a(key, "EC") ||
+		EVP_PKEY_get_utf8_string_param(key, "group", name, sizeof(name), NULL) != 1 ||
+		(strcmp(name, "prime256v1") && strcmp(name, "P-256")) || wp_public_point(key, pub) != 0)
+		ConfigFail(flag, "is not a PEM P-256 private key");
+	return key;
+}
+
+/* Loads the keys and credentials of the configured platforms; exits naming the flag on error. */
+static void
+LoadKeys(void)
+{
+	char		err[256];
+
+	if (cfg.vapid_private_key)
+		vapid_key = LoadP256("vapid-private-key", cfg.vapid_private_key);
+	if (cfg.apns_key)
+		apns_key = LoadP256("apns-key", cfg.apns_key);
+	if (cfg.fcm_credentials)
+	{
+		if (fcm_load_account(cfg.fcm_credentials, &fcm, err, sizeof(err)) != 0)
+			ConfigFail("fcm-credentials", err);
+		if (!HttpUrl(fcm.token_uri) && !cfg.fcm_token_endpoint)
+			ConfigFail("fcm-credentials", "token_uri is not an http(s) URL");
+	}
 }
 
 /* Connects and LISTENs; false (logged) when the database is not there. */
@@ -363,32 +493,48 @@ ReadNextDue(void)
 	PQclear(res);
 }
 
-/* Records a failed attempt: retried after retry_after seconds (0: backoff). */
+/*
+ * Records a failed attempt of the rows ids (a bigint[] literal; first is the
+ * one logged): retried after retry_after seconds (0: backoff).
+ */
 static void
-FailRow(int64_t id, FailReason reason, const char *error, long retry_after)
+FailIds(const char *ids, int64_t first, FailReason reason, const char *error, long retry_after)
 {
-	char		id_text[24],
-				interval[32];
-	const char *params[3] = {id_text, error, NULL};
+	char		interval[32];
+	const char *params[3] = {ids, error, NULL};
 
-	snprintf(id_text, sizeof(id_text), "%" PRId64, id);
 	if (retry_after > 0)
 	{
 		snprintf(interval, sizeof(interval), "%ld seconds", retry_after < 3600 ? retry_after : 3600);
 		params[2] = interval;
 	}
-	DbDo("SELECT chat.fail_push($1, $2, $3::interval)", 3, params);
-	Log("warning", id, "push failed: %s%s", error, retry_after > 0 ? " (Retry-After honoured)" : "");
+	DbDo("SELECT chat.fail_push(i, $2, $3::interval) FROM unnest($1::bigint[]) i", 3, params);
+	Log("warning", first, "push failed: %s%s", error, retry_after > 0 ? " (Retry-After honoured)" : "");
 	stats.failed[reason]++;
 }
 
-/* Discards a response body (push services answer with little or nothing). */
+/* Keeps the first MAX_RESPONSE bytes of an answer (the error JSON of FCM and APNs). */
 static size_t
-DiscardBody(char *ptr, size_t size, size_t nmemb, void *userdata)
+KeepBody(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-	(void) ptr;
-	(void) userdata;
-	return size * nmemb;
+	Delivery   *d = userdata;
+	size_t		n = size * nmemb;
+	size_t		take = n;
+
+	if (d->resp_len + take > MAX_RESPONSE)
+		take = MAX_RESPONSE - d->resp_len;
+	if (take > 0)
+	{
+		char	   *r = realloc(d->resp, d->resp_len + take + 1);
+
+		if (r == NULL)
+			return n;			/* the explanation is lost, not the answer */
+		memcpy(r + d->resp_len, ptr, take);
+		d->resp = r;
+		d->resp_len += take;
+		d->resp[d->resp_len] = '\0';
+	}
+	return n;
 }
 
 /* Frees a delivery that is not (or no longer) in the multi handle. */
@@ -398,8 +544,12 @@ FreeDelivery(Delivery *d)
 	if (d->easy)
 		curl_easy_cleanup(d->easy);
 	curl_slist_free_all(d->headers);
+	curl_slist_free_all(d->sent_headers);
 	free(d->body);
 	free(d->token);
+	free(d->ids);
+	free(d->ids_text);
+	free(d->resp);
 	free(d);
 }
 
@@ -415,13 +565,86 @@ AddHeader(Delivery *d, const char *line)
 	return true;
 }
 
-/*
- * Encrypts payload for a Web Push subscription and starts the request.
- * Returns NULL and sets *why when the row cannot be sent as it is.
- */
+/* The ids of a bigint[] literal "{1,2,3}" into a new array; its length, or -1. */
+static int
+ParseIds(const char *text, int64_t **out)
+{
+	int			n = 1;
+	const char *p;
+	int64_t    *ids;
+
+	if (text[0] != '{' || text[1] == '}')
+		return -1;
+	for (p = text; *p; p++)
+		n += *p == ',';
+	ids = calloc(n, sizeof(*ids));
+	if (ids == NULL)
+		return -1;
+	p = text + 1;
+	for (int i = 0; i < n; i++)
+	{
+		char	   *end;
+
+		ids[i] = strtoll(p, &end, 10);
+		if (end == p || (*end != ',' && *end != '}'))
+		{
+			free(ids);
+			return -1;
+		}
+		p = end + 1;
+	}
+	*out = ids;
+	return n;
+}
+
+/* A new delivery of kind for the rows ids_text to token; NULL when out of memory or ids_text is bad. */
 static Delivery *
-StartWebPush(int64_t id, const char *token, const char *subscription, const char *topic,
-			 const char *payload, const char **why)
+NewDelivery(Kind kind, const char *ids_text, const char *token)
+{
+	Delivery   *d = calloc(1, sizeof(*d));
+
+	if (d == NULL)
+		return NULL;
+	d->kind = kind;
+	if ((d->ids_text = strdup(ids_text)) == NULL || (d->token = strdup(token)) == NULL ||
+		(d->nids = ParseIds(ids_text, &d->ids)) < 1)
+	{
+		FreeDelivery(d);
+		return NULL;
+	}
+	return d;
+}
+
+/* A POST of body (len bytes, owned by d) to url with d's headers, not yet started; false on error. */
+static bool
+PrepareRequest(Delivery *d, const char *url, long len)
+{
+	d->easy = curl_easy_init();
+	if (d->easy == NULL)
+		return false;
+	curl_easy_setopt(d->easy, CURLOPT_URL, url);
+	curl_easy_setopt(d->easy, CURLOPT_PROTOCOLS_STR, "https,http");
+	curl_easy_setopt(d->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(d->easy, CURLOPT_PIPEWAIT, 1L);
+	curl_easy_setopt(d->easy, CURLOPT_POSTFIELDS, d->body);
+	curl_easy_setopt(d->easy, CURLOPT_POSTFIELDSIZE, len);
+	curl_easy_setopt(d->easy, CURLOPT_HTTPHEADER, d->headers);
+	curl_easy_setopt(d->easy, CURLOPT_WRITEFUNCTION, KeepBody);
+	curl_easy_setopt(d->easy, CURLOPT_WRITEDATA, d);
+	curl_easy_setopt(d->easy, CURLOPT_TIMEOUT, cfg.request_timeout);
+	curl_easy_setopt(d->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(d->easy, CURLOPT_PRIVATE, d);
+	if (cfg.ca_file)
+		curl_easy_setopt(d->easy, CURLOPT_CAINFO, cfg.ca_file);
+	return true;
+}
+
+/*
+ * Encrypts payload for a Web Push subscription and prepares the request.
+ * false, with *why, when the row cannot be sent as it is.
+ */
+static bool
+PrepareWebPush(Delivery *d, const char *subscription, const char *topic, const char *payload, const char **why)
 {
 	json_t	   *sub = json_loads(subscription, 0, NULL);
 	const char *endpoint = NULL,
@@ -433,73 +656,223 @@ StartWebPush(int64_t id, const char *token, const char *subscription, const char
 	char		line[2048];
 	size_t		plen = strlen(payload);
 	EVP_PKEY   *ephemeral = NULL;
-	Delivery   *d = NULL;
 	int			body_len;
+	bool		ok = false;
 
 	*why = "subscription is not {endpoint, keys: {p256dh, auth}}";
 	if (sub == NULL || json_unpack(sub, "{s:s, s:{s:s, s:s}}", "endpoint", &endpoint, "keys",
 								   "p256dh", &p256dh, "auth", &auth) != 0 ||
 		b64url_decode(p256dh, ua, sizeof(ua)) != WP_POINT_LEN ||
 		b64url_decode(auth, secret, sizeof(secret)) != WP_AUTH_LEN)
-		goto fail;
+		goto done;
 	*why = "payload too large for one Web Push record";
 	if (plen > WP_MAX_PLAINTEXT)
-		goto fail;
+		goto done;
 	*why = "out of memory";
-	d = calloc(1, sizeof(*d));
-	if (d == NULL || (d->token = strdup(token)) == NULL || (d->body = malloc(WP_BODY_LEN(plen))) == NULL)
-		goto fail;
-	d->id = id;
-	snprintf(d->id_text, sizeof(d->id_text), "%" PRId64, id);
+	if ((d->body = malloc(WP_BODY_LEN(plen))) == NULL)
+		goto done;
 	*why = "encryption failed (p256dh not on the curve?)";
 	ephemeral = wp_generate_key();
 	if (ephemeral == NULL || RAND_bytes(salt, sizeof(salt)) != 1 ||
 		(body_len = wp_encrypt(ua, secret, ephemeral, salt, (const unsigned char *) payload, plen, d->body)) < 0)
-		goto fail;
+		goto done;
 	*why = "VAPID signing failed";
 	if (wp_vapid_authorization(vapid_key, endpoint, cfg.vapid_subject, time(NULL), VAPID_TTL_S,
 							   line + 15, sizeof(line) - 15) != 0)
-		goto fail;
+		goto done;
 	memcpy(line, "Authorization: ", 15);
 	*why = "out of memory";
 	if (!AddHeader(d, line) || !AddHeader(d, "Content-Encoding: aes128gcm") ||
 		!AddHeader(d, "Content-Type: application/octet-stream") || !AddHeader(d, "Urgency: high"))
-		goto fail;
+		goto done;
 	snprintf(line, sizeof(line), "TTL: %ld", cfg.ttl);
 	if (!AddHeader(d, line))
-		goto fail;
+		goto done;
 	snprintf(line, sizeof(line), "Topic: %s", topic);
-	if (!AddHeader(d, line))
-		goto fail;
-	d->easy = curl_easy_init();
-	if (d->easy == NULL)
-		goto fail;
-	curl_easy_setopt(d->easy, CURLOPT_URL, endpoint);
-	curl_easy_setopt(d->easy, CURLOPT_PROTOCOLS_STR, "https,http");
-	curl_easy_setopt(d->easy, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
-	curl_easy_setopt(d->easy, CURLOPT_PIPEWAIT, 1L);
-	curl_easy_setopt(d->easy, CURLOPT_POSTFIELDS, d->body);
-	curl_easy_setopt(d->easy, CURLOPT_POSTFIELDSIZE, (long) body_len);
-	curl_easy_setopt(d->easy, CURLOPT_HTTPHEADER, d->headers);
-	curl_easy_setopt(d->easy, CURLOPT_WRITEFUNCTION, DiscardBody);
-	curl_easy_setopt(d->easy, CURLOPT_TIMEOUT, cfg.request_timeout);
-	curl_easy_setopt(d->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(d->easy, CURLOPT_PRIVATE, d);
-	*why = "curl refused the request";
-	if (curl_multi_add_handle(multi, d->easy) != CURLM_OK)
-		goto fail;
+	if (!AddHeader(d, line) || !PrepareRequest(d, endpoint, body_len))
+		goto done;
+	ok = true;
+done:
 	EVP_PKEY_free(ephemeral);
 	json_decref(sub);
-	return d;
-fail:
-	if (d != NULL)
-		FreeDelivery(d);
-	EVP_PKEY_free(ephemeral);
-	json_decref(sub);
-	return NULL;
+	return ok;
 }
 
-/* Claims up to n due rows and starts their deliveries. */
+/* Whether the cached FCM access token may be used now. */
+static bool
+FcmTokenValid(void)
+{
+	return fcm_access != NULL && Now() < fcm_expires;
+}
+
+/* Sends d with its headers plus the credential header line (made at made_at); false when out of memory. */
+static bool
+SetCredential(Delivery *d, const char *line, double made_at)
+{
+	struct curl_slist *l = NULL;
+
+	for (struct curl_slist *h = d->headers; h != NULL; h = h->next)
+	{
+		struct curl_slist *n = curl_slist_append(l, h->data);
+
+		if (n == NULL)
+		{
+			curl_slist_free_all(l);
+			return false;
+		}
+		l = n;
+	}
+	{
+		struct curl_slist *n = curl_slist_append(l, line);
+
+		if (n == NULL)
+		{
+			curl_slist_free_all(l);
+			return false;
+		}
+		l = n;
+	}
+	curl_slist_free_all(d->sent_headers);
+	d->sent_headers = l;
+	d->credential_at = made_at;
+	curl_easy_setopt(d->easy, CURLOPT_HTTPHEADER, d->sent_headers);
+	return true;
+}
+
+/* Sets the Authorization header of an FCM request from the cached token; false when out of memory. */
+static bool
+FcmAuthorize(Delivery *d)
+{
+	char	   *line = malloc(strlen(fcm_access) + 32);
+	bool		ok;
+
+	if (line == NULL)
+		return false;
+	sprintf(line, "Authorization: Bearer %s", fcm_access);
+	ok = SetCredential(d, line, fcm_fetched_at);
+	free(line);
+	return ok;
+}
+
+/* Starts the OAuth2 grant for an FCM access token, unless one is under way. */
+static void
+FcmFetchToken(void)
+{
+	const char *uri = cfg.fcm_token_endpoint ? cfg.fcm_token_endpoint : fcm.token_uri;
+	Delivery   *d;
+
+	if (fcm_fetch != NULL)
+		return;
+	d = calloc(1, sizeof(*d));
+	if (d == NULL)
+		return;
+	d->kind = KIND_FCM_TOKEN;
+	/* aud is the token endpoint the assertion is presented to */
+	d->body = (unsigned char *) fcm_grant_body(&fcm, uri, time(NULL));
+	if (d->body == NULL || !AddHeader(d, "Content-Type: application/x-www-form-urlencoded") ||
+		!PrepareRequest(d, uri, (long) strlen((char *) d->body)) ||
+		curl_multi_add_handle(multi, d->easy) != CURLM_OK)
+	{
+		Log("error", 0, "fcm: could not start the token request");
+		FreeDelivery(d);
+		return;
+	}
+	fcm_fetch = d;
+}
+
+/* Prepares an FCM HTTP v1 request; it waits for the access token when none is cached. */
+static bool
+PrepareFcm(Delivery *d, const char *topic, const char *payload, const char **why)
+{
+	char		url[1400];
+
+	*why = "out of memory";
+	snprintf(url, sizeof(url), "%s/v1/projects/%s/messages:send", cfg.fcm_endpoint, fcm.project_id);
+	d->body = (unsigned char *) fcm_message(d->token, topic, payload, cfg.ttl);
+	if (d->body == NULL || !AddHeader(d, "Content-Type: application/json; charset=UTF-8") ||
+		!PrepareRequest(d, url, (long) strlen((char *) d->body)))
+		return false;
+	if (FcmTokenValid())
+		return FcmAuthorize(d);
+	d->waiting = true;
+	FcmFetchToken();
+	return true;
+}
+
+/* The APNs provider token, made anew when it is APNS_TOKEN_REFRESH_S old (or refused); NULL on error. */
+static const char *
+ApnsBearer(void)
+{
+	double		now = Now();
+
+	if (apns_jwt_at == 0 || now - apns_jwt_at >= APNS_TOKEN_REFRESH_S)
+	{
+		if (apns_provider_token(apns_key, cfg.apns_key_id, cfg.apns_team_id, (time_t) now,
+								apns_jwt, sizeof(apns_jwt)) != 0)
+			return NULL;
+		apns_jwt_at = now;
+	}
+	return apns_jwt;
+}
+
+/* Prepares an APNs request: HTTP/2 POST <endpoint>/3/device/<token>. */
+static bool
+PrepareApns(Delivery *d, const char *topic, const char *payload, const char **why)
+{
+	char		line[1200],
+				url[1400];
+	const char *bearer = ApnsBearer();
+	char	   *escaped;
+
+	*why = "provider token signing failed";
+	if (bearer == NULL)
+		return false;
+	*why = "out of memory";
+	escaped = curl_easy_escape(NULL, d->token, 0);
+	if (escaped == NULL)
+		return false;
+	snprintf(url, sizeof(url), "%s/3/device/%s", cfg.apns_endpoint, escaped);
+	curl_free(escaped);
+	d->body = (unsigned char *) apns_payload(topic, payload);
+	if (d->body == NULL)
+		return false;
+	if (!AddHeader(d, "apns-push-type: alert") || !AddHeader(d, "apns-priority: 10") ||
+		!AddHeader(d, "content-type: application/json"))
+		return false;
+	snprintf(line, sizeof(line), "apns-topic: %s", cfg.apns_topic);
+	if (!AddHeader(d, line))
+		return false;
+	snprintf(line, sizeof(line), "apns-collapse-id: %.64s", topic);
+	if (!AddHeader(d, line))
+		return false;
+	snprintf(line, sizeof(line), "apns-expiration: %lld", (long long) time(NULL) + cfg.ttl);
+	if (!AddHeader(d, line))
+		return false;
+	if (!PrepareRequest(d, url, (long) strlen((char *) d->body)))
+		return false;
+	snprintf(line, sizeof(line), "authorization: bearer %s", bearer);
+	return SetCredential(d, line, apns_jwt_at);
+}
+
+/* Adds ids to the rows to complete. */
+static void
+AddDone(const int64_t *ids, int n)
+{
+	if (ndone + n > done_cap)
+	{
+		int			cap = (ndone + n) * 2;
+		int64_t    *grown = realloc(done_ids, cap * sizeof(*done_ids));
+
+		if (grown == NULL)
+			return;				/* the leases expire and the rows go again */
+		done_ids = grown;
+		done_cap = cap;
+	}
+	memcpy(done_ids + ndone, ids, n * sizeof(*ids));
+	ndone += n;
+}
+
+/* Claims up to n due notifications (chat.claim_push_notifications: coalesced) and starts them. */
 static void
 Claim(int n)
 {
@@ -509,8 +882,8 @@ Claim(int n)
 	int			rows;
 
 	snprintf(batch, sizeof(batch), "%d", n);
-	res = DbExec("SELECT id, platform, token, subscription, topic, payload"
-				 " FROM chat.claim_push_deliveries($1)", 1, params);
+	res = DbExec("SELECT ids, platform, token, subscription, topic, payload"
+				 " FROM chat.claim_push_notifications($1)", 1, params);
 	if (res == NULL)
 	{
 		/* logged; try again shortly rather than spin */
@@ -521,27 +894,42 @@ Claim(int n)
 	rows = PQntuples(res);
 	for (int i = 0; i < rows; i++)
 	{
-		int64_t		id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+		const char *ids = PQgetvalue(res, i, 0);
 		const char *platform = PQgetvalue(res, i, 1);
-		const char *why = NULL;
-		Delivery   *d = NULL;
-
+		const char *topic = PQgetvalue(res, i, 4);
+		const char *payload = PQgetvalue(res, i, 5);
+		const char *why = "out of memory";
 		FailReason	reason = FAIL_INVALID;
+		Delivery   *d = NULL;
+		bool		ok = false;
 
-		if (!strcmp(platform, "webpush"))
-			d = StartWebPush(id, PQgetvalue(res, i, 2), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4),
-							 PQgetvalue(res, i, 5), &why);
+		if (!strcmp(platform, "webpush") && vapid_key != NULL)
+			ok = (d = NewDelivery(KIND_WEBPUSH, ids, PQgetvalue(res, i, 2))) != NULL &&
+				PrepareWebPush(d, PQgetvalue(res, i, 3), topic, payload, &why);
+		else if (!strcmp(platform, "fcm") && fcm.key != NULL)
+			ok = (d = NewDelivery(KIND_FCM, ids, PQgetvalue(res, i, 2))) != NULL &&
+				PrepareFcm(d, topic, payload, &why);
+		else if (!strcmp(platform, "apns") && apns_key != NULL)
+			ok = (d = NewDelivery(KIND_APNS, ids, PQgetvalue(res, i, 2))) != NULL &&
+				PrepareApns(d, topic, payload, &why);
 		else
 		{
-			why = "platform not supported by this pusher";
+			why = "platform not configured in this pusher";
 			reason = FAIL_UNSUPPORTED;
 		}
-		if (d == NULL)
+		if (ok && !d->waiting && curl_multi_add_handle(multi, d->easy) != CURLM_OK)
+		{
+			ok = false;
+			why = "curl refused the request";
+		}
+		if (!ok)
 		{
 			char		error[256];
 
 			snprintf(error, sizeof(error), "%s: %s", platform, why);
-			FailRow(id, reason, error, 0);
+			FailIds(ids, d && d->nids ? d->ids[0] : strtoll(ids + 1, NULL, 10), reason, error, 0);
+			if (d != NULL)
+				FreeDelivery(d);
 			continue;
 		}
 		d->next = inflight;
@@ -582,41 +970,209 @@ FlushDone(void)
 	ndone = 0;
 }
 
-/* Handles the answer to one request. */
+/* Unlinks d from the inflight list. */
 static void
+Unlink(Delivery *d)
+{
+	for (Delivery **pp = &inflight; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == d)
+		{
+			*pp = d->next;
+			ninflight--;
+			want_claim = true;	/* a slot is free */
+			return;
+		}
+}
+
+/* The FCM token request finished: cache the token and start the waiting requests, or fail them. */
+static void
+FcmTokenFinished(Delivery *t, CURLcode result)
+{
+	long		status = 0,
+				expires_in = 0;
+	char	   *token = NULL;
+	char		error[300];
+	Delivery   *next;
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (result == CURLE_OK && status == 200 && t->resp != NULL &&
+		fcm_parse_token(t->resp, &token, &expires_in) == 0)
+	{
+		free(fcm_access);
+		fcm_access = token;
+		fcm_fetched_at = Now();
+		/* renewed a minute early, but kept at least a second */
+		fcm_expires = fcm_fetched_at + (expires_in > FCM_EARLY_S + 1 ? expires_in - FCM_EARLY_S : 1);
+		stats.tokens++;
+		Log("info", 0, "fcm: access token for %s, %ld s", fcm.client_email, expires_in);
+	}
+	else if (result != CURLE_OK)
+		snprintf(error, sizeof(error), "fcm token: transport: %s", curl_easy_strerror(result));
+	else
+		snprintf(error, sizeof(error), "fcm token: http %ld: %.200s", status, t->resp ? t->resp : "");
+	for (Delivery *d = inflight; d != NULL; d = next)
+	{
+		next = d->next;
+		if (d->kind != KIND_FCM || !d->waiting)
+			continue;
+		if (token != NULL && FcmAuthorize(d) && curl_multi_add_handle(multi, d->easy) == CURLM_OK)
+		{
+			d->waiting = false;
+			continue;
+		}
+		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, token != NULL ? "fcm: could not start the request" : error, 0);
+		stats.retried++;
+		Unlink(d);
+		FreeDelivery(d);
+	}
+}
+
+/*
+ * FCM requests left waiting without a token request under way (it could
+ * not be started, or a token came while they were being claimed): start
+ * them with the cached token, or ask for one; when even that cannot be
+ * started, fail them (they back off) rather than hold them forever.
+ */
+static void
+FcmPump(void)
+{
+	Delivery   *next;
+	bool		any = false;
+
+	for (Delivery *d = inflight; d != NULL && !any; d = d->next)
+		any = d->kind == KIND_FCM && d->waiting;
+	if (!any || fcm_fetch != NULL)
+		return;
+	if (!FcmTokenValid())
+		FcmFetchToken();
+	if (fcm_fetch != NULL)
+		return;
+	for (Delivery *d = inflight; d != NULL; d = next)
+	{
+		next = d->next;
+		if (d->kind != KIND_FCM || !d->waiting)
+			continue;
+		if (FcmTokenValid() && FcmAuthorize(d) && curl_multi_add_handle(multi, d->easy) == CURLM_OK)
+		{
+			d->waiting = false;
+			continue;
+		}
+		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, "fcm: could not start the token request", 0);
+		stats.retried++;
+		Unlink(d);
+		FreeDelivery(d);
+	}
+}
+
+/* The answer means the registration is gone, per platform. */
+static bool
+Gone(const Delivery *d, long status)
+{
+	switch (d->kind)
+	{
+		case KIND_FCM:
+			return fcm_unregistered(status, d->resp);
+		case KIND_APNS:
+			return apns_unregistered(status, d->resp);
+		default:
+			return status == 404 || status == 410;
+	}
+}
+
+/*
+ * The credential of d was refused: make a new one (unless that happened
+ * since d was sent) and send d again, once.  false when it was already sent
+ * again or cannot be.
+ */
+static bool
+Reauthorize(Delivery *d)
+{
+	char		line[1200];
+	const char *bearer;
+
+	if (d->reauthorized)
+		return false;
+	d->reauthorized = true;
+	free(d->resp);
+	d->resp = NULL;
+	d->resp_len = 0;
+	if (d->kind == KIND_FCM)
+	{
+		if (fcm_access != NULL && fcm_fetched_at <= d->credential_at)
+		{
+			free(fcm_access);
+			fcm_access = NULL;
+		}
+		if (FcmTokenValid())
+			return FcmAuthorize(d) && curl_multi_add_handle(multi, d->easy) == CURLM_OK;
+		d->waiting = true;
+		FcmFetchToken();
+		return true;
+	}
+	if (apns_jwt_at <= d->credential_at)
+		apns_jwt_at = 0;
+	if ((bearer = ApnsBearer()) == NULL)
+		return false;
+	snprintf(line, sizeof(line), "authorization: bearer %s", bearer);
+	return SetCredential(d, line, apns_jwt_at) && curl_multi_add_handle(multi, d->easy) == CURLM_OK;
+}
+
+/* Handles the answer to one request; true when d was sent again (it stays in flight). */
+static bool
 Finished(Delivery *d, CURLcode result)
 {
 	long		status = 0;
 	curl_off_t	retry_after = 0;
 	char		error[300];
-	const char *params[2] = {d->id_text, d->token};
+	char		first[24];
+	const char *params[2] = {first, d->token};
 
+	snprintf(first, sizeof(first), "%" PRId64, d->ids[0]);
 	curl_easy_getinfo(d->easy, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_getinfo(d->easy, CURLINFO_RETRY_AFTER, &retry_after);
 	if (result != CURLE_OK)
 	{
 		snprintf(error, sizeof(error), "transport: %s", curl_easy_strerror(result));
-		FailRow(d->id, FAIL_TRANSPORT, error, 0);
+		FailIds(d->ids_text, d->ids[0], FAIL_TRANSPORT, error, 0);
 		stats.retried++;
 	}
 	else if (status >= 200 && status < 300)
 	{
-		done_ids[ndone++] = d->id;
+		AddDone(d->ids, d->nids);
 		stats.sent++;
 	}
-	else if (status == 404 || status == 410)
+	else if (Gone(d, status))
 	{
+		/* forget_push drops the device's other rows with the registration */
 		DbDo("SELECT chat.forget_push($1, $2)", 2, params);
-		Log("info", d->id, "push endpoint answered %ld: registration forgotten", status);
+		if (d->nids > 1)
+			AddDone(d->ids + 1, d->nids - 1);
+		Log("info", d->ids[0], "push endpoint answered %ld: registration forgotten", status);
 		stats.gone++;
+	}
+	else if ((d->kind == KIND_FCM && status == 401) || (d->kind == KIND_APNS && apns_token_refused(status, d->resp)))
+	{
+		/*
+		 * The credential was refused (expired or revoked early): send again
+		 * at once with a new one; refused again, back off like any failure
+		 * (a wrong key must not burn the attempts quickly).
+		 */
+		snprintf(error, sizeof(error), "%s refused the credential: http %ld %.200s",
+				 d->kind == KIND_FCM ? "fcm" : "apns", status, d->resp ? d->resp : "");
+		Log("warning", d->ids[0], "%s", error);
+		if (Reauthorize(d))
+			return true;
+		FailIds(d->ids_text, d->ids[0], FAIL_AUTH, error, 0);
+		stats.retried++;
 	}
 	else
 	{
-		snprintf(error, sizeof(error), "http %ld", status);
-		FailRow(d->id, status == 429 ? FAIL_HTTP_429 : status >= 500 ? FAIL_HTTP_5XX : FAIL_HTTP_4XX, error,
-				(status == 429 || status >= 500) ? (long) retry_after : 0);
+		snprintf(error, sizeof(error), "http %ld%s%.200s", status, d->resp ? ": " : "", d->resp ? d->resp : "");
+		FailIds(d->ids_text, d->ids[0], status == 429 ? FAIL_HTTP_429 : status >= 500 ? FAIL_HTTP_5XX : FAIL_HTTP_4XX,
+				error, (status == 429 || status >= 500) ? (long) retry_after : 0);
 		stats.retried++;
 	}
+	return false;
 }
 
 /* Collects finished transfers. */
@@ -629,41 +1185,49 @@ Reap(void)
 	while ((m = curl_multi_info_read(multi, &left)) != NULL)
 	{
 		Delivery   *d = NULL;
-		Delivery  **pp;
 
 		if (m->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **) &d);
-		Finished(d, m->data.result);
 		curl_multi_remove_handle(multi, d->easy);
-		for (pp = &inflight; *pp != NULL; pp = &(*pp)->next)
-			if (*pp == d)
-			{
-				*pp = d->next;
-				break;
-			}
-		ninflight--;
+		if (d->kind == KIND_FCM_TOKEN)
+		{
+			fcm_fetch = NULL;
+			FcmTokenFinished(d, m->data.result);
+		}
+		else if (Finished(d, m->data.result))
+			continue;
+		else
+			Unlink(d);
 		FreeDelivery(d);
-		want_claim = true;		/* a slot is free */
 	}
 	FlushDone();
 }
 
-/* Extends the leases of the rows in flight. */
+/* Extends the leases of the rows in flight (and of FCM rows waiting for a token). */
 static void
 Renew(void)
 {
 	char	   *ids;
-	size_t		len = 3 + (size_t) ninflight * 21,
+	size_t		len = 3,
 				off = 0;
 	const char *params[1];
 
 	last_renew = Now();
+	for (Delivery *d = inflight; d != NULL; d = d->next)
+		len += strlen(d->ids_text) + 1;
 	if (ninflight == 0 || (ids = malloc(len)) == NULL)
 		return;
 	ids[off++] = '{';
 	for (Delivery *d = inflight; d != NULL; d = d->next)
-		off += snprintf(ids + off, len - off, "%s%s", off > 1 ? "," : "", d->id_text);
+	{
+		size_t		n = strlen(d->ids_text) - 2;
+
+		if (off > 1)
+			ids[off++] = ',';
+		memcpy(ids + off, d->ids_text + 1, n);
+		off += n;
+	}
 	ids[off++] = '}';
 	ids[off] = '\0';
 	params[0] = ids;
@@ -736,11 +1300,13 @@ MetricsRender(char *buf, size_t size)
 				 "# TYPE chat_pusher_gone_total counter\nchat_pusher_gone_total %ld\n"
 				 "# HELP chat_pusher_retries_total Failed attempts that the outbox retries.\n"
 				 "# TYPE chat_pusher_retries_total counter\nchat_pusher_retries_total %ld\n"
+				 "# HELP chat_pusher_fcm_tokens_total FCM OAuth2 access tokens obtained.\n"
+				 "# TYPE chat_pusher_fcm_tokens_total counter\nchat_pusher_fcm_tokens_total %ld\n"
 				 "# HELP chat_pusher_inflight Requests in flight.\n"
 				 "# TYPE chat_pusher_inflight gauge\nchat_pusher_inflight %d\n"
 				 "# HELP chat_pusher_failed_total Failed attempts by reason.\n"
 				 "# TYPE chat_pusher_failed_total counter\n",
-				 stats.sent, stats.gone, stats.retried, ninflight);
+				 stats.sent, stats.gone, stats.retried, stats.tokens, ninflight);
 	for (int r = 0; r < FAIL_NREASONS && n > 0 && (size_t) n < size; r++)
 		n += snprintf(buf + n, size - n, "chat_pusher_failed_total{reason=\"%s\"} %ld\n",
 					  fail_labels[r], stats.failed[r]);
@@ -881,6 +1447,8 @@ Run(void)
 		}
 		if (db != NULL && !stopping && want_claim && ninflight < cfg.concurrency)
 			Claim(cfg.concurrency - ninflight);
+		if (fcm.key != NULL)
+			FcmPump();
 		if (ninflight > 0 && now - last_renew >= RENEW_EVERY_S)
 			Renew();
 		curl_multi_perform(multi, &running);
@@ -937,7 +1505,7 @@ main(int argc, char **argv)
 	int			rc;
 
 	ParseArgs(argc, argv);
-	LoadVapidKey();
+	LoadKeys();
 	MetricsOpen();
 	SetupSignals();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (multi = curl_multi_init()) == NULL)
@@ -946,16 +1514,22 @@ main(int argc, char **argv)
 		return 1;
 	}
 	curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
-	done_ids = calloc(cfg.concurrency, sizeof(*done_ids));
-	if (done_ids == NULL)
-		return 1;
 	if (!DbConnect())
 		Log("warning", 0, "retrying the database connection every %.0f s", RECONNECT_EVERY_S);
 	Log("info", 0, "chat-pusher started (concurrency %d)", cfg.concurrency);
 	rc = Run();
+	if (fcm_fetch != NULL)
+	{
+		curl_multi_remove_handle(multi, fcm_fetch->easy);
+		FreeDelivery(fcm_fetch);
+		fcm_fetch = NULL;
+	}
 	curl_multi_cleanup(multi);
 	curl_global_cleanup();
 	EVP_PKEY_free(vapid_key);
+	EVP_PKEY_free(apns_key);
+	fcm_free_account(&fcm);
+	free(fcm_access);
 	if (db != NULL)
 		PQfinish(db);
 	if (metrics_fd >= 0)

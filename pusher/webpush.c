@@ -5,6 +5,7 @@
  * test_webpush.c.
  */
 #include "webpush.h"
+#include "jwt.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -297,36 +298,6 @@ wp_origin(const char *url, char *out, size_t outsz)
 	return 0;
 }
 
-/* ES256 signature (raw r || s, 64 bytes) of data with key. */
-static int
-SignEs256(EVP_PKEY *key, const char *data, unsigned char sig[64])
-{
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	unsigned char der[80];
-	size_t		der_len = sizeof(der);
-	const unsigned char *q = der;
-	ECDSA_SIG  *es = NULL;
-	const BIGNUM *r,
-			   *s;
-	int			rc = -1;
-
-	if (md == NULL || EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
-		EVP_DigestSign(md, der, &der_len, (const unsigned char *) data, strlen(data)) != 1)
-		goto done;
-	/* JWS wants the fixed-width r || s, OpenSSL gives DER. */
-	es = d2i_ECDSA_SIG(NULL, &q, (long) der_len);
-	if (es == NULL)
-		goto done;
-	ECDSA_SIG_get0(es, &r, &s);
-	if (BN_bn2binpad(r, sig, 32) != 32 || BN_bn2binpad(s, sig + 32, 32) != 32)
-		goto done;
-	rc = 0;
-done:
-	ECDSA_SIG_free(es);
-	EVP_MD_CTX_free(md);
-	return rc;
-}
-
 /* "vapid t=<JWT>, k=<public key>" for a push to endpoint. */
 int
 wp_vapid_authorization(EVP_PKEY *key, const char *endpoint, const char *subject,
@@ -335,11 +306,9 @@ wp_vapid_authorization(EVP_PKEY *key, const char *endpoint, const char *subject,
 	static const char header[] = "{\"typ\":\"JWT\",\"alg\":\"ES256\"}";
 	char		aud[512],
 				claims[1024],
-				signing[2048],
-				pub_b64[100],
-				sig_b64[100];
-	unsigned char pub[WP_POINT_LEN],
-				sig[64];
+				jwt[2048],
+				pub_b64[100];
+	unsigned char pub[WP_POINT_LEN];
 	int			n;
 
 	if (ttl <= 0 || ttl > 24 * 3600 || wp_origin(endpoint, aud, sizeof(aud)) != 0 ||
@@ -349,16 +318,9 @@ wp_vapid_authorization(EVP_PKEY *key, const char *endpoint, const char *subject,
 				 aud, (long long) now + ttl, subject);
 	if (n < 0 || (size_t) n >= sizeof(claims))
 		return -1;
-	n = b64url_encode((const unsigned char *) header, strlen(header), signing, sizeof(signing));
-	if (n < 0)
+	if (!EVP_PKEY_is_a(key, "EC") || jwt_sign(key, header, claims, jwt, sizeof(jwt)) != 0 ||
+		wp_public_point(key, pub) != 0 || b64url_encode(pub, sizeof(pub), pub_b64, sizeof(pub_b64)) < 0)
 		return -1;
-	signing[n++] = '.';
-	if (b64url_encode((const unsigned char *) claims, strlen(claims), signing + n, sizeof(signing) - n) < 0)
-		return -1;
-	if (SignEs256(key, signing, sig) != 0 || wp_public_point(key, pub) != 0 ||
-		b64url_encode(sig, sizeof(sig), sig_b64, sizeof(sig_b64)) < 0 ||
-		b64url_encode(pub, sizeof(pub), pub_b64, sizeof(pub_b64)) < 0)
-		return -1;
-	n = snprintf(out, outsz, "vapid t=%s.%s, k=%s", signing, sig_b64, pub_b64);
+	n = snprintf(out, outsz, "vapid t=%s, k=%s", jwt, pub_b64);
 	return (n < 0 || (size_t) n >= outsz) ? -1 : 0;
 }

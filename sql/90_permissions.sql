@@ -32,7 +32,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION
     chat.claim_push(integer), chat.complete_push(bigint[]), chat.fail_push(bigint, text),
     chat.claim_push_deliveries(integer), chat.renew_push(bigint[]), chat.fail_push(bigint, text, interval),
-    chat.forget_push(bigint, text), chat.next_push_due(), chat.push_queue_stats()
+    chat.forget_push(bigint, text), chat.next_push_due(), chat.push_queue_stats(),
+    chat.claim_push_notifications(integer)
   TO chat_rt_pusher;
 
 SET ROLE chat_rt_gateway;
@@ -60,14 +61,15 @@ RESET ROLE;
 SELECT count(*) AS push_rows_left FROM chat.push_outbox;
 
 -- chat-pusher's calls: a Web Push registration made through the gateway,
--- claimed with the device's subscription, renewed, failed, forgotten.
+-- claimed (coalesced, as chat-pusher does) with the device's subscription,
+-- renewed, failed, forgotten.
 SET ROLE chat_rt_gateway;
 SELECT chat.client_request('gw1', 2, 1, '{"id":3,"type":"register_push","platform":"webpush","subscription":{"endpoint":"https://push.example/ben","keys":{"p256dh":"BKP6HVSMkZBcCk9pWzvAo-qCVnFB7gkOGf5ynTvJ5kxlvoFRG9I-xeEfDLWHw7dGySgaqMvL9vpB0SzpLNjcLUo","auth":"Yn1m9dob4TUgv4XUsLgi5A"}}}') ->> 'type' AS register_push;
 SELECT chat.client_request('gw1', 1, 1, '{"id":4,"type":"send","conversation":1,"body":"push me"}') ->> 'type' AS send;
 RESET ROLE;
 SET ROLE chat_rt_pusher;
-SELECT id AS pid, token, subscription ->> 'endpoint' AS endpoint, topic, payload ->> 'body' AS body
-  FROM chat.claim_push_deliveries(10) \gset
+SELECT ids[1] AS pid, token, subscription ->> 'endpoint' AS endpoint, topic, payload ->> 'body' AS body
+  FROM chat.claim_push_notifications(10) \gset
 SELECT :'token' AS token, :'endpoint' AS endpoint, :'topic' AS topic, :'body' AS body;
 SELECT chat.renew_push(ARRAY[:pid]::bigint[]) AS renewed;
 SELECT chat.fail_push(:pid, 'http 503', interval '1 second') AS retry;

@@ -1,7 +1,7 @@
 // app.js: the pgchat demo page.  Plain DOM on top of chat-client.js: chat
 // list, conversation view with history paging, composer, typing, ticks,
 // presence, new chats, connection state and errors.  The token comes from the
-// URL fragment (#token=...&refresh=URL&names=1:alice,2:bob), put there by the
+// URL fragment (#token=...&refresh=URL&names=1:alice,2:bob&conversation=N), put there by the
 // application; with refresh=, fresh tokens come from that URL (the
 // application's token endpoint, {"token": ...}) before the current one expires.
 //
@@ -72,7 +72,10 @@ function refreshConversations() {
       for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
       renderList();
       header();
-      if (S.current === null && rows.length && window.innerWidth > 700) openConversation(rows[0].conversation);
+      // #conversation=N: opened from a notification.
+      const wanted = Number(params.get('conversation'));
+      if (S.current === null && Number.isInteger(wanted) && S.convs.has(wanted)) openConversation(wanted);
+      else if (S.current === null && rows.length && window.innerWidth > 700) openConversation(rows[0].conversation);
       refreshPresence();
     } catch (e) {
       toast(errorText(e, 'Could not load chats'));
@@ -247,6 +250,53 @@ function addRow(id, kind, title) {
 // ------------------------------------------------------------ client events
 
 /** Connects and follows the client's events. */
+// ------------------------------------------------------------- notifications
+
+let vapidKey = null;
+
+/** The bytes of a base64url string (the VAPID key of hello). */
+function b64urlBytes(s) {
+  const b = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (s.length % 4)) % 4));
+  return Uint8Array.from(b, (c) => c.charCodeAt(0));
+}
+
+/** Shows "Enable notifications" when the gateway announces a VAPID key and the browser can push. */
+function offerNotifications(key) {
+  vapidKey = typeof key === 'string' && key ? key : null;
+  const able = vapidKey && 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+  $('notify').hidden = !able || Notification.permission === 'denied';
+  if (able && Notification.permission === 'granted') enableNotifications(true);
+}
+
+/** Tells the service worker the names the page knows, so that notifications are titled with them. */
+async function tellWorker() {
+  const reg = await navigator.serviceWorker?.getRegistration?.();
+  reg?.active?.postMessage({ type: 'names', names: [...S.names] });
+  reg?.active?.postMessage({ type: 'page', url: location.href });
+}
+
+/** Subscribes with the gateway's VAPID key and registers the subscription (register_push). */
+async function enableNotifications(quiet = false) {
+  try {
+    if (!quiet && (await Notification.requestPermission()) !== 'granted') { toast('Notifications are blocked for this page', 'info'); return; }
+    const reg = await navigator.serviceWorker.register('sw.js');
+    await navigator.serviceWorker.ready;
+    await tellWorker();
+    let sub = await reg.pushManager.getSubscription();
+    if (sub && sub.options?.applicationServerKey) {
+      const had = new Uint8Array(sub.options.applicationServerKey);
+      const want = b64urlBytes(vapidKey);
+      if (had.length !== want.length || had.some((b, i) => b !== want[i])) { await sub.unsubscribe(); sub = null; }
+    }
+    sub = sub || await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64urlBytes(vapidKey) });
+    const { endpoint, keys } = sub.toJSON();
+    await client.request('register_push', { platform: 'webpush', subscription: { endpoint, keys } });
+    $('notify').textContent = 'Notifications on';
+    $('notify').disabled = true;
+    if (!quiet) toast('Notifications are on', 'info');
+  } catch (e) { if (!quiet) toast(errorText(e, 'Could not enable notifications')); }
+}
+
 function start() {
   if (!token) {
     $('app').hidden = true;
@@ -272,6 +322,7 @@ function start() {
   client.on('hello', (h) => {
     S.me = Number(h.user);
     refreshConversations();
+    offerNotifications(h.vapid_public_key);
   });
   client.on('synced', () => refreshConversations());
   client.on('message', (m) => {
@@ -367,6 +418,11 @@ $('back').addEventListener('click', () => { document.body.classList.remove('show
 document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') markCurrentRead(); });
 window.addEventListener('hashchange', () => location.reload());
 
+$('notify').addEventListener('click', () => enableNotifications());
+// A notification was clicked while the page is open: the worker asks it to open the conversation.
+navigator.serviceWorker?.addEventListener('message', (ev) => {
+  if (ev.data?.type === 'open' && Number.isInteger(ev.data.conversation)) openConversation(ev.data.conversation);
+});
 $('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('dialog-direct').showModal(); });
 $('dialog-direct').addEventListener('close', async () => {
   if ($('dialog-direct').returnValue !== 'ok') return;

@@ -5,8 +5,23 @@
 -- again: another or a restarted pusher delivers them within a minute.
 -- Queuing rows notifies channel chat_push (push.c) so pushers wake at once.
 
+-- How long a queued row waits before it may be claimed: chat.push_coalesce_ms
+-- (0 when the library has not defined it in this session).
+CREATE FUNCTION chat.push_hold()
+RETURNS interval
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(nullif(current_setting('chat.push_coalesce_ms', true), '')::integer, 0)
+           * interval '1 millisecond'
+$$;
+REVOKE ALL ON FUNCTION chat.push_hold() FROM PUBLIC;
+COMMENT ON FUNCTION chat.push_hold() IS
+    'internal: chat.push_coalesce_ms as an interval, the wait before a queued push may be claimed';
+
 -- Hands out up to batch due rows, oldest first, skipping rows another
 -- pusher holds; counts the attempt and leases the rows for 30 seconds.
+-- A row queued less than chat.push_coalesce_ms ago is not due yet (so that
+-- chat.claim_push_notifications coalesces the messages of a burst).
 CREATE FUNCTION chat.claim_push(batch integer DEFAULT 100)
 RETURNS SETOF chat.push_outbox
 LANGUAGE plpgsql SECURITY DEFINER
@@ -21,6 +36,7 @@ BEGIN
        SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
      WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
                      WHERE q.next_attempt_at <= now()
+                       AND q.created_at <= now() - chat.push_hold()
                      ORDER BY q.next_attempt_at, q.id
                      LIMIT batch
                      FOR UPDATE SKIP LOCKED)
@@ -209,7 +225,8 @@ $$;
 -- registration": {"type":"message","conversation","seq","sender","unread"}
 -- with unread the user's unread messages over all conversations (the badge)
 -- at claim time, plus "body" (200 characters) for a text message not
--- deleted; never for e2e.  topic names the conversation, so a newer
+-- deleted whose recipient allows previews (users.push_previews); never for
+-- e2e.  chat-pusher uses chat.claim_push_notifications (coalesced).  topic names the conversation, so a newer
 -- notification replaces an older one.
 CREATE FUNCTION chat.claim_push_deliveries(batch integer DEFAULT 100)
 RETURNS TABLE(id bigint, attempts integer, platform text, token text, subscription jsonb,
@@ -231,6 +248,7 @@ BEGIN
            jsonb_build_object('type', 'message', 'conversation', c.conversation_id, 'seq', c.seq,
                               'sender', x.sender_id, 'unread', u.unread)
            || CASE WHEN x.kind = 'text' AND x.deleted_at IS NULL
+                        AND (SELECT r.push_previews FROM chat.users r WHERE r.id = c.user_id)
                    THEN jsonb_build_object('body', left(x.body, 200)) ELSE '{}' END
       FROM unnest(claimed) c
       JOIN chat.devices d ON d.user_id = c.user_id AND d.device_id = c.device_id
@@ -292,7 +310,8 @@ CREATE FUNCTION chat.next_push_due()
 RETURNS timestamptz
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(next_attempt_at) FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
+    SELECT min(greatest(next_attempt_at, created_at + chat.push_hold()))
+      FROM chat.push_outbox WHERE next_attempt_at < 'infinity'
 $$;
 
 -- The outbox at a glance, for a pusher's /metrics: rows due now, the age in
@@ -334,3 +353,99 @@ COMMENT ON FUNCTION chat.next_push_due() IS
     'when the next push_outbox row comes due (NULL: none), for a pusher''s retry timer';
 COMMENT ON FUNCTION chat.push_queue_stats() IS
     'push_outbox rows due now, age of the oldest due row (seconds), pending and given-up rows, for /metrics';
+
+-- Push previews and coalescing (issue 14).
+
+-- A user's choice whether push notifications may carry a preview of the
+-- message (the body, cut to 200 characters).  Appended: columns added to a
+-- released table go last, as the upgrade adds them.
+ALTER TABLE chat.users ADD COLUMN push_previews boolean NOT NULL DEFAULT true;
+COMMENT ON COLUMN chat.users.push_previews IS
+    'false: push notifications to the user carry no preview of the message body';
+
+-- Sets whether the user's push notifications carry a message preview.
+CREATE FUNCTION chat.set_push_previews(actor bigint, previews boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF previews IS NULL THEN
+        RAISE EXCEPTION 'invalid push previews setting NULL'
+            USING ERRCODE = '22023', HINT = 'Pass true or false.';
+    END IF;
+    UPDATE chat.users u SET push_previews = set_push_previews.previews WHERE u.id = actor;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'user % does not exist', actor USING ERRCODE = 'P0002';
+    END IF;
+END
+$$;
+
+-- What a pusher delivers, coalesced: claims like chat.claim_push, adds the
+-- other due rows of the same device and conversation (skipping rows another
+-- pusher holds), and returns one notification per device and conversation
+-- with ids, every outbox row it stands for (complete, fail or renew them
+-- all).  Rows of devices with no registration are removed, as in
+-- chat.claim_push_deliveries.  payload is that of claim_push_deliveries for
+-- the newest message (seq), plus "first_seq", the oldest seq, when the
+-- notification stands for more than one message; "body" only for a text
+-- message not deleted whose recipient allows previews (users.push_previews),
+-- so never for e2e.
+CREATE FUNCTION chat.claim_push_notifications(batch integer DEFAULT 100)
+RETURNS TABLE(ids bigint[], platform text, token text, subscription jsonb, topic text, payload jsonb)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claimed chat.push_outbox[] := ARRAY(SELECT p FROM chat.claim_push(batch) p);
+    joined chat.push_outbox[];
+BEGIN
+    WITH more AS (
+        UPDATE chat.push_outbox p
+           SET attempts = p.attempts + 1, next_attempt_at = now() + interval '30 seconds'
+         WHERE p.id IN (SELECT q.id FROM chat.push_outbox q
+                         WHERE q.next_attempt_at <= now()
+                           AND (q.user_id, q.device_id, q.conversation_id) IN
+                               (SELECT c.user_id, c.device_id, c.conversation_id FROM unnest(claimed) c)
+                         FOR UPDATE SKIP LOCKED)
+        RETURNING p.*)
+    SELECT coalesce(array_agg(m), '{}') INTO joined FROM more m;
+    claimed := claimed || joined;
+    DELETE FROM chat.push_outbox o
+     USING unnest(claimed) c
+     WHERE o.id = c.id
+       AND NOT EXISTS (SELECT FROM chat.devices d
+                        WHERE d.user_id = c.user_id AND d.device_id = c.device_id
+                          AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL);
+    RETURN QUERY
+    WITH g AS (
+        SELECT c.user_id, c.device_id, c.conversation_id, array_agg(c.id ORDER BY c.seq, c.id) AS ids,
+               min(c.seq) AS first_seq, max(c.seq) AS seq, count(DISTINCT c.seq) AS n
+          FROM unnest(claimed) c
+         GROUP BY c.user_id, c.device_id, c.conversation_id)
+    SELECT g.ids, d.push_platform, d.push_token, d.push_subscription,
+           'c' || g.conversation_id,
+           jsonb_build_object('type', 'message', 'conversation', g.conversation_id, 'seq', g.seq,
+                              'sender', x.sender_id, 'unread', u.unread)
+           || CASE WHEN g.n > 1 THEN jsonb_build_object('first_seq', g.first_seq) ELSE '{}' END
+           || CASE WHEN x.kind = 'text' AND x.deleted_at IS NULL AND r.push_previews
+                   THEN jsonb_build_object('body', left(x.body, 200)) ELSE '{}' END
+      FROM g
+      JOIN chat.devices d ON d.user_id = g.user_id AND d.device_id = g.device_id
+                         AND d.push_token IS NOT NULL AND d.push_platform IS NOT NULL
+      JOIN chat.users r ON r.id = g.user_id
+      LEFT JOIN chat.messages x ON x.conversation_id = g.conversation_id AND x.seq = g.seq
+      CROSS JOIN LATERAL (
+          SELECT coalesce(sum(GREATEST(v.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                     - (SELECT count(*) FROM chat.messages e
+                         WHERE e.conversation_id = m.conversation_id AND e.target IS NOT NULL
+                           AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0)), 0)::bigint AS unread
+            FROM chat.members m JOIN chat.conversations v ON v.id = m.conversation_id
+           WHERE m.user_id = g.user_id AND m.left_at IS NULL) u
+     ORDER BY g.ids[1];
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.set_push_previews(bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.claim_push_notifications(integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.set_push_previews(bigint, boolean) IS
+    'sets whether the user''s push notifications carry a preview of the message body';
+COMMENT ON FUNCTION chat.claim_push_notifications(integer) IS
+    'claims due pushes coalesced per device and conversation: the rows (ids), registration, topic and payload with first_seq';

@@ -273,6 +273,9 @@ BEGIN
     WHEN 'unregister_push' THEN
         PERFORM chat.unregister_push(user_id, device_id);
         RETURN '{}';
+    WHEN 'set_push_previews' THEN
+        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
+        RETURN '{}';
     -- Group administration (16_groups.sql).
     WHEN 'members' THEN
         RETURN jsonb_build_object('members', coalesce((

@@ -66,11 +66,15 @@ media_dir=$(mktemp -d /tmp/chat-browser-media.XXXXXX)
   --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --media-dir "$media_dir" >"$artifacts/media.log" 2>&1 &
 media_pid=$!
 
+# A VAPID key, so that hello offers notifications (push.test.mjs).
+openssl ecparam -name prime256v1 -genkey -noout 2>/dev/null | openssl pkcs8 -topk8 -nocrypt -out "$artifacts/vapid.pem"
+
 port=$(free_port)
 "$gateway" --listen "127.0.0.1:$port" --node browser \
   --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" \
   --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --static "$top/web" \
-  --media-url "http://127.0.0.1:$media_port" >"$artifacts/gateway.log" 2>&1 &
+  --media-url "http://127.0.0.1:$media_port" \
+  --vapid-public-key "$artifacts/vapid.pem" >"$artifacts/gateway.log" 2>&1 &
 gw_pid=$!
 
 for i in $(seq 1 100); do

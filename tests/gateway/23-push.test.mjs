@@ -81,3 +81,19 @@ test('register_push and unregister_push over the WebSocket', async () => {
   assert.deepEqual(await device(), { push_token: null, push_platform: null, push_subscription: null });
   c.close();
 });
+
+test('set_push_previews over the WebSocket: a boolean only, stored for the user', async () => {
+  const c = await connectAs(without, alice.id, 1);
+  const previews = async () => (await rows(DB, `SELECT push_previews FROM chat.users WHERE id = ${alice.id}`))[0].push_previews;
+  for (const [req, code] of [[{}, '22023'], [{ previews: 'no' }, '22P02'], [{ previews: null }, '22023']]) {
+    const r = await c.request({ type: 'set_push_previews', ...req });
+    assert.equal(r.type, 'error', JSON.stringify(r));
+    assert.equal(r.code, code, JSON.stringify(r));
+  }
+  assert.equal(await previews(), true);
+  assert.deepEqual(await c.call({ type: 'set_push_previews', previews: false }), {});
+  assert.equal(await previews(), false);
+  assert.deepEqual(await c.call({ type: 'set_push_previews', previews: true }), {});
+  assert.equal(await previews(), true);
+  c.close();
+});

@@ -273,23 +273,61 @@ test('/metrics counts sent, gone, retries and failures by reason, and shows the 
   assert.equal((await scrape('/nothing')).status, 404);
 });
 
-// The seqs name received, as a sorted list of distinct values.
-const seqsOf = (name) => [...new Set((received.get(name) || []).map((r) => r.payload.seq))].sort((a, b) => a - b);
 const range = (a, b) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+
+// Registers a fake subscription for each of devices of user, named `${prefix}-${device}`, in one call.
+async function subscribeAll(user, devices, prefix) {
+  const calls = devices.map((device) => {
+    const ecdh = crypto.createECDH('prime256v1');
+    ecdh.generateKeys();
+    const auth = crypto.randomBytes(16);
+    subs.set(`${prefix}-${device}`, { ecdh, auth });
+    const sub = { endpoint: `${origin}/sub/${prefix}-${device}`, keys: { p256dh: b64u(ecdh.getPublicKey()), auth: b64u(auth) } };
+    return `SELECT chat.register_push(${user}, ${device}, 'webpush', NULL, ${lit(JSON.stringify(sub))}::jsonb);`;
+  });
+  await psql(DB, calls.join('\n'));
+}
+
+// The seqs the notifications to name stand for ([first_seq or seq, seq] each), sorted, with repeats.
+const coveredBy = (name) => (received.get(name) || [])
+  .flatMap((r) => range(r.payload.first_seq ?? r.payload.seq, r.payload.seq)).sort((a, b) => a - b);
+
+test('several messages queued together coalesce into one notification with first_seq; all rows completed', async () => {
+  const hank = await makeUser(DB);
+  const conv = await direct(DB, sender.id, hank.id);
+  await subscribe(hank.id, 1, 'hank');
+  await psql(DB, `SELECT chat.send_message(${sender.id}, ${conv}, 'c' || i) FROM generate_series(1, 5) i`);
+  const [got] = await waitFor('hank', 1, 2000);
+  await sleep(300);
+  assert.equal(received.get('hank').length, 1, 'one notification');
+  assert.deepEqual(got.payload, { type: 'message', conversation: conv, seq: 5, first_seq: 1, sender: sender.id, unread: 5, body: 'c5' });
+  assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${hank.id}`)), 0);
+  // Previews off: the same without body.
+  await psql(DB, `SELECT chat.set_push_previews(${hank.id}, false)`);
+  await send(sender.id, conv, 'hidden');
+  const list = await waitFor('hank', 2, 2000);
+  assert.deepEqual(list[1].payload, { type: 'message', conversation: conv, seq: 6, sender: sender.id, unread: 6 });
+});
 
 test('two pushers in parallel deliver each row once', async () => {
   const frank = await makeUser(DB);
+  await psql(DB, `SELECT chat.register_device(${frank.id}) FROM generate_series(2, 100)`);
   const conv = await direct(DB, sender.id, frank.id);
-  await subscribe(frank.id, 1, 'frank');
+  const devices = range(1, 100);
+  await subscribeAll(frank.id, devices, 'frank');
   const log2 = path.join(LOG_DIR, 'pusher-2.log');
   fs.writeFileSync(log2, '');
   const second = await startPusher([], log2);
   try {
-    await psql(DB, `SELECT chat.send_message(${sender.id}, ${conv}, 'n' || i) FROM generate_series(1, 100) i`);
-    await waitFor('frank', 100, 10000);
+    // One message to 100 devices: 100 rows, none coalescible, raced for by two pushers.
+    const { seq } = await send(sender.id, conv, 'to every device');
+    const until = Date.now() + 10000;
+    while (devices.some((d) => !received.has(`frank-${d}`)) && Date.now() < until) await sleep(50);
     await sleep(500);
-    assert.equal(received.get('frank').length, 100, 'no row delivered twice');
-    assert.deepEqual(seqsOf('frank'), range(1, 100));
+    for (const d of devices) {
+      assert.deepEqual((received.get(`frank-${d}`) || []).map((r) => r.payload.seq), [seq], `device ${d}: delivered exactly once`);
+    }
+    assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${frank.id}`)), 0);
     const logs = fs.readFileSync(pusherLog, 'utf8') + fs.readFileSync(log2, 'utf8');
     assert.equal(problems.length, 0, problems.join('; '));
     assert.ok(logs.length > 0);
@@ -299,23 +337,31 @@ test('two pushers in parallel deliver each row once', async () => {
 });
 
 test('kill -9 of the pusher with 200 rows pending loses none: a new pusher delivers all within 60 s', async () => {
+  // 200 messages to each of 8 devices: 1600 rows, coalesced into one notification per device.
   const gina = await makeUser(DB);
+  await psql(DB, `SELECT chat.register_device(${gina.id}) FROM generate_series(2, 8)`);
   const conv = await direct(DB, sender.id, gina.id);
-  await subscribe(gina.id, 1, 'gina');
-  holding.set('gina', []);
+  const devices = range(1, 8);
+  await subscribeAll(gina.id, devices, 'gina');
+  const names = devices.map((d) => `gina-${d}`);
+  for (const n of names) holding.set(n, []);
+  const held = () => names.reduce((k, n) => k + holding.get(n).length, 0);
   await psql(DB, `SELECT chat.send_message(${sender.id}, ${conv}, 'm' || i) FROM generate_series(1, 200) i`);
   const until = Date.now() + 5000;
-  while (holding.get('gina').length < 8 && Date.now() < until) await sleep(20);
-  assert.equal(holding.get('gina').length, 8, 'the pusher has --concurrency 8 requests in flight');
+  while (held() < 8 && Date.now() < until) await sleep(20);
+  assert.equal(held(), 8, 'the pusher has --concurrency 8 requests in flight');
   const killedAt = Date.now();
   pusher.kill('SIGKILL');
   await new Promise((r) => (pusher.exitCode !== null || pusher.signalCode !== null ? r() : pusher.on('exit', r)));
-  for (const res of holding.get('gina')) res.destroy();
-  holding.delete('gina');
+  for (const n of names) {
+    for (const res of holding.get(n)) res.destroy();
+    holding.delete(n);
+  }
   pusher = await startPusher();
-  const until2 = killedAt + 60000;
-  while (seqsOf('gina').length < 200 && Date.now() < until2) await sleep(100);
-  assert.deepEqual(seqsOf('gina'), range(1, 200), `delivered ${seqsOf('gina').length} of 200 within 60 s`);
+  const all = range(1, 200);
+  const covered = (n) => all.every((s) => coveredBy(n).includes(s));
+  while (!names.every(covered) && Date.now() < killedAt + 60000) await sleep(100);
+  for (const n of names) assert.ok(covered(n), `${n}: seqs ${JSON.stringify(received.get(n)?.map((r) => [r.payload.first_seq, r.payload.seq]))} within 60 s`);
   for (let i = 0; i < 50 && Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${gina.id}`)) > 0; i++) await sleep(50);
   assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.push_outbox WHERE user_id = ${gina.id}`)), 0);
 });
