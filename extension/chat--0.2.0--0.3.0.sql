@@ -421,8 +421,6 @@ BEGIN
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
                                        x.created_at, x.edited_at, x.deleted_at, x.target,
                                        x.attachments)::chat.message_view)
-
-                                       x.created_at, x.edited_at, x.deleted_at, x.target)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
@@ -499,7 +497,6 @@ BEGIN
     WHEN 'unregister_push' THEN
         PERFORM chat.unregister_push(user_id, device_id);
         RETURN '{}';
-
     WHEN 'set_push_previews' THEN
         PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
         RETURN '{}';
@@ -535,7 +532,6 @@ BEGIN
     WHEN 'media_url' THEN
         RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
                               chat.request_bool(request, 'thumbnail', false));
-
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
