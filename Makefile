@@ -36,6 +36,10 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: a changed struct in chat.h must rebuild
+# every object, or stale ones read it with the old layout.
+$(OBJS): $(wildcard extension/*.h)
+
 $(DATA_built): $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
 
