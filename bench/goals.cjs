@@ -56,7 +56,7 @@ function issue11Goals(runs) {
   // 3. 1:1 at 1,000 msg/s, one gateway process: against the hand-written
   // send at that rate and against the peer.
   {
-    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 1000 && (r.workers || 0) <= 1);
+    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 1000 && (r.workers || 0) <= 1 && !r.hops);
     const pe = peerOf(g);
     const b99 = lat('base-1', 'p99_ms'), b50 = lat('base-1', 'p50_ms');
     const q99 = ratioOf(p(g, 'p99'), b99), q50 = ratioOf(p(g, 'p50'), b50), qp = ratioOf(p(g, 'p99'), p(pe, 'p99'));
@@ -67,7 +67,7 @@ function issue11Goals(runs) {
   }
   // 4. 1:1 at 2,000 msg/s: p99 against the peer's.
   {
-    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 2000);
+    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 2000 && !r.hops);
     const pe = peerOf(g), q = ratioOf(p(g, 'p99'), p(pe, 'p99'));
     rows.push(row(`1:1 at 2,000 msg/s${g ? `, ${fmt(g.clients)} clients` : ''}: p99 <= 1/10 of the peer's`,
       `p50 ${fmt(p(g, 'p50'), 2)}, p99 ${fmt(p(g, 'p99'), 2)} ms`, `peer p50 ${fmt(p(pe, 'p50'), 2)}, p99 ${fmt(p(pe, 'p99'), 2)} ms`,
@@ -75,7 +75,7 @@ function issue11Goals(runs) {
   }
   // 5. 1:1 sends/s at saturation (closed loop) against the hand-written TPS.
   {
-    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 0);
+    const g = of('gateway', (r) => r.scenario === 'direct' && r.rate_target === 0 && !r.hops);
     const a = g ? num(g.sends_per_s) : null;
     const b = pg && pg.scripts && pg.scripts['base-1'] ? num(pg.scripts['base-1'].tps) : null;
     const q = ratioOf(a, b);

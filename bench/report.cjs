@@ -97,6 +97,17 @@ for (const name of names) {
   summary[name] = { gateway: g || null, peer: p || null };
 }
 
+// ---- latency anatomy: chat-load --trace against --trace-latency 1 ----
+for (const r of runs.filter((x) => Array.isArray(x.hops))) {
+  say();
+  say(`== ${r.run}: latency anatomy (${label[r.label]} --trace-latency 1), chat-load ${r.args}`);
+  say(`${'hop'.padEnd(42)}${'p50 ms'.padStart(10)}${'p99 ms'.padStart(10)}${'max ms'.padStart(10)}${'samples'.padStart(10)}`);
+  for (const h of r.hops) {
+    say(`${h.hop.padEnd(42)}${fmt(h.p50_ms, 3).padStart(10)}${fmt(h.p99_ms, 3).padStart(10)}${fmt(h.max_ms, 3).padStart(10)}${fmt(h.samples).padStart(10)}`);
+  }
+  say(`${'end to end (client send -> event received)'.padEnd(42)}${fmt(r.latency_ms.p50, 3).padStart(10)}${fmt(r.latency_ms.p99, 3).padStart(10)}${fmt(r.latency_ms.max, 3).padStart(10)}`);
+}
+
 // ---- the database alone: bench/send-cpu.sh (pgbench) ----
 for (const r of pgRuns) {
   say();

@@ -83,7 +83,7 @@ smoke_args() {
 # PostgreSQL CPU per send and the rate-limited latency of client_request
 # against the hand-written gapless send (the database baselines of the goals).
 sendcpu() {
-  case " ${BENCH_ONLY:-idle direct group storm sendcpu} " in *" sendcpu "*) ;; *) return 0 ;; esac
+  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy} " in *" sendcpu "*) ;; *) return 0 ;; esac
   local secs=${BENCH_SECS:-$1} out=$BENCH_TMP/send-cpu.json
   echo "--- send-cpu: bench/send-cpu.sh, ${secs}s per script" >&2
   if SECS=$secs LAT_SECS=$secs LAT_RATE=1000 CLIENTS=8 SENDCPU_JSON=$out \
@@ -103,9 +103,12 @@ run() {
   local args
   mapfile -t args < <(smoke_args "$@")
   set -- "${args[@]}"
-  case " ${BENCH_ONLY:-idle direct group storm sendcpu} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
+  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
   export BENCH_WORKERS=$workers
-  bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
+  # chat-load --trace needs the gateway's hop timestamps (--trace-latency 1)
+  local gwargs=${BENCH_GATEWAY_ARGS:-}
+  if [[ " $* " == *" --trace "* ]]; then gwargs="$gwargs --trace-latency 1"; fi
+  BENCH_GATEWAY_ARGS=$gwargs bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
   if [[ " $* " == *" storm "* ]]; then restart=(--restart-cmd "$top/bench/gw-ctl.sh restart $kind"); fi
   echo "--- $name on $kind (workers $workers): chat-load $*" >&2
   timeout 900 bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
@@ -142,6 +145,8 @@ if [ "$profile" = quick ]; then
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 10
   pair direct-1k 0 --scenario direct --clients 400 --rate 1000 --duration 10
   run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 10
+  # latency anatomy: the 1,000/s run again with per-hop timestamps
+  run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 10 --trace
   pair group 0     --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 8 --restart-at 2 "${ips[@]}"
 else
@@ -152,6 +157,7 @@ else
   pair direct-500 0 --scenario direct --clients 1000 --rate 500 --duration 20
   pair direct-1k 0 --scenario direct --clients 400 --rate 1000 --duration 20
   run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 15
+  run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 20 --trace
   pair group-256 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 15
   for w in 1 4 16; do
     pair group-64x4-w$w 0 --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window $w --duration 15

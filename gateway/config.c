@@ -57,6 +57,7 @@ static struct flag flags[] = {
 	{ "metrics-listen", S(metrics_listen), NULL, 0, 0, "HOST:PORT serving /metrics and /healthz alone; /metrics then leaves --listen", 0 },
 	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls", 0 },
 	{ "drain-timeout", I(drain_timeout), "5", 1, 3600, "seconds SIGTERM waits for clients to close", 0 },
+	{ "trace-latency", I(trace_latency), "0", 0, 1, "1: hop timestamps (\"trace\") in responses and events, for bench/chat-load --trace; 0: none, no cost", 0 },
 	{ "log-format", S(log_format), "text", 0, 0, "text or json", 0 },
 	{ "log-level", S(log_level), "info", 0, 0, "debug, info, warn or error", 0 },
 	{ "log-file", S(log_file), NULL, 0, 0, "append logs to FILE (reopened on SIGHUP); default stderr", 0 },

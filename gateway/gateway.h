@@ -46,6 +46,7 @@ struct config {
 	int max_token_ttl;		/* seconds: exp - (iat or now) */
 	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
 	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
+	int trace_latency;		/* 1: hop timestamps in responses and events (trace.c) */
 
 	/* derived at start-up */
 	unsigned char *secret;
@@ -335,6 +336,18 @@ int db_shutdown_done(void);
 
 int db_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		void *user, void *in, size_t len);
+
+/* ---- trace.c: --trace-latency (bench/chat-load --trace) ---- */
+
+/* CLOCK_REALTIME of the frame being handled (ws_frame sets it when on). */
+extern uint64_t trace_rx_us;
+uint64_t trace_wall_us(void);
+/* The response text with its hops appended (malloc'd; NULL: send as is). */
+char *trace_response(const char *json, size_t len, uint64_t rx, uint64_t db_call, size_t *out_len);
+/* An event frame stamped with the notification's arrival. */
+struct msg *trace_event_msg(const char *json, size_t len);
+/* Stamps a traced frame's write time, in place, just before lws_write. */
+void trace_stamp_write(struct msg *m);
 
 /* ---- metrics.c: Prometheus counters ---- */
 

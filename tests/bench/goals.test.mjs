@@ -101,3 +101,10 @@ test('loss, duplicates or a seq gap in any run is MISSED', () => {
   slow[11] = { ...slow[11], storm: { reconnected_s: 3.5, synced_s: 3 } };
   assert.equal(byGoal(issue11Goals(slow), 'storm').status, 'MISSED');
 });
+
+test('a traced (latency anatomy) run never stands in for the untraced runs of the goals', () => {
+  const runs = full().filter((r) => !(r.label === 'gateway' && r.scenario === 'direct'));
+  runs.push(direct('gateway', 'anatomy', 1000, 400, 1.0, 9, { hops: [] }));
+  const rows = issue11Goals(runs);
+  assert.equal(byGoal(rows, '1:1 at 1,000').status, 'NOT RUN');
+});
