@@ -24,7 +24,11 @@ ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-4}
 CONVS=200
 HZ=$(getconf CLK_TCK)
-lib=$("${PG_CONFIG:-pg_config}" --pkglibdir)/chat.so
+# The library is swapped in place: only ever in a private installation
+# (PG_CONFIG given explicitly, not under /usr), never the system's.
+[ -n "${PG_CONFIG:-}" ] || { echo "hotpath-cpu.sh: set PG_CONFIG to a private installation's pg_config" >&2; exit 2; }
+lib=$("$PG_CONFIG" --pkglibdir)/chat.so
+case $lib in /usr/*) echo "hotpath-cpu.sh: refusing to swap the system's $lib" >&2; exit 2 ;; esac
 builds="new"
 work=$(mktemp -d /tmp/chat-hotpath.XXXXXX)
 chmod 755 "$work"

@@ -602,6 +602,40 @@ test_hotpath(const char *g)
 	run("RESET chat.typing_interval");
 }
 
+/*
+ * Presence debounce (chat.presence_grace): a quick reconnect sends neither
+ * offline nor online; a user who stays away is announced offline by the
+ * heartbeat's sweep once the grace has passed, and online again after.
+ */
+static void
+test_presence_debounce(void)
+{
+	run("SET chat.presence_grace = '1h'");
+	collect(200);
+	run("SELECT chat.disconnect('gw2', 3, 1)");
+	run("SELECT chat.connect('gw2', 3, 1)");
+	collect(400);
+	check(count_events(NULL, "presence") == 0, "quick reconnect within the grace: no presence event (%d)",
+		  count_events(NULL, "presence"));
+	run("SELECT chat.disconnect('gw2', 3, 1)");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(400);
+	check(count_events(NULL, "\"user\": 3") == 0, "gone, grace not over: the sweep announces nothing yet");
+	run("UPDATE chat.presence_pending SET since = now() - interval '2 hours' WHERE user_id = 3");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 3, \"online\": false") == 1,
+		  "grace over: the next heartbeat announces user 3 offline to its peers on gw1");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(300);
+	check(count_events(NULL, "\"user\": 3") == 0, "announced once only");
+	run("SELECT chat.connect('gw2', 3, 1)");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 3, \"online\": true") == 1,
+		  "back after the announcement: online again");
+	run("RESET chat.presence_grace");
+}
+
 /* Presence: first device online / last device offline, and privacy. */
 static void
 test_presence(void)
@@ -720,6 +754,7 @@ main(int argc, char **argv)
 		test_receipts(g);
 		test_typing(g);
 		test_hotpath(g);
+		test_presence_debounce();
 		test_presence();
 		test_push_skip_locked(g);
 		test_split();
