@@ -84,7 +84,7 @@ function issue11Goals(runs) {
   }
   // 6. group fanout at saturation: the best run of each side.
   {
-    const best = (label) => runs.filter((r) => r.label === label && r.scenario === 'group')
+    const best = (label) => runs.filter((r) => r.label === label && r.scenario === 'group' && !String(r.run).startsWith('evlib'))
       .reduce((m, r) => (m === null || r.deliveries_per_s > m.deliveries_per_s ? r : m), null);
     const g = best('gateway'), pe = best('peer');
     const q = ratioOf(g && g.deliveries_per_s, pe && pe.deliveries_per_s);

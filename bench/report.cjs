@@ -108,6 +108,24 @@ for (const r of runs.filter((x) => Array.isArray(x.hops))) {
   say(`${'end to end (client send -> event received)'.padEnd(42)}${fmt(r.latency_ms.p50, 3).padStart(10)}${fmt(r.latency_ms.p99, 3).padStart(10)}${fmt(r.latency_ms.max, 3).padStart(10)}`);
 }
 
+// ---- event loops: the same broadcast on the poll loop and on libev ----
+{
+  const pl = runs.find((r) => r.run === 'evlib-poll' && r.label === 'gateway');
+  const ev = runs.find((r) => r.run === 'evlib-ev' && r.label === 'gateway');
+  if (pl && ev) {
+    const eff = (r) => (r.cpu_pct && r.cpu_pct.gateway > 0 ? r.deliveries_per_s / (r.cpu_pct.gateway / 100) : -1);
+    say();
+    say(`== event loop (chat-gateway --event-lib), ${pl.clients} clients, chat-load ${pl.args}`);
+    say(`${'metric'.padEnd(30)}${'poll'.padStart(16)}${'ev (epoll)'.padStart(16)}${'ev/poll'.padStart(10)}`);
+    for (const [k, a, b] of [['deliveries (frames) /s', pl.deliveries_per_s, ev.deliveries_per_s],
+      ['deliveries per gateway CPU-s', eff(pl), eff(ev)],
+      ['cpu % gateway (of 200)', pl.cpu_pct && pl.cpu_pct.gateway, ev.cpu_pct && ev.cpu_pct.gateway],
+      ['latency p99 ms', pl.latency_ms.p99, ev.latency_ms.p99]]) {
+      say(`${k.padEnd(30)}${fmt(a).padStart(16)}${fmt(b).padStart(16)}${ratio(b, a).padStart(10)}`);
+    }
+  }
+}
+
 // ---- the database alone: bench/send-cpu.sh (pgbench) ----
 for (const r of pgRuns) {
   say();

@@ -103,11 +103,13 @@ run() {
   local args
   mapfile -t args < <(smoke_args "$@")
   set -- "${args[@]}"
-  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
+  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy evlib} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
   export BENCH_WORKERS=$workers
   # chat-load --trace needs the gateway's hop timestamps (--trace-latency 1)
   local gwargs=${BENCH_GATEWAY_ARGS:-}
   if [[ " $* " == *" --trace "* ]]; then gwargs="$gwargs --trace-latency 1"; fi
+  # runs named *-ev: chat-gateway on lws's libev event library (--event-lib ev)
+  if [[ $name == *-ev ]]; then gwargs="$gwargs --event-lib ev"; fi
   BENCH_GATEWAY_ARGS=$gwargs bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
   if [[ " $* " == *" storm "* ]]; then restart=(--restart-cmd "$top/bench/gw-ctl.sh restart $kind"); fi
   echo "--- $name on $kind (workers $workers): chat-load $*" >&2
@@ -147,6 +149,13 @@ if [ "$profile" = quick ]; then
   run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 10
   # latency anatomy: the 1,000/s run again with per-hop timestamps
   run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 10 --trace
+  # the poll loop against lws's libev loop (epoll): broadcast to a few
+  # thousand sockets; only when asked (BENCH_ONLY="evlib")
+  if [[ " ${BENCH_ONLY:-} " == *" evlib "* ]]; then
+    for lib in poll ev; do
+      run gateway 0 evlib-$lib --scenario group --clients 3000 --group-size 100 --rate 250 --duration 10 "${ips[@]}"
+    done
+  fi
   pair group 0     --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 8 --restart-at 2 "${ips[@]}"
 else
@@ -158,6 +167,9 @@ else
   pair direct-1k 0 --scenario direct --clients 400 --rate 1000 --duration 20
   run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 15
   run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 20 --trace
+  for lib in poll ev; do
+    run gateway 0 evlib-$lib --scenario group --clients 10000 --group-size 100 --rate 250 --duration 15 "${ips[@]}"
+  done
   pair group-256 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 15
   for w in 1 4 16; do
     pair group-64x4-w$w 0 --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window $w --duration 15

@@ -47,6 +47,7 @@ struct config {
 	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
 	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
 	int trace_latency;		/* 1: hop timestamps in responses and events (trace.c) */
+	char *event_lib;		/* "poll" (lws's own loop) or "ev" (libev, epoll) */
 
 	/* derived at start-up */
 	unsigned char *secret;
@@ -105,6 +106,16 @@ extern volatile sig_atomic_t sig_term, sig_hup;
 void server_on_signal(int sig);
 /* Runs one single-threaded server process; returns its exit status. */
 int server_run(void);
+
+/* ---- evloop.c: --event-lib ev (lws's libev event library) ---- */
+
+/* Sets info up for lws's libev plugin on a loop of our own (epoll); 0, or
+ * -1 when the loop cannot be made. */
+int evloop_setup(struct lws_context_creation_info *info);
+/* Waits for and handles one round of events. */
+void evloop_run_once(void);
+/* Frees the loop once lws_context_destroy ran. */
+void evloop_destroy(void);
 
 /* ---- WebSocket close codes (ws.c, conn.c, db.c, route.c, metrics.c) ---- */
 
