@@ -47,6 +47,26 @@
 #define LOAD_HSUB		128	/* histogram sub-buckets per power of two */
 #define LOAD_HBUCKETS		(2 * LOAD_HSUB + 40 * LOAD_HSUB)
 #define LOAD_NCODES		24
+#define LOAD_NHOPS		8
+
+/*
+ * --trace (the gateway runs with --trace-latency 1): the hops of a message,
+ * all CLOCK_REALTIME on one host.  0-4 come from the sender's response
+ * (its "trace": gw_rx, db_call, commit, write), 5 pairs the response's
+ * commit with the event's notification arrival by (conversation, seq)
+ * inside one chat-load process, 6-7 come from the event ("notify",
+ * "write").
+ */
+static const char *const hop_names[LOAD_NHOPS] = {
+	"client send -> gateway receive",
+	"gateway receive -> database call",
+	"database call -> commit",
+	"commit -> response written",
+	"response written -> client receive",
+	"commit -> notification received",
+	"notification received -> event written",
+	"event written -> client receive",
+};
 
 enum scenario { SC_IDLE, SC_DIRECT, SC_GROUP, SC_STORM };
 static const char *const scenario_names[] = { "idle", "direct", "group", "storm" };
@@ -70,6 +90,7 @@ static struct options {
 	int clients, procs, connect_rate, group_size, duration, window;
 	int			json, sync_on_connect, ack_interval_ms, drain_max, verbose, max_inflight;
 	int			devices;		/* connections (devices) per user */
+	int			trace;			/* --trace: per-hop latency from the gateway's "trace" */
 	double rate;
 	enum scenario scenario;
 	long		gateway_pid, pg_pid;
@@ -93,6 +114,8 @@ struct proc_stats {
 	char		last_error[96];	/* the latest connect error's text */
 	uint64_t hist[LOAD_HBUCKETS];	/* delivery latency, ns */
 	uint64_t rtt[LOAD_HBUCKETS];	/* send → ok, ns */
+	uint64_t hop[LOAD_NHOPS][LOAD_HBUCKETS];	/* --trace: per hop, ns */
+	int64_t hop_negative[LOAD_NHOPS];	/* samples below 0 (clock steps), counted as 0 */
 };
 
 struct shared {
@@ -694,6 +717,88 @@ client_store(struct client *c, int64_t seq)
 	return 1;
 }
 
+/* --trace: commit and notification times by (conversation, seq), to pair a
+ * response with its event in this process (a collision drops a sample). */
+#define TRACE_SLOTS 65536
+static struct trace_slot
+{
+	int64_t		conv, seq;
+	int64_t		commit_ns, notify_ns;
+}		   *trace_slots;
+
+/* Adds one hop sample (ns; negative ones are counted and recorded as 0). */
+static void
+hop_add(int hop, int64_t ns)
+{
+	if (ns < 0)
+		me->hop_negative[hop]++;
+	hist_add(me->hop[hop], ns);
+}
+
+/* Notes a commit (from a response) or a notification (from an event) of
+ * (conv, seq); records hop 5 once both are known. */
+static void
+trace_pair(int64_t conv, int64_t seq, int64_t commit_ns, int64_t notify_ns)
+{
+	struct trace_slot *t;
+
+	if (!trace_slots)
+		trace_slots = calloc(TRACE_SLOTS, sizeof(*trace_slots));
+	t = &trace_slots[(uint64_t) (conv * 1000003 + seq) % TRACE_SLOTS];
+	if (t->conv != conv || t->seq != seq)
+	{
+		t->conv = conv;
+		t->seq = seq;
+		t->commit_ns = t->notify_ns = 0;
+	}
+	if (commit_ns)
+		t->commit_ns = commit_ns;
+	if (notify_ns && !t->notify_ns)
+		t->notify_ns = notify_ns;
+	if (t->commit_ns && t->notify_ns)
+	{
+		hop_add(5, t->notify_ns - t->commit_ns);
+		t->conv = -1;			/* done: later receivers of a group add nothing */
+	}
+}
+
+/* --trace: the hops of a response ("trace" object of a send's ok). */
+static void
+trace_response(json_t *trace, int64_t req_ns, int64_t conv, int64_t seq)
+{
+	int64_t		rx = json_integer_value(json_object_get(trace, "gw_rx")) * 1000;
+	int64_t		db = json_integer_value(json_object_get(trace, "db_call")) * 1000;
+	int64_t		commit = json_integer_value(json_object_get(trace, "commit")) * 1000;
+	const char *w = json_string_value(json_object_get(trace, "write"));
+	int64_t		wr = w ? strtoll(w, NULL, 10) * 1000 : 0;
+
+	if (!rx || !db || !commit || !wr)
+		return;
+	hop_add(0, rx - req_ns);
+	hop_add(1, db - rx);
+	hop_add(2, commit - db);
+	hop_add(3, wr - commit);
+	hop_add(4, real_ns() - wr);
+	trace_pair(conv, seq, commit, 0);
+}
+
+/* --trace: the hops of a live message event (s: its NUL-terminated text). */
+static void
+trace_event(const char *s, int64_t conv, int64_t seq)
+{
+	const char *t = strstr(s, "\"trace\":{");
+	const char *n = t ? strstr(t, "\"notify\":") : NULL, *w = t ? strstr(t, "\"write\":\"") : NULL;
+	int64_t		notify, wr;
+
+	if (!n || !w)
+		return;
+	notify = strtoll(n + 9, NULL, 10) * 1000;
+	wr = strtoll(w + 9, NULL, 10) * 1000;
+	hop_add(6, wr - notify);
+	hop_add(7, real_ns() - wr);
+	trace_pair(conv, seq, 0, notify);
+}
+
 /* A bench message arrived (live or by sync): dedupe by seq, record latency. */
 static void
 client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, int64_t sender_device,
@@ -855,6 +960,8 @@ client_response(struct client *c, const char *frame, size_t len)
 				int64_t		seq = json_integer_value(json_object_get(result, "seq"));
 
 				hist_add(me->rtt, real_ns() - c->pend[i].req_ns);
+				if (opt.trace && json_is_object(json_object_get(root, "trace")))
+					trace_response(json_object_get(root, "trace"), c->pend[i].req_ns, conv_ids[c->idx], seq);
 				me->sends_ok++;
 				if (atomic_load(&shm->phase) == PH_RUN)
 					me->sends_ok_in_window++;
@@ -947,6 +1054,8 @@ client_frame(struct client *c, const char *frame, size_t len)
 				else
 					p = NULL;
 			}
+			if (opt.trace && s == tmp)
+				trace_event(s, json_int_after(s, "\"conversation\":"), json_int_after(s, "\"seq\":"));
 			client_got_message(c, json_int_after(s, "\"conversation\":"), json_int_after(s, "\"seq\":"),
 							   json_int_after(s, "\"sender\":"), json_int_after(s, "\"sender_device\":"), p, 1);
 			return;
@@ -1465,7 +1574,8 @@ usage(void)
 			"  [--rate MSGS_PER_S (0: closed loop)] [--window W] [--group-size G] [--duration S]\n"
 			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
 			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S] [--pg-pid POSTMASTER]\n"
-			"  [--devices-per-user D] [--user-base ID] [--label NAME] [--json] [-v]\n");
+			"  [--devices-per-user D] [--user-base ID] [--label NAME] [--json] [-v]\n"
+			"  [--trace]  per-hop latency (the gateway must run with --trace-latency 1)\n");
 	exit(2);
 }
 
@@ -1592,7 +1702,7 @@ main(int argc, char **argv)
 		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
 		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
 		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"pg-pid", 1, 0, 'G'},
-		{"devices-per-user", 1, 0, 'E'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+		{"devices-per-user", 1, 0, 'E'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"trace", 0, 0, 'T'}, {"help", 0, 0, 'h'},
 		{0, 0, 0, 0}
 	};
 	int			ch, n;
@@ -1656,6 +1766,7 @@ main(int argc, char **argv)
 			case 'G': opt.pg_pid = atol(optarg); break;
 			case 'E': opt.devices = atoi(optarg); break;
 			case 'v': opt.verbose++; break;
+			case 'T': opt.trace = 1; break;
 			default: usage();
 		}
 	}
@@ -1893,7 +2004,8 @@ main(int argc, char **argv)
 
 	/* ---- report ---- */
 	{
-		static uint64_t hist[LOAD_HBUCKETS], rtt[LOAD_HBUCKETS];
+		static uint64_t hist[LOAD_HBUCKETS], rtt[LOAD_HBUCKETS], hop[LOAD_NHOPS][LOAD_HBUCKETS];
+		int64_t		hop_neg[LOAD_NHOPS] = {0};
 		int64_t		closes[LOAD_NCODES] = {0};
 		int64_t		expected = 0, stored = 0, db_dups = 0, lost = 0, dup_deliv = 0;
 		double		run_s = (double) (t_stop - t_go) / 1e6;
@@ -1914,6 +2026,12 @@ main(int argc, char **argv)
 			{
 				hist[j] += shm->ps[i].hist[j];
 				rtt[j] += shm->ps[i].rtt[j];
+			}
+			for (int h = 0; opt.trace && h < LOAD_NHOPS; h++)
+			{
+				for (int j = 0; j < LOAD_HBUCKETS; j++)
+					hop[h][j] += shm->ps[i].hop[h][j];
+				hop_neg[h] += shm->ps[i].hop_negative[h];
 			}
 			for (int j = 0; j < LOAD_NCODES; j++)
 				closes[j] += shm->ps[i].closes[j];
@@ -1965,6 +2083,10 @@ main(int argc, char **argv)
 					   rss0, rss1, rss_peak, gw_procs1, rss_conns, rss_per_conn, rss_total_per_conn);
 			if (last_error[0])
 				printf("  last connect error: %s\n", last_error);
+			for (int h = 0; opt.trace && h < LOAD_NHOPS; h++)
+				printf("  hop %-40s p50 %8.3f  p99 %8.3f  max %8.3f ms  (%" PRIu64 " samples, %" PRId64 " negative)\n",
+					   hop_names[h], hist_quantile(hop[h], 0.5) / 1e6, hist_quantile(hop[h], 0.99) / 1e6,
+					   hist_quantile(hop[h], 1.0) / 1e6, hist_total(hop[h]), hop_neg[h]);
 			printf("  cpu %%       gateway %.0f, postgres %.0f, chat-load %.0f, machine %.0f of %ld (the rest: other processes)\n",
 				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("  closes     ");
@@ -2004,6 +2126,15 @@ main(int argc, char **argv)
 			printf("\"storm\":{\"restart_rc\":%d,\"clients\":%" PRId64 ",\"reconnected_s\":%.3f,\"synced_s\":%.3f},",
 				   restart_rc, ready_at_restart, storm_reconnect_s, storm_synced_s);
 			printf("\"last_connect_error\":\"%s\",", last_error);
+			if (opt.trace)
+			{
+				printf("\"hops\":[");
+				for (int h = 0; h < LOAD_NHOPS; h++)
+					printf("%s{\"hop\":\"%s\",\"samples\":%" PRIu64 ",\"negative\":%" PRId64 ",\"p50_ms\":%.4f,\"p99_ms\":%.4f,\"max_ms\":%.4f}",
+						   h ? "," : "", hop_names[h], hist_total(hop[h]), hop_neg[h], hist_quantile(hop[h], 0.5) / 1e6,
+						   hist_quantile(hop[h], 0.99) / 1e6, hist_quantile(hop[h], 1.0) / 1e6);
+				printf("],");
+			}
 			printf("\"cpu_pct\":{\"gateway\":%.1f,\"postgres\":%.1f,\"chat_load\":%.1f,\"machine\":%.1f,\"machine_max\":%ld},",
 				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",

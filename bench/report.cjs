@@ -9,6 +9,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const { execFileSync } = require('child_process');
+const { issue11Goals, formatGoals } = require('./goals.cjs');
 
 const argv = process.argv.slice(2);
 const opts = { files: [] };
@@ -18,7 +19,10 @@ for (let i = 0; i < argv.length; i++) {
 }
 const outDir = opts.out || 'bench/results';
 const stamp = opts.stamp || new Date().toISOString().replace(/[:.]/g, '');
-const runs = opts.files.map((f) => JSON.parse(fs.readFileSync(f, 'utf8')));
+const allRuns = opts.files.map((f) => JSON.parse(fs.readFileSync(f, 'utf8')));
+// chat-load runs (gateway/peer) and the pgbench runs of bench/send-cpu.sh
+const runs = allRuns.filter((r) => r.label !== 'pgbench');
+const pgRuns = allRuns.filter((r) => r.label === 'pgbench');
 
 function sh(cmd, args) {
   try { return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); } catch { return ''; }
@@ -93,53 +97,60 @@ for (const name of names) {
   summary[name] = { gateway: g || null, peer: p || null };
 }
 
-// ---- goals ----
-say();
-say('== goals');
-const pick = (pred, label) => runs.filter((r) => pred(r) && r.label === label);
-const best = (arr, f) => arr.reduce((m, r) => (m === null || f(r) > f(m) ? r : m), null);
-const goals = [];
+// ---- latency anatomy: chat-load --trace against --trace-latency 1 ----
+for (const r of runs.filter((x) => Array.isArray(x.hops))) {
+  say();
+  say(`== ${r.run}: latency anatomy (${label[r.label]} --trace-latency 1), chat-load ${r.args}`);
+  say(`${'hop'.padEnd(42)}${'p50 ms'.padStart(10)}${'p99 ms'.padStart(10)}${'max ms'.padStart(10)}${'samples'.padStart(10)}`);
+  for (const h of r.hops) {
+    say(`${h.hop.padEnd(42)}${fmt(h.p50_ms, 3).padStart(10)}${fmt(h.p99_ms, 3).padStart(10)}${fmt(h.max_ms, 3).padStart(10)}${fmt(h.samples).padStart(10)}`);
+  }
+  say(`${'end to end (client send -> event received)'.padEnd(42)}${fmt(r.latency_ms.p50, 3).padStart(10)}${fmt(r.latency_ms.p99, 3).padStart(10)}${fmt(r.latency_ms.max, 3).padStart(10)}`);
+}
+
+// ---- event loops: the same broadcast on the poll loop and on libev ----
 {
-  const gIdle = best(pick((r) => r.scenario === 'idle', 'gateway'), (r) => r.gateway_rss.conns || r.clients);
-  const pIdle = best(pick((r) => r.scenario === 'idle', 'peer'), (r) => r.clients);
-  const gSame = pIdle ? runs.find((r) => r.scenario === 'idle' && r.label === 'gateway' && r.clients === pIdle.clients) : null;
-  if (gIdle) {
-    const v = gIdle.gateway_rss.per_conn_total_b;
-    const open = gIdle.gateway_rss.conns || gIdle.clients;
-    goals.push([`idle: 100,000 connections at <= 4 KiB RSS/conn summed over workers (run of ${fmt(gIdle.clients)}: ${fmt(open)} open)`,
-      `${fmt(v)} B/conn total (${fmt(gIdle.gateway_rss.per_conn_growth_b)} growth) at ${fmt(open)} connections`,
-      open >= 100000 ? v <= 4096 : (v <= 4096 ? 'memory ok, count not reached' : 'over at this size')]);
-  }
-  if (gSame && pIdle) {
-    const a = gSame.gateway_rss.per_conn_growth_b, b = pIdle.gateway_rss.per_conn_growth_b;
-    goals.push([`idle at ${fmt(pIdle.clients)} (peer's count): <= 1/4 of the peer's growth/conn`, `${fmt(a)} vs ${fmt(b)} B = ${ratio(a, b)}`, a > 0 && b > 0 && a / b <= 0.25]);
-  }
-  const gd = runs.find((r) => r.scenario === 'direct' && r.label === 'gateway' && r.rate_target === 2000);
-  const pd = gd ? runs.find((r) => r.run === gd.run && r.label === 'peer') : null;
-  if (gd) {
-    goals.push([`direct ${gd.clients} clients @ 2,000/s: p50 <= 1 ms, p99 <= 5 ms`, `p50 ${fmt(gd.latency_ms.p50, 3)}, p99 ${fmt(gd.latency_ms.p99, 3)} ms`, gd.latency_ms.p50 <= 1 && gd.latency_ms.p99 <= 5]);
-    if (pd) goals.push(['direct: p99 <= 1/3 of the peer\'s', `${fmt(gd.latency_ms.p99, 3)} vs ${fmt(pd.latency_ms.p99, 3)} ms = ${ratio(gd.latency_ms.p99, pd.latency_ms.p99)}`, gd.latency_ms.p99 * 3 <= pd.latency_ms.p99]);
-  }
-  const gg = best(pick((r) => r.scenario === 'group', 'gateway'), (r) => r.deliveries_per_s);
-  const pg = best(pick((r) => r.scenario === 'group', 'peer'), (r) => r.deliveries_per_s);
-  if (gg && pg && gg.cpu_pct && pg.cpu_pct && gg.cpu_pct.gateway > 0 && pg.cpu_pct.gateway > 0) {
-    const eg = gg.deliveries_per_s / gg.cpu_pct.gateway, ep = pg.deliveries_per_s / pg.cpu_pct.gateway;
-    goals.push(['group fanout: deliveries per gateway CPU-second (efficiency, same runs)', `${fmt(eg * 100)} vs ${fmt(ep * 100)} = ${ratio(eg, ep)}x`, 'info']);
-  }
-  if (gg && pg) goals.push(['group fanout: deliveries/s >= 3x the peer\'s at saturation (best of each)', `${fmt(gg.deliveries_per_s)} (${gg.run}) vs ${fmt(pg.deliveries_per_s)} (${pg.run}) = ${ratio(gg.deliveries_per_s, pg.deliveries_per_s)}x`, gg.deliveries_per_s >= 3 * pg.deliveries_per_s]);
-  for (const s of pick((r) => r.scenario === 'storm', 'gateway').concat(pick((r) => r.scenario === 'storm', 'peer'))) {
-    const ok = s.storm.synced_s >= 0 && s.storm.synced_s <= 10 && s.check.lost === 0 && s.check.table_duplicates === 0;
-    goals.push([`storm ${label[s.label]} ${fmt(s.clients)} clients: back and synced <= 10 s, no loss, no dup`, `synced ${fmt(s.storm.synced_s, 2)} s, lost ${s.check.lost}, table dups ${s.check.table_duplicates}`, s.label === 'gateway' ? (s.clients >= 20000 ? ok : (ok ? 'ok at this size' : false)) : 'peer']);
+  const pl = runs.find((r) => r.run === 'evlib-poll' && r.label === 'gateway');
+  const ev = runs.find((r) => r.run === 'evlib-ev' && r.label === 'gateway');
+  if (pl && ev) {
+    const eff = (r) => (r.cpu_pct && r.cpu_pct.gateway > 0 ? r.deliveries_per_s / (r.cpu_pct.gateway / 100) : -1);
+    say();
+    say(`== event loop (chat-gateway --event-lib), ${pl.clients} clients, chat-load ${pl.args}`);
+    say(`${'metric'.padEnd(30)}${'poll'.padStart(16)}${'ev (epoll)'.padStart(16)}${'ev/poll'.padStart(10)}`);
+    for (const [k, a, b] of [['deliveries (frames) /s', pl.deliveries_per_s, ev.deliveries_per_s],
+      ['deliveries per gateway CPU-s', eff(pl), eff(ev)],
+      ['cpu % gateway (of 200)', pl.cpu_pct && pl.cpu_pct.gateway, ev.cpu_pct && ev.cpu_pct.gateway],
+      ['latency p99 ms', pl.latency_ms.p99, ev.latency_ms.p99]]) {
+      say(`${k.padEnd(30)}${fmt(a).padStart(16)}${fmt(b).padStart(16)}${ratio(b, a).padStart(10)}`);
+    }
   }
 }
-for (const [what, got, ok] of goals) {
-  const mark = ok === true ? 'MET' : ok === false ? 'MISSED' : String(ok);
-  say(`${mark.padEnd(30)}${what}: ${got}`);
+
+// ---- the database alone: bench/send-cpu.sh (pgbench) ----
+for (const r of pgRuns) {
+  say();
+  say(`== ${r.run}: PostgreSQL CPU per send (whole cluster), pgbench -c ${r.clients}, ${r.secs} s x ${r.rounds}; load average at the end ${r.load_avg}`);
+  say(`${'script'.padEnd(30)}${'sends'.padStart(12)}${'TPS'.padStart(10)}${'CPU us/send'.padStart(14)}${'x base-1'.padStart(10)}`);
+  const base = r.scripts['base-1'] ? r.scripts['base-1'].cpu_us : 0;
+  for (const [name, v] of Object.entries(r.scripts)) {
+    say(`${name.padEnd(30)}${fmt(v.sends).padStart(12)}${fmt(v.tps).padStart(10)}${fmt(v.cpu_us, 1).padStart(14)}${ratio(v.cpu_us, base).padStart(10)}`);
+  }
+  if (r.latency && r.latency['base-1']) {
+    say(`latency at ${fmt(r.latency.rate)}/s (pgbench -R, ${r.latency.secs} s): ` +
+      ['c-request', 'base-1'].map((k) => `${k} p50 ${fmt(r.latency[k].p50_ms, 3)} p99 ${fmt(r.latency[k].p99_ms, 3)} ms (${fmt(r.latency[k].n)} txns)`).join('; '));
+  }
+  say(`conversations with a seq gap after the load: ${r.gaps}`);
 }
+
+// ---- goals (issue 11) ----
+say();
+say('== goals (issue 11): status, goal; measured | baseline from this run | ratio measured/baseline');
+const goals = issue11Goals(allRuns);
+for (const l of formatGoals(goals)) say(l);
 
 // ---- results file ----
 fs.mkdirSync(outDir, { recursive: true });
-const result = { stamp, profile: opts.profile, machine, runs, goals: goals.map(([what, got, ok]) => ({ what, got, ok })) };
+const result = { stamp, profile: opts.profile, machine, runs, pgbench: pgRuns, goals };
 const jsonPath = path.join(outDir, `${stamp}.json`);
 fs.writeFileSync(jsonPath, JSON.stringify(result, null, 1) + '\n');
 fs.writeFileSync(path.join(outDir, `${stamp}.txt`), lines.join('\n') + '\n');

@@ -7,8 +7,13 @@
 #
 # Prints the figures side by side with their ratios, writes
 # bench/results/<date>.json and the plots bench/results/<date>-*.{png,svg}.
-# Environment: BENCH_ONLY="idle direct" runs a subset; BENCH_KEEP=1 keeps the
-# per-run JSON in bench/results/tmp-<date>/.
+# Environment: BENCH_ONLY="idle direct sendcpu" runs a subset; BENCH_KEEP=1 keeps the
+# per-run JSON in bench/results/tmp-<date>/.  BENCH_SECS=N replaces every
+# run's duration (chat-load --duration, --restart-at scaled down with it, and
+# the pgbench runs of bench/send-cpu.sh) and BENCH_MAX_CLIENTS=N caps every
+# --clients: a smoke run of the whole suite, e.g.
+#   BENCH_SECS=2 BENCH_MAX_CLIENTS=100 bench/run.sh quick
+# (its figures mean nothing; it checks that every part runs and reports).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -60,13 +65,52 @@ ulimit -n 20000 2>/dev/null || true
 echo "bench: profile $profile, cluster $PGHOST:$PGPORT, gateway port $BENCH_PORT, results $stamp"
 
 runs=()
+# smoke_args ARGS...: the chat-load arguments with BENCH_SECS and
+# BENCH_MAX_CLIENTS applied (one per line, for mapfile).
+smoke_args() {
+  local prev=
+  for a in "$@"; do
+    if [ "$prev" = --duration ] && [ -n "${BENCH_SECS:-}" ]; then a=$BENCH_SECS
+    elif [ "$prev" = --restart-at ] && [ -n "${BENCH_SECS:-}" ]; then a=$(( BENCH_SECS / 3 > 0 ? BENCH_SECS / 3 : 1 ))
+    elif [ "$prev" = --clients ] && [ -n "${BENCH_MAX_CLIENTS:-}" ] && [ "$a" -gt "$BENCH_MAX_CLIENTS" ]; then a=$BENCH_MAX_CLIENTS
+    fi
+    printf '%s\n' "$a"
+    prev=$a
+  done
+}
+
+# sendcpu SECS: bench/send-cpu.sh on this cluster (its own database): the
+# PostgreSQL CPU per send and the rate-limited latency of client_request
+# against the hand-written gapless send (the database baselines of the goals).
+sendcpu() {
+  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy} " in *" sendcpu "*) ;; *) return 0 ;; esac
+  local secs=${BENCH_SECS:-$1} out=$BENCH_TMP/send-cpu.json
+  echo "--- send-cpu: bench/send-cpu.sh, ${secs}s per script" >&2
+  if SECS=$secs LAT_SECS=$secs LAT_RATE=1000 CLIENTS=8 SENDCPU_JSON=$out \
+       bench/send-cpu.sh >"$BENCH_TMP/send-cpu.out" 2>&1; then
+    runs+=("$out")
+  else
+    failures=$((failures + 1))
+    echo "bench: send-cpu.sh failed: $(tail -3 "$BENCH_TMP/send-cpu.out")" >&2
+    [ -s "$out" ] && runs+=("$out")
+  fi
+}
+
 # run KIND WORKERS NAME chat-load-args...: one chat-load run against a fresh gateway.
 run() {
   local kind=$1 workers=$2 name=$3; shift 3
   local out=$BENCH_TMP/$name-$kind.json restart=()
-  case " ${BENCH_ONLY:-idle direct group storm} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
+  local args
+  mapfile -t args < <(smoke_args "$@")
+  set -- "${args[@]}"
+  case " ${BENCH_ONLY:-idle direct group storm sendcpu anatomy evlib} " in *" ${name%%-*} "*) ;; *) return 0 ;; esac
   export BENCH_WORKERS=$workers
-  bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
+  # chat-load --trace needs the gateway's hop timestamps (--trace-latency 1)
+  local gwargs=${BENCH_GATEWAY_ARGS:-}
+  if [[ " $* " == *" --trace "* ]]; then gwargs="$gwargs --trace-latency 1"; fi
+  # runs named *-ev: chat-gateway on lws's libev event library (--event-lib ev)
+  if [[ $name == *-ev ]]; then gwargs="$gwargs --event-lib ev"; fi
+  BENCH_GATEWAY_ARGS=$gwargs bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
   if [[ " $* " == *" storm "* ]]; then restart=(--restart-cmd "$top/bench/gw-ctl.sh restart $kind"); fi
   echo "--- $name on $kind (workers $workers): chat-load $*" >&2
   timeout 900 bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
@@ -98,15 +142,34 @@ pair() {
 
 ips=(--source-ips 127.0.0.1-127.0.0.16)
 if [ "$profile" = quick ]; then
+  sendcpu 10
   pair idle 0      --scenario idle --clients 5000 --connect-rate 5000 --duration 5 "${ips[@]}"
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 10
+  pair direct-1k 0 --scenario direct --clients 400 --rate 1000 --duration 10
+  run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 10
+  # latency anatomy: the 1,000/s run again with per-hop timestamps
+  run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 10 --trace
+  # the poll loop against lws's libev loop (epoll): broadcast to a few
+  # thousand sockets; only when asked (BENCH_ONLY="evlib")
+  if [[ " ${BENCH_ONLY:-} " == *" evlib "* ]]; then
+    for lib in poll ev; do
+      run gateway 0 evlib-$lib --scenario group --clients 3000 --group-size 100 --rate 250 --duration 10 "${ips[@]}"
+    done
+  fi
   pair group 0     --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 8 --restart-at 2 "${ips[@]}"
 else
+  sendcpu 20
   pair idle-18k 0  --scenario idle --clients 18000 --procs 2 --connect-rate 8000 --duration 15 "${ips[@]}"
   run gateway 6 idle-100k --scenario idle --clients 100000 --procs 6 --connect-rate 10000 --duration 30 "${ips[@]}"
   pair direct 0    --scenario direct --clients 1000 --rate 2000 --duration 30
   pair direct-500 0 --scenario direct --clients 1000 --rate 500 --duration 20
+  pair direct-1k 0 --scenario direct --clients 400 --rate 1000 --duration 20
+  run gateway 0 direct-sat --scenario direct --clients 400 --rate 0 --window 4 --duration 15
+  run gateway 0 anatomy --scenario direct --clients 400 --rate 1000 --duration 20 --trace
+  for lib in poll ev; do
+    run gateway 0 evlib-$lib --scenario group --clients 10000 --group-size 100 --rate 250 --duration 15 "${ips[@]}"
+  done
   pair group-256 0 --scenario group --clients 1024 --group-size 256 --rate 0 --window 8 --duration 15
   for w in 1 4 16; do
     pair group-64x4-w$w 0 --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window $w --duration 15

@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # PostgreSQL CPU per send through chat.client_request, beside the plpgsql
 # client_request it replaced and a hand-written gapless send, measured in
-# one run (the machine is shared: compare the ratios, not the absolutes).
+# one run (the machine is shared: compare the ratios, not the absolutes);
+# then the latency of client_request send alone against the hand-written
+# send, both rate-limited (pgbench -R) to the same rate.
 #
 #   bench/send-cpu.sh                       # 8 clients, 20 s per script, 1 round
 #   SECS=10 ROUNDS=2 CLIENTS=8 bench/send-cpu.sh
+#   LAT_SECS=10 LAT_RATE=1000 bench/send-cpu.sh   # the latency phase (LAT_SECS=0 skips it)
+#   SENDCPU_JSON=out.json bench/send-cpu.sh       # also write the figures as JSON
+#                                                 # (bench/run.sh and bench/report.cjs)
+#
+# Uses the cluster of the caller (bench/run.sh, tests/run.sh) when there is
+# one, in its own database "sendcpu"; otherwise starts a throwaway cluster.
 #
 # Scripts (interleaved round by round; per script the figures are summed
 # over its rounds), 1,000 direct conversations, one sender device each, the
@@ -23,6 +31,11 @@
 # worker, walwriter...): /proc/<postmaster>/stat utime+stime+cutime+cstime
 # (exited backends are reaped into cutime/cstime) plus utime+stime of the
 # live children, read before and after each script.  pgbench is not counted.
+#
+# Latency phase: c-request and base-1, each pgbench -R LAT_RATE over CLIENTS
+# connections for LAT_SECS, every transaction logged (-l); latency is from
+# the scheduled start (pgbench's open-loop definition, schedule lag
+# included), p50/p99 over all logged transactions.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -33,15 +46,18 @@ ROUNDS=${ROUNDS:-1}
 CLIENTS=${CLIENTS:-8}
 CONVS=1000
 SCRIPTS="c-request sql-request send base-1"  # all four are needed for the ratios
+LAT_SECS=${LAT_SECS:-$SECS}
+LAT_RATE=${LAT_RATE:-1000}
 HZ=$(getconf CLK_TCK)
+DB=sendcpu
 
 work=$(mktemp -d /tmp/chat-sendcpu.XXXXXX)
 chmod 755 "$work"
-trap 'cluster_stop; rm -rf "$work"' EXIT
+trap 'cluster_detach; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
-cluster_start
-new_db bench
-sql() { "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d bench "$@"; }
+cluster_attach
+new_db $DB
+sql() { "$PGBIN/psql" -XAtq -v ON_ERROR_STOP=1 -d $DB "$@"; }
 
 echo "setup: $((CONVS * 2)) users with a device each, $CONVS direct conversations, peers online"
 sql >/dev/null <<SQL
@@ -134,7 +150,7 @@ run() {
   local before after n
   sleep 1
   before=$(cluster_ticks)
-  n=$(set -o pipefail; "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/$1.pgbench" bench 2>"$work/err" \
+  n=$(set -o pipefail; "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/$1.pgbench" $DB 2>"$work/err" \
       | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p') \
     || { cat "$work/err" >&2; exit 1; }
   sleep 1   # the backends exit and are reaped into cutime
@@ -160,7 +176,51 @@ for s in $SCRIPTS; do
 done
 printf 'c-request / sql-request CPU per send: %.2f\n' "$(echo "${us[c-request]} / ${us[sql-request]}" | bc -l)"
 printf 'c-request / send_message CPU per send: %.2f\n' "$(echo "${us[c-request]} / ${us[send]}" | bc -l)"
+
+# lat SCRIPT: one rate-limited pgbench run with every transaction logged;
+# prints "n p50_ms p99_ms".
+lat() {
+  ( cd "$work" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$LAT_SECS" -R "$LAT_RATE" \
+      -l --log-prefix="lat-$1" -f "$work/$1.pgbench" $DB >/dev/null 2>"$work/err" ) \
+    || { cat "$work/err" >&2; exit 1; }
+  cat "$work"/lat-"$1".* | awk '{print $3}' | sort -n | awk '
+    { v[NR] = $1 }
+    END { if (NR == 0) { print 0, -1, -1; exit }
+          i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
+          printf "%d %.3f %.3f\n", NR, v[i50] / 1000, v[i99] / 1000 }'
+}
+declare -A lat_n lat_p50 lat_p99
+if [ "$LAT_SECS" != 0 ]; then
+  echo "latency: pgbench -R $LAT_RATE over $CLIENTS connections, ${LAT_SECS}s per script"
+  printf '%-12s %10s %10s %10s\n' script txns "p50 ms" "p99 ms"
+  for s in c-request base-1; do
+    sleep 1
+    read -r lat_n[$s] lat_p50[$s] lat_p99[$s] < <(lat "$s")
+    printf '%-12s %10d %10.3f %10.3f\n' "$s" "${lat_n[$s]}" "${lat_p50[$s]}" "${lat_p99[$s]}"
+  done
+  printf 'c-request / base-1 p99 at %d/s: %.2f\n' "$LAT_RATE" "$(echo "${lat_p99[c-request]} / ${lat_p99[base-1]}" | bc -l)"
+fi
+
 gaps=$(sql -c "SELECT count(*) FROM chat.conversations c WHERE c.last_seq <> (SELECT count(*) FROM chat.messages m WHERE m.conversation_id = c.id)")
 echo "conversations with a gap after the load: $gaps"
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+if [ -n "${SENDCPU_JSON:-}" ]; then
+  {
+    printf '{"label":"pgbench","run":"send-cpu","scenario":"send-cpu","clients":%d,"secs":%s,"rounds":%d,"gaps":%d,"scripts":{' \
+      "$CLIENTS" "$SECS" "$ROUNDS" "$gaps"
+    sep=
+    for s in $SCRIPTS; do
+      printf '%s"%s":{"sends":%d,"tps":%.1f,"cpu_us":%.2f}' "$sep" "$s" \
+        "$(awk '{n += $1} END {print n}' "$work/$s")" "${tps[$s]}" "${us[$s]}"
+      sep=,
+    done
+    printf '},"latency":{"rate":%d,"secs":%s' "$LAT_RATE" "$LAT_SECS"
+    if [ "$LAT_SECS" != 0 ]; then
+      for s in c-request base-1; do
+        printf ',"%s":{"n":%d,"p50_ms":%s,"p99_ms":%s}' "$s" "${lat_n[$s]}" "${lat_p50[$s]}" "${lat_p99[$s]}"
+      done
+    fi
+    printf '},"load_avg":"%s"}\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$SENDCPU_JSON"
+fi
 [ "$gaps" = 0 ]

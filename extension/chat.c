@@ -31,6 +31,7 @@ static int	chat_push_coalesce_ms = 0;	/* read in SQL: chat.claim_push, next_push
 int			chat_fanout_mode = FANOUT_MODE_WORKER;
 int			chat_notifier_queue_kb = 1024;
 int			chat_notifier_delay = 2;
+static int	chat_presence_grace = 5000;	/* read by SQL: chat.presence_grace() */
 char	   *chat_token_secret = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -101,6 +102,11 @@ DefineRealtimeGucs(void)
 							   &chat_token_secret, NULL,
 							   PGC_SUSET, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NO_RESET_ALL,
 							   NULL, NULL, TokenSecretShow);
+	DefineCustomIntVariable("chat.presence_grace",
+							"How long a user whose last device left may take to come back before being announced offline.",
+							"A reconnect within it sends neither offline nor online; 0 announces at once.",
+							&chat_presence_grace, 5000, 0, 3600 * 1000,
+							PGC_SUSET, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("chat.typing_interval",
 							"Least time between two typing events of a user in a conversation.",
 							"Events within it are dropped, except the stop after a start.",

@@ -114,6 +114,8 @@ extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nuse
 						  int64 exclude_user, const char *event, const char *ref_event);
 extern void FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 						  const char *kind);
+extern List *TypingRoutes(int64 user_id, int64 conversation_id, MemoryContext cxt, bool *audience);
+extern void FanoutRoutes(List *routes, const char *event);
 
 /* media.c */
 extern void MediaDefineGucs(void);

@@ -43,7 +43,7 @@ static SPIPlanPtr members_route_plan = NULL;
 static SPIPlanPtr users_route_plan = NULL;
 static SPIPlanPtr member_routes_plan = NULL;
 static SPIPlanPtr senders_plan = NULL;
-static SPIPlanPtr read_receipts_plan = NULL;
+static SPIPlanPtr typing_routes_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 static SPIPlanPtr entry_routes_plan = NULL;
 
@@ -456,6 +456,66 @@ chat_fanout_event(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The audience of a typing event of user_id in conversation_id, in one
+ * query: the user's own membership row (none: RaiseNotMember, the errors
+ * of chat.require_member), and the other current members with their live
+ * sessions, leaving out anyone in a block with the typist, either way.
+ * Whether the typist is in any block at all is an InitPlan evaluated once
+ * (two index probes), so the per-member block check runs only then.
+ * Returns the routes (allocated in cxt); *audience is false when no other
+ * member may see the event, online or not.  Caller is connected to SPI.
+ */
+List *
+TypingRoutes(int64 user_id, int64 conversation_id, MemoryContext cxt, bool *audience)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(user_id), Int64GetDatum(conversation_id)};
+	List	   *routes = NIL;
+	NodeRoute  *cur = NULL;
+	bool		member = false;
+	uint64		i;
+
+	ChatPrepare(&typing_routes_plan,
+				"SELECT l.node, m.user_id FROM chat.members m"
+				" LEFT JOIN chat.live_sessions l ON l.user_id = m.user_id"
+				" WHERE m.conversation_id = $2 AND m.left_at IS NULL"
+				"   AND (m.user_id = $1"
+				"        OR NOT (SELECT EXISTS (SELECT FROM chat.blocks WHERE blocker = $1)"
+				"                    OR EXISTS (SELECT FROM chat.blocks WHERE blocked = $1))"
+				"        OR NOT EXISTS (SELECT FROM chat.blocks b"
+				"                        WHERE (b.blocker = $1 AND b.blocked = m.user_id)"
+				"                           OR (b.blocker = m.user_id AND b.blocked = $1)))"
+				" ORDER BY 1, 2", 2, types);
+	ChatExecute(typing_routes_plan, args, NULL, false, 0, SPI_OK_SELECT, "typing audience");
+	*audience = false;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		int64		user;
+		char	   *node = RouteRow(i, &user, NULL);
+
+		if (user == user_id)
+		{
+			member = true;
+			continue;
+		}
+		*audience = true;
+		if (node != NULL)
+			RouteAdd(&routes, &cur, node, user, SPI_processed - i, cxt);
+	}
+	if (!member)
+		RaiseNotMember(user_id, conversation_id);
+	return routes;
+}
+
+/* Sends event along routes made by TypingRoutes (nothing when fanout is off). */
+void
+FanoutRoutes(List *routes, const char *event)
+{
+	if (chat_fanout_mode != FANOUT_MODE_OFF)
+		EmitRoutes(routes, event, NULL);
+}
+
+/*
  * Receipts of kind (delivered, read) to the senders (other than the
  * reader) of the messages in (from_seq, to_seq] of the conversation, for
  * chat.fanout_receipt and C callers alike; never to the whole group.  Only
@@ -480,21 +540,15 @@ FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 		return;
 
 	ChatSpiConnect();
-	if (strcmp(kind, "read") == 0)
-	{
-		bool		isnull;
-		Datum		rargs[1] = {Int64GetDatum(reader)};
-
-		ChatPrepare(&read_receipts_plan,
-					"SELECT read_receipts FROM chat.users WHERE id = $1", 1, types);
-		ChatExecute(read_receipts_plan, rargs, NULL, false, 1, SPI_OK_SELECT, "privacy lookup");
-		if (SPI_processed == 1 &&
-			!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) &&
-			!isnull)
-			kind = "delivered";
-	}
+	/*
+	 * One query: the senders, and beside each the reader's read_receipts
+	 * (an InitPlan, evaluated once).  With no sender there is no receipt,
+	 * so the setting is not needed then.
+	 */
 	ChatPrepare(&senders_plan,
-				"SELECT s.sender_id FROM ("
+				"SELECT s.sender_id,"
+				"       (SELECT u.read_receipts FROM chat.users u WHERE u.id = $4)"
+				" FROM ("
 				"  SELECT DISTINCT x.sender_id FROM chat.messages x"
 				"   JOIN chat.members m ON m.conversation_id = x.conversation_id"
 				"                      AND m.user_id = x.sender_id AND m.left_at IS NULL"
@@ -516,6 +570,15 @@ FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 
 		senders[nsenders++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 														  SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	/* A reader with read_receipts off reports delivery, never the read. */
+	if (SPI_processed > 0 && strcmp(kind, "read") == 0)
+	{
+		bool		isnull;
+		Datum		rr = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+
+		if (!isnull && !DatumGetBool(rr))
+			kind = "delivered";
 	}
 	ChatSpiFinish();
 

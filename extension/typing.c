@@ -36,9 +36,6 @@ typedef struct TypingTable
 
 static TypingTable *typing_table = NULL;
 
-static SPIPlanPtr any_block_plan = NULL;
-static SPIPlanPtr unblocked_members_plan = NULL;
-
 PG_FUNCTION_INFO_V1(chat_typing);
 
 /* Shared memory of the typing table. */
@@ -118,70 +115,33 @@ TypingAllowed(int64 user_id, int64 conversation_id, bool typing)
 }
 
 /*
- * When user_id is in a block (either way, chat.blocks), the other current
- * members of the conversation that are not in one with it: *users (in
- * cxt) and *nusers; returns false when there is no block at all, so the
- * event goes to every member (the common case costs two index probes).
- * Caller is connected to SPI.
- */
-static bool
-UnblockedMembers(int64 user_id, int64 conversation_id, MemoryContext cxt,
-				 int64 **users, int *nusers)
-{
-	Oid			types[2] = {INT8OID, INT8OID};
-	Datum		args[2] = {Int64GetDatum(user_id), Int64GetDatum(conversation_id)};
-	bool		isnull;
-	uint64		i;
-
-	ChatPrepare(&any_block_plan,
-				"SELECT EXISTS (SELECT FROM chat.blocks WHERE blocker = $1)"
-				"    OR EXISTS (SELECT FROM chat.blocks WHERE blocked = $1)", 1, types);
-	ChatExecute(any_block_plan, args, NULL, false, 1, SPI_OK_SELECT, "block lookup");
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		return false;
-	ChatPrepare(&unblocked_members_plan,
-				"SELECT m.user_id FROM chat.members m"
-				" WHERE m.conversation_id = $2 AND m.left_at IS NULL AND m.user_id <> $1"
-				"   AND NOT EXISTS (SELECT FROM chat.blocks b"
-				"                    WHERE (b.blocker = $1 AND b.blocked = m.user_id)"
-				"                       OR (b.blocker = m.user_id AND b.blocked = $1))",
-				2, types);
-	ChatExecute(unblocked_members_plan, args, NULL, false, 0, SPI_OK_SELECT, "typing audience");
-	*users = MemoryContextAlloc(cxt, sizeof(int64) * (SPI_processed + 1));
-	*nusers = 0;
-	for (i = 0; i < SPI_processed; i++)
-		(*users)[(*nusers)++] = ChatSpiInt64(i, 1, &isnull);
-	return true;
-}
-
-/*
  * A typing event of user_id in conversation_id to the other online
- * members, unless rate limited; the user must be a member (RequireMember:
- * the errors of chat.require_member).  Members in a block with the typist,
- * either way, get nothing.  chat.typing and client_request's
- * "typing" both come here.
+ * members, unless rate limited; the user must be a member (the errors of
+ * chat.require_member).  Members in a block with the typist, either way,
+ * get nothing.  One query finds the membership and the audience
+ * (TypingRoutes); with nobody else who may see it, nothing is sent and the
+ * rate limit is not charged.  chat.typing and client_request's "typing"
+ * both come here.
  */
 void
 SendTyping(int64 user_id, int64 conversation_id, bool typing)
 {
+	MemoryContext cxt = CurrentMemoryContext;	/* outlives SPI */
 	char	   *event;
-	MemoryContext cxt = CurrentMemoryContext;
-	int64	   *users = NULL;	/* NULL: every member */
-	int			nusers = 0;
-	bool		filtered;
+	List	   *routes;
+	bool		audience;
 
 	ChatSpiConnect();
-	RequireMember(user_id, conversation_id);
-	filtered = UnblockedMembers(user_id, conversation_id, cxt, &users, &nusers);
+	routes = TypingRoutes(user_id, conversation_id, cxt, &audience);
 	ChatSpiFinish();
-	if (filtered && nusers == 0)
+	if (!audience)
 		return;
 	if (!TypingAllowed(user_id, conversation_id, typing))
 		return;
 	event = psprintf("{\"type\":\"typing\",\"conversation\":" INT64_FORMAT
 					 ",\"user\":" INT64_FORMAT ",\"typing\":%s}",
 					 conversation_id, user_id, typing ? "true" : "false");
-	FanoutToUsers(conversation_id, users, nusers, user_id, event, NULL);
+	FanoutRoutes(routes, event);
 }
 
 /*

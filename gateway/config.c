@@ -59,6 +59,8 @@ static struct flag flags[] = {
 	{ "metrics-listen", S(metrics_listen), NULL, 0, 0, "HOST:PORT serving /metrics and /healthz alone; /metrics then leaves --listen", 0 },
 	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls", 0 },
 	{ "drain-timeout", I(drain_timeout), "5", 1, 3600, "seconds SIGTERM waits for clients to close", 0 },
+	{ "trace-latency", I(trace_latency), "0", 0, 1, "1: hop timestamps (\"trace\") in responses and events, for bench/chat-load --trace; 0: none, no cost", 0 },
+	{ "event-lib", S(event_lib), "poll", 0, 0, "poll (lws's poll() loop) or ev (lws's libev plugin, epoll)", 0 },
 	{ "log-format", S(log_format), "text", 0, 0, "text or json", 0 },
 	{ "log-level", S(log_level), "info", 0, 0, "debug, info, warn or error", 0 },
 	{ "log-file", S(log_file), NULL, 0, 0, "append logs to FILE (reopened on SIGHUP); default stderr", 0 },
@@ -375,6 +377,8 @@ config_load(int argc, char **argv)
 		cfg.log_json = 1;
 	else if (strcmp(cfg.log_format, "text"))
 		config_fail("log-format", "\"%s\" is not text or json", cfg.log_format);
+	if (strcmp(cfg.event_lib, "poll") && strcmp(cfg.event_lib, "ev"))
+		config_fail("event-lib", "\"%s\" is not poll or ev", cfg.event_lib);
 	if (!strcmp(cfg.log_level, "debug")) cfg.log_min = LOG_DEBUG;
 	else if (!strcmp(cfg.log_level, "info")) cfg.log_min = LOG_INFO;
 	else if (!strcmp(cfg.log_level, "warn")) cfg.log_min = LOG_WARN;

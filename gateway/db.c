@@ -42,6 +42,7 @@ struct pending {
 	uint8_t kind;
 	uint8_t seen;
 	uint32_t epoch;			/* P_CONNECT: the epoch it was sent in */
+	uint64_t trace_rx, trace_db;	/* --trace-latency: frame received, call sent */
 	char id[];			/* request id as JSON, "" when none */
 };
 
@@ -249,6 +250,20 @@ db_done_connect(struct pending *p, const struct outcome *o)
 	}
 }
 
+/* --trace-latency: the response with its hops (trace.c). */
+static void
+db_send_traced(struct conn *c, const struct pending *p, const struct outcome *o)
+{
+	size_t len = (size_t)PQgetlength(o->res, 0, 0), n;
+	char *t = trace_response(PQgetvalue(o->res, 0, 0), len, p->trace_rx, p->trace_db, &n);
+
+	if (t)
+		conn_send_text(c, t, n);
+	else
+		conn_send_text(c, PQgetvalue(o->res, 0, 0), len);
+	free(t);
+}
+
 /* P_REQUEST answered: the response frame (chat.client_request always puts
  * the request's id in it), or an error frame made here. */
 static void
@@ -265,7 +280,10 @@ db_done_request(struct pending *p, const struct outcome *o)
 	if (!CONN_OPEN(c))
 		return;
 	if (o->ok && PQntuples(o->res) == 1 && !PQgetisnull(o->res, 0, 0)) {
-		conn_send_text(c, PQgetvalue(o->res, 0, 0), (size_t)PQgetlength(o->res, 0, 0));
+		if (cfg.trace_latency)
+			db_send_traced(c, p, o);
+		else
+			conn_send_text(c, PQgetvalue(o->res, 0, 0), (size_t)PQgetlength(o->res, 0, 0));
 	} else if (o->res && o->st == PGRES_FATAL_ERROR) {
 		const char *code = PQresultErrorField(o->res, PG_DIAG_SQLSTATE);
 		stats.request_errors++;
@@ -657,12 +675,15 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	values[3] = buf;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
 	snprintf(device, sizeof(device), "%d", (int)c->device);
+	uint64_t db_call = cfg.trace_latency ? trace_wall_us() : 0;
 	p = db_send(pc, P_REQUEST, "req", NULL, 4, values, id_json);
 	if (!p) {
 		stats.request_errors++;
 		ws_send_error(c, id_json, "08006", "database unavailable, retry later");
 		return;
 	}
+	p->trace_rx = trace_rx_us;
+	p->trace_db = db_call;
 	stats.requests++;
 	p->conn = c;
 	c->inflight++;

@@ -47,6 +47,8 @@ struct config {
 	int max_token_ttl;		/* seconds: exp - (iat or now) */
 	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
 	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
+	int trace_latency;		/* 1: hop timestamps in responses and events (trace.c) */
+	char *event_lib;		/* "poll" (lws's own loop) or "ev" (libev, epoll) */
 
 	/* derived at start-up */
 	unsigned char *secret;
@@ -105,6 +107,16 @@ extern volatile sig_atomic_t sig_term, sig_hup;
 void server_on_signal(int sig);
 /* Runs one single-threaded server process; returns its exit status. */
 int server_run(void);
+
+/* ---- evloop.c: --event-lib ev (lws's libev event library) ---- */
+
+/* Sets info up for lws's libev plugin on a loop of our own (epoll); 0, or
+ * -1 when the loop cannot be made. */
+int evloop_setup(struct lws_context_creation_info *info);
+/* Waits for and handles one round of events. */
+void evloop_run_once(void);
+/* Frees the loop once lws_context_destroy ran. */
+void evloop_destroy(void);
 
 /* ---- WebSocket close codes (ws.c, conn.c, db.c, route.c, metrics.c) ---- */
 
@@ -336,6 +348,18 @@ int db_shutdown_done(void);
 
 int db_callback(struct lws *wsi, enum lws_callback_reasons reason,
 		void *user, void *in, size_t len);
+
+/* ---- trace.c: --trace-latency (bench/chat-load --trace) ---- */
+
+/* CLOCK_REALTIME of the frame being handled (ws_frame sets it when on). */
+extern uint64_t trace_rx_us;
+uint64_t trace_wall_us(void);
+/* The response text with its hops appended (malloc'd; NULL: send as is). */
+char *trace_response(const char *json, size_t len, uint64_t rx, uint64_t db_call, size_t *out_len);
+/* An event frame stamped with the notification's arrival. */
+struct msg *trace_event_msg(const char *json, size_t len);
+/* Stamps a traced frame's write time, in place, just before lws_write. */
+void trace_stamp_write(struct msg *m);
 
 /* ---- metrics.c: Prometheus counters ---- */
 

@@ -320,7 +320,7 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 		return;
 	}
 
-	m = msg_new(json, len);
+	m = cfg.trace_latency ? trace_event_msg(json, len) : msg_new(json, len);
 	if (wait_head) {
 		route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device);
 		return;

@@ -342,6 +342,8 @@ server_run(void)
 	info.port = CONTEXT_PORT_NO_LISTEN;
 	info.protocols = raw_protocols;
 	info.timeout_secs = 10;		/* HTTP handshake stalls */
+	if (!strcmp(cfg.event_lib, "ev") && evloop_setup(&info) != 0)
+		return 1;
 	context = lws_create_context(&info);
 	if (!context) {
 		log_msg(LOG_ERROR, 0, "lws_create_context failed");
@@ -361,11 +363,20 @@ server_run(void)
 	conn_start_timers(context);
 	lws_sul_schedule(context, 0, &sul_signals, server_signals, 50 * LWS_US_PER_MS);
 
-	while (!stop)
-		if (lws_service(context, 0) < 0)
-			break;
+	if (!strcmp(cfg.event_lib, "ev")) {
+		/* lws's timers are ev timers there: the 50 ms signal check
+		 * wakes the loop as the poll loop's timeout does. */
+		while (!stop)
+			evloop_run_once();
+	} else {
+		while (!stop)
+			if (lws_service(context, 0) < 0)
+				break;
+	}
 	lws_context_destroy(context);
 	context = NULL;
+	if (!strcmp(cfg.event_lib, "ev"))
+		evloop_destroy();
 	log_msg(LOG_INFO, 0, "stopped");
 	return exit_status;
 }

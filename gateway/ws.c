@@ -205,6 +205,8 @@ ws_frame(struct conn *c, const char *data, size_t len)
 	stats.frames_in++;
 	stats.bytes_in += len;
 	c->missed_pongs = 0;
+	if (cfg.trace_latency)
+		trace_rx_us = trace_wall_us();
 
 	req = json_loadb(data, len, 0, &err);
 	if (c->state == CONN_UNAUTH) {
@@ -339,6 +341,8 @@ ws_on_writeable(struct lws *wsi, struct conn *c)
 	}
 	if (!(m = conn_next_frame(c)))
 		return 0;
+	if (cfg.trace_latency)
+		trace_stamp_write(m);
 	if (lws_write(wsi, (unsigned char *)MSG_DATA(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
 		return -1;
 	conn_sent(c);

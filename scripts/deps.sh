@@ -8,6 +8,7 @@ packages=(
   postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libpq-dev
   libtap-parser-sourcehandler-pgtap-perl   # pg_prove: only a Recommends of postgresql-15-pgtap
   libwebsockets-dev libjansson-dev libssl-dev
+  libev-dev libwebsockets-evlib-ev         # chat-gateway --event-lib ev
   libcurl4-openssl-dev                     # chat-pusher: HTTP/2 client (libnghttp2)
   libmagic-dev libvips-dev                 # chat-media: content checks, thumbnails
   nginx-light                              # bench/media.sh: the baseline file server

@@ -11,6 +11,9 @@ EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ': ' || SQLERRM;
 END $$;
 
+-- Offline at once (the debounce of chat.presence_grace: 27_presence_debounce).
+SET chat.presence_grace = 0;
+
 SELECT chat.upsert_user(i, 'user' || i) FROM generate_series(1, 4) i;
 SELECT chat.register_device(i) FROM generate_series(1, 4) i;
 SELECT chat.register_device(1) AS second_device;

@@ -49,6 +49,7 @@ script_stage "push delivery (chat-pusher)" tests/pusher/run.sh
 script_stage "fuzz" tests/fuzz/run.sh
 script_stage "faults (quick)" tests/faults/run.sh
 script_stage "web client unit" tests/web/run.sh
+script_stage "bench goals table" tests/bench/run.sh
 script_stage "browser" tests/browser/run.sh
 
 echo

@@ -112,7 +112,8 @@ BEGIN
         -- users of a node already announced gone keep that last_seen
         CONTINUE WHEN was_gone IS NOT NULL;
         UPDATE chat.users SET last_seen = now() WHERE id = gone;
-        PERFORM chat.fanout_presence(gone, false);
+        -- a restarted gateway's clients come back within seconds
+        PERFORM chat.presence_offline(gone);
     END LOOP;
 END
 $$;
@@ -164,6 +165,8 @@ BEGIN
             PERFORM chat.fanout_presence(uid, false);
         END LOOP;
     END LOOP;
+    -- offline announcements whose grace ran out (19_presence_debounce.sql)
+    PERFORM chat.presence_sweep();
 END
 $$;
 
@@ -190,7 +193,12 @@ BEGIN
     UPDATE chat.devices d SET last_active = now()
      WHERE d.user_id = connect.user_id AND d.device_id = connect.device_id;
     IF NOT was_online THEN
-        PERFORM chat.fanout_presence(user_id, true);
+        -- back within chat.presence_grace: its offline was never announced,
+        -- so its online is not news either
+        DELETE FROM chat.presence_pending p WHERE p.user_id = connect.user_id;
+        IF NOT FOUND THEN
+            PERFORM chat.fanout_presence(user_id, true);
+        END IF;
     END IF;
 END
 $$;
@@ -213,7 +221,7 @@ BEGIN
      WHERE d.user_id = disconnect.user_id AND d.device_id = disconnect.device_id;
     IF NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = disconnect.user_id) THEN
         UPDATE chat.users u SET last_seen = now() WHERE u.id = disconnect.user_id;
-        PERFORM chat.fanout_presence(user_id, false);
+        PERFORM chat.presence_offline(user_id);
     END IF;
 END
 $$;
@@ -221,13 +229,16 @@ $$;
 -- Online state and last_seen of user_ids as viewer may see them: a user
 -- with privacy 'nobody' (or 'contacts', to a viewer who is not one of its
 -- contacts), or in a block with the viewer either way, shows offline with
--- no last_seen.  Unknown users are left out.
+-- no last_seen.  Unknown users are left out.  A user whose last device left
+-- less than chat.presence_grace ago (chat.presence_pending) still shows
+-- online: the presence events have not said otherwise yet.
 CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
 RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT u.id,
-           v.visible AND EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = u.id),
+           v.visible AND (EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = u.id)
+                          OR EXISTS (SELECT FROM chat.presence_pending p WHERE p.user_id = u.id)),
            CASE WHEN v.visible THEN u.last_seen END
       FROM (SELECT DISTINCT x FROM unnest(user_ids) AS x) ids
       JOIN chat.users u ON u.id = ids.x
@@ -284,8 +295,8 @@ COMMENT ON FUNCTION chat.presence_audience(bigint) IS 'users who receive presenc
 COMMENT ON FUNCTION chat.fanout_presence(bigint, boolean) IS 'internal: presence event of a user to its audience';
 COMMENT ON FUNCTION chat.node_reset(text) IS 'gateway start: registers the node and forgets its sessions';
 COMMENT ON FUNCTION chat.node_heartbeat(text) IS 'gateway heartbeat; announces nodes silent beyond chat.node_timeout offline';
-COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'a device is online on a node; first device sends presence';
-COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'a device went offline; last device sets last_seen, sends presence';
+COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'a device is online on a node; first device sends presence unless back within chat.presence_grace';
+COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'a device went offline; last device sets last_seen, presence after chat.presence_grace';
 COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'online state and last_seen of users as the viewer may see them';
 COMMENT ON FUNCTION chat.typing(bigint, bigint, boolean) IS 'ephemeral typing event to the other online members, rate limited';
 COMMENT ON FUNCTION chat.issue_token(bigint, integer, interval) IS 'HS256 JWT (sub, dev, iat, exp) signed with chat.token_secret';

@@ -2,14 +2,18 @@
 // devices, presence events and the presence request.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { twoUsers, newDb, makeUser, direct, startGateway, stopAll, connectAs, rows } from './lib.mjs';
+import { twoUsers, newDb, makeUser, direct, startGateway, stopAll, connectAs, rows, psql } from './lib.mjs';
 
 const DB = 'gw_04_receipts';
 let gw;
 
 before(async () => {
   await newDb(DB);
-  gw = await startGateway({ db: DB });
+  // Offline comes after chat.presence_grace, swept by the next node
+  // heartbeat: a short grace and a 1 s heartbeat keep it within the waits
+  // below (the grace itself: 25-presence-debounce.test.mjs).
+  await psql(DB, `ALTER DATABASE ${DB} SET chat.presence_grace = '200ms'`);
+  gw = await startGateway({ db: DB, args: ['--node-heartbeat', '1'] });
 });
 after(stopAll);
 

@@ -10,7 +10,10 @@ let gw;
 
 before(async () => {
   await newDb(DB);
-  gw = await startGateway({ db: DB });
+  // A short chat.presence_grace and a 1 s node heartbeat: the offline
+  // presence below comes within its wait (25-presence-debounce.test.mjs).
+  await psql(DB, `ALTER DATABASE ${DB} SET chat.presence_grace = '200ms'`);
+  gw = await startGateway({ db: DB, args: ['--node-heartbeat', '1'] });
 });
 after(stopAll);
 

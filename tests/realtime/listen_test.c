@@ -500,6 +500,142 @@ test_typing(const char *g)
 	check(count_events("chat_node_gw1", "\"typing\":true") == 1, "typing again after the interval");
 }
 
+/* SQLSTATE of SQL that must fail ("" when it succeeds). */
+static const char *
+run_error(const char *query)
+{
+	static char code[8];
+	PGresult   *res = PQexec(sql, query);
+
+	code[0] = '\0';
+	if (PQresultStatus(res) == PGRES_FATAL_ERROR && PQresultErrorField(res, PG_DIAG_SQLSTATE))
+		snprintf(code, sizeof(code), "%s", PQresultErrorField(res, PG_DIAG_SQLSTATE));
+	PQclear(res);
+	return code;
+}
+
+/*
+ * The one-query typing audience (TypingRoutes) and receipts with the
+ * reader's read_receipts folded into the senders query: who gets what with
+ * a block inside a group, a typist alone, a non-member, and read_receipts
+ * off and on.
+ */
+static void
+test_hotpath(const char *g)
+{
+	char		q[256];
+	char	   *solo;
+
+	run("SET chat.typing_interval = 0");
+	collect(200);
+	/* user 3 blocks user 1: typing between them stops both ways, the others still see it */
+	run("SELECT chat.block(3, 1)");
+	collect(300);
+	run("SELECT chat.typing(1, %s)", g);
+	collect(400);
+	check(strcmp(header_of("chat_node_gw1", "\"typing\""), "2") == 0,
+		  "typist 1 in a block with 3: gw1 gets user 2 only (%s)", header_of("chat_node_gw1", "\"typing\""));
+	check(strcmp(header_of("chat_node_gw2", "\"typing\""), "2") == 0,
+		  "typist 1 in a block with 3: gw2 gets user 2 only, not 3 (%s)", header_of("chat_node_gw2", "\"typing\""));
+	run("SELECT chat.typing(3, %s)", g);
+	collect(400);
+	check(strcmp(header_of("chat_node_gw1", "\"typing\""), "2") == 0,
+		  "typist 3, the blocker: not to 1 on gw1 (%s)", header_of("chat_node_gw1", "\"typing\""));
+	check(count_events("chat_node_gw2", "\"typing\"") == 1 &&
+		  strcmp(header_of("chat_node_gw2", "\"typing\""), "2") == 0,
+		  "typist 3: user 2 on gw2, not itself (%s)", header_of("chat_node_gw2", "\"typing\""));
+	run("SELECT chat.typing(2, %s)", g);
+	collect(400);
+	check(strcmp(header_of("chat_node_gw1", "\"typing\""), "1") == 0 &&
+		  strcmp(header_of("chat_node_gw2", "\"typing\""), "3") == 0,
+		  "typist 2, in no block: 1 on gw1 and 3 on gw2, never itself (%s / %s)",
+		  header_of("chat_node_gw1", "\"typing\""), header_of("chat_node_gw2", "\"typing\""));
+	run("SELECT chat.unblock(3, 1)");
+	collect(300);
+	run("SELECT chat.typing(1, %s)", g);
+	collect(400);
+	check(strcmp(header_of("chat_node_gw2", "\"typing\""), "2,3") == 0,
+		  "unblocked: 1's typing reaches 3 again (%s)", header_of("chat_node_gw2", "\"typing\""));
+	/* alone in a group: no event, no error; a non-member: 42501, nothing sent */
+	solo = strdup(run("SELECT chat.create_group(2, 'solo', ARRAY[]::bigint[])"));
+	collect(300);
+	run("SELECT chat.typing(2, %s)", solo);
+	collect(300);
+	check(count_events(NULL, "typing") == 0, "typist alone in a group: no typing event");
+	snprintf(q, sizeof(q), "SELECT chat.typing(6, %s)", g);
+	check(strcmp(run_error(q), "42501") == 0, "typing by a non-member: 42501 (%s)", run_error(q));
+	collect(300);
+	check(count_events(NULL, "typing") == 0, "a refused typing sends nothing");
+	free(solo);
+
+	/* read receipts: the reader's read_receipts decides read or delivered */
+	run("SELECT chat.send_message(1, %s, 'receipt me')", g);
+	collect(300);
+	run("UPDATE chat.users SET read_receipts = false WHERE id = 2");
+	run("SELECT chat.fanout_receipt(%s, 2, 0, (SELECT last_seq FROM chat.conversations WHERE id = %s), 'read')", g, g);
+	collect(400);
+	check(count_events(NULL, "\"type\":\"receipt\"") == 2 && count_events(NULL, "\"read\":") == 0 &&
+		  count_events(NULL, "\"delivered\":") == 2,
+		  "read_receipts off: the read goes out as delivered, to senders 1 and 3");
+	run("UPDATE chat.users SET read_receipts = true WHERE id = 2");
+	run("SELECT chat.fanout_receipt(%s, 2, 0, (SELECT last_seq FROM chat.conversations WHERE id = %s), 'read')", g, g);
+	collect(400);
+	check(count_events(NULL, "\"read\":") == 2 && count_events(NULL, "\"delivered\":") == 0,
+		  "read_receipts on: read receipts to senders 1 and 3");
+	run("SELECT chat.fanout_receipt(%s, 2, 0, (SELECT last_seq FROM chat.conversations WHERE id = %s), 'delivered')", g, g);
+	collect(400);
+	check(count_events(NULL, "\"delivered\":") == 2, "a delivered receipt stays delivered");
+	/* a range of the reader's own messages only: nobody to tell */
+	run("SELECT chat.send_message(2, %s, 'mine')", g);
+	collect(300);
+	run("SELECT chat.fanout_receipt(%s, 3, (SELECT last_seq - 1 FROM chat.conversations WHERE id = %s),"
+		" (SELECT last_seq FROM chat.conversations WHERE id = %s), 'read')", g, g, g);
+	collect(300);
+	check(count_events(NULL, "receipt") == 2 && strcmp(header_of("chat_node_gw1", "receipt"), "2") == 0 &&
+		  strcmp(header_of("chat_node_gw2", "receipt"), "2") == 0,
+		  "a receipt of user 2's message goes to user 2 only, on its two nodes (%d)", count_events(NULL, "receipt"));
+	/* the reader's own message only: nobody to tell */
+	run("SELECT chat.fanout_receipt(%s, 2, (SELECT last_seq - 1 FROM chat.conversations WHERE id = %s),"
+		" (SELECT last_seq FROM chat.conversations WHERE id = %s), 'read')", g, g, g);
+	collect(300);
+	check(count_events(NULL, "receipt") == 0, "a receipt of the reader's own message only: none");
+	run("RESET chat.typing_interval");
+}
+
+/*
+ * Presence debounce (chat.presence_grace): a quick reconnect sends neither
+ * offline nor online; a user who stays away is announced offline by the
+ * heartbeat's sweep once the grace has passed, and online again after.
+ */
+static void
+test_presence_debounce(void)
+{
+	run("SET chat.presence_grace = '1h'");
+	collect(200);
+	run("SELECT chat.disconnect('gw2', 3, 1)");
+	run("SELECT chat.connect('gw2', 3, 1)");
+	collect(400);
+	check(count_events(NULL, "presence") == 0, "quick reconnect within the grace: no presence event (%d)",
+		  count_events(NULL, "presence"));
+	run("SELECT chat.disconnect('gw2', 3, 1)");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(400);
+	check(count_events(NULL, "\"user\": 3") == 0, "gone, grace not over: the sweep announces nothing yet");
+	run("UPDATE chat.presence_pending SET since = now() - interval '2 hours' WHERE user_id = 3");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 3, \"online\": false") == 1,
+		  "grace over: the next heartbeat announces user 3 offline to its peers on gw1");
+	run("SELECT chat.node_heartbeat('gw1')");
+	collect(300);
+	check(count_events(NULL, "\"user\": 3") == 0, "announced once only");
+	run("SELECT chat.connect('gw2', 3, 1)");
+	collect(400);
+	check(count_events("chat_node_gw1", "\"user\": 3, \"online\": true") == 1,
+		  "back after the announcement: online again");
+	run("RESET chat.presence_grace");
+}
+
 /* Presence: first device online / last device offline, and privacy. */
 static void
 test_presence(void)
@@ -617,6 +753,8 @@ main(int argc, char **argv)
 		test_ref(g);
 		test_receipts(g);
 		test_typing(g);
+		test_hotpath(g);
+		test_presence_debounce();
 		test_presence();
 		test_push_skip_locked(g);
 		test_split();
