@@ -29,7 +29,8 @@ enum pg_state { PG_DOWN, PG_CONNECTING, PG_SETUP, PG_READY };
 
 enum pending_kind {
 	P_PREPARE, P_LISTEN, P_RESET, P_HEARTBEAT, P_CONNECT, P_DISCONNECT,
-	P_REQUEST, P_REF, P_FINAL
+	P_REQUEST, P_REF, P_FINAL,
+	P_PROBE			/* SELECT 1 on an idle connection (db_watch) */
 };
 
 /* A query sent and not yet answered; owns a reference on conn. */
@@ -41,6 +42,7 @@ struct pending {
 	uint64_t start_us;
 	uint8_t kind;
 	uint8_t seen;
+	uint8_t timed_out;		/* failed by db_watch: no answer in time */
 	uint32_t epoch;			/* P_CONNECT: the epoch it was sent in */
 	char id[];			/* request id as JSON, "" when none */
 };
@@ -56,10 +58,14 @@ struct pgconn {
 	uint64_t connect_started;
 	uint32_t backoff_ms;
 	lws_sorted_usec_list_t sul;
+	/* Silent database (db_watch): */
+	int requests;			/* P_REQUEST entries pending (--pool-queue) */
+	int timed_out;			/* db_lost: the pending entries timed out */
+	uint64_t last_rx_us;		/* last bytes from the server */
 };
 
 static struct pgconn ctl, *pool;
-static lws_sorted_usec_list_t sul_heartbeat;
+static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
 static int listening, shutdown_done, final_wanted, final_sent;
 static struct lws_context *db_context;
 static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
@@ -80,6 +86,7 @@ static void db_lost(struct pgconn *pc, const char *why);
 static void db_reregister(struct conn *c, void *arg);
 static void db_register_pending(struct conn *c, void *arg);
 static void db_maybe_listen(void);
+static void db_watch(lws_sorted_usec_list_t *sul);
 
 /* Name of a connection for logs. */
 static const char *
@@ -280,6 +287,8 @@ db_done_request(struct pending *p, const struct outcome *o)
 	} else {
 		stats.request_errors++;
 		ws_send_error(c, id, "08006", o->res ? "request returned no result" :
+			      p->timed_out ? "database did not answer in time (--request-timeout); "
+					     "the request may or may not have been applied" :
 			      "database connection lost; the request may or may not have been applied");
 	}
 }
@@ -339,6 +348,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		db_done_log(&o, LOG_WARN, "chat.disconnect");
 		break;
 	case P_REQUEST:
+		pc->requests--;
 		db_done_request(p, &o);
 		break;
 	case P_REF:
@@ -347,6 +357,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 	case P_FINAL:
 		db_done_log(&o, LOG_WARN, "chat.node_reset at shutdown");
 		shutdown_done = 1;
+		break;
+	case P_PROBE:
+		db_done_log(&o, LOG_WARN, "liveness probe");
 		break;
 	}
 	if (p->conn)
@@ -425,6 +438,7 @@ db_connected(struct pgconn *pc)
 	}
 	lws_set_opaque_user_data(pc->wsi, pc);
 	pc->state = PG_SETUP;
+	pc->last_rx_us = now_us();
 
 	if (pc->index >= 0) {
 		if (!PQsendPrepare(pc->pg, "req", SQL_REQUEST, 4, NULL) || !PQpipelineSync(pc->pg)) {
@@ -433,6 +447,7 @@ db_connected(struct pgconn *pc)
 		}
 		struct pending *p = xcalloc(1, sizeof(*p) + 1);
 		p->kind = P_PREPARE;
+		p->start_us = now_us();		/* db_watch bounds the set-up too */
 		pc->head = pc->tail = p;
 		db_flush(pc);
 		return;
@@ -466,8 +481,9 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_lost(pc, PQerrorMessage(pc->pg));
 		return;
 	}
-	if (now_us() - pc->connect_started > 10 * LWS_US_PER_SEC) {
-		db_lost(pc, "connection attempt timed out after 10 s");
+	if (now_us() - pc->connect_started >
+	    (uint64_t)(cfg.request_timeout < 2 ? 2 : cfg.request_timeout) * LWS_US_PER_SEC) {
+		db_lost(pc, "connection attempt timed out (--request-timeout)");
 		return;
 	}
 	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll,
@@ -478,12 +494,23 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 static void
 db_connect_begin(struct pgconn *pc)
 {
-	static const char *const keys[] = { "dbname", "application_name", NULL };
-	char appname[64];
-	const char *values[3] = { cfg.dsn, appname, NULL };
+	/* A silent server (network partition, dead host) is noticed by TCP
+	 * within --request-timeout: keepalive probes after half of it, and
+	 * tcp_user_timeout for data the server never acknowledges.  They come
+	 * before dbname so that --dsn may override them. */
+	static const char *const keys[] = {
+		"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+		"tcp_user_timeout", "dbname", "application_name", NULL
+	};
+	char appname[64], idle[16], count[16], user_timeout[16];
+	const char *values[8] = { "1", idle, "1", count, user_timeout, cfg.dsn, appname, NULL };
+	int half = cfg.request_timeout / 2 > 0 ? cfg.request_timeout / 2 : 1;
 
 	if (stopping)
 		return;
+	snprintf(idle, sizeof(idle), "%d", half);
+	snprintf(count, sizeof(count), "%d", cfg.request_timeout - half > 0 ? cfg.request_timeout - half : 1);
+	snprintf(user_timeout, sizeof(user_timeout), "%d", cfg.request_timeout * 1000);
 	snprintf(appname, sizeof(appname), "chat-gateway %s", cfg.node);
 	pc->pg = PQconnectStartParams(keys, values, 1);
 	if (!pc->pg || PQstatus(pc->pg) == CONNECTION_BAD) {
@@ -525,6 +552,9 @@ db_lost(struct pgconn *pc, const char *why)
 			(int)strcspn(why ? why : "", "\n"), why ? why : "");
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
+	for (p = pc->head; p; p = p->next)
+		p->timed_out = (uint8_t)pc->timed_out;
+	pc->timed_out = 0;
 	if (pc->wsi) {
 		lws_set_opaque_user_data(pc->wsi, NULL);
 		lws_set_timeout(pc->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
@@ -579,7 +609,83 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	}
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
 }
+
+/* ---- silent database: request deadline, liveness probe, busy (issue 17) ---- */
+
+#define WATCH_PROBE_IDLE_US (1 * LWS_US_PER_SEC)
+
+/* Checks one connection: its oldest unanswered query past --request-timeout
+ * closes it (every pending request is answered 08006 at once, the
+ * connection reconnects); an idle one gets a SELECT 1 so that a silent
+ * server is noticed even when no client asks anything. */
+static void
+db_watch_one(struct pgconn *pc, uint64_t now)
+{
+	uint64_t limit = (uint64_t)cfg.request_timeout * LWS_US_PER_SEC;
+
+	if (pc->state < PG_SETUP)
+		return;
+	if (pc->head && now - pc->head->start_us > limit) {
+		stats.db_timeouts++;
+		pc->timed_out = 1;
+		db_lost(pc, "no answer within --request-timeout");
+		return;
+	}
+	if (pc->state == PG_READY && !pc->head && !stopping &&
+	    now - pc->last_rx_us > WATCH_PROBE_IDLE_US)
+		db_send(pc, P_PROBE, NULL, "SELECT 1", 0, NULL, NULL);
+}
+
+/* Every 250 ms: the deadline and the liveness probe of every connection. */
+static void
+db_watch(lws_sorted_usec_list_t *sul)
+{
+	uint64_t now = now_us();
+
+	(void)sul;
+	db_watch_one(&ctl, now);
+	for (int i = 0; i < cfg.pool; i++)
+		db_watch_one(&pool[i], now);
+	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
+}
+
+/* True when a connection is ready and its oldest query has waited at most
+ * half of --request-timeout: beyond, requests are refused busy and
+ * /healthz answers 503 before the deadline closes the connection. */
+static int
+db_pc_prompt(const struct pgconn *pc, uint64_t now)
+{
+	return pc->state == PG_READY &&
+	       (!pc->head || now - pc->head->start_us <=
+			     (uint64_t)cfg.request_timeout * LWS_US_PER_SEC / 2);
+}
+
+/* /healthz: every connection ready and prompt. */
+int
+db_healthy(void)
+{
+	uint64_t now = now_us();
+
+	if (!db_pc_prompt(&ctl, now))
+		return 0;
+	for (int i = 0; i < cfg.pool; i++)
+		if (!db_pc_prompt(&pool[i], now))
+			return 0;
+	return 1;
+}
+
+/* True when a new request on pc must be refused busy: --pool-queue
+ * requests already wait there, or the oldest has waited over half of
+ * --request-timeout (the database is slower than the load). */
+static int
+db_busy(const struct pgconn *pc)
+{
+	return pc->requests >= cfg.pool_queue || !db_pc_prompt(pc, now_us());
+}
+
+/* ---- end of the silent-database block ---- */
 
 /* True when the control connection and every pool connection are ready (/healthz). */
 int
@@ -647,6 +753,12 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 		ws_send_error(c, id_json, "08006", "database unavailable, retry later");
 		return;
 	}
+	if (db_busy(pc)) {
+		stats.request_errors++;
+		stats.busy_refused++;
+		ws_send_error(c, id_json, "53400", "busy: the database is not keeping up; retry later");
+		return;
+	}
 	if (len + 1 > cap) {
 		cap = len + 1 > 4096 ? len + 1 : 4096;
 		free(buf);
@@ -664,6 +776,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 		return;
 	}
 	stats.requests++;
+	pc->requests++;
 	p->conn = c;
 	c->inflight++;
 	conn_ref(c);
@@ -773,6 +886,7 @@ db_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 	case LWS_CALLBACK_RAW_RX_FILE:
 		if (!pc || !pc->pg)
 			return -1;
+		pc->last_rx_us = now_us();
 		if (!PQconsumeInput(pc->pg)) {
 			/* Return -1: the EOF fd stays readable and would spin the loop. */
 			pc->wsi = NULL;

@@ -178,6 +178,12 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 		   "Database connections re-established.", stats.db_reconnects);
 	out_metric(&o, "chat_gateway_resyncs_total", "counter",
 		   "Resync frames sent to clients.", stats.resyncs);
+	out_metric(&o, "chat_gateway_db_timeouts_total", "counter",
+		   "Database connections closed because a query had no answer within --request-timeout.",
+		   stats.db_timeouts);
+	out_metric(&o, "chat_gateway_busy_total", "counter",
+		   "Requests refused with 53400 busy: the pool connection's queue was full or slow.",
+		   stats.busy_refused);
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_up);
 
