@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <stddef.h>
+#include <poll.h>
 #include "gateway.h"
 
 enum pg_state { PG_DOWN, PG_CONNECTING, PG_SETUP, PG_READY };
@@ -56,6 +57,7 @@ struct pgconn {
 	int ever_ready;
 	struct pending *head, *tail;
 	uint64_t connect_started;
+	int poll_want;			/* what PQconnectPoll last asked to wait for */
 	uint32_t backoff_ms;
 	lws_sorted_usec_list_t sul;
 	/* Silent database (db_watch): */
@@ -461,6 +463,18 @@ db_connected(struct pgconn *pc)
 		return;
 }
 
+/* True when fd is ready for what PQconnectPoll asked (a poll() that does
+ * not wait); also when there is no socket to wait for. */
+static int
+db_sock_ready(int fd, int want)
+{
+	struct pollfd p = { .fd = fd, .events = want == PGRES_POLLING_READING ? POLLIN : POLLOUT };
+
+	if (fd < 0 || (want != PGRES_POLLING_READING && want != PGRES_POLLING_WRITING))
+		return 1;
+	return poll(&p, 1, 0) > 0;
+}
+
 /* Connect timer: polls PQconnectPoll until the connection is up or failed. */
 static void
 db_connect_poll(lws_sorted_usec_list_t *sul)
@@ -472,7 +486,15 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_connect_begin(pc);
 		return;
 	}
-	st = PQconnectPoll(pc->pg);
+	/* PQconnectPoll only once the socket is ready as it asked: called
+	 * early it takes a connect still in progress for done and waits,
+	 * blocking, to send the startup packet (the whole loop stalled for
+	 * the ARP timeout when the database's network was down). */
+	if (!db_sock_ready(PQsocket(pc->pg), pc->poll_want))
+		st = (PostgresPollingStatusType)pc->poll_want;
+	else
+		st = PQconnectPoll(pc->pg);
+	pc->poll_want = st;
 	if (st == PGRES_POLLING_OK) {
 		db_connected(pc);
 		return;
@@ -519,6 +541,7 @@ db_connect_begin(struct pgconn *pc)
 		return;
 	}
 	pc->state = PG_CONNECTING;
+	pc->poll_want = PGRES_POLLING_WRITING;	/* libpq's contract after PQconnectStart */
 	pc->connect_started = now_us();
 	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, 200);
 }
@@ -643,8 +666,13 @@ static void
 db_watch(lws_sorted_usec_list_t *sul)
 {
 	uint64_t now = now_us();
+	static uint64_t last_tick;
 
 	(void)sul;
+	/* Nothing in the loop may block: say so when it did. */
+	if (last_tick && now - last_tick > 750 * LWS_US_PER_MS)
+		log_msg(LOG_WARN, 0, "event loop stalled for %llu ms", (unsigned long long)(now - last_tick) / 1000);
+	last_tick = now;
 	db_watch_one(&ctl, now);
 	for (int i = 0; i < cfg.pool; i++)
 		db_watch_one(&pool[i], now);

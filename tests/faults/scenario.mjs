@@ -7,7 +7,8 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { Load } from './checker.mjs';
-import { value, rows, sleep, within } from '../gateway/lib.mjs';
+import { value, rows, psql, sleep, within } from '../gateway/lib.mjs';
+import { PgProxy } from '../gateway/pg-proxy.mjs';
 
 const name = process.argv[2];
 // The server's binaries: as the harness found them, else where pg_config says.
@@ -75,6 +76,58 @@ function listener(db, node) {
   };
 }
 
+// Polls the gateway's /healthz every 100 ms until stop(); resolves the
+// samples [{t, status}].
+function healthPoller(gw) {
+  const samples = [];
+  let on = true;
+  const loop = (async () => {
+    while (on) {
+      const t = Date.now();
+      samples.push({ t, status: (await gw.get('/healthz', 500)).status });
+      await sleep(Math.max(0, 100 - (Date.now() - t)));
+    }
+  })();
+  return { samples, stop: async () => { on = false; await loop; return samples; } };
+}
+
+// The devices' connections made so far (a client that keeps its socket adds none).
+const connects = (load) => load.devices.reduce((n, d) => n + d.connects, 0);
+
+// Send frames first tried in [from, to): answered how and how fast.
+function sendsBetween(load, from, to) {
+  const tries = load.attempts.filter((e) => e.t0 >= from && e.t0 < to);
+  const slowest = tries.reduce((m, e) => Math.max(m, (e.t1 ?? Date.now()) - e.t0), 0);
+  const codes = {};
+  for (const e of tries) codes[e.code ?? 'ok'] = (codes[e.code ?? 'ok'] ?? 0) + 1;
+  return { n: tries.length, slowest, codes, tries };
+}
+
+// Median of the answer times of send frames tried in [from, to).
+function medianLatency(load, from, to) {
+  const v = load.attempts.filter((e) => e.t0 >= from && e.t0 < to && e.t1 && e.code === null).map((e) => e.t1 - e.t0).sort((a, b) => a - b);
+  return v.length ? v[Math.floor(v.length / 2)] : null;
+}
+
+// Per scenario, how its gateway is started (default: as for the quick
+// ones, on loopback, straight to the cluster's socket).
+const gateways = {
+  // 3: the gateway in the network namespace run.sh made; it reaches the
+  // database over one veth pair (the one taken down) and its clients
+  // reach it over another.
+  'network-partition': async (load) => ({
+    args: (port) => ['--listen', `${process.env.FAULTS_GW_ADDR}:${port}`,
+      '--dsn', `dbname=${load.db} host=${process.env.FAULTS_DB_ADDR} port=${process.env.PGPORT} user=${process.env.PGUSER || 'postgres'}`],
+    host: process.env.FAULTS_GW_ADDR,
+  }),
+  // 4: the gateway reaches the database through a delaying proxy; two
+  // pool connections, so that 50 ms per query is slower than the load.
+  'slow-db': async (load) => {
+    load.proxy = await PgProxy.start({ port: process.env.PGPORT });
+    return { args: ['--dsn', load.proxy.dsn(load.db), '--pool', '2'] };
+  },
+};
+
 // Each fault runs under the load and resolves {faultEnd, detail}.
 const faults = {
   // 1: the gateway's pool and LISTEN backends terminated, 5 times, 1 s apart.
@@ -108,6 +161,117 @@ const faults = {
     await pgStart();
     const faultEnd = Date.now();
     return { faultEnd, detail: `postmaster ${pm} killed -9 after ${before} acks; down ${faultEnd - killedAt} ms`, bound: 20000 };
+  },
+
+  // 3: the link between the gateway's namespace and the database down for
+  // 10 s.  While it is down: every send answered (an error frame) within
+  // 5 s + 1 s, /healthz 503 within 5 s + 0.6 s, no client loses its
+  // socket; after: recovery (resync) within the bound.
+  async 'network-partition'(load) {
+    const link = process.env.FAULTS_DB_LINK;
+    if (!link) throw new Error('FAULTS_DB_LINK unset: run this scenario through tests/faults/run.sh');
+    const health = healthPoller(load.gw);
+    await sleep(1000);
+    const connectsBefore = connects(load);
+    const down = Date.now();
+    let r = await run('ip', ['link', 'set', link, 'down']);
+    if (r.code !== 0) throw new Error(`ip link set ${link} down: ${r.stderr}`);
+    try {
+      await sleep(10000);
+    } finally {
+      r = await run('ip', ['link', 'set', link, 'up']);
+    }
+    if (r.code !== 0) throw new Error(`ip link set ${link} up: ${r.stderr}`);
+    const faultEnd = Date.now();
+    const samples = await health.stop();
+    const first503 = samples.find((x) => x.t >= down && x.status === 503);
+    // Every try in flight at some point of the partition's first 4 s
+    // (later ones may be answered after the link is back).
+    const during = sendsBetween(load, down - 6000, faultEnd - 6000);
+    const whileDown = sendsBetween(load, down, faultEnd);
+    // Tries still unanswered when they were started more than 6 s ago, or answered late.
+    const late = during.tries.filter((e) => (e.t1 ?? Date.now()) - e.t0 > 6000 && (e.t1 ?? Date.now()) < faultEnd + 1000);
+    const problems = [];
+    if (!first503) problems.push('/healthz never answered 503 during the partition');
+    else if (first503.t - down > 5600) problems.push(`/healthz 503 only after ${first503.t - down} ms`);
+    if (during.n === 0) problems.push('no send was tried during the partition');
+    if (late.length) {
+      problems.push(`${late.length} sends tried during the partition answered after more than 6 s (slowest ${during.slowest} ms): ` +
+        JSON.stringify(late.slice(0, 5).map((e) => ({ from_down_ms: e.t0 - down, took_ms: e.t1 ? e.t1 - e.t0 : null, code: e.code }))));
+    }
+    if (connects(load) !== connectsBefore) problems.push(`clients reconnected ${connects(load) - connectsBefore} times: they must keep their sockets`);
+    if (problems.length) throw new Error(problems.join('; '));
+    return {
+      faultEnd, bound: 20000,
+      detail: `link ${link} down ${faultEnd - down} ms; /healthz 503 after ${first503.t - down} ms; ` +
+        `${whileDown.n} send frames tried while down, answered ${JSON.stringify(whileDown.codes)}; slowest answer of a try in flight during the partition ` +
+        `${during.slowest} ms; clients kept their sockets`,
+    };
+  },
+
+  // 4: every query 50 ms slower for 10 s: latency grows, back-pressure
+  // answers "busy" (53400) rather than queueing past the deadline (no
+  // 08006 timeout), nothing lost.
+  async 'slow-db'(load) {
+    const t0 = Date.now();
+    await sleep(1500);
+    const start = Date.now();
+    load.proxy.delay(50);
+    try {
+      await sleep(10000);
+    } finally {
+      load.proxy.delay(0);
+    }
+    const faultEnd = Date.now();
+    const before = medianLatency(load, t0, start);
+    const slow = medianLatency(load, start, faultEnd);
+    const during = sendsBetween(load, start, faultEnd);
+    const problems = [];
+    if (!(slow > (before ?? 0) + 40)) problems.push(`median send latency ${before} ms before, ${slow} ms while slow: it did not grow`);
+    if (!during.codes['53400']) problems.push(`no "busy" 53400 while the database was slow: ${JSON.stringify(during.codes)}`);
+    const timeouts = load.attempts.filter((e) => e.code && e.code.startsWith('08')).length;
+    if (timeouts) problems.push(`${timeouts} sends answered 08xxx: the queue outgrew the deadline`);
+    if (problems.length) throw new Error(problems.join('; '));
+    return {
+      faultEnd, bound: 10000,
+      detail: `50 ms per query for ${faultEnd - start} ms (2 pool connections): median send ${before} ms before, ${slow} ms during; ` +
+        `send frames during ${JSON.stringify(during.codes)} (53400: busy, retried), slowest ${during.slowest} ms`,
+    };
+  },
+
+  // 5: chat.messages (table, TOAST, indexes) on a small tmpfs that run.sh
+  // mounted (FAULTS_DISK) and that is then filled: sends fail 53100 with
+  // nothing half-written; after space returns, service resumes on the same
+  // gateway.
+  async 'disk-full'(load) {
+    const dir = process.env.FAULTS_DISK;
+    if (!dir) throw new Error('FAULTS_DISK unset: run this scenario through tests/faults/run.sh');
+    const filler = `${dir}/filler`;
+    const start = Date.now();
+    // Fill what is left (dd stops at ENOSPC).
+    await run('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], 30000);
+    const filled = Date.now();
+    // Sends fail once the pages that were left are full.
+    const deadline = Date.now() + 20000;
+    while (!load.attempts.some((e) => e.t0 >= start && e.code === '53100') && Date.now() < deadline) await sleep(100);
+    const first53100 = load.attempts.find((e) => e.t0 >= start && e.code === '53100');
+    if (first53100) await sleep(3000);      // stay full for a while under load
+    fs.rmSync(filler, { force: true });
+    const faultEnd = Date.now();
+    const during = sendsBetween(load, start, faultEnd);
+    if (!first53100) throw new Error(`no send failed 53100 within 20 s of the disk filling: ${JSON.stringify(during.codes)}`);
+    const msg = first53100.message;
+    // Nothing half-written: every conversation's seqs are 1..last_seq, each once.
+    const after = async () => {
+      const bad = await rows(load.db, `SELECT c.id, c.last_seq, count(m.seq) AS n, max(m.seq) AS top FROM chat.conversations c
+        LEFT JOIN chat.messages m ON m.conversation_id = c.id GROUP BY c.id, c.last_seq
+        HAVING count(m.seq) <> c.last_seq OR coalesce(max(m.seq), 0) <> c.last_seq`);
+      if (bad.length) throw new Error(`half-written conversations (last_seq vs messages): ${JSON.stringify(bad)}`);
+      return `disk full after ${filled - start} ms (dd), first 53100 ${first53100.t0 - filled} ms later; ` +
+        `send frames while full ${JSON.stringify(during.codes)}${msg ? ` ("${msg}")` : ''}; space back after ${faultEnd - filled} ms; ` +
+        'seqs of every conversation contiguous and equal to last_seq';
+    };
+    return { faultEnd, bound: 10000, after };
   },
 
   // 6: a burst into a 64 kB notifier ring (with a slow worker): the
@@ -148,6 +312,18 @@ const faults = {
   },
 };
 
+// 5: chat.messages, its TOAST table and its indexes moved to a tablespace
+// on the tmpfs run.sh mounted at FAULTS_DISK.
+async function diskSetup(load) {
+  const loc = `${process.env.FAULTS_DISK}/ts`;
+  fs.mkdirSync(loc);
+  fs.chownSync(loc, Number(execFileSync('id', ['-u', 'postgres']).toString()), Number(execFileSync('id', ['-g', 'postgres']).toString()));
+  await psql('postgres', `CREATE TABLESPACE fault_disk LOCATION '${loc}'`);
+  const idx = await rows(load.db, "SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'chat.messages'::regclass");
+  await psql(load.db, ['ALTER TABLE chat.messages SET TABLESPACE fault_disk;',
+    ...idx.map((i) => `ALTER INDEX ${i.name} SET TABLESPACE fault_disk;`)].join('\n'));
+}
+
 // FAULTS_SABOTAGE=1 (a check of the checker on a live run, never in the
 // suite): one device forgets one acked message of another sender, after its
 // ack, so no sync brings it back; the run must then fail with lost = 1.
@@ -164,7 +340,9 @@ async function main() {
   const result = { scenario: name };
   try {
     await load.setup();
-    await load.start();
+    if (name === 'disk-full') await diskSetup(load);
+    const g = gateways[name] ? await gateways[name](load) : {};
+    await load.start(g.args ?? [], { host: g.host });
     load.startSending();
     await sleep(2000);
     const f = await faults[name](load);
@@ -188,6 +366,7 @@ async function main() {
     result.error = String(e.stack || e);
   } finally {
     await load.stop().catch(() => {});
+    await load.proxy?.stop().catch(() => {});
   }
   console.log(`RESULT ${JSON.stringify(result)}`);
   process.exit(result.pass ? 0 : 1);

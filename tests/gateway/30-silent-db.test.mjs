@@ -151,3 +151,49 @@ test('the database connections have TCP keepalives within --request-timeout', { 
   }
   await gw.stop();
 });
+
+// A database address that does not answer connects (SYNs dropped: here a
+// listener whose accept queue is full) must not stall the event loop: the
+// gateway used to call PQconnectPoll on a timer before the socket was
+// writable, libpq took the connect in progress for done and waited,
+// blocking, to send its first packet, so nothing else ran (pings, other
+// clients, /healthz) until the connect gave up.
+test('reconnecting to an address that drops connects never stalls the event loop', { timeout: ms(60000) }, async () => {
+  const { spawn } = await import('node:child_process');
+  const net = await import('node:net');
+  // The gateway starts on the database through a proxy of its own ...
+  const tp = await PgProxy.start({ port: process.env.PGPORT });
+  const gw = await startGateway({ db: DB, args: ['--dsn', tp.dsn(DB), '--request-timeout', '3', '--pool', '2'], label: 'nonblocking-connect' });
+  const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
+  // ... whose port then becomes a tarpit: a listener with backlog 0 that
+  // never accepts, its queue filled, so that new connects hang in SYN_SENT.
+  tp.server.close();      // stops listening (its callback waits for the links)
+  await sleep(100);
+  const tarpit = spawn('python3', ['-c', `import socket,time
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', ${tp.port})); s.listen(0); print('ready', flush=True); time.sleep(120)`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const fillers = [];
+  try {
+    await new Promise((resolve) => tarpit.stdout.once('data', resolve));
+    for (let i = 0; i < 2; i++) fillers.push(net.connect(tp.port, '127.0.0.1').on('error', () => {}));
+    await sleep(300);
+    // The current connections are cut: the gateway reconnects into the tarpit.
+    for (const l of [...tp.links]) l.close();
+    const lags = [];
+    const until = Date.now() + 4000;
+    while (Date.now() < until) {
+      const t = Date.now();
+      const r = await a.request({ type: 'ping' }, 10000).catch((e) => ({ error: String(e) }));
+      lags.push(r.type === 'pong' ? Date.now() - t : 99999);
+      await sleep(100);
+    }
+    const worst = Math.max(...lags);
+    assert.ok(worst < 500, `a ping waited ${worst} ms while the gateway reconnected (the loop blocked); lags ${lags.join(',')}`);
+    assert.equal(await gw.healthz(), 503);
+    a.close();
+  } finally {
+    for (const f of fillers) f.destroy();
+    tarpit.kill('SIGKILL');
+    await gw.stop('SIGTERM', 5000);
+  }
+});
