@@ -31,7 +31,8 @@ enum pg_state { PG_DOWN, PG_CONNECTING, PG_SETUP, PG_READY };
 enum pending_kind {
 	P_PREPARE, P_LISTEN, P_RESET, P_HEARTBEAT, P_CONNECT, P_DISCONNECT,
 	P_REQUEST, P_REF, P_FINAL,
-	P_PROBE			/* SELECT 1 on an idle connection (db_watch) */
+	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
+	P_NSTATS		/* chat.notifier_stats() for /metrics */
 };
 
 /* A query sent and not yet answered; owns a reference on conn. */
@@ -54,6 +55,7 @@ struct pgconn {
 	int index;			/* -1: the control connection */
 	int state;
 	int heartbeat_inflight;
+	int nstats_inflight;
 	int ever_ready;
 	struct pending *head, *tail;
 	uint64_t connect_started;
@@ -315,6 +317,25 @@ db_done_log(const struct outcome *o, int level, const char *what)
 		log_msg(level, 0, "%s failed: %s", what, o->err ? o->err : "?");
 }
 
+/* P_NSTATS answered: the notifier's fallbacks and queued bytes for
+ * /metrics (a role that may not call chat.notifier_stats() leaves them
+ * unknown; logged once). */
+static void
+db_done_nstats(struct pgconn *pc, const struct outcome *o)
+{
+	static int warned;
+
+	pc->nstats_inflight = 0;
+	if (o->ok && PQntuples(o->res) == 1 && PQnfields(o->res) == 2) {
+		stats.notifier_fallbacks = PQgetisnull(o->res, 0, 0) ? -1 : strtoll(PQgetvalue(o->res, 0, 0), NULL, 10);
+		stats.notifier_queued_bytes = PQgetisnull(o->res, 0, 1) ? -1 : strtoll(PQgetvalue(o->res, 0, 1), NULL, 10);
+	} else if (o->res && !warned) {
+		warned = 1;
+		log_msg(LOG_WARN, 0, "chat.notifier_stats() failed (metrics chat_notifier_* left out): %s",
+			o->err ? o->err : "?");
+	}
+}
+
 /* Called for each answered (or failed: res NULL) pending entry: hands it
  * to the handler of its kind, then frees it and drops its conn reference. */
 static void
@@ -362,6 +383,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 		break;
 	case P_PROBE:
 		db_done_log(&o, LOG_WARN, "liveness probe");
+		break;
+	case P_NSTATS:
+		db_done_nstats(pc, &o);
 		break;
 	}
 	if (p->conn)
@@ -575,6 +599,7 @@ db_lost(struct pgconn *pc, const char *why)
 			(int)strcspn(why ? why : "", "\n"), why ? why : "");
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
+	pc->nstats_inflight = 0;
 	for (p = pc->head; p; p = p->next)
 		p->timed_out = (uint8_t)pc->timed_out;
 	pc->timed_out = 0;
@@ -612,6 +637,10 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
+	if (ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
+	    db_send(&ctl, P_NSTATS, NULL,
+		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
+		ctl.nstats_inflight = 1;
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
@@ -623,6 +652,7 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	db_context = ctx;
 	db_vhost = vhost;
 	db_on_ready = on_ready;
+	stats.notifier_fallbacks = stats.notifier_queued_bytes = -1;	/* unknown until read */
 	pool = xcalloc((size_t)cfg.pool, sizeof(*pool));
 	ctl.index = -1;
 	db_connect_begin(&ctl);

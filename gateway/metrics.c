@@ -184,6 +184,17 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 	out_metric(&o, "chat_gateway_busy_total", "counter",
 		   "Requests refused with 53400 busy: the pool connection's queue was full or slow.",
 		   stats.busy_refused);
+	/* The database's notifier (issue 17): events it could not ring and
+	 * NOTIFYed directly; unknown (not rendered) until first read. */
+	if (stats.notifier_fallbacks >= 0)
+		out_metric(&o, "chat_notifier_fallbacks_total", "counter",
+			   "Transactions that found the notifier ring full and sent their NOTIFY "
+			   "themselves (chat.notifier_stats(), server-wide, since it started).",
+			   (uint64_t)stats.notifier_fallbacks);
+	if (stats.notifier_queued_bytes >= 0)
+		out_metric(&o, "chat_notifier_queued_bytes", "gauge",
+			   "Bytes waiting in this database's notifier ring (chat.notifier_stats()).",
+			   (uint64_t)stats.notifier_queued_bytes);
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_up);
 

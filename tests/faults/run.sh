@@ -12,6 +12,9 @@
 #                       TCP proxy, tests/gateway/pg-proxy.mjs)
 #   disk-full           (5) chat.messages on a 4 MB tmpfs that fills up
 #                       (own cluster)
+#   client-churn        (7) thousands of connects per second for 60 s
+#                       (FAULTS_CHURN_SECONDS) from 4 processes: fds and
+#                       RSS of the gateway back to the baseline
 # Prints a table scenario x (acked, lost, duplicated, recovery).  Bounded
 # (each scenario under `timeout`); loopback and namespaces only; every
 # cluster, gateway, namespace, veth pair and mount it made is removed on
@@ -119,7 +122,7 @@ scenario() {
   echo "--- $name"
   # In the background: `wait` returns at once on a signal, so the EXIT
   # trap cleans up without waiting for the scenario's own timeout.
-  env "$@" timeout -k 5 120 node tests/faults/scenario.mjs "$name" >"$work/$name.out" 2>&1 &
+  env "$@" timeout -k 5 "${SCENARIO_TIMEOUT:-120}" node tests/faults/scenario.mjs "$name" >"$work/$name.out" 2>&1 &
   scenario_pid=$!
   wait "$scenario_pid"
   local rc=$?
@@ -132,7 +135,7 @@ scenario() {
 
 export PSQL=$PGBIN/psql
 scenarios=${FAULTS:-selftest backend-kill pg-crash notifier-overflow}
-[ "$scenarios" = all ] && scenarios="selftest backend-kill pg-crash notifier-overflow network-partition slow-db disk-full"
+[ "$scenarios" = all ] && scenarios="selftest backend-kill pg-crash notifier-overflow network-partition slow-db disk-full client-churn"
 for s in $scenarios; do
   case $s in
     selftest)
@@ -160,6 +163,8 @@ chat.notifier_delay = 500" || { failed=$((failed+1)); continue; }
       netns_teardown ;;
     slow-db)
       scenario slow-db ;;
+    client-churn)
+      SCENARIO_TIMEOUT=150 scenario client-churn ;;
     disk-full)
       mkdir -p "$work/disk" && mount -t tmpfs -o size=4m,mode=755 pgchat-faults "$work/disk" \
         || { echo "faults: could not mount a tmpfs" >&2; failed=$((failed+1)); continue; }

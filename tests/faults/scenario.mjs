@@ -7,7 +7,7 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { Load } from './checker.mjs';
-import { value, rows, psql, sleep, within } from '../gateway/lib.mjs';
+import { value, rows, psql, sleep, within, makeUser, token, parseMetrics } from '../gateway/lib.mjs';
 import { PgProxy } from '../gateway/pg-proxy.mjs';
 
 const name = process.argv[2];
@@ -122,6 +122,16 @@ const gateways = {
   }),
   // 4: the gateway reaches the database through a delaying proxy; two
   // pool connections, so that 50 ms per query is slower than the load.
+  // 6: node heartbeat every second, so that /metrics follows
+  // chat.notifier_stats() closely.
+  'notifier-overflow': async () => ({ args: ['--node-heartbeat', '1'] }),
+  // 7: users of their own for the churning connections (the chatting
+  // devices keep theirs).
+  'client-churn': async (load) => {
+    load.churnUsers = [];
+    for (let i = 0; i < 20; i++) load.churnUsers.push(await makeUser(load.db, { devices: 1 }));
+    return {};
+  },
   'slow-db': async (load) => {
     load.proxy = await PgProxy.start({ port: process.env.PGPORT });
     return { args: ['--dsn', load.proxy.dsn(load.db), '--pool', '2'] };
@@ -274,6 +284,74 @@ const faults = {
     return { faultEnd, bound: 10000, after };
   },
 
+  // 7: connects and disconnects from several processes (FAULTS_CHURN_PROCS,
+  // 4) for FAULTS_CHURN_SECONDS (60) while the devices chat: afterwards the
+  // gateway's open fds and RSS are back to the baseline (+-5 %) taken
+  // after a warm-up churn of 10 s.  With the ASan gateway (whose quarantine
+  // holds freed memory on purpose) only fds are judged; LeakSanitizer
+  // judges the memory at exit.
+  async 'client-churn'(load) {
+    const seconds = Number(process.env.FAULTS_CHURN_SECONDS || 60);
+    const procs = Number(process.env.FAULTS_CHURN_PROCS || 4);
+    const asan = /asan/.test(process.env.GATEWAY_BIN || '');
+    const pid = load.gw.pid;
+    const probe = () => ({
+      rss: Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]),
+      fds: fs.readdirSync(`/proc/${pid}/fd`).length,
+    });
+    const gauge = async () => parseMetrics((await load.gw.get('/metrics')).text).find((m) => m.name === 'chat_gateway_connections')?.value;
+    const tokens = load.churnUsers.map((u) => token(u.id, u.devices[0]));
+    // Runs the churn processes for secs; resolves their summed counts.
+    const churn = async (secs) => {
+      const port = Number(new URL(load.gw.url).port);
+      const runs = [];
+      for (let p = 0; p < procs; p++) {
+        const sources = Array.from({ length: 8 }, (_, k) => `127.0.${10 + p}.${k + 1}`);
+        const arg = JSON.stringify({ host: '127.0.0.1', port, seconds: secs, concurrency: 40, sources, tokens });
+        runs.push(run(process.execPath, [new URL('./churn.mjs', import.meta.url).pathname, arg], (secs + 30) * 1000));
+      }
+      const sum = {};
+      for (const r of await Promise.all(runs)) {
+        if (r.code !== 0) throw new Error(`churn process failed: ${r.stderr}`);
+        for (const [k, v] of Object.entries(JSON.parse(r.stdout.trim().split('\n').pop()))) sum[k] = (sum[k] ?? 0) + v;
+      }
+      return sum;
+    };
+    // Back to the chatting devices' connections, then a moment to settle.
+    const settle = async (want) => {
+      const deadline = Date.now() + 20000;
+      while ((await gauge()) > want && Date.now() < deadline) await sleep(200);
+      await sleep(3000);
+    };
+    const steady = await gauge();
+    // Warm-up: the allocator's and libpq's buffers reach their high-water
+    // mark at this churn before the baseline is taken.
+    await churn(Math.min(10, Math.ceil(seconds / 3)));
+    await settle(steady);
+    const base = probe();
+    const t0 = Date.now();
+    const samples = [];
+    const sampler = setInterval(() => { try { samples.push(probe().rss); } catch { /* gone */ } }, 5000);
+    const counts = await churn(seconds).finally(() => clearInterval(sampler));
+    const faultEnd = Date.now();
+    const conns = counts.tcp + counts.upgrade + counts.auth + counts.abort;
+    const rate = Math.round(conns / ((faultEnd - t0) / 1000));
+    await settle(steady);
+    const after = probe();
+    const left = await gauge();
+    const problems = [];
+    const within5 = (a, b) => Math.abs(a - b) <= Math.max(1, b * 0.05);
+    if (left > steady) problems.push(`${left} connections open after the churn, ${steady} before`);
+    if (!within5(after.fds, base.fds)) problems.push(`open fds ${base.fds} before, ${after.fds} after`);
+    if (!asan && !within5(after.rss, base.rss)) problems.push(`RSS ${base.rss} kB before, ${after.rss} kB after`);
+    if (rate < 1000) problems.push(`only ${rate} connects per second`);
+    if (counts.hello === 0) problems.push('no churning connection got its hello');
+    const detail = `${procs} processes x 40 loops for ${seconds} s: ${conns} connections (${rate}/s; ${JSON.stringify(counts)}); ` +
+      `gateway fds ${base.fds} -> ${after.fds}, RSS ${base.rss} -> ${after.rss} kB (every 5 s during the churn: ${samples.join(' ')})${asan ? ' (ASan: RSS not judged)' : ''}`;
+    if (problems.length) throw new Error(`${problems.join('; ')} (${detail})`);
+    return { faultEnd, bound: 10000, detail };
+  },
+
   // 6: a burst into a 64 kB notifier ring (with a slow worker): the
   // overflowing transactions NOTIFY directly; nothing may be lost.
   async 'notifier-overflow'(load) {
@@ -301,12 +379,21 @@ const faults = {
       // The fallbacks are counted where monitoring can read them.
       const counted = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()')) - countedBefore;
       if (counted < 1) throw new Error(`${fallbacks} fallback NOTIFYs seen, but chat.notifier_stats() counted ${counted}`);
-      const m = await load.gw.get('/metrics');
+      // ... and the gateway exports them (read with its node heartbeat).
+      const total = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()'));
+      let m, exported;
+      for (let i = 0; i < 50; i++) {
+        m = await load.gw.get('/metrics');
+        exported = Number((m.text.match(/^chat_notifier_fallbacks_total(?:\{[^}]*\})? (\d+)/m) ?? [])[1] ?? NaN);
+        if (exported >= total) break;
+        await sleep(100);
+      }
+      if (!(exported >= total)) throw new Error(`the gateway's /metrics chat_notifier_fallbacks_total is ${exported}, chat.notifier_stats() says ${total}`);
       const metric = (n) => (m.text.match(new RegExp(`^${n}\\{[^}]*\\} (\\d+)`, 'm')) ?? [])[1] ?? '?';
       return `burst of ${sends.length} x 3000 B, ${res.filter(Boolean).length} ok; gateway drops_total ${metric('chat_gateway_drops_total')}, ` +
         `resyncs_total ${metric('chat_gateway_resyncs_total')}; notifications seen by a listener: ${pids.length}, ` +
         `${fallbacks} of them NOTIFYed by a sending backend (ring full: fallback), the rest by the notifier worker ` +
-        `(chat.notifier_stats() counted ${counted} fallback transactions)`;
+        `(chat.notifier_stats() counted ${counted} fallback transactions; the gateway's /metrics chat_notifier_fallbacks_total ${exported})`;
     };
     return { faultEnd, bound: 10000, after };
   },
