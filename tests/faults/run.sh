@@ -12,6 +12,8 @@
 #                       TCP proxy, tests/gateway/pg-proxy.mjs)
 #   disk-full           (5) chat.messages on a 4 MB tmpfs that fills up
 #                       (own cluster)
+#   wal-full            (5b) pg_wal on a 48 MB tmpfs that fills up: PANIC,
+#                       the server stops; space back, pg_ctl start
 #   client-churn        (7) thousands of connects per second for 60 s
 #                       (FAULTS_CHURN_SECONDS) from 4 processes: fds and
 #                       RSS of the gateway back to the baseline
@@ -135,7 +137,7 @@ scenario() {
 
 export PSQL=$PGBIN/psql
 scenarios=${FAULTS:-selftest backend-kill pg-crash notifier-overflow}
-[ "$scenarios" = all ] && scenarios="selftest backend-kill pg-crash notifier-overflow network-partition slow-db disk-full client-churn"
+[ "$scenarios" = all ] && scenarios="selftest backend-kill pg-crash notifier-overflow network-partition slow-db disk-full wal-full client-churn"
 for s in $scenarios; do
   case $s in
     selftest)
@@ -171,6 +173,19 @@ chat.notifier_delay = 500" || { failed=$((failed+1)); continue; }
       mounts+=("$work/disk")
       own_cluster "" || { failed=$((failed+1)); continue; }
       scenario disk-full PGHOST="$own_dir" PGPORT="$own_port" CHAT_TEST_PGDATA="$own_dir/data" FAULTS_DISK="$work/disk" ;;
+    wal-full)
+      mkdir -p "$work/wal" && mount -t tmpfs -o size=48m,mode=755 pgchat-faults-wal "$work/wal" \
+        || { echo "faults: could not mount a tmpfs" >&2; failed=$((failed+1)); continue; }
+      mounts+=("$work/wal")
+      own_cluster "fsync = on
+synchronous_commit = on
+full_page_writes = on" || { failed=$((failed+1)); continue; }
+      # pg_wal moves to the tmpfs (a symlink, as initdb -X makes it).
+      as_owner "$PGBIN/pg_ctl" -D "$own_dir/data" -m fast -w stop >/dev/null &&
+      mv "$own_dir/data/pg_wal" "$work/wal/pg_wal" && ln -s "$work/wal/pg_wal" "$own_dir/data/pg_wal" &&
+      as_owner "$PGBIN/pg_ctl" -D "$own_dir/data" -l "$own_dir/postgres.log" -w -t 60 start >/dev/null \
+        || { echo "faults: could not move pg_wal to the tmpfs" >&2; failed=$((failed+1)); continue; }
+      scenario wal-full PGHOST="$own_dir" PGPORT="$own_port" CHAT_TEST_PGDATA="$own_dir/data" FAULTS_WAL_DISK="$work/wal" ;;
     *) echo "unknown scenario $s" >&2; failed=$((failed+1)) ;;
   esac
 done

@@ -352,6 +352,44 @@ const faults = {
     return { faultEnd, bound: 10000, detail };
   },
 
+  // 5b: pg_wal (symlinked) on a 48 MB tmpfs that run.sh mounted
+  // (FAULTS_WAL_DISK), filled, then a WAL segment switch: PostgreSQL cannot
+  // create the next segment and PANICs (a WAL write that fails is never an
+  // error a transaction can roll back), its crash recovery fails for the
+  // same reason and the postmaster exits.  Space back, pg_ctl start:
+  // crash recovery; nothing acked may be lost, the gateway is not restarted.
+  async 'wal-full'(load) {
+    const dir = process.env.FAULTS_WAL_DISK;
+    if (!dir) throw new Error('FAULTS_WAL_DISK unset: run this scenario through tests/faults/run.sh');
+    const filler = `${dir}/filler`;
+    const before = load.acks.length;
+    const { pm } = clusterPids();
+    const start = Date.now();
+    await run('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], 30000);
+    // A new segment is needed at the switch (twice: one may have been preallocated).
+    for (let i = 0; i < 3 && alive(pm); i++) {
+      await value('postgres', 'SELECT pg_switch_wal()').catch(() => {});
+      await value('postgres', 'CREATE TEMP TABLE t AS SELECT 1').catch(() => {});
+      await sleep(500);
+    }
+    const deadline = Date.now() + 30000;
+    while (alive(pm) && Date.now() < deadline) await sleep(100);
+    const died = Date.now();
+    const log = fs.readFileSync(`${process.env.CHAT_TEST_PGDATA}/../postgres.log`, 'utf8');
+    const panic = (log.match(/PANIC: .*No space left on device.*/) ?? [])[0];
+    fs.rmSync(filler, { force: true });
+    if (alive(pm)) throw new Error('the postmaster still runs 30 s after pg_wal filled up');
+    if (!panic) throw new Error('no PANIC for the full pg_wal in the server log');
+    await sleep(300);
+    await pgStart();
+    const faultEnd = Date.now();
+    return {
+      faultEnd, bound: 20000,
+      detail: `pg_wal full after ${before} acks: "${panic.replace(/^.*PANIC: +/, 'PANIC: ')}"; the postmaster exited ${died - start} ms after the fill; ` +
+        `space back and pg_ctl start (crash recovery) after ${faultEnd - died} ms`,
+    };
+  },
+
   // 6: a burst into a 64 kB notifier ring (with a slow worker): the
   // overflowing transactions NOTIFY directly; nothing may be lost.
   async 'notifier-overflow'(load) {
