@@ -7,7 +7,7 @@
 #   make demo         database + extension + gateway + demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
 #   make faults       every fault scenario under load, then again on the ASan gateway
-#                     (root; tests/faults/run.sh; about 8 minutes)
+#                     (root; tests/faults/run.sh; about 7 minutes with the build)
 
 EXTENSION   = chat
 MODULE_big  = chat
