@@ -55,6 +55,8 @@ static struct flag flags[] = {
 	{ "max-unauth", I(max_unauth), "2000", 1, 10000000, "unauthenticated connections per process", 0 },
 	{ "max-unauth-per-ip", I(max_unauth_per_ip), "64", 1, 10000000, "unauthenticated connections per source address (IPv6: per /64)", 0 },
 	{ "max-inflight", I(max_inflight), "16", 1, 1024, "requests per connection awaiting the database (error 53400 beyond)", 0 },
+	{ "request-timeout", I(request_timeout), "5", 1, 3600, "seconds a request may wait for the database (then error 08006; /healthz 503 after half of it)", 0 },
+	{ "pool-queue", I(pool_queue), "1024", 1, 1000000, "requests queued per pool connection (error 53400 \"busy\" beyond)", 0 },
 	{ "max-token-ttl", I(max_token_ttl), "2592000", 60, 315360000, "longest token lifetime in seconds, exp - (iat or now) (close 4001)", 0 },
 	{ "metrics-listen", S(metrics_listen), NULL, 0, 0, "HOST:PORT serving /metrics and /healthz alone; /metrics then leaves --listen", 0 },
 	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls", 0 },

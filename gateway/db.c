@@ -23,13 +23,16 @@
 #include <string.h>
 #include <unistd.h>
 #include <stddef.h>
+#include <poll.h>
 #include "gateway.h"
 
 enum pg_state { PG_DOWN, PG_CONNECTING, PG_SETUP, PG_READY };
 
 enum pending_kind {
 	P_PREPARE, P_LISTEN, P_RESET, P_HEARTBEAT, P_CONNECT, P_DISCONNECT,
-	P_REQUEST, P_REF, P_FINAL
+	P_REQUEST, P_REF, P_FINAL,
+	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
+	P_NSTATS		/* chat.notifier_stats() for /metrics */
 };
 
 /* A query sent and not yet answered; owns a reference on conn. */
@@ -41,6 +44,7 @@ struct pending {
 	uint64_t start_us;
 	uint8_t kind;
 	uint8_t seen;
+	uint8_t timed_out;		/* failed by db_watch: no answer in time */
 	uint32_t epoch;			/* P_CONNECT: the epoch it was sent in */
 	uint64_t trace_rx, trace_db;	/* --trace-latency: frame received, call sent */
 	char id[];			/* request id as JSON, "" when none */
@@ -52,15 +56,21 @@ struct pgconn {
 	int index;			/* -1: the control connection */
 	int state;
 	int heartbeat_inflight;
+	int nstats_inflight;
 	int ever_ready;
 	struct pending *head, *tail;
 	uint64_t connect_started;
+	int poll_want;			/* what PQconnectPoll last asked to wait for */
 	uint32_t backoff_ms;
 	lws_sorted_usec_list_t sul;
+	/* Silent database (db_watch): */
+	int requests;			/* P_REQUEST entries pending (--pool-queue) */
+	int timed_out;			/* db_lost: the pending entries timed out */
+	uint64_t last_rx_us;		/* last bytes from the server */
 };
 
 static struct pgconn ctl, *pool;
-static lws_sorted_usec_list_t sul_heartbeat;
+static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
 static int listening, shutdown_done, final_wanted, final_sent;
 static struct lws_context *db_context;
 static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
@@ -81,6 +91,7 @@ static void db_lost(struct pgconn *pc, const char *why);
 static void db_reregister(struct conn *c, void *arg);
 static void db_register_pending(struct conn *c, void *arg);
 static void db_maybe_listen(void);
+static void db_watch(lws_sorted_usec_list_t *sul);
 
 /* Name of a connection for logs. */
 static const char *
@@ -298,6 +309,8 @@ db_done_request(struct pending *p, const struct outcome *o)
 	} else {
 		stats.request_errors++;
 		ws_send_error(c, id, "08006", o->res ? "request returned no result" :
+			      p->timed_out ? "database did not answer in time (--request-timeout); "
+					     "the request may or may not have been applied" :
 			      "database connection lost; the request may or may not have been applied");
 	}
 }
@@ -320,6 +333,25 @@ db_done_log(const struct outcome *o, int level, const char *what)
 {
 	if (!o->ok && o->res)
 		log_msg(level, 0, "%s failed: %s", what, o->err ? o->err : "?");
+}
+
+/* P_NSTATS answered: the notifier's fallbacks and queued bytes for
+ * /metrics (a role that may not call chat.notifier_stats() leaves them
+ * unknown; logged once). */
+static void
+db_done_nstats(struct pgconn *pc, const struct outcome *o)
+{
+	static int warned;
+
+	pc->nstats_inflight = 0;
+	if (o->ok && PQntuples(o->res) == 1 && PQnfields(o->res) == 2) {
+		stats.notifier_fallbacks = PQgetisnull(o->res, 0, 0) ? -1 : strtoll(PQgetvalue(o->res, 0, 0), NULL, 10);
+		stats.notifier_queued_bytes = PQgetisnull(o->res, 0, 1) ? -1 : strtoll(PQgetvalue(o->res, 0, 1), NULL, 10);
+	} else if (o->res && !warned) {
+		warned = 1;
+		log_msg(LOG_WARN, 0, "chat.notifier_stats() failed (metrics chat_notifier_* left out): %s",
+			o->err ? o->err : "?");
+	}
 }
 
 /* Called for each answered (or failed: res NULL) pending entry: hands it
@@ -357,6 +389,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		db_done_log(&o, LOG_WARN, "chat.disconnect");
 		break;
 	case P_REQUEST:
+		pc->requests--;
 		db_done_request(p, &o);
 		break;
 	case P_REF:
@@ -365,6 +398,12 @@ db_complete(struct pgconn *pc, struct pending *p)
 	case P_FINAL:
 		db_done_log(&o, LOG_WARN, "chat.node_reset at shutdown");
 		shutdown_done = 1;
+		break;
+	case P_PROBE:
+		db_done_log(&o, LOG_WARN, "liveness probe");
+		break;
+	case P_NSTATS:
+		db_done_nstats(pc, &o);
 		break;
 	}
 	if (p->conn)
@@ -443,6 +482,7 @@ db_connected(struct pgconn *pc)
 	}
 	lws_set_opaque_user_data(pc->wsi, pc);
 	pc->state = PG_SETUP;
+	pc->last_rx_us = now_us();
 
 	if (pc->index >= 0) {
 		if (!PQsendPrepare(pc->pg, "req", SQL_REQUEST, 4, NULL) || !PQpipelineSync(pc->pg)) {
@@ -451,6 +491,7 @@ db_connected(struct pgconn *pc)
 		}
 		struct pending *p = xcalloc(1, sizeof(*p) + 1);
 		p->kind = P_PREPARE;
+		p->start_us = now_us();		/* db_watch bounds the set-up too */
 		pc->head = pc->tail = p;
 		db_flush(pc);
 		return;
@@ -464,6 +505,18 @@ db_connected(struct pgconn *pc)
 		return;
 }
 
+/* True when fd is ready for what PQconnectPoll asked (a poll() that does
+ * not wait); also when there is no socket to wait for. */
+static int
+db_sock_ready(int fd, int want)
+{
+	struct pollfd p = { .fd = fd, .events = want == PGRES_POLLING_READING ? POLLIN : POLLOUT };
+
+	if (fd < 0 || (want != PGRES_POLLING_READING && want != PGRES_POLLING_WRITING))
+		return 1;
+	return poll(&p, 1, 0) > 0;
+}
+
 /* Connect timer: polls PQconnectPoll until the connection is up or failed. */
 static void
 db_connect_poll(lws_sorted_usec_list_t *sul)
@@ -475,7 +528,15 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_connect_begin(pc);
 		return;
 	}
-	st = PQconnectPoll(pc->pg);
+	/* PQconnectPoll only once the socket is ready as it asked: called
+	 * early it takes a connect still in progress for done and waits,
+	 * blocking, to send the startup packet (the whole loop stalled for
+	 * the ARP timeout when the database's network was down). */
+	if (!db_sock_ready(PQsocket(pc->pg), pc->poll_want))
+		st = (PostgresPollingStatusType)pc->poll_want;
+	else
+		st = PQconnectPoll(pc->pg);
+	pc->poll_want = st;
 	if (st == PGRES_POLLING_OK) {
 		db_connected(pc);
 		return;
@@ -484,8 +545,9 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 		db_lost(pc, PQerrorMessage(pc->pg));
 		return;
 	}
-	if (now_us() - pc->connect_started > 10 * LWS_US_PER_SEC) {
-		db_lost(pc, "connection attempt timed out after 10 s");
+	if (now_us() - pc->connect_started >
+	    (uint64_t)(cfg.request_timeout < 2 ? 2 : cfg.request_timeout) * LWS_US_PER_SEC) {
+		db_lost(pc, "connection attempt timed out (--request-timeout)");
 		return;
 	}
 	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll,
@@ -496,12 +558,23 @@ db_connect_poll(lws_sorted_usec_list_t *sul)
 static void
 db_connect_begin(struct pgconn *pc)
 {
-	static const char *const keys[] = { "dbname", "application_name", NULL };
-	char appname[64];
-	const char *values[3] = { cfg.dsn, appname, NULL };
+	/* A silent server (network partition, dead host) is noticed by TCP
+	 * within --request-timeout: keepalive probes after half of it, and
+	 * tcp_user_timeout for data the server never acknowledges.  They come
+	 * before dbname so that --dsn may override them. */
+	static const char *const keys[] = {
+		"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+		"tcp_user_timeout", "dbname", "application_name", NULL
+	};
+	char appname[64], idle[16], count[16], user_timeout[16];
+	const char *values[8] = { "1", idle, "1", count, user_timeout, cfg.dsn, appname, NULL };
+	int half = cfg.request_timeout / 2 > 0 ? cfg.request_timeout / 2 : 1;
 
 	if (stopping)
 		return;
+	snprintf(idle, sizeof(idle), "%d", half);
+	snprintf(count, sizeof(count), "%d", cfg.request_timeout - half > 0 ? cfg.request_timeout - half : 1);
+	snprintf(user_timeout, sizeof(user_timeout), "%d", cfg.request_timeout * 1000);
 	snprintf(appname, sizeof(appname), "chat-gateway %s", cfg.node);
 	pc->pg = PQconnectStartParams(keys, values, 1);
 	if (!pc->pg || PQstatus(pc->pg) == CONNECTION_BAD) {
@@ -510,6 +583,7 @@ db_connect_begin(struct pgconn *pc)
 		return;
 	}
 	pc->state = PG_CONNECTING;
+	pc->poll_want = PGRES_POLLING_WRITING;	/* libpq's contract after PQconnectStart */
 	pc->connect_started = now_us();
 	lws_sul_schedule(db_context, 0, &pc->sul, db_connect_poll, 200);
 }
@@ -543,6 +617,10 @@ db_lost(struct pgconn *pc, const char *why)
 			(int)strcspn(why ? why : "", "\n"), why ? why : "");
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
+	pc->nstats_inflight = 0;
+	for (p = pc->head; p; p = p->next)
+		p->timed_out = (uint8_t)pc->timed_out;
+	pc->timed_out = 0;
 	if (pc->wsi) {
 		lws_set_opaque_user_data(pc->wsi, NULL);
 		lws_set_timeout(pc->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
@@ -577,6 +655,10 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
+	if (ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
+	    db_send(&ctl, P_NSTATS, NULL,
+		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
+		ctl.nstats_inflight = 1;
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
@@ -588,6 +670,7 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	db_context = ctx;
 	db_vhost = vhost;
 	db_on_ready = on_ready;
+	stats.notifier_fallbacks = stats.notifier_queued_bytes = -1;	/* unknown until read */
 	pool = xcalloc((size_t)cfg.pool, sizeof(*pool));
 	ctl.index = -1;
 	db_connect_begin(&ctl);
@@ -597,7 +680,88 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	}
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
 }
+
+/* ---- silent database: request deadline, liveness probe, busy (issue 17) ---- */
+
+#define WATCH_PROBE_IDLE_US (1 * LWS_US_PER_SEC)
+
+/* Checks one connection: its oldest unanswered query past --request-timeout
+ * closes it (every pending request is answered 08006 at once, the
+ * connection reconnects); an idle one gets a SELECT 1 so that a silent
+ * server is noticed even when no client asks anything. */
+static void
+db_watch_one(struct pgconn *pc, uint64_t now)
+{
+	uint64_t limit = (uint64_t)cfg.request_timeout * LWS_US_PER_SEC;
+
+	if (pc->state < PG_SETUP)
+		return;
+	if (pc->head && now - pc->head->start_us > limit) {
+		stats.db_timeouts++;
+		pc->timed_out = 1;
+		db_lost(pc, "no answer within --request-timeout");
+		return;
+	}
+	if (pc->state == PG_READY && !pc->head && !stopping &&
+	    now - pc->last_rx_us > WATCH_PROBE_IDLE_US)
+		db_send(pc, P_PROBE, NULL, "SELECT 1", 0, NULL, NULL);
+}
+
+/* Every 250 ms: the deadline and the liveness probe of every connection. */
+static void
+db_watch(lws_sorted_usec_list_t *sul)
+{
+	uint64_t now = now_us();
+	static uint64_t last_tick;
+
+	(void)sul;
+	/* Nothing in the loop may block: say so when it did. */
+	if (last_tick && now - last_tick > 750 * LWS_US_PER_MS)
+		log_msg(LOG_WARN, 0, "event loop stalled for %llu ms", (unsigned long long)(now - last_tick) / 1000);
+	last_tick = now;
+	db_watch_one(&ctl, now);
+	for (int i = 0; i < cfg.pool; i++)
+		db_watch_one(&pool[i], now);
+	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
+}
+
+/* True when a connection is ready and its oldest query has waited at most
+ * half of --request-timeout: beyond, requests are refused busy and
+ * /healthz answers 503 before the deadline closes the connection. */
+static int
+db_pc_prompt(const struct pgconn *pc, uint64_t now)
+{
+	return pc->state == PG_READY &&
+	       (!pc->head || now - pc->head->start_us <=
+			     (uint64_t)cfg.request_timeout * LWS_US_PER_SEC / 2);
+}
+
+/* /healthz: every connection ready and prompt. */
+int
+db_healthy(void)
+{
+	uint64_t now = now_us();
+
+	if (!db_pc_prompt(&ctl, now))
+		return 0;
+	for (int i = 0; i < cfg.pool; i++)
+		if (!db_pc_prompt(&pool[i], now))
+			return 0;
+	return 1;
+}
+
+/* True when a new request on pc must be refused busy: --pool-queue
+ * requests already wait there, or the oldest has waited over half of
+ * --request-timeout (the database is slower than the load). */
+static int
+db_busy(const struct pgconn *pc)
+{
+	return pc->requests >= cfg.pool_queue || !db_pc_prompt(pc, now_us());
+}
+
+/* ---- end of the silent-database block ---- */
 
 /* True when the control connection and every pool connection are ready (/healthz). */
 int
@@ -665,6 +829,12 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 		ws_send_error(c, id_json, "08006", "database unavailable, retry later");
 		return;
 	}
+	if (db_busy(pc)) {
+		stats.request_errors++;
+		stats.busy_refused++;
+		ws_send_error(c, id_json, "53400", "busy: the database is not keeping up; retry later");
+		return;
+	}
 	if (len + 1 > cap) {
 		cap = len + 1 > 4096 ? len + 1 : 4096;
 		free(buf);
@@ -685,6 +855,7 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	p->trace_rx = trace_rx_us;
 	p->trace_db = db_call;
 	stats.requests++;
+	pc->requests++;
 	p->conn = c;
 	c->inflight++;
 	conn_ref(c);
@@ -794,6 +965,7 @@ db_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 	case LWS_CALLBACK_RAW_RX_FILE:
 		if (!pc || !pc->pg)
 			return -1;
+		pc->last_rx_us = now_us();
 		if (!PQconsumeInput(pc->pg)) {
 			/* Return -1: the EOF fd stays readable and would spin the loop. */
 			pc->wsi = NULL;

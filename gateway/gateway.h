@@ -44,6 +44,8 @@ struct config {
 	int max_unauth;
 	int max_unauth_per_ip;		/* unauthenticated connections per address (IPv6: /64) */
 	int max_inflight;		/* requests per connection awaiting the database */
+	int request_timeout;		/* seconds a request may wait for the database */
+	int pool_queue;			/* requests queued per pool connection (busy beyond) */
 	int max_token_ttl;		/* seconds: exp - (iat or now) */
 	int node_heartbeat;		/* seconds between chat.node_heartbeat calls */
 	int drain_timeout;		/* seconds SIGTERM waits for clients to go */
@@ -331,6 +333,9 @@ void route_ref_done(void *event, const char *json, size_t len);
 void db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void));
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
+/* True when db_ready() and no connection's oldest query has waited over
+ * half of --request-timeout (/healthz). */
+int db_healthy(void);
 
 /* Relays a client frame through chat.client_request; the response goes to c. */
 void db_request(struct conn *c, const char *frame, size_t len, const char *id_json);
@@ -375,6 +380,10 @@ struct metrics {
 	uint64_t inflight_refused;	/* requests refused beyond --max-inflight */
 	uint64_t unauth_per_ip_refused;	/* connections refused by --max-unauth-per-ip */
 	uint64_t db_reconnects, resyncs;
+	uint64_t db_timeouts;		/* connections closed: no answer within --request-timeout */
+	uint64_t busy_refused;		/* requests refused: pool queue full or slow (53400 busy) */
+	/* chat.notifier_stats(), read with every node heartbeat (-1: unknown) */
+	int64_t notifier_fallbacks, notifier_queued_bytes;
 	uint64_t closes[16];		/* indexed by metrics_close_slot */
 	uint64_t latency_buckets[16];
 	uint64_t latency_count;

@@ -99,7 +99,7 @@ http_request(struct lws *wsi, int metrics_vhost)
 	if (!strcmp(uri, "/healthz")) {
 		int draining = conn_draining();
 
-		if (db_ready() && !draining)
+		if (db_healthy() && !draining)
 			return http_reply(wsi, 200, "text/plain", "ok\n", 3);
 		return http_reply(wsi, 503, "text/plain",
 				  draining ? "draining\n" : "database unavailable\n",

@@ -151,6 +151,20 @@ out_metric(struct out *o, const char *name, const char *type, const char *help, 
 }
 #define METRIC(field) offsetof(struct metrics, field)
 
+/* Like out_metric for an int64_t field that is -1 while unknown: only the
+ * processes that know it have a series (none: only HELP and TYPE). */
+static void
+out_metric_known(struct out *o, const char *name, const char *type, const char *help, size_t off)
+{
+	out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	for_each_slot(m) {
+		int64_t v = *(const int64_t *)((const char *)m + off);
+
+		if (v >= 0)
+			out_printf(o, "%s{node=\"%s\"} %lld\n", name, slot_node(m), (long long)v);
+	}
+}
+
 /* The closes counter, one series per close code. */
 static void
 metrics_render_closes(struct out *o)
@@ -250,6 +264,21 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 		   "Database connections re-established.", METRIC(db_reconnects));
 	out_metric(&o, "chat_gateway_resyncs_total", "counter",
 		   "Resync frames sent to clients.", METRIC(resyncs));
+	out_metric(&o, "chat_gateway_db_timeouts_total", "counter",
+		   "Database connections closed because a query had no answer within --request-timeout.",
+		   METRIC(db_timeouts));
+	out_metric(&o, "chat_gateway_busy_total", "counter",
+		   "Requests refused with 53400 busy: the pool connection's queue was full or slow.",
+		   METRIC(busy_refused));
+	/* The database's notifier (issue 17): events it could not ring and
+	 * NOTIFYed directly; unknown (not rendered) until first read. */
+	out_metric_known(&o, "chat_notifier_fallbacks_total", "counter",
+			 "Transactions that found the notifier ring full and sent their NOTIFY "
+			 "themselves (chat.notifier_stats(), server-wide, since it started).",
+			 METRIC(notifier_fallbacks));
+	out_metric_known(&o, "chat_notifier_queued_bytes", "gauge",
+			 "Bytes waiting in this database's notifier ring (chat.notifier_stats()).",
+			 METRIC(notifier_queued_bytes));
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", METRIC(db_up));
 

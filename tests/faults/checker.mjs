@@ -7,12 +7,31 @@
 // records, not the live objects) so that the self-test can feed it
 // fabricated records and see it fail.
 import fs from 'node:fs';
-import { newDb, makeUser, direct, group, startGateway, DutifulClient, token, rows, sleep, within } from '../gateway/lib.mjs';
+import { newDb, makeUser, direct, group, startGateway, freePort, Client, DutifulClient, token, rows, sleep, within } from '../gateway/lib.mjs';
+
+// Every send request frame of the devices (DutifulClient retries inside
+// one Load.sendOne) with the time it took to be answered, for the
+// scenarios that bound the behaviour while a fault lasts.
+let sendLog = null;
+const clientRequest = Client.prototype.request;
+Client.prototype.request = function request(obj, timeout) {
+  const p = clientRequest.call(this, obj, timeout);
+  if (sendLog && obj?.type === 'send') {
+    const e = { t0: Date.now(), t1: null, code: null };
+    sendLog.push(e);
+    p.then((f) => { e.t1 = Date.now(); e.code = f.type === 'ok' ? null : f.code; if (f.type !== 'ok') e.message = f.message; },
+      () => { e.t1 = Date.now(); e.code = 'unanswered'; });
+  }
+  return p;
+};
 
 // SQLSTATE classes of an error frame after which the send may or may not
 // have been applied (connection lost, backend terminated, server crash):
 // the client retries with the same client_msg_id, as for an unanswered send.
-const RETRYABLE = /^(08|57P)/;
+// 53400 (rate, in flight, busy) was refused before the database saw it:
+// retried later with the same client_msg_id as well, and so is 53100
+// (disk full: the transaction was rolled back, nothing was stored).
+const RETRYABLE = /^(08|57P|53400$|53100$)/;
 
 // ---------------------------------------------------------------- judgement
 
@@ -110,6 +129,8 @@ export class Load {
     this.errors = new Map();   // error code -> count (error frames to sends)
     this.retries = 0;
     this.failed = [];          // sends given up (a non-retryable error)
+    this.attempts = [];        // every send frame on the wire: {t0, t1, code} (code null: ok)
+    sendLog = this.attempts;
     this.sending = false;
   }
 
@@ -131,9 +152,17 @@ export class Load {
     this.convsOf = new Map(ids.map((u) => [u, Object.keys(this.members).map(Number).filter((c) => this.members[c].includes(u))]));
   }
 
-  // Starts a gateway (args: extra flags) and every device.
-  async start(gwArgs = []) {
-    this.gw = await startGateway({ db: this.db, args: gwArgs, label: this.db, wait: false });
+  // Starts a gateway (args: extra flags, or a function of its port
+  // returning them; host: the address clients reach it at when not
+  // 127.0.0.1, e.g. in a network namespace) and every device.
+  async start(gwArgs = [], { host } = {}) {
+    const port = await freePort();
+    const args = typeof gwArgs === 'function' ? gwArgs(port) : gwArgs;
+    this.gw = await startGateway({ db: this.db, args, port, label: this.db, wait: false });
+    if (host) {
+      this.gw.url = `ws://${host}:${port}`;
+      this.gw.http = `http://${host}:${port}`;
+    }
     // For the runner's cleanup, should this process die without its own.
     if (process.env.FAULTS_PIDFILE) fs.appendFileSync(process.env.FAULTS_PIDFILE, `${this.gw.pid}\n`);
     await this.gw.waitHealth(200, 15000);

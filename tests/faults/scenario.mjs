@@ -7,7 +7,8 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { Load } from './checker.mjs';
-import { value, rows, sleep, within } from '../gateway/lib.mjs';
+import { value, rows, psql, sleep, within, makeUser, token, parseMetrics } from '../gateway/lib.mjs';
+import { PgProxy } from '../gateway/pg-proxy.mjs';
 
 const name = process.argv[2];
 // The server's binaries: as the harness found them, else where pg_config says.
@@ -75,6 +76,68 @@ function listener(db, node) {
   };
 }
 
+// Polls the gateway's /healthz every 100 ms until stop(); resolves the
+// samples [{t, status}].
+function healthPoller(gw) {
+  const samples = [];
+  let on = true;
+  const loop = (async () => {
+    while (on) {
+      const t = Date.now();
+      samples.push({ t, status: (await gw.get('/healthz', 500)).status });
+      await sleep(Math.max(0, 100 - (Date.now() - t)));
+    }
+  })();
+  return { samples, stop: async () => { on = false; await loop; return samples; } };
+}
+
+// The devices' connections made so far (a client that keeps its socket adds none).
+const connects = (load) => load.devices.reduce((n, d) => n + d.connects, 0);
+
+// Send frames first tried in [from, to): answered how and how fast.
+function sendsBetween(load, from, to) {
+  const tries = load.attempts.filter((e) => e.t0 >= from && e.t0 < to);
+  const slowest = tries.reduce((m, e) => Math.max(m, (e.t1 ?? Date.now()) - e.t0), 0);
+  const codes = {};
+  for (const e of tries) codes[e.code ?? 'ok'] = (codes[e.code ?? 'ok'] ?? 0) + 1;
+  return { n: tries.length, slowest, codes, tries };
+}
+
+// Median of the answer times of send frames tried in [from, to).
+function medianLatency(load, from, to) {
+  const v = load.attempts.filter((e) => e.t0 >= from && e.t0 < to && e.t1 && e.code === null).map((e) => e.t1 - e.t0).sort((a, b) => a - b);
+  return v.length ? v[Math.floor(v.length / 2)] : null;
+}
+
+// Per scenario, how its gateway is started (default: as for the quick
+// ones, on loopback, straight to the cluster's socket).
+const gateways = {
+  // 3: the gateway in the network namespace run.sh made; it reaches the
+  // database over one veth pair (the one taken down) and its clients
+  // reach it over another.
+  'network-partition': async (load) => ({
+    args: (port) => ['--listen', `${process.env.FAULTS_GW_ADDR}:${port}`,
+      '--dsn', `dbname=${load.db} host=${process.env.FAULTS_DB_ADDR} port=${process.env.PGPORT} user=${process.env.PGUSER || 'postgres'}`],
+    host: process.env.FAULTS_GW_ADDR,
+  }),
+  // 4: the gateway reaches the database through a delaying proxy; two
+  // pool connections, so that 50 ms per query is slower than the load.
+  // 6: node heartbeat every second, so that /metrics follows
+  // chat.notifier_stats() closely.
+  'notifier-overflow': async () => ({ args: ['--node-heartbeat', '1'] }),
+  // 7: users of their own for the churning connections (the chatting
+  // devices keep theirs).
+  'client-churn': async (load) => {
+    load.churnUsers = [];
+    for (let i = 0; i < 20; i++) load.churnUsers.push(await makeUser(load.db, { devices: 1 }));
+    return {};
+  },
+  'slow-db': async (load) => {
+    load.proxy = await PgProxy.start({ port: process.env.PGPORT });
+    return { args: ['--dsn', load.proxy.dsn(load.db), '--pool', '2'] };
+  },
+};
+
 // Each fault runs under the load and resolves {faultEnd, detail}.
 const faults = {
   // 1: the gateway's pool and LISTEN backends terminated, 5 times, 1 s apart.
@@ -110,6 +173,223 @@ const faults = {
     return { faultEnd, detail: `postmaster ${pm} killed -9 after ${before} acks; down ${faultEnd - killedAt} ms`, bound: 20000 };
   },
 
+  // 3: the link between the gateway's namespace and the database down for
+  // 10 s.  While it is down: every send answered (an error frame) within
+  // 5 s + 1 s, /healthz 503 within 5 s + 0.6 s, no client loses its
+  // socket; after: recovery (resync) within the bound.
+  async 'network-partition'(load) {
+    const link = process.env.FAULTS_DB_LINK;
+    if (!link) throw new Error('FAULTS_DB_LINK unset: run this scenario through tests/faults/run.sh');
+    const health = healthPoller(load.gw);
+    await sleep(1000);
+    const connectsBefore = connects(load);
+    const down = Date.now();
+    let r = await run('ip', ['link', 'set', link, 'down']);
+    if (r.code !== 0) throw new Error(`ip link set ${link} down: ${r.stderr}`);
+    try {
+      await sleep(10000);
+    } finally {
+      r = await run('ip', ['link', 'set', link, 'up']);
+    }
+    if (r.code !== 0) throw new Error(`ip link set ${link} up: ${r.stderr}`);
+    const faultEnd = Date.now();
+    const samples = await health.stop();
+    const first503 = samples.find((x) => x.t >= down && x.status === 503);
+    // Every try in flight at some point of the partition's first 4 s
+    // (later ones may be answered after the link is back).
+    const during = sendsBetween(load, down - 6000, faultEnd - 6000);
+    const whileDown = sendsBetween(load, down, faultEnd);
+    // Tries still unanswered when they were started more than 6 s ago, or answered late.
+    const late = during.tries.filter((e) => (e.t1 ?? Date.now()) - e.t0 > 6000 && (e.t1 ?? Date.now()) < faultEnd + 1000);
+    const problems = [];
+    if (!first503) problems.push('/healthz never answered 503 during the partition');
+    else if (first503.t - down > 5600) problems.push(`/healthz 503 only after ${first503.t - down} ms`);
+    if (during.n === 0) problems.push('no send was tried during the partition');
+    if (late.length) {
+      problems.push(`${late.length} sends tried during the partition answered after more than 6 s (slowest ${during.slowest} ms): ` +
+        JSON.stringify(late.slice(0, 5).map((e) => ({ from_down_ms: e.t0 - down, took_ms: e.t1 ? e.t1 - e.t0 : null, code: e.code }))));
+    }
+    if (connects(load) !== connectsBefore) problems.push(`clients reconnected ${connects(load) - connectsBefore} times: they must keep their sockets`);
+    if (problems.length) throw new Error(problems.join('; '));
+    return {
+      faultEnd, bound: 20000,
+      detail: `link ${link} down ${faultEnd - down} ms; /healthz 503 after ${first503.t - down} ms; ` +
+        `${whileDown.n} send frames tried while down, answered ${JSON.stringify(whileDown.codes)}; slowest answer of a try in flight during the partition ` +
+        `${during.slowest} ms; clients kept their sockets`,
+    };
+  },
+
+  // 4: every query 50 ms slower for 10 s: latency grows, back-pressure
+  // answers "busy" (53400) rather than queueing past the deadline (no
+  // 08006 timeout), nothing lost.
+  async 'slow-db'(load) {
+    const t0 = Date.now();
+    await sleep(1500);
+    const start = Date.now();
+    load.proxy.delay(50);
+    try {
+      await sleep(10000);
+    } finally {
+      load.proxy.delay(0);
+    }
+    const faultEnd = Date.now();
+    const before = medianLatency(load, t0, start);
+    const slow = medianLatency(load, start, faultEnd);
+    const during = sendsBetween(load, start, faultEnd);
+    const problems = [];
+    if (!(slow > (before ?? 0) + 40)) problems.push(`median send latency ${before} ms before, ${slow} ms while slow: it did not grow`);
+    if (!during.codes['53400']) problems.push(`no "busy" 53400 while the database was slow: ${JSON.stringify(during.codes)}`);
+    const timeouts = load.attempts.filter((e) => e.code && e.code.startsWith('08')).length;
+    if (timeouts) problems.push(`${timeouts} sends answered 08xxx: the queue outgrew the deadline`);
+    if (problems.length) throw new Error(problems.join('; '));
+    return {
+      faultEnd, bound: 10000,
+      detail: `50 ms per query for ${faultEnd - start} ms (2 pool connections): median send ${before} ms before, ${slow} ms during; ` +
+        `send frames during ${JSON.stringify(during.codes)} (53400: busy, retried), slowest ${during.slowest} ms`,
+    };
+  },
+
+  // 5: chat.messages (table, TOAST, indexes) on a small tmpfs that run.sh
+  // mounted (FAULTS_DISK) and that is then filled: sends fail 53100 with
+  // nothing half-written; after space returns, service resumes on the same
+  // gateway.
+  async 'disk-full'(load) {
+    const dir = process.env.FAULTS_DISK;
+    if (!dir) throw new Error('FAULTS_DISK unset: run this scenario through tests/faults/run.sh');
+    const filler = `${dir}/filler`;
+    const start = Date.now();
+    // Fill what is left (dd stops at ENOSPC).
+    await run('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], 30000);
+    const filled = Date.now();
+    // Sends fail once the pages that were left are full.
+    const deadline = Date.now() + 20000;
+    while (!load.attempts.some((e) => e.t0 >= start && e.code === '53100') && Date.now() < deadline) await sleep(100);
+    const first53100 = load.attempts.find((e) => e.t0 >= start && e.code === '53100');
+    if (first53100) await sleep(3000);      // stay full for a while under load
+    fs.rmSync(filler, { force: true });
+    const faultEnd = Date.now();
+    const during = sendsBetween(load, start, faultEnd);
+    if (!first53100) throw new Error(`no send failed 53100 within 20 s of the disk filling: ${JSON.stringify(during.codes)}`);
+    const msg = first53100.message;
+    // Nothing half-written: every conversation's seqs are 1..last_seq, each once.
+    const after = async () => {
+      const bad = await rows(load.db, `SELECT c.id, c.last_seq, count(m.seq) AS n, max(m.seq) AS top FROM chat.conversations c
+        LEFT JOIN chat.messages m ON m.conversation_id = c.id GROUP BY c.id, c.last_seq
+        HAVING count(m.seq) <> c.last_seq OR coalesce(max(m.seq), 0) <> c.last_seq`);
+      if (bad.length) throw new Error(`half-written conversations (last_seq vs messages): ${JSON.stringify(bad)}`);
+      return `disk full after ${filled - start} ms (dd), first 53100 ${first53100.t0 - filled} ms later; ` +
+        `send frames while full ${JSON.stringify(during.codes)}${msg ? ` ("${msg}")` : ''}; space back after ${faultEnd - filled} ms; ` +
+        'seqs of every conversation contiguous and equal to last_seq';
+    };
+    return { faultEnd, bound: 10000, after };
+  },
+
+  // 7: connects and disconnects from several processes (FAULTS_CHURN_PROCS,
+  // 4) for FAULTS_CHURN_SECONDS (60) while the devices chat: afterwards the
+  // gateway's open fds and RSS are back to the baseline (+-5 %) taken
+  // after a warm-up churn of 10 s.  With the ASan gateway (whose quarantine
+  // holds freed memory on purpose) only fds are judged; LeakSanitizer
+  // judges the memory at exit.
+  async 'client-churn'(load) {
+    const seconds = Number(process.env.FAULTS_CHURN_SECONDS || 60);
+    const procs = Number(process.env.FAULTS_CHURN_PROCS || 4);
+    const asan = /asan/.test(process.env.GATEWAY_BIN || '');
+    const pid = load.gw.pid;
+    const probe = () => ({
+      rss: Number(fs.readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]),
+      fds: fs.readdirSync(`/proc/${pid}/fd`).length,
+    });
+    const gauge = async () => parseMetrics((await load.gw.get('/metrics')).text).find((m) => m.name === 'chat_gateway_connections')?.value;
+    const tokens = load.churnUsers.map((u) => token(u.id, u.devices[0]));
+    // Runs the churn processes for secs; resolves their summed counts.
+    const churn = async (secs) => {
+      const port = Number(new URL(load.gw.url).port);
+      const runs = [];
+      for (let p = 0; p < procs; p++) {
+        const sources = Array.from({ length: 8 }, (_, k) => `127.0.${10 + p}.${k + 1}`);
+        const arg = JSON.stringify({ host: '127.0.0.1', port, seconds: secs, concurrency: 40, sources, tokens });
+        runs.push(run(process.execPath, [new URL('./churn.mjs', import.meta.url).pathname, arg], (secs + 30) * 1000));
+      }
+      const sum = {};
+      for (const r of await Promise.all(runs)) {
+        if (r.code !== 0) throw new Error(`churn process failed: ${r.stderr}`);
+        for (const [k, v] of Object.entries(JSON.parse(r.stdout.trim().split('\n').pop()))) sum[k] = (sum[k] ?? 0) + v;
+      }
+      return sum;
+    };
+    // Back to the chatting devices' connections, then a moment to settle.
+    const settle = async (want) => {
+      const deadline = Date.now() + 20000;
+      while ((await gauge()) > want && Date.now() < deadline) await sleep(200);
+      await sleep(3000);
+    };
+    const steady = await gauge();
+    // Warm-up: the allocator's and libpq's buffers reach their high-water
+    // mark at this churn before the baseline is taken.
+    await churn(Math.min(10, Math.ceil(seconds / 3)));
+    await settle(steady);
+    const base = probe();
+    const t0 = Date.now();
+    const samples = [];
+    const sampler = setInterval(() => { try { samples.push(probe().rss); } catch { /* gone */ } }, 5000);
+    const counts = await churn(seconds).finally(() => clearInterval(sampler));
+    const faultEnd = Date.now();
+    const conns = counts.tcp + counts.upgrade + counts.auth + counts.abort;
+    const rate = Math.round(conns / ((faultEnd - t0) / 1000));
+    await settle(steady);
+    const after = probe();
+    const left = await gauge();
+    const problems = [];
+    const within5 = (a, b) => Math.abs(a - b) <= Math.max(1, b * 0.05);
+    if (left > steady) problems.push(`${left} connections open after the churn, ${steady} before`);
+    if (!within5(after.fds, base.fds)) problems.push(`open fds ${base.fds} before, ${after.fds} after`);
+    if (!asan && !within5(after.rss, base.rss)) problems.push(`RSS ${base.rss} kB before, ${after.rss} kB after`);
+    if (rate < 1000) problems.push(`only ${rate} connects per second`);
+    if (counts.hello === 0) problems.push('no churning connection got its hello');
+    const detail = `${procs} processes x 40 loops for ${seconds} s: ${conns} connections (${rate}/s; ${JSON.stringify(counts)}); ` +
+      `gateway fds ${base.fds} -> ${after.fds}, RSS ${base.rss} -> ${after.rss} kB (every 5 s during the churn: ${samples.join(' ')})${asan ? ' (ASan: RSS not judged)' : ''}`;
+    if (problems.length) throw new Error(`${problems.join('; ')} (${detail})`);
+    return { faultEnd, bound: 10000, detail };
+  },
+
+  // 5b: pg_wal (symlinked) on a 48 MB tmpfs that run.sh mounted
+  // (FAULTS_WAL_DISK), filled, then a WAL segment switch: PostgreSQL cannot
+  // create the next segment and PANICs (a WAL write that fails is never an
+  // error a transaction can roll back), its crash recovery fails for the
+  // same reason and the postmaster exits.  Space back, pg_ctl start:
+  // crash recovery; nothing acked may be lost, the gateway is not restarted.
+  async 'wal-full'(load) {
+    const dir = process.env.FAULTS_WAL_DISK;
+    if (!dir) throw new Error('FAULTS_WAL_DISK unset: run this scenario through tests/faults/run.sh');
+    const filler = `${dir}/filler`;
+    const before = load.acks.length;
+    const { pm } = clusterPids();
+    const start = Date.now();
+    await run('dd', ['if=/dev/zero', `of=${filler}`, 'bs=64k'], 30000);
+    // A new segment is needed at the switch (twice: one may have been preallocated).
+    for (let i = 0; i < 3 && alive(pm); i++) {
+      await value('postgres', 'SELECT pg_switch_wal()').catch(() => {});
+      await value('postgres', 'CREATE TEMP TABLE t AS SELECT 1').catch(() => {});
+      await sleep(500);
+    }
+    const deadline = Date.now() + 30000;
+    while (alive(pm) && Date.now() < deadline) await sleep(100);
+    const died = Date.now();
+    const log = fs.readFileSync(`${process.env.CHAT_TEST_PGDATA}/../postgres.log`, 'utf8');
+    const panic = (log.match(/PANIC: .*No space left on device.*/) ?? [])[0];
+    fs.rmSync(filler, { force: true });
+    if (alive(pm)) throw new Error('the postmaster still runs 30 s after pg_wal filled up');
+    if (!panic) throw new Error('no PANIC for the full pg_wal in the server log');
+    await sleep(300);
+    await pgStart();
+    const faultEnd = Date.now();
+    return {
+      faultEnd, bound: 20000,
+      detail: `pg_wal full after ${before} acks: "${panic.replace(/^.*PANIC: +/, 'PANIC: ')}"; the postmaster exited ${died - start} ms after the fill; ` +
+        `space back and pg_ctl start (crash recovery) after ${faultEnd - died} ms`,
+    };
+  },
+
   // 6: a burst into a 64 kB notifier ring (with a slow worker): the
   // overflowing transactions NOTIFY directly; nothing may be lost.
   async 'notifier-overflow'(load) {
@@ -137,16 +417,37 @@ const faults = {
       // The fallbacks are counted where monitoring can read them.
       const counted = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()')) - countedBefore;
       if (counted < 1) throw new Error(`${fallbacks} fallback NOTIFYs seen, but chat.notifier_stats() counted ${counted}`);
-      const m = await load.gw.get('/metrics');
+      // ... and the gateway exports them (read with its node heartbeat).
+      const total = Number(await value(load.db, 'SELECT fallbacks FROM chat.notifier_stats()'));
+      let m, exported;
+      for (let i = 0; i < 50; i++) {
+        m = await load.gw.get('/metrics');
+        exported = Number((m.text.match(/^chat_notifier_fallbacks_total(?:\{[^}]*\})? (\d+)/m) ?? [])[1] ?? NaN);
+        if (exported >= total) break;
+        await sleep(100);
+      }
+      if (!(exported >= total)) throw new Error(`the gateway's /metrics chat_notifier_fallbacks_total is ${exported}, chat.notifier_stats() says ${total}`);
       const metric = (n) => (m.text.match(new RegExp(`^${n}\\{[^}]*\\} (\\d+)`, 'm')) ?? [])[1] ?? '?';
       return `burst of ${sends.length} x 3000 B, ${res.filter(Boolean).length} ok; gateway drops_total ${metric('chat_gateway_drops_total')}, ` +
         `resyncs_total ${metric('chat_gateway_resyncs_total')}; notifications seen by a listener: ${pids.length}, ` +
         `${fallbacks} of them NOTIFYed by a sending backend (ring full: fallback), the rest by the notifier worker ` +
-        `(chat.notifier_stats() counted ${counted} fallback transactions)`;
+        `(chat.notifier_stats() counted ${counted} fallback transactions; the gateway's /metrics chat_notifier_fallbacks_total ${exported})`;
     };
     return { faultEnd, bound: 10000, after };
   },
 };
+
+// 5: chat.messages, its TOAST table and its indexes moved to a tablespace
+// on the tmpfs run.sh mounted at FAULTS_DISK.
+async function diskSetup(load) {
+  const loc = `${process.env.FAULTS_DISK}/ts`;
+  fs.mkdirSync(loc);
+  fs.chownSync(loc, Number(execFileSync('id', ['-u', 'postgres']).toString()), Number(execFileSync('id', ['-g', 'postgres']).toString()));
+  await psql('postgres', `CREATE TABLESPACE fault_disk LOCATION '${loc}'`);
+  const idx = await rows(load.db, "SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = 'chat.messages'::regclass");
+  await psql(load.db, ['ALTER TABLE chat.messages SET TABLESPACE fault_disk;',
+    ...idx.map((i) => `ALTER INDEX ${i.name} SET TABLESPACE fault_disk;`)].join('\n'));
+}
 
 // FAULTS_SABOTAGE=1 (a check of the checker on a live run, never in the
 // suite): one device forgets one acked message of another sender, after its
@@ -164,7 +465,9 @@ async function main() {
   const result = { scenario: name };
   try {
     await load.setup();
-    await load.start();
+    if (name === 'disk-full') await diskSetup(load);
+    const g = gateways[name] ? await gateways[name](load) : {};
+    await load.start(g.args ?? [], { host: g.host });
     load.startSending();
     await sleep(2000);
     const f = await faults[name](load);
@@ -188,6 +491,7 @@ async function main() {
     result.error = String(e.stack || e);
   } finally {
     await load.stop().catch(() => {});
+    await load.proxy?.stop().catch(() => {});
   }
   console.log(`RESULT ${JSON.stringify(result)}`);
   process.exit(result.pass ? 0 : 1);

@@ -1,0 +1,34 @@
+// The database notifier's fallbacks (transactions that found its ring full
+// and NOTIFYed themselves) and its queued bytes are exported in the
+// gateway's /metrics, read from chat.notifier_stats() with the node
+// heartbeat.  (tests/faults scenario 6 overflows the ring and checks the
+// counter moves; here: present, and equal to what the database says.)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { twoUserDb, startGateway, stopAll, parseMetrics, value, sleep, ms } from './lib.mjs';
+
+const DB = 'gw_31_notifier_metrics';
+before(async () => { await twoUserDb(DB); });
+after(stopAll);
+
+test('chat_notifier_fallbacks_total and chat_notifier_queued_bytes follow chat.notifier_stats()', { timeout: ms(30000) }, async () => {
+  const gw = await startGateway({ db: DB, args: ['--node-heartbeat', '1'], label: 'notifier-metrics' });
+  const lo = Number(await value(DB, 'SELECT fallbacks FROM chat.notifier_stats()'));
+  let m = [];
+  for (let i = 0; i < 40 && !m.some((x) => x.name === 'chat_notifier_fallbacks_total'); i++) {
+    await sleep(100);
+    m = parseMetrics((await gw.get('/metrics')).text);
+  }
+  const hi = Number(await value(DB, 'SELECT fallbacks FROM chat.notifier_stats()'));
+  const fb = m.find((x) => x.name === 'chat_notifier_fallbacks_total');
+  const q = m.find((x) => x.name === 'chat_notifier_queued_bytes');
+  assert.ok(fb, 'chat_notifier_fallbacks_total is exported within 4 s (node heartbeat 1 s)');
+  assert.ok(q, 'chat_notifier_queued_bytes is exported');
+  // The server-wide counter may move meanwhile (other tests): between the two reads.
+  assert.ok(fb.value >= lo && fb.value <= hi, `exported ${fb.value}, the database said ${lo} then ${hi}`);
+  assert.ok(q.value >= 0);
+  const text = (await gw.get('/metrics')).text;
+  assert.match(text, /# TYPE chat_notifier_fallbacks_total counter/);
+  assert.match(text, /# TYPE chat_notifier_queued_bytes gauge/);
+  await gw.stop();
+});
