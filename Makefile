@@ -8,14 +8,14 @@
 #   make bench        quick benchmark profile (bench-full: the long one)
 #   make faults       fault scenarios under load (root; tests/faults/run.sh)
 
-EXTENSION   = chat
+EXTENSION   = chat chat_proxy
 MODULE_big  = chat
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 # The install script of the current version is assembled from one file per
 # SQL area (extension/sql/); released versions' scripts and the upgrade
 # scripts between them are kept as they shipped (never edited afterwards).
 CHAT_VERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" chat.control)
-DATA_built  = extension/chat--$(CHAT_VERSION).sql
+DATA_built  = extension/chat--$(CHAT_VERSION).sql proxy/chat_proxy--$(CHAT_VERSION).sql
 DATA        = $(filter-out $(DATA_built),$(wildcard extension/chat--*.sql))
 SQL_PARTS   = $(sort $(wildcard extension/sql/*.sql))
 REGRESS     = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
@@ -36,8 +36,19 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(DATA_built): $(SQL_PARTS) chat.control
+extension/chat--$(CHAT_VERSION).sql: $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
+
+# chat_proxy (PL/Proxy, docs/scaling.md): generated from the chat install
+# script's signatures and proxy/routing.conf; proxy-check fails when a chat
+# function has no routing rule.
+PROXY_SRC = proxy/gen-proxy.py proxy/routing.conf proxy/head.sql proxy/custom.sql
+proxy/chat_proxy--$(CHAT_VERSION).sql: extension/chat--$(CHAT_VERSION).sql $(PROXY_SRC) chat_proxy.control
+	python3 proxy/gen-proxy.py $< proxy/routing.conf proxy/custom.sql proxy/head.sql $@
+
+.PHONY: proxy-check
+proxy-check: extension/chat--$(CHAT_VERSION).sql
+	python3 proxy/gen-proxy.py --check $< proxy/routing.conf proxy/custom.sql
 
 all: gateway-build pusher-build
 

@@ -1,0 +1,103 @@
+-- chat_proxy functions written by hand (the rest is generated from
+-- proxy/routing.conf).  client_request routes one client frame by its
+-- fields: "conversation" -> that conversation's partition; sync and
+-- conversations -> every partition, merged with the same paging; direct
+-- -> the pair's partition; create_group -> round robin; user-wide writes
+-- -> every partition; everything else -> the user's home partition.
+
+-- One frame on one partition (hash as in the generated functions).
+CREATE FUNCTION chat_proxy.request_on(part integer, node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT chat.client_request(node, user_id, device_id, request);
+$$;
+
+-- One frame on every partition.
+CREATE FUNCTION chat_proxy.request_all(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS SETOF jsonb
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    SELECT chat.client_request(node, user_id, device_id, request);
+$$;
+
+-- A JSON id field as bigint, NULL when it is not a plain integer (the
+-- partition that gets the frame then rejects it with the usual SQLSTATE).
+CREATE FUNCTION chat_proxy.json_id(v jsonb)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN jsonb_typeof(v) IN ('number', 'string') AND v #>> '{}' ~ '^-?[0-9]{1,18}$'
+                THEN (v #>> '{}')::bigint END
+$$;
+
+-- The first error frame among frames, else NULL.
+CREATE FUNCTION chat_proxy.first_error(frames jsonb[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT f FROM unnest(frames) f WHERE f ->> 'type' = 'error' LIMIT 1
+$$;
+
+CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := CASE WHEN jsonb_typeof(request) = 'object' THEN request ->> 'type' END;
+    home integer := hashint8(coalesce(user_id, 0));
+    conv bigint := CASE WHEN jsonb_typeof(request) = 'object' THEN chat_proxy.json_id(request -> 'conversation') END;
+    lim bigint;
+    frames jsonb[];
+    err jsonb;
+    merged jsonb;
+BEGIN
+    IF rtype IN ('sync', 'conversations', 'set_profile', 'set_privacy', 'block', 'unblock') THEN
+        frames := ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+        err := chat_proxy.first_error(frames);
+        IF err IS NOT NULL THEN
+            RETURN err;
+        END IF;
+        IF rtype = 'sync' THEN
+            lim := coalesce(chat_proxy.json_id(request -> 'limit'), 500);
+            SELECT coalesce(jsonb_agg(m ORDER BY (m ->> 'conversation')::bigint, (m ->> 'seq')::bigint), '[]')
+              INTO merged
+              FROM (SELECT m FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'messages') m
+                     ORDER BY (m ->> 'conversation')::bigint, (m ->> 'seq')::bigint LIMIT lim) page;
+            RETURN jsonb_set(frames[1], '{result}',
+                             jsonb_build_object('messages', merged, 'more', jsonb_array_length(merged) >= lim));
+        ELSIF rtype = 'conversations' THEN
+            lim := coalesce(chat_proxy.json_id(request -> 'limit'), 50);
+            SELECT coalesce(jsonb_agg(c ORDER BY (c ->> 'last_activity')::timestamptz DESC,
+                                                 (c ->> 'conversation')::bigint DESC), '[]')
+              INTO merged
+              FROM (SELECT c FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'conversations') c
+                     ORDER BY (c ->> 'last_activity')::timestamptz DESC, (c ->> 'conversation')::bigint DESC
+                     LIMIT lim) page;
+            RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('conversations', merged));
+        END IF;
+        RETURN frames[1];
+    ELSIF rtype = 'direct' THEN
+        IF chat_proxy.json_id(request -> 'user') IS NOT NULL THEN
+            home := chat_proxy.pair_partition(user_id, chat_proxy.json_id(request -> 'user'));
+        END IF;
+    ELSIF rtype = 'create_group' THEN
+        home := chat_proxy.next_partition();
+    ELSIF conv IS NOT NULL THEN
+        home := chat_proxy.conversation_partition(conv);
+    END IF;
+    RETURN chat_proxy.request_on(home, node, user_id, device_id, request);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on the partition of a hash';
+COMMENT ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on every partition';
+COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer field as bigint, NULL when malformed';
+COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
+COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
+    'chat_proxy (custom): one client frame routed by its fields; sync and conversations merged over every partition';
