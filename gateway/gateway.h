@@ -19,6 +19,7 @@ struct config {
 	int listen_port;
 	char *node;			/* this process's node (worker: <node>_<i>) */
 	char *dsn;
+	char *listen_dsn;		/* sharded: partition DSNs, one per line; NULL: LISTEN on --dsn */
 	char *token_secret_file;
 	char *tls_cert;
 	char *tls_key;
@@ -318,6 +319,7 @@ void route_ref_done(void *event, const char *json, size_t len);
 void db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void));
 /* True when the control connection and every pool connection are ready. */
 int db_ready(void);
+int db_partitions(int *up);	/* sharded: partitions configured; *up: how many are up */
 
 /* Relays a client frame through chat.client_request; the response goes to c. */
 void db_request(struct conn *c, const char *frame, size_t len, const char *id_json);

@@ -180,6 +180,17 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 		   "Resync frames sent to clients.", stats.resyncs);
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", (uint64_t)db_up);
+	/* Sharded (--listen-dsn): per-partition health; a partition down
+	 * stops only its conversations' events, so /healthz stays 200. */
+	{
+		int up, n = db_partitions(&up);
+		if (n > 0) {
+			out_metric(&o, "chat_gateway_partitions", "gauge",
+				   "Partitions given with --listen-dsn.", (uint64_t)n);
+			out_metric(&o, "chat_gateway_partitions_up", "gauge",
+				   "Partitions whose LISTEN connection is ready.", (uint64_t)up);
+		}
+	}
 
 	metrics_render_closes(&o);
 	metrics_render_latency(&o);
