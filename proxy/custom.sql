@@ -23,6 +23,35 @@ LANGUAGE plproxy SECURITY DEFINER AS $$
     SELECT chat.client_request(node, user_id, device_id, request);
 $$;
 
+-- request_on with one retry when PL/Proxy's kept connection to the
+-- partition was ended by its restart (57P0x: the statement did not run).
+CREATE FUNCTION chat_proxy.request_one(part integer, node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN chat_proxy.request_on(part, node, user_id, device_id, request);
+EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    RETURN chat_proxy.request_on(part, node, user_id, device_id, request);
+END
+$$;
+
+-- request_all's frames; read-only requests (retry) are run once more
+-- after a partition restart ended a kept connection.
+CREATE FUNCTION chat_proxy.request_every(node text, user_id bigint, device_id integer, request jsonb, retry boolean)
+RETURNS jsonb[]
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    IF NOT retry THEN
+        RAISE;
+    END IF;
+    RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+END
+$$;
+
 -- A JSON id field as bigint, NULL when it is not a plain integer (the
 -- partition that gets the frame then rejects it with the usual SQLSTATE).
 CREATE FUNCTION chat_proxy.json_id(v jsonb)
@@ -55,7 +84,7 @@ DECLARE
     merged jsonb;
 BEGIN
     IF rtype IN ('sync', 'conversations', 'set_profile', 'set_privacy', 'block', 'unblock') THEN
-        frames := ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations'));
         err := chat_proxy.first_error(frames);
         IF err IS NOT NULL THEN
             RETURN err;
@@ -88,12 +117,16 @@ BEGIN
     ELSIF conv IS NOT NULL THEN
         home := chat_proxy.conversation_partition(conv);
     END IF;
-    RETURN chat_proxy.request_on(home, node, user_id, device_id, request);
+    RETURN chat_proxy.request_one(home, node, user_id, device_id, request);
 END
 $$;
 
 REVOKE ALL ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) IS 'chat_proxy: request_on, once more after a partition restart (57P0x)';
+COMMENT ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) IS 'chat_proxy: request_all as an array, once more after a partition restart when retry';
 REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on the partition of a hash';
 COMMENT ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on every partition';

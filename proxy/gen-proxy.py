@@ -208,6 +208,14 @@ def proxy_function(name, args, ret, stmt, rule, params, comp):
                     raise RuleError('chat.%s: merge order column "%s" is not a result column (%s)'
                                     % (name, col, ', '.join(cols)))
             body = 'SELECT * FROM %s r ORDER BY %s LIMIT %s' % (call, ', '.join('r.' + o for o in split_top(order)), lim)
+        elif inner.lower() == 'void' and params[:1] == ['retry']:
+            # Idempotent: once more when a partition connection PL/Proxy
+            # kept was ended by a restart of that partition (57P0x: the
+            # statement did not run there).
+            return out + ('CREATE FUNCTION %s\nRETURNS void\nLANGUAGE plpgsql SECURITY DEFINER\n'
+                          'SET search_path = pg_catalog, pg_temp AS $$\nBEGIN\n'
+                          '    PERFORM FROM %s;\nEXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN\n'
+                          '    PERFORM FROM %s;\nEND\n$$;\n' % (sig, call, call)), helper
         elif inner.lower() == 'void':
             body = 'SELECT FROM %s' % call
         elif setof:
@@ -239,8 +247,10 @@ def main(argv):
     funcs = functions(sql)
     have = {f[0] for f in funcs}
     errors = []
-    for n in sorted(set(rules) - have):
-        print('gen-proxy: NOTICE: rule for chat.%s skipped: no such function in the chat extension' % n, file=sys.stderr)
+    skipped = sorted(set(rules) - have)
+    if skipped:
+        print('gen-proxy: NOTICE: rules skipped, no such function in the chat extension (yet): %s'
+              % ', '.join(skipped), file=sys.stderr)
     parts = []
     for name, args, ret, stmt in funcs:
         if name not in rules:

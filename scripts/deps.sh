@@ -11,6 +11,7 @@ packages=(
   libcurl4-openssl-dev                     # chat-pusher: HTTP/2 client (libnghttp2)
   nodejs npm chromium gnuplot-nox
   libclang-rt-14-dev clang
+  postgresql-15-plproxy haproxy            # sharded deployment: chat_proxy, make demo-sharded
 )
 
 missing=()
