@@ -5,6 +5,7 @@
 #   make installcheck pg_regress against a running server (PGHOST/PGPORT)
 #   make test         install deps, build, run every test on a throwaway cluster
 #   make demo         database + extension + gateway + demo page
+#   make demo-sharded 2 clusters, 4 partitions, chat_proxy, 2 gateways, HAProxy, demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
 #   make faults       fault scenarios under load (root; tests/faults/run.sh)
 
@@ -52,7 +53,7 @@ proxy-check: extension/chat--$(CHAT_VERSION).sql
 
 all: gateway-build pusher-build
 
-.PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan faults
+.PHONY: gateway-build pusher-build pusher-clean deps test demo demo-sharded bench bench-full gateway-asan faults
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
 
@@ -86,6 +87,12 @@ demo: deps
 	$(MAKE) all
 	$(MAKE) install
 	scripts/demo.sh
+
+# PL/Proxy partitions behind HAProxy (docs/scaling.md).
+demo-sharded: deps
+	$(MAKE) all
+	$(MAKE) install
+	scripts/demo-sharded.sh
 
 # Fault scenarios (docs/reliability.md): the quick ones also run in `make
 # test`; here they run again against the ASan + UBSan gateway, and slower

@@ -33,7 +33,9 @@ BEGIN
     FOR i IN 1 .. n LOOP
         opts := opts || format(', p%s %L', i - 1, partitions[i]);
     END LOOP;
-    DROP SERVER IF EXISTS chat_partitions CASCADE;
+    IF EXISTS (SELECT FROM pg_foreign_server WHERE srvname = 'chat_partitions') THEN
+        DROP SERVER chat_partitions CASCADE;
+    END IF;
     EXECUTE 'CREATE SERVER chat_partitions FOREIGN DATA WRAPPER plproxy OPTIONS ('
             || 'connection_lifetime ''1800''' || opts || ')';
     CREATE USER MAPPING FOR PUBLIC SERVER chat_partitions;

@@ -35,3 +35,9 @@ export PGHOST=$SHARD_DIR/a PGPORT=$SHARD_PORT_A PGUSER=postgres PGDATABASE=proxy
 export GW_LOG_DIR=${GW_LOG_DIR:-test-artifacts/gateway/shard}
 rm -rf "$GW_LOG_DIR"; mkdir -p "$GW_LOG_DIR"
 timeout -k 10 300 node --test --test-concurrency=1 --test-timeout=180000 tests/shard/shard.test.mjs
+rc=$?
+[ $rc -eq 0 ] || exit $rc
+
+# 3. make demo-sharded's stack (two gateways behind HAProxy, /healthz checks)
+#    comes up and serves a client on conversations of every partition.
+DEMO_SMOKE=1 timeout -k 10 120 scripts/demo-sharded.sh
