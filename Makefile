@@ -7,6 +7,7 @@
 #   make demo         database + extension + gateway + demo page
 #   make demo-sharded 2 clusters, 4 partitions, chat_proxy, 2 gateways, HAProxy, demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
+#   make bench-shard  what PL/Proxy adds per call, sends/s of a partition (bench/shard-latency.sh)
 #   make faults       fault scenarios under load (root; tests/faults/run.sh)
 
 EXTENSION   = chat chat_proxy
@@ -53,7 +54,7 @@ proxy-check: extension/chat--$(CHAT_VERSION).sql
 
 all: gateway-build pusher-build
 
-.PHONY: gateway-build pusher-build pusher-clean deps test demo demo-sharded bench bench-full gateway-asan faults
+.PHONY: gateway-build pusher-build pusher-clean deps test demo demo-sharded bench bench-shard bench-full gateway-asan faults
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
 
@@ -113,3 +114,8 @@ bench-full: deps
 	$(MAKE) all
 	$(MAKE) install
 	bench/run.sh full
+
+bench-shard: deps
+	$(MAKE) all
+	$(MAKE) install
+	bench/shard-latency.sh
