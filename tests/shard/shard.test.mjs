@@ -249,3 +249,35 @@ test('two gateways: A and B on different gateways chat in conversations on every
   const metrics = await (await fetch(`http://127.0.0.1:${gwA.port}/metrics`)).text();
   assert.match(metrics, /chat_gateway_partitions_up\{[^}]*\} 4/);
 });
+
+test('moving a partition to the other cluster: dump/restore one database and one config change, no id changes', { timeout: ms(120000) }, async () => {
+  const moved = 3;
+  const ids = (await onPart(moved, 'SELECT id FROM chat.conversations ORDER BY id')).map((r) => Number(r.id));
+  const [before] = await onPart(moved, 'SELECT count(*)::int AS n, coalesce(sum(seq), 0)::bigint AS s FROM chat.messages');
+  const c = ids[0];
+  const sh = (cmd) => new Promise((resolve, reject) => execFile('bash', ['-c', cmd], { cwd: TOP, timeout: 90000, env: process.env },
+    (err, out, stderr) => (err ? reject(new Error(`${cmd}: ${stderr || err.message}`)) : resolve(out))));
+  const bin = process.env.PGBIN;
+  // 1. no more writes there, 2. dump (with its partition settings) and restore on cluster A as part3
+  await sh(`${bin}/psql -qX -d "${partDsn(moved)}" -c "ALTER DATABASE part${moved} SET default_transaction_read_only = on" -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'part${moved}' AND pid <> pg_backend_pid()" >/dev/null`);
+  await sh(`${bin}/pg_dump -Fc --create -d "${partDsn(moved)}" -f "$SHARD_DIR/part${moved}.dump" && chmod 644 "$SHARD_DIR/part${moved}.dump"`);
+  await sh(`PGOPTIONS='-c default_transaction_read_only=off' ${bin}/pg_restore --create -d "host=127.0.0.1 port=${process.env.SHARD_PORT_A} dbname=postgres user=postgres" "$SHARD_DIR/part${moved}.dump"`);
+  const newDsn = `host=127.0.0.1 port=${process.env.SHARD_PORT_A} dbname=part${moved} user=postgres`;
+  await psql('postgres', `ALTER DATABASE part${moved} RESET default_transaction_read_only`);
+  // 3. one config change in the proxy
+  await psql(PROXY, `ALTER SERVER chat_partitions OPTIONS (SET p${moved} '${newDsn}')`);
+  await psql(`host=127.0.0.1 port=${process.env.SHARD_PORT_B} dbname=postgres user=postgres`, `ALTER DATABASE part${moved} SET default_transaction_read_only = off`);
+  const [after] = await rows(newDsn, 'SELECT count(*)::int AS n, coalesce(sum(seq), 0)::bigint AS s, current_setting(\'chat.partition\') AS p FROM chat.messages');
+  assert.deepEqual({ n: after.n, s: after.s }, before, 'the partition arrived whole');
+  assert.equal(after.p, String(moved), 'its partition setting came along');
+  // the proxy now sends partition 3's calls to cluster A: a send lands there, not on B
+  const [r] = await rows(PROXY, `SELECT seq FROM chat.send_message(1, ${c}, 'after the move', 'mv-1')`);
+  const [there] = await rows(newDsn, `SELECT count(*)::int AS n FROM chat.messages WHERE conversation_id = ${c} AND seq = ${r.seq}`);
+  assert.equal(there.n, 1);
+  const [old] = await onPart(moved, `SELECT count(*)::int AS n FROM chat.messages WHERE conversation_id = ${c} AND seq = ${r.seq}`);
+  assert.equal(old.n, 0, 'the old copy is not written');
+  // new conversations allocated there still carry partition 3
+  for (let i = 0; i < 4; i++) await psql(PROXY, `SELECT chat.create_group(1, 'after move ${i}', '{2}')`);
+  const fresh = (await rows(newDsn, `SELECT id FROM chat.conversations WHERE title LIKE 'after move %'`)).map((x) => Number(x.id));
+  assert.ok(fresh.length >= 1 && fresh.every((id) => partOf(id) === moved && !ids.includes(id)), `new ids ${fresh}`);
+});
