@@ -45,13 +45,18 @@ RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    n integer := current_setting('chat.partitions')::integer;
-    p integer := current_setting('chat.partition')::integer;
+    -- missing_ok: a session that has not loaded the library yet (it is not
+    -- in shared_preload_libraries) has no chat.* settings defined so far.
+    n integer := coalesce(current_setting('chat.partitions', true), '1')::integer;
+    p integer := coalesce(current_setting('chat.partition', true), '0')::integer;
 BEGIN
     IF n = 1 THEN
         RETURN nextval('chat.conversations_id_seq');
     END IF;
-    IF p >= n THEN
+    IF n < 1 OR n & (n - 1) <> 0 THEN
+        RAISE EXCEPTION 'chat.partitions % is not a power of two', n USING ERRCODE = '22023';
+    END IF;
+    IF p < 0 OR p >= n THEN
         RAISE EXCEPTION 'chat.partition % is not below chat.partitions %', p, n
             USING ERRCODE = '22023',
                   HINT = 'Set chat.partition of each partition database to its number, 0 .. chat.partitions - 1.';
