@@ -5,6 +5,28 @@
 -- -> the pair's partition; create_group -> round robin; user-wide writes
 -- -> every partition; everything else -> the user's home partition.
 
+-- Presence: sessions and users are on every partition, but whether a
+-- 'contacts' privacy lets the viewer see a user depends on their direct
+-- conversation, which lives on the pair's partition.  Every partition
+-- answers; a user is online / has a last_seen when any partition shows it.
+CREATE FUNCTION chat_proxy.presence_all(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    TARGET chat.presence;
+$$;
+
+CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.user_id, bool_or(p.online), max(p.last_seen)
+      FROM chat_proxy.presence_all(viewer, user_ids) p
+     GROUP BY p.user_id
+     ORDER BY p.user_id
+$$;
+
 -- One frame on one partition (hash as in the generated functions).
 CREATE FUNCTION chat_proxy.request_on(part integer, node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
@@ -83,8 +105,8 @@ DECLARE
     err jsonb;
     merged jsonb;
 BEGIN
-    IF rtype IN ('sync', 'conversations', 'set_profile', 'set_privacy', 'block', 'unblock') THEN
-        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations'));
+    IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock') THEN
+        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence'));
         err := chat_proxy.first_error(frames);
         IF err IS NOT NULL THEN
             RETURN err;
@@ -106,6 +128,15 @@ BEGIN
                      ORDER BY (c ->> 'last_activity')::timestamptz DESC, (c ->> 'conversation')::bigint DESC
                      LIMIT lim) page;
             RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('conversations', merged));
+        ELSIF rtype = 'presence' THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('user', uid, 'online', online, 'last_seen', seen)
+                                      ORDER BY uid), '[]')
+              INTO merged
+              FROM (SELECT (u ->> 'user')::bigint AS uid, bool_or((u ->> 'online')::boolean) AS online,
+                           max(u -> 'last_seen' #>> '{}') AS seen
+                      FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'users') u
+                     GROUP BY 1) m;
+            RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
         END IF;
         RETURN frames[1];
     ELSIF rtype = 'direct' THEN
@@ -130,6 +161,10 @@ COMMENT ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boole
 REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on the partition of a hash';
 COMMENT ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on every partition';
+REVOKE ALL ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.presence(bigint, bigint[]) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) IS 'chat_proxy: chat.presence on every partition';
+COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'chat_proxy (custom): presence merged over every partition (visible where any partition shows it)';
 COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer field as bigint, NULL when malformed';
 COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS

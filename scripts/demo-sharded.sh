@@ -16,12 +16,19 @@ cd "$top"
 . tests/shard/lib.sh
 
 say() { printf 'demo-sharded: %s\n' "$*"; }
-die() { printf 'demo-sharded: %s\n' "$*" >&2; exit 1; }
+die() {
+  printf 'demo-sharded: %s\n' "$*" >&2
+  for f in "${SHARD_DIR:-/nonexistent}"/*/postgres.log "${SHARD_DIR:-/nonexistent}"/*.log; do
+    [ -f "$f" ] && { echo "--- $f"; tail -15 "$f"; } >&2
+  done
+  exit 1
+}
 gateway=${GATEWAY:-$top/gateway/chat-gateway}
 [ -x "$gateway" ] || die "gateway/chat-gateway is not built (run: make)"
 command -v haproxy >/dev/null || die "haproxy is not installed (run: make deps)"
 
 SHARD_DIR=$(mktemp -d /tmp/pgchat-demo-sharded.XXXXXX)
+unset SHARD_PORT_A SHARD_PORT_B   # fresh ports, whatever the caller ran
 pids=()
 stop_all() {
   trap - INT TERM EXIT

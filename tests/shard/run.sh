@@ -40,4 +40,5 @@ rc=$?
 
 # 3. make demo-sharded's stack (two gateways behind HAProxy, /healthz checks)
 #    comes up and serves a client on conversations of every partition.
+shard_stop
 DEMO_SMOKE=1 timeout -k 10 120 scripts/demo-sharded.sh

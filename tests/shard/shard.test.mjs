@@ -169,6 +169,36 @@ test('client_request through the proxy: routing by fields, errors keep their SQL
   for (let p = 0; p < PARTS; p++) assert.equal((await onPart(p, 'SELECT about FROM chat.users WHERE id = 6'))[0].about, 'hi');
 });
 
+test('presence merges every partition: a contact (their direct conversation on another partition than the viewer\'s home) sees a contacts-only user', async () => {
+  // a pair whose direct conversation is not on the viewer's home partition
+  let pair;
+  for (const [v, u] of [[5, 6], [6, 5], [4, 6], [5, 4], [3, 6], [2, 6]]) {
+    const [r] = await rows(PROXY, `SELECT chat_proxy.pair_partition(${v}, ${u}) & 3 AS pp, hashint8(${v}::bigint) & 3 AS home`);
+    if (r.pp !== r.home) { pair = [v, u]; break; }
+  }
+  assert.ok(pair, 'a pair off the home partition');
+  const [v, u] = pair;
+  const d = Number(await value(PROXY, `SELECT chat.direct_conversation(${v}, ${u})`));
+  await psql(PROXY, `SELECT * FROM chat.send_message(${v}, ${d}, 'hi', 'pc-1')`);
+  await psql(PROXY, `SELECT * FROM chat.send_message(${u}, ${d}, 'hi back', 'pc-2')`);
+  await psql(PROXY, `SELECT chat.set_privacy(${u}, 'contacts')`);
+  await psql(PROXY, `SELECT chat.node_reset('presence_probe')`);
+  await psql(PROXY, `SELECT chat.connect('presence_probe', ${u}, 1)`);
+  const [seen] = await rows(PROXY, `SELECT online, last_seen FROM chat.presence(${v}, ARRAY[${u}]::bigint[])`);
+  assert.equal(seen.online, true, 'the contact sees the user online');
+  // what routing to the viewer's home partition alone (the first rule) answered
+  const home = Number(await value(PROXY, `SELECT hashint8(${v}::bigint) & 3`));
+  const [alone] = await onPart(home, `SELECT online FROM chat.presence(${v}, ARRAY[${u}]::bigint[])`);
+  assert.equal(alone.online, false, 'the home partition alone does not know they are contacts');
+  const stranger = [1, 2, 3, 4, 5, 6, 7, 8].find((x) => x !== u && x !== v && x !== 7 && x !== 8);
+  const [hidden] = await rows(PROXY, `SELECT online FROM chat.presence(${stranger}, ARRAY[${u}]::bigint[])`);
+  assert.equal(hidden.online, false, 'a non-contact does not');
+  const f = JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${v}, 1, '{"id":1,"type":"presence","users":[${u}]}'::jsonb)::text`));
+  assert.deepEqual(f.result.users.map((x) => [x.user, x.online]), [[u, true]]);
+  await psql(PROXY, `SELECT chat.node_reset('presence_probe')`);
+  await psql(PROXY, `SELECT chat.set_privacy(${u}, 'everyone')`);
+});
+
 test('two gateways: A and B on different gateways chat in conversations on every partition; a partition cluster restart is recovered by sync', { timeout: ms(120000) }, async () => {
   const gwA = await gateway('gwA');
   const gwB = await gateway('gwB');
