@@ -3,7 +3,8 @@
 -- fields: "conversation" -> that conversation's partition; sync and
 -- conversations -> every partition, merged with the same paging; direct
 -- -> the pair's partition; create_group -> round robin; user-wide writes
--- -> every partition; everything else -> the user's home partition.
+-- (profile, privacy, blocks, push registration) -> every partition;
+-- everything else -> the user's home partition.
 
 -- Presence: sessions and users are on every partition, but whether a
 -- 'contacts' privacy lets the viewer see a user depends on their direct
@@ -105,7 +106,8 @@ DECLARE
     err jsonb;
     merged jsonb;
 BEGIN
-    IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock') THEN
+    IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock',
+                 'register_push', 'unregister_push') THEN
         frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence'));
         err := chat_proxy.first_error(frames);
         IF err IS NOT NULL THEN

@@ -199,6 +199,24 @@ test('presence merges every partition: a contact (their direct conversation on a
   await psql(PROXY, `SELECT chat.set_privacy(${u}, 'everyone')`);
 });
 
+test('push registrations reach every partition: an offline device gets outbox rows for a conversation off its home partition', async () => {
+  const u = 6;
+  const home = Number(await value(PROXY, `SELECT hashint8(${u}::bigint) & 3`));
+  const f = JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${u}, 1, '{"id":1,"type":"register_push","platform":"fcm","token":"shard-token-6"}'::jsonb)::text`));
+  assert.equal(f.type, 'ok', JSON.stringify(f));
+  for (let p = 0; p < PARTS; p++) {
+    const [d] = await onPart(p, `SELECT push_platform FROM chat.devices WHERE user_id = ${u} AND device_id = 1`);
+    assert.equal(d.push_platform, 'fcm', `registration on partition ${p}`);
+  }
+  const c = convs.slice(16).find((x) => partOf(x) !== home);
+  await psql(PROXY, `SELECT * FROM chat.send_message(5, ${c}, 'push me', 'push-1')`);
+  const [q] = await onPart(partOf(c), `SELECT count(*)::int AS n FROM chat.push_outbox WHERE user_id = ${u} AND conversation_id = ${c}`);
+  assert.equal(q.n, 1, `queued on partition ${partOf(c)} (home ${home})`);
+  const g = JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${u}, 1, '{"id":2,"type":"unregister_push"}'::jsonb)::text`));
+  assert.equal(g.type, 'ok');
+  for (let p = 0; p < PARTS; p++) assert.equal((await onPart(p, `SELECT push_platform FROM chat.devices WHERE user_id = ${u} AND device_id = 1`))[0].push_platform, null);
+});
+
 test('two gateways: A and B on different gateways chat in conversations on every partition; a partition cluster restart is recovered by sync', { timeout: ms(120000) }, async () => {
   const gwA = await gateway('gwA');
   const gwB = await gateway('gwB');
