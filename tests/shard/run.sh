@@ -32,6 +32,14 @@ SHARD_DIR=$tmp/deploy
 mkdir -p "$SHARD_DIR"
 shard_start || { echo "shard: could not start the partitions" >&2; exit 1; }
 export PGHOST=$SHARD_DIR/a PGPORT=$SHARD_PORT_A PGUSER=postgres PGDATABASE=proxy
+# The gateways of the test run the ASan + UBSan build (the sharded code
+# paths of db.c run nowhere else); lib.mjs fails on any sanitizer line.
+if [ -z "${GATEWAY_BIN:-}" ]; then
+  make -s -C gateway asan ${PG_CONFIG:+PG_CONFIG=$PG_CONFIG} || exit 1
+  export GATEWAY_BIN=gateway/chat-gateway-asan GW_TIMEOUT_SCALE=${GW_TIMEOUT_SCALE:-2}
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=0:detect_leaks=1:exitcode=86}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:exitcode=87}
+fi
 export GW_LOG_DIR=${GW_LOG_DIR:-test-artifacts/gateway/shard}
 rm -rf "$GW_LOG_DIR"; mkdir -p "$GW_LOG_DIR"
 timeout -k 10 300 node --test --test-concurrency=1 --test-timeout=180000 tests/shard/shard.test.mjs
