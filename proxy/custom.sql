@@ -28,6 +28,82 @@ SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY p.user_id
 $$;
 
+-- Sessions: chat.connect and chat.disconnect run on every partition one at
+-- a time, and a partition that cannot be reached is skipped (WARNING), so
+-- that clients still connect while a partition is down.  Nothing is lost:
+-- when the partition returns, each gateway's connection to it runs
+-- node_reset there and registers every live session again (docs/scaling.md).
+-- A kept connection ended by the partition's restart (57P0x) is retried
+-- once first.  Other errors (an unknown device: P0002) propagate.
+CREATE FUNCTION chat_proxy.partition_count()
+RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*)::integer
+      FROM pg_foreign_server s, unnest(s.srvoptions) o
+     WHERE s.srvname = 'chat_partitions' AND o ~ '^p[0-9]+='
+$$;
+
+CREATE FUNCTION chat_proxy.session_on(part integer, op text, node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT CASE WHEN op = 'connect' THEN chat.connect(node, user_id, device_id)
+                ELSE chat.disconnect(node, user_id, device_id) END;
+$$;
+
+CREATE FUNCTION chat_proxy.session_everywhere(op text, node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer := chat_proxy.partition_count();
+    reached integer := 0;
+BEGIN
+    IF n = 0 THEN
+        RAISE EXCEPTION 'chat_proxy has no partitions' USING ERRCODE = '55000',
+            HINT = 'SELECT chat_proxy.configure(ARRAY[...]) first.';
+    END IF;
+    FOR p IN 0 .. n - 1 LOOP
+        BEGIN
+            BEGIN
+                PERFORM chat_proxy.session_on(p, op, node, user_id, device_id);
+            EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+                PERFORM chat_proxy.session_on(p, op, node, user_id, device_id);
+            END;
+            reached := reached + 1;
+        EXCEPTION WHEN OTHERS THEN
+            -- Unreachable: a connection SQLSTATE, or PL/Proxy's own
+            -- failure to connect (its messages without "REMOTE").
+            IF SQLSTATE NOT LIKE '08%' AND SQLSTATE NOT LIKE '57P0_'
+               AND NOT (SQLERRM LIKE 'PL/Proxy function %' AND SQLERRM NOT LIKE '%REMOTE %') THEN
+                RAISE;
+            END IF;
+            RAISE WARNING 'chat.%: partition % unreachable, skipped (node % registers again when it returns): %',
+                op, p, node, SQLERRM;
+        END;
+    END LOOP;
+    IF reached = 0 THEN
+        RAISE EXCEPTION 'chat.%: no partition reachable', op USING ERRCODE = '08006';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION chat.connect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat_proxy.session_everywhere('connect', node, user_id, device_id)
+$$;
+
+CREATE FUNCTION chat.disconnect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat_proxy.session_everywhere('disconnect', node, user_id, device_id)
+$$;
+
 -- One frame on one partition (hash as in the generated functions).
 CREATE FUNCTION chat_proxy.request_on(part integer, node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
@@ -167,6 +243,15 @@ REVOKE ALL ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.presence(bigint, bigint[]) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) IS 'chat_proxy: chat.presence on every partition';
 COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'chat_proxy (custom): presence merged over every partition (visible where any partition shows it)';
+REVOKE ALL ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.connect(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.disconnect(text, bigint, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.partition_count() IS 'chat_proxy: number of partitions configured (options p0 .. of server chat_partitions)';
+COMMENT ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) IS 'chat_proxy: chat.connect or chat.disconnect on one partition';
+COMMENT ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) IS 'chat_proxy: a session call on every reachable partition (unreachable ones skipped with a WARNING)';
+COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'chat_proxy (custom): session on every reachable partition';
+COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'chat_proxy (custom): session end on every reachable partition';
 COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer field as bigint, NULL when malformed';
 COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS

@@ -269,12 +269,24 @@ test('two gateways: A and B on different gateways chat in conversations on every
     assert.equal(r.type, 'error', JSON.stringify(r));
   }
   assert.ok(a.open && b.open, 'clients stay connected');
+  // a client connecting while a partition is down is served (its session
+  // reaches the partitions that are up; the others get it on their return)
+  const c6 = await connectAs(gwA, 6, 1, { label: 'C' });
+  const up = upA[0];
+  const rC = await c6.request({ type: 'history', conversation: convs[16 + [...convs.slice(16)].findIndex((x) => partOf(x) === partOf(up))] });
+  assert.equal(rC.type, 'ok', JSON.stringify(rC));
   const sinceB = b.mark();
+  const sinceC = c6.mark();
   await shardCtl('b', 'start');
   bDown = false;
   // written on the returned partitions while the gateways reconnect: only sync can bring them
   for (const c of downB) await psql(partDsn(partOf(c)), `SELECT * FROM chat.send_message(${A}, ${c}, 'after ${c}', 'r-${c}')`);
   await b.waitFor((f) => f.type === 'resync', 30000, sinceB);
+  await c6.waitFor((f) => f.type === 'resync', 30000, sinceC);
+  // C's session is on the returned partitions now: it gets their events live
+  const gB = convs.slice(16).find((x) => onB(x));
+  const [s6] = await rows(PROXY, `SELECT seq FROM chat.send_message(1, ${gB}, 'to C after the return', 'c6-1')`);
+  await c6.waitFor((f) => f.type === 'message' && f.conversation === gB && f.seq === s6.seq, 10000);
   await ackLive();
   const synced = await syncAll(b);
   for (const m of synced) if (mine.includes(m.conversation)) take(m);
