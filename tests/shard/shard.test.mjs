@@ -217,6 +217,35 @@ test('push registrations reach every partition: an offline device gets outbox ro
   for (let p = 0; p < PARTS; p++) assert.equal((await onPart(p, `SELECT push_platform FROM chat.devices WHERE user_id = ${u} AND device_id = 1`))[0].push_platform, null);
 });
 
+test('--listen-dsn from the environment (one per line) and from a --config file (repeated key); the command line wins', async () => {
+  const { freePort, nodeName } = await import('../gateway/lib.mjs');
+  const fs = await import('node:fs');
+  const parts = (gw) => fetch(`${gw.http}/metrics`).then((r) => r.text()).then((t) => [
+    Number(t.match(/chat_gateway_partitions\{[^}]*\} (\d+)/)[1]), Number(t.match(/chat_gateway_partitions_up\{[^}]*\} (\d+)/)[1])]);
+  const base = (port, node) => ['--listen', `127.0.0.1:${port}`, '--node', node, '--dsn', process.env.SHARD_PROXY_DSN,
+    '--token-secret-file', process.env.CHAT_TOKEN_SECRET_FILE];
+  let port = await freePort(), node = nodeName();
+  const all = [0, 1, 2, 3].map(partDsn).join('\n');
+  const g1 = await startGateway({ db: PROXY, node, port, label: 'env', bare: true, args: base(port, node), env: { CHAT_LISTEN_DSN: all } });
+  for (let i = 0; i < 50 && (await parts(g1))[1] < 4; i++) await sleep(100);
+  assert.deepEqual(await parts(g1), [4, 4], 'four partitions from the environment');
+  const conf = `${process.env.SHARD_DIR}/gw.conf`;
+  fs.writeFileSync(conf, `listen-dsn = ${partDsn(0)}\nlisten-dsn = ${partDsn(2)}\n`);
+  port = await freePort(); node = nodeName();
+  const g2 = await startGateway({ db: PROXY, node, port, label: 'conf', bare: true, args: [...base(port, node), '--config', conf], env: { CHAT_LISTEN_DSN: all } });
+  for (let i = 0; i < 50 && (await parts(g2))[1] < 4; i++) await sleep(100);
+  assert.deepEqual(await parts(g2), [4, 4], 'the environment beats the config file');
+  port = await freePort(); node = nodeName();
+  const g3 = await startGateway({ db: PROXY, node, port, label: 'conf2', bare: true, args: [...base(port, node), '--config', conf] });
+  for (let i = 0; i < 50 && (await parts(g3))[1] < 2; i++) await sleep(100);
+  assert.deepEqual(await parts(g3), [2, 2], 'two partitions from the config file');
+  port = await freePort(); node = nodeName();
+  const g4 = await startGateway({ db: PROXY, node, port, label: 'cli', bare: true, args: [...base(port, node), '--listen-dsn', partDsn(1)], env: { CHAT_LISTEN_DSN: all } });
+  for (let i = 0; i < 50 && (await parts(g4))[1] < 1; i++) await sleep(100);
+  assert.deepEqual(await parts(g4), [1, 1], 'the command line beats the environment');
+  for (const g of [g1, g2, g3, g4]) await g.stop('SIGTERM', 8000);
+});
+
 test('two gateways: A and B on different gateways chat in conversations on every partition; a partition cluster restart is recovered by sync', { timeout: ms(120000) }, async () => {
   const gwA = await gateway('gwA');
   const gwB = await gateway('gwB');
