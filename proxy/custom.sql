@@ -28,6 +28,17 @@ SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY p.user_id
 $$;
 
+-- True for the error of a call whose partition could not be reached: a
+-- connection SQLSTATE, or PL/Proxy's own failure to connect (its messages
+-- without "REMOTE"); false for errors the partition raised.
+CREATE FUNCTION chat_proxy.unreachable(state text, message text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT state LIKE '08%' OR state LIKE '57P0_'
+        OR (message LIKE 'PL/Proxy function %' AND message NOT LIKE '%REMOTE %')
+$$;
+
 -- Sessions: chat.connect and chat.disconnect run on every partition one at
 -- a time, and a partition that cannot be reached is skipped (WARNING), so
 -- that clients still connect while a partition is down.  Nothing is lost:
@@ -74,10 +85,7 @@ BEGIN
             END;
             reached := reached + 1;
         EXCEPTION WHEN OTHERS THEN
-            -- Unreachable: a connection SQLSTATE, or PL/Proxy's own
-            -- failure to connect (its messages without "REMOTE").
-            IF SQLSTATE NOT LIKE '08%' AND SQLSTATE NOT LIKE '57P0_'
-               AND NOT (SQLERRM LIKE 'PL/Proxy function %' AND SQLERRM NOT LIKE '%REMOTE %') THEN
+            IF NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
                 RAISE;
             END IF;
             RAISE WARNING 'chat.%: partition % unreachable, skipped (node % registers again when it returns): %',
@@ -135,19 +143,41 @@ EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
 END
 $$;
 
--- request_all's frames; read-only requests (retry) are run once more
--- after a partition restart ended a kept connection.
-CREATE FUNCTION chat_proxy.request_every(node text, user_id bigint, device_id integer, request jsonb, retry boolean)
+-- request_all's frames.  Read-only requests (partial true: sync,
+-- conversations, presence) survive a partition that cannot be reached:
+-- they are then asked one partition at a time and the unreachable ones are
+-- left out (WARNING).  Nothing is lost: what a left-out partition holds
+-- stays unacked, and when it returns every gateway tells its clients to
+-- resync.  Writes to every partition (partial false) fail instead.
+CREATE FUNCTION chat_proxy.request_every(node text, user_id bigint, device_id integer, request jsonb, partial boolean)
 RETURNS jsonb[]
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    frames jsonb[] := '{}';
 BEGIN
-    RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
-EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
-    IF NOT retry THEN
-        RAISE;
+    BEGIN
+        RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+    EXCEPTION WHEN OTHERS THEN
+        IF NOT partial OR NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+            RAISE;
+        END IF;
+    END;
+    FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+        BEGIN
+            frames := frames || chat_proxy.request_one(p, node, user_id, device_id, request);
+        EXCEPTION WHEN OTHERS THEN
+            IF NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+                RAISE;
+            END IF;
+            RAISE WARNING 'chat.client_request %: partition % unreachable, left out: %',
+                request ->> 'type', p, SQLERRM;
+        END;
+    END LOOP;
+    IF cardinality(frames) = 0 THEN
+        RAISE EXCEPTION 'no partition reachable' USING ERRCODE = '08006';
     END IF;
-    RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+    RETURN frames;
 END
 $$;
 
@@ -235,7 +265,7 @@ REVOKE ALL ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) FROM
 REVOKE ALL ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) IS 'chat_proxy: request_on, once more after a partition restart (57P0x)';
-COMMENT ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) IS 'chat_proxy: request_all as an array, once more after a partition restart when retry';
+COMMENT ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) IS 'chat_proxy: request_all as an array; partial: unreachable partitions left out';
 REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on the partition of a hash';
 COMMENT ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on every partition';
@@ -247,6 +277,7 @@ REVOKE ALL ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, intege
 REVOKE ALL ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.connect(text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.disconnect(text, bigint, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.unreachable(text, text) IS 'chat_proxy: whether an error means the partition could not be reached';
 COMMENT ON FUNCTION chat_proxy.partition_count() IS 'chat_proxy: number of partitions configured (options p0 .. of server chat_partitions)';
 COMMENT ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) IS 'chat_proxy: chat.connect or chat.disconnect on one partition';
 COMMENT ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) IS 'chat_proxy: a session call on every reachable partition (unreachable ones skipped with a WARNING)';

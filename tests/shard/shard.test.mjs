@@ -298,6 +298,12 @@ test('two gateways: A and B on different gateways chat in conversations on every
     assert.equal(r.type, 'error', JSON.stringify(r));
   }
   assert.ok(a.open && b.open, 'clients stay connected');
+  // sync and the chat list leave the unreachable partitions out instead of failing
+  const sOut = await b.request({ type: 'sync' });
+  assert.equal(sOut.type, 'ok', JSON.stringify(sOut));
+  const lOut = await b.call({ type: 'conversations', limit: 100 });
+  const seenParts = new Set(lOut.conversations.map((x) => partOf(x.conversation)));
+  assert.ok(seenParts.has(0) && seenParts.has(2) && !seenParts.has(1) && !seenParts.has(3), `partitions listed: ${[...seenParts]}`);
   // a client connecting while a partition is down is served (its session
   // reaches the partitions that are up; the others get it on their return)
   const c6 = await connectAs(gwA, 6, 1, { label: 'C' });
