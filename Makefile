@@ -5,18 +5,20 @@
 #   make installcheck pg_regress against a running server (PGHOST/PGPORT)
 #   make test         install deps, build, run every test on a throwaway cluster
 #   make demo         database + extension + gateway + demo page
+#   make demo-sharded 2 clusters, 4 partitions, chat_proxy, 2 gateways, HAProxy, demo page
 #   make bench        quick benchmark profile (bench-full: the long one)
+#   make bench-shard  what PL/Proxy adds per call, sends/s of a partition (bench/shard-latency.sh)
 #   make faults       every fault scenario under load, then again on the ASan gateway
 #                     (root; tests/faults/run.sh; about 7 minutes with the build)
 
-EXTENSION   = chat
+EXTENSION   = chat chat_proxy
 MODULE_big  = chat
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 # The install script of the current version is assembled from one file per
 # SQL area (extension/sql/); released versions' scripts and the upgrade
 # scripts between them are kept as they shipped (never edited afterwards).
 CHAT_VERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" chat.control)
-DATA_built  = extension/chat--$(CHAT_VERSION).sql
+DATA_built  = extension/chat--$(CHAT_VERSION).sql proxy/chat_proxy--$(CHAT_VERSION).sql
 DATA        = $(filter-out $(DATA_built),$(wildcard extension/chat--*.sql))
 SQL_PARTS   = $(sort $(wildcard extension/sql/*.sql))
 REGRESS     = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
@@ -41,12 +43,23 @@ include $(PGXS)
 # every object, or stale ones read it with the old layout.
 $(OBJS): $(wildcard extension/*.h)
 
-$(DATA_built): $(SQL_PARTS) chat.control
+extension/chat--$(CHAT_VERSION).sql: $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
+
+# chat_proxy (PL/Proxy, docs/scaling.md): generated from the chat install
+# script's signatures and proxy/routing.conf; proxy-check fails when a chat
+# function has no routing rule.
+PROXY_SRC = proxy/gen-proxy.py proxy/routing.conf proxy/head.sql proxy/custom.sql
+proxy/chat_proxy--$(CHAT_VERSION).sql: extension/chat--$(CHAT_VERSION).sql $(PROXY_SRC) chat_proxy.control
+	python3 proxy/gen-proxy.py $< proxy/routing.conf proxy/custom.sql proxy/head.sql $@
+
+.PHONY: proxy-check
+proxy-check: extension/chat--$(CHAT_VERSION).sql
+	python3 proxy/gen-proxy.py --check $< proxy/routing.conf proxy/custom.sql
 
 all: gateway-build pusher-build
 
-.PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan faults
+.PHONY: gateway-build pusher-build pusher-clean deps test demo demo-sharded bench bench-shard bench-full gateway-asan faults
 gateway-build:
 	@if [ -f gateway/Makefile ]; then $(MAKE) -C gateway; fi
 
@@ -81,6 +94,12 @@ demo: deps
 	$(MAKE) install
 	scripts/demo.sh
 
+# PL/Proxy partitions behind HAProxy (docs/scaling.md).
+demo-sharded: deps
+	$(MAKE) all
+	$(MAKE) install
+	scripts/demo-sharded.sh
+
 # Fault scenarios (docs/reliability.md): the quick ones also run in `make
 # test`; here they run again against the ASan + UBSan gateway, and slower
 # scenarios will join them here only.
@@ -100,3 +119,8 @@ bench-full: deps
 	$(MAKE) all
 	$(MAKE) install
 	bench/run.sh full
+
+bench-shard: deps
+	$(MAKE) all
+	$(MAKE) install
+	bench/shard-latency.sh

@@ -174,6 +174,7 @@ _PG_init(void)
 {
 	DefineCoreGucs();
 	DefineRealtimeGucs();
+	DefinePartitionGucs();	/* partition.c: PL/Proxy partitions */
 	if (process_shared_preload_libraries_in_progress)
 		DefinePreloadGucs();
 	MediaDefineGucs();			/* media (issue 13) */

@@ -38,6 +38,11 @@ extern int	chat_notifier_queue_kb;
 extern int	chat_notifier_delay;	/* milliseconds */
 extern char *chat_token_secret;
 
+/* partition.c: PL/Proxy partitions (chat.partitions, chat.partition) */
+extern int	chat_partitions;
+extern int	chat_partition;
+extern void DefinePartitionGucs(void);
+
 /* chat.fanout_mode */
 #define FANOUT_MODE_OFF		0
 #define FANOUT_MODE_DIRECT	1

@@ -17,7 +17,7 @@
 
 struct config cfg;
 
-enum { F_STR, F_INT };
+enum { F_STR, F_INT, F_LIST };
 
 struct flag {
 	const char *name;
@@ -31,11 +31,14 @@ struct flag {
 
 #define S(f) F_STR, offsetof(struct config, f)
 #define I(f) F_INT, offsetof(struct config, f)
+#define L(f) F_LIST, offsetof(struct config, f)
 
 static struct flag flags[] = {
 	{ "listen", S(listen), "127.0.0.1:8080", 0, 0, "HOST:PORT to listen on (\":PORT\" for every interface)", 0 },
 	{ "node", S(node), "gw1", 0, 0, "node name, [a-z0-9_]{1,40}; workers use <node>_<i>", 0 },
 	{ "dsn", S(dsn), "", 0, 0, "libpq connection string (multi-host allowed)", 0 },
+	/* Sharded (PL/Proxy, docs/scaling.md): --dsn is the proxy database. */
+	{ "listen-dsn", L(listen_dsn), NULL, 0, 0, "a partition to LISTEN on (repeat once per partition; env: one per line); sharded: --dsn is the proxy", 0 },
 	{ "token-secret-file", S(token_secret_file), NULL, 0, 0, "file holding the HS256 secret (= chat.token_secret)", 0 },
 	{ "tls-cert", S(tls_cert), NULL, 0, 0, "PEM certificate: serve wss:// and https://", 0 },
 	{ "tls-key", S(tls_key), NULL, 0, 0, "PEM private key for --tls-cert", 0 },
@@ -122,8 +125,18 @@ config_set(struct flag *f, const char *value, int source, const char *where)
 
 	if (f->set_by > source)
 		return;
+	/* A list flag given again by the same source adds a line. */
+	if (f->type == F_LIST && f->set_by == source && value) {
+		char **dst = (char **)(base + f->offset);
+		size_t n = *dst ? strlen(*dst) : 0;
+		char *joined = xmalloc(n + strlen(value) + 2);
+		snprintf(joined, n + strlen(value) + 2, "%s%s%s", *dst ? *dst : "", n ? "\n" : "", value);
+		free(*dst);
+		*dst = joined;
+		return;
+	}
 	f->set_by = source;
-	if (f->type == F_STR) {
+	if (f->type == F_STR || f->type == F_LIST) {
 		char **dst = (char **)(base + f->offset);
 		free(*dst);
 		*dst = value ? xstrdup(value) : NULL;

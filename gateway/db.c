@@ -32,7 +32,8 @@ enum pending_kind {
 	P_PREPARE, P_LISTEN, P_RESET, P_HEARTBEAT, P_CONNECT, P_DISCONNECT,
 	P_REQUEST, P_REF, P_FINAL,
 	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
-	P_NSTATS		/* chat.notifier_stats() for /metrics */
+	P_NSTATS,		/* chat.notifier_stats() for /metrics */
+	P_PART_RESET		/* sharded: node_reset on one partition */
 };
 
 /* A query sent and not yet answered; owns a reference on conn. */
@@ -54,6 +55,8 @@ struct pgconn {
 	PGconn *pg;
 	struct lws *wsi;
 	int index;			/* -1: the control connection */
+	int part;			/* sharded: the partition this one LISTENs on, else -1 */
+	const char *dsn;		/* NULL: cfg.dsn */
 	int state;
 	int heartbeat_inflight;
 	int nstats_inflight;
@@ -70,6 +73,8 @@ struct pgconn {
 };
 
 static struct pgconn ctl, *pool;
+static struct pgconn *parts;		/* sharded: one LISTEN connection per --listen-dsn */
+static int n_parts;
 static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
 static int listening, shutdown_done, final_wanted, final_sent;
 static struct lws_context *db_context;
@@ -86,12 +91,17 @@ static const char SQL_REQUEST[] = "SELECT chat.client_request($1, $2, $3, $4::js
 static const char SQL_REF[] =
 	"SELECT chat.message_json(m)::text FROM chat.get_message($1, $2, $3) m";
 
+struct outcome;
 static void db_connect_begin(struct pgconn *pc);
 static void db_lost(struct pgconn *pc, const char *why);
 static void db_reregister(struct conn *c, void *arg);
 static void db_register_pending(struct conn *c, void *arg);
 static void db_maybe_listen(void);
 static void db_watch(lws_sorted_usec_list_t *sul);
+static void db_done_part_reset(struct pgconn *pc, const struct outcome *o);
+static int db_sharded_setup(struct pgconn *pc);
+static void db_sharded_heartbeat(void);
+static void db_sharded_start(void);
 
 /* Name of a connection for logs. */
 static const char *
@@ -99,6 +109,10 @@ pc_name(struct pgconn *pc)
 {
 	static char buf[32];
 
+	if (pc->part >= 0) {
+		snprintf(buf, sizeof(buf), "partition %d", pc->part);
+		return buf;
+	}
 	if (pc->index < 0)
 		return "control";
 	snprintf(buf, sizeof(buf), "pool %d", pc->index);
@@ -405,6 +419,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 	case P_NSTATS:
 		db_done_nstats(pc, &o);
 		break;
+	case P_PART_RESET:
+		db_done_part_reset(pc, &o);
+		break;
 	}
 	if (p->conn)
 		conn_unref(p->conn);
@@ -497,6 +514,8 @@ db_connected(struct pgconn *pc)
 		return;
 	}
 
+	if (n_parts > 0 && db_sharded_setup(pc))
+		return;
 	char listen_sql[80];
 	const char *node[1] = { cfg.node };
 	snprintf(listen_sql, sizeof(listen_sql), "LISTEN \"chat_node_%s\"", cfg.node);
@@ -567,7 +586,7 @@ db_connect_begin(struct pgconn *pc)
 		"tcp_user_timeout", "dbname", "application_name", NULL
 	};
 	char appname[64], idle[16], count[16], user_timeout[16];
-	const char *values[8] = { "1", idle, "1", count, user_timeout, cfg.dsn, appname, NULL };
+	const char *values[8] = { "1", idle, "1", count, user_timeout, pc->dsn ? pc->dsn : cfg.dsn, appname, NULL };
 	int half = cfg.request_timeout / 2 > 0 ? cfg.request_timeout / 2 : 1;
 
 	if (stopping)
@@ -639,7 +658,7 @@ db_lost(struct pgconn *pc, const char *why)
 		db_complete(pc, p);
 	}
 	pc->tail = NULL;
-	if (pc->index < 0 && stopping)
+	if (pc == &ctl && stopping)
 		shutdown_done = 1;
 	if (!stopping)
 		db_retry(pc);
@@ -652,10 +671,12 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	const char *node[1] = { cfg.node };
 
 	(void)sul;
-	if (ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
+	db_sharded_heartbeat();
+	if (n_parts == 0 && ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
-	if (ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
+	/* Sharded, ctl talks to the proxy, which has no notifier. */
+	if (n_parts == 0 && ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
 	    db_send(&ctl, P_NSTATS, NULL,
 		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
 		ctl.nstats_inflight = 1;
@@ -673,9 +694,12 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	stats.notifier_fallbacks = stats.notifier_queued_bytes = -1;	/* unknown until read */
 	pool = xcalloc((size_t)cfg.pool, sizeof(*pool));
 	ctl.index = -1;
+	ctl.part = -1;
 	db_connect_begin(&ctl);
+	db_sharded_start();
 	for (int i = 0; i < cfg.pool; i++) {
 		pool[i].index = i;
+		pool[i].part = -1;
 		db_connect_begin(&pool[i]);
 	}
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
@@ -992,4 +1016,100 @@ db_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 	default:
 		return 0;
 	}
+}
+
+/* ---- Sharded deployment (PL/Proxy, docs/scaling.md) ----
+ *
+ * --dsn is the proxy database: requests and session calls go there and are
+ * routed by chat_proxy.  Each partition NOTIFYs for its own conversations,
+ * so the gateway keeps one connection per --listen-dsn that LISTENs and
+ * runs node_reset and node_heartbeat on that partition alone: a partition
+ * that is down stops only its own conversations' events.  When a partition
+ * connection comes back (node_reset there dropped this node's sessions),
+ * every live session is registered again and its client told to resync,
+ * which recovers whatever that partition notified meanwhile. */
+
+/* Sharded: the setup of the control connection (no LISTEN: the proxy has
+ * no events; node_reset runs per partition) or of a partition connection.
+ * Returns 1 when it handled pc. */
+static int
+db_sharded_setup(struct pgconn *pc)
+{
+	char listen_sql[80];
+	const char *node[1] = { cfg.node };
+
+	if (pc->part < 0) {
+		db_send(pc, P_RESET, NULL, "SELECT 1", 0, NULL, NULL);
+		return 1;
+	}
+	snprintf(listen_sql, sizeof(listen_sql), "LISTEN \"chat_node_%s\"", cfg.node);
+	if (db_send(pc, P_LISTEN, NULL, listen_sql, 0, NULL, NULL))
+		db_send(pc, P_PART_RESET, NULL, "SELECT chat.node_reset($1)", 1, node, NULL);
+	return 1;
+}
+
+/* P_PART_RESET answered: the partition is back (or up for the first time);
+ * sessions are registered again (through the proxy) and clients resync. */
+static void
+db_done_part_reset(struct pgconn *pc, const struct outcome *o)
+{
+	if (o->ok) {
+		db_now_ready(pc);
+		log_msg(LOG_INFO, 0, "%s ready: node %s registered there", pc_name(pc), cfg.node);
+		if (ctl.state == PG_READY) {
+			epoch++;
+			conn_foreach_authed(db_reregister, NULL);
+		}
+	} else if (o->res) {
+		log_msg(LOG_ERROR, 0, "%s: chat.node_reset failed: %s", pc_name(pc), o->err ? o->err : "?");
+		db_kill(pc, "node_reset failed");
+	}
+}
+
+/* Sharded: chat.node_heartbeat on every partition that is up. */
+static void
+db_sharded_heartbeat(void)
+{
+	const char *node[1] = { cfg.node };
+
+	for (int i = 0; i < n_parts && !stopping; i++) {
+		struct pgconn *pc = &parts[i];
+		if (pc->state == PG_READY && !pc->heartbeat_inflight &&
+		    db_send(pc, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
+			pc->heartbeat_inflight = 1;
+	}
+}
+
+/* Sharded: one connection per --listen-dsn line (none without the flag). */
+static void
+db_sharded_start(void)
+{
+	char *list, *line, *save = NULL;
+
+	if (!cfg.listen_dsn || !*cfg.listen_dsn)
+		return;
+	for (const char *p = cfg.listen_dsn; p; p = strchr(p + 1, '\n'))
+		n_parts++;
+	parts = xcalloc((size_t)n_parts, sizeof(*parts));
+	list = xstrdup(cfg.listen_dsn);
+	n_parts = 0;
+	for (line = strtok_r(list, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		struct pgconn *pc = &parts[n_parts];
+		pc->index = -2 - n_parts;
+		pc->part = n_parts++;
+		pc->dsn = xstrdup(line);
+		db_connect_begin(pc);
+	}
+	free(list);
+}
+
+/* Sharded: partitions configured and how many are up (/healthz, /metrics). */
+int
+db_partitions(int *up)
+{
+	*up = 0;
+	for (int i = 0; i < n_parts; i++)
+		if (parts[i].state == PG_READY)
+			(*up)++;
+	return n_parts;
 }

@@ -19,6 +19,7 @@ struct config {
 	int listen_port;
 	char *node;			/* this process's node (worker: <node>_<i>) */
 	char *dsn;
+	char *listen_dsn;		/* sharded: partition DSNs, one per line; NULL: LISTEN on --dsn */
 	char *token_secret_file;
 	char *tls_cert;
 	char *tls_key;
@@ -336,6 +337,7 @@ int db_ready(void);
 /* True when db_ready() and no connection's oldest query has waited over
  * half of --request-timeout (/healthz). */
 int db_healthy(void);
+int db_partitions(int *up);	/* sharded: partitions configured; *up: how many are up */
 
 /* Relays a client frame through chat.client_request; the response goes to c. */
 void db_request(struct conn *c, const char *frame, size_t len, const char *id_json);
@@ -390,6 +392,7 @@ struct metrics {
 	double latency_sum;
 	/* Gauges, published by the worker once a second (metrics_publish). */
 	uint64_t conns, conns_unauth, db_up;
+	uint64_t partitions, partitions_up;	/* sharded (--listen-dsn); 0: not sharded */
 	char node[48];			/* the worker's node name; "" = slot unused */
 };
 

@@ -57,6 +57,9 @@ metrics_publish(uint32_t conns, uint32_t unauth, int db_up)
 	stats.conns = conns;
 	stats.conns_unauth = unauth;
 	stats.db_up = (uint64_t)db_up;
+	int up, n = db_partitions(&up);
+	stats.partitions = (uint64_t)(n > 0 ? n : 0);
+	stats.partitions_up = (uint64_t)(n > 0 ? up : 0);
 }
 
 /* Close codes counted separately; anything else lands in the last slot. */
@@ -281,6 +284,14 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 			 METRIC(notifier_queued_bytes));
 	out_metric(&o, "chat_gateway_db_up", "gauge",
 		   "1 when the LISTEN connection and the pool are ready.", METRIC(db_up));
+	/* Sharded (--listen-dsn): per-partition health; a partition down
+	 * stops only its conversations' events, so /healthz stays 200. */
+	if (stats.partitions > 0) {
+		out_metric(&o, "chat_gateway_partitions", "gauge",
+			   "Partitions given with --listen-dsn.", METRIC(partitions));
+		out_metric(&o, "chat_gateway_partitions_up", "gauge",
+			   "Partitions whose LISTEN connection is ready.", METRIC(partitions_up));
+	}
 
 	metrics_render_closes(&o);
 	metrics_render_latency(&o);

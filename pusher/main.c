@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -216,7 +217,8 @@ Usage(void)
 		   "environment (dashes become underscores).  Grant the pusher's database role\n"
 		   "EXECUTE on chat.claim_push_notifications, renew_push, complete_push,\n"
 		   "fail_push, forget_push, next_push_due and push_queue_stats.\n\n"
-		   "  --dsn                libpq connection string (required)\n"
+		   "  --dsn                libpq connection string (required); sharded: repeat it\n"
+		   "                       once per partition (one claiming process each)\n"
 		   "  --concurrency        requests in flight at most, default 64\n"
 		   "  --ttl                seconds a push service keeps an undelivered\n"
 		   "                       notification, default 86400\n"
@@ -263,12 +265,21 @@ PositiveFlag(const char *flag, const char *v, long max)
 	return n;
 }
 
+#define MAX_DSNS 64
+static const char *dsns[MAX_DSNS];	/* every --dsn given (sharded: one per partition) */
+static int	ndsns;
+
 /* Sets one flag; false when name is not a flag. */
 static bool
 SetFlag(const char *name, const char *v)
 {
 	if (!strcmp(name, "dsn"))
+	{
+		/* Sharded: every partition has its own outbox (docs/scaling.md). */
+		if (ndsns < MAX_DSNS)
+			dsns[ndsns++] = v;
 		cfg.dsn = v;
+	}
 	else if (!strcmp(name, "vapid-private-key"))
 		cfg.vapid_private_key = v;
 	else if (!strcmp(name, "vapid-subject"))
@@ -331,6 +342,8 @@ ParseArgs(int argc, char **argv)
 		if ((v = getenv(env)) && *v)
 			SetFlag(names[i], v);
 	}
+	bool		dsn_on_command_line = false;
+
 	for (int i = 1; i < argc; i++)
 	{
 		const char *a = argv[i];
@@ -359,6 +372,11 @@ ParseArgs(int argc, char **argv)
 			val = argv[++i];
 		else
 			ConfigFail(name, "needs a value");
+		if (!strcmp(name, "dsn") && !dsn_on_command_line)
+		{
+			dsn_on_command_line = true;
+			ndsns = 0;			/* the command line's --dsn replace the environment's */
+		}
 		if (!SetFlag(name, val))
 			ConfigFail(name, "unknown flag");
 	}
@@ -1498,6 +1516,55 @@ Run(void)
 	return 0;
 }
 
+/* Sharded (--dsn once per partition): one child process per partition,
+ * each a whole pusher for that partition's outbox (rows never move between
+ * partitions); the parent forwards SIGTERM/SIGINT and exits with the worst
+ * status.  Returns only in a child (or with a single --dsn). */
+static void
+SpawnPerPartition(void)
+{
+	pid_t		pids[MAX_DSNS];
+	int			worst = 0;
+	sigset_t	set;
+	int			sig;
+
+	if (ndsns <= 1)
+		return;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	for (int i = 0; i < ndsns; i++)
+	{
+		pids[i] = fork();
+		if (pids[i] < 0)
+		{
+			perror("fork");
+			exit(1);
+		}
+		if (pids[i] == 0)
+		{
+			sigprocmask(SIG_UNBLOCK, &set, NULL);
+			cfg.dsn = dsns[i];
+			if (i > 0)
+				cfg.metrics_listen = NULL;	/* one /metrics port: the first partition's */
+			return;
+		}
+	}
+	Log("info", 0, "chat-pusher: %d partitions, one process each", ndsns);
+	if (sigwait(&set, &sig) == 0)
+		for (int i = 0; i < ndsns; i++)
+			kill(pids[i], sig);
+	for (int i = 0; i < ndsns; i++)
+	{
+		int			st;
+
+		if (waitpid(pids[i], &st, 0) == pids[i] && (!WIFEXITED(st) || WEXITSTATUS(st) != 0))
+			worst = 1;
+	}
+	exit(worst);
+}
+
 /* chat-pusher. */
 int
 main(int argc, char **argv)
@@ -1506,6 +1573,7 @@ main(int argc, char **argv)
 
 	ParseArgs(argc, argv);
 	LoadKeys();
+	SpawnPerPartition();
 	MetricsOpen();
 	SetupSignals();
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (multi = curl_multi_init()) == NULL)

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  make gcc pkg-config
+  make gcc pkg-config python3                # python3: proxy/gen-proxy.py (chat_proxy)
   postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libpq-dev
   libtap-parser-sourcehandler-pgtap-perl   # pg_prove: only a Recommends of postgresql-15-pgtap
   libwebsockets-dev libjansson-dev libssl-dev
@@ -14,6 +14,7 @@ packages=(
   nginx-light                              # bench/media.sh: the baseline file server
   nodejs npm chromium gnuplot-nox
   libclang-rt-14-dev clang
+  postgresql-15-plproxy haproxy            # sharded deployment: chat_proxy, make demo-sharded
 )
 
 missing=()

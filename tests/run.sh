@@ -47,6 +47,7 @@ script_stage "gateway end-to-end" tests/gateway/run.sh
 script_stage "gateway under ASan+UBSan" tests/gateway/run-asan.sh
 script_stage "push delivery (chat-pusher)" tests/pusher/run.sh
 script_stage "fuzz" tests/fuzz/run.sh
+script_stage "sharded (PL/Proxy)" tests/shard/run.sh
 script_stage "faults (quick)" tests/faults/run.sh
 script_stage "web client unit" tests/web/run.sh
 script_stage "bench goals table" tests/bench/run.sh

@@ -36,9 +36,37 @@ CREATE TABLE chat.devices (
 CREATE INDEX devices_push_token_idx ON chat.devices (push_token) WHERE push_token IS NOT NULL;
 
 CREATE SEQUENCE chat.conversations_id_seq;
+-- A new conversation id.  Partitioned (chat.partitions > 1, PL/Proxy): the
+-- sequence value times chat.partitions plus chat.partition, so the low bits
+-- name the partition that owns the conversation and the id alone routes.
+-- Not partitioned: the plain sequence value, as before.
+CREATE FUNCTION chat.new_conversation_id()
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- missing_ok: a session that has not loaded the library yet (it is not
+    -- in shared_preload_libraries) has no chat.* settings defined so far.
+    n integer := coalesce(current_setting('chat.partitions', true), '1')::integer;
+    p integer := coalesce(current_setting('chat.partition', true), '0')::integer;
+BEGIN
+    IF n = 1 THEN
+        RETURN nextval('chat.conversations_id_seq');
+    END IF;
+    IF n < 1 OR n & (n - 1) <> 0 THEN
+        RAISE EXCEPTION 'chat.partitions % is not a power of two', n USING ERRCODE = '22023';
+    END IF;
+    IF p < 0 OR p >= n THEN
+        RAISE EXCEPTION 'chat.partition % is not below chat.partitions %', p, n
+            USING ERRCODE = '22023',
+                  HINT = 'Set chat.partition of each partition database to its number, 0 .. chat.partitions - 1.';
+    END IF;
+    RETURN nextval('chat.conversations_id_seq') * n + p;
+END
+$$;
 -- A conversation: kind direct (exactly two members, one per pair) or group.
 CREATE TABLE chat.conversations (
-    id            bigint PRIMARY KEY DEFAULT nextval('chat.conversations_id_seq'),
+    id            bigint PRIMARY KEY DEFAULT chat.new_conversation_id(),
     kind          text NOT NULL CHECK (kind IN ('direct', 'group')),
     title         text,
     direct_low    bigint,   -- direct only: the smaller user id of the pair
@@ -178,6 +206,8 @@ COMMENT ON TABLE chat.nodes IS 'gateway nodes and their heartbeats';
 COMMENT ON TABLE chat.sessions IS 'connected devices per gateway node (unlogged)';
 COMMENT ON TABLE chat.push_outbox IS 'push notifications pending for offline devices';
 COMMENT ON SEQUENCE chat.conversations_id_seq IS 'ids of chat.conversations';
+REVOKE ALL ON FUNCTION chat.new_conversation_id() FROM PUBLIC;
+COMMENT ON FUNCTION chat.new_conversation_id() IS 'a new conversation id; partitioned: sequence value * chat.partitions + chat.partition (the low bits route)';
 COMMENT ON SEQUENCE chat.push_outbox_id_seq IS 'ids of chat.push_outbox';
 COMMENT ON SCHEMA chat IS 'pgchat: users, conversations, gapless messages, receipts, presence and NOTIFY fanout';
 

@@ -57,6 +57,21 @@ count "worker fallback warns once per backend" "cannot work" 1 "$tmp/send.out"
 check "worker fallback hint" "HINT:  Add chat to shared_preload_libraries and restart, or set chat.fanout_mode = direct" "$tmp/send.out"
 count "both messages still notified" 'Asynchronous notification "chat_node_gw1"' 2 "$tmp/send.out"
 
+# A fresh session whose first call makes a conversation (the library not
+# loaded yet: no chat.* settings defined) gets a plain id (chat.partitions
+# unset counts as 1).
+psql -At -v ON_ERROR_STOP=1 >"$tmp/fresh.out" 2>&1 <<'SQL' || true
+SELECT 'id=' || chat.direct_conversation(2, 1) AS existing;
+SELECT 'loaded=' || count(*) FROM pg_settings WHERE name = 'chat.partitions';
+SQL
+check "a new session finds a conversation before loading the library" "^id=1$" "$tmp/fresh.out"
+check "... and had not loaded it" "^loaded=0$" "$tmp/fresh.out"
+psql -At -v ON_ERROR_STOP=1 >"$tmp/fresh2.out" 2>&1 <<'SQL' || true
+SELECT chat.upsert_user(3, 'u3');
+SELECT 'id=' || chat.direct_conversation(3, 1) AS created;
+SQL
+check "a new session creates a conversation before loading the library" "^id=2$" "$tmp/fresh2.out"
+
 psql -v ON_ERROR_STOP=1 >"$tmp/direct.out" 2>&1 <<'SQL' || true
 LOAD 'chat';
 SET chat.fanout_mode = direct;

@@ -107,13 +107,13 @@ function handle(req, res) {
 }
 
 // A new Web Push subscription on the fake service for (user, device).
-async function subscribe(user, device, name) {
+async function subscribe(user, device, name, db = DB) {
   const ecdh = crypto.createECDH('prime256v1');
   ecdh.generateKeys();
   const auth = crypto.randomBytes(16);
   subs.set(name, { ecdh, auth });
   const subscription = { endpoint: `${origin}/sub/${name}`, keys: { p256dh: b64u(ecdh.getPublicKey()), auth: b64u(auth) } };
-  const reply = await value(DB, `SELECT chat.client_request('t', ${user}, ${device},
+  const reply = await value(db, `SELECT chat.client_request('t', ${user}, ${device},
       ${lit(JSON.stringify({ id: 1, type: 'register_push', platform: 'webpush', subscription }))}::jsonb)`);
   assert.equal(reply.type, 'ok', JSON.stringify(reply));
 }
@@ -373,4 +373,37 @@ test('SIGTERM stops the pusher cleanly', async () => {
   const { code } = await exited;
   assert.equal(code, 0, tail(pusherLog));
   assert.match(fs.readFileSync(pusherLog, 'utf8'), /"stopped: sent \d+/);
+});
+
+// Sharded deployments (docs/scaling.md): --dsn once per partition runs one
+// claiming process per partition; each partition's outbox is delivered and
+// SIGTERM stops them all.
+test('--dsn per partition: every partition\'s outbox is delivered, SIGTERM stops every process', async () => {
+  const DB2 = 'chat_pusher_test_p1';
+  await newDb(DB2);
+  const users = [];
+  for (const db of [DB, DB2]) {
+    const a = await makeUser(db), b = await makeUser(db);
+    const conv = await direct(db, a.id, b.id);
+    users.push({ db, a, b, conv });
+  }
+  await subscribe(users[0].b.id, 1, 'part-a', DB);
+  await subscribe(users[1].b.id, 1, 'part-b', DB2);
+  const log = path.join(LOG_DIR, 'pusher-partitions.log');
+  fs.writeFileSync(log, '');
+  const p = await startPusher(['--dsn', dsn(DB2)], log);
+  const exited = new Promise((r) => p.on('exit', (code, sig) => r({ code, sig })));
+  for (const u of users) await psql(u.db, `SELECT chat.send_message(${u.a.id}, ${u.conv}, 'n' || i) FROM generate_series(1, 5) i`);
+  await waitFor('part-a', 5, 10000);
+  await waitFor('part-b', 5, 10000);
+  assert.match(fs.readFileSync(log, 'utf8'), /2 partitions, one process each/);
+  const listeners = async (db) => Number(await value(db, `SELECT count(*) FROM pg_stat_activity
+      WHERE datname = current_database() AND query ILIKE '%push%' AND pid <> pg_backend_pid()`));
+  assert.ok(await listeners(DB2) >= 1, 'a process on the second partition');
+  p.kill('SIGTERM');
+  const { code } = await exited;
+  assert.equal(code, 0, tail(log));
+  assert.equal((fs.readFileSync(log, 'utf8').match(/"stopped: sent \d+/g) || []).length, 2, 'both processes stopped cleanly');
+  for (let i = 0; i < 50 && await listeners(DB2) > 0; i++) await sleep(50);
+  assert.equal(await listeners(DB2), 0, 'no process left on the second partition');
 });

@@ -1,0 +1,289 @@
+-- chat_proxy functions written by hand (the rest is generated from
+-- proxy/routing.conf).  client_request routes one client frame by its
+-- fields: "conversation" -> that conversation's partition; sync and
+-- conversations -> every partition, merged with the same paging; direct
+-- -> the pair's partition; create_group -> round robin; user-wide writes
+-- (profile, privacy, blocks, push registration) -> every partition;
+-- everything else -> the user's home partition.
+
+-- Presence: sessions and users are on every partition, but whether a
+-- 'contacts' privacy lets the viewer see a user depends on their direct
+-- conversation, which lives on the pair's partition.  Every partition
+-- answers; a user is online / has a last_seen when any partition shows it.
+CREATE FUNCTION chat_proxy.presence_all(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    TARGET chat.presence;
+$$;
+
+CREATE FUNCTION chat.presence(viewer bigint, user_ids bigint[])
+RETURNS TABLE (user_id bigint, online boolean, last_seen timestamptz)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.user_id, bool_or(p.online), max(p.last_seen)
+      FROM chat_proxy.presence_all(viewer, user_ids) p
+     GROUP BY p.user_id
+     ORDER BY p.user_id
+$$;
+
+-- True for the error of a call whose partition could not be reached: a
+-- connection SQLSTATE, or PL/Proxy's own failure to connect (its messages
+-- without "REMOTE"); false for errors the partition raised.
+CREATE FUNCTION chat_proxy.unreachable(state text, message text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT state LIKE '08%' OR state LIKE '57P0_'
+        OR (message LIKE 'PL/Proxy function %' AND message NOT LIKE '%REMOTE %')
+$$;
+
+-- Sessions: chat.connect and chat.disconnect run on every partition one at
+-- a time, and a partition that cannot be reached is skipped (WARNING), so
+-- that clients still connect while a partition is down.  Nothing is lost:
+-- when the partition returns, each gateway's connection to it runs
+-- node_reset there and registers every live session again (docs/scaling.md).
+-- A kept connection ended by the partition's restart (57P0x) is retried
+-- once first.  Other errors (an unknown device: P0002) propagate.
+CREATE FUNCTION chat_proxy.partition_count()
+RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*)::integer
+      FROM pg_foreign_server s, unnest(s.srvoptions) o
+     WHERE s.srvname = 'chat_partitions' AND o ~ '^p[0-9]+='
+$$;
+
+CREATE FUNCTION chat_proxy.session_on(part integer, op text, node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT CASE WHEN op = 'connect' THEN chat.connect(node, user_id, device_id)
+                ELSE chat.disconnect(node, user_id, device_id) END;
+$$;
+
+CREATE FUNCTION chat_proxy.session_everywhere(op text, node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer := chat_proxy.partition_count();
+    reached integer := 0;
+BEGIN
+    IF n = 0 THEN
+        RAISE EXCEPTION 'chat_proxy has no partitions' USING ERRCODE = '55000',
+            HINT = 'SELECT chat_proxy.configure(ARRAY[...]) first.';
+    END IF;
+    FOR p IN 0 .. n - 1 LOOP
+        BEGIN
+            BEGIN
+                PERFORM chat_proxy.session_on(p, op, node, user_id, device_id);
+            EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+                PERFORM chat_proxy.session_on(p, op, node, user_id, device_id);
+            END;
+            reached := reached + 1;
+        EXCEPTION WHEN OTHERS THEN
+            IF NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+                RAISE;
+            END IF;
+            RAISE WARNING 'chat.%: partition % unreachable, skipped (node % registers again when it returns): %',
+                op, p, node, SQLERRM;
+        END;
+    END LOOP;
+    IF reached = 0 THEN
+        RAISE EXCEPTION 'chat.%: no partition reachable', op USING ERRCODE = '08006';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION chat.connect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat_proxy.session_everywhere('connect', node, user_id, device_id)
+$$;
+
+CREATE FUNCTION chat.disconnect(node text, user_id bigint, device_id integer)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat_proxy.session_everywhere('disconnect', node, user_id, device_id)
+$$;
+
+-- One frame on one partition (hash as in the generated functions).
+CREATE FUNCTION chat_proxy.request_on(part integer, node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT chat.client_request(node, user_id, device_id, request);
+$$;
+
+-- One frame on every partition.
+CREATE FUNCTION chat_proxy.request_all(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS SETOF jsonb
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    SELECT chat.client_request(node, user_id, device_id, request);
+$$;
+
+-- request_on with one retry when PL/Proxy's kept connection to the
+-- partition was ended by its restart (57P0x: the statement did not run).
+CREATE FUNCTION chat_proxy.request_one(part integer, node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN chat_proxy.request_on(part, node, user_id, device_id, request);
+EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    RETURN chat_proxy.request_on(part, node, user_id, device_id, request);
+END
+$$;
+
+-- request_all's frames.  Read-only requests (partial true: sync,
+-- conversations, presence) survive a partition that cannot be reached:
+-- they are then asked one partition at a time and the unreachable ones are
+-- left out (WARNING).  Nothing is lost: what a left-out partition holds
+-- stays unacked, and when it returns every gateway tells its clients to
+-- resync.  Writes to every partition (partial false) fail instead.
+CREATE FUNCTION chat_proxy.request_every(node text, user_id bigint, device_id integer, request jsonb, partial boolean)
+RETURNS jsonb[]
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    frames jsonb[] := '{}';
+BEGIN
+    BEGIN
+        RETURN ARRAY(SELECT chat_proxy.request_all(node, user_id, device_id, request));
+    EXCEPTION WHEN OTHERS THEN
+        IF NOT partial OR NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+            RAISE;
+        END IF;
+    END;
+    FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+        BEGIN
+            frames := frames || chat_proxy.request_one(p, node, user_id, device_id, request);
+        EXCEPTION WHEN OTHERS THEN
+            IF NOT chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+                RAISE;
+            END IF;
+            RAISE WARNING 'chat.client_request %: partition % unreachable, left out: %',
+                request ->> 'type', p, SQLERRM;
+        END;
+    END LOOP;
+    IF cardinality(frames) = 0 THEN
+        RAISE EXCEPTION 'no partition reachable' USING ERRCODE = '08006';
+    END IF;
+    RETURN frames;
+END
+$$;
+
+-- A JSON id field as bigint, NULL when it is not a plain integer (the
+-- partition that gets the frame then rejects it with the usual SQLSTATE).
+CREATE FUNCTION chat_proxy.json_id(v jsonb)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN jsonb_typeof(v) IN ('number', 'string') AND v #>> '{}' ~ '^-?[0-9]{1,18}$'
+                THEN (v #>> '{}')::bigint END
+$$;
+
+-- The first error frame among frames, else NULL.
+CREATE FUNCTION chat_proxy.first_error(frames jsonb[])
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT f FROM unnest(frames) f WHERE f ->> 'type' = 'error' LIMIT 1
+$$;
+
+CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := CASE WHEN jsonb_typeof(request) = 'object' THEN request ->> 'type' END;
+    home integer := hashint8(coalesce(user_id, 0));
+    conv bigint := CASE WHEN jsonb_typeof(request) = 'object' THEN chat_proxy.json_id(request -> 'conversation') END;
+    lim bigint;
+    frames jsonb[];
+    err jsonb;
+    merged jsonb;
+BEGIN
+    IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock',
+                 'register_push', 'unregister_push') THEN
+        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence'));
+        err := chat_proxy.first_error(frames);
+        IF err IS NOT NULL THEN
+            RETURN err;
+        END IF;
+        IF rtype = 'sync' THEN
+            lim := coalesce(chat_proxy.json_id(request -> 'limit'), 500);
+            SELECT coalesce(jsonb_agg(m ORDER BY (m ->> 'conversation')::bigint, (m ->> 'seq')::bigint), '[]')
+              INTO merged
+              FROM (SELECT m FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'messages') m
+                     ORDER BY (m ->> 'conversation')::bigint, (m ->> 'seq')::bigint LIMIT lim) page;
+            RETURN jsonb_set(frames[1], '{result}',
+                             jsonb_build_object('messages', merged, 'more', jsonb_array_length(merged) >= lim));
+        ELSIF rtype = 'conversations' THEN
+            lim := coalesce(chat_proxy.json_id(request -> 'limit'), 50);
+            SELECT coalesce(jsonb_agg(c ORDER BY (c ->> 'last_activity')::timestamptz DESC,
+                                                 (c ->> 'conversation')::bigint DESC), '[]')
+              INTO merged
+              FROM (SELECT c FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'conversations') c
+                     ORDER BY (c ->> 'last_activity')::timestamptz DESC, (c ->> 'conversation')::bigint DESC
+                     LIMIT lim) page;
+            RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('conversations', merged));
+        ELSIF rtype = 'presence' THEN
+            SELECT coalesce(jsonb_agg(jsonb_build_object('user', uid, 'online', online, 'last_seen', seen)
+                                      ORDER BY uid), '[]')
+              INTO merged
+              FROM (SELECT (u ->> 'user')::bigint AS uid, bool_or((u ->> 'online')::boolean) AS online,
+                           max(u -> 'last_seen' #>> '{}') AS seen
+                      FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'users') u
+                     GROUP BY 1) m;
+            RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
+        END IF;
+        RETURN frames[1];
+    ELSIF rtype = 'direct' THEN
+        IF chat_proxy.json_id(request -> 'user') IS NOT NULL THEN
+            home := chat_proxy.pair_partition(user_id, chat_proxy.json_id(request -> 'user'));
+        END IF;
+    ELSIF rtype = 'create_group' THEN
+        home := chat_proxy.next_partition();
+    ELSIF conv IS NOT NULL THEN
+        home := chat_proxy.conversation_partition(conv);
+    END IF;
+    RETURN chat_proxy.request_one(home, node, user_id, device_id, request);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.request_one(integer, text, bigint, integer, jsonb) IS 'chat_proxy: request_on, once more after a partition restart (57P0x)';
+COMMENT ON FUNCTION chat_proxy.request_every(text, bigint, integer, jsonb, boolean) IS 'chat_proxy: request_all as an array; partial: unreachable partitions left out';
+REVOKE ALL ON FUNCTION chat.client_request(text, bigint, integer, jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.request_on(integer, text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on the partition of a hash';
+COMMENT ON FUNCTION chat_proxy.request_all(text, bigint, integer, jsonb) IS 'chat_proxy: one client frame on every partition';
+REVOKE ALL ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.presence(bigint, bigint[]) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.presence_all(bigint, bigint[]) IS 'chat_proxy: chat.presence on every partition';
+COMMENT ON FUNCTION chat.presence(bigint, bigint[]) IS 'chat_proxy (custom): presence merged over every partition (visible where any partition shows it)';
+REVOKE ALL ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.connect(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.disconnect(text, bigint, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.unreachable(text, text) IS 'chat_proxy: whether an error means the partition could not be reached';
+COMMENT ON FUNCTION chat_proxy.partition_count() IS 'chat_proxy: number of partitions configured (options p0 .. of server chat_partitions)';
+COMMENT ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) IS 'chat_proxy: chat.connect or chat.disconnect on one partition';
+COMMENT ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) IS 'chat_proxy: a session call on every reachable partition (unreachable ones skipped with a WARNING)';
+COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'chat_proxy (custom): session on every reachable partition';
+COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'chat_proxy (custom): session end on every reachable partition';
+COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer field as bigint, NULL when malformed';
+COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
+COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
+    'chat_proxy (custom): one client frame routed by its fields; sync and conversations merged over every partition';
