@@ -199,6 +199,38 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT f FROM unnest(frames) f WHERE f ->> 'type' = 'error' LIMIT 1
 $$;
 
+-- Media: an attachment id (a random uuid) does not say where it lives, so
+-- media_url asks each partition in turn; the one that holds the upload
+-- answers, the others have none (P0002).  O(partitions) per call; uploads
+-- themselves route by their conversation.
+CREATE FUNCTION chat_proxy.media_url_on(part integer, actor bigint, attachment uuid, thumbnail boolean)
+RETURNS jsonb
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    TARGET chat.media_url;
+$$;
+
+CREATE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+        BEGIN
+            RETURN chat_proxy.media_url_on(p, actor, attachment, thumbnail);
+        EXCEPTION WHEN no_data_found THEN
+            NULL;   -- not this partition's
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+END
+$$;
+REVOKE ALL ON FUNCTION chat_proxy.media_url_on(integer, bigint, uuid, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.media_url(bigint, uuid, boolean) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.media_url_on(integer, bigint, uuid, boolean) IS 'chat_proxy: chat.media_url on one partition';
+COMMENT ON FUNCTION chat.media_url(bigint, uuid, boolean) IS 'chat_proxy (custom): chat.media_url on the partition that holds the attachment';
+
 CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -213,7 +245,7 @@ DECLARE
     merged jsonb;
 BEGIN
     IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock',
-                 'register_push', 'unregister_push') THEN
+                 'register_push', 'unregister_push', 'set_push_previews') THEN
         frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence'));
         err := chat_proxy.first_error(frames);
         IF err IS NOT NULL THEN
@@ -247,6 +279,15 @@ BEGIN
             RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
         END IF;
         RETURN frames[1];
+    ELSIF rtype = 'media_url' THEN
+        -- the partition holding the attachment answers; the others: P0002
+        FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+            err := chat_proxy.request_one(p, node, user_id, device_id, request);
+            IF err ->> 'type' <> 'error' OR err ->> 'code' <> 'P0002' THEN
+                RETURN err;
+            END IF;
+        END LOOP;
+        RETURN err;
     ELSIF rtype = 'direct' THEN
         IF chat_proxy.json_id(request -> 'user') IS NOT NULL THEN
             home := chat_proxy.pair_partition(user_id, chat_proxy.json_id(request -> 'user'));
