@@ -160,6 +160,7 @@ _PG_init(void)
 {
 	DefineCoreGucs();
 	DefineRealtimeGucs();
+	DefineExpiryGucs();
 	if (process_shared_preload_libraries_in_progress)
 		DefinePreloadGucs();
 	MarkGUCPrefixReserved("chat");
