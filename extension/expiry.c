@@ -34,7 +34,7 @@ char	   *chat_retention = NULL;
 int			chat_expire_batch = 1000;
 
 /* Advisory lock key of the expiry worker ("chat" "expi"). */
-#define EXPIRY_LOCK_KEY INT64CONST(0x6368617465787069)
+#define EXPIRY_LOCK_KEY 7163082359879266409
 
 /* Most batches one worker run takes before it leaves the rest to the next. */
 #define EXPIRY_MAX_BATCHES 1000
