@@ -14,6 +14,7 @@ import { $, toast } from './app/dom.js';
 import { errorText } from './app/format.js';
 import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } from './app/store.js';
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
+import { initMessenger, learnProfile, ensureProfiles, mentionsIn, refreshPins } from './app/messenger.js';
 
 const HISTORY_PAGE = 30;
 
@@ -67,6 +68,7 @@ function refreshConversations() {
         if (old.last_seq > row.last_seq) { row.last_seq = old.last_seq; row.last_message = old.last_message; }
         S.convs.set(id, row);
         if (r.last_message && r.last_message.sender != null) notePeer(id, Number(r.last_message.sender));
+        if (r.peer) { learnProfile(r.peer); notePeer(id, Number(r.peer.user)); }
       }
       for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
       renderList();
@@ -113,6 +115,7 @@ async function openConversation(id) {
     }
   }
   if (S.current !== id) return;
+  refreshPins(id);
   const box = $('messages');
   renderMessages();
   box.scrollTop = box.scrollHeight;
@@ -149,6 +152,7 @@ function addMessages(conv, msgs) {
     map.set(m.seq, m);
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') notePeer(conv, Number(m.sender));
   }
+  ensureProfiles(msgs.filter((m) => m.sender != null && m.kind !== 'system').map((m) => m.sender));
 }
 
 let readTimer = null;
@@ -186,7 +190,7 @@ function sendCurrent() {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.send(conv, body, { clientMsgId }).then(() => {
+  client.send(conv, body, { clientMsgId, mentions: mentionsIn(conv, body) }).then(() => {
     dropPending(conv, clientMsgId);
   }, (e) => {
     p.failed = errorText(e);
@@ -297,6 +301,10 @@ function start() {
     if (Number(e.user) === S.me && e.action === 'removed' && Number(e.conversation) === S.current) toast('You left this conversation', 'info');
   });
   client.on('error', (e) => toast(errorText(e)));
+  initMessenger(client, {
+    openConversation, renderList, header, refreshConversations, addMessages,
+    renderMessages: (o) => renderMessages(o),
+  });
 
   client.connect().catch((e) => toast(errorText(e, 'Cannot connect')));
 }
