@@ -46,13 +46,17 @@ export async function ensureProfiles(ids) {
 }
 
 /** The active members of a conversation (cached), their profiles fetched. */
+const loadingMembers = new Map();  // conversation -> promise of its member list
 async function membersOf(conv) {
-  if (!S.members.has(conv)) {
-    const list = await client.members(conv);
-    S.members.set(conv, list);
-    ensureProfiles(list.map((m) => m.user));
+  if (S.members.has(conv)) return S.members.get(conv);
+  if (!loadingMembers.has(conv)) {
+    loadingMembers.set(conv, client.members(conv).then((list) => {
+      S.members.set(conv, list);
+      ensureProfiles(list.map((m) => m.user));
+      return list;
+    }).finally(() => loadingMembers.delete(conv)));
   }
-  return S.members.get(conv);
+  return loadingMembers.get(conv);
 }
 
 // ------------------------------------------------------------- mentions
@@ -90,10 +94,12 @@ function typedMention() {
 /** Shows the members matching the @word being typed. */
 async function updateMentionList() {
   const list = $('mention-list');
-  const word = typedMention();
-  if (word === null || S.current === null) { list.hidden = true; return; }
+  if (typedMention() === null || S.current === null) { list.hidden = true; return; }
   let members;
   try { members = await membersOf(S.current); } catch { list.hidden = true; return; }
+  // The text may have changed while the members loaded: read it now.
+  const word = typedMention();
+  if (word === null) { list.hidden = true; return; }
   const w = word.toLowerCase();
   const hits = members.filter((m) => m.user !== S.me).filter((m) => {
     const h = (handleOf(m.user) || '').toLowerCase();
