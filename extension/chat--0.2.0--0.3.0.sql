@@ -720,7 +720,15 @@ BEGIN
         EXIT WHEN room <= 0;
     END LOOP;
     IF room > 0 THEN
-        UPDATE chat.maintenance SET retention_at = now();
+        -- The receipt times of chat.message_info age out with the messages.
+        DELETE FROM chat.receipt_times t
+         WHERE t.ctid = ANY (ARRAY(SELECT r.ctid FROM chat.receipt_times r
+                                    WHERE r.at < cutoff LIMIT room));
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        IF taken < room THEN
+            UPDATE chat.maintenance SET retention_at = now();
+        END IF;
+        room := room - taken;
     END IF;
     RETURN batch - room;
 END

@@ -67,12 +67,15 @@ UPDATE chat.messages SET expires_at = now() - interval '1 s' WHERE conversation_
 -- apply_retention --------------------------------------------------------
 SELECT chat.apply_retention();                                   -- no retention set
 SET chat.retention = '1 day';
+INSERT INTO chat.receipt_times (conversation_id, user_id, kind, seq, at)
+VALUES (1, 2, 'delivered', 1, now() - interval '2 days');
 UPDATE chat.conversations SET created_at = now() - interval '3 days' WHERE id = 1;
 UPDATE chat.messages SET created_at = now() - interval '2 days' WHERE conversation_id = 1 AND seq <= 3;
 SELECT chat.apply_retention(2);
 SELECT chat.apply_retention();
 SELECT min(seq) AS oldest_left, count(*) FILTER (WHERE created_at < now() - interval '1 day') AS old_left
   FROM chat.messages WHERE conversation_id = 1;
+SELECT count(*) AS old_receipt_times FROM chat.receipt_times WHERE at < now() - interval '1 day';
 SELECT retention_at IS NOT NULL AS recorded FROM chat.maintenance;
 SET chat.retention = 'forever';
 SELECT pg_temp.try($$SELECT chat.apply_retention()$$);

@@ -87,7 +87,8 @@ END
 $$;
 
 -- Removes up to batch messages older than chat.retention (an interval;
--- empty: keep everything), oldest conversations' first; returns how many.
+-- empty: keep everything), oldest conversations' first, then receipt
+-- times (chat.receipt_times) as old; returns how many rows it removed.
 -- Per conversation it walks the oldest seqs (created_at grows with seq),
 -- so a pass reads no more than it deletes.
 CREATE FUNCTION chat.apply_retention(batch integer DEFAULT 1000)
@@ -121,7 +122,15 @@ BEGIN
         EXIT WHEN room <= 0;
     END LOOP;
     IF room > 0 THEN
-        UPDATE chat.maintenance SET retention_at = now();
+        -- The receipt times of chat.message_info age out with the messages.
+        DELETE FROM chat.receipt_times t
+         WHERE t.ctid = ANY (ARRAY(SELECT r.ctid FROM chat.receipt_times r
+                                    WHERE r.at < cutoff LIMIT room));
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        IF taken < room THEN
+            UPDATE chat.maintenance SET retention_at = now();
+        END IF;
+        room := room - taken;
     END IF;
     RETURN batch - room;
 END
