@@ -27,6 +27,10 @@ SELECT chat.set_disappearing(1, 1, 60);                          -- same ttl: no
 SELECT last_seq FROM chat.conversations WHERE id = 1;
 SELECT chat.client_request('n', 4, 1, '{"id":1,"type":"set_disappearing","conversation":2,"ttl":3600}');
 SELECT settings FROM chat.conversations WHERE id = 2;
+SELECT chat.block(1, 4);
+SELECT pg_temp.try($$SELECT chat.set_disappearing(4, 2, 60)$$);   -- blocked by the peer
+SELECT chat.unblock(1, 4);
+SELECT settings FROM chat.conversations WHERE id = 2;
 SELECT pg_temp.try($$SELECT chat.set_disappearing(3, 1, 30)$$);  -- plain member of a group
 SELECT pg_temp.try($$SELECT chat.set_disappearing(4, 1, 30)$$);  -- not a member
 SELECT pg_temp.try($$SELECT chat.set_disappearing(1, 1, 4)$$);

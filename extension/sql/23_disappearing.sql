@@ -38,6 +38,14 @@ BEGIN
         RAISE EXCEPTION 'user % may not change the timer of conversation %', actor, conv
             USING ERRCODE = '42501', HINT = 'In a group, owners and admins set it.';
     END IF;
+    -- Like a send: not by a blocked user into the blocker's direct conversation.
+    IF c.kind = 'direct' AND EXISTS (
+           SELECT FROM chat.blocks k
+            WHERE k.blocked = actor
+              AND k.blocker = CASE WHEN c.direct_low = actor THEN c.direct_high ELSE c.direct_low END) THEN
+        RAISE EXCEPTION 'user % cannot change the timer of conversation %: blocked', actor, conv
+            USING ERRCODE = '42501';
+    END IF;
     IF (c.settings ->> 'ttl')::integer IS NOT DISTINCT FROM ttl THEN
         RETURN;
     END IF;
