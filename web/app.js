@@ -333,8 +333,19 @@ window.addEventListener('hashchange', () => location.reload());
 $('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('dialog-direct').showModal(); });
 $('dialog-direct').addEventListener('close', async () => {
   if ($('dialog-direct').returnValue !== 'ok') return;
-  const user = Number($('direct-user').value);
-  if (!Number.isInteger(user) || user <= 0) { toast('Enter a user id (a positive number)'); return; }
+  const input = $('direct-user').value.trim().replace(/^@/, '');
+  let user = /^[0-9]+$/.test(input) ? Number(input) : null;
+  if (!input) { toast('Enter a handle or a user id'); return; }
+  if (user === null) {
+    // A contact search by handle (regardless of case).
+    try {
+      const p = await client.findUser(input);
+      if (!p) { toast(`No user has the handle “${input}”`); return; }
+      learnProfile(p);
+      user = Number(p.user);
+    } catch (e) { toast(errorText(e, `Could not look up “${input}”`)); return; }
+  }
+  if (!Number.isInteger(user) || user <= 0) { toast('Enter a handle or a user id (a positive number)'); return; }
   try {
     const id = await client.direct(user);
     addRow(id, 'direct', null);

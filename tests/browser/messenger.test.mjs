@@ -137,6 +137,18 @@ test('blocking from the menu: alice cannot send to bob, then can again after unb
   await messageWith(b, 'sorry, hello again');
 });
 
+test('new chat by handle (contact search), and an unknown handle is explained', async () => {
+  const c = users.carol.page;
+  await c.click('#new-direct');
+  await c.fill('#direct-user', 'nobody_here');
+  await c.click('#direct-ok');
+  await c.waitForSelector('.toast.error:has-text("nobody_here")');
+  await c.click('#new-direct');
+  await c.fill('#direct-user', 'BOB');
+  await c.click('#direct-ok');
+  await c.waitForFunction(() => document.getElementById('conv-name').textContent === 'bob', null, { timeout: WAIT });
+});
+
 test('no uncaught errors in the pages', () => {
   const errors = Object.values(users).flatMap((u) => u.errors)
     .filter((e) => !/WebSocket|ERR_INTERNET_DISCONNECTED|net::/.test(e));
