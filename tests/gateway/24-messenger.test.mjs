@@ -6,7 +6,7 @@
 // the contract's SQLSTATE and leaves nothing behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, group, startGateway, stopAll, connectAs, rows, value, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, group, startGateway, stopAll, connectAs, rows, value, psql, sleep, ms } from './lib.mjs';
 
 const DB = 'gw_24_messenger';
 let gw;
@@ -123,6 +123,10 @@ test('invite links: join sends the member event; revoked and expired codes are 5
   assert.deepEqual(await ca.call({ type: 'revoke_invite', code: link.code }), {});
   const revoked = await cl.request({ type: 'join', code: link.code });
   assert.equal(revoked.code, '55000');
+  await psql(DB, `INSERT INTO chat.invites (code, conversation_id, created_by, expires_at)
+                  VALUES ('${'e'.repeat(32)}', ${conv}, ${a.id}, now() - interval '1 s')`);
+  const expired = await cl.request({ type: 'join', code: 'e'.repeat(32) });
+  assert.equal(expired.code, '55000', JSON.stringify(expired));
   const unknown = await cl.request({ type: 'join', code: 'nope' });
   assert.equal(unknown.code, 'P0002');
   assert.equal(await value(DB, `SELECT count(*) FROM chat.members WHERE conversation_id = ${conv} AND user_id = ${late.id}`), 0);
@@ -163,4 +167,18 @@ test('disappearing messages are tombstoned by the expiry worker', async () => {
   assert.equal(msg.body, null);
   const search = await cb.call({ type: 'search', query: 'vanish' });
   assert.deepEqual(search.messages, []);
+});
+
+test('broadcast: online users get it live in their read-only service conversation', async () => {
+  const u = await makeUser(DB);
+  const cu = await connectAs(gw, u.id);
+  const since = cu.mark();
+  const id = await value(DB, `SELECT chat.broadcast('Notice', 'maintenance at 22:00')`);
+  const ev = await cu.waitFor((f) => f.type === 'message' && f.kind === 'system' && /broadcast/.test(f.body || ''), 5000, since);
+  assert.deepEqual(JSON.parse(ev.body), { action: 'broadcast', broadcast: Number(id), title: 'Notice', body: 'maintenance at 22:00' });
+  const refused = await cu.request({ type: 'send', conversation: ev.conversation, body: 'reply?' });
+  assert.deepEqual([refused.type, refused.code], ['error', '42501']);
+  const list = await cu.call({ type: 'conversations' });
+  assert.equal(list.conversations.find((c) => c.conversation === ev.conversation)?.kind, 'service');
+  await assert.rejects(psql(DB, `SELECT chat.broadcast('Again', 'too soon')`), /less than a minute/);
 });
