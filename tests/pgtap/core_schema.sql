@@ -1,7 +1,7 @@
 -- Schema invariants of the core: tables, keys, indexes, pg_dump registration,
 -- privileges, SECURITY DEFINER hygiene, comments and the API signatures.
 BEGIN;
-SELECT plan(70);
+SELECT plan(74);
 
 -- Tables and their keys.
 SELECT has_table('chat', t, 'table chat.' || t || ' exists')
@@ -24,6 +24,13 @@ SELECT is((SELECT pg_get_indexdef('chat.users_handle_key'::regclass) ~ 'lower\(h
           'handles are unique regardless of case');
 SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'chat.members_user_idx'::regclass),
           '(left_at IS NULL)', 'members_user_idx holds current members only');
+SELECT is(pg_get_indexdef('chat.messages_search_idx'::regclass) ~ 'to_tsvector\(''simple''::regconfig, body\)',
+          true, 'search: an index on to_tsvector(''simple'', body)');
+SELECT is((SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam
+            WHERE c.oid = 'chat.messages_search_idx'::regclass), 'gin', 'the search index is GIN');
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'chat.messages_expiry_idx'::regclass),
+          '(expires_at IS NOT NULL)', 'messages_expiry_idx holds messages still to expire only');
+SELECT index_is_unique('chat', 'conversations', 'conversations_service_key', 'one service conversation per user');
 
 -- Gapless seqs need these checks to hold.
 SELECT col_not_null('chat', 'messages', 'seq', 'messages.seq is never NULL');
