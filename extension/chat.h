@@ -62,11 +62,11 @@ typedef struct ChatMessage
 	int64		seq;
 	int64		sender_id;
 	int32		sender_device;	/* 0 when not known */
-	const char *kind;			/* text, system, e2e, edit, delete */
+	const char *kind;			/* text, system, e2e, edit, delete, reaction */
 	const char *body;			/* NULL for a tombstone */
 	const char *client_msg_id;	/* NULL when none */
 	int64		reply_to;		/* 0 when none */
-	int64		target;			/* log entries (edit, delete): seq changed; else 0 */
+	int64		target;			/* log entries (edit, delete, reaction): seq changed; else 0 */
 	TimestampTz created_at;
 	const char *extra;			/* NULL, or JSON members appended to the event:
 								 * "mentions":[..], "reactions":{..}, or a

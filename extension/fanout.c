@@ -293,7 +293,7 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 	return result;
 }
 
-/* True for the kinds of change-log entries (edit, delete). */
+/* True for the kinds of change-log entries (edit, delete, reaction). */
 static bool
 IsLogEntry(const ChatMessage *msg)
 {
@@ -301,9 +301,10 @@ IsLogEntry(const ChatMessage *msg)
 }
 
 /*
- * The routes of an edit entry, split by what each member may see: members
- * who joined after the target (joined_seq >= target) never saw it, so they
- * get the entry without its body (*redacted); the others get it whole.
+ * The routes of an edit or reaction entry, split by what each member may
+ * see: members who joined after the target (joined_seq >= target) never
+ * saw it, so they get the entry without its body and emoji (*redacted);
+ * the others get it whole.
  * The seq still reaches everyone, so no member's log has a hole.  Caller
  * is connected to SPI.
  */
