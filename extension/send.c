@@ -59,8 +59,8 @@ PrepareSendPlans(void)
 {
 	Oid			lock_types[3] = {INT8OID, INT8OID, INT4OID};
 	Oid			append_lock_types[2] = {INT8OID, INT8OID};
-	Oid			write_types[12] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
-	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8ARRAYOID, JSONBOID};
+	Oid			write_types[13] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
+	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8ARRAYOID, JSONBOID, INT4OID};
 	Oid			mentions_types[2] = {INT8OID, INT8ARRAYOID};
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
@@ -69,7 +69,8 @@ PrepareSendPlans(void)
 	 * Column 4: the peer of a direct conversation when it blocks the sender
 	 * (one primary-key probe of chat.blocks; NULL otherwise).  Column 5:
 	 * the sender is a plain member of a group whose settings say
-	 * only_admins_send (read from the row locked anyway).
+	 * only_admins_send (read from the row locked anyway).  Column 6: the
+	 * conversation's disappearing-messages ttl in seconds (NULL: none).
 	 */
 	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
@@ -80,7 +81,8 @@ PrepareSendPlans(void)
 		"           AND b.blocker = CASE WHEN c.direct_low = $2 THEN c.direct_high"
 		"                                ELSE c.direct_low END),"
 		"       m.role = 'member'"
-		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false)"
+		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false),"
+		"       (c.settings ->> 'ttl')::integer"
 		"  FROM chat.conversations c"
 		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
 		" WHERE c.id = $1 AND m.left_at IS NULL"
@@ -99,11 +101,10 @@ PrepareSendPlans(void)
 	/*
 	 * $1 conversation, $2 seq, $3 sender, $4 sender_device, $5 kind, $6
 	 * body, $7 client_msg_id, $8 reply_to, $9 target, $10 created_at, $11
-	 * mentions, $12 reactions (a reaction entry's {emoji, removed}).  Log
-	 * entries ($9 set) leave last_activity alone: a change is not news in
-	 * the chat list.  last_sent_seq records text/e2e sends only (contacts).
-	 * A text/e2e message of a conversation with a disappearing-messages
-	 * ttl (settings->'ttl', seconds) expires ttl after it was sent.
+	 * mentions, $12 reactions (a reaction entry's {emoji, removed}), $13
+	 * ttl (seconds; 0: the message does not disappear).  Log entries ($9
+	 * set) leave last_activity alone: a change is not news in the chat
+	 * list.  last_sent_seq records text/e2e sends only (contacts).
 	 */
 	ChatPrepare(&write_plan,
 		"WITH msg AS ("
@@ -111,9 +112,7 @@ PrepareSendPlans(void)
 		"                             kind, body, client_msg_id, reply_to, target, created_at,"
 		"                             mentions, reactions, expires_at)"
 		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-		"          CASE WHEN $5 IN ('text', 'e2e') THEN $10 + (SELECT make_interval(secs =>"
-		"              (c.settings ->> 'ttl')::double precision)"
-		"              FROM chat.conversations c WHERE c.id = $1) END)"
+		"          CASE WHEN $13 > 0 THEN $10 + make_interval(secs => $13) END)"
 		"  ON CONFLICT (conversation_id, sender_id, client_msg_id)"
 		"    WHERE client_msg_id IS NOT NULL DO NOTHING"
 		"  RETURNING seq),"
@@ -130,7 +129,7 @@ PrepareSendPlans(void)
 		"    FROM msg"
 		"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
 		" SELECT seq FROM msg",
-		12, write_types);
+		13, write_types);
 	ChatPrepare(&duplicate_plan,
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
@@ -208,10 +207,10 @@ FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
  */
 static bool
 WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType *mentions,
-			 Jsonb *reactions)
+			 Jsonb *reactions, int32 ttl)
 {
-	Datum		args[12];
-	char		argnulls[12] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[13];
+	char		argnulls[13] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
@@ -232,6 +231,7 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType 
 	argnulls[10] = mentions == NULL ? 'n' : ' ';
 	args[11] = PointerGetDatum(reactions);
 	argnulls[11] = reactions == NULL ? 'n' : ' ';
+	args[12] = Int32GetDatum(ttl);
 	ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
 	return SPI_processed == 1;
 }
@@ -245,15 +245,15 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType 
  * when the author is not a member).  A read receipt implies delivery: no
  * delivered receipt.  Returns false, with nothing written or sent, when
  * the client_msg_id made it a duplicate.  mentions and reactions (either
- * may be NULL) are stored and carried in the event.  Caller is connected
- * to SPI.
+ * may be NULL) are stored and carried in the event; ttl > 0: the message
+ * expires ttl seconds after it was sent.  Caller is connected to SPI.
  */
 static bool
 AppendMessage(ChatMessage *msg, int64 last_seq, int64 old_read, text *body,
-			  text *client_msg_id, ArrayType *mentions, Jsonb *reactions)
+			  text *client_msg_id, ArrayType *mentions, Jsonb *reactions, int32 ttl)
 {
 	msg->seq = last_seq + 1;
-	if (!WriteMessage(msg, body, client_msg_id, mentions, reactions))
+	if (!WriteMessage(msg, body, client_msg_id, mentions, reactions, ttl))
 		return false;
 	msg->extra = MessageExtraJson(msg->kind, mentions, reactions);
 	msg->body = body ? text_to_cstring(body) : NULL;
@@ -392,15 +392,16 @@ RetryOrRefuse(const SendArgs *a, int64 *seq, TimestampTz *created_at,
 
 /*
  * Step 1 of a send: locks the conversation and member rows and returns
- * true with last_seq and the sender's read_seq.  False when the sender has
- * no active membership, or is blocked by the peer of a direct conversation,
+ * true with last_seq, the sender's read_seq and the conversation's ttl
+ * (0: none).  False when the sender has no active membership, or is
+ * blocked by the peer of a direct conversation,
  * but an earlier send of the client_msg_id exists (a retry of a send made
  * before leaving or being blocked still gets its answer: *seq and
  * *created_at); raises for a non-member (42501 for a blocked sender)
  * otherwise, and for an unknown device.  Caller is connected to SPI.
  */
 static bool
-LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
+LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int32 *ttl, int64 *seq,
 			TimestampTz *created_at)
 {
 	Datum		args[3] = {Int64GetDatum(a->conversation_id), Int64GetDatum(a->sender),
@@ -419,6 +420,11 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 	}
 	*last_seq = ChatSpiInt64(0, 1, &isnull);
 	*old_read = ChatSpiInt64(0, 2, &isnull);
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
+
+		*ttl = isnull ? 0 : DatumGetInt32(d);
+	}
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -452,6 +458,7 @@ SendMessage(const SendArgs *a, SendResult *r)
 {
 	int64		last_seq = 0;
 	int64		old_read = 0;
+	int32		ttl = 0;
 	ArrayType  *mentions = NULL;
 
 	SendChecks(a);
@@ -462,7 +469,7 @@ SendMessage(const SendArgs *a, SendResult *r)
 	PrepareSendPlans();
 
 	/* 1. The row locks serialise seq allocation and pin the membership. */
-	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at) &&
+	if (LockForSend(a, &last_seq, &old_read, &ttl, &r->seq, &r->created_at) &&
 		CheckMentions(a, &mentions, &r->seq, &r->created_at))
 	{
 		/* 2. The row; not written: an earlier send of this client_msg_id. */
@@ -476,7 +483,7 @@ SendMessage(const SendArgs *a, SendResult *r)
 		msg.reply_to = a->reply_to;
 		msg.created_at = GetCurrentTimestamp();
 		r->duplicate = !AppendMessage(&msg, last_seq, old_read, a->body, a->client_msg_id,
-									  mentions, NULL);
+									  mentions, NULL, ttl);
 		if (!r->duplicate)
 		{
 			r->seq = msg.seq;
@@ -551,7 +558,8 @@ AppendLogEntry(int64 conversation_id, int64 author, const char *kind, text *body
 	msg.kind = kind;
 	msg.target = target;
 	msg.created_at = created_at;
-	if (!AppendMessage(&msg, last_seq, old_read, body, NULL, NULL, reactions))
+	/* system messages and log entries never disappear (ttl 0) */
+	if (!AppendMessage(&msg, last_seq, old_read, body, NULL, NULL, reactions, 0))
 		elog(ERROR, "chat: log entry of conversation " INT64_FORMAT " was not written",
 			 conversation_id);
 	return msg.seq;
