@@ -61,6 +61,9 @@ SELECT chat.mute(3, 1, NULL);
 SELECT muted_until FROM chat.members WHERE conversation_id = 1 AND user_id = 3;
 SELECT chat.client_request('n', 3, 1, '{"id":6,"type":"mute","conversation":1,"until":"2099-01-01T00:00:00Z"}');
 SELECT muted_until FROM chat.members WHERE conversation_id = 1 AND user_id = 3;
+SELECT r ->> 'muted_until' AS listed_muted_until
+  FROM jsonb_array_elements(chat.client_request('n', 3, 1, '{"id":60,"type":"conversations"}') #> '{result,conversations}') r
+ WHERE (r ->> 'conversation')::bigint = 1;
 SELECT chat.client_request('n', 3, 1, '{"id":7,"type":"mute","conversation":1,"until":"soon"}') ->> 'code';
 SELECT chat.client_request('n', 3, 1, '{"id":8,"type":"mute","conversation":1}');
 SELECT muted_until FROM chat.members WHERE conversation_id = 1 AND user_id = 3;

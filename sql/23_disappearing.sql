@@ -23,6 +23,9 @@ SELECT seq AS before_ttl FROM chat.send_message(1, 1, 'kept') \gset
 SELECT chat.set_disappearing(1, 1, 60);
 SELECT settings FROM chat.conversations WHERE id = 1;
 SELECT body::jsonb FROM chat.messages WHERE conversation_id = 1 ORDER BY seq DESC LIMIT 1;
+SELECT r -> 'ttl' AS listed_ttl
+  FROM jsonb_array_elements(chat.client_request('n', 2, 1, '{"id":60,"type":"conversations"}') #> '{result,conversations}') r
+ WHERE (r ->> 'conversation')::bigint = 1;
 SELECT chat.set_disappearing(1, 1, 60);                          -- same ttl: nothing posted
 SELECT last_seq FROM chat.conversations WHERE id = 1;
 SELECT chat.client_request('n', 4, 1, '{"id":1,"type":"set_disappearing","conversation":2,"ttl":3600}');

@@ -193,6 +193,13 @@ BEGIN
                        'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
                                                              u.avatar)::chat.profile_view)
                                   FROM chat.users u WHERE u.id = c.peer_id),
+                       -- issue 15: the reader's mute and the disappearing timer
+                       'muted_until', (SELECT chat.json_timestamp(m.muted_until) FROM chat.members m
+                                        WHERE m.conversation_id = c.conversation_id
+                                          AND m.user_id = dispatch_request.user_id
+                                          AND m.muted_until > now()),
+                       'ttl', (SELECT (x.settings ->> 'ttl')::integer FROM chat.conversations x
+                                WHERE x.id = c.conversation_id),
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
