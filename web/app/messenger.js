@@ -223,7 +223,8 @@ export function renderMenu() {
   if (!c) return;
   const peer = peerOf(c) ?? c.peer?.user ?? null;
   const opts = [['', '⋯'], ['info', c.kind === 'group' ? 'Group info' : 'Members'],
-    ['mute', 'Mute for 8 hours'], ['unmute', 'Unmute'], ['timer', 'Disappearing messages…'], ['pin', 'Pin the last message']];
+    c.muted_until ? ['unmute', 'Unmute'] : ['mute', 'Mute for 8 hours'],
+    ['timer', 'Disappearing messages…'], ['pin', 'Pin the last message']];
   if (c.kind === 'direct' && peer != null) opts.push(S.blocked.has(peer) ? ['unblock', 'Unblock'] : ['block', 'Block']);
   if (peer != null) opts.push(['report', 'Report…']);
   menu.replaceChildren(...opts.map(([value, label]) => el('option', { value }, label)));
@@ -262,6 +263,7 @@ async function menuAction(action) {
       }
       default: break;
     }
+    if (action === 'mute' || action === 'unmute' || action === 'timer') hooks.refreshConversations();
   } catch (e) {
     toast(errorText(e, 'That did not work'));
   }

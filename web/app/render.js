@@ -2,7 +2,7 @@
 // header, messages (with ticks and pending sends), connection banner.
 
 import { $, el } from './dom.js';
-import { fmtTime, lastSeenText, systemText } from './format.js';
+import { fmtTime, lastSeenText, systemText, ttlText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
 import { bodyNodes, reactionRow, renderPinned, renderMenu } from './messenger.js';
 
@@ -41,7 +41,11 @@ export function renderHeader(online) {
   if (!c) sub.textContent = '';
   else if (typing.length) sub.textContent = `${typing.map(nameOf).join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`;
   else if (c.kind === 'direct') sub.textContent = online ? lastSeenText(S.presence.get(peerOf(c))) : '';
-  else sub.textContent = 'group';
+  else sub.textContent = c.kind === 'service' ? 'announcements' : 'group';
+  if (c && !typing.length) {
+    const extra = [c.muted_until ? '🔕 muted' : '', c.ttl ? `⏱ ${ttlText(c.ttl)}` : ''].filter(Boolean);
+    if (extra.length) sub.textContent = [sub.textContent, ...extra].filter(Boolean).join(' · ');
+  }
   renderMenu();
 }
 
