@@ -24,6 +24,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
 
@@ -41,6 +42,35 @@ int			chat_expire_batch = 1000;
 
 void		ChatExpiryMain(Datum arg);
 
+/*
+ * chat.retention must be empty or an interval: a bad value is refused when
+ * set, rather than failing the expiry worker at every start.
+ */
+static bool
+CheckRetention(char **newval, void **extra, GucSource source)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	PG_TRY();
+	{
+		(void) DirectFunctionCall3(interval_in, CStringGetDatum(*newval),
+								   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok)
+		GUC_check_errdetail("chat.retention must be an interval such as '90 days', or empty.");
+	return ok;
+}
+
 /* The GUCs of search, disappearing messages and retention. */
 void
 DefineExpiryGucs(void)
@@ -55,7 +85,7 @@ DefineExpiryGucs(void)
 							   "Messages older than this interval are removed by the expiry worker.",
 							   "Empty (the default): messages are kept.",
 							   &chat_retention, "",
-							   PGC_SUSET, 0, NULL, NULL, NULL);
+							   PGC_SUSET, 0, CheckRetention, NULL, NULL);
 	DefineCustomIntVariable("chat.expire_batch",
 							"Messages the expiry worker tombstones or removes per transaction.",
 							NULL, &chat_expire_batch, 1000, 1, 100000,

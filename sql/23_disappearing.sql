@@ -84,8 +84,8 @@ SELECT min(seq) AS oldest_left, count(*) FILTER (WHERE created_at < now() - inte
   FROM chat.messages WHERE conversation_id = 1;
 SELECT count(*) AS old_receipt_times FROM chat.receipt_times WHERE at < now() - interval '1 day';
 SELECT retention_at IS NOT NULL AS recorded FROM chat.maintenance;
-SET chat.retention = 'forever';
-SELECT pg_temp.try($$SELECT chat.apply_retention()$$);
+SELECT pg_temp.try($$SET chat.retention = 'forever'$$);        -- refused when set
+SHOW chat.retention;
 RESET chat.retention;
 SELECT pg_temp.try($$SELECT chat.apply_retention(0)$$);
 
