@@ -168,6 +168,7 @@ _PG_init(void)
 {
 	DefineCoreGucs();
 	DefineRealtimeGucs();
+	DefineExpiryGucs();
 	if (process_shared_preload_libraries_in_progress)
 		DefinePreloadGucs();
 	MediaDefineGucs();			/* media (issue 13) */

@@ -164,6 +164,8 @@ BEGIN
             PERFORM chat.fanout_presence(uid, false);
         END LOOP;
     END LOOP;
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
 END
 $$;
 
