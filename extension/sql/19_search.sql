@@ -51,7 +51,7 @@ BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
                x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.mentions, x.reactions
+               x.attachments, x.mentions, x.reactions
           FROM chat.members m
           JOIN chat.messages x ON x.conversation_id = m.conversation_id
          WHERE m.user_id = $1
