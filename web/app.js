@@ -218,7 +218,7 @@ function sendFileCurrent(file) {
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
   client.sendFile(conv, file, {
-    caption, clientMsgId,
+    caption, clientMsgId, mentions: caption ? mentionsIn(conv, caption) : undefined,
     onProgress: (loaded, total) => {
       p.progress = total ? loaded / total : 1;
       const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);

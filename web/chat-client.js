@@ -266,7 +266,8 @@ export class ChatClient {
    * {conversation, clientMsgId, name, loaded, total} while uploading.
    * @param {number} conversation
    * @param {File | Blob | ArrayBuffer | Uint8Array} file
-   * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string,
+   * `mentions` (user ids of members, as in `send`) go with the caption.
+   * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string, mentions?: number[],
    *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function}} [opts]
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean, attachment: object}>}
    */
@@ -283,7 +284,7 @@ export class ChatClient {
     if (up.name) attachment.name = up.name;
     if (up.width) { attachment.width = up.width; attachment.height = up.height; }
     attachment.thumbnail = up.thumbnail;
-    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment] });
+    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment], mentions: opts.mentions });
     return { ...result, attachment };
   }
 
