@@ -7,191 +7,9 @@
 -- and the upload/media_url requests of dispatch_request.
 -- Readers' messages carry their attachments: message_view gains them (last).
 ALTER TYPE chat.message_view ADD ATTRIBUTE attachments jsonb;
-CREATE OR REPLACE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
-                             lim integer DEFAULT 50)
-RETURNS SETOF chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    m chat.members;
-BEGIN
-    PERFORM chat.check_limit(lim);
-    m := chat.require_member(actor, history.conversation_id);
-    RETURN QUERY
-    SELECT * FROM (
-        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
-          FROM chat.messages x
-         WHERE x.conversation_id = m.conversation_id
-           AND x.seq > m.joined_seq
-           AND x.seq < coalesce(before_seq, 9223372036854775807)
-         ORDER BY x.seq DESC
-         LIMIT lim) AS page
-     ORDER BY page.seq;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
-                                    lim integer DEFAULT 500)
-RETURNS SETOF chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    m chat.members;
-BEGIN
-    PERFORM chat.check_limit(lim);
-    m := chat.require_member(actor, messages_after.conversation_id);
-    RETURN QUERY
-    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
-      FROM chat.messages x
-     WHERE x.conversation_id = m.conversation_id
-       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
-     ORDER BY x.seq
-     LIMIT lim;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
-RETURNS chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    m chat.members;
-    result chat.message_view;
-BEGIN
-    IF get_message.seq IS NULL THEN
-        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
-    END IF;
-    m := chat.require_member(actor, get_message.conversation_id);
-    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
-      INTO result
-      FROM chat.messages x
-     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
-       AND x.seq > m.joined_seq;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
-            USING ERRCODE = 'P0002';
-    END IF;
-    RETURN result;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
-RETURNS SETOF chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    room integer := lim;
-    taken integer;
-    conv bigint;
-    from_seq bigint;
-    joined bigint;
-BEGIN
-    PERFORM chat.check_limit(lim);
-    PERFORM chat.require_device(sync.user_id, sync.device_id);
-    FOR conv, from_seq, joined IN
-        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
-          FROM chat.members m
-          JOIN chat.conversations c ON c.id = m.conversation_id
-          LEFT JOIN chat.device_cursors dc
-                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
-                AND dc.conversation_id = m.conversation_id
-         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
-           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
-         ORDER BY m.conversation_id
-    LOOP
-        RETURN QUERY
-        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
-          FROM chat.messages x
-         WHERE x.conversation_id = conv AND x.seq > from_seq
-         ORDER BY x.seq
-         LIMIT room;
-        GET DIAGNOSTICS taken = ROW_COUNT;
-        room := room - taken;
-        EXIT WHEN room <= 0;
-    END LOOP;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION chat.report(actor bigint, user_id bigint, conversation_id bigint, seq bigint, reason text)
-RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    target_user bigint := report.user_id;
-    conv bigint := report.conversation_id;
-    m chat.members;
-    msg chat.messages;
-    msg_copy jsonb;
-    rid bigint;
-BEGIN
-    PERFORM chat.require_actor(actor);
-    IF reason IS NULL OR btrim(reason) = '' THEN
-        RAISE EXCEPTION 'report reason must not be empty' USING ERRCODE = '22023';
-    END IF;
-    IF length(reason) > 1000 THEN
-        RAISE EXCEPTION 'report reason of % characters is longer than 1000', length(reason)
-            USING ERRCODE = '22001';
-    END IF;
-    IF target_user IS NULL AND conv IS NULL THEN
-        RAISE EXCEPTION 'a report names a user, a conversation or a message'
-            USING ERRCODE = '22023';
-    END IF;
-    IF report.seq IS NOT NULL AND conv IS NULL THEN
-        RAISE EXCEPTION 'seq % needs its conversation', report.seq USING ERRCODE = '22023';
-    END IF;
-    IF target_user = actor THEN
-        RAISE EXCEPTION 'user % cannot report itself', actor USING ERRCODE = '22023';
-    END IF;
-    IF target_user IS NOT NULL THEN
-        PERFORM chat.require_users(ARRAY[target_user]);
-    END IF;
-    IF conv IS NOT NULL THEN
-        m := chat.require_member(actor, conv);
-    END IF;
-    IF report.seq IS NOT NULL THEN
-        SELECT * INTO msg FROM chat.messages x
-         WHERE x.conversation_id = conv AND x.seq = report.seq;
-        IF NOT FOUND OR msg.seq <= m.joined_seq THEN
-            RAISE EXCEPTION 'message % does not exist in conversation %', report.seq, conv
-                USING ERRCODE = 'P0002';
-        END IF;
-        IF target_user IS NULL THEN
-            target_user := msg.sender_id;
-        ELSIF target_user <> msg.sender_id THEN
-            RAISE EXCEPTION 'user % did not send message % of conversation %', target_user, msg.seq, conv
-                USING ERRCODE = '22023', HINT = 'Leave user out to report the message''s sender.';
-        END IF;
-        IF target_user = actor THEN
-            RAISE EXCEPTION 'user % cannot report its own message', actor USING ERRCODE = '22023';
-        END IF;
-        msg_copy := chat.message_json(ROW(msg.conversation_id, msg.seq, msg.sender_id, msg.sender_device,
-                    msg.kind, msg.body, msg.client_msg_id, msg.reply_to, msg.created_at,
-                    msg.edited_at, msg.deleted_at, msg.target, msg.attachments)::chat.message_view);
-    END IF;
-    -- Serialises one reporter's reports so the count below is exact.
-    PERFORM FROM chat.users u WHERE u.id = actor FOR NO KEY UPDATE;
-    IF (SELECT count(*) FROM chat.reports r
-         WHERE r.reporter = actor AND r.created_at > now() - interval '1 hour') >= 20 THEN
-        RAISE EXCEPTION 'user % has made 20 reports in the last hour', actor
-            USING ERRCODE = '53400', HINT = 'Try again later.';
-    END IF;
-    INSERT INTO chat.reports (reporter, reported_user, conversation_id, seq, reason, message)
-    VALUES (actor, target_user, conv, report.seq, reason, msg_copy)
-    RETURNING id INTO rid;
-    RETURN rid;
-END
-$$;
+-- history, messages_after, get_message, sync and report (message_view rows
+-- with attachments) are made again in the Messenger (issue 15) block below,
+-- once message_view has its mentions and reactions too.
 
 
 -- Push previews and coalescing (issue 14)
@@ -345,200 +163,8 @@ COMMENT ON FUNCTION chat.set_push_previews(bigint, boolean) IS
     'sets whether the user''s push notifications carry a preview of the message body';
 COMMENT ON FUNCTION chat.claim_push_notifications(integer) IS
     'claims due pushes coalesced per device and conversation: the rows (ids), registration, topic and payload with first_seq';
-CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
-RETURNS jsonb
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rtype text := request ->> 'type';
-    conv bigint;
-    lim integer;
-    r record;
-    msgs chat.message_view[];
-BEGIN
-    CASE rtype
-    WHEN 'send' THEN
-        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
-           AND jsonb_typeof(request -> 'body') <> 'null' THEN
-            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
-        END IF;
-        SELECT * INTO r FROM chat.send_message(user_id,
-            chat.request_bigint(request, 'conversation'),
-            chat.request_text(request, 'body'),
-            chat.request_text(request, 'client_msg_id', false),
-            chat.request_bigint(request, 'reply_to', false),
-            device_id) AS s;
-        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
-                                  'created_at', chat.json_timestamp(r.created_at),
-                                  'duplicate', r.duplicate);
-    WHEN 'edit' THEN
-        conv := chat.request_bigint(request, 'conversation');
-        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
-                                  chat.request_text(request, 'body'));
-        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
-    WHEN 'delete' THEN
-        conv := chat.request_bigint(request, 'conversation');
-        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
-        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
-    WHEN 'ack' THEN
-        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
-                         chat.request_bigint(request, 'seq'));
-        RETURN '{}';
-    WHEN 'read' THEN
-        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
-                               chat.request_bigint(request, 'seq'));
-        RETURN '{}';
-    WHEN 'typing' THEN
-        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
-                            chat.request_bool(request, 'typing', true));
-        RETURN '{}';
-    WHEN 'sync' THEN
-        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
-        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
-        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
-                                  'more', cardinality(msgs) >= lim);
-    WHEN 'history' THEN
-        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
-                                                 chat.request_bigint(request, 'before_seq', false),
-                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
-        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
-    WHEN 'after' THEN
-        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
-                                                        chat.request_bigint(request, 'after_seq'),
-                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
-        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
-    WHEN 'conversations' THEN
-        RETURN jsonb_build_object('conversations', coalesce((
-            SELECT jsonb_agg(jsonb_build_object(
-                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
-                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
-                       'last_activity', chat.json_timestamp(c.last_activity),
-                       'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
-                                                             u.avatar)::chat.profile_view)
-                                  FROM chat.users u WHERE u.id = c.peer_id),
-                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
-                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
-                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
-                                       x.created_at, x.edited_at, x.deleted_at, x.target,
-                                       x.attachments)::chat.message_view)
-                              FROM chat.messages x
-                             WHERE x.conversation_id = c.conversation_id
-                               AND x.seq = (c.last_message ->> 'seq')::bigint),
-                           c.last_message) END)
-                   ORDER BY c.last_activity DESC, c.conversation_id)
-              FROM chat.conversations(user_id,
-                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
-                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
-    WHEN 'direct' THEN
-        RETURN jsonb_build_object('conversation',
-            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
-    WHEN 'create_group' THEN
-        RETURN jsonb_build_object('conversation',
-            chat.create_group(user_id, chat.request_text(request, 'title', false),
-                              chat.request_ids(request, 'members', false)));
-    WHEN 'add_member' THEN
-        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
-                                chat.request_bigint(request, 'user'),
-                                coalesce(chat.request_text(request, 'role', false), 'member'));
-        RETURN '{}';
-    WHEN 'remove_member' THEN
-        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
-                                   chat.request_bigint(request, 'user'));
-        RETURN '{}';
-    WHEN 'presence' THEN
-        RETURN jsonb_build_object('users', coalesce((
-            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
-                                                'last_seen', chat.json_timestamp(p.last_seen))
-                             ORDER BY p.user_id)
-              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
-    -- Profiles, blocking, reports, privacy (15_profiles.sql).
-    WHEN 'profile' THEN
-        RETURN jsonb_build_object('users', coalesce((
-            SELECT jsonb_agg(chat.profile_json(p) ORDER BY p.user_id)
-              FROM chat.profile(user_id, chat.request_ids(request, 'users')) p), '[]'));
-    WHEN 'set_profile' THEN
-        PERFORM chat.set_profile(user_id, chat.request_text(request, 'display_name', false),
-                                 chat.request_text(request, 'about', false),
-                                 chat.request_text(request, 'avatar', false));
-        RETURN '{}';
-    WHEN 'find_user' THEN
-        RETURN jsonb_build_object('user', (
-            SELECT chat.profile_json(p)
-              FROM chat.find_user(user_id, chat.request_text(request, 'handle')) p));
-    WHEN 'block' THEN
-        PERFORM chat.block(user_id, chat.request_bigint(request, 'user'));
-        RETURN '{}';
-    WHEN 'unblock' THEN
-        PERFORM chat.unblock(user_id, chat.request_bigint(request, 'user'));
-        RETURN '{}';
-    WHEN 'blocked' THEN
-        RETURN jsonb_build_object('users', to_jsonb(ARRAY(SELECT chat.blocked(user_id))));
-    WHEN 'report' THEN
-        RETURN jsonb_build_object('report',
-            chat.report(user_id, chat.request_bigint(request, 'user', false),
-                        chat.request_bigint(request, 'conversation', false),
-                        chat.request_bigint(request, 'seq', false),
-                        chat.request_text(request, 'reason')));
-    WHEN 'set_privacy' THEN
-        PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
-                                 chat.request_bool(request, 'read_receipts', NULL));
-        RETURN '{}';
-    -- Push registration (22_push.sql).
-    WHEN 'register_push' THEN
-        IF request -> 'subscription' IS NOT NULL AND jsonb_typeof(request -> 'subscription') <> 'null'
-           AND jsonb_typeof(request -> 'subscription') <> 'object' THEN
-            RAISE EXCEPTION 'request field "subscription" must be an object, not %',
-                            request -> 'subscription' USING ERRCODE = '22P02';
-        END IF;
-        PERFORM chat.register_push(user_id, device_id, chat.request_text(request, 'platform'),
-                                   chat.request_text(request, 'token', false),
-                                   chat.request_field(request, 'subscription', false));
-        RETURN '{}';
-    WHEN 'unregister_push' THEN
-        PERFORM chat.unregister_push(user_id, device_id);
-        RETURN '{}';
-    WHEN 'set_push_previews' THEN
-        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
-        RETURN '{}';
-    -- Group administration (16_groups.sql).
-    WHEN 'members' THEN
-        RETURN jsonb_build_object('members', coalesce((
-            SELECT jsonb_agg(jsonb_build_object('user', m.user_id, 'role', m.role,
-                                                'joined_at', chat.json_timestamp(m.joined_at))
-                             ORDER BY m.ord)
-              FROM chat.members(user_id, chat.request_bigint(request, 'conversation'))
-                   WITH ORDINALITY AS m(user_id, role, joined_at, ord)), '[]'));
-    WHEN 'set_role' THEN
-        PERFORM chat.set_role(user_id, chat.request_bigint(request, 'conversation'),
-                              chat.request_bigint(request, 'user'),
-                              chat.request_text(request, 'role'));
-        RETURN '{}';
-    WHEN 'leave' THEN
-        PERFORM chat.leave(user_id, chat.request_bigint(request, 'conversation'));
-        RETURN '{}';
-    WHEN 'update_group' THEN
-        PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
-                                  chat.request_text(request, 'title', false),
-                                  chat.request_text(request, 'description', false),
-                                  chat.request_bool(request, 'only_admins_send', NULL));
-        RETURN '{}';
-    -- media (issue 13)
-    WHEN 'upload' THEN
-        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
-                           chat.request_text(request, 'mime'),
-                           chat.request_bigint(request, 'size'),
-                           chat.request_text(request, 'sha256'),
-                           chat.request_text(request, 'name', false));
-    WHEN 'media_url' THEN
-        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
-                              chat.request_bool(request, 'thumbnail', false));
-    ELSE
-        RAISE EXCEPTION 'unknown request type "%"', rtype
-            USING ERRCODE = '22023',
-                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
-    END CASE;
-END
-$$;
+-- dispatch_request (set_push_previews, and upload/media_url of media) is made
+-- again in the Messenger (issue 15) block below, with every request type.
 
 -- Media (issue 13): attachments uploaded through signed, expiring URLs.
 --
@@ -836,6 +462,1423 @@ CREATE TRIGGER messages_attachments_tombstone AFTER UPDATE OF deleted_at ON chat
 CREATE TRIGGER messages_attachments_delete AFTER DELETE ON chat.messages
     FOR EACH ROW WHEN (OLD.attachments IS NOT NULL)
     EXECUTE FUNCTION chat.media_message_gone();
+
+
+-- Messenger (issue 15): invite links, message_info, group avatar, mentions,
+-- reactions, pins, mute, search, disappearing messages, retention,
+-- broadcast.  Signatures that grew an optional trailing parameter are
+-- dropped and made again.
+DROP FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer);
+DROP FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz);
+DROP FUNCTION chat.update_group(bigint, bigint, text, text, boolean);
+
+CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
+                                  client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_message';
+
+CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
+                                    target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL,
+                                    reactions jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
+
+CREATE FUNCTION chat.update_group(actor bigint, conversation_id bigint, title text DEFAULT NULL,
+                                  description text DEFAULT NULL, only_admins_send boolean DEFAULT NULL,
+                                  avatar text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    conv bigint := update_group.conversation_id;
+    cur chat.conversations;
+    changes jsonb := '{}';
+BEGIN
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF length(title) > 255 THEN
+        RAISE EXCEPTION 'group title of % characters is longer than 255', length(title)
+            USING ERRCODE = '22001';
+    END IF;
+    IF length(description) > 1000 THEN
+        RAISE EXCEPTION 'group description of % characters is longer than 1000', length(description)
+            USING ERRCODE = '22001';
+    END IF;
+    IF avatar <> '' AND avatar !~ '^[A-Za-z0-9_-]{1,128}$' THEN
+        RAISE EXCEPTION 'invalid avatar attachment id "%"', left(avatar, 200)
+            USING ERRCODE = '22023', HINT = 'Pass the id of an uploaded attachment, or '''' to remove the avatar.';
+    END IF;
+    PERFORM chat.lock_group(conv);
+    IF (chat.require_member(actor, conv)).role = 'member' THEN
+        RAISE EXCEPTION 'user % may not change conversation %', actor, conv
+            USING ERRCODE = '42501', HINT = 'Only owners and admins change a group.';
+    END IF;
+    SELECT * INTO STRICT cur FROM chat.conversations c WHERE c.id = conv;
+    IF title IS NOT NULL AND nullif(title, '') IS DISTINCT FROM cur.title THEN
+        changes := changes || jsonb_build_object('title', nullif(title, ''));
+    END IF;
+    IF description IS NOT NULL
+       AND nullif(description, '') IS DISTINCT FROM cur.settings ->> 'description' THEN
+        changes := changes || jsonb_build_object('description', nullif(description, ''));
+    END IF;
+    IF only_admins_send IS NOT NULL
+       AND only_admins_send IS DISTINCT FROM coalesce((cur.settings ->> 'only_admins_send')::boolean, false) THEN
+        changes := changes || jsonb_build_object('only_admins_send', only_admins_send);
+    END IF;
+    IF avatar IS NOT NULL AND nullif(avatar, '') IS DISTINCT FROM cur.settings ->> 'avatar' THEN
+        changes := changes || jsonb_build_object('avatar', nullif(avatar, ''));
+    END IF;
+    IF changes = '{}' THEN
+        RETURN;
+    END IF;
+    UPDATE chat.conversations c
+       SET title = CASE WHEN changes ? 'title' THEN changes ->> 'title' ELSE c.title END,
+           settings = jsonb_strip_nulls(c.settings || (changes - 'title'))
+     WHERE c.id = conv;
+    PERFORM chat.post_system_message(conv, actor,
+        jsonb_build_object('action', 'updated', 'by', actor) || changes);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) IS
+    'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
+
+COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz, jsonb) IS
+    'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
+
+COMMENT ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean, text) IS
+    'owner/admin changes title, description, only_admins_send, avatar (NULL keeps); posts a system message';
+
+-- Group invite links and per-member message info (docs/sql-api.md
+-- "Groups").
+--
+-- An invite is a random code (128 bits, hex) that lets anyone who has it
+-- join the group as a member until it expires or an admin revokes it.
+-- Joining takes the same locks as chat.add_member (the conversation row,
+-- then the member row) and obeys chat.max_group_members.
+--
+-- message_info reads chat.receipt_times: one row per move of a member's
+-- delivered or read watermark, written by the receipt path (FanoutReceipt
+-- in fanout.c, which every ack, read and send that moves a watermark goes
+-- through).  The first move at or beyond a seq is when that message was
+-- delivered (read): the watermarks only go forward.
+
+CREATE TABLE chat.invites (
+    code            text PRIMARY KEY CHECK (code ~ '^[0-9a-f]{32}$'),
+    conversation_id bigint NOT NULL REFERENCES chat.conversations ON DELETE CASCADE,
+    created_by      bigint NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz,   -- NULL: never
+    revoked_at      timestamptz
+);
+CREATE INDEX invites_conversation_idx ON chat.invites (conversation_id);
+
+-- When each member's delivered / read watermark moved, and to which seq.
+-- No foreign keys: written on the receipt path, which should stay cheap.
+CREATE TABLE chat.receipt_times (
+    conversation_id bigint NOT NULL,
+    user_id         bigint NOT NULL,
+    kind            text NOT NULL CHECK (kind IN ('delivered', 'read')),
+    seq             bigint NOT NULL,
+    at              timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, user_id, kind, seq)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('chat.invites', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.receipt_times', '');
+REVOKE ALL ON chat.invites, chat.receipt_times FROM PUBLIC;
+COMMENT ON TABLE chat.invites IS 'group invite links: code, expiry, revocation';
+COMMENT ON TABLE chat.receipt_times IS 'when a member''s delivered/read watermark moved to seq (for chat.message_info)';
+
+-- Makes an invite code for a group (owners and admins); expires_in seconds
+-- (1 .. 31536000) or NULL for a code that lasts until revoked.
+CREATE FUNCTION chat.invite_link(actor bigint, conversation_id bigint, expires_in integer DEFAULT NULL)
+RETURNS TABLE(code text, expires_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    conv bigint := invite_link.conversation_id;
+    new_code text := replace(gen_random_uuid()::text, '-', '');
+    expiry timestamptz;
+BEGIN
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF expires_in IS NOT NULL AND (expires_in < 1 OR expires_in > 31536000) THEN
+        RAISE EXCEPTION 'expires_in % is out of range', expires_in
+            USING ERRCODE = '22023', HINT = 'Use 1 to 31536000 seconds, or null for no expiry.';
+    END IF;
+    PERFORM chat.lock_group(conv);
+    IF (chat.require_member(actor, conv)).role = 'member' THEN
+        RAISE EXCEPTION 'user % may not make invite links for conversation %', actor, conv
+            USING ERRCODE = '42501', HINT = 'Only owners and admins make invite links.';
+    END IF;
+    expiry := now() + make_interval(secs => expires_in);
+    INSERT INTO chat.invites (code, conversation_id, created_by, expires_at)
+    VALUES (new_code, conv, actor, expiry);
+    code := new_code;
+    expires_at := expiry;
+    RETURN NEXT;
+END
+$$;
+
+-- Revokes an invite code (owners and admins of its group); revoking a
+-- revoked code changes nothing.
+CREATE FUNCTION chat.revoke_invite(actor bigint, code text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    inv chat.invites;
+BEGIN
+    IF actor IS NULL OR revoke_invite.code IS NULL THEN
+        RAISE EXCEPTION 'actor and code must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO inv FROM chat.invites WHERE code = revoke_invite.code;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invite code "%" does not exist', left(revoke_invite.code, 64)
+            USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM chat.lock_group(inv.conversation_id);
+    IF (chat.require_member(actor, inv.conversation_id)).role = 'member' THEN
+        RAISE EXCEPTION 'user % may not revoke invite links of conversation %', actor, inv.conversation_id
+            USING ERRCODE = '42501', HINT = 'Only owners and admins revoke invite links.';
+    END IF;
+    UPDATE chat.invites SET revoked_at = now()
+     WHERE code = inv.code AND revoked_at IS NULL;
+END
+$$;
+
+-- Joins the group of an invite code as a member; returns its id.  An
+-- active member gets the id and nothing changes.  55000 for an expired or
+-- revoked code, P0002 for an unknown one, 54000 when the group is full.
+CREATE FUNCTION chat."join"(actor bigint, code text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    inv chat.invites;
+    conv_last bigint;
+    cur chat.members;
+    active integer;
+    cap integer := current_setting('chat.max_group_members')::integer;
+BEGIN
+    IF actor IS NULL OR "join".code IS NULL THEN
+        RAISE EXCEPTION 'actor and code must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO inv FROM chat.invites WHERE code = "join".code;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'invite code "%" does not exist', left("join".code, 64)
+            USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM chat.require_users(ARRAY[actor]);
+    conv_last := chat.lock_group(inv.conversation_id);
+    -- Read again under the group lock: a revocation commits before it.
+    SELECT * INTO inv FROM chat.invites WHERE code = inv.code;
+    IF inv.revoked_at IS NOT NULL THEN
+        RAISE EXCEPTION 'invite code "%" was revoked', inv.code
+            USING ERRCODE = '55000', HINT = 'Ask an admin of the group for a new link.';
+    END IF;
+    IF inv.expires_at <= now() THEN
+        RAISE EXCEPTION 'invite code "%" expired at %', inv.code, inv.expires_at
+            USING ERRCODE = '55000', HINT = 'Ask an admin of the group for a new link.';
+    END IF;
+    SELECT * INTO cur FROM chat.members
+     WHERE conversation_id = inv.conversation_id AND user_id = actor FOR NO KEY UPDATE;
+    IF FOUND AND cur.left_at IS NULL THEN
+        RETURN inv.conversation_id;
+    END IF;
+    SELECT count(*) INTO active FROM chat.members
+     WHERE conversation_id = inv.conversation_id AND left_at IS NULL;
+    IF active >= cap THEN
+        RAISE EXCEPTION 'conversation % is full with % members (chat.max_group_members)',
+            inv.conversation_id, active USING ERRCODE = '54000';
+    END IF;
+    IF cur.user_id IS NOT NULL THEN
+        UPDATE chat.members
+           SET role = 'member', joined_seq = conv_last, delivered_seq = conv_last,
+               read_seq = conv_last, muted_until = NULL, joined_at = now(), left_at = NULL
+         WHERE conversation_id = inv.conversation_id AND user_id = actor;
+    ELSE
+        INSERT INTO chat.members (conversation_id, user_id, role, joined_seq, delivered_seq, read_seq)
+        VALUES (inv.conversation_id, actor, 'member', conv_last, conv_last, conv_last);
+    END IF;
+    PERFORM chat.post_system_message(inv.conversation_id, actor,
+        jsonb_build_object('action', 'joined', 'user', actor, 'by_link', true));
+    PERFORM chat.fanout_event(inv.conversation_id, NULL,
+        jsonb_build_object('type', 'member', 'conversation', inv.conversation_id, 'user', actor,
+                           'action', 'added', 'role', 'member'));
+    RETURN inv.conversation_id;
+END
+$$;
+
+-- Per member (other than the sender, who joined before the message): when
+-- message seq was delivered to and read by them.  The sender or an
+-- owner/admin only; read_at stays NULL for a member whose read receipts
+-- are off (delivery is still reported).
+CREATE FUNCTION chat.message_info(actor bigint, conversation_id bigint, seq bigint)
+RETURNS TABLE(user_id bigint, delivered_at timestamptz, read_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := message_info.conversation_id;
+    m chat.members;
+    msg chat.messages;
+BEGIN
+    IF message_info.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, conv);
+    SELECT * INTO msg FROM chat.messages x
+     WHERE x.conversation_id = conv AND x.seq = message_info.seq AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', message_info.seq, conv
+            USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.kind NOT IN ('text', 'e2e') THEN
+        RAISE EXCEPTION 'message % of conversation % is a % message, which has no receipts',
+            msg.seq, conv, msg.kind USING ERRCODE = '22023';
+    END IF;
+    IF msg.sender_id <> actor AND m.role = 'member' THEN
+        RAISE EXCEPTION 'user % may not see the receipts of message % of conversation %',
+            actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin sees them.';
+    END IF;
+    RETURN QUERY
+    SELECT x.user_id,
+           LEAST((SELECT t.at FROM chat.receipt_times t
+                   WHERE t.conversation_id = conv AND t.user_id = x.user_id
+                     AND t.kind = 'delivered' AND t.seq >= msg.seq ORDER BY t.seq LIMIT 1),
+                 (SELECT t.at FROM chat.receipt_times t
+                   WHERE t.conversation_id = conv AND t.user_id = x.user_id
+                     AND t.kind = 'read' AND t.seq >= msg.seq ORDER BY t.seq LIMIT 1)),
+           CASE WHEN u.read_receipts THEN
+               (SELECT t.at FROM chat.receipt_times t
+                 WHERE t.conversation_id = conv AND t.user_id = x.user_id
+                   AND t.kind = 'read' AND t.seq >= msg.seq ORDER BY t.seq LIMIT 1) END
+      FROM chat.members x
+      JOIN chat.users u ON u.id = x.user_id
+     WHERE x.conversation_id = conv AND x.left_at IS NULL
+       AND x.user_id <> msg.sender_id AND x.joined_seq < msg.seq
+     ORDER BY x.user_id;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.invite_link(bigint, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.revoke_invite(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat."join"(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.message_info(bigint, bigint, bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.invite_link(bigint, bigint, integer) IS
+    'owner/admin makes an invite code for a group, expiring after expires_in seconds (NULL: never)';
+COMMENT ON FUNCTION chat.revoke_invite(bigint, text) IS
+    'owner/admin revokes an invite code of their group';
+COMMENT ON FUNCTION chat."join"(bigint, text) IS
+    'joins the group of an invite code as a member (55000 expired or revoked, P0002 unknown)';
+COMMENT ON FUNCTION chat.message_info(bigint, bigint, bigint) IS
+    'per member: when a message was delivered and read; the sender or an owner/admin only';
+
+-- Reactions, pins and mute (docs/sql-api.md "Mentions, reactions, pins,
+-- mute").  Mentions are stored by the send path (send.c: members only,
+-- each once) in messages.mentions, which the push rule reads (a mention
+-- overrides mute, PUSH_WANTED_SQL in chat.h).
+--
+-- A reaction is a change-log entry like an edit: kind 'reaction', target
+-- the seq reacted to, body the emoji, reactions {"emoji","removed"}; the
+-- target's reactions column holds the aggregated map {"<emoji>":[user
+-- ids]} (in reacting order), so history shows the current state and every
+-- device that syncs sees each change in order.
+--
+-- Columns and constraints added to released tables go last / are
+-- replaced here, as the upgrade script does it, so that both installs are
+-- alike.
+
+ALTER TABLE chat.messages
+    DROP CONSTRAINT messages_kind_check,
+    DROP CONSTRAINT messages_check,
+    ADD COLUMN reactions  jsonb,
+    ADD COLUMN expires_at timestamptz,
+    ADD CONSTRAINT messages_kind_check
+        CHECK (kind IN ('text', 'system', 'e2e', 'edit', 'delete', 'reaction')),
+    ADD CONSTRAINT messages_check CHECK ((kind IN ('edit', 'delete', 'reaction')) = (target IS NOT NULL));
+COMMENT ON COLUMN chat.messages.reactions IS
+    'messages: {"<emoji>":[user ids]}; reaction entries: {"emoji","removed"}';
+COMMENT ON COLUMN chat.messages.expires_at IS
+    'when a disappearing message is tombstoned (conversation ttl at send time); NULL: never';
+-- The expiry worker's queue: only messages still to expire are in it.
+CREATE INDEX messages_expiry_idx ON chat.messages (expires_at) WHERE expires_at IS NOT NULL;
+
+ALTER TABLE chat.conversations
+    DROP CONSTRAINT conversations_kind_check,
+    ADD CONSTRAINT conversations_kind_check CHECK (kind IN ('direct', 'group', 'service'));
+
+ALTER TYPE chat.message_view
+    ADD ATTRIBUTE mentions bigint[],
+    ADD ATTRIBUTE reactions jsonb;
+
+-- Adds (or with remove, takes back) the actor's reaction emoji to message
+-- seq.  Returns the seq of the 'reaction' entry appended, or NULL when
+-- nothing changed (the reaction was already there, or was not).
+CREATE FUNCTION chat.react(actor bigint, conversation_id bigint, seq bigint, emoji text,
+                           remove boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := react.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    cur jsonb;
+    users jsonb;
+    has boolean;
+    blocker bigint;
+BEGIN
+    IF react.seq IS NULL OR remove IS NULL THEN
+        RAISE EXCEPTION 'seq and remove must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF emoji IS NULL OR emoji = '' OR length(emoji) > 16 OR octet_length(emoji) > 64
+       OR emoji ~ '[[:space:][:cntrl:]]' THEN
+        RAISE EXCEPTION 'invalid reaction "%"', left(coalesce(emoji, 'NULL'), 64)
+            USING ERRCODE = '22023', HINT = 'A reaction is one emoji (at most 16 characters, no spaces).';
+    END IF;
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    SELECT k.blocker INTO blocker
+      FROM chat.conversations c
+      JOIN chat.blocks k ON k.blocked = actor
+                        AND k.blocker = CASE WHEN c.direct_low = actor THEN c.direct_high ELSE c.direct_low END
+     WHERE c.id = conv AND c.kind = 'direct';
+    IF FOUND THEN
+        RAISE EXCEPTION 'user % cannot react in conversation %: blocked by user %', actor, conv, blocker
+            USING ERRCODE = '42501';
+    END IF;
+    msg := chat.changeable_message(m, react.seq, 'React to');
+    IF msg.kind = 'system' THEN
+        RAISE EXCEPTION 'message % of conversation % is a system message', msg.seq, conv
+            USING ERRCODE = '22023', HINT = 'React to messages that members sent.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is deleted', msg.seq, conv
+            USING ERRCODE = '55000';
+    END IF;
+    cur := coalesce(msg.reactions, '{}');
+    users := coalesce(cur -> emoji, '[]');
+    has := users @> jsonb_build_array(actor);
+    IF has <> remove THEN
+        RETURN NULL;
+    END IF;
+    IF remove THEN
+        users := coalesce((SELECT jsonb_agg(u) FROM jsonb_array_elements(users) u
+                            WHERE u <> to_jsonb(actor)), '[]');
+    ELSE
+        IF NOT cur ? emoji AND (SELECT count(*) FROM jsonb_object_keys(cur)) >= 20 THEN
+            RAISE EXCEPTION 'message % of conversation % has 20 different reactions already', msg.seq, conv
+                USING ERRCODE = '54000', HINT = 'React with one of the emoji already there.';
+        END IF;
+        users := users || to_jsonb(actor);
+    END IF;
+    cur := CASE WHEN users = '[]' THEN cur - emoji ELSE jsonb_set(cur, ARRAY[emoji], users) END;
+    UPDATE chat.messages SET reactions = nullif(cur, '{}')
+     WHERE conversation_id = conv AND seq = msg.seq;
+    RETURN chat.append_message(conv, actor, 'reaction', emoji, msg.seq, clock_timestamp(),
+                               jsonb_build_object('emoji', emoji, 'removed', remove));
+END
+$$;
+
+-- Pins (pinned true) or unpins message seq; any member, at most 20 pins
+-- per conversation (54000).  Posts a 'pinned' / 'unpinned' system message;
+-- pinning a pinned message (or unpinning one that is not) changes nothing.
+CREATE FUNCTION chat.pin(actor bigint, conversation_id bigint, seq bigint, pinned boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := pin.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    pins jsonb;
+BEGIN
+    IF pin.seq IS NULL OR pinned IS NULL THEN
+        RAISE EXCEPTION 'seq and pinned must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT coalesce(c.settings -> 'pinned', '[]') INTO pins FROM chat.conversations c
+     WHERE c.id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    msg := chat.changeable_message(m, pin.seq, 'Pin');
+    IF msg.kind = 'system' THEN
+        RAISE EXCEPTION 'message % of conversation % is a system message', msg.seq, conv
+            USING ERRCODE = '22023';
+    END IF;
+    IF (pins @> to_jsonb(msg.seq)) = pinned THEN
+        RETURN;
+    END IF;
+    IF pinned THEN
+        IF jsonb_array_length(pins) >= 20 THEN
+            RAISE EXCEPTION 'conversation % has 20 pinned messages already', conv
+                USING ERRCODE = '54000', HINT = 'Unpin one first.';
+        END IF;
+        pins := to_jsonb(msg.seq) || pins;
+    ELSE
+        pins := coalesce((SELECT jsonb_agg(p) FROM jsonb_array_elements(pins) p
+                           WHERE p <> to_jsonb(msg.seq)), '[]');
+    END IF;
+    UPDATE chat.conversations c
+       SET settings = CASE WHEN pins = '[]' THEN c.settings - 'pinned'
+                           ELSE jsonb_set(c.settings, '{pinned}', pins) END
+     WHERE c.id = conv;
+    PERFORM chat.post_system_message(conv, actor,
+        jsonb_build_object('action', CASE WHEN pinned THEN 'pinned' ELSE 'unpinned' END,
+                           'seq', msg.seq, 'by', actor));
+END
+$$;
+
+-- The pinned messages of a conversation the actor can see, newest pin first.
+CREATE FUNCTION chat.pins(actor bigint, conversation_id bigint)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m chat.members;
+BEGIN
+    m := chat.require_member(actor, pins.conversation_id);
+    RETURN QUERY
+    SELECT p.seq::bigint
+      FROM chat.conversations c,
+           jsonb_array_elements_text(coalesce(c.settings -> 'pinned', '[]')) WITH ORDINALITY AS p(seq, ord)
+     WHERE c.id = m.conversation_id AND p.seq::bigint > m.joined_seq
+     ORDER BY p.ord;
+END
+$$;
+
+-- Mutes the conversation for the actor until a time (NULL or a past time:
+-- not muted).  A muted member gets no push unless mentioned.
+CREATE FUNCTION chat.mute(actor bigint, conversation_id bigint, "until" timestamptz)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.require_member(actor, mute.conversation_id, true);
+    UPDATE chat.members m SET muted_until = mute."until"
+     WHERE m.conversation_id = mute.conversation_id AND m.user_id = actor;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.react(bigint, bigint, bigint, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.pin(bigint, bigint, bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.pins(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.mute(bigint, bigint, timestamptz) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.react(bigint, bigint, bigint, text, boolean) IS
+    'adds or removes the actor''s reaction; appends a reaction entry (NULL: nothing changed)';
+COMMENT ON FUNCTION chat.pin(bigint, bigint, bigint, boolean) IS
+    'pins or unpins a message (at most 20 per conversation); posts a system message';
+COMMENT ON FUNCTION chat.pins(bigint, bigint) IS
+    'the seqs of the pinned messages the actor can see, newest pin first';
+COMMENT ON FUNCTION chat.mute(bigint, bigint, timestamptz) IS
+    'mutes a conversation for the actor until a time (NULL: unmute); mentions still push';
+
+-- Full-text search over the messages a user can see (docs/sql-api.md
+-- "Search").
+--
+-- The text search configuration comes from the setting chat.search_config
+-- (default 'simple': no stemming, no stop words, so every language works).
+-- The GIN index below is on the 'simple' configuration; a deployment that
+-- sets another one creates the same index on it (docs/sql-api.md), since
+-- an expression index serves only the configuration it names.  Only text
+-- messages that are not deleted are indexed: e2e bodies are ciphertext,
+-- system messages and change-log entries are not what users search.
+
+CREATE INDEX messages_search_idx ON chat.messages
+    USING gin (to_tsvector('simple'::regconfig, body))
+    WHERE kind = 'text' AND deleted_at IS NULL;
+
+-- Up to lim messages matching query (web search syntax: words, "phrases",
+-- -not, or) that the actor can see: kind text, not deleted, after the
+-- member's joined_seq and, for a conversation it left, sent before it
+-- left; only in conversation_id when given.  Best match first (ts_rank),
+-- then newest.
+CREATE FUNCTION chat.search(actor bigint, query text, conversation_id bigint DEFAULT NULL,
+                            lim integer DEFAULT 20)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg regconfig;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(query) > 256 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 256', length(query)
+            USING ERRCODE = '22001';
+    END IF;
+    BEGIN
+        cfg := coalesce(nullif(current_setting('chat.search_config', true), ''), 'simple')::regconfig;
+    EXCEPTION WHEN undefined_object THEN
+        RAISE EXCEPTION 'chat.search_config "%" is not a text search configuration',
+            current_setting('chat.search_config', true)
+            USING ERRCODE = '22023', HINT = 'See \dF in psql; the default is simple.';
+    END;
+    IF search.conversation_id IS NOT NULL THEN
+        PERFORM chat.require_member(actor, search.conversation_id);
+    END IF;
+    -- The configuration as a literal, so that the planner matches the
+    -- expression of the index made for it.
+    RETURN QUERY EXECUTE format($q$
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments, x.mentions, x.reactions
+          FROM chat.members m
+          JOIN chat.messages x ON x.conversation_id = m.conversation_id
+         WHERE m.user_id = $1
+           AND ($2::bigint IS NULL OR m.conversation_id = $2)
+           AND to_tsvector(%1$L::regconfig, x.body) @@ websearch_to_tsquery(%1$L::regconfig, $3)
+           AND x.kind = 'text' AND x.deleted_at IS NULL
+           AND x.seq > m.joined_seq
+           AND (m.left_at IS NULL OR x.created_at <= m.left_at)
+         ORDER BY ts_rank(to_tsvector(%1$L::regconfig, x.body),
+                          websearch_to_tsquery(%1$L::regconfig, $3)) DESC,
+                  x.created_at DESC, x.conversation_id, x.seq
+         LIMIT $4 $q$, cfg::text)
+    USING actor, search.conversation_id, query, lim;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.search(bigint, text, bigint, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.search(bigint, text, bigint, integer) IS
+    'full-text search (chat.search_config) over the text messages the actor can see, best match first';
+
+-- Disappearing messages, retention and broadcasts (docs/sql-api.md
+-- "Disappearing messages, retention, broadcast").
+--
+-- A conversation's ttl (settings->'ttl', seconds) is read by the send path
+-- (send.c) when it writes a text/e2e message: expires_at = created_at +
+-- ttl.  chat.expire_messages tombstones the messages past expires_at in
+-- batches (the expiry worker, expiry.c, runs it every chat.expire_interval
+-- in a transaction of its own per batch), and chat.apply_retention removes
+-- messages older than chat.retention altogether.  Neither takes the
+-- conversation row lock that sends take, so sends go on meanwhile; rows
+-- being changed by someone else are skipped until the next pass.
+--
+-- Devices learn the ttl from the system message of chat.set_disappearing
+-- and drop their copies at created_at + ttl themselves; the server's
+-- tombstone makes sure nothing is left to fetch after that.
+
+-- Sets (ttl seconds, 5 .. 31536000) or clears (NULL) the disappearing-
+-- messages timer of a conversation: any member of a direct conversation,
+-- owners and admins of a group.  Posts a system message when it changes.
+CREATE FUNCTION chat.set_disappearing(actor bigint, conversation_id bigint, ttl integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    conv bigint := set_disappearing.conversation_id;
+    c chat.conversations;
+    m chat.members;
+BEGIN
+    IF ttl IS NOT NULL AND (ttl < 5 OR ttl > 31536000) THEN
+        RAISE EXCEPTION 'ttl % is out of range', ttl
+            USING ERRCODE = '22023', HINT = 'Use 5 to 31536000 seconds, or null to turn it off.';
+    END IF;
+    IF conv IS NULL THEN
+        RAISE EXCEPTION 'conversation_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM chat.conversations x WHERE x.id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    IF c.kind = 'service' OR (c.kind = 'group' AND m.role = 'member') THEN
+        RAISE EXCEPTION 'user % may not change the timer of conversation %', actor, conv
+            USING ERRCODE = '42501', HINT = 'In a group, owners and admins set it.';
+    END IF;
+    -- Like a send: not by a blocked user into the blocker's direct conversation.
+    IF c.kind = 'direct' AND EXISTS (
+           SELECT FROM chat.blocks k
+            WHERE k.blocked = actor
+              AND k.blocker = CASE WHEN c.direct_low = actor THEN c.direct_high ELSE c.direct_low END) THEN
+        RAISE EXCEPTION 'user % cannot change the timer of conversation %: blocked', actor, conv
+            USING ERRCODE = '42501';
+    END IF;
+    IF (c.settings ->> 'ttl')::integer IS NOT DISTINCT FROM ttl THEN
+        RETURN;
+    END IF;
+    UPDATE chat.conversations x
+       SET settings = CASE WHEN ttl IS NULL THEN x.settings - 'ttl'
+                           ELSE jsonb_set(x.settings, '{ttl}', to_jsonb(ttl)) END
+     WHERE x.id = conv;
+    PERFORM chat.post_system_message(conv, actor,
+        jsonb_build_object('action', 'disappearing', 'ttl', ttl, 'by', actor));
+END
+$$;
+
+-- Tombstones up to batch messages past their expires_at (body, mentions,
+-- attachments and reactions removed, deleted_at set; the bodies of their
+-- edit entries cleared too); returns how many.  Rows locked by others are
+-- skipped (the next pass takes them).
+CREATE FUNCTION chat.expire_messages(batch integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch % is out of range', coalesce(batch::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use 1 to 100000.';
+    END IF;
+    WITH due AS (
+        SELECT x.conversation_id, x.seq FROM chat.messages x
+         WHERE x.expires_at <= now()
+         ORDER BY x.expires_at
+         LIMIT batch
+           FOR NO KEY UPDATE SKIP LOCKED),
+    gone AS (
+        UPDATE chat.messages x
+           SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL,
+               deleted_at = clock_timestamp(), expires_at = NULL
+          FROM due
+         WHERE x.conversation_id = due.conversation_id AND x.seq = due.seq
+        RETURNING x.conversation_id, x.seq),
+    scrub AS (
+        UPDATE chat.messages e SET body = NULL
+          FROM gone
+         WHERE e.conversation_id = gone.conversation_id AND e.target = gone.seq AND e.kind = 'edit')
+    SELECT count(*) INTO n FROM gone;
+    RETURN n;
+END
+$$;
+
+-- Removes up to batch messages older than chat.retention (an interval;
+-- empty: keep everything), oldest conversations' first; returns how many.
+-- Per conversation it walks the oldest seqs (created_at grows with seq),
+-- so a pass reads no more than it deletes.
+CREATE FUNCTION chat.apply_retention(batch integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    setting text := nullif(current_setting('chat.retention', true), '');
+    cutoff timestamptz;
+    room integer := batch;
+    taken integer;
+    conv bigint;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch % is out of range', coalesce(batch::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use 1 to 100000.';
+    END IF;
+    IF setting IS NULL THEN
+        RETURN 0;
+    END IF;
+    cutoff := now() - setting::interval;
+    FOR conv IN SELECT c.id FROM chat.conversations c WHERE c.created_at < cutoff ORDER BY c.id LOOP
+        WITH oldest AS (
+            SELECT x.seq FROM chat.messages x
+             WHERE x.conversation_id = conv
+             ORDER BY x.seq LIMIT room)
+        DELETE FROM chat.messages x
+         USING oldest
+         WHERE x.conversation_id = conv AND x.seq = oldest.seq AND x.created_at < cutoff;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+    IF room > 0 THEN
+        -- The receipt times of chat.message_info age out with the messages.
+        DELETE FROM chat.receipt_times t
+         WHERE t.ctid = ANY (ARRAY(SELECT r.ctid FROM chat.receipt_times r
+                                    WHERE r.at < cutoff LIMIT room));
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        IF taken < room THEN
+            UPDATE chat.maintenance SET retention_at = now();
+        END IF;
+        room := room - taken;
+    END IF;
+    RETURN batch - room;
+END
+$$;
+
+CREATE SEQUENCE chat.broadcasts_id_seq;
+-- Broadcasts: one row each; delivered to every user's service conversation.
+CREATE TABLE chat.broadcasts (
+    id         bigint PRIMARY KEY DEFAULT nextval('chat.broadcasts_id_seq'),
+    title      text NOT NULL,
+    body       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    recipients integer NOT NULL DEFAULT 0
+);
+ALTER SEQUENCE chat.broadcasts_id_seq OWNED BY chat.broadcasts.id;
+-- One service conversation per user, found by its user.
+CREATE UNIQUE INDEX conversations_service_key ON chat.conversations (((settings ->> 'service_user')::bigint))
+    WHERE kind = 'service';
+SELECT pg_catalog.pg_extension_config_dump('chat.broadcasts', '');
+SELECT pg_catalog.pg_extension_config_dump('chat.broadcasts_id_seq', '');
+REVOKE ALL ON chat.broadcasts FROM PUBLIC;
+REVOKE ALL ON SEQUENCE chat.broadcasts_id_seq FROM PUBLIC;
+COMMENT ON TABLE chat.broadcasts IS 'broadcasts of chat.broadcast, with how many users they reached';
+COMMENT ON SEQUENCE chat.broadcasts_id_seq IS 'ids of chat.broadcasts';
+
+-- Posts a system message {"action":"broadcast","broadcast","title","body"}
+-- to every user through the user's service conversation (created on
+-- demand: kind 'service', the user its only member, read-only through
+-- only_admins_send).  At most one broadcast a minute (53400).  Users are
+-- taken 1000 at a time, each batch in a few set-based statements: no
+-- per-user transaction, and no lock anyone else waits for (nobody else
+-- writes service conversations).  Online users get the message event.
+CREATE FUNCTION chat.broadcast(title text, body text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bid bigint;
+    payload text;
+    last_user bigint := -9223372036854775808;
+    batch bigint[];
+    total integer := 0;
+    r record;
+BEGIN
+    IF title IS NULL OR btrim(title) = '' THEN
+        RAISE EXCEPTION 'broadcast title must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(title) > 255 THEN
+        RAISE EXCEPTION 'broadcast title of % characters is longer than 255', length(title)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM chat.check_body(body);
+    -- One broadcast at a time; the rate check sees the last one committed.
+    LOCK TABLE chat.broadcasts IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM chat.broadcasts b WHERE b.created_at > now() - interval '1 minute') THEN
+        RAISE EXCEPTION 'a broadcast was sent less than a minute ago'
+            USING ERRCODE = '53400', HINT = 'Send at most one broadcast a minute.';
+    END IF;
+    INSERT INTO chat.broadcasts (title, body) VALUES (broadcast.title, broadcast.body)
+    RETURNING broadcasts.id INTO bid;
+    payload := jsonb_build_object('action', 'broadcast', 'broadcast', bid,
+                                  'title', broadcast.title, 'body', broadcast.body)::text;
+    PERFORM chat.check_body(payload);
+    LOOP
+        batch := ARRAY(SELECT u.id FROM chat.users u WHERE u.id > last_user ORDER BY u.id LIMIT 1000);
+        EXIT WHEN cardinality(batch) = 0;
+        last_user := batch[cardinality(batch)];
+        WITH need AS (
+            SELECT u FROM unnest(batch) u
+             WHERE NOT EXISTS (SELECT FROM chat.conversations c
+                                WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = u)),
+        made AS (
+            INSERT INTO chat.conversations (kind, title, settings)
+            SELECT 'service', 'Service', jsonb_build_object('service_user', u, 'only_admins_send', true)
+              FROM need
+            RETURNING conversations.id AS conv, (settings ->> 'service_user')::bigint AS u)
+        INSERT INTO chat.members (conversation_id, user_id, role)
+        SELECT made.conv, made.u, 'member' FROM made;
+        WITH convs AS (
+            UPDATE chat.conversations c SET last_seq = c.last_seq + 1, last_activity = now()
+             WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = ANY (batch)
+            RETURNING c.id, c.last_seq)
+        INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
+        SELECT convs.id, convs.last_seq, 0, 'system', payload FROM convs;
+        total := total + cardinality(batch);
+        -- Events for the users online now (the others sync).
+        FOR r IN
+            SELECT c.id, c.last_seq FROM chat.conversations c
+             WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = ANY (batch)
+               AND EXISTS (SELECT FROM chat.sessions s
+                            WHERE s.user_id = (c.settings ->> 'service_user')::bigint)
+        LOOP
+            PERFORM chat.fanout_message(r.id, r.last_seq);
+        END LOOP;
+    END LOOP;
+    UPDATE chat.broadcasts b SET recipients = total WHERE b.id = bid;
+    RETURN bid;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.set_disappearing(bigint, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.expire_messages(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.apply_retention(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.broadcast(text, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.set_disappearing(bigint, bigint, integer) IS
+    'sets or clears a conversation''s disappearing-messages ttl (seconds); posts a system message';
+COMMENT ON FUNCTION chat.expire_messages(integer) IS
+    'tombstones up to batch messages past their disappearing ttl; returns how many (the expiry worker runs it)';
+COMMENT ON FUNCTION chat.apply_retention(integer) IS
+    'removes up to batch messages older than chat.retention; returns how many (the expiry worker runs it)';
+COMMENT ON FUNCTION chat.broadcast(text, text) IS
+    'a system message to every user through their read-only service conversation; at most one a minute';
+
+-- When the expiry worker last applied chat.retention (one row).
+CREATE TABLE chat.maintenance (
+    id           boolean PRIMARY KEY DEFAULT true CHECK (id),
+    retention_at timestamptz
+);
+INSERT INTO chat.maintenance DEFAULT VALUES;
+REVOKE ALL ON chat.maintenance FROM PUBLIC;
+COMMENT ON TABLE chat.maintenance IS 'one row: when the expiry worker last applied chat.retention';
+
+-- Registers the expiry worker of this database (C, expiry.c); false when
+-- no background worker slot is free.
+CREATE FUNCTION chat.launch_expiry_worker()
+RETURNS boolean
+LANGUAGE c AS 'MODULE_PATHNAME', 'chat_launch_expiry_worker';
+
+-- Starts the expiry worker when there is work and none runs: messages past
+-- their ttl, or chat.retention set and not applied for a minute.  The
+-- gateways' heartbeat calls it (chat.node_heartbeat), so expiry runs every
+-- few seconds wherever a gateway is up; without gateways, call it from a
+-- scheduler.  Returns whether it started one.
+CREATE FUNCTION chat.start_expiry_worker()
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM chat.messages x WHERE x.expires_at <= now())
+       AND (coalesce(current_setting('chat.retention', true), '') = ''
+            OR EXISTS (SELECT FROM chat.maintenance mt
+                        WHERE mt.retention_at > now() - interval '1 minute')) THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT FROM pg_stat_activity a
+                WHERE a.backend_type = 'chat expiry' AND a.datname = current_database()) THEN
+        RETURN false;
+    END IF;
+    RETURN chat.launch_expiry_worker();
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.launch_expiry_worker() FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.start_expiry_worker() FROM PUBLIC;
+COMMENT ON FUNCTION chat.launch_expiry_worker() IS
+    'internal: registers the expiry worker of this database (false: no worker slot free)';
+COMMENT ON FUNCTION chat.start_expiry_worker() IS
+    'starts the expiry worker when messages are due or retention is to be applied; the gateway heartbeat calls it';
+
+CREATE OR REPLACE FUNCTION chat.delete_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    conv bigint := delete_message.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    changed_at timestamptz;
+BEGIN
+    IF delete_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
+    m := chat.require_member(actor, conv);
+    msg := chat.changeable_message(m, delete_message.seq, 'Delete');
+    IF msg.sender_id <> actor AND m.role NOT IN ('owner', 'admin') THEN
+        RAISE EXCEPTION 'user % may not delete message % of conversation %', actor, msg.seq, conv
+            USING ERRCODE = '42501', HINT = 'Only the sender or an owner or admin deletes a message.';
+    END IF;
+    IF msg.deleted_at IS NOT NULL THEN
+        RETURN;
+    END IF;
+    changed_at := clock_timestamp();
+    UPDATE chat.messages
+       SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL, expires_at = NULL,
+           deleted_at = changed_at
+     WHERE conversation_id = conv AND seq = msg.seq;
+    UPDATE chat.messages SET body = NULL
+     WHERE conversation_id = conv AND target = msg.seq AND kind = 'edit';
+    PERFORM chat.append_message(conv, actor, 'delete', NULL, msg.seq, changed_at);
+    PERFORM chat.fanout_event(conv, NULL,
+        jsonb_build_object('type', 'delete', 'conversation', conv, 'seq', msg.seq));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
+                             lim integer DEFAULT 50)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, history.conversation_id);
+    RETURN QUERY
+    SELECT * FROM (
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+          FROM chat.messages x
+         WHERE x.conversation_id = m.conversation_id
+           AND x.seq > m.joined_seq
+           AND x.seq < coalesce(before_seq, 9223372036854775807)
+         ORDER BY x.seq DESC
+         LIMIT lim) AS page
+     ORDER BY page.seq;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
+                                    lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, messages_after.conversation_id);
+    RETURN QUERY
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id
+       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
+     ORDER BY x.seq
+     LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+    result chat.message_view;
+BEGIN
+    IF get_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, get_message.conversation_id);
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+      INTO result
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
+       AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    room integer := lim;
+    taken integer;
+    conv bigint;
+    from_seq bigint;
+    joined bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    PERFORM chat.require_device(sync.user_id, sync.device_id);
+    FOR conv, from_seq, joined IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
+          FROM chat.members m
+          JOIN chat.conversations c ON c.id = m.conversation_id
+          LEFT JOIN chat.device_cursors dc
+                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
+                AND dc.conversation_id = m.conversation_id
+         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
+           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+         ORDER BY m.conversation_id
+    LOOP
+        RETURN QUERY
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments, x.mentions, CASE WHEN x.target <= joined THEN NULL ELSE x.reactions END
+          FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq > from_seq
+         ORDER BY x.seq
+         LIMIT room;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.report(actor bigint, user_id bigint, conversation_id bigint, seq bigint, reason text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target_user bigint := report.user_id;
+    conv bigint := report.conversation_id;
+    m chat.members;
+    msg chat.messages;
+    msg_copy jsonb;
+    rid bigint;
+BEGIN
+    PERFORM chat.require_actor(actor);
+    IF reason IS NULL OR btrim(reason) = '' THEN
+        RAISE EXCEPTION 'report reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(reason) > 1000 THEN
+        RAISE EXCEPTION 'report reason of % characters is longer than 1000', length(reason)
+            USING ERRCODE = '22001';
+    END IF;
+    IF target_user IS NULL AND conv IS NULL THEN
+        RAISE EXCEPTION 'a report names a user, a conversation or a message'
+            USING ERRCODE = '22023';
+    END IF;
+    IF report.seq IS NOT NULL AND conv IS NULL THEN
+        RAISE EXCEPTION 'seq % needs its conversation', report.seq USING ERRCODE = '22023';
+    END IF;
+    IF target_user = actor THEN
+        RAISE EXCEPTION 'user % cannot report itself', actor USING ERRCODE = '22023';
+    END IF;
+    IF target_user IS NOT NULL THEN
+        PERFORM chat.require_users(ARRAY[target_user]);
+    END IF;
+    IF conv IS NOT NULL THEN
+        m := chat.require_member(actor, conv);
+    END IF;
+    IF report.seq IS NOT NULL THEN
+        SELECT * INTO msg FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq = report.seq;
+        IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+            RAISE EXCEPTION 'message % does not exist in conversation %', report.seq, conv
+                USING ERRCODE = 'P0002';
+        END IF;
+        IF target_user IS NULL THEN
+            target_user := msg.sender_id;
+        ELSIF target_user <> msg.sender_id THEN
+            RAISE EXCEPTION 'user % did not send message % of conversation %', target_user, msg.seq, conv
+                USING ERRCODE = '22023', HINT = 'Leave user out to report the message''s sender.';
+        END IF;
+        IF target_user = actor THEN
+            RAISE EXCEPTION 'user % cannot report its own message', actor USING ERRCODE = '22023';
+        END IF;
+        msg_copy := chat.message_json(ROW(msg.conversation_id, msg.seq, msg.sender_id, msg.sender_device,
+                    msg.kind, msg.body, msg.client_msg_id, msg.reply_to, msg.created_at,
+                    msg.edited_at, msg.deleted_at, msg.target, msg.attachments, msg.mentions,
+                    msg.reactions)::chat.message_view);
+    END IF;
+    -- Serialises one reporter's reports so the count below is exact.
+    PERFORM FROM chat.users u WHERE u.id = actor FOR NO KEY UPDATE;
+    IF (SELECT count(*) FROM chat.reports r
+         WHERE r.reporter = actor AND r.created_at > now() - interval '1 hour') >= 20 THEN
+        RAISE EXCEPTION 'user % has made 20 reports in the last hour', actor
+            USING ERRCODE = '53400', HINT = 'Try again later.';
+    END IF;
+    INSERT INTO chat.reports (reporter, reported_user, conversation_id, seq, reason, message)
+    VALUES (actor, target_user, conv, report.seq, reason, msg_copy)
+    RETURNING id INTO rid;
+    RETURN rid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
+    END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    conv bigint;
+    lim integer;
+    r record;
+    msgs chat.message_view[];
+BEGIN
+    CASE rtype
+    WHEN 'send' THEN
+        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
+           AND jsonb_typeof(request -> 'body') <> 'null' THEN
+            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
+        END IF;
+        SELECT * INTO r FROM chat.send_message(user_id,
+            chat.request_bigint(request, 'conversation'),
+            chat.request_text(request, 'body'),
+            chat.request_text(request, 'client_msg_id', false),
+            chat.request_bigint(request, 'reply_to', false),
+            device_id,
+            nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
+                                  'created_at', chat.json_timestamp(r.created_at),
+                                  'duplicate', r.duplicate);
+    WHEN 'edit' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
+                                  chat.request_text(request, 'body'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'delete' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'ack' THEN
+        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'read' THEN
+        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
+                               chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'typing' THEN
+        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
+                            chat.request_bool(request, 'typing', true));
+        RETURN '{}';
+    WHEN 'sync' THEN
+        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
+        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
+                                  'more', cardinality(msgs) >= lim);
+    WHEN 'history' THEN
+        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
+                                                 chat.request_bigint(request, 'before_seq', false),
+                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'after' THEN
+        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
+                                                        chat.request_bigint(request, 'after_seq'),
+                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'conversations' THEN
+        RETURN jsonb_build_object('conversations', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
+                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
+                       'last_activity', chat.json_timestamp(c.last_activity),
+                       'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
+                                                             u.avatar)::chat.profile_view)
+                                  FROM chat.users u WHERE u.id = c.peer_id),
+                       -- issue 15: the reader's mute and the disappearing timer
+                       'muted_until', (SELECT chat.json_timestamp(m.muted_until) FROM chat.members m
+                                        WHERE m.conversation_id = c.conversation_id
+                                          AND m.user_id = dispatch_request.user_id
+                                          AND m.muted_until > now()),
+                       'ttl', (SELECT (x.settings ->> 'ttl')::integer FROM chat.conversations x
+                                WHERE x.id = c.conversation_id),
+                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
+                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
+                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
+                                       x.created_at, x.edited_at, x.deleted_at, x.target,
+                                       x.attachments, x.mentions, x.reactions)::chat.message_view)
+                              FROM chat.messages x
+                             WHERE x.conversation_id = c.conversation_id
+                               AND x.seq = (c.last_message ->> 'seq')::bigint),
+                           c.last_message) END)
+                   ORDER BY c.last_activity DESC, c.conversation_id)
+              FROM chat.conversations(user_id,
+                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
+                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
+    WHEN 'direct' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
+    WHEN 'create_group' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.create_group(user_id, chat.request_text(request, 'title', false),
+                              chat.request_ids(request, 'members', false)));
+    WHEN 'add_member' THEN
+        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
+                                chat.request_bigint(request, 'user'),
+                                coalesce(chat.request_text(request, 'role', false), 'member'));
+        RETURN '{}';
+    WHEN 'remove_member' THEN
+        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
+                                   chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'presence' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
+                                                'last_seen', chat.json_timestamp(p.last_seen))
+                             ORDER BY p.user_id)
+              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    -- Profiles, blocking, reports, privacy (15_profiles.sql).
+    WHEN 'profile' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(p) ORDER BY p.user_id)
+              FROM chat.profile(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    WHEN 'set_profile' THEN
+        PERFORM chat.set_profile(user_id, chat.request_text(request, 'display_name', false),
+                                 chat.request_text(request, 'about', false),
+                                 chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    WHEN 'find_user' THEN
+        RETURN jsonb_build_object('user', (
+            SELECT chat.profile_json(p)
+              FROM chat.find_user(user_id, chat.request_text(request, 'handle')) p));
+    WHEN 'block' THEN
+        PERFORM chat.block(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'unblock' THEN
+        PERFORM chat.unblock(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'blocked' THEN
+        RETURN jsonb_build_object('users', to_jsonb(ARRAY(SELECT chat.blocked(user_id))));
+    WHEN 'report' THEN
+        RETURN jsonb_build_object('report',
+            chat.report(user_id, chat.request_bigint(request, 'user', false),
+                        chat.request_bigint(request, 'conversation', false),
+                        chat.request_bigint(request, 'seq', false),
+                        chat.request_text(request, 'reason')));
+    WHEN 'set_privacy' THEN
+        PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
+                                 chat.request_bool(request, 'read_receipts', NULL));
+        RETURN '{}';
+    -- Push registration (22_push.sql).
+    WHEN 'register_push' THEN
+        IF request -> 'subscription' IS NOT NULL AND jsonb_typeof(request -> 'subscription') <> 'null'
+           AND jsonb_typeof(request -> 'subscription') <> 'object' THEN
+            RAISE EXCEPTION 'request field "subscription" must be an object, not %',
+                            request -> 'subscription' USING ERRCODE = '22P02';
+        END IF;
+        PERFORM chat.register_push(user_id, device_id, chat.request_text(request, 'platform'),
+                                   chat.request_text(request, 'token', false),
+                                   chat.request_field(request, 'subscription', false));
+        RETURN '{}';
+    WHEN 'unregister_push' THEN
+        PERFORM chat.unregister_push(user_id, device_id);
+        RETURN '{}';
+    WHEN 'set_push_previews' THEN
+        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
+        RETURN '{}';
+    -- Group administration (16_groups.sql).
+    WHEN 'members' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', m.user_id, 'role', m.role,
+                                                'joined_at', chat.json_timestamp(m.joined_at))
+                             ORDER BY m.ord)
+              FROM chat.members(user_id, chat.request_bigint(request, 'conversation'))
+                   WITH ORDINALITY AS m(user_id, role, joined_at, ord)), '[]'));
+    WHEN 'set_role' THEN
+        PERFORM chat.set_role(user_id, chat.request_bigint(request, 'conversation'),
+                              chat.request_bigint(request, 'user'),
+                              chat.request_text(request, 'role'));
+        RETURN '{}';
+    WHEN 'leave' THEN
+        PERFORM chat.leave(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    WHEN 'update_group' THEN
+        PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
+                                  chat.request_text(request, 'title', false),
+                                  chat.request_text(request, 'description', false),
+                                  chat.request_bool(request, 'only_admins_send', NULL),
+                                  chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    -- Invite links and message info (17_group_invites.sql), reactions,
+    -- pins, mute (18_reactions.sql), search (19_search.sql), disappearing
+    -- messages (23_disappearing.sql): issue 15.
+    WHEN 'invite_link' THEN
+        SELECT * INTO r FROM chat.invite_link(user_id, chat.request_bigint(request, 'conversation'),
+                                              chat.request_bigint(request, 'expires_in', false)::integer) i;
+        RETURN jsonb_build_object('code', r.code, 'expires_at', chat.json_timestamp(r.expires_at));
+    WHEN 'revoke_invite' THEN
+        PERFORM chat.revoke_invite(user_id, chat.request_text(request, 'code'));
+        RETURN '{}';
+    WHEN 'join' THEN
+        RETURN jsonb_build_object('conversation', chat."join"(user_id, chat.request_text(request, 'code')));
+    WHEN 'message_info' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', i.user_id,
+                                                'delivered_at', chat.json_timestamp(i.delivered_at),
+                                                'read_at', chat.json_timestamp(i.read_at))
+                             ORDER BY i.user_id)
+              FROM chat.message_info(user_id, chat.request_bigint(request, 'conversation'),
+                                     chat.request_bigint(request, 'seq')) i), '[]'));
+    WHEN 'react' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq', 'entry',
+            chat.react(user_id, conv, chat.request_bigint(request, 'seq'),
+                       chat.request_text(request, 'emoji'),
+                       chat.request_bool(request, 'remove', false)));
+    WHEN 'pin' THEN
+        PERFORM chat.pin(user_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'),
+                         chat.request_bool(request, 'pinned', true));
+        RETURN '{}';
+    WHEN 'pins' THEN
+        RETURN jsonb_build_object('pins', to_jsonb(ARRAY(
+            SELECT chat.pins(user_id, chat.request_bigint(request, 'conversation')))));
+    WHEN 'mute' THEN
+        PERFORM chat.mute(user_id, chat.request_bigint(request, 'conversation'),
+                          chat.request_text(request, 'until', false)::timestamptz);
+        RETURN '{}';
+    WHEN 'search' THEN
+        RETURN jsonb_build_object('messages', coalesce((
+            SELECT jsonb_agg(q.j ORDER BY q.n)
+              FROM (SELECT chat.message_json(m) AS j, row_number() OVER () AS n
+                      FROM chat.search(user_id, chat.request_text(request, 'query'),
+                                       chat.request_bigint(request, 'conversation', false),
+                                       coalesce(chat.request_bigint(request, 'limit', false), 20)::integer) m) q),
+            '[]'));
+    WHEN 'set_disappearing' THEN
+        PERFORM chat.set_disappearing(user_id, chat.request_bigint(request, 'conversation'),
+                                      chat.request_bigint(request, 'ttl', false)::integer);
+        RETURN '{}';
+    -- media (issue 13)
+    WHEN 'upload' THEN
+        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
+                           chat.request_text(request, 'mime'),
+                           chat.request_bigint(request, 'size'),
+                           chat.request_text(request, 'sha256'),
+                           chat.request_text(request, 'name', false));
+    WHEN 'media_url' THEN
+        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
+                              chat.request_bool(request, 'thumbnail', false));
+    ELSE
+        RAISE EXCEPTION 'unknown request type "%"', rtype
+            USING ERRCODE = '22023',
+                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
+    END CASE;
+END
+$$;
 
 -- Presence debounce (issue 11): chat.presence_pending, chat.presence_grace,
 -- presence_offline and presence_sweep (19_presence_debounce.sql); connect,

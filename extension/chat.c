@@ -175,6 +175,7 @@ _PG_init(void)
 	DefineCoreGucs();
 	DefineRealtimeGucs();
 	DefinePartitionGucs();	/* partition.c: PL/Proxy partitions */
+	DefineExpiryGucs();
 	if (process_shared_preload_libraries_in_progress)
 		DefinePreloadGucs();
 	MediaDefineGucs();			/* media (issue 13) */

@@ -14,6 +14,8 @@
  *   token.c       chat.issue_token
  *   errors.c      chat.condition_name (errnames.h)
  *   request.c     chat.client_request: the request dispatcher, hot types in C
+ *   expiry.c      the expiry worker (disappearing messages, retention) and
+ *                 the GUCs of search and retention
  */
 #ifndef CHAT_H
 #define CHAT_H
@@ -23,6 +25,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "storage/lwlock.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -64,13 +67,16 @@ typedef struct ChatMessage
 	int64		seq;
 	int64		sender_id;
 	int32		sender_device;	/* 0 when not known */
-	const char *kind;			/* text, system, e2e, edit, delete */
+	const char *kind;			/* text, system, e2e, edit, delete, reaction */
 	const char *body;			/* NULL for a tombstone */
 	const char *client_msg_id;	/* NULL when none */
 	int64		reply_to;		/* 0 when none */
-	int64		target;			/* log entries (edit, delete): seq changed; else 0 */
+	int64		target;			/* log entries (edit, delete, reaction): seq changed; else 0 */
 	TimestampTz created_at;
 	const char *attachments;	/* JSON array of attachment objects; NULL when none */
+	const char *extra;			/* NULL, or JSON members appended to the event:
+								 * "mentions":[..], "reactions":{..}, or a
+								 * reaction entry's "emoji":..,"removed":.. */
 } ChatMessage;
 
 /* The arguments of a send (send.c), checked by SendMessage. */
@@ -83,6 +89,7 @@ typedef struct SendArgs
 	int64		reply_to;		/* 0: none */
 	int32		sender_device;	/* 0: not known */
 	Jsonb	   *attachments;	/* upload ids (jsonb array); NULL: none */
+	ArrayType  *mentions;		/* NULL: none; bigint[] of members to mention */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */
@@ -146,6 +153,7 @@ extern void QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush,
 extern void AppendJsonTimestamp(StringInfo buf, TimestampTz ts);
 extern void AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 							  TimestampTz deleted_at, bool ref);
+extern char *MessageExtraJson(const char *kind, ArrayType *mentions, Jsonb *reactions);
 
 /* typing.c */
 extern Size TypingShmemSize(void);
@@ -153,6 +161,12 @@ extern void TypingShmemRequest(void);
 extern void TypingShmemInit(void);
 extern void TypingLocalInit(void);
 extern void SendTyping(int64 user_id, int64 conversation_id, bool typing);
+
+/* expiry.c */
+extern char *chat_search_config;
+extern char *chat_retention;
+extern int	chat_expire_batch;
+extern void DefineExpiryGucs(void);
 
 /* notifier.c */
 extern void NotifierQueue(const char *node, const char *payload, int len);

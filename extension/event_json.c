@@ -8,6 +8,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -98,7 +99,64 @@ AppendMessageJson(StringInfo buf, const ChatMessage *msg, TimestampTz edited_at,
 		appendStringInfoString(buf, ",\"attachments\":");
 		appendStringInfoString(buf, msg->attachments);
 	}
+	if (msg->extra != NULL)
+	{
+		appendStringInfoChar(buf, ',');
+		appendStringInfoString(buf, msg->extra);
+	}
 	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * The members a stored message adds to its event (ChatMessage.extra), or
+ * NULL: "mentions" when it mentions anyone, and its reactions column: the
+ * aggregated map {"<emoji>":[user ids]} as "reactions" on a message, or,
+ * on a reaction entry, the entry's own {"emoji","removed"} spliced in.
+ * Jsonb prints on one line, so the event stays one line.
+ */
+char *
+MessageExtraJson(const char *kind, ArrayType *mentions, Jsonb *reactions)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (mentions != NULL && ArrayGetNItems(ARR_NDIM(mentions), ARR_DIMS(mentions)) > 0)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			n,
+					i;
+
+		deconstruct_array(mentions, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+						  &elems, &nulls, &n);
+		appendStringInfoString(&buf, "\"mentions\":[");
+		for (i = 0; i < n; i++)
+			if (!nulls[i])
+				appendStringInfo(&buf, "%s" INT64_FORMAT, i > 0 ? "," : "",
+								 DatumGetInt64(elems[i]));
+		appendStringInfoChar(&buf, ']');
+	}
+	if (reactions != NULL && JB_ROOT_IS_OBJECT(reactions) && JB_ROOT_COUNT(reactions) > 0)
+	{
+		char	   *text = JsonbToCString(NULL, &reactions->root, VARSIZE(reactions));
+		size_t		len = strlen(text);
+
+		if (buf.len > 0)
+			appendStringInfoChar(&buf, ',');
+		if (kind != NULL && strcmp(kind, "reaction") == 0 && len >= 2)
+			appendBinaryStringInfo(&buf, text + 1, len - 2);	/* without { } */
+		else
+		{
+			appendStringInfoString(&buf, "\"reactions\":");
+			appendStringInfoString(&buf, text);
+		}
+	}
+	if (buf.len == 0)
+	{
+		pfree(buf.data);
+		return NULL;
+	}
+	return buf.data;
 }
 
 /* chat.message_json(chat.message_view): the message event of a row. */
@@ -143,6 +201,15 @@ chat_message_json(PG_FUNCTION_ARGS)
 		Jsonb	   *j = DatumGetJsonbP(d);
 
 		msg.attachments = JsonbToCString(NULL, &j->root, VARSIZE(j));
+	}
+	{
+		bool		mnull,
+					rnull;
+		Datum		md = GetAttributeByName(row, "mentions", &mnull);
+		Datum		rd = GetAttributeByName(row, "reactions", &rnull);
+
+		msg.extra = MessageExtraJson(msg.kind, mnull ? NULL : DatumGetArrayTypeP(md),
+									 rnull ? NULL : DatumGetJsonbP(rd));
 	}
 
 	initStringInfo(&buf);

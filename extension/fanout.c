@@ -46,6 +46,7 @@ static SPIPlanPtr senders_plan = NULL;
 static SPIPlanPtr typing_routes_plan = NULL;
 static SPIPlanPtr message_plan = NULL;
 static SPIPlanPtr entry_routes_plan = NULL;
+static SPIPlanPtr receipt_times_plan = NULL;
 
 /*
  * Adds user to the route of node in *routes (rows come ordered by node, then
@@ -292,7 +293,7 @@ RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryCon
 	return result;
 }
 
-/* True for the kinds of change-log entries (edit, delete). */
+/* True for the kinds of change-log entries (edit, delete, reaction). */
 static bool
 IsLogEntry(const ChatMessage *msg)
 {
@@ -300,9 +301,10 @@ IsLogEntry(const ChatMessage *msg)
 }
 
 /*
- * The routes of an edit entry, split by what each member may see: members
- * who joined after the target (joined_seq >= target) never saw it, so they
- * get the entry without its body (*redacted); the others get it whole.
+ * The routes of an edit or reaction entry, split by what each member may
+ * see: members who joined after the target (joined_seq >= target) never
+ * saw it, so they get the entry without its body and emoji (*redacted);
+ * the others get it whole.
  * The seq still reaches everyone, so no member's log has a hole.  Caller
  * is connected to SPI.
  */
@@ -382,6 +384,7 @@ FanoutMessage(const ChatMessage *msg)
 		ChatMessage bare = *msg;
 
 		bare.body = NULL;
+		bare.extra = NULL;		/* a reaction entry's emoji */
 		resetStringInfo(&event);
 		AppendMessageJson(&event, &bare, 0, 0, false);
 		EmitRoutes(redacted, event.data, NULL);
@@ -536,10 +539,30 @@ FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 	uint64		i;
 	StringInfoData event;
 
-	if (to_seq <= from_seq || chat_fanout_mode == FANOUT_MODE_OFF)
+	if (to_seq <= from_seq)
 		return;
 
+	/*
+	 * When the watermark moved, for chat.message_info: one row per move, in
+	 * the kind of the move itself (a read with read receipts off is still
+	 * a read here; message_info hides it).
+	 */
 	ChatSpiConnect();
+	{
+		Oid			ttypes[4] = {INT8OID, INT8OID, TEXTOID, INT8OID};
+		Datum		targs[4] = {Int64GetDatum(conversation_id), Int64GetDatum(reader),
+		CStringGetTextDatum(kind), Int64GetDatum(to_seq)};
+
+		ChatPrepare(&receipt_times_plan,
+					"INSERT INTO chat.receipt_times (conversation_id, user_id, kind, seq)"
+					" VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING", 4, ttypes);
+		ChatExecute(receipt_times_plan, targs, NULL, false, 0, SPI_OK_INSERT, "receipt time");
+	}
+	if (chat_fanout_mode == FANOUT_MODE_OFF)
+	{
+		ChatSpiFinish();
+		return;
+	}
 	/*
 	 * One query: the senders, and beside each the reader's read_receipts
 	 * (an InitPlan, evaluated once).  With no sender there is no receipt,
@@ -553,7 +576,7 @@ FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
 				"   JOIN chat.members m ON m.conversation_id = x.conversation_id"
 				"                      AND m.user_id = x.sender_id AND m.left_at IS NULL"
 				"  WHERE x.conversation_id = $1 AND x.seq > $2 AND x.seq <= $3"
-				"    AND x.sender_id <> $4 AND x.kind NOT IN ('system', 'edit', 'delete')) s"
+				"    AND x.sender_id <> $4 AND x.kind NOT IN ('system', 'edit', 'delete', 'reaction')) s"
 				" WHERE NOT EXISTS (SELECT FROM chat.blocks b"
 				"                    WHERE (b.blocker = $4 AND b.blocked = s.sender_id)"
 				"                       OR (b.blocker = s.sender_id AND b.blocked = $4))",

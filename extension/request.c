@@ -79,7 +79,7 @@ static SPIPlanPtr dispatch_plan;
 #define MESSAGE_COLUMNS \
 	"m.conversation_id, m.seq, m.sender_id, m.sender_device, m.kind, m.body," \
 	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target," \
-	" m.attachments::text"
+	" m.attachments::text, m.mentions, m.reactions"
 
 /* A jsonb value as its text (what v::text prints in SQL). */
 static char *
@@ -207,6 +207,50 @@ RequestBool(const RequestCtx *ctx, const char *field, bool dflt)
 	return f->val.boolean;
 }
 
+/*
+ * The field as a bigint[] (a JSON array of integers or strings of digits,
+ * chat.request_ids); NULL when absent, null or empty; 22P02 otherwise.
+ */
+static ArrayType *
+RequestIds(const RequestCtx *ctx, const char *field)
+{
+	JsonbValue	v;
+	JsonbValue *f = RequestField(ctx, field, false, &v);
+	Datum	   *ids;
+	int			n,
+				i;
+
+	if (f == NULL)
+		return NULL;
+	if (f->type != jbvBinary || !JsonContainerIsArray(f->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("request field \"%s\" must be an array of integers, not %s", field,
+						JsonbValueText(f))));
+	n = JsonContainerSize(f->val.binary.data);
+	if (n == 0)
+		return NULL;
+	ids = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(f->val.binary.data, i);
+		char	   *t = NULL;
+
+		if (e->type == jbvString)
+			t = pnstrdup(e->val.string.val, e->val.string.len);
+		else if (e->type == jbvNumeric)
+			t = DatumGetCString(DirectFunctionCall1(numeric_out,
+													NumericGetDatum(e->val.numeric)));
+		if (t == NULL || !IsRequestInteger(t))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("request field \"%s\" must be an array of integers, not %s", field,
+							JsonbValueText(f))));
+		ids[i] = DirectFunctionCall1(int8in, CStringGetDatum(t));
+	}
+	return construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+}
+
 /* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as a JSON array
  * of message objects (chat.messages_json); returns how many. */
 static uint64
@@ -251,6 +295,15 @@ AppendMessageRows(StringInfo buf)
 		msg.target = isnull ? 0 : DatumGetInt64(d);
 		d = SPI_getbinval(tup, desc, 13, &isnull);
 		msg.attachments = isnull ? NULL : TextDatumGetCString(d);
+		{
+			bool		mnull,
+						rnull;
+			Datum		md = SPI_getbinval(tup, desc, 14, &mnull);
+			Datum		rd = SPI_getbinval(tup, desc, 15, &rnull);
+
+			msg.extra = MessageExtraJson(msg.kind, mnull ? NULL : DatumGetArrayTypeP(md),
+										 rnull ? NULL : DatumGetJsonbP(rd));
+		}
 		if (i > 0)
 			appendStringInfoChar(buf, ',');
 		AppendMessageJson(buf, &msg, edited_at, deleted_at, false);
@@ -299,6 +352,7 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	a.client_msg_id = t ? cstring_to_text(t) : NULL;
 	/* absent: 0, "none"; an explicit 0 is none in send_message too */
 	RequestInt64(ctx, "reply_to", false, &a.reply_to);
+	a.mentions = RequestIds(ctx, "mentions");
 
 	SendMessage(&a, &r);
 	appendStringInfo(result, "{\"conversation\":" INT64_FORMAT ",\"seq\":" INT64_FORMAT

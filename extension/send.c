@@ -48,6 +48,10 @@ static SPIPlanPtr append_lock_plan;
 static SPIPlanPtr write_plan;
 static SPIPlanPtr duplicate_plan;
 static SPIPlanPtr receipt_plan;
+static SPIPlanPtr mentions_plan;
+
+/* Most users one message mentions. */
+#define CHAT_MAX_MENTIONS 50
 
 /* Prepares the plans of the send path once per backend. */
 static void
@@ -55,8 +59,9 @@ PrepareSendPlans(void)
 {
 	Oid			lock_types[3] = {INT8OID, INT8OID, INT4OID};
 	Oid			append_lock_types[2] = {INT8OID, INT8OID};
-	Oid			write_types[11] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
-	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, JSONBOID};
+	Oid			write_types[14] = {INT8OID, INT8OID, INT8OID, INT4OID, TEXTOID,
+	TEXTOID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, JSONBOID, INT8ARRAYOID, JSONBOID, INT4OID};
+	Oid			mentions_types[2] = {INT8OID, INT8ARRAYOID};
 	Oid			duplicate_types[3] = {INT8OID, INT8OID, TEXTOID};
 	Oid			receipt_types[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
 
@@ -64,7 +69,8 @@ PrepareSendPlans(void)
 	 * Column 4: the peer of a direct conversation when it blocks the sender
 	 * (one primary-key probe of chat.blocks; NULL otherwise).  Column 5:
 	 * the sender is a plain member of a group whose settings say
-	 * only_admins_send (read from the row locked anyway).
+	 * only_admins_send (read from the row locked anyway).  Column 6: the
+	 * conversation's disappearing-messages ttl in seconds (NULL: none).
 	 */
 	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
@@ -75,7 +81,8 @@ PrepareSendPlans(void)
 		"           AND b.blocker = CASE WHEN c.direct_low = $2 THEN c.direct_high"
 		"                                ELSE c.direct_low END),"
 		"       m.role = 'member'"
-		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false)"
+		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false),"
+		"       (c.settings ->> 'ttl')::integer"
 		"  FROM chat.conversations c"
 		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
 		" WHERE c.id = $1 AND m.left_at IS NULL"
@@ -94,16 +101,19 @@ PrepareSendPlans(void)
 	/*
 	 * $1 conversation, $2 seq, $3 sender, $4 sender_device, $5 kind, $6
 	 * body, $7 client_msg_id, $8 reply_to, $9 target, $10 created_at, $11
-	 * attachments (JSON of the attachment objects, NULL: none).  Log
-	 * entries ($9 set) leave last_activity alone: a change is not news in
-	 * the chat list.  last_sent_seq records text/e2e sends only (contacts).
+	 * attachments (JSON of the attachment objects, NULL: none), $12
+	 * mentions, $13 reactions (a reaction entry's {emoji, removed}), $14
+	 * ttl (seconds; 0: the message does not disappear).  Log entries ($9
+	 * set) leave last_activity alone: a change is not news in the chat
+	 * list.  last_sent_seq records text/e2e sends only (contacts).
 	 */
 	ChatPrepare(&write_plan,
 		"WITH msg AS ("
 		"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
 		"                             kind, body, client_msg_id, reply_to, target, created_at,"
-		"                             attachments)"
-		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+		"                             attachments, mentions, reactions, expires_at)"
+		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+		"          CASE WHEN $14 > 0 THEN $10 + make_interval(secs => $14) END)"
 		"  ON CONFLICT (conversation_id, sender_id, client_msg_id)"
 		"    WHERE client_msg_id IS NOT NULL DO NOTHING"
 		"  RETURNING seq),"
@@ -120,13 +130,23 @@ PrepareSendPlans(void)
 		"    FROM msg"
 		"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
 		" SELECT seq FROM msg",
-		11, write_types);
+		14, write_types);
 	ChatPrepare(&duplicate_plan,
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
 		3, duplicate_types);
 	ChatPrepare(&receipt_plan,
 		"SELECT chat.fanout_receipt($1, $2, $3, $4, 'read')", 4, receipt_types);
+	/* Column 1: the first mentioned id that is no active member; column
+	 * 2: the ids, each once, ascending. */
+	ChatPrepare(&mentions_plan,
+		"SELECT (SELECT t.u FROM unnest($2::bigint[]) WITH ORDINALITY AS t(u, i)"
+		"         WHERE NOT EXISTS (SELECT FROM chat.members m"
+		"                            WHERE m.conversation_id = $1 AND m.user_id = t.u"
+		"                              AND m.left_at IS NULL)"
+		"         ORDER BY t.i LIMIT 1),"
+		"       ARRAY(SELECT DISTINCT u FROM unnest($2::bigint[]) u ORDER BY u)",
+		2, mentions_types);
 }
 
 /* Raises 22023/22001 unless body is a non-empty text within chat.max_body_bytes. */
@@ -187,10 +207,11 @@ FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
  * when an earlier row of the same client_msg_id made it a duplicate.
  */
 static bool
-WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
+WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType *mentions,
+			 Jsonb *reactions, int32 ttl)
 {
-	Datum		args[11];
-	char		argnulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[14];
+	char		argnulls[14] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	args[0] = Int64GetDatum(msg->conversation_id);
 	args[1] = Int64GetDatum(msg->seq);
@@ -209,6 +230,11 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
 	args[9] = TimestampTzGetDatum(msg->created_at);
 	args[10] = msg->attachments ? DirectFunctionCall1(jsonb_in, CStringGetDatum(msg->attachments)) : (Datum) 0;
 	argnulls[10] = msg->attachments == NULL ? 'n' : ' ';
+	args[11] = PointerGetDatum(mentions);
+	argnulls[11] = mentions == NULL ? 'n' : ' ';
+	args[12] = PointerGetDatum(reactions);
+	argnulls[12] = reactions == NULL ? 'n' : ' ';
+	args[13] = Int32GetDatum(ttl);
 	ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
 	return SPI_processed == 1;
 }
@@ -221,15 +247,18 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id)
  * the senders of the messages the author had not read (old_read; negative
  * when the author is not a member).  A read receipt implies delivery: no
  * delivered receipt.  Returns false, with nothing written or sent, when
- * the client_msg_id made it a duplicate.  Caller is connected to SPI.
+ * the client_msg_id made it a duplicate.  mentions and reactions (either
+ * may be NULL) are stored and carried in the event; ttl > 0: the message
+ * expires ttl seconds after it was sent.  Caller is connected to SPI.
  */
 static bool
 AppendMessage(ChatMessage *msg, int64 last_seq, int64 old_read, text *body,
-			  text *client_msg_id)
+			  text *client_msg_id, ArrayType *mentions, Jsonb *reactions, int32 ttl)
 {
 	msg->seq = last_seq + 1;
-	if (!WriteMessage(msg, body, client_msg_id))
+	if (!WriteMessage(msg, body, client_msg_id, mentions, reactions, ttl))
 		return false;
+	msg->extra = MessageExtraJson(msg->kind, mentions, reactions);
 	msg->body = body ? text_to_cstring(body) : NULL;
 	msg->client_msg_id = client_msg_id ? text_to_cstring(client_msg_id) : NULL;
 	FanoutMessage(msg);
@@ -264,6 +293,62 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 		a->reply_to = PG_GETARG_INT64(4);
 	if (!PG_ARGISNULL(5))
 		a->sender_device = PG_GETARG_INT32(5);
+	if (PG_NARGS() > 6 && !PG_ARGISNULL(6))
+	{
+		a->mentions = PG_GETARG_ARRAYTYPE_P(6);
+		if (ArrayGetNItems(ARR_NDIM(a->mentions), ARR_DIMS(a->mentions)) == 0)
+			a->mentions = NULL;
+	}
+}
+
+/*
+ * The mentions of a send, checked under the conversation lock: each an
+ * active member (22023 names the first that is not), at most
+ * CHAT_MAX_MENTIONS (54000); *out gets them each once, ascending (NULL
+ * for none).  False when a mentioned user is no member but the send is a
+ * retry of one made before (its answer in *seq and *created_at, as in
+ * RetryOrRefuse).  Caller is connected to SPI.
+ */
+static bool
+CheckMentions(const SendArgs *a, ArrayType **out, int64 *seq, TimestampTz *created_at)
+{
+	Datum		args[2];
+	bool		isnull;
+	Datum		d;
+	int			n;
+
+	*out = NULL;
+	if (a->mentions == NULL)
+		return true;
+	if (array_contains_nulls(a->mentions))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("mentions must not contain null")));
+	n = ArrayGetNItems(ARR_NDIM(a->mentions), ARR_DIMS(a->mentions));
+	if (n > CHAT_MAX_MENTIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%d mentions exceed the limit of %d", n, CHAT_MAX_MENTIONS)));
+	args[0] = Int64GetDatum(a->conversation_id);
+	args[1] = PointerGetDatum(a->mentions);
+	ChatExecute(mentions_plan, args, NULL, false, 1, SPI_OK_SELECT, "mentions check");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+	{
+		int64		bad = DatumGetInt64(d);
+
+		if (a->client_msg_id != NULL &&
+			FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("mentioned user " INT64_FORMAT " is not a member of conversation " INT64_FORMAT,
+						bad, a->conversation_id),
+				 errhint("Only members of the conversation can be mentioned.")));
+	}
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	*out = DatumGetArrayTypePCopy(d);
+	return true;
 }
 
 /* The body and client_msg_id rules of a send (22023, 22001). */
@@ -312,15 +397,16 @@ RetryOrRefuse(const SendArgs *a, int64 *seq, TimestampTz *created_at,
 
 /*
  * Step 1 of a send: locks the conversation and member rows and returns
- * true with last_seq and the sender's read_seq.  False when the sender has
- * no active membership, or is blocked by the peer of a direct conversation,
+ * true with last_seq, the sender's read_seq and the conversation's ttl
+ * (0: none).  False when the sender has no active membership, or is
+ * blocked by the peer of a direct conversation,
  * but an earlier send of the client_msg_id exists (a retry of a send made
  * before leaving or being blocked still gets its answer: *seq and
  * *created_at); raises for a non-member (42501 for a blocked sender)
  * otherwise, and for an unknown device.  Caller is connected to SPI.
  */
 static bool
-LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
+LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int32 *ttl, int64 *seq,
 			TimestampTz *created_at)
 {
 	Datum		args[3] = {Int64GetDatum(a->conversation_id), Int64GetDatum(a->sender),
@@ -339,6 +425,11 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int64 *seq,
 	}
 	*last_seq = ChatSpiInt64(0, 1, &isnull);
 	*old_read = ChatSpiInt64(0, 2, &isnull);
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
+
+		*ttl = isnull ? 0 : DatumGetInt32(d);
+	}
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -372,6 +463,8 @@ SendMessage(const SendArgs *a, SendResult *r)
 {
 	int64		last_seq = 0;
 	int64		old_read = 0;
+	int32		ttl = 0;
+	ArrayType  *mentions = NULL;
 
 	SendChecks(a);
 	r->seq = 0;
@@ -386,9 +479,10 @@ SendMessage(const SendArgs *a, SendResult *r)
 	 * lock, before the attachments (bound to that message by then) would
 	 * refuse it, also when the first attempt committed while we waited.
 	 */
-	if (LockForSend(a, &last_seq, &old_read, &r->seq, &r->created_at) &&
+	if (LockForSend(a, &last_seq, &old_read, &ttl, &r->seq, &r->created_at) &&
 		!(a->attachments != NULL && a->client_msg_id != NULL &&
-		  FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, &r->seq, &r->created_at)))
+		  FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, &r->seq, &r->created_at)) &&
+		CheckMentions(a, &mentions, &r->seq, &r->created_at))
 	{
 		/* 2. The row; not written: an earlier send of this client_msg_id. */
 		ChatMessage msg;
@@ -403,7 +497,8 @@ SendMessage(const SendArgs *a, SendResult *r)
 		/* only sends with attachments pay for them: one lookup, one update */
 		if (a->attachments != NULL)
 			msg.attachments = SendAttachments(a);
-		r->duplicate = !AppendMessage(&msg, last_seq, old_read, a->body, a->client_msg_id);
+		r->duplicate = !AppendMessage(&msg, last_seq, old_read, a->body, a->client_msg_id,
+									  mentions, NULL, ttl);
 		if (!r->duplicate)
 		{
 			if (a->attachments != NULL)
@@ -450,7 +545,7 @@ chat_send_message(PG_FUNCTION_ARGS)
  */
 static int64
 AppendLogEntry(int64 conversation_id, int64 author, const char *kind, text *body,
-			   int64 target, TimestampTz created_at)
+			   int64 target, TimestampTz created_at, Jsonb *reactions)
 {
 	Datum		args[2] = {Int64GetDatum(conversation_id), Int64GetDatum(author)};
 	bool		isnull;
@@ -480,7 +575,8 @@ AppendLogEntry(int64 conversation_id, int64 author, const char *kind, text *body
 	msg.kind = kind;
 	msg.target = target;
 	msg.created_at = created_at;
-	if (!AppendMessage(&msg, last_seq, old_read, body, NULL))
+	/* system messages and log entries never disappear (ttl 0) */
+	if (!AppendMessage(&msg, last_seq, old_read, body, NULL, NULL, reactions, 0))
 		elog(ERROR, "chat: log entry of conversation " INT64_FORMAT " was not written",
 			 conversation_id);
 	return msg.seq;
@@ -490,13 +586,14 @@ AppendLogEntry(int64 conversation_id, int64 author, const char *kind, text *body
 static void
 CheckLogEntry(const char *kind, text *body, bool has_target)
 {
-	bool		entry = strcmp(kind, "edit") == 0 || strcmp(kind, "delete") == 0;
+	bool		entry = strcmp(kind, "edit") == 0 || strcmp(kind, "delete") == 0 ||
+		strcmp(kind, "reaction") == 0;
 
 	if (!entry && strcmp(kind, "system") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid log entry kind \"%s\"", kind),
-				 errhint("Use system, edit or delete; text goes through chat.send_message.")));
+				 errhint("Use system, edit, delete or reaction; text goes through chat.send_message.")));
 	if (entry && !has_target)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -506,7 +603,7 @@ CheckLogEntry(const char *kind, text *body, bool has_target)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message of kind \"%s\" takes no target", kind)));
-	if (strcmp(kind, "edit") == 0)
+	if (strcmp(kind, "edit") == 0 || strcmp(kind, "reaction") == 0)
 		CheckBody(body);
 	else if (strcmp(kind, "delete") == 0 && body != NULL)
 		ereport(ERROR,
@@ -534,6 +631,7 @@ chat_append_message(PG_FUNCTION_ARGS)
 	text	   *body = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
 	int64		target = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT64(4);
 	TimestampTz created_at = PG_ARGISNULL(5) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(5);
+	Jsonb	   *reactions = PG_NARGS() > 6 && !PG_ARGISNULL(6) ? PG_GETARG_JSONB_P(6) : NULL;
 	int64		seq;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -543,7 +641,8 @@ chat_append_message(PG_FUNCTION_ARGS)
 	kind = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	CheckLogEntry(kind, body, !PG_ARGISNULL(4));
 	ChatSpiConnect();
-	seq = AppendLogEntry(PG_GETARG_INT64(0), PG_GETARG_INT64(1), kind, body, target, created_at);
+	seq = AppendLogEntry(PG_GETARG_INT64(0), PG_GETARG_INT64(1), kind, body, target, created_at,
+						 reactions);
 	ChatSpiFinish();
 	PG_RETURN_INT64(seq);
 }

@@ -15,6 +15,7 @@ import { errorText } from './app/format.js';
 import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } from './app/store.js';
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
 import { setMediaClient, fmtSize } from './app/media.js';
+import { initMessenger, learnProfile, ensureProfiles, mentionsIn, refreshPins } from './app/messenger.js';
 
 const HISTORY_PAGE = 30;
 
@@ -68,6 +69,7 @@ function refreshConversations() {
         if (old.last_seq > row.last_seq) { row.last_seq = old.last_seq; row.last_message = old.last_message; }
         S.convs.set(id, row);
         if (r.last_message && r.last_message.sender != null) notePeer(id, Number(r.last_message.sender));
+        if (r.peer) { learnProfile(r.peer); notePeer(id, Number(r.peer.user)); }
       }
       for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
       renderList();
@@ -117,6 +119,7 @@ async function openConversation(id) {
     }
   }
   if (S.current !== id) return;
+  refreshPins(id);
   const box = $('messages');
   renderMessages();
   box.scrollTop = box.scrollHeight;
@@ -153,6 +156,7 @@ function addMessages(conv, msgs) {
     map.set(m.seq, m);
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') notePeer(conv, Number(m.sender));
   }
+  ensureProfiles(msgs.filter((m) => m.sender != null && m.kind !== 'system').map((m) => m.sender));
 }
 
 let readTimer = null;
@@ -190,7 +194,7 @@ function sendCurrent() {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.send(conv, body, { clientMsgId }).then(() => {
+  client.send(conv, body, { clientMsgId, mentions: mentionsIn(conv, body) }).then(() => {
     dropPending(conv, clientMsgId);
   }, (e) => {
     p.failed = errorText(e);
@@ -214,7 +218,7 @@ function sendFileCurrent(file) {
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
   client.sendFile(conv, file, {
-    caption, clientMsgId,
+    caption, clientMsgId, mentions: caption ? mentionsIn(conv, caption) : undefined,
     onProgress: (loaded, total) => {
       p.progress = total ? loaded / total : 1;
       const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
@@ -378,6 +382,10 @@ function start() {
     if (Number(e.user) === S.me && e.action === 'removed' && Number(e.conversation) === S.current) toast('You left this conversation', 'info');
   });
   client.on('error', (e) => toast(errorText(e)));
+  initMessenger(client, {
+    openConversation, renderList, header, refreshConversations, addMessages,
+    renderMessages: (o) => renderMessages(o),
+  });
 
   client.connect().catch((e) => toast(errorText(e, 'Cannot connect')));
 }
@@ -426,8 +434,19 @@ navigator.serviceWorker?.addEventListener('message', (ev) => {
 $('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('dialog-direct').showModal(); });
 $('dialog-direct').addEventListener('close', async () => {
   if ($('dialog-direct').returnValue !== 'ok') return;
-  const user = Number($('direct-user').value);
-  if (!Number.isInteger(user) || user <= 0) { toast('Enter a user id (a positive number)'); return; }
+  const input = $('direct-user').value.trim().replace(/^@/, '');
+  let user = /^[0-9]+$/.test(input) ? Number(input) : null;
+  if (!input) { toast('Enter a handle or a user id'); return; }
+  if (user === null) {
+    // A contact search by handle (regardless of case).
+    try {
+      const p = await client.findUser(input);
+      if (!p) { toast(`No user has the handle “${input}”`); return; }
+      learnProfile(p);
+      user = Number(p.user);
+    } catch (e) { toast(errorText(e, `Could not look up “${input}”`)); return; }
+  }
+  if (!Number.isInteger(user) || user <= 0) { toast('Enter a handle or a user id (a positive number)'); return; }
   try {
     const id = await client.direct(user);
     addRow(id, 'direct', null);

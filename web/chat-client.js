@@ -247,7 +247,9 @@ export class ChatClient {
    * server stores it once.
    * @param {number} conversation
    * @param {string} body
-   * @param {{replyTo?: number, clientMsgId?: string}} [opts]
+   * @param {{replyTo?: number, clientMsgId?: string, mentions?: number[]}} [opts]
+   *   mentions: user ids of members mentioned (each once; they are pushed even
+   *   when they muted the conversation)
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean}>}
    */
   send(conversation, body, opts = {}) {
@@ -264,7 +266,8 @@ export class ChatClient {
    * {conversation, clientMsgId, name, loaded, total} while uploading.
    * @param {number} conversation
    * @param {File | Blob | ArrayBuffer | Uint8Array} file
-   * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string,
+   * `mentions` (user ids of members, as in `send`) go with the caption.
+   * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string, mentions?: number[],
    *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function}} [opts]
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean, attachment: object}>}
    */
@@ -281,7 +284,7 @@ export class ChatClient {
     if (up.name) attachment.name = up.name;
     if (up.width) { attachment.width = up.width; attachment.height = up.height; }
     attachment.thumbnail = up.thumbnail;
-    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment] });
+    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment], mentions: opts.mentions });
     return { ...result, attachment };
   }
 
@@ -504,4 +507,130 @@ export class ChatClient {
     if (readReceipts != null) fields.read_receipts = readReceipts;
     return this.request('set_privacy', fields);
   }
+
+  // ------------------------------------------------------------- groups
+
+  /**
+   * The active members of a conversation with their roles.
+   * @param {number} conversation
+   * @returns {Promise<{user:number, role:string, joined_at:string}[]>}
+   */
+  async members(conversation) { return resultList(await this.request('members', { conversation }), 'members'); }
+
+  /** Sets a member's role ('admin' or 'member'); owners and admins only. @param {number} conversation @param {number} user @param {string} role */
+  setRole(conversation, user, role) { return this.request('set_role', { conversation, user, role }); }
+
+  /** Leaves a group. @param {number} conversation */
+  leave(conversation) { return this.request('leave', { conversation }); }
+
+  /**
+   * Changes a group (owners and admins): a field left out (or null) stays,
+   * '' clears title, description or avatar (an attachment id).
+   * @param {number} conversation
+   * @param {{title?: string, description?: string, avatar?: string, onlyAdminsSend?: boolean}} fields
+   */
+  updateGroup(conversation, { title, description, avatar, onlyAdminsSend } = {}) {
+    const fields = { conversation };
+    if (title != null) fields.title = title;
+    if (description != null) fields.description = description;
+    if (avatar != null) fields.avatar = avatar;
+    if (onlyAdminsSend != null) fields.only_admins_send = onlyAdminsSend;
+    return this.request('update_group', fields);
+  }
+
+  /**
+   * Makes an invite link code for a group (owners and admins).
+   * @param {number} conversation @param {{expiresIn?: number}} [opts] seconds; left out: until revoked
+   * @returns {Promise<{code:string, expires_at:string|null}>}
+   */
+  inviteLink(conversation, { expiresIn } = {}) {
+    const fields = { conversation };
+    if (expiresIn != null) fields.expires_in = expiresIn;
+    return this.request('invite_link', fields);
+  }
+
+  /** Revokes an invite code. @param {string} code */
+  revokeInvite(code) { return this.request('revoke_invite', { code }); }
+
+  /**
+   * Joins the group of an invite code (error 55000: expired or revoked).
+   * @param {string} code @returns {Promise<number>} the conversation
+   */
+  async join(code) { return Number((await this.request('join', { code }))?.conversation); }
+
+  /**
+   * When a message was delivered to and read by each member (sender or admin only).
+   * @param {number} conversation @param {number} seq
+   * @returns {Promise<{user:number, delivered_at:string|null, read_at:string|null}[]>}
+   */
+  async messageInfo(conversation, seq) {
+    return resultList(await this.request('message_info', { conversation, seq }), 'members');
+  }
+
+  // ------------------------------------ reactions, pins, mute, search, timer
+
+  /**
+   * Adds (or with remove, takes back) the user's reaction to a message.  The
+   * change comes back as a 'reaction' log entry (a message event).
+   * @param {number} conversation @param {number} seq @param {string} emoji
+   * @param {{remove?: boolean}} [opts]
+   * @returns {Promise<{conversation:number, seq:number, entry:number|null}>} entry null: nothing changed
+   */
+  react(conversation, seq, emoji, { remove = false } = {}) {
+    const fields = { conversation, seq, emoji };
+    if (remove) fields.remove = true;
+    return this.request('react', fields);
+  }
+
+  /** Pins (or unpins) a message. @param {number} conversation @param {number} seq @param {boolean} [pinned=true] */
+  pin(conversation, seq, pinned = true) { return this.request('pin', { conversation, seq, pinned }); }
+
+  /** The pinned seqs of a conversation, newest pin first. @param {number} conversation @returns {Promise<number[]>} */
+  async pins(conversation) { return resultList(await this.request('pins', { conversation }), 'pins'); }
+
+  /**
+   * Mutes a conversation until a time (Date or ISO string); null unmutes.
+   * Muted conversations push nothing unless the user is mentioned.
+   * @param {number} conversation @param {Date|string|null} until
+   */
+  mute(conversation, until) {
+    const value = until == null ? null : (until instanceof Date ? until.toISOString() : String(until));
+    return this.request('mute', { conversation, until: value });
+  }
+
+  /**
+   * Full-text search over the messages the user can see, best match first.
+   * @param {string} query @param {{conversation?: number, limit?: number}} [opts]
+   * @returns {Promise<object[]>} message objects
+   */
+  async search(query, { conversation, limit } = {}) {
+    const fields = { query };
+    if (conversation != null) fields.conversation = conversation;
+    if (limit != null) fields.limit = limit;
+    return resultList(await this.request('search', fields), 'messages');
+  }
+
+  /**
+   * Sets (seconds) or clears (null) the disappearing-messages timer.
+   * @param {number} conversation @param {number|null} ttl
+   */
+  setDisappearing(conversation, ttl) { return this.request('set_disappearing', { conversation, ttl: ttl ?? null }); }
+}
+
+/**
+ * A message's reactions after applying a 'reaction' log entry to it: the
+ * map {"<emoji>": [user ids]} with the entry's sender added under its emoji
+ * (or removed when the entry says removed).  Returns a new map.
+ * @param {Record<string, number[]>|undefined} reactions
+ * @param {{sender:number, emoji:string, removed?:boolean}} entry
+ * @returns {Record<string, number[]>}
+ */
+export function applyReaction(reactions, entry) {
+  const out = {};
+  for (const [k, v] of Object.entries(reactions || {})) out[k] = [...v];
+  if (!entry || typeof entry.emoji !== 'string') return out;
+  const list = (out[entry.emoji] || []).filter((u) => u !== entry.sender);
+  if (!entry.removed) list.push(entry.sender);
+  if (list.length) out[entry.emoji] = list; else delete out[entry.emoji];
+  return out;
 }

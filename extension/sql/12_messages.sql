@@ -11,7 +11,7 @@
 
 CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
                                   client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
-                                  sender_device integer DEFAULT NULL)
+                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL)
 RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
 LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'chat_send_message';
@@ -24,7 +24,8 @@ LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'chat_check_body';
 -- gapless log (C, send.c): its seq comes from AppendMessage, the one seq
 -- allocation that send_message uses too.  Internal; callers check the rights.
 CREATE FUNCTION chat.append_message(conversation_id bigint, author bigint, kind text, body text,
-                                    target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL)
+                                    target bigint DEFAULT NULL, created_at timestamptz DEFAULT NULL,
+                                    reactions jsonb DEFAULT NULL)
 RETURNS bigint
 LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
 
@@ -144,7 +145,8 @@ BEGIN
     END IF;
     changed_at := clock_timestamp();
     UPDATE chat.messages
-       SET body = NULL, mentions = NULL, attachments = NULL, deleted_at = changed_at
+       SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL, expires_at = NULL,
+           deleted_at = changed_at
      WHERE conversation_id = conv AND seq = msg.seq;
     UPDATE chat.messages SET body = NULL
      WHERE conversation_id = conv AND target = msg.seq AND kind = 'edit';
@@ -170,7 +172,7 @@ BEGIN
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
                CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
                x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
+               x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
           FROM chat.messages x
          WHERE x.conversation_id = m.conversation_id
            AND x.seq > m.joined_seq
@@ -196,7 +198,7 @@ BEGIN
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
            CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
            x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
+           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id
        AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
@@ -221,7 +223,7 @@ BEGIN
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
            CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
            x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
+           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
       INTO result
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
@@ -266,7 +268,7 @@ BEGIN
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
                CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
                x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments
+               x.attachments, x.mentions, CASE WHEN x.target <= joined THEN NULL ELSE x.reactions END
           FROM chat.messages x
          WHERE x.conversation_id = conv AND x.seq > from_seq
          ORDER BY x.seq
@@ -345,9 +347,9 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.check_body(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.changeable_message(chat.members, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.edit_message(bigint, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.delete_message(bigint, bigint, bigint) FROM PUBLIC;
@@ -358,11 +360,11 @@ REVOKE ALL ON FUNCTION chat.sync(bigint, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.ack(bigint, integer, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.mark_read(bigint, bigint, bigint) FROM PUBLIC;
 
-COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer) IS
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) IS
     'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
 COMMENT ON FUNCTION chat.check_body(text) IS
     'internal: 22023 for a NULL or empty body, 22001 over chat.max_body_bytes';
-COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz) IS
+COMMENT ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz, jsonb) IS
     'internal: appends a system message or an edit/delete log entry at the next seq and fans it out';
 COMMENT ON FUNCTION chat.changeable_message(chat.members, bigint, text) IS
     'internal: the message a member may edit or delete, locked (P0002 unknown or before joining, 42501 change-log entry)';

@@ -315,7 +315,8 @@ BEGIN
         END IF;
         msg_copy := chat.message_json(ROW(msg.conversation_id, msg.seq, msg.sender_id, msg.sender_device,
                     msg.kind, msg.body, msg.client_msg_id, msg.reply_to, msg.created_at,
-                    msg.edited_at, msg.deleted_at, msg.target, msg.attachments)::chat.message_view);
+                    msg.edited_at, msg.deleted_at, msg.target, msg.attachments, msg.mentions,
+                    msg.reactions)::chat.message_view);
     END IF;
     -- Serialises one reporter's reports so the count below is exact.
     PERFORM FROM chat.users u WHERE u.id = actor FOR NO KEY UPDATE;

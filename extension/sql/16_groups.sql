@@ -105,12 +105,14 @@ BEGIN
 END
 $$;
 
--- Changes a group's title, description and only-admins-send switch (owners
--- and admins only); NULL keeps a field, '' clears the title or the
--- description.  Posts an 'updated' system message naming what changed;
+-- Changes a group's title, description, only-admins-send switch and avatar
+-- (owners and admins only); NULL keeps a field, '' clears the title, the
+-- description or the avatar (an attachment id, as in chat.set_profile;
+-- last among the parameters so that 0.2.0 callers keep working).  Posts an 'updated' system message naming what changed;
 -- nothing changed, nothing posted.
 CREATE FUNCTION chat.update_group(actor bigint, conversation_id bigint, title text DEFAULT NULL,
-                                  description text DEFAULT NULL, only_admins_send boolean DEFAULT NULL)
+                                  description text DEFAULT NULL, only_admins_send boolean DEFAULT NULL,
+                                  avatar text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -130,6 +132,10 @@ BEGIN
         RAISE EXCEPTION 'group description of % characters is longer than 1000', length(description)
             USING ERRCODE = '22001';
     END IF;
+    IF avatar <> '' AND avatar !~ '^[A-Za-z0-9_-]{1,128}$' THEN
+        RAISE EXCEPTION 'invalid avatar attachment id "%"', left(avatar, 200)
+            USING ERRCODE = '22023', HINT = 'Pass the id of an uploaded attachment, or '''' to remove the avatar.';
+    END IF;
     PERFORM chat.lock_group(conv);
     IF (chat.require_member(actor, conv)).role = 'member' THEN
         RAISE EXCEPTION 'user % may not change conversation %', actor, conv
@@ -147,6 +153,9 @@ BEGIN
        AND only_admins_send IS DISTINCT FROM coalesce((cur.settings ->> 'only_admins_send')::boolean, false) THEN
         changes := changes || jsonb_build_object('only_admins_send', only_admins_send);
     END IF;
+    IF avatar IS NOT NULL AND nullif(avatar, '') IS DISTINCT FROM cur.settings ->> 'avatar' THEN
+        changes := changes || jsonb_build_object('avatar', nullif(avatar, ''));
+    END IF;
     IF changes = '{}' THEN
         RETURN;
     END IF;
@@ -162,7 +171,7 @@ $$;
 REVOKE ALL ON FUNCTION chat.members(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.set_role(bigint, bigint, bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.leave(bigint, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean, text) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.members(bigint, bigint) IS
     'the active members of a conversation with role and joined_at; members only';
@@ -170,5 +179,5 @@ COMMENT ON FUNCTION chat.set_role(bigint, bigint, bigint, text) IS
     'owner/admin sets a member''s role to admin or member (never an owner''s); posts a system message';
 COMMENT ON FUNCTION chat.leave(bigint, bigint) IS
     'the actor leaves a group; the last owner hands ownership to the longest-standing admin, else member';
-COMMENT ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean) IS
-    'owner/admin changes title, description, only_admins_send (NULL keeps); posts a system message';
+COMMENT ON FUNCTION chat.update_group(bigint, bigint, text, text, boolean, text) IS
+    'owner/admin changes title, description, only_admins_send, avatar (NULL keeps); posts a system message';

@@ -167,6 +167,8 @@ BEGIN
     END LOOP;
     -- offline announcements whose grace ran out (19_presence_debounce.sql)
     PERFORM chat.presence_sweep();
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
 END
 $$;
 

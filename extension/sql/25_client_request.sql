@@ -143,7 +143,8 @@ BEGIN
             chat.request_text(request, 'body'),
             chat.request_text(request, 'client_msg_id', false),
             chat.request_bigint(request, 'reply_to', false),
-            device_id) AS s;
+            device_id,
+            nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
                                   'duplicate', r.duplicate);
@@ -192,11 +193,18 @@ BEGIN
                        'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
                                                              u.avatar)::chat.profile_view)
                                   FROM chat.users u WHERE u.id = c.peer_id),
+                       -- issue 15: the reader's mute and the disappearing timer
+                       'muted_until', (SELECT chat.json_timestamp(m.muted_until) FROM chat.members m
+                                        WHERE m.conversation_id = c.conversation_id
+                                          AND m.user_id = dispatch_request.user_id
+                                          AND m.muted_until > now()),
+                       'ttl', (SELECT (x.settings ->> 'ttl')::integer FROM chat.conversations x
+                                WHERE x.id = c.conversation_id),
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
                                        x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
                                        x.created_at, x.edited_at, x.deleted_at, x.target,
-                                       x.attachments)::chat.message_view)
+                                       x.attachments, x.mentions, x.reactions)::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
@@ -296,7 +304,58 @@ BEGIN
         PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
                                   chat.request_text(request, 'title', false),
                                   chat.request_text(request, 'description', false),
-                                  chat.request_bool(request, 'only_admins_send', NULL));
+                                  chat.request_bool(request, 'only_admins_send', NULL),
+                                  chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    -- Invite links and message info (17_group_invites.sql), reactions,
+    -- pins, mute (18_reactions.sql), search (19_search.sql), disappearing
+    -- messages (23_disappearing.sql): issue 15.
+    WHEN 'invite_link' THEN
+        SELECT * INTO r FROM chat.invite_link(user_id, chat.request_bigint(request, 'conversation'),
+                                              chat.request_bigint(request, 'expires_in', false)::integer) i;
+        RETURN jsonb_build_object('code', r.code, 'expires_at', chat.json_timestamp(r.expires_at));
+    WHEN 'revoke_invite' THEN
+        PERFORM chat.revoke_invite(user_id, chat.request_text(request, 'code'));
+        RETURN '{}';
+    WHEN 'join' THEN
+        RETURN jsonb_build_object('conversation', chat."join"(user_id, chat.request_text(request, 'code')));
+    WHEN 'message_info' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', i.user_id,
+                                                'delivered_at', chat.json_timestamp(i.delivered_at),
+                                                'read_at', chat.json_timestamp(i.read_at))
+                             ORDER BY i.user_id)
+              FROM chat.message_info(user_id, chat.request_bigint(request, 'conversation'),
+                                     chat.request_bigint(request, 'seq')) i), '[]'));
+    WHEN 'react' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq', 'entry',
+            chat.react(user_id, conv, chat.request_bigint(request, 'seq'),
+                       chat.request_text(request, 'emoji'),
+                       chat.request_bool(request, 'remove', false)));
+    WHEN 'pin' THEN
+        PERFORM chat.pin(user_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'),
+                         chat.request_bool(request, 'pinned', true));
+        RETURN '{}';
+    WHEN 'pins' THEN
+        RETURN jsonb_build_object('pins', to_jsonb(ARRAY(
+            SELECT chat.pins(user_id, chat.request_bigint(request, 'conversation')))));
+    WHEN 'mute' THEN
+        PERFORM chat.mute(user_id, chat.request_bigint(request, 'conversation'),
+                          chat.request_text(request, 'until', false)::timestamptz);
+        RETURN '{}';
+    WHEN 'search' THEN
+        RETURN jsonb_build_object('messages', coalesce((
+            SELECT jsonb_agg(q.j ORDER BY q.n)
+              FROM (SELECT chat.message_json(m) AS j, row_number() OVER () AS n
+                      FROM chat.search(user_id, chat.request_text(request, 'query'),
+                                       chat.request_bigint(request, 'conversation', false),
+                                       coalesce(chat.request_bigint(request, 'limit', false), 20)::integer) m) q),
+            '[]'));
+    WHEN 'set_disappearing' THEN
+        PERFORM chat.set_disappearing(user_id, chat.request_bigint(request, 'conversation'),
+                                      chat.request_bigint(request, 'ttl', false)::integer);
         RETURN '{}';
     -- media (issue 13)
     WHEN 'upload' THEN

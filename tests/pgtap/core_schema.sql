@@ -1,7 +1,7 @@
 -- Schema invariants of the core: tables, keys, indexes, pg_dump registration,
 -- privileges, SECURITY DEFINER hygiene, comments and the API signatures.
 BEGIN;
-SELECT plan(58);
+SELECT plan(74);
 
 -- Tables and their keys.
 SELECT has_table('chat', t, 'table chat.' || t || ' exists')
@@ -24,6 +24,13 @@ SELECT is((SELECT pg_get_indexdef('chat.users_handle_key'::regclass) ~ 'lower\(h
           'handles are unique regardless of case');
 SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'chat.members_user_idx'::regclass),
           '(left_at IS NULL)', 'members_user_idx holds current members only');
+SELECT is(pg_get_indexdef('chat.messages_search_idx'::regclass) ~ 'to_tsvector\(''simple''::regconfig, body\)',
+          true, 'search: an index on to_tsvector(''simple'', body)');
+SELECT is((SELECT am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam
+            WHERE c.oid = 'chat.messages_search_idx'::regclass), 'gin', 'the search index is GIN');
+SELECT is((SELECT pg_get_expr(indpred, indrelid) FROM pg_index WHERE indexrelid = 'chat.messages_expiry_idx'::regclass),
+          '(expires_at IS NOT NULL)', 'messages_expiry_idx holds messages still to expire only');
+SELECT index_is_unique('chat', 'conversations', 'conversations_service_key', 'one service conversation per user');
 
 -- Gapless seqs need these checks to hold.
 SELECT col_not_null('chat', 'messages', 'seq', 'messages.seq is never NULL');
@@ -36,14 +43,15 @@ SELECT set_eq(
           'chat.members', 'chat.messages', 'chat.device_cursors',
           'chat.push_outbox', 'chat.push_outbox_id_seq',
           'chat.blocks', 'chat.reports', 'chat.reports_id_seq',
-          'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq'],
+          'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq',
+          'chat.invites', 'chat.receipt_times', 'chat.broadcasts', 'chat.broadcasts_id_seq'],
     'every user-data table and id sequence is registered with pg_extension_config_dump');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
         WHERE c.relnamespace = 'chat'::regnamespace AND c.relkind IN ('r', 'S') AND c.relpersistence = 'p'
-          AND c.relname NOT IN ('nodes')
+          AND c.relname NOT IN ('nodes', 'maintenance')
           AND c.oid <> ALL ((SELECT extconfig FROM pg_extension WHERE extname = 'chat')::oid[]) $$,
-    'no permanent chat table or sequence is left out of pg_dump (nodes are runtime state)');
+    'no permanent chat table or sequence is left out of pg_dump (nodes and maintenance are runtime state)');
 
 -- Privileges: nothing for PUBLIC on tables, sequences or functions.
 SELECT is_empty(
@@ -70,7 +78,7 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('add_member', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('remove_member', ARRAY['bigint', 'bigint', 'bigint']),
                ('conversations', ARRAY['bigint', 'integer', 'timestamp with time zone']),
-               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer']),
+               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]']),
                ('edit_message', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('delete_message', ARRAY['bigint', 'bigint', 'bigint']),
                ('history', ARRAY['bigint', 'bigint', 'bigint', 'integer']),
@@ -82,7 +90,20 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('members', ARRAY['bigint', 'bigint']),
                ('set_role', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('leave', ARRAY['bigint', 'bigint']),
-               ('update_group', ARRAY['bigint', 'bigint', 'text', 'text', 'boolean'])) AS api(f, args);
+               ('update_group', ARRAY['bigint', 'bigint', 'text', 'text', 'boolean', 'text']),
+               -- issue 15
+               ('invite_link', ARRAY['bigint', 'bigint', 'integer']),
+               ('revoke_invite', ARRAY['bigint', 'text']),
+               ('join', ARRAY['bigint', 'text']),
+               ('message_info', ARRAY['bigint', 'bigint', 'bigint']),
+               ('react', ARRAY['bigint', 'bigint', 'bigint', 'text', 'boolean']),
+               ('pin', ARRAY['bigint', 'bigint', 'bigint', 'boolean']),
+               ('pins', ARRAY['bigint', 'bigint']),
+               ('mute', ARRAY['bigint', 'bigint', 'timestamp with time zone']),
+               ('search', ARRAY['bigint', 'text', 'bigint', 'integer']),
+               ('set_disappearing', ARRAY['bigint', 'bigint', 'integer']),
+               ('expire_messages', ARRAY['integer']),
+               ('broadcast', ARRAY['text', 'text'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
@@ -90,9 +111,12 @@ SELECT is_empty(
                           'create_group', 'add_member', 'remove_member', 'conversations',
                           'send_message', 'edit_message', 'delete_message', 'history',
                           'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
-                          'members', 'set_role', 'leave', 'update_group') $$,
+                          'members', 'set_role', 'leave', 'update_group',
+                          'invite_link', 'revoke_invite', 'join', 'message_info', 'react', 'pin',
+                          'pins', 'mute', 'search', 'set_disappearing', 'expire_messages',
+                          'apply_retention', 'broadcast') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
-SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer)'::regprocedure),
+SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer,bigint[])'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
           'send_message returns the contract''s columns');
 
@@ -106,7 +130,11 @@ SELECT is_empty(
                             'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
                             'require_member', 'require_device', 'require_users', 'check_limit',
                             'check_body', 'lock_group', 'post_system_message',
-                            'members', 'set_role', 'leave', 'update_group') $$,
+                            'members', 'set_role', 'leave', 'update_group',
+                            'invite_link', 'revoke_invite', 'join', 'message_info', 'react', 'pin',
+                            'pins', 'mute', 'search', 'set_disappearing', 'expire_messages',
+                            'apply_retention', 'broadcast', 'start_expiry_worker',
+                            'launch_expiry_worker') $$,
     'every core function has a comment');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
@@ -124,7 +152,7 @@ SELECT is(current_setting('chat.edit_window'), '15min', 'chat.edit_window defaul
 CREATE ROLE chat_tap_app NOLOGIN;
 GRANT USAGE ON SCHEMA chat TO chat_tap_app;
 GRANT EXECUTE ON FUNCTION chat.upsert_user(bigint, text, text), chat.direct_conversation(bigint, bigint),
-    chat.send_message(bigint, bigint, text, text, bigint, integer),
+    chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]),
     chat.history(bigint, bigint, bigint, integer) TO chat_tap_app;
 SET LOCAL ROLE chat_tap_app;
 SELECT lives_ok($$ SELECT chat.upsert_user(901, 'tap_a'), chat.upsert_user(902, 'tap_b') $$,

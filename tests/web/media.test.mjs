@@ -44,6 +44,21 @@ test('sendFile announces the file, PUTs it with progress and sends a message car
   client.close();
 });
 
+test('a caption may mention members: the send carries attachments and mentions', async () => {
+  const client = new ChatClient(opts());
+  const ws = await connectClient(client, { overrides: gateway() });
+  const own = [];
+  client.on('message', (m) => own.push(m));
+  const put = async () => ({ status: 201, body: '{}' });
+  await client.sendFile(7, bytes, { mime: 'text/plain', caption: 'for @bob and @carol', mentions: [9, 4, 9], put });
+  const [send] = ws.of('send');
+  assert.deepEqual([send.body, send.attachments, send.mentions], ['for @bob and @carol', ['up-1'], [4, 9]]);
+  assert.deepEqual([own.at(-1).attachments.map((a) => a.id), own.at(-1).mentions], [['up-1'], [4, 9]]);
+  await client.sendFile(7, bytes, { mime: 'text/plain', put });
+  assert.equal(ws.of('send')[1].mentions, undefined, 'no mentions: the field is left out');
+  client.close();
+});
+
 test('media URLs resolve against the media_url of hello', async () => {
   const client = new ChatClient(opts());
   const ws = await connectClient(client, { overrides: gateway({ media_url: (f) => ({ id: f.id, type: 'ok', result: { url: '/media/abc?u=1&e=2&s=3', expires_at: 2 } }) }) });

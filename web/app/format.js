@@ -37,8 +37,23 @@ export function systemText(m, who) {
     case 'added': return `${cap(by)} added ${who(Number(e.user))}`;
     case 'removed': return `${cap(by)} removed ${who(Number(e.user))}`;
     case 'left': return `${cap(who(Number(e.user)))} left`;
+    case 'joined': return `${cap(who(Number(e.user)))} joined with an invite link`;
+    case 'pinned': return `${cap(by)} pinned a message`;
+    case 'unpinned': return `${cap(by)} unpinned a message`;
+    case 'disappearing': return e.ttl ? `${cap(by)} set messages to disappear after ${ttlText(e.ttl)}` : `${cap(by)} turned off disappearing messages`;
+    case 'broadcast': return `📣 ${e.title ? `${e.title}: ` : ''}${e.body ?? ''}`;
+    case 'role': return `${cap(by)} made ${who(Number(e.user))} ${e.role}`;
+    case 'updated': return `${cap(by)} changed the group${e.title !== undefined ? ` title to “${e.title ?? ''}”` : ''}`;
     default: return e.action ? `${cap(by)}: ${e.action}` : String(m.body);
   }
+}
+
+/** A disappearing-messages timer in words (seconds in). */
+export function ttlText(sec) {
+  if (sec % 86400 === 0) return `${sec / 86400} day${sec === 86400 ? '' : 's'}`;
+  if (sec % 3600 === 0) return `${sec / 3600} hour${sec === 3600 ? '' : 's'}`;
+  if (sec % 60 === 0) return `${sec / 60} minute${sec === 60 ? '' : 's'}`;
+  return `${sec} seconds`;
 }
 
 /** Labels of the error codes a user may meet (SQLSTATEs and the client's own). */

@@ -2,9 +2,10 @@
 // header, messages (with ticks and pending sends), connection banner.
 
 import { $, el } from './dom.js';
-import { fmtTime, lastSeenText, systemText } from './format.js';
+import { fmtTime, lastSeenText, systemText, ttlText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
 import { attachmentView } from './media.js';
+import { bodyNodes, reactionRow, renderPinned, renderMenu } from './messenger.js';
 
 /** The chat list, newest activity first (a click on a row is handled by app.js). */
 export function renderList() {
@@ -41,7 +42,12 @@ export function renderHeader(online) {
   if (!c) sub.textContent = '';
   else if (typing.length) sub.textContent = `${typing.map(nameOf).join(', ')} ${typing.length > 1 ? 'are' : 'is'} typing…`;
   else if (c.kind === 'direct') sub.textContent = online ? lastSeenText(S.presence.get(peerOf(c))) : '';
-  else sub.textContent = 'group';
+  else sub.textContent = c.kind === 'service' ? 'announcements' : 'group';
+  if (c && !typing.length) {
+    const extra = [c.muted_until ? '🔕 muted' : '', c.ttl ? `⏱ ${ttlText(c.ttl)}` : ''].filter(Boolean);
+    if (extra.length) sub.textContent = [sub.textContent, ...extra].filter(Boolean).join(' · ');
+  }
+  renderMenu();
 }
 
 /** The open conversation's messages and pending sends; stays at the bottom when it was
@@ -57,14 +63,17 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const mine = m.sender === S.me;
     if (m.kind === 'system') return el('li', { class: 'msg system', dataset: { seq: String(m.seq) } }, systemText(m, whoOf));
     const tick = mine ? tickOf(conv, m.seq) : null;
-    return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}`, dataset: { seq: String(m.seq) } },
+    const mentioned = !mine && Array.isArray(m.mentions) && m.mentions.includes(S.me);
+    return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}${mentioned ? ' mentioned' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
       ...(!m.deleted_at && m.attachments ? m.attachments.map(attachmentView) : []),
-      m.deleted_at || m.body || !m.attachments ? el('span', { class: 'body' }, m.deleted_at ? 'message deleted' : m.body ?? '') : null,
+      m.deleted_at || m.body || !m.attachments
+        ? el('span', { class: 'body' }, ...(m.deleted_at ? ['message deleted'] : bodyNodes(m))) : null,
       el('span', { class: 'meta' },
         m.edited_at && !m.deleted_at ? el('span', { class: 'edited' }, 'edited') : null,
         el('time', {}, fmtTime(m.created_at)),
-        tick ? el('span', { class: `ticks ${tick}`, dataset: { status: tick }, title: tick }, tick === 'sent' ? '✓' : '✓✓') : null));
+        tick ? el('span', { class: `ticks ${tick}`, dataset: { status: tick }, title: tick }, tick === 'sent' ? '✓' : '✓✓') : null),
+      reactionRow(conv, m));
   });
   for (const p of S.pending.get(conv) || []) {
     items.push(el('li', { class: `msg mine pending${p.failed ? ' failed' : ''}`, dataset: { clientMsgId: p.client_msg_id } },
@@ -75,6 +84,7 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
         : el('span', { class: 'ticks sending', dataset: { status: 'sending' }, title: 'sending' }, '🕓'))));
   }
   $('message-list').replaceChildren(...items);
+  renderPinned();
   const oldest = S.oldest.get(conv);
   $('older').hidden = !(oldest > 1);
   if (keepBottomOffset) box.scrollTop = box.scrollHeight - fromBottom;

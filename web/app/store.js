@@ -14,6 +14,11 @@ export const S = {
   peers: new Map(),        // direct conversation id -> the other user, as learned
   presence: new Map(),     // user id -> {online, last_seen}
   typing: new Map(),       // conversation id -> Set of user ids
+  profiles: new Map(),     // user id -> profile {user, handle, display_name, about, avatar}
+  members: new Map(),      // conversation id -> [{user, role, joined_at}] (group info, mentions)
+  pins: new Map(),         // conversation id -> pinned seqs, newest first
+  blocked: new Set(),      // users I blocked
+  picker: null,            // seq whose reaction picker is open
   current: null,
 };
 

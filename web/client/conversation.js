@@ -7,13 +7,14 @@ import { ChatError, isConnectionGone } from './errors.js';
 import { resultList } from './requests.js';
 
 /**
- * Whether a message object is a change-log entry (an edit or a delete of the
- * message whose seq is its `target`) rather than a message to show.
+ * Whether a message object is a change-log entry (an edit, a delete or a
+ * reaction of the message whose seq is its `target`) rather than a message
+ * to show.
  * @param {object} m message object (event, sync, after or history result)
  * @returns {boolean}
  */
 export function isLogEntry(m) {
-  return m != null && m.target != null && (m.kind === 'edit' || m.kind === 'delete');
+  return m != null && m.target != null && (m.kind === 'edit' || m.kind === 'delete' || m.kind === 'reaction');
 }
 
 /** Changes remembered per conversation for dedup (the oldest is forgotten first). */
@@ -72,7 +73,18 @@ export class Conversations {
       c.pending.add(m.seq);
       if (source !== 'history') this.repair(m.conversation, m.seq);
     }
-    if (isLogEntry(m)) {
+    if (m.kind === 'reaction' && isLogEntry(m)) {
+      // A reaction entry becomes a 'reaction' event (apply it with
+      // applyReaction).  Not from history: a history page's messages carry
+      // their current reactions map already.  One without an emoji (its
+      // message predates this user's membership) has nothing to apply.
+      if (source !== 'history' && typeof m.emoji === 'string') {
+        this.host._emit('reaction', {
+          type: 'reaction', conversation: m.conversation, seq: m.target, emoji: m.emoji,
+          removed: m.removed === true, sender: m.sender, entry: m.seq,
+        });
+      }
+    } else if (isLogEntry(m)) {
       // An edit entry without a body (its message was deleted since, or is
       // older than this user's membership) has nothing to apply.
       if (m.kind === 'delete' || typeof m.body === 'string') {

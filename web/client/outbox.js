@@ -40,11 +40,12 @@ export class Outbox {
   }
 
   /** See ChatClient.send. */
-  add(conversation, body, { replyTo, clientMsgId, attachments } = {}) {
+  add(conversation, body, { replyTo, clientMsgId, attachments, mentions } = {}) {
     return new Promise((resolve, reject) => {
       const m = {
         conversation, body, client_msg_id: clientMsgId || newClientMsgId(),
-        reply_to: replyTo, attempts: 0, inflight: false, resolve, reject,
+        reply_to: replyTo, mentions: Array.isArray(mentions) && mentions.length ? [...new Set(mentions)].sort((a, b) => a - b) : undefined,
+        attempts: 0, inflight: false, resolve, reject,
         attachments,  // media: [{id, mime, size, name, ...}] of finished uploads
       };
       this.items.push(m);
@@ -81,6 +82,7 @@ export class Outbox {
     const fields = { conversation: m.conversation, body: m.body, client_msg_id: m.client_msg_id };
     if (m.reply_to != null) fields.reply_to = m.reply_to;
     if (m.attachments) fields.attachments = m.attachments.map((a) => a.id);
+    if (m.mentions) fields.mentions = m.mentions;
     host.request('send', fields).then((result) => {
       this.remove(m);
       if (result && result.seq != null) {
@@ -89,6 +91,7 @@ export class Outbox {
           sender: host.user, sender_device: host.device, kind: 'text', body: m.body,
           client_msg_id: m.client_msg_id, reply_to: m.reply_to ?? null, created_at: result.created_at,
           ...(m.attachments ? { attachments: m.attachments } : {}),
+          ...(m.mentions ? { mentions: m.mentions } : {}),
         }, 'own');
       }
       m.resolve(result);
