@@ -1621,6 +1621,8 @@ BEGIN
             PERFORM chat.fanout_presence(uid, false);
         END LOOP;
     END LOOP;
+    -- offline announcements whose grace ran out (19_presence_debounce.sql)
+    PERFORM chat.presence_sweep();
     -- Disappearing messages and retention (23_disappearing.sql).
     PERFORM chat.start_expiry_worker();
 END
@@ -2037,6 +2039,8 @@ BEGIN
     END LOOP;
     -- offline announcements whose grace ran out (19_presence_debounce.sql)
     PERFORM chat.presence_sweep();
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
 END
 $$;
 

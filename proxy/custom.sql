@@ -231,6 +231,76 @@ REVOKE ALL ON FUNCTION chat.media_url(bigint, uuid, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.media_url_on(integer, bigint, uuid, boolean) IS 'chat_proxy: chat.media_url on one partition';
 COMMENT ON FUNCTION chat.media_url(bigint, uuid, boolean) IS 'chat_proxy (custom): chat.media_url on the partition that holds the attachment';
 
+-- Invites: a code does not say which partition holds its group, so join
+-- and revoke_invite ask each partition in turn (the others: P0002).
+CREATE FUNCTION chat_proxy.join_on(part integer, actor bigint, code text)
+RETURNS bigint
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    TARGET chat."join";
+$$;
+
+CREATE FUNCTION chat."join"(actor bigint, code text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+        BEGIN
+            RETURN chat_proxy.join_on(p, actor, code);
+        EXCEPTION WHEN no_data_found THEN
+            NULL;   -- not this partition's
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'invite % does not exist', code USING ERRCODE = 'P0002';
+END
+$$;
+
+CREATE FUNCTION chat_proxy.revoke_invite_on(part integer, actor bigint, code text)
+RETURNS void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    TARGET chat.revoke_invite;
+$$;
+
+CREATE FUNCTION chat.revoke_invite(actor bigint, code text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
+        BEGIN
+            PERFORM chat_proxy.revoke_invite_on(p, actor, code);
+            RETURN;
+        EXCEPTION WHEN no_data_found THEN
+            NULL;   -- not this partition's
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'invite % does not exist', code USING ERRCODE = 'P0002';
+END
+$$;
+
+-- Broadcast: partition 0 holds every user's service conversation (users
+-- are on every partition), so a broadcast is posted there once.
+CREATE FUNCTION chat.broadcast(title text, body text)
+RETURNS bigint
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON 0;
+$$;
+REVOKE ALL ON FUNCTION chat_proxy.join_on(integer, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat."join"(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.revoke_invite_on(integer, bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.revoke_invite(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.broadcast(text, text) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.join_on(integer, bigint, text) IS 'chat_proxy: chat.join on one partition';
+COMMENT ON FUNCTION chat."join"(bigint, text) IS 'chat_proxy (custom): chat.join on the partition that holds the invite';
+COMMENT ON FUNCTION chat_proxy.revoke_invite_on(integer, bigint, text) IS 'chat_proxy: chat.revoke_invite on one partition';
+COMMENT ON FUNCTION chat.revoke_invite(bigint, text) IS 'chat_proxy (custom): chat.revoke_invite on the partition that holds the invite';
+COMMENT ON FUNCTION chat.broadcast(text, text) IS 'chat_proxy (custom): chat.broadcast on partition 0 (every user has a service conversation there)';
+
 CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -279,8 +349,8 @@ BEGIN
             RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
         END IF;
         RETURN frames[1];
-    ELSIF rtype = 'media_url' THEN
-        -- the partition holding the attachment answers; the others: P0002
+    ELSIF rtype IN ('media_url', 'join', 'revoke_invite') THEN
+        -- the partition holding the attachment or invite answers; the others: P0002
         FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP
             err := chat_proxy.request_one(p, node, user_id, device_id, request);
             IF err ->> 'type' <> 'error' OR err ->> 'code' <> 'P0002' THEN

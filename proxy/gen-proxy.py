@@ -62,7 +62,7 @@ def functions(sql):
     """(name, args text, returns text, full statement) of each chat.* function."""
     sql = re.sub(r'--[^\n]*', '', sql)
     out = []
-    for m in re.finditer(r'CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+chat\.(\w+)\s*\(', sql):
+    for m in re.finditer(r'CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+chat\."?(\w+)"?\s*\(', sql):
         name = m.group(1)
         end = balanced(sql, m.end() - 1)
         args = ' '.join(sql[m.end():end - 1].split())
@@ -128,7 +128,7 @@ def read_rules(path):
 
 
 def custom_names(path):
-    return set(re.findall(r'CREATE\s+FUNCTION\s+chat\.(\w+)', open(path).read()))
+    return set(re.findall(r'CREATE\s+FUNCTION\s+chat\."?(\w+)', open(path).read()))
 
 
 def composite_columns(sql):
