@@ -238,7 +238,7 @@ RETURNS bigint
 LANGUAGE plproxy SECURITY DEFINER AS $$
     CLUSTER 'chat_partitions';
     RUN ON part;
-    TARGET chat."join";
+    SELECT chat."join"(actor, code);   -- TARGET cannot name a quoted identifier
 $$;
 
 CREATE FUNCTION chat."join"(actor bigint, code text)

@@ -169,6 +169,30 @@ test('client_request through the proxy: routing by fields, errors keep their SQL
   for (let p = 0; p < PARTS; p++) assert.equal((await onPart(p, 'SELECT about FROM chat.users WHERE id = 6'))[0].about, 'hi');
 });
 
+// An invite code does not name its partition: join and revoke_invite ask
+// each partition (SQL and client_request alike); an unknown code is P0002.
+test('invites through the proxy: a code made on any partition can be joined and revoked', async () => {
+  const req = async (u, r) => JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${u}, 1, '${JSON.stringify(r)}'::jsonb)::text`));
+  const groups = [];
+  for (let i = 0; i < 8 && new Set(groups.map(partOf)).size < PARTS; i++)
+    groups.push(Number(await value(PROXY, `SELECT chat.create_group(1, 'inv${i}')`)));
+  assert.equal(new Set(groups.map(partOf)).size, PARTS, `groups on every partition: ${groups}`);
+  for (const g of groups) {
+    const inv = await req(1, { id: 1, type: 'invite_link', conversation: g });
+    assert.equal(inv.type, 'ok', JSON.stringify(inv));
+    const code = inv.result.code;
+    const j = await req(7, { id: 2, type: 'join', code });
+    assert.equal(j.type, 'ok', `join of a partition ${partOf(g)} group: ${JSON.stringify(j)}`);
+    assert.equal(Number(j.result.conversation), g);
+    assert.equal((await onPart(partOf(g), `SELECT count(*)::int AS n FROM chat.members WHERE conversation_id = ${g} AND user_id = 7 AND left_at IS NULL`))[0].n, 1);
+    assert.equal((await req(1, { id: 3, type: 'revoke_invite', code })).type, 'ok');
+    assert.equal((await req(8, { id: 4, type: 'join', code })).code, '55000', 'a revoked code');
+  }
+  assert.equal((await req(8, { id: 5, type: 'join', code: 'f'.repeat(32) })).code, 'P0002');
+  const sqlJoin = await value(PROXY, `SELECT chat."join"(8, (SELECT code FROM chat.invite_link(1, ${groups[1]})))`).catch((e) => e);
+  assert.equal(Number(sqlJoin), groups[1], `SQL join through the proxy: ${sqlJoin}`);
+});
+
 test('presence merges every partition: a contact (their direct conversation on another partition than the viewer\'s home) sees a contacts-only user', async () => {
   // a pair whose direct conversation is not on the viewer's home partition
   let pair;
