@@ -102,6 +102,7 @@ typedef struct SendResult
 
 /* chat.c: checked SPI plumbing, used by every query of the extension. */
 extern void ChatSpiConnect(void);
+extern bool ChatLaunchWorker(const char *function, const char *type, Oid dboid, Datum arg);
 extern void ChatSpiFinish(void);
 extern SPIPlanPtr ChatPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types);
 extern void ChatExecute(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,

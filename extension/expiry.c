@@ -175,18 +175,6 @@ ChatExpiryMain(Datum arg)
 Datum
 chat_launch_expiry_worker(PG_FUNCTION_ARGS)
 {
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "chat");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ChatExpiryMain");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "chat expiry for database %u", MyDatabaseId);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "chat expiry");
-	worker.bgw_main_arg = ObjectIdGetDatum(MyDatabaseId);
-	worker.bgw_notify_pid = 0;
-	PG_RETURN_BOOL(RegisterDynamicBackgroundWorker(&worker, &handle));
+	PG_RETURN_BOOL(ChatLaunchWorker("ChatExpiryMain", "chat expiry", MyDatabaseId,
+									ObjectIdGetDatum(MyDatabaseId)));
 }

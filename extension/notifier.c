@@ -374,20 +374,7 @@ WarnWorkerFallback(const char *why, const char *hint)
 static bool
 LaunchWorker(int slotno, Oid dboid)
 {
-	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "chat");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "ChatNotifierMain");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "chat notifier for database %u", dboid);
-	snprintf(worker.bgw_type, BGW_MAXLEN, "chat notifier");
-	worker.bgw_main_arg = Int32GetDatum(slotno);
-	worker.bgw_notify_pid = 0;
-	return RegisterDynamicBackgroundWorker(&worker, &handle);
+	return ChatLaunchWorker("ChatNotifierMain", "chat notifier", dboid, Int32GetDatum(slotno));
 }
 
 /*
