@@ -88,8 +88,11 @@ await psql(DB, `SELECT chat.upsert_user(1, 'sender');
   SELECT chat.upsert_user(100 + i, 'r' || i), chat.register_device(100 + i) FROM generate_series(0, ${total - 1}) i;
   SELECT chat.register_device(1);
   CREATE TABLE bench_conv AS SELECT i, chat.direct_conversation(1, 100 + i) AS conv FROM generate_series(0, ${total - 1}) i;`);
-const regs = subs.map((s, i) => `(${100 + i}, ${lit(JSON.stringify(s))})`);
-await psql(DB, `SELECT chat.register_push(u, 1, 'webpush', NULL, s::jsonb) FROM (VALUES ${regs.join(',')}) v(u, s)`);
+// In chunks: one psql -c of every subscription would exceed the argument limit (E2BIG).
+for (let at = 0; at < subs.length; at += 200) {
+  const regs = subs.slice(at, at + 200).map((s, i) => `(${100 + at + i}, ${lit(JSON.stringify(s))})`);
+  await psql(DB, `SELECT chat.register_push(u, 1, 'webpush', NULL, s::jsonb) FROM (VALUES ${regs.join(',')}) v(u, s)`);
+}
 const BODY = 'x'.repeat(60);                     // a short chat message
 const payloadOf = (i) => JSON.stringify({ type: 'message', conversation: i, seq: 1, sender: SENDER, unread: 1, body: BODY });
 
