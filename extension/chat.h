@@ -75,6 +75,7 @@ typedef struct SendArgs
 	text	   *client_msg_id;	/* NULL: none */
 	int64		reply_to;		/* 0: none */
 	int32		sender_device;	/* 0: not known */
+	const char *kind;			/* "text" or "e2e" (NULL: "text") */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */

@@ -200,6 +200,9 @@ BEGIN
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
                            c.last_message) END)
+                   -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
+                   || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
+                           ELSE '{}' END
                    ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
                        coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
@@ -293,6 +296,40 @@ BEGIN
                                   chat.request_text(request, 'title', false),
                                   chat.request_text(request, 'description', false),
                                   chat.request_bool(request, 'only_admins_send', NULL));
+        RETURN '{}';
+    -- End-to-end encryption: key directory, to-device inbox (30_e2e.sql).
+    WHEN 'keys_upload' THEN
+        RETURN jsonb_build_object('one_time_keys',
+            chat.keys_upload(user_id, device_id, chat.request_text(request, 'identity_key', false),
+                             chat.request_field(request, 'signed_prekey', false),
+                             chat.request_field(request, 'one_time_keys', false),
+                             chat.request_field(request, 'fallback_key', false)));
+    WHEN 'keys_query' THEN
+        RETURN jsonb_build_object('devices', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', k.user_id, 'device', k.device_id,
+                                                'identity_key', k.identity_key,
+                                                'signed_prekey', k.signed_prekey)
+                             ORDER BY k.user_id, k.device_id)
+              FROM chat.keys_query(user_id, chat.request_ids(request, 'users')) k), '[]'));
+    WHEN 'keys_claim' THEN
+        RETURN jsonb_build_object('bundles', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', b.claimed_user, 'device', b.claimed_device,
+                                                'identity_key', b.identity_key,
+                                                'signed_prekey', b.signed_prekey,
+                                                'one_time_key', b.one_time_key)
+                             || CASE WHEN b.fallback THEN '{"fallback": true}'::jsonb ELSE '{}'::jsonb END
+                             ORDER BY b.ordinality)
+              FROM chat.keys_claim(user_id, device_id, chat.request_field(request, 'devices', true))
+                   WITH ORDINALITY AS b), '[]'));
+    WHEN 'to_device' THEN
+        PERFORM chat.to_device(user_id, device_id, chat.request_field(request, 'messages', true),
+                               chat.request_text(request, 'txn'));
+        RETURN '{}';
+    WHEN 'to_device_ack' THEN
+        PERFORM chat.to_device_ack(user_id, device_id, chat.request_bigint(request, 'up_to'));
+        RETURN '{}';
+    WHEN 'enable_e2e' THEN
+        PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
         RETURN '{}';
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
