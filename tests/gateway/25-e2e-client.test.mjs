@@ -5,8 +5,11 @@
 // the state survives a store round trip; tampered ciphertext is refused.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, group, startGateway, stopAll, connectAs, psql, value, sleep } from './lib.mjs';
+import { newDb, makeUser, direct, group, startGateway, stopAll, psql, value, sleep } from './lib.mjs';
 import { E2E, MemoryStore, E2EPendingError, E2EVerifyError, b64, unb64 } from '../../web/client/e2e.js';
+import { device as connectDevice, sendText, read } from './e2e-lib.mjs';
+
+const device = (user, dev, store) => connectDevice(gw, user, dev, store);
 
 const DB = 'gw_25_e2e_client';
 let gw;
@@ -16,44 +19,6 @@ before(async () => {
   gw = await startGateway({ db: DB });
 });
 after(stopAll);
-
-// A connected device with its E2E state; to_device and keys_low events
-// are handed to it as they arrive, as the web client does.
-async function device(user, dev, store = new MemoryStore()) {
-  const d = { user, dev, store };
-  d.c = await connectAs(gw, user, dev, {
-    label: `u${user}/${dev}`,
-    onFrame: (f) => {
-      if (f.type === 'to_device') d.inbox = d.e2e.receiveToDevice([f]);
-      if (f.type === 'keys_low') d.e2e.onKeysLow(f);
-    },
-  });
-  d.e2e = new E2E({ user, device: dev, store, call: (req) => d.c.call(req) });
-  await d.e2e.init();
-  return d;
-}
-
-// Encrypts and sends text to conv from device d; returns the seq.
-async function sendText(d, conv, text) {
-  const body = await d.e2e.encrypt(conv, text);
-  return (await d.c.call({ type: 'send', conversation: conv, body, kind: 'e2e' })).seq;
-}
-
-// The message conv/seq as device d reads it (history), decrypted; waits
-// for the sender key (to_device) up to 5 s, like the page's retry.
-async function read(d, conv, seq) {
-  const { messages } = await d.c.call({ type: 'after', conversation: conv, after_seq: seq - 1, limit: 1 });
-  const m = messages[0];
-  assert.equal(m.kind, 'e2e');
-  for (let i = 0; ; i++) {
-    try {
-      return await d.e2e.decrypt(m);
-    } catch (e) {
-      if (!(e instanceof E2EPendingError) || i >= 50) throw e;
-      await sleep(100);
-    }
-  }
-}
 
 test('three users, two devices each: direct and group, every device decrypts every message', async () => {
   const [ua, ub, uc] = [await makeUser(DB, { devices: 2 }), await makeUser(DB, { devices: 2 }), await makeUser(DB, { devices: 2 })];
