@@ -84,12 +84,26 @@ BEGIN
            AND jsonb_typeof(request -> 'body') <> 'null' THEN
             RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
         END IF;
-        SELECT * INTO r FROM chat.send_message(user_id,
-            chat.request_bigint(request, 'conversation'),
-            chat.request_text(request, 'body'),
-            chat.request_text(request, 'client_msg_id', false),
-            chat.request_bigint(request, 'reply_to', false),
-            device_id) AS s;
+        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
+        -- send path raises 22023 for any other.
+        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id) AS s;
+        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
+                USING ERRCODE = '22023';
+        ELSE
+            SELECT * INTO r FROM chat.send_message(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id) AS s;
+        END IF;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
                                   'duplicate', r.duplicate);
@@ -117,8 +131,13 @@ BEGIN
     WHEN 'sync' THEN
         lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
         msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        -- E2E (30_e2e.sql): the device's to-device inbox, when not empty.
         RETURN jsonb_build_object('messages', chat.messages_json(msgs),
-                                  'more', cardinality(msgs) >= lim);
+                                  'more', cardinality(msgs) >= lim
+                                          OR jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) >= 100)
+               || CASE WHEN jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) > 0
+                       THEN jsonb_build_object('to_device', chat.to_device_pending(user_id, device_id, 100))
+                       ELSE '{}' END;
     WHEN 'history' THEN
         msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
                                                  chat.request_bigint(request, 'before_seq', false),
@@ -424,6 +443,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   ORDER BY 1)
 $$;
 
+-- Raises 42501 unless users a and b are one user or share a current
+-- conversation: keys are claimed and envelopes sent only between them, so
+-- that strangers can neither drain a pool nor fill an inbox.
+CREATE FUNCTION chat.require_e2e_peer(a bigint, b bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF a = b OR EXISTS (SELECT FROM chat.members m
+                          JOIN chat.members o ON o.conversation_id = m.conversation_id
+                                             AND o.user_id = b AND o.left_at IS NULL
+                         WHERE m.user_id = a AND m.left_at IS NULL) THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'user % shares no conversation with user %', a, b
+        USING ERRCODE = '42501', HINT = 'Keys and envelopes go only to the devices of users one talks to.';
+END
+$$;
+
 -- Uploads a device's keys; returns how many one-time keys it has now.
 -- The first upload needs identity_key and signed_prekey.  A new identity
 -- key (different from the stored one) replaces the device's keys: the
@@ -552,7 +589,8 @@ $$;
 -- pool is empty hands out its fallback key instead, with fallback true
 -- (one_time_key NULL when it has none either).  The owner of a pool that
 -- fell below 10 gets {"type":"keys_low","count","device"} on that device.
--- P0002 for a device without keys.
+-- P0002 for a device without keys, 42501 for a user who shares no
+-- conversation with the claimer.
 CREATE FUNCTION chat.keys_claim(user_id bigint, device_id integer, devices jsonb)
 RETURNS TABLE(claimed_user bigint, claimed_device integer, identity_key text, signed_prekey jsonb,
               one_time_key jsonb, fallback boolean)
@@ -584,6 +622,7 @@ BEGIN
         END IF;
         cu := (d ->> 'user')::bigint;
         cd := (d ->> 'device')::integer;
+        PERFORM chat.require_e2e_peer(keys_claim.user_id, cu);
         SELECT * INTO k FROM chat.device_keys x WHERE x.user_id = cu AND x.device_id = cd;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'device % of user % has no keys', cd, cu
@@ -623,6 +662,8 @@ $$;
 -- "ciphertext","device"} if online and finds it in sync until it acks it.
 -- Idempotent per txn: a txn the sending device used in the last day stores
 -- nothing new.  A device's inbox holds at most 1000 envelopes (54000).
+-- Recipients are the sender's own devices and the devices of users who
+-- share a conversation with it (42501 otherwise).
 CREATE FUNCTION chat.to_device(user_id bigint, device_id integer, messages jsonb, txn text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -679,6 +720,7 @@ BEGIN
         ru := (m ->> 'user')::bigint;
         rd := (m ->> 'device')::integer;
         PERFORM chat.require_device(ru, rd);
+        PERFORM chat.require_e2e_peer(uid, ru);
         -- The inbox bound: the recipient's device row serialises its senders.
         PERFORM FROM chat.devices x WHERE x.user_id = ru AND x.device_id = rd FOR NO KEY UPDATE;
         SELECT count(*) INTO queued FROM chat.to_device x WHERE x.user_id = ru AND x.device_id = rd;
@@ -784,6 +826,7 @@ AS 'MODULE_PATHNAME', 'chat_send_e2e';
 REVOKE ALL ON FUNCTION chat.check_e2e_key(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.check_signed_key(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.e2e_peers(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.require_e2e_peer(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_upload(bigint, integer, text, jsonb, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_query(bigint, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_claim(bigint, integer, jsonb) FROM PUBLIC;
@@ -797,6 +840,7 @@ REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer
 COMMENT ON FUNCTION chat.check_e2e_key(text, text) IS 'internal: 22023 unless the key is base64 text of 1 to 1024 characters';
 COMMENT ON FUNCTION chat.check_signed_key(jsonb, text) IS 'internal: 22023 unless the key is {"id","key","signature"}';
 COMMENT ON FUNCTION chat.e2e_peers(bigint) IS 'internal: the users sharing a conversation with a user, and the user';
+COMMENT ON FUNCTION chat.require_e2e_peer(bigint, bigint) IS 'internal: 42501 unless two users are one or share a current conversation';
 COMMENT ON FUNCTION chat.keys_upload(bigint, integer, text, jsonb, jsonb, jsonb) IS
     'e2e: uploads a device''s identity key, signed prekey, one-time keys and fallback key; returns the one-time key count';
 COMMENT ON FUNCTION chat.keys_query(bigint, bigint[]) IS 'e2e: identity keys and signed prekeys of the devices of users';

@@ -33,9 +33,15 @@ CREATE FUNCTION pg_temp.otks(prefix text, n integer) RETURNS jsonb LANGUAGE sql 
       FROM generate_series(1, n) i
 $$;
 
-SELECT chat.upsert_user(i, 'user' || i) FROM generate_series(1, 5) i;
-SELECT chat.register_device(i) FROM generate_series(1, 5) i;
+SELECT chat.upsert_user(i, 'user' || i) FROM generate_series(1, 6) i;
+SELECT chat.register_device(i) FROM generate_series(1, 6) i;
 SELECT chat.register_device(1) AS second_device_of_1;
+-- Keys are claimed and envelopes sent between users who share a
+-- conversation: group 1 (1, 2, 3), direct 2 (1, 2), group 3 (3, 4, 5, 2);
+-- user 6 shares none.
+SELECT chat.create_group(1, 'g', ARRAY[2, 3]::bigint[]) AS g;
+SELECT chat.direct_conversation(1, 2) AS d;
+SELECT chat.create_group(3, 'h', ARRAY[4, 5, 2]::bigint[]) AS h;
 
 -- keys_upload ----------------------------------------------------------
 SELECT pg_temp.try($$SELECT chat.keys_upload(1, 9, 'IK1', '{"id":1,"key":"S1","signature":"G1"}')$$) AS unknown_device;
@@ -85,6 +91,7 @@ SELECT pg_temp.try($$SELECT * FROM chat.keys_claim(2, 9, '[{"user":1,"device":1}
 -- earlier entries is used up.
 SELECT pg_temp.try($$SELECT * FROM chat.keys_claim(2, 1, '[{"user":1,"device":1},{"user":4,"device":1}]')$$) AS no_keys;
 SELECT pg_temp.try($$SELECT * FROM chat.keys_claim(2, 1, (SELECT jsonb_agg('{"user":1,"device":1}'::jsonb) FROM generate_series(1, 1001)))$$) AS too_many;
+SELECT pg_temp.try($$SELECT * FROM chat.keys_claim(6, 1, '[{"user":1,"device":1}]')$$) AS stranger_claims;
 SELECT pg_temp.keys() AS after_rejections;
 SELECT * FROM chat.keys_claim(2, 1, '[{"user":1,"device":1},{"user":1,"device":2},{"user":2,"device":1}]');
 -- Each claim takes the oldest key left; 15 keys: 14 more, then the fallback.
@@ -113,6 +120,8 @@ SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, jsonb_build_array(jsonb_build_object('user',2,'device',1,'type','olm','ciphertext',repeat('x', 6001))), 't0')$$) AS long_ciphertext;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"c"}, {"user":2,"device":7,"type":"olm","ciphertext":"c"}]', 't0')$$) AS unknown_recipient;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, (SELECT jsonb_agg('{"user":2,"device":1,"type":"olm","ciphertext":"c"}'::jsonb) FROM generate_series(1, 1025)), 't0')$$) AS too_many;
+SELECT pg_temp.try($$SELECT chat.to_device(6, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"c"}]', 't0')$$) AS stranger_sends,
+       pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"c"}, {"user":6,"device":1,"type":"olm","ciphertext":"c"}]', 't0')$$) AS to_a_stranger;
 SELECT pg_temp.inbox() AS after_rejections, (SELECT count(*) FROM chat.to_device_txns) AS txns;
 -- The txn of a rejected call is free: the retry stores everything.
 SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"for-2-1"}, {"user":1,"device":2,"type":"olm","ciphertext":"for-1-2"}]', 't0');
@@ -124,7 +133,7 @@ SELECT jsonb_array_length(chat.to_device_pending(2, 1)) AS pending_2_1,
        chat.to_device_pending(1, 1) AS pending_1_1;
 -- Sync returns the inbox until it is acked; ack deletes up to an id only.
 SELECT (chat.client_request('n1', 2, 1, '{"id":1,"type":"sync"}') -> 'result' -> 'to_device') #- '{0,id}' #- '{1,id}' AS sync_2_1;
-SELECT chat.client_request('n1', 3, 1, '{"id":1,"type":"sync"}') -> 'result' AS sync_empty_inbox;
+SELECT (chat.client_request('n1', 3, 1, '{"id":1,"type":"sync"}') -> 'result') - 'messages' AS sync_empty_inbox;
 SELECT pg_temp.try($$SELECT chat.to_device_ack(2, 1, -1)$$) AS negative_ack;
 SELECT pg_temp.try($$SELECT chat.to_device_ack(2, 9, 1)$$) AS unknown_device;
 SELECT chat.to_device_ack(2, 1, (SELECT min(id) FROM chat.to_device WHERE user_id = 2)) AS acked_first;
@@ -140,9 +149,7 @@ SELECT count(*) FILTER (WHERE user_id = 4) AS inbox_4, count(*) FILTER (WHERE us
 SELECT (chat.client_request('n1', 4, 1, '{"id":1,"type":"sync"}') -> 'result' ->> 'more') AS more_with_full_inbox;
 SELECT chat.to_device_ack(4, 1, (SELECT max(id) FROM chat.to_device)) AS acked_all;
 
--- enable_e2e and the send path -----------------------------------------
-SELECT chat.create_group(1, 'g', ARRAY[2, 3]::bigint[]) AS g;
-SELECT chat.direct_conversation(1, 2) AS d;
+-- enable_e2e and the send path (group 1, direct 2) ----------------------
 SELECT seq FROM chat.send_message(1, 2, 'before', 'm-before');
 SELECT pg_temp.try($$SELECT chat.enable_e2e(4, 1)$$) AS not_member;
 SELECT pg_temp.try($$SELECT chat.enable_e2e(2, 1)$$) AS plain_member;

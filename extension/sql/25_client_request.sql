@@ -138,12 +138,26 @@ BEGIN
            AND jsonb_typeof(request -> 'body') <> 'null' THEN
             RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
         END IF;
-        SELECT * INTO r FROM chat.send_message(user_id,
-            chat.request_bigint(request, 'conversation'),
-            chat.request_text(request, 'body'),
-            chat.request_text(request, 'client_msg_id', false),
-            chat.request_bigint(request, 'reply_to', false),
-            device_id) AS s;
+        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
+        -- send path raises 22023 for any other.
+        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id) AS s;
+        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
+                USING ERRCODE = '22023';
+        ELSE
+            SELECT * INTO r FROM chat.send_message(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id) AS s;
+        END IF;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
                                   'duplicate', r.duplicate);
@@ -171,8 +185,13 @@ BEGIN
     WHEN 'sync' THEN
         lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
         msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        -- E2E (30_e2e.sql): the device's to-device inbox, when not empty.
         RETURN jsonb_build_object('messages', chat.messages_json(msgs),
-                                  'more', cardinality(msgs) >= lim);
+                                  'more', cardinality(msgs) >= lim
+                                          OR jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) >= 100)
+               || CASE WHEN jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) > 0
+                       THEN jsonb_build_object('to_device', chat.to_device_pending(user_id, device_id, 100))
+                       ELSE '{}' END;
     WHEN 'history' THEN
         msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
                                                  chat.request_bigint(request, 'before_seq', false),

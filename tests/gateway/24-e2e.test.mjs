@@ -19,9 +19,10 @@ const spk = (id) => ({ id, key: `SPK${id}`, signature: `SIG${id}` });
 const otks = (prefix, n) => Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, key: `K${prefix}${i}` }));
 
 test('keys: upload, query, claim once only, fallback, keys_low to the owning device only', async () => {
-  const alice = await makeUser(DB, { devices: 2 }), bob = await makeUser(DB);
+  const alice = await makeUser(DB, { devices: 2 }), bob = await makeUser(DB), stranger = await makeUser(DB);
+  await direct(DB, alice.id, bob.id);
   const a1 = await connectAs(gw, alice.id, 1), a2 = await connectAs(gw, alice.id, 2);
-  const b = await connectAs(gw, bob.id, 1);
+  const b = await connectAs(gw, bob.id, 1), s = await connectAs(gw, stranger.id, 1);
 
   assert.deepEqual(await a1.call({ type: 'keys_upload', identity_key: 'IKa1', signed_prekey: spk(1),
     one_time_keys: otks('a', 11), fallback_key: spk('fb') }), { one_time_keys: 11 });
@@ -49,6 +50,10 @@ test('keys: upload, query, claim once only, fallback, keys_low to the owning dev
   assert.equal(unknown.code, 'P0002', JSON.stringify(unknown));
   const malformed = await b.request({ type: 'keys_claim', devices: [{ user: 'x', device: 1 }] });
   assert.equal(malformed.code, '22P02', JSON.stringify(malformed));
+  // A stranger (no conversation with alice) cannot drain her pool.
+  const drained = await s.request({ type: 'keys_claim', devices: [{ user: alice.id, device: 1 }] });
+  assert.equal(drained.code, '42501', JSON.stringify(drained));
+  assert.equal(Number(await value(DB, `SELECT count(*) FROM chat.one_time_keys WHERE user_id = ${alice.id} AND device_id = 1`)), 9);
 });
 
 test('identity_changed reaches the peers when an identity key is replaced', async () => {
@@ -66,8 +71,12 @@ test('identity_changed reaches the peers when an identity key is replaced', asyn
 });
 
 test('to_device: one device only, live and by sync until acked, once per txn; inbox full is 54000', async () => {
-  const alice = await makeUser(DB), bob = await makeUser(DB, { devices: 2 });
+  const alice = await makeUser(DB), bob = await makeUser(DB, { devices: 2 }), stranger = await makeUser(DB);
+  await direct(DB, alice.id, bob.id);
   const a = await connectAs(gw, alice.id), b1 = await connectAs(gw, bob.id, 1), b2 = await connectAs(gw, bob.id, 2);
+  const s = await connectAs(gw, stranger.id);
+  const spam = await s.request({ type: 'to_device', txn: 's1', messages: [{ user: bob.id, device: 2, type: 'olm', ciphertext: 'SPAM' }] });
+  assert.equal(spam.code, '42501', JSON.stringify(spam));
   const since1 = b1.mark(), since2 = b2.mark();
   const msg = { type: 'to_device', txn: 't1', messages: [{ user: bob.id, device: 2, type: 'olm', ciphertext: 'ENVELOPE' }] };
   assert.deepEqual(await a.call(msg), {});
