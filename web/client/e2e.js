@@ -349,9 +349,12 @@ export class E2E {
   async _ensureSessions(devices) {
     const missing = [];
     for (const d of devices) if ((await this._sessions(d.user, d.device)).length === 0) missing.push(d);
-    if (!missing.length) return;
-    const { bundles } = await this.call({ type: 'keys_claim',
-      devices: missing.map((d) => ({ user: d.user, device: d.device })) });
+    const bundles = [];
+    for (let i = 0; i < missing.length; i += 1000) {     // the server's limit per claim
+      const r = await this.call({ type: 'keys_claim',
+        devices: missing.slice(i, i + 1000).map((d) => ({ user: d.user, device: d.device })) });
+      bundles.push(...r.bundles);
+    }
     for (const b of bundles) {
       const ik = splitIdentity(b.identity_key);
       const spk = b.signed_prekey;
