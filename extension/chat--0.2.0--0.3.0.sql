@@ -656,8 +656,8 @@ END
 $$;
 
 -- Queues envelopes [{"user","device","type","ciphertext"}] (at most 1024,
--- ciphertext at most 6000 characters so that the live event fits a
--- notification) from (user_id, device_id) to those devices, each of which
+-- ciphertext base64 of at most 6000 characters so that the live event fits
+-- a notification) from (user_id, device_id) to those devices, each of which
 -- gets {"type":"to_device","id","from_user","from_device","message_type",
 -- "ciphertext","device"} if online and finds it in sync until it acks it.
 -- Idempotent per txn: a txn the sending device used in the last day stores
@@ -706,12 +706,15 @@ BEGIN
             RAISE EXCEPTION 'envelope % must be an object {"user","device","type","ciphertext"}', left(m::text, 80)
                 USING ERRCODE = '22P02';
         END IF;
-        IF length(m ->> 'type') NOT BETWEEN 1 AND 32 THEN
-            RAISE EXCEPTION 'envelope type "%" must have 1 to 32 characters', left(m ->> 'type', 80)
+        IF (m ->> 'type') !~ '^[A-Za-z0-9_.:-]{1,32}$' THEN
+            RAISE EXCEPTION 'envelope type "%" must be 1 to 32 letters, digits or _.:-', left(m ->> 'type', 80)
                 USING ERRCODE = '22023';
         END IF;
-        IF length(m ->> 'ciphertext') = 0 THEN
-            RAISE EXCEPTION 'envelope ciphertext must not be empty' USING ERRCODE = '22023';
+        -- base64 only: the live event's size then follows from the length
+        -- (no escaping, one byte a character) and always fits a notification.
+        IF (m ->> 'ciphertext') !~ '^[A-Za-z0-9+/_=-]+$' THEN
+            RAISE EXCEPTION 'envelope ciphertext "%" is not base64 text', left(m ->> 'ciphertext', 40)
+                USING ERRCODE = '22023';
         END IF;
         IF length(m ->> 'ciphertext') > 6000 THEN
             RAISE EXCEPTION 'envelope ciphertext of % characters exceeds 6000', length(m ->> 'ciphertext')

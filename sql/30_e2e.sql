@@ -117,6 +117,8 @@ SELECT pg_temp.try($$SELECT chat.to_device(1, 9, '[{"user":2,"device":1,"type":"
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"c"}, {"user":2,"device":1,"type":"olm"}]', 't0')$$) AS no_ciphertext;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"","ciphertext":"c"}]', 't0')$$) AS empty_type;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":""}]', 't0')$$) AS empty_ciphertext;
+SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"ünï\"cöde"}]', 't0')$$) AS not_base64;
+SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"o l m","ciphertext":"c"}]', 't0')$$) AS bad_type;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, jsonb_build_array(jsonb_build_object('user',2,'device',1,'type','olm','ciphertext',repeat('x', 6001))), 't0')$$) AS long_ciphertext;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, '[{"user":2,"device":1,"type":"olm","ciphertext":"c"}, {"user":2,"device":7,"type":"olm","ciphertext":"c"}]', 't0')$$) AS unknown_recipient;
 SELECT pg_temp.try($$SELECT chat.to_device(1, 1, (SELECT jsonb_agg('{"user":2,"device":1,"type":"olm","ciphertext":"c"}'::jsonb) FROM generate_series(1, 1025)), 't0')$$) AS too_many;
