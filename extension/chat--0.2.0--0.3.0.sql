@@ -675,7 +675,6 @@ DECLARE
     ru bigint;
     rd integer;
     new_id bigint;
-    queued integer;
 BEGIN
     PERFORM chat.require_device(uid, did);
     IF txn IS NULL OR length(txn) NOT BETWEEN 1 AND 128 THEN
@@ -720,17 +719,35 @@ BEGIN
             RAISE EXCEPTION 'envelope ciphertext of % characters exceeds 6000', length(m ->> 'ciphertext')
                 USING ERRCODE = '22001', HINT = 'Envelopes carry keys; messages go through send.';
         END IF;
-        ru := (m ->> 'user')::bigint;
-        rd := (m ->> 'device')::integer;
+    END LOOP;
+    -- The recipients: each must exist and be a peer; their device rows are
+    -- locked in (user, device) order, so that senders with overlapping
+    -- recipients queue behind each other instead of deadlocking, and the
+    -- inbox bound holds under concurrent senders.
+    FOR ru, rd IN
+        SELECT DISTINCT (e.value ->> 'user')::bigint, (e.value ->> 'device')::integer
+          FROM jsonb_array_elements(messages) e ORDER BY 1, 2
+    LOOP
         PERFORM chat.require_device(ru, rd);
         PERFORM chat.require_e2e_peer(uid, ru);
-        -- The inbox bound: the recipient's device row serialises its senders.
-        PERFORM FROM chat.devices x WHERE x.user_id = ru AND x.device_id = rd FOR NO KEY UPDATE;
-        SELECT count(*) INTO queued FROM chat.to_device x WHERE x.user_id = ru AND x.device_id = rd;
-        IF queued >= 1000 THEN
-            RAISE EXCEPTION 'to-device inbox of device % of user % is full (1000 envelopes)', rd, ru
-                USING ERRCODE = '54000', HINT = 'The device must sync and ack its inbox; retry later.';
-        END IF;
+    END LOOP;
+    PERFORM FROM chat.devices x
+     WHERE (x.user_id, x.device_id) IN (SELECT (e.value ->> 'user')::bigint, (e.value ->> 'device')::integer
+                                           FROM jsonb_array_elements(messages) e)
+     ORDER BY x.user_id, x.device_id
+       FOR NO KEY UPDATE;
+    SELECT r.u, r.d INTO ru, rd
+      FROM (SELECT (e.value ->> 'user')::bigint AS u, (e.value ->> 'device')::integer AS d, count(*) AS n
+              FROM jsonb_array_elements(messages) e GROUP BY 1, 2) r
+     WHERE r.n + (SELECT count(*) FROM chat.to_device x WHERE x.user_id = r.u AND x.device_id = r.d) > 1000
+     ORDER BY 1, 2 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'to-device inbox of device % of user % is full (1000 envelopes)', rd, ru
+            USING ERRCODE = '54000', HINT = 'The device must sync and ack its inbox; retry later.';
+    END IF;
+    FOR m IN SELECT e.value FROM jsonb_array_elements(messages) WITH ORDINALITY AS e ORDER BY e.ordinality LOOP
+        ru := (m ->> 'user')::bigint;
+        rd := (m ->> 'device')::integer;
         INSERT INTO chat.to_device (user_id, device_id, from_user, from_device, message_type, ciphertext)
         VALUES (ru, rd, uid, did, m ->> 'type', m ->> 'ciphertext')
         RETURNING id INTO new_id;

@@ -158,6 +158,23 @@ check "distinct one-time keys (each once only)" 50 "$(grep '^KEY ' "$work/claims
 check "fallback answers" 30 "$(grep -c '^FALLBACK fb$' "$work/claims")"
 check "pool left" 0 "$(sql -c "SELECT count(*) FROM chat.one_time_keys WHERE user_id = 1")"
 
+echo "== e2e: concurrent to_device calls with overlapping recipients in different orders ($clients sessions)"
+# Every session sends 20 calls, each with one envelope for every member's
+# device, in an order rotated by the session: the recipients' rows are
+# locked in one order, so no call deadlocks and every envelope is stored.
+sql -c "DELETE FROM chat.to_device" >/dev/null
+todev_job() {
+  local r
+  for r in $(seq 1 20); do
+    echo "SELECT chat.to_device($1, 1, (SELECT jsonb_agg(jsonb_build_object('user', u, 'device', 1, 'type', 'olm', 'ciphertext', 'c$1r$r')
+             ORDER BY (u + $1 * 3 + $r) % $clients) FROM generate_series(1, $clients) u), 's$1r$r');"
+  done
+}
+barrier_run todev_job
+grep -h ERROR "$work"/out.* && fail "a to_device call failed (deadlock?)"
+check "envelopes stored" $((clients * 20 * clients)) "$(sql -c "SELECT count(*) FROM chat.to_device")"
+check "envelopes per device" "$((clients * 20))" "$(sql -c "SELECT DISTINCT count(*) FROM chat.to_device GROUP BY user_id, device_id")"
+
 echo "== seqs stay gapless in every conversation"
 check "conversations with a gap or a last_seq mismatch" 0 "$(sql -c "
   SELECT count(*) FROM chat.conversations c
