@@ -43,7 +43,20 @@ $(OBJS): $(wildcard extension/*.h)
 $(DATA_built): $(SQL_PARTS) chat.control
 	cat $(SQL_PARTS) > $@
 
-all: gateway-build pusher-build
+all: gateway-build pusher-build $(VENDOR_JS)
+
+# The crypto primitives of the web client's e2e.js (@noble, pinned in
+# package-lock.json), bundled as one ESM file that the gateway's --static
+# serves: the page fetches nothing from elsewhere.  The bundle is committed
+# too, so that a checkout without node_modules still has it.
+VENDOR_JS    = web/vendor/noble.js
+NODE_MODULES ?= node_modules
+$(VENDOR_JS): web/vendor/noble-entry.js package-lock.json
+	@if [ -x $(NODE_MODULES)/.bin/esbuild ] && [ -d $(NODE_MODULES)/@noble/curves ]; then \
+	  NODE_PATH=$(abspath $(NODE_MODULES)) $(NODE_MODULES)/.bin/esbuild web/vendor/noble-entry.js \
+	    --bundle --format=esm --legal-comments=inline --log-level=warning --outfile=$@ && \
+	  sed -i 's#^// .*node_modules/#// node_modules/#' $@; \
+	else echo "vendor: no esbuild or @noble in $(NODE_MODULES) (run npm ci): keeping $@ as committed"; fi
 
 .PHONY: gateway-build pusher-build pusher-clean deps test demo bench bench-full gateway-asan faults
 gateway-build:

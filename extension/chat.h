@@ -78,6 +78,7 @@ typedef struct SendArgs
 	int64		reply_to;		/* 0: none */
 	int32		sender_device;	/* 0: not known */
 	Jsonb	   *attachments;	/* upload ids (jsonb array); NULL: none */
+	const char *kind;			/* "text" or "e2e" (NULL: "text") */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */

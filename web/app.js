@@ -15,6 +15,7 @@ import { errorText } from './app/format.js';
 import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } from './app/store.js';
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
 import { setMediaClient, fmtSize } from './app/media.js';
+import { E2E, IndexedDBStore, E2EPendingError } from './client/e2e.js';
 
 const HISTORY_PAGE = 30;
 
@@ -23,6 +24,7 @@ const token = params.get('token');
 const refreshUrl = params.get('refresh');
 let currentToken = token;
 let client;
+let e2e = null;        // this device's end-to-end encryption (client/e2e.js), after hello
 
 /** The token for the next connect or re-authentication: a fresh one from the
  * application's endpoint when the page has one, else the fragment's. */
@@ -67,6 +69,7 @@ function refreshConversations() {
         // Live events may be ahead of the list; never go back.
         if (old.last_seq > row.last_seq) { row.last_seq = old.last_seq; row.last_message = old.last_message; }
         S.convs.set(id, row);
+        if (row.last_message?.kind === 'e2e') decryptMessage(row.last_message);
         if (r.last_message && r.last_message.sender != null) notePeer(id, Number(r.last_message.sender));
       }
       for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
@@ -151,6 +154,9 @@ function addMessages(conv, msgs) {
   for (const m of msgs) {
     if (isLogEntry(m)) continue;
     map.set(m.seq, m);
+    if (m.kind === 'e2e') decryptMessage(m);
+    // enable_e2e's system message: the conversation is encrypted from now on.
+    if (m.kind === 'system' && /"action": ?"e2e"/.test(m.body || '') && S.convs.has(conv)) S.convs.get(conv).e2e = true;
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') notePeer(conv, Number(m.sender));
   }
 }
@@ -176,6 +182,57 @@ function markCurrentRead() {
   }, 50);
 }
 
+// ---------------------------------------------------- end-to-end encryption
+
+/**
+ * Decrypts an e2e message in place (m.plain), or marks it pending (its key
+ * has not arrived: retried when keys arrive) or bad (failed verification).
+ */
+async function decryptMessage(m) {
+  if (m.plain !== undefined || m.deleted_at || !e2e) return;
+  try {
+    m.plain = await e2e.decrypt(m);
+    m.e2e = 'ok';
+  } catch (err) {
+    m.e2e = err instanceof E2EPendingError ? 'pending' : 'bad';
+  }
+  const id = Number(m.conversation);
+  if (id === S.current) renderMessages();
+  if (S.convs.get(id)?.last_message?.seq === m.seq) { S.convs.get(id).last_message = m; renderList(); }
+}
+
+/** Retries every message still waiting for its key (a sender key arrived). */
+function retryPending() {
+  for (const map of S.messages.values())
+    for (const m of map.values()) if (m.kind === 'e2e' && m.plain === undefined && m.e2e !== 'bad') decryptMessage(m);
+  for (const c of S.convs.values()) if (c.last_message?.kind === 'e2e') decryptMessage(c.last_message);
+}
+
+/** Sets up this device's keys after hello (once per page). */
+async function startE2E(user, device) {
+  if (e2e) return;
+  e2e = new E2E({ user, device, store: new IndexedDBStore(`pgchat-e2e-${user}-${device}`),
+    call: ({ type, ...fields }) => client.request(type, fields) });
+  window.e2e = e2e;   // for the console and the browser test
+  e2e.onKeys(retryPending);
+  try {
+    await e2e.init();
+  } catch (err) {
+    toast(errorText(err, 'Could not set up end-to-end encryption'));
+  }
+  retryPending();
+}
+
+/** Shows the safety number of the open direct chat. */
+async function showSafetyNumber() {
+  const c = S.convs.get(S.current);
+  const peer = peerOf(c);
+  if (!e2e || peer == null) return;
+  $('safety-number').textContent = '…';
+  $('dialog-safety').showModal();
+  try { $('safety-number').textContent = await e2e.safetyNumber(peer); } catch (err) { $('safety-number').textContent = errorText(err); }
+}
+
 /** Sends the composer's text to the open conversation, shown as pending until stored. */
 function sendCurrent() {
   const input = $('composer-input');
@@ -190,7 +247,13 @@ function sendCurrent() {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.send(conv, body, { clientMsgId }).then(() => {
+  // In an e2e conversation the text is encrypted here; the server gets ciphertext only.
+  const c = S.convs.get(conv);
+  const sending = c?.e2e
+    ? (e2e ? e2e.encrypt(conv, body) : Promise.reject(new Error('end-to-end encryption is not ready')))
+      .then((cipher) => client.send(conv, cipher, { clientMsgId, kind: 'e2e' }))
+    : client.send(conv, body, { clientMsgId });
+  sending.then(() => {
     dropPending(conv, clientMsgId);
   }, (e) => {
     p.failed = errorText(e);
@@ -323,7 +386,13 @@ function start() {
     S.me = Number(h.user);
     refreshConversations();
     offerNotifications(h.vapid_public_key);
+    startE2E(Number(h.user), Number(h.device));
   });
+  // E2E events (client/e2e.js): key shares, the key pool, identity changes.
+  client.on('to_device', (ev) => e2e?.receiveToDevice([ev]));
+  client.on('to_device_batch', ({ entries }) => e2e?.receiveToDevice(entries));
+  client.on('keys_low', (ev) => e2e?.onKeysLow(ev));
+  client.on('identity_changed', (ev) => e2e?.onIdentityChanged(ev));
   client.on('synced', () => refreshConversations());
   client.on('message', (m) => {
     const id = Number(m.conversation);
@@ -413,6 +482,7 @@ for (const target of [$('messages'), $('composer')]) {
     for (const f of ev.dataTransfer?.files || []) sendFileCurrent(f);
   });
 }
+$('safety').addEventListener('click', showSafetyNumber);
 $('messages').addEventListener('scroll', () => { if ($('messages').scrollTop === 0 && !$('older').hidden && !$('older').disabled) loadOlder(); });
 $('back').addEventListener('click', () => { document.body.classList.remove('show-conv'); });
 document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') markCurrentRead(); });
@@ -423,13 +493,14 @@ $('notify').addEventListener('click', () => enableNotifications());
 navigator.serviceWorker?.addEventListener('message', (ev) => {
   if (ev.data?.type === 'open' && Number.isInteger(ev.data.conversation)) openConversation(ev.data.conversation);
 });
-$('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('dialog-direct').showModal(); });
+$('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('direct-secret').checked = false; $('dialog-direct').showModal(); });
 $('dialog-direct').addEventListener('close', async () => {
   if ($('dialog-direct').returnValue !== 'ok') return;
   const user = Number($('direct-user').value);
   if (!Number.isInteger(user) || user <= 0) { toast('Enter a user id (a positive number)'); return; }
   try {
     const id = await client.direct(user);
+    if ($('direct-secret').checked) await client.request('enable_e2e', { conversation: id });
     addRow(id, 'direct', null);
     S.peers.set(id, user);
     saveLocal();
@@ -438,7 +509,7 @@ $('dialog-direct').addEventListener('close', async () => {
   } catch (e) { toast(errorText(e, `Could not start a chat with user ${user}`)); }
 });
 
-$('new-group').addEventListener('click', () => { $('group-title').value = ''; $('group-members').value = ''; $('dialog-group').showModal(); });
+$('new-group').addEventListener('click', () => { $('group-title').value = ''; $('group-members').value = ''; $('group-secret').checked = false; $('dialog-group').showModal(); });
 $('dialog-group').addEventListener('close', async () => {
   if ($('dialog-group').returnValue !== 'ok') return;
   const title = $('group-title').value.trim();
@@ -447,6 +518,7 @@ $('dialog-group').addEventListener('close', async () => {
   if (members.some((m) => !Number.isInteger(m) || m <= 0)) { toast('Member ids are positive numbers, separated by commas'); return; }
   try {
     const id = await client.createGroup(title, members);
+    if ($('group-secret').checked) await client.request('enable_e2e', { conversation: id });
     addRow(id, 'group', title);
     refreshConversations();
     openConversation(id);

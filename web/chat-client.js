@@ -48,6 +48,8 @@ export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay,
  *   offline device learns every change) or from the server's live edit/delete
  *   event; each change is emitted once, and never an older one after a newer
  * - `receipt`, `read_state`, `presence`, `member`: server pushes as is
+ * - `to_device`, `keys_low`, `identity_changed`: e2e server pushes as is (client/e2e.js);
+ *   `to_device_batch` {entries}: the to-device envelopes a sync page returned
  * - `typing` {conversation, user, typing, expired?}: typing started or stopped
  *   (stopped also when the TTL ran out or the user's message arrived)
  * - `token` {exp}: the connection was re-authenticated with a fresh token (before the old one's exp)
@@ -247,7 +249,8 @@ export class ChatClient {
    * server stores it once.
    * @param {number} conversation
    * @param {string} body
-   * @param {{replyTo?: number, clientMsgId?: string}} [opts]
+   * @param {{replyTo?: number, clientMsgId?: string, kind?: 'e2e'}} [opts] kind 'e2e': body is
+   *   a ciphertext of client/e2e.js, for an end-to-end encrypted conversation
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean}>}
    */
   send(conversation, body, opts = {}) {

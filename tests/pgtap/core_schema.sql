@@ -1,7 +1,7 @@
 -- Schema invariants of the core: tables, keys, indexes, pg_dump registration,
 -- privileges, SECURITY DEFINER hygiene, comments and the API signatures.
 BEGIN;
-SELECT plan(58);
+SELECT plan(65);
 
 -- Tables and their keys.
 SELECT has_table('chat', t, 'table chat.' || t || ' exists')
@@ -36,7 +36,9 @@ SELECT set_eq(
           'chat.members', 'chat.messages', 'chat.device_cursors',
           'chat.push_outbox', 'chat.push_outbox_id_seq',
           'chat.blocks', 'chat.reports', 'chat.reports_id_seq',
-          'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq'],
+          'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq',
+          'chat.device_keys', 'chat.one_time_keys', 'chat.one_time_keys_id_seq',
+          'chat.to_device', 'chat.to_device_id_seq', 'chat.to_device_txns'],
     'every user-data table and id sequence is registered with pg_extension_config_dump');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
@@ -82,7 +84,15 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('members', ARRAY['bigint', 'bigint']),
                ('set_role', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('leave', ARRAY['bigint', 'bigint']),
-               ('update_group', ARRAY['bigint', 'bigint', 'text', 'text', 'boolean'])) AS api(f, args);
+               ('update_group', ARRAY['bigint', 'bigint', 'text', 'text', 'boolean']),
+               -- End-to-end encryption (30_e2e.sql).
+               ('keys_upload', ARRAY['bigint', 'integer', 'text', 'jsonb', 'jsonb', 'jsonb']),
+               ('keys_query', ARRAY['bigint', 'bigint[]']),
+               ('keys_claim', ARRAY['bigint', 'integer', 'jsonb']),
+               ('to_device', ARRAY['bigint', 'integer', 'jsonb', 'text']),
+               ('to_device_ack', ARRAY['bigint', 'integer', 'bigint']),
+               ('enable_e2e', ARRAY['bigint', 'bigint']),
+               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
@@ -90,7 +100,9 @@ SELECT is_empty(
                           'create_group', 'add_member', 'remove_member', 'conversations',
                           'send_message', 'edit_message', 'delete_message', 'history',
                           'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
-                          'members', 'set_role', 'leave', 'update_group') $$,
+                          'members', 'set_role', 'leave', 'update_group',
+                          'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
+                          'to_device_pending', 'enable_e2e', 'send_e2e') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
 SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer)'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
@@ -106,7 +118,9 @@ SELECT is_empty(
                             'messages_after', 'get_message', 'sync', 'ack', 'mark_read',
                             'require_member', 'require_device', 'require_users', 'check_limit',
                             'check_body', 'lock_group', 'post_system_message',
-                            'members', 'set_role', 'leave', 'update_group') $$,
+                            'members', 'set_role', 'leave', 'update_group',
+                            'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
+                            'to_device_pending', 'enable_e2e', 'send_e2e', 'is_e2e') $$,
     'every core function has a comment');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c

@@ -37,6 +37,7 @@ export function systemText(m, who) {
     case 'added': return `${cap(by)} added ${who(Number(e.user))}`;
     case 'removed': return `${cap(by)} removed ${who(Number(e.user))}`;
     case 'left': return `${cap(who(Number(e.user)))} left`;
+    case 'e2e': return `${cap(by)} turned on end-to-end encryption`;
     default: return e.action ? `${cap(by)}: ${e.action}` : String(m.body);
   }
 }

@@ -6,6 +6,19 @@ import { fmtTime, lastSeenText, systemText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
 import { attachmentView } from './media.js';
 
+/**
+ * What a message shows as its text: an e2e message its decrypted text, or
+ * a placeholder while its key has not arrived (retried when it does), or a
+ * warning when it failed verification (e2e.js sets m.plain / m.e2e).
+ */
+export function bodyText(m) {
+  if (m.deleted_at) return 'message deleted';
+  if (m.kind !== 'e2e') return m.body ?? '';
+  if (m.plain !== undefined) return typeof m.plain === 'string' ? m.plain : JSON.stringify(m.plain);
+  if (m.e2e === 'bad') return '⚠ This message could not be verified and is not shown';
+  return '🔒 Waiting for the key of this encrypted message…';
+}
+
 /** The chat list, newest activity first (a click on a row is handled by app.js). */
 export function renderList() {
   const list = $('chat-list');
@@ -17,14 +30,14 @@ export function renderList() {
     let preview;
     if (typing.length) preview = el('span', { class: 'typing' }, `${typing.map(nameOf).join(', ')} typing…`);
     else if (lm && lm.kind === 'system') preview = systemText(lm, whoOf);
-    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${lm.deleted_at ? 'message deleted' : lm.body || (lm.attachments ? 'File: ' + (lm.attachments[0].name || lm.attachments[0].mime) : '')}`;
+    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${bodyText(lm) || (lm.attachments ? 'File: ' + (lm.attachments[0].name || lm.attachments[0].mime) : '')}`;
     else preview = el('span', { class: 'muted' }, 'no messages yet');
     const peer = peerOf(c);
     const online = peer != null && S.presence.get(peer)?.online;
     return el('li', { class: id === S.current ? 'active' : '', dataset: { conversation: String(id) } },
       el('div', { class: `avatar${online ? ' online' : ''}`, 'aria-hidden': 'true' }, (convTitle(c)[0] || '?').toUpperCase()),
       el('div', { class: 'row-main' },
-        el('div', { class: 'row-top' }, el('span', { class: 'title' }, convTitle(c)), el('time', {}, fmtTime(lm?.created_at || c.last_activity))),
+        el('div', { class: 'row-top' }, el('span', { class: 'title' }, c.e2e ? el('span', { class: 'lock', title: 'end-to-end encrypted' }, '🔒 ') : null, convTitle(c)), el('time', {}, fmtTime(lm?.created_at || c.last_activity))),
         el('div', { class: 'row-bottom' }, el('span', { class: 'preview' }, preview),
           c.unread > 0 && id !== S.current ? el('span', { class: 'badge', 'aria-label': `${c.unread} unread` }, String(c.unread)) : null)));
   }));
@@ -34,7 +47,8 @@ export function renderList() {
 /** The open conversation's title and subtitle (typing, presence while `online`, or "group"). */
 export function renderHeader(online) {
   const c = S.convs.get(S.current);
-  $('conv-name').textContent = c ? convTitle(c) : 'Select a chat';
+  $('conv-name').textContent = c ? `${c.e2e ? '🔒 ' : ''}${convTitle(c)}` : 'Select a chat';
+  $('safety').hidden = !(c && c.e2e && c.kind === 'direct' && peerOf(c) != null);
   const sub = $('conv-sub');
   const typing = [...(S.typing.get(S.current) || [])];
   sub.classList.toggle('typing', typing.length > 0);
@@ -60,7 +74,8 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
       ...(!m.deleted_at && m.attachments ? m.attachments.map(attachmentView) : []),
-      m.deleted_at || m.body || !m.attachments ? el('span', { class: 'body' }, m.deleted_at ? 'message deleted' : m.body ?? '') : null,
+      m.deleted_at || bodyText(m) || !m.attachments
+        ? el('span', { class: `body${m.kind === 'e2e' && m.plain === undefined ? ` e2e-${m.e2e || 'pending'}` : ''}` }, bodyText(m)) : null,
       el('span', { class: 'meta' },
         m.edited_at && !m.deleted_at ? el('span', { class: 'edited' }, 'edited') : null,
         el('time', {}, fmtTime(m.created_at)),
