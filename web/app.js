@@ -15,7 +15,7 @@ import { errorText } from './app/format.js';
 import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } from './app/store.js';
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
 import { setMediaClient, fmtSize } from './app/media.js';
-import { E2E, IndexedDBStore, E2EPendingError } from './client/e2e.js';
+import { E2E, IndexedDBStore, E2EPendingError, encryptFile } from './client/e2e.js';
 
 const HISTORY_PAGE = 30;
 
@@ -276,18 +276,30 @@ function sendFileCurrent(file) {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.sendFile(conv, file, {
-    caption, clientMsgId,
-    onProgress: (loaded, total) => {
-      p.progress = total ? loaded / total : 1;
-      const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
-      if (bar) bar.value = p.progress;
-    },
-  }).then(() => dropPending(conv, clientMsgId), (e) => {
+  const onProgress = (loaded, total) => {
+    p.progress = total ? loaded / total : 1;
+    const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
+    if (bar) bar.value = p.progress;
+  };
+  // In an e2e conversation the file is encrypted here (the server gets
+  // ciphertext without a name); its key, name and type travel in the
+  // encrypted body with the caption.
+  const sending = S.convs.get(conv)?.e2e
+    ? (e2e ? sendFileE2E(conv, file, caption, clientMsgId, onProgress) : Promise.reject(new Error('end-to-end encryption is not ready')))
+    : client.sendFile(conv, file, { caption, clientMsgId, onProgress });
+  sending.then(() => dropPending(conv, clientMsgId), (e) => {
     p.failed = errorText(e);
     toast(errorText(e, 'File not sent'));
     if (S.current === conv) renderMessages();
   });
+}
+
+/** Encrypts file (encryptFile), then sends it with its key in an e2e body. */
+async function sendFileE2E(conv, file, caption, clientMsgId, onProgress) {
+  const { bytes, key } = encryptFile(new Uint8Array(await file.arrayBuffer()));
+  const meta = { ...key, name: file.name || null, mime: file.type || 'application/octet-stream', size: file.size };
+  const body = await e2e.encrypt(conv, { text: caption, files: [meta] });
+  return client.sendFile(conv, bytes, { mime: 'application/octet-stream', caption: body, kind: 'e2e', clientMsgId, onProgress });
 }
 
 /** A pending send was stored: its placeholder goes. */

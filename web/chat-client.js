@@ -268,7 +268,10 @@ export class ChatClient {
    * @param {number} conversation
    * @param {File | Blob | ArrayBuffer | Uint8Array} file
    * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string,
-   *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function}} [opts]
+   *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function,
+   *   kind?: 'e2e'}} [opts] kind 'e2e': the file is ciphertext of client/e2e.js encryptFile
+   *   (mime application/octet-stream, no name) and the caption an e2e.encrypt ciphertext
+   *   carrying its key, for an end-to-end encrypted conversation
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean, attachment: object}>}
    */
   async sendFile(conversation, file, opts = {}) {
@@ -284,7 +287,7 @@ export class ChatClient {
     if (up.name) attachment.name = up.name;
     if (up.width) { attachment.width = up.width; attachment.height = up.height; }
     attachment.thumbnail = up.thumbnail;
-    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment] });
+    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment], kind: opts.kind });
     return { ...result, attachment };
   }
 

@@ -8,6 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const BASE_URL = process.env.BASE_URL;
@@ -128,6 +129,43 @@ test('a secret direct chat shows the same safety number on both pages; undecrypt
   }, conv);
   await b.waitForSelector('#message-list .body.e2e-pending', { timeout: WAIT });
   assert.match(await b.textContent('#message-list .body.e2e-pending'), /Waiting for the key/);
+});
+
+// A PNG of w x h pixels (a gradient), built with zlib.
+function png(w, h) {
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w * 3; x++) raw[y * (w * 3 + 1) + 1 + x] = (x + y) & 255;
+  const crc32 = (buf) => { let c = ~0; for (const b of buf) { c ^= b; for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1)); } return (~c) >>> 0; };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4); crc.writeUInt32BE(crc32(Buffer.concat([Buffer.from(type), data])));
+    return Buffer.concat([len, Buffer.from(type), data, crc]);
+  };
+  const ihdr = Buffer.alloc(13); ihdr.writeUInt32BE(w, 0); ihdr.writeUInt32BE(h, 4); ihdr[8] = 8; ihdr[9] = 2;
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+test('a picture attached in a secret chat goes up encrypted and shows decrypted on both pages', async () => {
+  const { page: a } = users.alice;
+  const { page: b } = users.bob;
+  // both still have the secret direct chat of the test before open
+  assert.match(await a.textContent('#conv-name'), /^🔒/);
+  const conv = await a.evaluate(() => Number(document.querySelector('#chat-list li.active').dataset.conversation));
+  await a.setInputFiles('#composer-file', { name: 'treasure-map.png', mimeType: 'image/png', buffer: png(96, 64) });
+  // bob's page decrypts the file with the key in the message: the full picture, its name as alt
+  const sel = '#message-list .msg figure.attachment.image.e2e img';
+  await b.waitForFunction((s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }, sel, { timeout: WAIT });
+  assert.deepEqual(await b.$eval(sel, (i) => [i.naturalWidth, i.naturalHeight, i.alt]), [96, 64, 'treasure-map.png']);
+  await a.waitForFunction((s) => document.querySelector(s)?.naturalWidth === 96, sel, { timeout: WAIT });
+  assert.equal(await a.$('#message-list .msg.pending'), null);
+  // The server has opaque bytes only: no type, no name, no thumbnail; a kind e2e message
+  // (the newest file: the direct chat of alice and bob had a plain picture before it was made secret).
+  const row = execFileSync(path.join(process.env.PGBIN, 'psql'), ['-XAtq', '-d', process.env.DB_DSN, '-c',
+    `SELECT a.mime || '|' || coalesce(a.name, '-') || '|' || (a.thumbnail_key IS NULL) || '|' || m.kind
+       FROM chat.attachments a JOIN chat.messages m ON m.conversation_id = a.conversation_id AND m.seq = a.message_seq
+      WHERE a.conversation_id = ${conv} ORDER BY m.seq DESC LIMIT 1`]).toString().trim();
+  assert.equal(row, 'application/octet-stream|-|true|e2e');
 });
 
 test('no uncaught errors in the e2e pages', () => {

@@ -4,7 +4,7 @@
 import { $, el } from './dom.js';
 import { fmtTime, lastSeenText, systemText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
-import { attachmentView } from './media.js';
+import { attachmentView, e2eAttachmentView } from './media.js';
 
 /**
  * What a message shows as its text: an e2e message its decrypted text, or
@@ -14,9 +14,25 @@ import { attachmentView } from './media.js';
 export function bodyText(m) {
   if (m.deleted_at) return 'message deleted';
   if (m.kind !== 'e2e') return m.body ?? '';
-  if (m.plain !== undefined) return typeof m.plain === 'string' ? m.plain : JSON.stringify(m.plain);
+  if (m.plain !== undefined) {
+    if (typeof m.plain === 'string') return m.plain;
+    // an encrypted file: {text: caption, files: [...]} (app.js sendFileE2E)
+    return Array.isArray(m.plain?.files) ? String(m.plain.text ?? '') : JSON.stringify(m.plain);
+  }
   if (m.e2e === 'bad') return '⚠ This message could not be verified and is not shown';
   return '🔒 Waiting for the key of this encrypted message…';
+}
+
+/**
+ * What is known of attachment i of m: for an e2e message the name, type
+ * and size from its decrypted body (the server has ciphertext only), else
+ * the attachment object itself.
+ */
+export function fileMeta(m, i) {
+  const a = m.attachments?.[i] || {};
+  if (m.kind !== 'e2e') return a;
+  const f = Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined;
+  return f ? { ...f, id: a.id } : { id: a.id, name: 'encrypted file', mime: a.mime, size: a.size };
 }
 
 /** The chat list, newest activity first (a click on a row is handled by app.js). */
@@ -30,7 +46,7 @@ export function renderList() {
     let preview;
     if (typing.length) preview = el('span', { class: 'typing' }, `${typing.map(nameOf).join(', ')} typing…`);
     else if (lm && lm.kind === 'system') preview = systemText(lm, whoOf);
-    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${bodyText(lm) || (lm.attachments ? 'File: ' + (lm.attachments[0].name || lm.attachments[0].mime) : '')}`;
+    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${bodyText(lm) || (lm.attachments ? 'File: ' + (fileMeta(lm, 0).name || fileMeta(lm, 0).mime) : '')}`;
     else preview = el('span', { class: 'muted' }, 'no messages yet');
     const peer = peerOf(c);
     const online = peer != null && S.presence.get(peer)?.online;
@@ -73,7 +89,7 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const tick = mine ? tickOf(conv, m.seq) : null;
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
-      ...(!m.deleted_at && m.attachments ? m.attachments.map(attachmentView) : []),
+      ...(!m.deleted_at && m.attachments ? m.attachments.map((a, i) => m.kind === 'e2e' ? e2eAttachmentView(a, Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined) : attachmentView(a)) : []),
       m.deleted_at || bodyText(m) || !m.attachments
         ? el('span', { class: `body${m.kind === 'e2e' && m.plain === undefined ? ` e2e-${m.e2e || 'pending'}` : ''}` }, bodyText(m)) : null,
       el('span', { class: 'meta' },

@@ -124,6 +124,40 @@ function splitIdentity(ik) {
   return { sigPub: bytes.subarray(0, 32), dhPub: bytes.subarray(32, 64) };
 }
 
+// ----------------------------------------------------------------- files
+
+/**
+ * Encrypts a file for an e2e message (attachments): AES-256-GCM under a
+ * fresh random key, so the server stores only ciphertext (upload it as
+ * application/octet-stream, without a name).  The key travels inside the
+ * encrypted message body: content {text, files: [{...key, name, mime,
+ * size}]}, files[i] describing attachments[i].
+ * @param {Uint8Array} bytes the plaintext file
+ * @returns {{bytes: Uint8Array, key: {alg: string, k: string, iv: string, sha256: string}}}
+ */
+export function encryptFile(bytes) {
+  const k = randomBytes(32);
+  const iv = randomBytes(12);
+  const ct = gcm(k, iv).encrypt(bytes);
+  return { bytes: ct, key: { alg: 'A256GCM', k: b64(k), iv: b64(iv), sha256: b64(sha256(ct)) } };
+}
+
+/**
+ * The plaintext of a file that encryptFile made, given its key; throws
+ * E2EVerifyError when the bytes are not that file (tampered or swapped).
+ */
+export function decryptFile(bytes, key) {
+  if (key?.alg !== 'A256GCM' || typeof key.k !== 'string' || typeof key.iv !== 'string')
+    throw new E2EVerifyError('file key is malformed');
+  if (typeof key.sha256 === 'string' && !equalBytes(sha256(bytes), unb64(key.sha256)))
+    throw new E2EVerifyError('file ciphertext does not match its digest');
+  try {
+    return gcm(unb64(key.k), unb64(key.iv)).decrypt(bytes);
+  } catch {
+    throw new E2EVerifyError('file ciphertext failed authentication');
+  }
+}
+
 // ---------------------------------------------------------------- stores
 
 /**
