@@ -2575,8 +2575,12 @@ $$;
 -- (one_time_key NULL when it has none either).  The owner of a pool that
 -- fell below 10 gets {"type":"keys_low","count","device"} on that device.
 -- P0002 for a device without keys, 42501 for a user who shares no
--- conversation with the claimer.
-CREATE FUNCTION chat.keys_claim(user_id bigint, device_id integer, devices jsonb)
+-- conversation with the claimer (check_peers; chat.keys_claim checks).
+-- check_peers false is for chat_proxy only (docs/scaling.md): in a sharded
+-- install keys live on their owner's home partition while the conversation
+-- two users share may live on another, so the proxy checks the rule over
+-- every partition and claims here without it.
+CREATE FUNCTION chat.keys_claim_local(user_id bigint, device_id integer, devices jsonb, check_peers boolean)
 RETURNS TABLE(claimed_user bigint, claimed_device integer, identity_key text, signed_prekey jsonb,
               one_time_key jsonb, fallback boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -2589,7 +2593,7 @@ DECLARE
     otk record;
     left_keys integer;
 BEGIN
-    PERFORM chat.require_device(keys_claim.user_id, keys_claim.device_id);
+    PERFORM chat.require_device(keys_claim_local.user_id, keys_claim_local.device_id);
     IF jsonb_typeof(devices) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'devices must be an array of {"user","device"}, not %', left(coalesce(devices::text, 'NULL'), 80)
             USING ERRCODE = '22023';
@@ -2607,7 +2611,9 @@ BEGIN
         END IF;
         cu := (d ->> 'user')::bigint;
         cd := (d ->> 'device')::integer;
-        PERFORM chat.require_e2e_peer(keys_claim.user_id, cu);
+        IF check_peers THEN
+            PERFORM chat.require_e2e_peer(keys_claim_local.user_id, cu);
+        END IF;
         SELECT * INTO k FROM chat.device_keys x WHERE x.user_id = cu AND x.device_id = cd;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'device % of user % has no keys', cd, cu
@@ -2640,6 +2646,15 @@ BEGIN
 END
 $$;
 
+-- Claims one key bundle per listed device ([{"user","device"}], at most
+-- 1000): see chat.keys_claim_local, with the peer rule (42501).
+CREATE FUNCTION chat.keys_claim(user_id bigint, device_id integer, devices jsonb)
+RETURNS TABLE(claimed_user bigint, claimed_device integer, identity_key text, signed_prekey jsonb,
+              one_time_key jsonb, fallback boolean)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM chat.keys_claim_local(user_id, device_id, devices, true)
+$$;
+
 -- Queues envelopes [{"user","device","type","ciphertext"}] (at most 1024,
 -- ciphertext base64 of at most 6000 characters so that the live event fits
 -- a notification) from (user_id, device_id) to those devices, each of which
@@ -2648,14 +2663,17 @@ $$;
 -- Idempotent per txn: a txn the sending device used in the last day stores
 -- nothing new.  A device's inbox holds at most 1000 envelopes (54000).
 -- Recipients are the sender's own devices and the devices of users who
--- share a conversation with it (42501 otherwise).
-CREATE FUNCTION chat.to_device(user_id bigint, device_id integer, messages jsonb, txn text)
+-- share a conversation with it (42501 otherwise; check_peers false is for
+-- chat_proxy only, which checks that over every partition and queues each
+-- envelope on its recipient's home partition).
+CREATE FUNCTION chat.to_device_local(user_id bigint, device_id integer, messages jsonb, txn text,
+                                     check_peers boolean)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    uid bigint := to_device.user_id;
-    did integer := to_device.device_id;
+    uid bigint := to_device_local.user_id;
+    did integer := to_device_local.device_id;
     m jsonb;
     ru bigint;
     rd integer;
@@ -2714,7 +2732,9 @@ BEGIN
           FROM jsonb_array_elements(messages) e ORDER BY 1, 2
     LOOP
         PERFORM chat.require_device(ru, rd);
-        PERFORM chat.require_e2e_peer(uid, ru);
+        IF check_peers THEN
+            PERFORM chat.require_e2e_peer(uid, ru);
+        END IF;
     END LOOP;
     PERFORM FROM chat.devices x
      WHERE (x.user_id, x.device_id) IN (SELECT (e.value ->> 'user')::bigint, (e.value ->> 'device')::integer
@@ -2742,6 +2762,14 @@ BEGIN
                                'device', rd));
     END LOOP;
 END
+$$;
+
+-- Queues envelopes for single devices: see chat.to_device_local, with the
+-- peer rule (42501).
+CREATE FUNCTION chat.to_device(user_id bigint, device_id integer, messages jsonb, txn text)
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT chat.to_device_local(user_id, device_id, messages, txn, true)
 $$;
 
 -- The oldest lim envelopes of a device's inbox as the JSON array sync
@@ -2819,7 +2847,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- chat.send_message for a ciphertext: the same send with kind 'e2e', only
--- in an e2e conversation (22023 otherwise).  body is opaque.
+-- in an e2e conversation (22023 otherwise).  body is opaque; mentions are
+-- member ids as in send_message (the body is never parsed for them).
 CREATE FUNCTION chat.send_e2e(sender bigint, conversation_id bigint, body text,
                               client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
                               sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL)
@@ -2835,6 +2864,8 @@ REVOKE ALL ON FUNCTION chat.require_e2e_peer(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_upload(bigint, integer, text, jsonb, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_query(bigint, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.keys_claim(bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.keys_claim_local(bigint, integer, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.to_device_local(bigint, integer, jsonb, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.to_device(bigint, integer, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.to_device_pending(bigint, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.to_device_ack(bigint, integer, bigint) FROM PUBLIC;
@@ -2853,6 +2884,10 @@ COMMENT ON FUNCTION chat.keys_claim(bigint, integer, jsonb) IS
     'e2e: one key bundle per device; each one-time key is handed out once only, then the fallback key (fallback true)';
 COMMENT ON FUNCTION chat.to_device(bigint, integer, jsonb, text) IS
     'e2e: queues envelopes for single devices (idempotent per txn; inboxes bounded at 1000)';
+COMMENT ON FUNCTION chat.keys_claim_local(bigint, integer, jsonb, boolean) IS
+    'internal (chat_proxy): keys_claim with the peer rule optional (the proxy checks it over every partition)';
+COMMENT ON FUNCTION chat.to_device_local(bigint, integer, jsonb, text, boolean) IS
+    'internal (chat_proxy): to_device with the peer rule optional (the proxy checks it over every partition)';
 COMMENT ON FUNCTION chat.to_device_pending(bigint, integer, integer) IS 'e2e: the oldest envelopes of a device''s inbox as JSON';
 COMMENT ON FUNCTION chat.to_device_ack(bigint, integer, bigint) IS 'e2e: deletes a device''s envelopes up to an id';
 COMMENT ON FUNCTION chat.enable_e2e(bigint, bigint) IS 'e2e: makes a conversation end-to-end encrypted (one-way; system message)';

@@ -126,7 +126,8 @@ SELECT is_empty(
                           'pins', 'mute', 'search', 'set_disappearing', 'expire_messages',
                           'apply_retention', 'broadcast',
                           'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
-                          'to_device_pending', 'enable_e2e', 'send_e2e') $$,
+                          'to_device_pending', 'enable_e2e', 'send_e2e',
+                          'keys_claim_local', 'to_device_local') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
 SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer,bigint[])'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
@@ -148,7 +149,8 @@ SELECT is_empty(
                             'apply_retention', 'broadcast', 'start_expiry_worker',
                             'launch_expiry_worker',
                             'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
-                            'to_device_pending', 'enable_e2e', 'send_e2e', 'is_e2e') $$,
+                            'to_device_pending', 'enable_e2e', 'send_e2e', 'is_e2e',
+                            'keys_claim_local', 'to_device_local') $$,
     'every core function has a comment');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
