@@ -46,10 +46,11 @@ function serverBody(title) {
 }
 
 before(async () => {
-  assert.ok(BASE_URL && TOKENS.alice && TOKENS.bob, 'run through tests/browser/run.sh');
+  assert.ok(BASE_URL && TOKENS.alice && TOKENS.bob && TOKENS.carol, 'run through tests/browser/run.sh');
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
   await openUser('alice');
   await openUser('bob');
+  await openUser('carol');
 });
 
 after(async () => {
@@ -103,9 +104,11 @@ test('a secret group: both pages show the lock and display each other\'s encrypt
 
 test('a secret direct chat shows the same safety number on both pages; undecryptable messages get a placeholder', async () => {
   const { page: a } = users.alice;
-  const { page: b } = users.bob;
+  // alice and carol: the direct chat of alice and bob (DIRECT) stays plain
+  // for the other browser tests (messenger.test.mjs searches it)
+  const { page: b } = users.carol;
   await a.click('#new-direct');
-  await a.fill('#direct-user', '2');
+  await a.fill('#direct-user', '3');
   await a.check('#direct-secret');
   await a.click('#direct-ok');
   await a.waitForFunction(() => document.getElementById('conv-name').textContent.startsWith('🔒'), null, { timeout: WAIT });
@@ -148,19 +151,21 @@ function png(w, h) {
 
 test('a picture attached in a secret chat goes up encrypted and shows decrypted on both pages', async () => {
   const { page: a } = users.alice;
-  const { page: b } = users.bob;
+  // alice and carol: the direct chat of alice and bob (DIRECT) stays plain
+  // for the other browser tests (messenger.test.mjs searches it)
+  const { page: b } = users.carol;
   // both still have the secret direct chat of the test before open
   assert.match(await a.textContent('#conv-name'), /^🔒/);
   const conv = await a.evaluate(() => Number(document.querySelector('#chat-list li.active').dataset.conversation));
   await a.setInputFiles('#composer-file', { name: 'treasure-map.png', mimeType: 'image/png', buffer: png(96, 64) });
-  // bob's page decrypts the file with the key in the message: the full picture, its name as alt
+  // carol's page decrypts the file with the key in the message: the full picture, its name as alt
   const sel = '#message-list .msg figure.attachment.image.e2e img';
   await b.waitForFunction((s) => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0; }, sel, { timeout: WAIT });
   assert.deepEqual(await b.$eval(sel, (i) => [i.naturalWidth, i.naturalHeight, i.alt]), [96, 64, 'treasure-map.png']);
   await a.waitForFunction((s) => document.querySelector(s)?.naturalWidth === 96, sel, { timeout: WAIT });
   assert.equal(await a.$('#message-list .msg.pending'), null);
   // The server has opaque bytes only: no type, no name, no thumbnail; a kind e2e message
-  // (the newest file: the direct chat of alice and bob had a plain picture before it was made secret).
+  // (the newest file: the direct chat of alice and carol may have had a plain picture before it was made secret).
   const row = execFileSync(path.join(process.env.PGBIN, 'psql'), ['-XAtq', '-d', process.env.DB_DSN, '-c',
     `SELECT a.mime || '|' || coalesce(a.name, '-') || '|' || (a.thumbnail_key IS NULL) || '|' || m.kind
        FROM chat.attachments a JOIN chat.messages m ON m.conversation_id = a.conversation_id AND m.seq = a.message_seq
