@@ -208,7 +208,8 @@ RETURNS jsonb
 LANGUAGE plproxy SECURITY DEFINER AS $$
     CLUSTER 'chat_partitions';
     RUN ON part;
-    TARGET chat.media_url;
+    -- TARGET would pass part too: chat.media_url(integer, bigint, uuid, boolean)
+    SELECT chat.media_url(actor, attachment, thumbnail);
 $$;
 
 CREATE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
@@ -262,7 +263,7 @@ RETURNS void
 LANGUAGE plproxy SECURITY DEFINER AS $$
     CLUSTER 'chat_partitions';
     RUN ON part;
-    TARGET chat.revoke_invite;
+    SELECT chat.revoke_invite(actor, code);   -- TARGET would pass part too
 $$;
 
 CREATE FUNCTION chat.revoke_invite(actor bigint, code text)

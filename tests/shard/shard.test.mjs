@@ -191,6 +191,15 @@ test('invites through the proxy: a code made on any partition can be joined and 
   assert.equal((await req(8, { id: 5, type: 'join', code: 'f'.repeat(32) })).code, 'P0002');
   const sqlJoin = await value(PROXY, `SELECT chat."join"(8, (SELECT code FROM chat.invite_link(1, ${groups[1]})))`).catch((e) => e);
   assert.equal(Number(sqlJoin), groups[1], `SQL join through the proxy: ${sqlJoin}`);
+  // SQL revoke_invite through the proxy, for a code on every partition; an unknown code P0002
+  for (const g of groups) {
+    const code = await value(PROXY, `SELECT code FROM chat.invite_link(1, ${g})`);
+    await psql(PROXY, `SELECT chat.revoke_invite(1, '${code}')`);
+    assert.equal((await req(8, { id: 6, type: 'join', code })).code, '55000', `revoked by SQL on partition ${partOf(g)}`);
+  }
+  await assert.rejects(psql(PROXY, `SELECT chat.revoke_invite(1, '${'e'.repeat(32)}')`), /invite .* does not exist/);
+  // SQL media_url through the proxy: an unknown attachment is P0002 (each partition asked)
+  await assert.rejects(psql(PROXY, `SELECT chat.media_url(1, '00000000-0000-0000-0000-000000000000')`), /attachment .* does not exist/);
 });
 
 // E2E (issue 12): keys and to-device inboxes live on the owner's home
