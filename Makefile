@@ -57,7 +57,22 @@ proxy/chat_proxy--$(CHAT_VERSION).sql: extension/chat--$(CHAT_VERSION).sql $(PRO
 proxy-check: extension/chat--$(CHAT_VERSION).sql
 	python3 proxy/gen-proxy.py --check $< proxy/routing.conf proxy/custom.sql
 
-all: gateway-build pusher-build
+# The crypto primitives of the web client's e2e.js (@noble, pinned in
+# package-lock.json), bundled as one ESM file that the gateway's --static
+# serves: the page fetches nothing from elsewhere.  The bundle is committed
+# too, so that a checkout without node_modules still has it.  (Defined
+# before "all": a rule's prerequisites are expanded when it is read.)
+VENDOR_JS    = web/vendor/noble.js
+NODE_MODULES ?= node_modules
+
+all: gateway-build pusher-build $(VENDOR_JS)
+
+$(VENDOR_JS): web/vendor/noble-entry.js package-lock.json
+	@if [ -x $(NODE_MODULES)/.bin/esbuild ] && [ -d $(NODE_MODULES)/@noble/curves ]; then \
+	  NODE_PATH=$(abspath $(NODE_MODULES)) $(NODE_MODULES)/.bin/esbuild web/vendor/noble-entry.js \
+	    --bundle --format=esm --legal-comments=inline --log-level=warning --outfile=$@ && \
+	  sed -i 's#^// .*node_modules/#// node_modules/#' $@; \
+	else echo "vendor: no esbuild or @noble in $(NODE_MODULES) (run npm ci): keeping $@ as committed"; fi
 
 .PHONY: gateway-build pusher-build pusher-clean deps test demo demo-sharded bench bench-shard bench-full gateway-asan faults
 gateway-build:

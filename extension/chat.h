@@ -90,6 +90,7 @@ typedef struct SendArgs
 	int32		sender_device;	/* 0: not known */
 	Jsonb	   *attachments;	/* upload ids (jsonb array); NULL: none */
 	ArrayType  *mentions;		/* NULL: none; bigint[] of members to mention */
+	const char *kind;			/* "text" or "e2e" (NULL: "text") */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */

@@ -375,8 +375,10 @@ FanoutMessage(const ChatMessage *msg)
 			routes = OnlineRoutes(msg->conversation_id, NULL, 0, PG_INT64_MIN, cxt);
 	}
 	else
-		routes = RouteAndPush(msg, event.len <= PUSH_PAYLOAD_MAX ? event.data : ref.data,
-							  notify, cxt);
+		/* an e2e body (ciphertext) never goes into a push row */
+		routes = RouteAndPush(msg, event.len <= PUSH_PAYLOAD_MAX &&
+							  !(msg->kind != NULL && strcmp(msg->kind, "e2e") == 0) ?
+							  event.data : ref.data, notify, cxt);
 	ChatSpiFinish();
 	EmitRoutes(routes, event.data, ref.data);
 	if (redacted != NIL)

@@ -99,7 +99,9 @@ chat_media_sign(PG_FUNCTION_ARGS)
  * The attachments of a send (a jsonb array of upload ids): checks that each
  * is a ready upload of the sender to this conversation not yet sent, and
  * returns their JSON for the message ([{id, mime, size, name, width,
- * height, thumbnail}], in the given order).  Raises 22023 for a bad list,
+ * height, thumbnail}], in the given order).  Raises 22023 for a bad list
+ * and, in an e2e send, for a file that is not application/octet-stream
+ * without a name,
  * P0002 for an id that is not an upload of the sender here, 55000 for one
  * not ready or already sent.  Caller is connected to SPI and holds the
  * conversation row lock, which serialises two sends of one upload.
@@ -134,7 +136,8 @@ SendAttachments(const SendArgs *a)
 		"        jsonb_agg(jsonb_strip_nulls(jsonb_build_object('id', a.id, 'mime', a.mime,"
 		"            'size', a.size, 'name', a.name, 'width', a.width, 'height', a.height,"
 		"            'duration_ms', a.duration_ms, 'thumbnail', a.thumbnail_key IS NOT NULL))"
-		"          ORDER BY ids.ord)::text"
+		"          ORDER BY ids.ord)::text,"
+		"        count(*) FILTER (WHERE a.mime <> 'application/octet-stream' OR a.name IS NOT NULL)"
 		"   FROM ids LEFT JOIN chat.attachments a"
 		"     ON a.id = ids.id AND a.owner_id = $1 AND a.conversation_id = $2",
 		3, types);
@@ -170,6 +173,17 @@ SendAttachments(const SendArgs *a)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%d of the attachments were sent already", (int) sent),
 				 errhint("Upload the file again to send it in another message.")));
+	/*
+	 * E2E (30_e2e.sql): an encrypted message carries encrypted files only,
+	 * opaque bytes without a name (their type and name travel in the
+	 * ciphertext), also those announced before the switch to e2e.
+	 */
+	if (a->kind != NULL && strcmp(a->kind, "e2e") == 0 && ChatSpiInt64(0, 6, &isnull) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%d of the attachments of an e2e message are not encrypted files",
+						(int) ChatSpiInt64(0, 6, &isnull)),
+				 errhint("Upload each file encrypted, as application/octet-stream without a name.")));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
 	return TextDatumGetCString(d);
 }

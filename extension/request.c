@@ -74,6 +74,7 @@ static SPIPlanPtr sync_plan;
 static SPIPlanPtr history_plan;
 static SPIPlanPtr after_plan;
 static SPIPlanPtr dispatch_plan;
+static SPIPlanPtr to_device_plan;
 
 /* The columns of chat.message_view, in order, for the message readers. */
 #define MESSAGE_COLUMNS \
@@ -353,6 +354,8 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	/* absent: 0, "none"; an explicit 0 is none in send_message too */
 	RequestInt64(ctx, "reply_to", false, &a.reply_to);
 	a.mentions = RequestIds(ctx, "mentions");
+	/* absent: text; "e2e" in an end-to-end encrypted conversation */
+	a.kind = RequestText(ctx, "kind", false);
 
 	SendMessage(&a, &r);
 	appendStringInfo(result, "{\"conversation\":" INT64_FORMAT ",\"seq\":" INT64_FORMAT
@@ -498,7 +501,11 @@ HandleTyping(const RequestCtx *ctx, StringInfo result)
 	appendStringInfoString(result, "{}");
 }
 
-/* "sync": a page of chat.sync; result {messages, more}. */
+/*
+ * "sync": a page of chat.sync; result {messages, more}, plus "to_device"
+ * (the oldest 100 envelopes of the device's e2e inbox, 30_e2e.sql) when
+ * the inbox is not empty; a full page of those makes more true as well.
+ */
 static void
 HandleSync(const RequestCtx *ctx, StringInfo result)
 {
@@ -507,6 +514,7 @@ HandleSync(const RequestCtx *ctx, StringInfo result)
 	Datum		args[3] = {Int64GetDatum(ctx->user_id), Int32GetDatum(ctx->device_id),
 	Int32GetDatum(lim)};
 	uint64		n;
+	bool		more;
 
 	ChatSpiConnect();
 	ChatPrepare(&sync_plan, "SELECT " MESSAGE_COLUMNS " FROM chat.sync($1, $2, $3) m"
@@ -514,7 +522,29 @@ HandleSync(const RequestCtx *ctx, StringInfo result)
 	ChatExecute(sync_plan, args, NULL, false, 0, SPI_OK_SELECT, "sync");
 	appendStringInfoString(result, "{\"messages\":");
 	n = AppendMessageRows(result);
-	appendStringInfo(result, ",\"more\":%s}", (int64) n >= lim ? "true" : "false");
+	more = (int64) n >= lim;
+	/* E2E to-device inbox (30_e2e.sql): one index probe when empty. */
+	{
+		bool		isnull;
+		Datum		d;
+
+		ChatPrepare(&to_device_plan,
+					"SELECT chat.to_device_pending($1, $2, 100), count(*)"
+					"  FROM (SELECT FROM chat.to_device t WHERE t.user_id = $1 AND t.device_id = $2"
+					"         LIMIT 100) x", 2, types);
+		ChatExecute(to_device_plan, args, NULL, false, 0, SPI_OK_SELECT, "to_device inbox");
+		if (ChatSpiInt64(0, 2, &isnull) > 0)
+		{
+			Jsonb	   *j;
+
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			j = DatumGetJsonbP(d);
+			appendStringInfoString(result, ",\"to_device\":");
+			JsonbToCString(result, &j->root, VARSIZE(j));
+			more = more || ChatSpiInt64(0, 2, &isnull) >= 100;
+		}
+	}
+	appendStringInfo(result, ",\"more\":%s}", more ? "true" : "false");
 	ChatSpiFinish();
 }
 

@@ -38,6 +38,7 @@
 PG_FUNCTION_INFO_V1(chat_send_message);
 PG_FUNCTION_INFO_V1(chat_check_body);
 PG_FUNCTION_INFO_V1(chat_append_message);
+PG_FUNCTION_INFO_V1(chat_send_e2e);
 
 /* Longest client_msg_id accepted, in bytes. */
 #define CHAT_MAX_CLIENT_MSG_ID_BYTES 128
@@ -71,6 +72,9 @@ PrepareSendPlans(void)
 	 * the sender is a plain member of a group whose settings say
 	 * only_admins_send (read from the row locked anyway).  Column 6: the
 	 * conversation's disappearing-messages ttl in seconds (NULL: none).
+	 * Column 7: the conversation is end-to-end encrypted (settings 'e2e',
+	 * 30_e2e.sql), read from the same locked row: the e2e rule costs no
+	 * extra probe.
 	 */
 	ChatPrepare(&lock_plan,
 		"SELECT c.last_seq, m.read_seq,"
@@ -82,7 +86,8 @@ PrepareSendPlans(void)
 		"                                ELSE c.direct_low END),"
 		"       m.role = 'member'"
 		"         AND coalesce((c.settings ->> 'only_admins_send')::boolean, false),"
-		"       (c.settings ->> 'ttl')::integer"
+		"       (c.settings ->> 'ttl')::integer,"
+		"       coalesce((c.settings ->> 'e2e')::boolean, false)"
 		"  FROM chat.conversations c"
 		"  JOIN chat.members m ON m.conversation_id = c.id AND m.user_id = $2"
 		" WHERE c.id = $1 AND m.left_at IS NULL"
@@ -351,13 +356,18 @@ CheckMentions(const SendArgs *a, ArrayType **out, int64 *seq, TimestampTz *creat
 	return true;
 }
 
-/* The body and client_msg_id rules of a send (22023, 22001). */
+/* The body, kind and client_msg_id rules of a send (22023, 22001). */
 static void
 SendChecks(const SendArgs *a)
 {
 	/* a file may go without a caption: an empty body then */
 	if (a->attachments == NULL || a->body == NULL || VARSIZE_ANY_EXHDR(a->body) > 0)
 		CheckBody(a->body);
+	if (a->kind != NULL && strcmp(a->kind, "text") != 0 && strcmp(a->kind, "e2e") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid message kind \"%s\"", a->kind),
+				 errhint("A send is of kind text or, in an end-to-end encrypted conversation, e2e.")));
 	if (a->client_msg_id != NULL)
 	{
 		int			bytes = VARSIZE_ANY_EXHDR(a->client_msg_id);
@@ -392,6 +402,36 @@ RetryOrRefuse(const SendArgs *a, int64 *seq, TimestampTz *created_at,
 			 errmsg("user " INT64_FORMAT " cannot send to conversation " INT64_FORMAT ": %s",
 					a->sender, a->conversation_id, why),
 			 hint ? errhint("%s", hint) : 0));
+	return false;				/* not reached */
+}
+
+/*
+ * The e2e rule (30_e2e.sql): an end-to-end encrypted conversation takes
+ * kind e2e sends only, and only such a conversation takes them (22023
+ * either way).  A retry of a send made before the switch still gets its
+ * answer (false, *seq and *created_at); true when the send may go on.
+ */
+static bool
+CheckE2eKind(const SendArgs *a, bool e2e, int64 *seq, TimestampTz *created_at)
+{
+	bool		is_e2e = a->kind != NULL && strcmp(a->kind, "e2e") == 0;
+
+	if (is_e2e == e2e)
+		return true;
+	if (a->client_msg_id != NULL &&
+		FindDuplicate(a->conversation_id, a->sender, a->client_msg_id, seq, created_at))
+		return false;
+	if (e2e)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("conversation " INT64_FORMAT " is end-to-end encrypted: a message of kind \"%s\" is refused",
+						a->conversation_id, a->kind ? a->kind : "text"),
+				 errhint("Encrypt the message and send it with kind \"e2e\".")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("conversation " INT64_FORMAT " is not end-to-end encrypted: a message of kind \"e2e\" is refused",
+					a->conversation_id),
+			 errhint("Switch it on with chat.enable_e2e first.")));
 	return false;				/* not reached */
 }
 
@@ -444,6 +484,10 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int32 *ttl, int
 		RetryOrRefuse(a, seq, created_at, "only admins send there",
 					  "An owner or admin can turn this off with chat.update_group."))
 		return false;
+	if (!CheckE2eKind(a, DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 7, &isnull)),
+					  seq, created_at))
+		return false;
 	if (a->reply_to != 0 && (a->reply_to < 1 || a->reply_to > *last_seq))
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
@@ -491,7 +535,7 @@ SendMessage(const SendArgs *a, SendResult *r)
 		msg.conversation_id = a->conversation_id;
 		msg.sender_id = a->sender;
 		msg.sender_device = a->sender_device;
-		msg.kind = "text";
+		msg.kind = a->kind ? a->kind : "text";
 		msg.reply_to = a->reply_to;
 		msg.created_at = GetCurrentTimestamp();
 		/* only sends with attachments pay for them: one lookup, one update */
@@ -513,12 +557,31 @@ SendMessage(const SendArgs *a, SendResult *r)
 	ChatSpiFinish();
 }
 
+static Datum SendFromSql(FunctionCallInfo fcinfo, const char *kind);
+
 /*
  * chat.send_message(sender, conversation_id, body, client_msg_id, reply_to,
  * sender_device) RETURNS TABLE(conversation_id, seq, created_at, duplicate)
  */
 Datum
 chat_send_message(PG_FUNCTION_ARGS)
+{
+	return SendFromSql(fcinfo, "text");
+}
+
+/*
+ * chat.send_e2e(sender, conversation_id, body, client_msg_id, reply_to,
+ * sender_device): the same send of a ciphertext, kind e2e (30_e2e.sql).
+ */
+Datum
+chat_send_e2e(PG_FUNCTION_ARGS)
+{
+	return SendFromSql(fcinfo, "e2e");
+}
+
+/* The SQL send functions: a send of kind, one result row. */
+static Datum
+SendFromSql(FunctionCallInfo fcinfo, const char *kind)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	SendArgs	a;
@@ -527,6 +590,7 @@ chat_send_message(PG_FUNCTION_ARGS)
 	bool		nulls[4] = {false, false, false, false};
 
 	GetSendArgs(fcinfo, &a);
+	a.kind = kind;
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	SendMessage(&a, &r);
 

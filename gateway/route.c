@@ -31,6 +31,7 @@ struct event {
 	struct msg *msg;		/* NULL while the ref is being fetched */
 	int64_t sender;
 	int32_t sender_device;
+	int32_t only_device;		/* > 0: that device's connections only */
 	int is_message;
 	int waiting_ref;
 	uint32_t n_users;
@@ -110,15 +111,18 @@ route_has_device(int64_t user, int32_t device)
 	return 0;
 }
 
-/* Queues m on every local connection of the listed users. */
+/* Queues m on every local connection of the listed users (of device
+ * only_device alone when it is > 0: e2e to_device and keys_low). */
 static void
 route_deliver(struct msg *m, const int64_t *users, uint32_t n_users, int is_message,
-	      int64_t sender, int32_t sender_device)
+	      int64_t sender, int32_t sender_device, int32_t only_device)
 {
 	for (uint32_t i = 0; i < n_users; i++) {
 		struct conn *c = buckets[bucket_of(users[i], n_buckets)];
 		for (; c; c = c->user_next) {
 			if (c->user != users[i] || c->state != CONN_LIVE)
+				continue;
+			if (only_device > 0 && c->device != only_device)
 				continue;
 			if (is_message && c->user == sender && c->device == sender_device) {
 				stats.skipped_own++;
@@ -142,7 +146,7 @@ route_drain(void)
 			wait_tail = NULL;
 		if (e->msg) {
 			route_deliver(e->msg, e->users, e->n_users, e->is_message,
-				      e->sender, e->sender_device);
+				      e->sender, e->sender_device, e->only_device);
 			msg_unref(e->msg);
 		}
 		free(e);
@@ -152,7 +156,7 @@ route_drain(void)
 /* Appends an event to the waiting queue; returns it. */
 static struct event *
 route_wait(struct msg *m, const int64_t *users, uint32_t n_users, int is_message,
-	   int64_t sender, int32_t sender_device)
+	   int64_t sender, int32_t sender_device, int32_t only_device)
 {
 	struct event *e = xmalloc(sizeof(*e) + n_users * sizeof(int64_t));
 
@@ -160,6 +164,7 @@ route_wait(struct msg *m, const int64_t *users, uint32_t n_users, int is_message
 	e->msg = m;
 	e->sender = sender;
 	e->sender_device = sender_device;
+	e->only_device = only_device;
 	e->is_message = is_message;
 	e->waiting_ref = 0;
 	e->n_users = n_users;
@@ -266,7 +271,7 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 	json_t *ev, *type;
 	int is_message = 0, is_ref = 0;
 	int64_t sender = 0, conversation = 0, seq = 0;
-	int32_t sender_device = 0;
+	int32_t sender_device = 0, only_device = 0;
 	struct msg *m;
 
 	stats.events_in++;
@@ -289,6 +294,20 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 		route_revoked(ev);
 		json_decref(ev);
 		return;
+	} else if (!strcmp(json_string_value(type), "to_device") ||
+		   !strcmp(json_string_value(type), "keys_low")) {
+		/* E2E: for one device of the user (its "device"), never the
+		 * others; an event that names none is dropped, not broadcast. */
+		json_t *d = json_object_get(ev, "device");
+
+		if (!json_is_integer(d) || json_integer_value(d) <= 0 ||
+		    json_integer_value(d) > INT32_MAX) {
+			stats.events_invalid++;
+			log_msg(LOG_WARN, 0, "%s event without a device", json_string_value(type));
+			json_decref(ev);
+			return;
+		}
+		only_device = (int32_t)json_integer_value(d);
 	}
 	json_decref(ev);
 
@@ -308,7 +327,7 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 
 			if (!route_user_here(users[i]))
 				continue;
-			e = route_wait(NULL, &users[i], 1, 1, sender, sender_device);
+			e = route_wait(NULL, &users[i], 1, 1, sender, sender_device, 0);
 			e->waiting_ref = 1;
 			if (db_resolve_ref(e, users[i], conversation, seq) != 0) {
 				e->waiting_ref = 0;
@@ -322,10 +341,11 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 
 	m = cfg.trace_latency ? trace_event_msg(json, len) : msg_new(json, len);
 	if (wait_head) {
-		route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device);
+		route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device,
+			   only_device);
 		return;
 	}
-	route_deliver(m, users, (uint32_t)n_users, is_message, sender, sender_device);
+	route_deliver(m, users, (uint32_t)n_users, is_message, sender, sender_device, only_device);
 	msg_unref(m);
 }
 

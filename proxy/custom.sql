@@ -208,7 +208,8 @@ RETURNS jsonb
 LANGUAGE plproxy SECURITY DEFINER AS $$
     CLUSTER 'chat_partitions';
     RUN ON part;
-    TARGET chat.media_url;
+    -- TARGET would pass part too: chat.media_url(integer, bigint, uuid, boolean)
+    SELECT chat.media_url(actor, attachment, thumbnail);
 $$;
 
 CREATE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
@@ -262,7 +263,7 @@ RETURNS void
 LANGUAGE plproxy SECURITY DEFINER AS $$
     CLUSTER 'chat_partitions';
     RUN ON part;
-    TARGET chat.revoke_invite;
+    SELECT chat.revoke_invite(actor, code);   -- TARGET would pass part too
 $$;
 
 CREATE FUNCTION chat.revoke_invite(actor bigint, code text)
@@ -301,6 +302,239 @@ COMMENT ON FUNCTION chat_proxy.revoke_invite_on(integer, bigint, text) IS 'chat_
 COMMENT ON FUNCTION chat.revoke_invite(bigint, text) IS 'chat_proxy (custom): chat.revoke_invite on the partition that holds the invite';
 COMMENT ON FUNCTION chat.broadcast(text, text) IS 'chat_proxy (custom): chat.broadcast on partition 0 (every user has a service conversation there)';
 
+-- E2E (issue 12): a device's keys and to-device inbox live on its owner's
+-- home partition (hashint8(user id)), but the conversation two users share
+-- (the peer rule of keys_claim and to_device: 42501 between strangers) may
+-- live on any partition.  So the proxy checks the rule over every
+-- partition, then claims or queues on each owner's home partition with
+-- chat.keys_claim_local / chat.to_device_local (check_peers false).  A
+-- request whose shape the partitions would refuse goes whole to the
+-- caller's home partition, which refuses it before doing anything (the
+-- checks here mirror the partition's exactly).  Each partition's part
+-- commits on its own: a to_device retried with the same txn stores nothing
+-- twice on the partitions that took it; a claim that fails on one
+-- partition may have used up one-time keys on another.
+
+-- The users who share a current conversation with user_id, on every partition.
+CREATE FUNCTION chat_proxy.e2e_peers_all(user_id bigint)
+RETURNS SETOF bigint
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    SELECT unnest(chat.e2e_peers(user_id));
+$$;
+
+-- 42501 unless every user of others is actor or shares a conversation with
+-- actor on some partition (chat.require_e2e_peer over every partition).
+CREATE FUNCTION chat_proxy.require_e2e_peers(actor bigint, others bigint[])
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad bigint;
+BEGIN
+    IF coalesce(cardinality(ARRAY(SELECT o FROM unnest(others) o WHERE o <> actor)), 0) = 0 THEN
+        RETURN;
+    END IF;
+    SELECT o INTO bad
+      FROM unnest(others) WITH ORDINALITY AS x(o, n)
+     WHERE o <> actor AND o <> ALL (ARRAY(SELECT chat_proxy.e2e_peers_all(actor)))
+     ORDER BY n LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'user % shares no conversation with user %', actor, bad
+            USING ERRCODE = '42501', HINT = 'Keys and envelopes go only to the devices of users one talks to.';
+    END IF;
+END
+$$;
+
+-- The partition of a user's home (PL/Proxy's RUN ON hashint8 mapping).
+CREATE FUNCTION chat_proxy.home_partition(user_id bigint)
+RETURNS integer
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT hashint8(user_id) & (chat_proxy.partition_count() - 1)
+$$;
+
+-- True when a key claim list has the shape chat.keys_claim_local accepts.
+CREATE FUNCTION chat_proxy.claim_list_ok(devices jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_typeof(devices) = 'array' AND jsonb_array_length(devices) <= 1000
+       AND NOT EXISTS (SELECT FROM jsonb_array_elements(devices) e
+                        WHERE jsonb_typeof(e.value) IS DISTINCT FROM 'object'
+                           OR jsonb_typeof(e.value -> 'user') IS DISTINCT FROM 'number'
+                           OR jsonb_typeof(e.value -> 'device') IS DISTINCT FROM 'number'
+                           OR (e.value ->> 'user') !~ '^-?[0-9]{1,18}$'
+                           OR (e.value ->> 'device') !~ '^[0-9]{1,9}$')
+$$;
+
+-- True when envelopes and txn have the shape chat.to_device_local accepts.
+CREATE FUNCTION chat_proxy.envelopes_ok(messages jsonb, txn text)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT txn IS NOT NULL AND length(txn) BETWEEN 1 AND 128
+       AND jsonb_typeof(messages) = 'array' AND jsonb_array_length(messages) BETWEEN 1 AND 1024
+       AND NOT EXISTS (SELECT FROM jsonb_array_elements(messages) e
+                        WHERE jsonb_typeof(e.value) IS DISTINCT FROM 'object'
+                           OR jsonb_typeof(e.value -> 'user') IS DISTINCT FROM 'number'
+                           OR jsonb_typeof(e.value -> 'device') IS DISTINCT FROM 'number'
+                           OR (e.value ->> 'user') !~ '^-?[0-9]{1,18}$'
+                           OR (e.value ->> 'device') !~ '^[0-9]{1,9}$'
+                           OR jsonb_typeof(e.value -> 'type') IS DISTINCT FROM 'string'
+                           OR jsonb_typeof(e.value -> 'ciphertext') IS DISTINCT FROM 'string'
+                           OR (e.value ->> 'type') !~ '^[A-Za-z0-9_.:-]{1,32}$'
+                           OR (e.value ->> 'ciphertext') !~ '^[A-Za-z0-9+/_=-]+$'
+                           OR length(e.value ->> 'ciphertext') > 6000)
+$$;
+
+CREATE FUNCTION chat_proxy.keys_claim_on(part integer, user_id bigint, device_id integer, devices jsonb,
+                                         check_peers boolean)
+RETURNS TABLE(claimed_user bigint, claimed_device integer, identity_key text, signed_prekey jsonb,
+              one_time_key jsonb, fallback boolean)
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT * FROM chat.keys_claim_local(user_id, device_id, devices, check_peers);
+$$;
+
+CREATE FUNCTION chat_proxy.to_device_on(part integer, user_id bigint, device_id integer, messages jsonb,
+                                        txn text, check_peers boolean)
+RETURNS void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON part;
+    SELECT chat.to_device_local(user_id, device_id, messages, txn, check_peers);
+$$;
+
+CREATE FUNCTION chat.keys_claim(user_id bigint, device_id integer, devices jsonb)
+RETURNS TABLE(claimed_user bigint, claimed_device integer, identity_key text, signed_prekey jsonb,
+              one_time_key jsonb, fallback boolean)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    p integer;
+    ns bigint[];
+    acc jsonb := '[]';
+BEGIN
+    IF NOT coalesce(chat_proxy.claim_list_ok(devices), false) THEN
+        -- refused by the partition before it claims anything
+        RETURN QUERY SELECT * FROM chat_proxy.keys_claim_on(chat_proxy.home_partition(user_id),
+                                                             user_id, device_id, devices, true);
+        RETURN;
+    END IF;
+    PERFORM chat_proxy.require_e2e_peers(user_id,
+        ARRAY(SELECT (e ->> 'user')::bigint FROM jsonb_array_elements(devices) e));
+    FOR p IN SELECT DISTINCT chat_proxy.home_partition((e ->> 'user')::bigint)
+               FROM jsonb_array_elements(devices) e LOOP
+        ns := ARRAY(SELECT x.n FROM jsonb_array_elements(devices) WITH ORDINALITY AS x(e, n)
+                     WHERE chat_proxy.home_partition((x.e ->> 'user')::bigint) = p ORDER BY x.n);
+        acc := acc || coalesce((
+            SELECT jsonb_agg(to_jsonb(r) || jsonb_build_object('n', ns[r.k]))
+              FROM chat_proxy.keys_claim_on(p, user_id, device_id,
+                       (SELECT jsonb_agg(devices -> (n::integer - 1) ORDER BY n) FROM unnest(ns) n), false)
+                   WITH ORDINALITY AS r(claimed_user, claimed_device, identity_key, signed_prekey,
+                                        one_time_key, fallback, k)), '[]');
+    END LOOP;
+    RETURN QUERY
+    SELECT x.claimed_user, x.claimed_device, x.identity_key, x.signed_prekey, x.one_time_key, x.fallback
+      FROM jsonb_to_recordset(acc) AS x(claimed_user bigint, claimed_device integer, identity_key text,
+                                       signed_prekey jsonb, one_time_key jsonb, fallback boolean, n bigint)
+     ORDER BY x.n;
+END
+$$;
+
+CREATE FUNCTION chat.to_device(user_id bigint, device_id integer, messages jsonb, txn text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p integer;
+BEGIN
+    IF NOT coalesce(chat_proxy.envelopes_ok(messages, txn), false) THEN
+        -- refused by the partition before it stores anything
+        PERFORM chat_proxy.to_device_on(chat_proxy.home_partition(user_id), user_id, device_id,
+                                        messages, txn, true);
+        RETURN;
+    END IF;
+    PERFORM chat_proxy.require_e2e_peers(user_id,
+        ARRAY(SELECT (e ->> 'user')::bigint FROM jsonb_array_elements(messages) e));
+    FOR p IN SELECT DISTINCT chat_proxy.home_partition((e ->> 'user')::bigint)
+               FROM jsonb_array_elements(messages) e ORDER BY 1 LOOP
+        PERFORM chat_proxy.to_device_on(p, user_id, device_id,
+            (SELECT jsonb_agg(x.e ORDER BY x.n) FROM jsonb_array_elements(messages) WITH ORDINALITY AS x(e, n)
+              WHERE chat_proxy.home_partition((x.e ->> 'user')::bigint) = p),
+            txn, false);
+    END LOOP;
+END
+$$;
+
+-- keys_claim and to_device frames of client_request, built here (the
+-- partitions' dispatcher would apply the peer rule to its own conversations
+-- only); a malformed request goes whole to the home partition.
+CREATE FUNCTION chat_proxy.e2e_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    result jsonb;
+BEGIN
+    IF (rtype = 'keys_claim' AND NOT coalesce(chat_proxy.claim_list_ok(request -> 'devices'), false))
+       OR (rtype = 'to_device' AND (jsonb_typeof(request -> 'txn') IS DISTINCT FROM 'string'
+                                    OR NOT coalesce(chat_proxy.envelopes_ok(request -> 'messages',
+                                                                            request ->> 'txn'), false))) THEN
+        RETURN chat_proxy.request_one(chat_proxy.home_partition(user_id), node, user_id, device_id, request);
+    END IF;
+    BEGIN
+        IF rtype = 'keys_claim' THEN
+            result := jsonb_build_object('bundles', coalesce((
+                SELECT jsonb_agg(jsonb_build_object('user', b.claimed_user, 'device', b.claimed_device,
+                                                    'identity_key', b.identity_key,
+                                                    'signed_prekey', b.signed_prekey,
+                                                    'one_time_key', b.one_time_key)
+                                 || CASE WHEN b.fallback THEN '{"fallback": true}'::jsonb ELSE '{}'::jsonb END
+                                 ORDER BY b.ordinality)
+                  FROM chat.keys_claim(user_id, device_id, request -> 'devices') WITH ORDINALITY AS b), '[]'));
+        ELSE
+            PERFORM chat.to_device(user_id, device_id, request -> 'messages', request ->> 'txn');
+            result := '{}';
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        IF chat_proxy.unreachable(SQLSTATE, SQLERRM) THEN
+            RAISE;
+        END IF;
+        RETURN jsonb_build_object('id', coalesce(request -> 'id', 'null'::jsonb), 'type', 'error',
+                                  'code', SQLSTATE,
+                                  'error', coalesce(chat.condition_name(SQLSTATE), 'error'),
+                                  'message', SQLERRM);
+    END;
+    RETURN jsonb_build_object('id', coalesce(request -> 'id', 'null'::jsonb), 'type', 'ok', 'result', result);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat_proxy.e2e_peers_all(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.require_e2e_peers(bigint, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.keys_claim_on(integer, bigint, integer, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.to_device_on(integer, bigint, integer, jsonb, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.e2e_request(text, bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.keys_claim(bigint, integer, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.to_device(bigint, integer, jsonb, text) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.e2e_peers_all(bigint) IS 'chat_proxy: chat.e2e_peers on every partition';
+COMMENT ON FUNCTION chat_proxy.require_e2e_peers(bigint, bigint[]) IS 'chat_proxy: the e2e peer rule (42501) over every partition';
+COMMENT ON FUNCTION chat_proxy.home_partition(bigint) IS 'chat_proxy: the home partition of a user (hashint8)';
+COMMENT ON FUNCTION chat_proxy.claim_list_ok(jsonb) IS 'chat_proxy: a keys_claim device list the partitions accept';
+COMMENT ON FUNCTION chat_proxy.envelopes_ok(jsonb, text) IS 'chat_proxy: to_device envelopes and txn the partitions accept';
+COMMENT ON FUNCTION chat_proxy.keys_claim_on(integer, bigint, integer, jsonb, boolean) IS 'chat_proxy: chat.keys_claim_local on one partition';
+COMMENT ON FUNCTION chat_proxy.to_device_on(integer, bigint, integer, jsonb, text, boolean) IS 'chat_proxy: chat.to_device_local on one partition';
+COMMENT ON FUNCTION chat_proxy.e2e_request(text, bigint, integer, jsonb) IS 'chat_proxy: the keys_claim and to_device frames of client_request';
+COMMENT ON FUNCTION chat.keys_claim(bigint, integer, jsonb) IS
+    'chat_proxy (custom): the peer rule over every partition, then each bundle claimed on its owner''s home partition';
+COMMENT ON FUNCTION chat.to_device(bigint, integer, jsonb, text) IS
+    'chat_proxy (custom): the peer rule over every partition, then each envelope queued on its recipient''s home partition';
+
 CREATE FUNCTION chat.client_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
@@ -313,6 +547,7 @@ DECLARE
     frames jsonb[];
     err jsonb;
     merged jsonb;
+    todev jsonb;
 BEGIN
     IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock',
                  'register_push', 'unregister_push', 'set_push_previews') THEN
@@ -327,8 +562,17 @@ BEGIN
               INTO merged
               FROM (SELECT m FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'messages') m
                      ORDER BY (m ->> 'conversation')::bigint, (m ->> 'seq')::bigint LIMIT lim) page;
+            -- E2E: the device's to-device inbox (on its home partition only)
+            SELECT coalesce(jsonb_agg(t ORDER BY (t ->> 'id')::bigint), '[]') INTO todev
+              FROM unnest(frames) f, jsonb_array_elements(coalesce(f -> 'result' -> 'to_device', '[]')) t;
             RETURN jsonb_set(frames[1], '{result}',
-                             jsonb_build_object('messages', merged, 'more', jsonb_array_length(merged) >= lim));
+                             jsonb_build_object('messages', merged,
+                                                'more', jsonb_array_length(merged) >= lim
+                                                        OR EXISTS (SELECT FROM unnest(frames) f
+                                                                    WHERE jsonb_array_length(coalesce(f -> 'result' -> 'to_device', '[]')) >= 100
+                                                                      AND (f -> 'result' ->> 'more')::boolean))
+                             || CASE WHEN jsonb_array_length(todev) > 0
+                                     THEN jsonb_build_object('to_device', todev) ELSE '{}' END);
         ELSIF rtype = 'conversations' THEN
             lim := coalesce(chat_proxy.json_id(request -> 'limit'), 50);
             SELECT coalesce(jsonb_agg(c ORDER BY (c ->> 'last_activity')::timestamptz DESC,
@@ -349,6 +593,20 @@ BEGIN
             RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
         END IF;
         RETURN frames[1];
+    ELSIF rtype IN ('keys_claim', 'to_device') THEN
+        -- E2E: the peer rule over every partition, keys and inboxes on each owner's home
+        RETURN chat_proxy.e2e_request(node, user_id, device_id, request);
+    ELSIF rtype = 'keys_query' THEN
+        -- E2E: each user's keys live on the user's home partition
+        frames := chat_proxy.request_every(node, user_id, device_id, request, false);
+        err := chat_proxy.first_error(frames);
+        IF err IS NOT NULL THEN
+            RETURN err;
+        END IF;
+        SELECT coalesce(jsonb_agg(d ORDER BY (d ->> 'user')::bigint, (d ->> 'device')::integer), '[]')
+          INTO merged
+          FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'devices') d;
+        RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('devices', merged));
     ELSIF rtype IN ('media_url', 'join', 'revoke_invite') THEN
         -- the partition holding the attachment or invite answers; the others: P0002
         FOR p IN 0 .. chat_proxy.partition_count() - 1 LOOP

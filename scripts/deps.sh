@@ -38,7 +38,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# JavaScript test tooling (ws, playwright-core), pinned by package-lock.json.
-if [ -f package-lock.json ] && [ ! -d node_modules ]; then
+# JavaScript test tooling (ws, playwright-core, web-push) and the web client's
+# crypto (@noble, esbuild to bundle it), pinned by package-lock.json.
+if [ -f package-lock.json ] && { [ ! -d node_modules ] || [ ! -d node_modules/@noble/curves ] || [ ! -d node_modules/web-push ]; }; then
   npm ci --no-audit --no-fund --loglevel=error
 fi

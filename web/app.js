@@ -16,6 +16,7 @@ import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } fro
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
 import { setMediaClient, fmtSize } from './app/media.js';
 import { initMessenger, learnProfile, ensureProfiles, mentionsIn, refreshPins } from './app/messenger.js';
+import { E2E, IndexedDBStore, E2EPendingError, encryptFile } from './client/e2e.js';
 
 const HISTORY_PAGE = 30;
 
@@ -24,6 +25,7 @@ const token = params.get('token');
 const refreshUrl = params.get('refresh');
 let currentToken = token;
 let client;
+let e2e = null;        // this device's end-to-end encryption (client/e2e.js), after hello
 
 /** The token for the next connect or re-authentication: a fresh one from the
  * application's endpoint when the page has one, else the fragment's. */
@@ -68,6 +70,7 @@ function refreshConversations() {
         // Live events may be ahead of the list; never go back.
         if (old.last_seq > row.last_seq) { row.last_seq = old.last_seq; row.last_message = old.last_message; }
         S.convs.set(id, row);
+        if (row.last_message?.kind === 'e2e') decryptMessage(row.last_message);
         if (r.last_message && r.last_message.sender != null) notePeer(id, Number(r.last_message.sender));
         if (r.peer) { learnProfile(r.peer); notePeer(id, Number(r.peer.user)); }
       }
@@ -154,6 +157,9 @@ function addMessages(conv, msgs) {
   for (const m of msgs) {
     if (isLogEntry(m)) continue;
     map.set(m.seq, m);
+    if (m.kind === 'e2e') decryptMessage(m);
+    // enable_e2e's system message: the conversation is encrypted from now on.
+    if (m.kind === 'system' && /"action": ?"e2e"/.test(m.body || '') && S.convs.has(conv)) S.convs.get(conv).e2e = true;
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') notePeer(conv, Number(m.sender));
   }
   ensureProfiles(msgs.filter((m) => m.sender != null && m.kind !== 'system').map((m) => m.sender));
@@ -180,6 +186,57 @@ function markCurrentRead() {
   }, 50);
 }
 
+// ---------------------------------------------------- end-to-end encryption
+
+/**
+ * Decrypts an e2e message in place (m.plain), or marks it pending (its key
+ * has not arrived: retried when keys arrive) or bad (failed verification).
+ */
+async function decryptMessage(m) {
+  if (m.plain !== undefined || m.deleted_at || !e2e) return;
+  try {
+    m.plain = await e2e.decrypt(m);
+    m.e2e = 'ok';
+  } catch (err) {
+    m.e2e = err instanceof E2EPendingError ? 'pending' : 'bad';
+  }
+  const id = Number(m.conversation);
+  if (id === S.current) renderMessages();
+  if (S.convs.get(id)?.last_message?.seq === m.seq) { S.convs.get(id).last_message = m; renderList(); }
+}
+
+/** Retries every message still waiting for its key (a sender key arrived). */
+function retryPending() {
+  for (const map of S.messages.values())
+    for (const m of map.values()) if (m.kind === 'e2e' && m.plain === undefined && m.e2e !== 'bad') decryptMessage(m);
+  for (const c of S.convs.values()) if (c.last_message?.kind === 'e2e') decryptMessage(c.last_message);
+}
+
+/** Sets up this device's keys after hello (once per page). */
+async function startE2E(user, device) {
+  if (e2e) return;
+  e2e = new E2E({ user, device, store: new IndexedDBStore(`pgchat-e2e-${user}-${device}`),
+    call: ({ type, ...fields }) => client.request(type, fields) });
+  window.e2e = e2e;   // for the console and the browser test
+  e2e.onKeys(retryPending);
+  try {
+    await e2e.init();
+  } catch (err) {
+    toast(errorText(err, 'Could not set up end-to-end encryption'));
+  }
+  retryPending();
+}
+
+/** Shows the safety number of the open direct chat. */
+async function showSafetyNumber() {
+  const c = S.convs.get(S.current);
+  const peer = peerOf(c);
+  if (!e2e || peer == null) return;
+  $('safety-number').textContent = '…';
+  $('dialog-safety').showModal();
+  try { $('safety-number').textContent = await e2e.safetyNumber(peer); } catch (err) { $('safety-number').textContent = errorText(err); }
+}
+
 /** Sends the composer's text to the open conversation, shown as pending until stored. */
 function sendCurrent() {
   const input = $('composer-input');
@@ -194,7 +251,15 @@ function sendCurrent() {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.send(conv, body, { clientMsgId, mentions: mentionsIn(conv, body) }).then(() => {
+  // In an e2e conversation the text is encrypted here; the server gets
+  // ciphertext only, and the mentions as member ids (found in the plaintext).
+  const c = S.convs.get(conv);
+  const mentions = mentionsIn(conv, body);
+  const sending = c?.e2e
+    ? (e2e ? e2e.encrypt(conv, body) : Promise.reject(new Error('end-to-end encryption is not ready')))
+      .then((cipher) => client.send(conv, cipher, { clientMsgId, kind: 'e2e', mentions }))
+    : client.send(conv, body, { clientMsgId, mentions });
+  sending.then(() => {
     dropPending(conv, clientMsgId);
   }, (e) => {
     p.failed = errorText(e);
@@ -217,18 +282,31 @@ function sendFileCurrent(file) {
   S.pending.get(conv).push(p);
   renderMessages();
   $('messages').scrollTop = $('messages').scrollHeight;
-  client.sendFile(conv, file, {
-    caption, clientMsgId, mentions: caption ? mentionsIn(conv, caption) : undefined,
-    onProgress: (loaded, total) => {
-      p.progress = total ? loaded / total : 1;
-      const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
-      if (bar) bar.value = p.progress;
-    },
-  }).then(() => dropPending(conv, clientMsgId), (e) => {
+  const onProgress = (loaded, total) => {
+    p.progress = total ? loaded / total : 1;
+    const bar = document.querySelector(`[data-client-msg-id="${clientMsgId}"] progress`);
+    if (bar) bar.value = p.progress;
+  };
+  const mentions = caption ? mentionsIn(conv, caption) : undefined;
+  // In an e2e conversation the file is encrypted here (the server gets
+  // ciphertext without a name); its key, name and type travel in the
+  // encrypted body with the caption.
+  const sending = S.convs.get(conv)?.e2e
+    ? (e2e ? sendFileE2E(conv, file, caption, clientMsgId, onProgress, mentions) : Promise.reject(new Error('end-to-end encryption is not ready')))
+    : client.sendFile(conv, file, { caption, clientMsgId, mentions, onProgress });
+  sending.then(() => dropPending(conv, clientMsgId), (e) => {
     p.failed = errorText(e);
     toast(errorText(e, 'File not sent'));
     if (S.current === conv) renderMessages();
   });
+}
+
+/** Encrypts file (encryptFile), then sends it with its key in an e2e body. */
+async function sendFileE2E(conv, file, caption, clientMsgId, onProgress, mentions) {
+  const { bytes, key } = encryptFile(new Uint8Array(await file.arrayBuffer()));
+  const meta = { ...key, name: file.name || null, mime: file.type || 'application/octet-stream', size: file.size };
+  const body = await e2e.encrypt(conv, { text: caption, files: [meta] });
+  return client.sendFile(conv, bytes, { mime: 'application/octet-stream', caption: body, kind: 'e2e', clientMsgId, mentions, onProgress });
 }
 
 /** A pending send was stored: its placeholder goes. */
@@ -327,7 +405,13 @@ function start() {
     S.me = Number(h.user);
     refreshConversations();
     offerNotifications(h.vapid_public_key);
+    startE2E(Number(h.user), Number(h.device));
   });
+  // E2E events (client/e2e.js): key shares, the key pool, identity changes.
+  client.on('to_device', (ev) => e2e?.receiveToDevice([ev]));
+  client.on('to_device_batch', ({ entries }) => e2e?.receiveToDevice(entries));
+  client.on('keys_low', (ev) => e2e?.onKeysLow(ev));
+  client.on('identity_changed', (ev) => e2e?.onIdentityChanged(ev));
   client.on('synced', () => refreshConversations());
   client.on('message', (m) => {
     const id = Number(m.conversation);
@@ -421,6 +505,7 @@ for (const target of [$('messages'), $('composer')]) {
     for (const f of ev.dataTransfer?.files || []) sendFileCurrent(f);
   });
 }
+$('safety').addEventListener('click', showSafetyNumber);
 $('messages').addEventListener('scroll', () => { if ($('messages').scrollTop === 0 && !$('older').hidden && !$('older').disabled) loadOlder(); });
 $('back').addEventListener('click', () => { document.body.classList.remove('show-conv'); });
 document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') markCurrentRead(); });
@@ -431,7 +516,7 @@ $('notify').addEventListener('click', () => enableNotifications());
 navigator.serviceWorker?.addEventListener('message', (ev) => {
   if (ev.data?.type === 'open' && Number.isInteger(ev.data.conversation)) openConversation(ev.data.conversation);
 });
-$('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('dialog-direct').showModal(); });
+$('new-direct').addEventListener('click', () => { $('direct-user').value = ''; $('direct-secret').checked = false; $('dialog-direct').showModal(); });
 $('dialog-direct').addEventListener('close', async () => {
   if ($('dialog-direct').returnValue !== 'ok') return;
   const input = $('direct-user').value.trim().replace(/^@/, '');
@@ -449,6 +534,7 @@ $('dialog-direct').addEventListener('close', async () => {
   if (!Number.isInteger(user) || user <= 0) { toast('Enter a handle or a user id (a positive number)'); return; }
   try {
     const id = await client.direct(user);
+    if ($('direct-secret').checked) await client.request('enable_e2e', { conversation: id });
     addRow(id, 'direct', null);
     S.peers.set(id, user);
     saveLocal();
@@ -457,7 +543,7 @@ $('dialog-direct').addEventListener('close', async () => {
   } catch (e) { toast(errorText(e, `Could not start a chat with user ${user}`)); }
 });
 
-$('new-group').addEventListener('click', () => { $('group-title').value = ''; $('group-members').value = ''; $('dialog-group').showModal(); });
+$('new-group').addEventListener('click', () => { $('group-title').value = ''; $('group-members').value = ''; $('group-secret').checked = false; $('dialog-group').showModal(); });
 $('dialog-group').addEventListener('close', async () => {
   if ($('dialog-group').returnValue !== 'ok') return;
   const title = $('group-title').value.trim();
@@ -466,6 +552,7 @@ $('dialog-group').addEventListener('close', async () => {
   if (members.some((m) => !Number.isInteger(m) || m <= 0)) { toast('Member ids are positive numbers, separated by commas'); return; }
   try {
     const id = await client.createGroup(title, members);
+    if ($('group-secret').checked) await client.request('enable_e2e', { conversation: id });
     addRow(id, 'group', title);
     refreshConversations();
     openConversation(id);

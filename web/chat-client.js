@@ -48,6 +48,8 @@ export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay,
  *   offline device learns every change) or from the server's live edit/delete
  *   event; each change is emitted once, and never an older one after a newer
  * - `receipt`, `read_state`, `presence`, `member`: server pushes as is
+ * - `to_device`, `keys_low`, `identity_changed`: e2e server pushes as is (client/e2e.js);
+ *   `to_device_batch` {entries}: the to-device envelopes a sync page returned
  * - `typing` {conversation, user, typing, expired?}: typing started or stopped
  *   (stopped also when the TTL ran out or the user's message arrived)
  * - `token` {exp}: the connection was re-authenticated with a fresh token (before the old one's exp)
@@ -247,9 +249,11 @@ export class ChatClient {
    * server stores it once.
    * @param {number} conversation
    * @param {string} body
-   * @param {{replyTo?: number, clientMsgId?: string, mentions?: number[]}} [opts]
+   * @param {{replyTo?: number, clientMsgId?: string, mentions?: number[], kind?: 'e2e'}} [opts]
    *   mentions: user ids of members mentioned (each once; they are pushed even
-   *   when they muted the conversation)
+   *   when they muted the conversation); kind 'e2e': body is a ciphertext of
+   *   client/e2e.js, for an end-to-end encrypted conversation (mentions are
+   *   then ids only: the server never reads the body)
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean}>}
    */
   send(conversation, body, opts = {}) {
@@ -268,7 +272,10 @@ export class ChatClient {
    * @param {File | Blob | ArrayBuffer | Uint8Array} file
    * `mentions` (user ids of members, as in `send`) go with the caption.
    * @param {{caption?: string, mime?: string, name?: string, clientMsgId?: string, mentions?: number[],
-   *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function}} [opts]
+   *   onProgress?: (loaded: number, total: number) => void, maxAttempts?: number, put?: Function,
+   *   kind?: 'e2e'}} [opts] kind 'e2e': the file is ciphertext of client/e2e.js encryptFile
+   *   (mime application/octet-stream, no name) and the caption an e2e.encrypt ciphertext
+   *   carrying its key, for an end-to-end encrypted conversation
    * @returns {Promise<{conversation:number, seq:number, created_at:string, duplicate:boolean, attachment: object}>}
    */
   async sendFile(conversation, file, opts = {}) {
@@ -284,7 +291,7 @@ export class ChatClient {
     if (up.name) attachment.name = up.name;
     if (up.width) { attachment.width = up.width; attachment.height = up.height; }
     attachment.thumbnail = up.thumbnail;
-    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment], mentions: opts.mentions });
+    const result = await this._outbox.add(conversation, opts.caption || '', { clientMsgId, attachments: [attachment], mentions: opts.mentions, kind: opts.kind });
     return { ...result, attachment };
   }
 

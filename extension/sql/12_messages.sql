@@ -79,6 +79,12 @@ BEGIN
     -- Lock order of every writer: the conversation row, then the rest.
     PERFORM FROM chat.conversations WHERE id = conv FOR NO KEY UPDATE;
     m := chat.require_member(actor, conv);
+    -- E2E (30_e2e.sql): an edit would put a body the clients did not
+    -- encrypt into an end-to-end encrypted conversation.
+    IF chat.is_e2e(conv) THEN
+        RAISE EXCEPTION 'conversation % is end-to-end encrypted: messages cannot be edited', conv
+            USING ERRCODE = '0A000', HINT = 'Send a new encrypted message instead.';
+    END IF;
     -- An edit brings new text, like a send: not from a blocked user into
     -- the direct conversation with the blocker (deleting stays allowed).
     SELECT k.blocker INTO blocker

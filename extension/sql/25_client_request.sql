@@ -138,13 +138,29 @@ BEGIN
            AND jsonb_typeof(request -> 'body') <> 'null' THEN
             RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
         END IF;
-        SELECT * INTO r FROM chat.send_message(user_id,
-            chat.request_bigint(request, 'conversation'),
-            chat.request_text(request, 'body'),
-            chat.request_text(request, 'client_msg_id', false),
-            chat.request_bigint(request, 'reply_to', false),
-            device_id,
-            nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
+        -- send path raises 22023 for any other.  Mentions are ids in both
+        -- (an e2e body is never parsed).
+        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id,
+                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
+                USING ERRCODE = '22023';
+        ELSE
+            SELECT * INTO r FROM chat.send_message(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id,
+                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        END IF;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
                                   'duplicate', r.duplicate);
@@ -172,8 +188,13 @@ BEGIN
     WHEN 'sync' THEN
         lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
         msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        -- E2E (30_e2e.sql): the device's to-device inbox, when not empty.
         RETURN jsonb_build_object('messages', chat.messages_json(msgs),
-                                  'more', cardinality(msgs) >= lim);
+                                  'more', cardinality(msgs) >= lim
+                                          OR jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) >= 100)
+               || CASE WHEN jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) > 0
+                       THEN jsonb_build_object('to_device', chat.to_device_pending(user_id, device_id, 100))
+                       ELSE '{}' END;
     WHEN 'history' THEN
         msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
                                                  chat.request_bigint(request, 'before_seq', false),
@@ -209,6 +230,9 @@ BEGIN
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),
                            c.last_message) END)
+                   -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
+                   || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
+                           ELSE '{}' END
                    ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
                        coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
@@ -367,6 +391,40 @@ BEGIN
     WHEN 'media_url' THEN
         RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
                               chat.request_bool(request, 'thumbnail', false));
+    -- End-to-end encryption: key directory, to-device inbox (30_e2e.sql).
+    WHEN 'keys_upload' THEN
+        RETURN jsonb_build_object('one_time_keys',
+            chat.keys_upload(user_id, device_id, chat.request_text(request, 'identity_key', false),
+                             chat.request_field(request, 'signed_prekey', false),
+                             chat.request_field(request, 'one_time_keys', false),
+                             chat.request_field(request, 'fallback_key', false)));
+    WHEN 'keys_query' THEN
+        RETURN jsonb_build_object('devices', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', k.user_id, 'device', k.device_id,
+                                                'identity_key', k.identity_key,
+                                                'signed_prekey', k.signed_prekey)
+                             ORDER BY k.user_id, k.device_id)
+              FROM chat.keys_query(user_id, chat.request_ids(request, 'users')) k), '[]'));
+    WHEN 'keys_claim' THEN
+        RETURN jsonb_build_object('bundles', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', b.claimed_user, 'device', b.claimed_device,
+                                                'identity_key', b.identity_key,
+                                                'signed_prekey', b.signed_prekey,
+                                                'one_time_key', b.one_time_key)
+                             || CASE WHEN b.fallback THEN '{"fallback": true}'::jsonb ELSE '{}'::jsonb END
+                             ORDER BY b.ordinality)
+              FROM chat.keys_claim(user_id, device_id, chat.request_field(request, 'devices', true))
+                   WITH ORDINALITY AS b), '[]'));
+    WHEN 'to_device' THEN
+        PERFORM chat.to_device(user_id, device_id, chat.request_field(request, 'messages', true),
+                               chat.request_text(request, 'txn'));
+        RETURN '{}';
+    WHEN 'to_device_ack' THEN
+        PERFORM chat.to_device_ack(user_id, device_id, chat.request_bigint(request, 'up_to'));
+        RETURN '{}';
+    WHEN 'enable_e2e' THEN
+        PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',

@@ -85,7 +85,8 @@ $$;
 REVOKE ALL ON FUNCTION chat.media_signed_url(text, uuid, bigint, bigint) FROM PUBLIC;
 COMMENT ON FUNCTION chat.media_signed_url(text, uuid, bigint, bigint) IS 'a media URL for op (put, get, thumb) of user_id, valid until expires (unix seconds), signed (internal)';
 
--- Announces an upload: checks membership, type and size; returns
+-- Announces an upload: checks membership, type and size (in an e2e
+-- conversation: encrypted files only, 22023); returns
 -- {"upload","url","expires_at"} with a PUT URL valid chat.media_url_ttl.
 CREATE FUNCTION chat.upload(actor bigint, conversation_id bigint, mime text, size bigint,
                             sha256 text, name text DEFAULT NULL)
@@ -103,6 +104,16 @@ BEGIN
     END IF;
     PERFORM chat.require_member(actor, upload.conversation_id);
     mime := lower(mime);
+    -- E2E (30_e2e.sql): an encrypted conversation takes encrypted files
+    -- only: opaque bytes (nothing the byte server would decode into a
+    -- thumbnail) without a name; type and name travel in the ciphertext.
+    IF chat.is_e2e(upload.conversation_id)
+       AND (mime <> 'application/octet-stream' OR coalesce(name, '') <> '') THEN
+        RAISE EXCEPTION 'conversation % is end-to-end encrypted: a file of type "%"% is refused',
+            upload.conversation_id, mime, CASE WHEN coalesce(name, '') <> '' THEN ' with a name' ELSE '' END
+            USING ERRCODE = '22023',
+                  HINT = 'Encrypt the file on the client and upload it as application/octet-stream without a name.';
+    END IF;
     IF NOT mime = ANY (string_to_array(replace(current_setting('chat.media_types'), ' ', ''), ',')) THEN
         RAISE EXCEPTION 'media type "%" is not allowed', mime
             USING ERRCODE = '22023', HINT = 'chat.media_types lists the allowed types; send other files as application/octet-stream.';

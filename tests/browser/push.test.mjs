@@ -32,6 +32,17 @@ before(async () => {
 
 after(async () => { if (browser) await browser.close(); });
 
+// Polls fn (run here, in Node) until it resolves true, for WAIT ms: the
+// notifications are read asynchronously, and page.waitForFunction took the
+// Promise of an async predicate for a truthy value at once.
+async function until(fn) {
+  const end = Date.now() + WAIT;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`timed out after ${WAIT} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 test('hello with a VAPID key offers "Enable notifications"; enabling registers the service worker', async () => {
   await page.waitForSelector('#notify:not([hidden])');
   await context.grantPermissions(['notifications'], { origin: BASE_URL });
@@ -59,12 +70,12 @@ test('a push delivered to the worker shows a notification: sender name, preview,
     .map((n) => ({ title: n.title, body: n.body, tag: n.tag, conversation: n.data?.conversation })));
   await cdp.send('ServiceWorker.deliverPushMessage', { origin: `${BASE_URL}/`, registrationId,
     data: JSON.stringify({ type: 'message', conversation: DIRECT, seq: 7, sender: 2, unread: 1, body: 'hi carol' }) });
-  await page.waitForFunction(async () => (await (await navigator.serviceWorker.ready).getNotifications()).length === 1, null, { timeout: WAIT });
+  await until(async () => (await notifications()).length === 1);
   assert.deepEqual(await notifications(), [{ title: 'bob', body: 'hi carol', tag: `c${DIRECT}`, conversation: DIRECT }]);
   // A newer one of the same conversation, without a preview, replaces it.
   await cdp.send('ServiceWorker.deliverPushMessage', { origin: `${BASE_URL}/`, registrationId,
     data: JSON.stringify({ type: 'message', conversation: DIRECT, seq: 9, first_seq: 8, sender: 2, unread: 3 }) });
-  await page.waitForFunction(async () => (await (await navigator.serviceWorker.ready).getNotifications())[0]?.body === '2 new messages', null, { timeout: WAIT });
+  await until(async () => (await notifications())[0]?.body === '2 new messages');
   assert.deepEqual(await notifications(), [{ title: 'bob', body: '2 new messages', tag: `c${DIRECT}`, conversation: DIRECT }]);
   assert.deepEqual(errors, []);
 });

@@ -85,6 +85,7 @@ for i in $(seq 1 100); do
 done
 
 export BASE_URL="http://127.0.0.1:$port" ARTIFACTS="$artifacts" CHROMIUM="$chromium"
+export DB_DSN="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" PGBIN   # e2e.test.mjs reads the server's copy
 export DIRECT=$(field direct) GROUP=$(field group) HISTORY=$(field history)
 export TOKENS=$(node -e 'const o = JSON.parse(process.argv[1]); console.log(JSON.stringify({alice: o.alice, bob: o.bob, carol: o.carol}))' "$json")
 status=0

@@ -2,7 +2,8 @@
 # Concurrency of the core: parallel sends to one conversation get seqs exactly
 # 1..N; concurrent retries of one client_msg_id store one row and all get the
 # same seq; concurrent direct_conversation(a,b) and (b,a) create one
-# conversation.  Uses the harness cluster, or starts
+# conversation; concurrent e2e key claims hand every one-time key out once.
+# Uses the harness cluster, or starts
 # its own when run alone.  Exits non-zero on the first failed check.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -192,6 +193,45 @@ barrier_run rr_job rr_prelude
 check "sends that committed" 1 "$(cat "$work"/out.* | grep -c '^sent ')"
 check "sends that failed with 40001" $((clients - 1)) "$(cat "$work"/out.* | grep -c '40001')"
 check "last_seq moved by one" $((rr_before + 1)) "$(sql -c "SELECT last_seq FROM chat.conversations WHERE id = $rr")"
+
+echo "== e2e: concurrent one-time key claims ($clients sessions, 80 claims on a pool of 50)"
+# Every key is handed out once only, then the fallback key (30_e2e.sql).
+sql -c "SELECT chat.register_device(i) FROM generate_series(1, $clients) i" >/dev/null
+sql -c "SELECT chat.keys_upload(1, 1, 'IKone', '{\"id\":1,\"key\":\"SPK\",\"signature\":\"SIG\"}',
+          (SELECT jsonb_agg(jsonb_build_object('id', 'k' || i, 'key', 'KEY' || i)) FROM generate_series(1, 50) i),
+          '{\"id\":\"fb\",\"key\":\"FALLBACK\",\"signature\":\"SIG\"}')" >/dev/null
+claim_job() {
+  local i
+  for i in $(seq 1 10); do
+    echo "SELECT CASE WHEN fallback THEN 'FALLBACK ' ELSE 'KEY ' END || (one_time_key ->> 'id')
+            FROM chat.keys_claim($1, 1, '[{\"user\":1,\"device\":1}]');"
+  done
+}
+barrier_run claim_job
+cat "$work"/out.* | grep -v '^$' >"$work/claims"
+grep -qv '^\(KEY k[0-9]*\|FALLBACK fb\)$' "$work/claims" && { cat "$work/claims"; fail "a claim failed"; }
+check "claims answered" 80 "$(wc -l <"$work/claims")"
+check "one-time keys handed out" 50 "$(grep -c '^KEY ' "$work/claims")"
+check "distinct one-time keys (each once only)" 50 "$(grep '^KEY ' "$work/claims" | sort -u | wc -l)"
+check "fallback answers" 30 "$(grep -c '^FALLBACK fb$' "$work/claims")"
+check "pool left" 0 "$(sql -c "SELECT count(*) FROM chat.one_time_keys WHERE user_id = 1")"
+
+echo "== e2e: concurrent to_device calls with overlapping recipients in different orders ($clients sessions)"
+# Every session sends 20 calls, each with one envelope for every member's
+# device, in an order rotated by the session: the recipients' rows are
+# locked in one order, so no call deadlocks and every envelope is stored.
+sql -c "DELETE FROM chat.to_device" >/dev/null
+todev_job() {
+  local r
+  for r in $(seq 1 20); do
+    echo "SELECT chat.to_device($1, 1, (SELECT jsonb_agg(jsonb_build_object('user', u, 'device', 1, 'type', 'olm', 'ciphertext', 'c$1r$r')
+             ORDER BY (u + $1 * 3 + $r) % $clients) FROM generate_series(1, $clients) u), 's$1r$r');"
+  done
+}
+barrier_run todev_job
+grep -h ERROR "$work"/out.* && fail "a to_device call failed (deadlock?)"
+check "envelopes stored" $((clients * 20 * clients)) "$(sql -c "SELECT count(*) FROM chat.to_device")"
+check "envelopes per device" "$((clients * 20))" "$(sql -c "SELECT DISTINCT count(*) FROM chat.to_device GROUP BY user_id, device_id")"
 
 echo "== seqs stay gapless in every conversation"
 check "conversations with a gap or a last_seq mismatch" 0 "$(sql -c "

@@ -34,6 +34,12 @@ SELECT chat.mark_read(2, 1, 25), chat.mark_read(4, 2, 10);
 SELECT chat.set_profile(1, 'One', 'about one', 'avatar-1'), chat.set_privacy(2, 'contacts', false);
 SELECT chat.block(3, 1), chat.block(2, 4);
 SELECT chat.report(1, NULL, 1, 1, 'spam'), chat.report(3, 1, NULL, NULL, 'rude');
+-- E2E: keys (two one-time keys, one claimed), an inbox, a txn.
+SELECT chat.keys_upload(2, 1, 'IK2', '{"id":1,"key":"S2","signature":"G2"}',
+                        '[{"id":"a","key":"KA"},{"id":"b","key":"KB"},{"id":"c","key":"KC"}]',
+                        '{"id":"f","key":"F2","signature":"H2"}');
+SELECT count(*) FROM chat.keys_claim(1, 2, '[{"user":2,"device":1}]');
+SELECT chat.to_device(1, 2, '[{"user":2,"device":1,"type":"olm","ciphertext":"Q0lQSEVS"}]', 'txn-1');
 SQL
 # Pending pushes, if the realtime layer queued none for the offline devices.
 q $src -c "INSERT INTO chat.push_outbox (user_id, device_id, push_token, conversation_id, seq, payload)
@@ -51,6 +57,10 @@ SELECT 'device_cursors ' || md5(string_agg(t::text, '|' ORDER BY t.user_id, t.de
 SELECT 'push_outbox ' || md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM chat.push_outbox t;
 SELECT 'blocks ' || md5(string_agg(t::text, '|' ORDER BY t.blocker, t.blocked)) FROM chat.blocks t;
 SELECT 'reports ' || md5(string_agg(t::text, '|' ORDER BY t.id)) FROM chat.reports t;
+SELECT 'device_keys ' || md5(string_agg(t::text, '|' ORDER BY t.user_id, t.device_id)) FROM chat.device_keys t;
+SELECT 'one_time_keys ' || md5(string_agg(t::text, '|' ORDER BY t.id)) FROM chat.one_time_keys t;
+SELECT 'to_device ' || md5(string_agg(t::text, '|' ORDER BY t.id)) FROM chat.to_device t;
+SELECT 'to_device_txns ' || md5(string_agg(t::text, '|' ORDER BY t.txn)) FROM chat.to_device_txns t;
 SELECT 'counts ' || (SELECT count(*) FROM chat.users) || ' ' || (SELECT count(*) FROM chat.devices) || ' '
     || (SELECT count(*) FROM chat.conversations) || ' ' || (SELECT count(*) FROM chat.members) || ' '
     || (SELECT count(*) FROM chat.messages) || ' ' || (SELECT count(*) FROM chat.device_cursors) || ' '
@@ -84,4 +94,11 @@ check "seqs stay gapless" 0 "$(q $dst -c "
 check "report ids follow the old ones" 3 "$(q $dst -c "SELECT chat.report(4, 1, NULL, NULL, 'after restore')")"
 check "a restored block still stops a send" "blocked by user 2" \
   "$(q $dst -c "SELECT chat.send_message(4, chat.direct_conversation(2, 4), 'blocked?')" 2>&1 | grep -o 'blocked by user 2')"
+check "a restored one-time key is not handed out twice" "b c fallback" \
+  "$(q $dst -c "SELECT string_agg(CASE WHEN fallback THEN 'fallback' ELSE one_time_key ->> 'id' END, ' ')
+                 FROM generate_series(1, 3) g, LATERAL chat.keys_claim(1, 2, jsonb_build_array(jsonb_build_object('user', 2, 'device', 1 + 0 * g)))")"
+check "a restored txn still stores nothing twice" 1 \
+  "$(q $dst -c "SELECT chat.to_device(1, 2, '[{\"user\":2,\"device\":1,\"type\":\"olm\",\"ciphertext\":\"eA==\"}]', 'txn-1'); SELECT count(*) FROM chat.to_device" | tail -1)"
+check "new to-device ids follow the old ones" 2 \
+  "$(q $dst -c "SELECT chat.to_device(1, 2, '[{\"user\":2,\"device\":1,\"type\":\"olm\",\"ciphertext\":\"eA==\"}]', 'txn-2'); SELECT max(id) FROM chat.to_device" | tail -1)"
 echo "dump round trip: all checks passed"

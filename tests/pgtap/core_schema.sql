@@ -1,7 +1,7 @@
 -- Schema invariants of the core: tables, keys, indexes, pg_dump registration,
 -- privileges, SECURITY DEFINER hygiene, comments and the API signatures.
 BEGIN;
-SELECT plan(74);
+SELECT plan(81);
 
 -- Tables and their keys.
 SELECT has_table('chat', t, 'table chat.' || t || ' exists')
@@ -44,7 +44,9 @@ SELECT set_eq(
           'chat.push_outbox', 'chat.push_outbox_id_seq',
           'chat.blocks', 'chat.reports', 'chat.reports_id_seq',
           'chat.attachments', 'chat.media_deletions', 'chat.media_deletions_id_seq',
-          'chat.invites', 'chat.receipt_times', 'chat.broadcasts', 'chat.broadcasts_id_seq'],
+          'chat.invites', 'chat.receipt_times', 'chat.broadcasts', 'chat.broadcasts_id_seq',
+          'chat.device_keys', 'chat.one_time_keys', 'chat.one_time_keys_id_seq',
+          'chat.to_device', 'chat.to_device_id_seq', 'chat.to_device_txns'],
     'every user-data table and id sequence is registered with pg_extension_config_dump');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c
@@ -103,7 +105,15 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('search', ARRAY['bigint', 'text', 'bigint', 'integer']),
                ('set_disappearing', ARRAY['bigint', 'bigint', 'integer']),
                ('expire_messages', ARRAY['integer']),
-               ('broadcast', ARRAY['text', 'text'])) AS api(f, args);
+               ('broadcast', ARRAY['text', 'text']),
+               -- End-to-end encryption (30_e2e.sql).
+               ('keys_upload', ARRAY['bigint', 'integer', 'text', 'jsonb', 'jsonb', 'jsonb']),
+               ('keys_query', ARRAY['bigint', 'bigint[]']),
+               ('keys_claim', ARRAY['bigint', 'integer', 'jsonb']),
+               ('to_device', ARRAY['bigint', 'integer', 'jsonb', 'text']),
+               ('to_device_ack', ARRAY['bigint', 'integer', 'bigint']),
+               ('enable_e2e', ARRAY['bigint', 'bigint']),
+               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
@@ -114,7 +124,10 @@ SELECT is_empty(
                           'members', 'set_role', 'leave', 'update_group',
                           'invite_link', 'revoke_invite', 'join', 'message_info', 'react', 'pin',
                           'pins', 'mute', 'search', 'set_disappearing', 'expire_messages',
-                          'apply_retention', 'broadcast') $$,
+                          'apply_retention', 'broadcast',
+                          'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
+                          'to_device_pending', 'enable_e2e', 'send_e2e',
+                          'keys_claim_local', 'to_device_local') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
 SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer,bigint[])'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
@@ -134,7 +147,10 @@ SELECT is_empty(
                             'invite_link', 'revoke_invite', 'join', 'message_info', 'react', 'pin',
                             'pins', 'mute', 'search', 'set_disappearing', 'expire_messages',
                             'apply_retention', 'broadcast', 'start_expiry_worker',
-                            'launch_expiry_worker') $$,
+                            'launch_expiry_worker',
+                            'keys_upload', 'keys_query', 'keys_claim', 'to_device', 'to_device_ack',
+                            'to_device_pending', 'enable_e2e', 'send_e2e', 'is_e2e',
+                            'keys_claim_local', 'to_device_local') $$,
     'every core function has a comment');
 SELECT is_empty(
     $$ SELECT c.relname FROM pg_class c

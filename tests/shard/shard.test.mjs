@@ -191,6 +191,99 @@ test('invites through the proxy: a code made on any partition can be joined and 
   assert.equal((await req(8, { id: 5, type: 'join', code: 'f'.repeat(32) })).code, 'P0002');
   const sqlJoin = await value(PROXY, `SELECT chat."join"(8, (SELECT code FROM chat.invite_link(1, ${groups[1]})))`).catch((e) => e);
   assert.equal(Number(sqlJoin), groups[1], `SQL join through the proxy: ${sqlJoin}`);
+  // SQL revoke_invite through the proxy, for a code on every partition; an unknown code P0002
+  for (const g of groups) {
+    const code = await value(PROXY, `SELECT code FROM chat.invite_link(1, ${g})`);
+    await psql(PROXY, `SELECT chat.revoke_invite(1, '${code}')`);
+    assert.equal((await req(8, { id: 6, type: 'join', code })).code, '55000', `revoked by SQL on partition ${partOf(g)}`);
+  }
+  await assert.rejects(psql(PROXY, `SELECT chat.revoke_invite(1, '${'e'.repeat(32)}')`), /invite .* does not exist/);
+  // SQL media_url through the proxy: an unknown attachment is P0002 (each partition asked)
+  await assert.rejects(psql(PROXY, `SELECT chat.media_url(1, '00000000-0000-0000-0000-000000000000')`), /attachment .* does not exist/);
+});
+
+// E2E (issue 12): keys and to-device inboxes live on the owner's home
+// partition (hashint8(user id)), the conversation the two users share on
+// its own partition.  keys_claim and to_device check the peer rule over
+// every partition (42501 for a stranger) and claim/queue on the owner's
+// home, through client_request and SQL alike; keys_query and sync merge.
+test('e2e through the proxy: keys on the home partition, claims and envelopes across partitions, the peer rule over all', async () => {
+  const req = async (u, r) => JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${u}, 1, '${JSON.stringify(r).replace(/'/g, "''")}'::jsonb)::text`));
+  const home = async (u) => Number(await value(PROXY, `SELECT chat_proxy.home_partition(${u})`));
+  const spk = (id) => ({ id, key: `SPK${id}`, signature: `SIG${id}` });
+  const otks = (prefix, n) => Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, key: `K${prefix}${i}` }));
+  // a pair with different homes whose direct conversation lives on neither home
+  let pair = null;
+  for (let a = 21; a < 60 && !pair; a++) {
+    for (let b = a + 1; b < 60 && !pair; b++) {
+      const [ha, hb] = [await home(a), await home(b)];
+      if (ha === hb) continue;
+      await psql(PROXY, `SELECT chat.upsert_user(${a}, 'e${a}', 'E ${a}'), chat.upsert_user(${b}, 'e${b}', 'E ${b}')`);
+      const conv = Number(await value(PROXY, `SELECT chat.direct_conversation(${a}, ${b})`));
+      if (partOf(conv) !== ha && partOf(conv) !== hb) pair = { a, b, ha, hb, conv };
+    }
+  }
+  assert.ok(pair, 'a pair whose direct conversation is on neither home partition');
+  const { a, b, ha, hb, conv } = pair;
+  const s = 99;   // a stranger: shares no conversation with a or b
+  await psql(PROXY, `SELECT chat.upsert_user(${s}, 'e${s}', 'E ${s}')`);
+  for (const u of [a, b, s]) assert.equal(Number(await value(PROXY, `SELECT chat.register_device(${u})`)), 1);
+
+  for (const [u, n] of [[a, 3], [b, 3], [s, 1]]) {
+    const up = await req(u, { id: 1, type: 'keys_upload', identity_key: `IK${u}`, signed_prekey: spk(u), one_time_keys: otks(`u${u}-`, n), fallback_key: spk(`fb${u}`) });
+    assert.deepEqual(up.result, { one_time_keys: n }, JSON.stringify(up));
+  }
+  for (let p = 0; p < PARTS; p++) {
+    const ks = (await onPart(p, `SELECT user_id FROM chat.device_keys WHERE user_id IN (${a}, ${b}) ORDER BY 1`)).map((r) => Number(r.user_id));
+    assert.deepEqual(ks, [a, b].filter((u) => (u === a ? ha : hb) === p), `keys on partition ${p} (homes ${ha}, ${hb})`);
+  }
+  const q = await req(a, { id: 2, type: 'keys_query', users: [b, a] });
+  assert.deepEqual(q.result.devices.map((d) => [d.user, d.identity_key]), [[a, `IK${a}`], [b, `IK${b}`]], JSON.stringify(q));
+
+  // keys_claim: the peer rule holds across partitions (their conversation is on neither home)
+  const c = await req(a, { id: 3, type: 'keys_claim', devices: [{ user: b, device: 1 }, { user: a, device: 1 }] });
+  assert.equal(c.type, 'ok', JSON.stringify(c));
+  assert.deepEqual(c.result.bundles.map((x) => [x.user, x.one_time_key.id]), [[b, `u${b}-0`], [a, `u${a}-0`]]);
+  assert.equal(c.id, 3);
+  assert.equal((await onPart(hb, `SELECT count(*)::int AS n FROM chat.one_time_keys WHERE user_id = ${b}`))[0].n, 2, 'claimed on b\'s home');
+  const sqlClaim = await rows(PROXY, `SELECT claimed_user, one_time_key ->> 'id' AS k FROM chat.keys_claim(${b}, 1, '[{"user": ${a}, "device": 1}]')`);
+  assert.deepEqual(sqlClaim.map((r) => [Number(r.claimed_user), r.k]), [[a, `u${a}-1`]], 'SQL keys_claim through the proxy');
+  const st = await req(s, { id: 4, type: 'keys_claim', devices: [{ user: a, device: 1 }] });
+  assert.deepEqual([st.type, st.code, st.error], ['error', '42501', 'insufficient_privilege'], JSON.stringify(st));
+  assert.equal((await onPart(ha, `SELECT count(*)::int AS n FROM chat.one_time_keys WHERE user_id = ${a}`))[0].n, 1, 'a stranger claims nothing');
+  const bad = await req(a, { id: 5, type: 'keys_claim', devices: [{ user: 'x', device: 1 }] });
+  assert.deepEqual([bad.type, bad.code], ['error', '22P02'], JSON.stringify(bad));
+  const none = await req(a, { id: 6, type: 'keys_claim', devices: [{ user: b, device: 9 }] });
+  assert.deepEqual([none.type, none.code], ['error', 'P0002'], JSON.stringify(none));
+
+  // to_device: queued on the recipient's home partition only; once per txn; sync and ack there
+  const env = { user: b, device: 1, type: 'olm', ciphertext: 'QUJD' };
+  for (let i = 0; i < 2; i++) {
+    const t = await req(a, { id: 7, type: 'to_device', txn: 't1', messages: [env, { ...env, user: a }] });
+    assert.equal(t.type, 'ok', JSON.stringify(t));
+  }
+  for (let p = 0; p < PARTS; p++) {
+    const n = (await onPart(p, `SELECT user_id FROM chat.to_device WHERE from_user = ${a} ORDER BY 1`)).map((r) => Number(r.user_id));
+    assert.deepEqual(n, [a, b].filter((u) => (u === a ? ha : hb) === p), `envelopes on partition ${p}, each once`);
+  }
+  const st2 = await req(s, { id: 8, type: 'to_device', txn: 't2', messages: [env] });
+  assert.deepEqual([st2.type, st2.code], ['error', '42501'], JSON.stringify(st2));
+  await assert.rejects(psql(PROXY, `SELECT chat.to_device(${s}, 1, '[${JSON.stringify(env)}]', 't3')`), /shares no conversation/);
+  const badEnv = await req(a, { id: 9, type: 'to_device', txn: 't4', messages: [{ ...env, ciphertext: 'not base64!' }] });
+  assert.deepEqual([badEnv.type, badEnv.code], ['error', '22023'], JSON.stringify(badEnv));
+  const sy = await req(b, { id: 10, type: 'sync', limit: 500 });
+  assert.equal(sy.type, 'ok', JSON.stringify(sy).slice(0, 300));
+  assert.deepEqual((sy.result.to_device || []).map((e) => [e.from_user, e.ciphertext, e.device]), [[a, 'QUJD', 1]], 'b\'s inbox in the merged sync');
+  assert.equal((await req(b, { id: 11, type: 'to_device_ack', up_to: sy.result.to_device[0].id })).type, 'ok');
+  assert.equal((await req(b, { id: 12, type: 'sync', limit: 500 })).result.to_device, undefined, 'acked');
+  assert.equal((await onPart(hb, `SELECT count(*)::int AS n FROM chat.to_device WHERE user_id = ${b}`))[0].n, 0);
+
+  // e2e sends route by conversation
+  assert.equal((await req(a, { id: 13, type: 'enable_e2e', conversation: conv })).type, 'ok');
+  assert.equal((await req(a, { id: 14, type: 'send', conversation: conv, body: 'CIPHER', kind: 'e2e', mentions: [b] })).type, 'ok');
+  const plain = await req(a, { id: 15, type: 'send', conversation: conv, body: 'plain' });
+  assert.deepEqual([plain.type, plain.code], ['error', '22023']);
+  assert.equal(await value(PROXY, `SELECT chat.is_e2e(${conv})`), true);
 });
 
 test('presence merges every partition: a contact (their direct conversation on another partition than the viewer\'s home) sees a contacts-only user', async () => {

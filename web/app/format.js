@@ -44,6 +44,7 @@ export function systemText(m, who) {
     case 'broadcast': return `📣 ${e.title ? `${e.title}: ` : ''}${e.body ?? ''}`;
     case 'role': return `${cap(by)} made ${who(Number(e.user))} ${e.role}`;
     case 'updated': return `${cap(by)} changed the group${e.title !== undefined ? ` title to “${e.title ?? ''}”` : ''}`;
+    case 'e2e': return `${cap(by)} turned on end-to-end encryption`;
     default: return e.action ? `${cap(by)}: ${e.action}` : String(m.body);
   }
 }

@@ -200,6 +200,14 @@ export async function refreshPins(conv) {
   if (conv === S.current) renderPinned();
 }
 
+/** The text a pinned message shows: an e2e one its decrypted text only, never the ciphertext. */
+function pinnedText(m) {
+  if (m.deleted_at) return 'message deleted';
+  if (m.kind !== 'e2e') return m.body ?? '';
+  if (typeof m.plain === 'string') return m.plain;
+  return Array.isArray(m.plain?.files) ? String(m.plain.text || 'encrypted file') : '🔒 encrypted message';
+}
+
 /** The pinned bar: the newest pin of the open conversation. */
 export function renderPinned() {
   const bar = $('pinned');
@@ -207,7 +215,7 @@ export function renderPinned() {
   if (!seqs.length) { bar.hidden = true; return; }
   const m = S.messages.get(S.current)?.get(seqs[0]);
   bar.replaceChildren(el('span', { 'aria-hidden': 'true' }, '📌 '),
-    el('span', { class: 'pinned-body' }, m ? (m.deleted_at ? 'message deleted' : m.body ?? '') : `message ${seqs[0]}`),
+    el('span', { class: 'pinned-body' }, m ? pinnedText(m) : `message ${seqs[0]}`),
     seqs.length > 1 ? el('span', { class: 'muted' }, ` (+${seqs.length - 1})`) : null);
   bar.dataset.seq = String(seqs[0]);
   bar.hidden = false;

@@ -4,8 +4,37 @@
 import { $, el } from './dom.js';
 import { fmtTime, lastSeenText, systemText, ttlText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
-import { attachmentView } from './media.js';
 import { bodyNodes, reactionRow, renderPinned, renderMenu } from './messenger.js';
+import { attachmentView, e2eAttachmentView } from './media.js';
+
+/**
+ * What a message shows as its text: an e2e message its decrypted text, or
+ * a placeholder while its key has not arrived (retried when it does), or a
+ * warning when it failed verification (e2e.js sets m.plain / m.e2e).
+ */
+export function bodyText(m) {
+  if (m.deleted_at) return 'message deleted';
+  if (m.kind !== 'e2e') return m.body ?? '';
+  if (m.plain !== undefined) {
+    if (typeof m.plain === 'string') return m.plain;
+    // an encrypted file: {text: caption, files: [...]} (app.js sendFileE2E)
+    return Array.isArray(m.plain?.files) ? String(m.plain.text ?? '') : JSON.stringify(m.plain);
+  }
+  if (m.e2e === 'bad') return '⚠ This message could not be verified and is not shown';
+  return '🔒 Waiting for the key of this encrypted message…';
+}
+
+/**
+ * What is known of attachment i of m: for an e2e message the name, type
+ * and size from its decrypted body (the server has ciphertext only), else
+ * the attachment object itself.
+ */
+export function fileMeta(m, i) {
+  const a = m.attachments?.[i] || {};
+  if (m.kind !== 'e2e') return a;
+  const f = Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined;
+  return f ? { ...f, id: a.id } : { id: a.id, name: 'encrypted file', mime: a.mime, size: a.size };
+}
 
 /** The chat list, newest activity first (a click on a row is handled by app.js). */
 export function renderList() {
@@ -18,14 +47,14 @@ export function renderList() {
     let preview;
     if (typing.length) preview = el('span', { class: 'typing' }, `${typing.map(nameOf).join(', ')} typing…`);
     else if (lm && lm.kind === 'system') preview = systemText(lm, whoOf);
-    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${lm.deleted_at ? 'message deleted' : lm.body || (lm.attachments ? 'File: ' + (lm.attachments[0].name || lm.attachments[0].mime) : '')}`;
+    else if (lm) preview = `${lm.sender === S.me ? 'You: ' : c.kind === 'group' && lm.sender != null ? nameOf(lm.sender) + ': ' : ''}${bodyText(lm) || (lm.attachments ? 'File: ' + (fileMeta(lm, 0).name || fileMeta(lm, 0).mime) : '')}`;
     else preview = el('span', { class: 'muted' }, 'no messages yet');
     const peer = peerOf(c);
     const online = peer != null && S.presence.get(peer)?.online;
     return el('li', { class: id === S.current ? 'active' : '', dataset: { conversation: String(id) } },
       el('div', { class: `avatar${online ? ' online' : ''}`, 'aria-hidden': 'true' }, (convTitle(c)[0] || '?').toUpperCase()),
       el('div', { class: 'row-main' },
-        el('div', { class: 'row-top' }, el('span', { class: 'title' }, convTitle(c)), el('time', {}, fmtTime(lm?.created_at || c.last_activity))),
+        el('div', { class: 'row-top' }, el('span', { class: 'title' }, c.e2e ? el('span', { class: 'lock', title: 'end-to-end encrypted' }, '🔒 ') : null, convTitle(c)), el('time', {}, fmtTime(lm?.created_at || c.last_activity))),
         el('div', { class: 'row-bottom' }, el('span', { class: 'preview' }, preview),
           c.unread > 0 && id !== S.current ? el('span', { class: 'badge', 'aria-label': `${c.unread} unread` }, String(c.unread)) : null)));
   }));
@@ -35,7 +64,8 @@ export function renderList() {
 /** The open conversation's title and subtitle (typing, presence while `online`, or "group"). */
 export function renderHeader(online) {
   const c = S.convs.get(S.current);
-  $('conv-name').textContent = c ? convTitle(c) : 'Select a chat';
+  $('conv-name').textContent = c ? `${c.e2e ? '🔒 ' : ''}${convTitle(c)}` : 'Select a chat';
+  $('safety').hidden = !(c && c.e2e && c.kind === 'direct' && peerOf(c) != null);
   const sub = $('conv-sub');
   const typing = [...(S.typing.get(S.current) || [])];
   sub.classList.toggle('typing', typing.length > 0);
@@ -66,9 +96,12 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const mentioned = !mine && Array.isArray(m.mentions) && m.mentions.includes(S.me);
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}${mentioned ? ' mentioned' : ''}`, dataset: { seq: String(m.seq) } },
       !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
-      ...(!m.deleted_at && m.attachments ? m.attachments.map(attachmentView) : []),
-      m.deleted_at || m.body || !m.attachments
-        ? el('span', { class: 'body' }, ...(m.deleted_at ? ['message deleted'] : bodyNodes(m))) : null,
+      ...(!m.deleted_at && m.attachments ? m.attachments.map((a, i) => m.kind === 'e2e' ? e2eAttachmentView(a, Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined) : attachmentView(a)) : []),
+      m.deleted_at || bodyText(m) || !m.attachments
+        ? el('span', { class: `body${m.kind === 'e2e' && m.plain === undefined ? ` e2e-${m.e2e || 'pending'}` : ''}` },
+          // mentions highlighted in the text shown (an e2e message's decrypted text)
+          ...(m.deleted_at || (m.kind === 'e2e' && typeof m.plain !== 'string' && !Array.isArray(m.plain?.files))
+            ? [bodyText(m)] : bodyNodes({ body: bodyText(m), mentions: m.mentions }))) : null,
       el('span', { class: 'meta' },
         m.edited_at && !m.deleted_at ? el('span', { class: 'edited' }, 'edited') : null,
         el('time', {}, fmtTime(m.created_at)),

@@ -40,12 +40,12 @@ export class Outbox {
   }
 
   /** See ChatClient.send. */
-  add(conversation, body, { replyTo, clientMsgId, attachments, mentions } = {}) {
+  add(conversation, body, { replyTo, clientMsgId, attachments, mentions, kind } = {}) {
     return new Promise((resolve, reject) => {
       const m = {
         conversation, body, client_msg_id: clientMsgId || newClientMsgId(),
         reply_to: replyTo, mentions: Array.isArray(mentions) && mentions.length ? [...new Set(mentions)].sort((a, b) => a - b) : undefined,
-        attempts: 0, inflight: false, resolve, reject,
+        kind, attempts: 0, inflight: false, resolve, reject,
         attachments,  // media: [{id, mime, size, name, ...}] of finished uploads
       };
       this.items.push(m);
@@ -83,12 +83,13 @@ export class Outbox {
     if (m.reply_to != null) fields.reply_to = m.reply_to;
     if (m.attachments) fields.attachments = m.attachments.map((a) => a.id);
     if (m.mentions) fields.mentions = m.mentions;
+    if (m.kind != null) fields.kind = m.kind;   // 'e2e': body is a ciphertext (e2e.js)
     host.request('send', fields).then((result) => {
       this.remove(m);
       if (result && result.seq != null) {
         host._sync.deliver({
           type: 'message', conversation: result.conversation, seq: result.seq,
-          sender: host.user, sender_device: host.device, kind: 'text', body: m.body,
+          sender: host.user, sender_device: host.device, kind: m.kind ?? 'text', body: m.body,
           client_msg_id: m.client_msg_id, reply_to: m.reply_to ?? null, created_at: result.created_at,
           ...(m.attachments ? { attachments: m.attachments } : {}),
           ...(m.mentions ? { mentions: m.mentions } : {}),

@@ -55,6 +55,8 @@ export class SyncLoop {
         for (let page = 0; page < 1000; page++) {
           const res = await host.request('sync', { limit: host.syncLimit });
           const msgs = resultList(res, 'messages');
+          // E2E envelopes waiting for this device (client/e2e.js acks them).
+          if (Array.isArray(res?.to_device) && res.to_device.length) host._emit('to_device_batch', { entries: res.to_device });
           for (const m of msgs) { touched.add(m.conversation); host._convs.ingest(m, 'sync'); }
           await host._convs.flushAcks();
           if (!res?.more || msgs.length === 0) break;
