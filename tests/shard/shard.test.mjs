@@ -435,8 +435,21 @@ test('two gateways: A and B on different gateways chat in conversations on every
   for (const c of downB) await psql(partDsn(partOf(c)), `SELECT * FROM chat.send_message(${A}, ${c}, 'after ${c}', 'r-${c}')`);
   await b.waitFor((f) => f.type === 'resync', 30000, sinceB);
   await c6.waitFor((f) => f.type === 'resync', 30000, sinceC);
-  // C's session is on the returned partitions now: it gets their events live
+  // C's session is on the returned partitions now: it gets their events live.
+  // Each returning partition runs node_reset and then re-registers every
+  // session, one partition at a time (cluster B holds two), so the first
+  // resync can precede the registration on gB's partition: wait for it.
   const gB = convs.slice(16).find((x) => onB(x));
+  for (let i = 0; i < 200; i++) {
+    const m = await (await fetch(`http://127.0.0.1:${gwA.port}/metrics`)).text();
+    if (/chat_gateway_partitions_up\{[^}]*\} 4/.test(m)) break;
+    await sleep(100);
+  }
+  for (let i = 0; i < 200; i++) {
+    const [n] = await onPart(partOf(gB), 'SELECT count(*)::int AS n FROM chat.sessions WHERE user_id = 6');
+    if (n.n > 0) break;
+    await sleep(100);
+  }
   const [s6] = await rows(PROXY, `SELECT seq FROM chat.send_message(1, ${gB}, 'to C after the return', 'c6-1')`);
   await c6.waitFor((f) => f.type === 'message' && f.conversation === gB && f.seq === s6.seq, 10000);
   await ackLive();
