@@ -48,6 +48,8 @@ echo "== 1. keys_claim throughput ($DEVICES devices x 200 one-time keys, ${SECS}
 q >/dev/null <<SQL
 SELECT chat.upsert_user(i, 'u' || i) FROM generate_series(1, $DEVICES + 64) i;
 SELECT chat.register_device(i) FROM generate_series(1, $DEVICES + 64) i;
+-- keys are claimed only between users who share a conversation
+SELECT chat.create_group(1, 'bench', ARRAY(SELECT generate_series(2, $DEVICES + 64))::bigint[]);
 SQL
 refill() {
   q >/dev/null <<SQL
@@ -71,7 +73,7 @@ done
 
 echo "== 2. to-device latency and 3. group encryption cost"
 port=$(free_port)
-gateway/chat-gateway --listen "127.0.0.1:$port" --node benche2e \
+gateway/chat-gateway --listen "127.0.0.1:$port" --node benche2e --rate 100000 \
   --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" \
   --token-secret-file "$CHAT_TOKEN_SECRET_FILE" >"$work/gateway.log" 2>&1 &
 gw_pid=$!
