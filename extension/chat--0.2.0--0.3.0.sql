@@ -1589,54 +1589,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    was_gone timestamptz;
-    dead text;
-    uid bigint;
-BEGIN
-    PERFORM chat.check_node(node);
-    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
-    ELSE
-        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
-        IF was_gone IS NOT NULL THEN
-            FOR uid IN
-                SELECT DISTINCT s.user_id FROM chat.sessions s
-                 WHERE s.node = node_heartbeat.node
-                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
-                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
-            LOOP
-                PERFORM chat.fanout_presence(uid, true);
-            END LOOP;
-        END IF;
-    END IF;
-    FOR dead IN
-        SELECT n.node FROM chat.nodes n
-         WHERE n.gone_at IS NULL
-           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
-         FOR UPDATE SKIP LOCKED
-    LOOP
-        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
-        FOR uid IN
-            SELECT DISTINCT s.user_id FROM chat.sessions s
-             WHERE s.node = dead
-               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
-        LOOP
-            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
-            PERFORM chat.fanout_presence(uid, false);
-        END LOOP;
-    END LOOP;
-    -- offline announcements whose grace ran out (19_presence_debounce.sql)
-    PERFORM chat.presence_sweep();
-    -- Disappearing messages and retention (23_disappearing.sql).
-    PERFORM chat.start_expiry_worker();
-END
-$$;
 
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
