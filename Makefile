@@ -18,8 +18,13 @@ OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard extension/*.c)))
 # SQL area (extension/sql/); released versions' scripts and the upgrade
 # scripts between them are kept as they shipped (never edited afterwards).
 CHAT_VERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" chat.control)
-DATA_built  = extension/chat--$(CHAT_VERSION).sql proxy/chat_proxy--$(CHAT_VERSION).sql
-DATA        = $(filter-out $(DATA_built),$(wildcard extension/chat--*.sql))
+# chat_proxy keeps no data: each released proxy/chat_proxy--X.sql gets a
+# generated upgrade script straight to the current version.
+PROXY_INSTALL  = $(foreach f,$(wildcard proxy/chat_proxy--*.sql),$(if $(findstring --,$(subst chat_proxy--,,$(notdir $f))),,$f))
+PROXY_RELEASED = $(filter-out proxy/chat_proxy--$(CHAT_VERSION).sql,$(PROXY_INSTALL))
+PROXY_UPGRADES = $(patsubst proxy/chat_proxy--%.sql,proxy/chat_proxy--%--$(CHAT_VERSION).sql,$(PROXY_RELEASED))
+DATA_built  = extension/chat--$(CHAT_VERSION).sql proxy/chat_proxy--$(CHAT_VERSION).sql $(PROXY_UPGRADES)
+DATA        = $(filter-out $(DATA_built),$(wildcard extension/chat--*.sql)) $(PROXY_RELEASED)
 SQL_PARTS   = $(sort $(wildcard extension/sql/*.sql))
 REGRESS     = $(basename $(notdir $(sort $(wildcard sql/*.sql))))
 REGRESS_OPTS = --inputdir=. --outputdir=results --dbname=chat_regress
@@ -52,6 +57,9 @@ extension/chat--$(CHAT_VERSION).sql: $(SQL_PARTS) chat.control
 PROXY_SRC = proxy/gen-proxy.py proxy/routing.conf proxy/head.sql proxy/custom.sql
 proxy/chat_proxy--$(CHAT_VERSION).sql: extension/chat--$(CHAT_VERSION).sql $(PROXY_SRC) chat_proxy.control
 	python3 proxy/gen-proxy.py $< proxy/routing.conf proxy/custom.sql proxy/head.sql $@
+
+proxy/chat_proxy--%--$(CHAT_VERSION).sql: proxy/chat_proxy--%.sql proxy/chat_proxy--$(CHAT_VERSION).sql proxy/gen-proxy.py
+	python3 proxy/gen-proxy.py --upgrade proxy/chat_proxy--$*.sql proxy/chat_proxy--$(CHAT_VERSION).sql $@
 
 .PHONY: proxy-check
 proxy-check: extension/chat--$(CHAT_VERSION).sql

@@ -148,4 +148,33 @@ SQL
   walked=$((walked + 1))
 done
 [ "$walked" -gt 0 ] || fail "no upgrade script to test (extension/chat--A--B.sql with chat--A.sql)"
+
+# chat_proxy (PL/Proxy) keeps no data: each released proxy/chat_proxy--X.sql
+# has a generated upgrade script to the current version, whose result must
+# equal a fresh install of chat_proxy.
+proxy_schema() { schema_of "$1" | grep -v -i -e 'plproxy' -e 'chat_partitions'; }
+fresh_db chat_up_proxy_new
+q chat_up_proxy_new -c "SET client_min_messages = warning" -c "CREATE EXTENSION chat_proxy CASCADE" >/dev/null
+q chat_up_proxy_new -c "SELECT chat_proxy.configure(ARRAY['dbname=p0', 'dbname=p1'])" >/dev/null
+proxy_schema chat_up_proxy_new > "$work/proxy-fresh.sql"
+for script in proxy/chat_proxy--*.sql; do
+  from=$(basename "$script" .sql | sed 's/^chat_proxy--//')
+  case $from in *--*|"$current") continue ;; esac
+  [ -f "proxy/chat_proxy--$from--$current.sql" ] || fail "chat_proxy $from: no proxy/chat_proxy--$from--$current.sql (make builds it)"
+  fresh_db chat_up_proxy_old
+  q chat_up_proxy_old -c "SET client_min_messages = warning" -c "CREATE EXTENSION chat_proxy VERSION '$from' CASCADE" >/dev/null
+  q chat_up_proxy_old -c "SELECT chat_proxy.configure(ARRAY['dbname=p0', 'dbname=p1'])" >/dev/null
+  q chat_up_proxy_old -c "ALTER EXTENSION chat_proxy UPDATE" >/dev/null
+  got=$(q chat_up_proxy_old -c "SELECT extversion FROM pg_extension WHERE extname = 'chat_proxy'")
+  [ "$got" = "$current" ] || fail "chat_proxy $from: UPDATE reached $got, not $current"
+  proxy_schema chat_up_proxy_old > "$work/proxy-upgraded.sql"
+  if ! diff -u "$work/proxy-fresh.sql" "$work/proxy-upgraded.sql" > "$work/proxy.diff"; then
+    head -60 "$work/proxy.diff"
+    fail "chat_proxy $from: the upgraded schema differs from a fresh $current install"
+  fi
+  got=$(q chat_up_proxy_old -c "SELECT count(*) FROM pg_foreign_server WHERE srvname = 'chat_partitions'")
+  [ "$got" = 1 ] || fail "chat_proxy $from: the partition configuration did not survive the upgrade"
+  echo "ok: chat_proxy $from: upgraded schema equals a fresh $current install ($(wc -l < "$work/proxy-fresh.sql") lines), configuration kept"
+  walked=$((walked + 1))
+done
 echo "upgrade paths tested: $walked"
