@@ -64,6 +64,11 @@ sql >/dev/null <<SQL
 SELECT count(chat.upsert_user(id, 'u' || id)) FROM generate_series(1, $((CONVS * 2))) AS id;
 SELECT count(chat.register_device(id)) FROM generate_series(1, $((CONVS * 2))) AS id;
 SELECT count(chat.direct_conversation(2 * i - 1, 2 * i)) FROM generate_series(1, $CONVS) AS i;
+-- The peers must stay online for every script, however long the run: with
+-- the default chat.node_timeout (30 s) and no heartbeat the node would go
+-- silent after the first script, and the later ones would measure the
+-- offline path (push outbox lookups instead of notifications).
+ALTER DATABASE $DB SET chat.node_timeout = '1d';
 SELECT chat.node_reset('bench');
 SELECT count(chat.connect('bench', 2 * i - 1, 1)) FROM generate_series(1, $CONVS) AS i;
 -- The plpgsql client_request as it was before the C dispatcher.

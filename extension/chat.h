@@ -14,6 +14,7 @@
  *   token.c       chat.issue_token
  *   errors.c      chat.condition_name (errnames.h)
  *   request.c     chat.client_request: the request dispatcher, hot types in C
+ *   hotpath.c     index probes of the request path that skip the executor
  *   expiry.c      the expiry worker (disappearing messages, retention) and
  *                 the GUCs of search and retention
  */
@@ -91,6 +92,8 @@ typedef struct SendArgs
 	Jsonb	   *attachments;	/* upload ids (jsonb array); NULL: none */
 	ArrayType  *mentions;		/* NULL: none; bigint[] of members to mention */
 	const char *kind;			/* "text" or "e2e" (NULL: "text") */
+	bool		device_checked; /* the caller found sender_device in this
+								 * statement: the lock query skips it */
 } SendArgs;
 
 /* The answer of a send: the row written, or the earlier one of a retry. */
@@ -109,6 +112,9 @@ extern SPIPlanPtr ChatPrepare(SPIPlanPtr *plan, const char *sql, int nargs, Oid 
 extern void ChatExecute(SPIPlanPtr plan, Datum *args, const char *nulls, bool read_only,
 						long count, int expected, const char *what);
 extern int64 ChatSpiInt64(uint64 row, int col, bool *isnull);
+
+/* hotpath.c */
+extern bool DeviceExists(int64 user_id, int32 device_id);
 
 /* member.c */
 extern void RequireMember(int64 user_id, int64 conversation_id);

@@ -65,12 +65,12 @@ typedef struct RequestCtx
 typedef void (*RequestHandler) (const RequestCtx *ctx, StringInfo result);
 
 /* Saved plans, prepared on first use in each backend. */
-static SPIPlanPtr device_plan;
 static SPIPlanPtr last_seq_plan;
 static SPIPlanPtr cursor_plan;
 static SPIPlanPtr delivered_plan;
 static SPIPlanPtr read_plan;
-static SPIPlanPtr sync_plan;
+static SPIPlanPtr sync_convs_plan;
+static SPIPlanPtr joined_plan;
 static SPIPlanPtr history_plan;
 static SPIPlanPtr after_plan;
 static SPIPlanPtr dispatch_plan;
@@ -252,15 +252,15 @@ RequestIds(const RequestCtx *ctx, const char *field)
 	return construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-/* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as a JSON array
- * of message objects (chat.messages_json); returns how many. */
+/* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as message
+ * objects (chat.message_json), comma separated, each preceded by a comma
+ * when *first is false (then cleared); returns how many. */
 static uint64
-AppendMessageRows(StringInfo buf)
+AppendMessageItems(StringInfo buf, bool *first)
 {
 	TupleDesc	desc = SPI_tuptable->tupdesc;
 	uint64		i;
 
-	appendStringInfoChar(buf, '[');
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -305,12 +305,26 @@ AppendMessageRows(StringInfo buf)
 			msg.extra = MessageExtraJson(msg.kind, mnull ? NULL : DatumGetArrayTypeP(md),
 										 rnull ? NULL : DatumGetJsonbP(rd));
 		}
-		if (i > 0)
+		if (!*first)
 			appendStringInfoChar(buf, ',');
+		*first = false;
 		AppendMessageJson(buf, &msg, edited_at, deleted_at, false);
 	}
-	appendStringInfoChar(buf, ']');
 	return SPI_processed;
+}
+
+/* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as a JSON array
+ * of message objects (chat.messages_json); returns how many. */
+static uint64
+AppendMessageRows(StringInfo buf)
+{
+	bool		first = true;
+	uint64		n;
+
+	appendStringInfoChar(buf, '[');
+	n = AppendMessageItems(buf, &first);
+	appendStringInfoChar(buf, ']');
+	return n;
 }
 
 /* "send": chat.send_message in C; result {conversation, seq, created_at,
@@ -332,6 +346,7 @@ HandleSend(const RequestCtx *ctx, StringInfo result)
 	memset(&a, 0, sizeof(a));
 	a.sender = ctx->user_id;
 	a.sender_device = ctx->device_id;
+	a.device_checked = true;	/* RequireRequestDevice, this call */
 	RequestInt64(ctx, "conversation", true, &a.conversation_id);
 	/* media (issue 13): a message with attachments may have no caption */
 	{
@@ -502,9 +517,75 @@ HandleTyping(const RequestCtx *ctx, StringInfo result)
 }
 
 /*
+ * The readers of sync, history and after: chat.sync, chat.history and
+ * chat.messages_after (12_messages.sql, plpgsql, kept for SQL callers)
+ * redone in C on saved plans, step for step and with their errors, so the
+ * hot request types run no plpgsql.  Like those STABLE functions, every
+ * query of one request reads the snapshot of the calling statement
+ * (read_only SPI).  The message columns are those of chat.message_view in
+ * its order, an entry's body and reactions hidden from a member who joined
+ * after its target (x.target <= joined_seq), as in the SQL functions.
+ */
+#define READER_COLUMNS \
+	"x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind," \
+	" CASE WHEN x.target <= $3 THEN NULL ELSE x.body END," \
+	" x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target," \
+	" x.attachments::text, x.mentions, CASE WHEN x.target <= $3 THEN NULL ELSE x.reactions END"
+
+/* chat.check_limit: 22023 unless lim is between 1 and 1000. */
+static void
+CheckLimit(int32 lim)
+{
+	if (lim < 1 || lim > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("limit %d is out of range", lim),
+				 errhint("Pass a limit between 1 and 1000 and page.")));
+}
+
+/* chat.require_member(user, conversation) for the readers: the member's
+ * joined_seq, or the errors of require_member (RaiseNotMember).  Caller
+ * is connected to SPI. */
+static int64
+JoinedSeq(int64 user_id, int64 conversation_id)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		args[2] = {Int64GetDatum(conversation_id), Int64GetDatum(user_id)};
+	bool		isnull;
+
+	ChatPrepare(&joined_plan,
+				"SELECT joined_seq FROM chat.members"
+				" WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL", 2, types);
+	ChatExecute(joined_plan, args, NULL, true, 1, SPI_OK_SELECT, "membership lookup");
+	if (SPI_processed == 0)
+		RaiseNotMember(user_id, conversation_id);
+	return ChatSpiInt64(0, 1, &isnull);
+}
+
+/* Up to lim messages of conversation_id after from_seq, ascending, for a
+ * member who joined at joined_seq (the query of chat.messages_after, and
+ * of each conversation of chat.sync).  Caller is connected to SPI. */
+static void
+MessagesAfter(int64 conversation_id, int64 from_seq, int64 joined_seq, int32 lim)
+{
+	Oid			types[4] = {INT8OID, INT8OID, INT8OID, INT4OID};
+	Datum		args[4] = {Int64GetDatum(conversation_id), Int64GetDatum(from_seq),
+	Int64GetDatum(joined_seq), Int32GetDatum(lim)};
+
+	ChatPrepare(&after_plan, "SELECT " READER_COLUMNS " FROM chat.messages x"
+				" WHERE x.conversation_id = $1 AND x.seq > $2 ORDER BY x.seq LIMIT $4",
+				4, types);
+	ChatExecute(after_plan, args, NULL, true, 0, SPI_OK_SELECT, "messages_after");
+}
+
+/*
  * "sync": a page of chat.sync; result {messages, more}, plus "to_device"
  * (the oldest 100 envelopes of the device's e2e inbox, 30_e2e.sql) when
  * the inbox is not empty; a full page of those makes more true as well.
+ * chat.sync walks the conversations with news in id order, each from the
+ * device's cursor (or the member's joined_seq), and stops once lim
+ * messages are taken.  Its require_device is client_request's, made at
+ * the start of this call.
  */
 static void
 HandleSync(const RequestCtx *ctx, StringInfo result)
@@ -513,16 +594,45 @@ HandleSync(const RequestCtx *ctx, StringInfo result)
 	int32		lim = RequestLimit(ctx, 500);
 	Datum		args[3] = {Int64GetDatum(ctx->user_id), Int32GetDatum(ctx->device_id),
 	Int32GetDatum(lim)};
-	uint64		n;
+	int64	   *convs;
+	uint64		nconvs,
+				i;
+	int64		room = lim;
+	bool		first = true;
 	bool		more;
 
+	CheckLimit(lim);
 	ChatSpiConnect();
-	ChatPrepare(&sync_plan, "SELECT " MESSAGE_COLUMNS " FROM chat.sync($1, $2, $3) m"
-				" ORDER BY m.conversation_id, m.seq", 3, types);
-	ChatExecute(sync_plan, args, NULL, false, 0, SPI_OK_SELECT, "sync");
-	appendStringInfoString(result, "{\"messages\":");
-	n = AppendMessageRows(result);
-	more = (int64) n >= lim;
+	ChatPrepare(&sync_convs_plan,
+				"SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq),"
+				"       m.joined_seq"
+				"  FROM chat.members m"
+				"  JOIN chat.conversations c ON c.id = m.conversation_id"
+				"  LEFT JOIN chat.device_cursors dc"
+				"         ON dc.user_id = m.user_id AND dc.device_id = $2"
+				"        AND dc.conversation_id = m.conversation_id"
+				" WHERE m.user_id = $1 AND m.left_at IS NULL"
+				"   AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)"
+				" ORDER BY m.conversation_id", 2, types);
+	ChatExecute(sync_convs_plan, args, NULL, true, 0, SPI_OK_SELECT, "sync conversations");
+	nconvs = SPI_processed;
+	convs = palloc(sizeof(int64) * 3 * (nconvs + 1));
+	for (i = 0; i < nconvs; i++)
+	{
+		bool		isnull;
+
+		convs[3 * i] = ChatSpiInt64(i, 1, &isnull);
+		convs[3 * i + 1] = ChatSpiInt64(i, 2, &isnull);
+		convs[3 * i + 2] = ChatSpiInt64(i, 3, &isnull);
+	}
+	appendStringInfoString(result, "{\"messages\":[");
+	for (i = 0; i < nconvs && room > 0; i++)
+	{
+		MessagesAfter(convs[3 * i], convs[3 * i + 1], convs[3 * i + 2], (int32) room);
+		room -= AppendMessageItems(result, &first);
+	}
+	appendStringInfoChar(result, ']');
+	more = room <= 0;
 	/* E2E to-device inbox (30_e2e.sql): one index probe when empty. */
 	{
 		bool		isnull;
@@ -548,56 +658,56 @@ HandleSync(const RequestCtx *ctx, StringInfo result)
 	ChatSpiFinish();
 }
 
-/* "history": chat.history(user, conversation, before_seq, limit); result
- * {messages}. */
+/* "history": chat.history(user, conversation, before_seq, limit), the lim
+ * messages just below before_seq (or the newest) after the member's
+ * joined_seq, ascending; result {messages}. */
 static void
 HandleHistory(const RequestCtx *ctx, StringInfo result)
 {
 	Oid			types[4] = {INT8OID, INT8OID, INT8OID, INT4OID};
 	int64		conv,
-				before = 0;
-	bool		has_before;
+				before = PG_INT64_MAX;
+	int32		lim;
 	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
 
 	RequestInt64(ctx, "conversation", true, &conv);
-	has_before = RequestInt64(ctx, "before_seq", false, &before);
-	args[0] = Int64GetDatum(ctx->user_id);
-	args[1] = Int64GetDatum(conv);
-	args[2] = Int64GetDatum(before);
-	nulls[2] = has_before ? ' ' : 'n';
-	args[3] = Int32GetDatum(RequestLimit(ctx, 50));
+	RequestInt64(ctx, "before_seq", false, &before);
+	lim = RequestLimit(ctx, 50);
+	CheckLimit(lim);
 	ChatSpiConnect();
-	ChatPrepare(&history_plan, "SELECT " MESSAGE_COLUMNS " FROM chat.history($1, $2, $3, $4) m"
-				" ORDER BY m.conversation_id, m.seq", 4, types);
-	ChatExecute(history_plan, args, nulls, false, 0, SPI_OK_SELECT, "history");
+	args[0] = Int64GetDatum(conv);
+	args[1] = Int64GetDatum(before);
+	args[2] = Int64GetDatum(JoinedSeq(ctx->user_id, conv));
+	args[3] = Int32GetDatum(lim);
+	ChatPrepare(&history_plan, "SELECT * FROM ("
+				"SELECT " READER_COLUMNS " FROM chat.messages x"
+				" WHERE x.conversation_id = $1 AND x.seq > $3 AND x.seq < $2"
+				" ORDER BY x.seq DESC LIMIT $4) page ORDER BY page.seq", 4, types);
+	ChatExecute(history_plan, args, NULL, true, 0, SPI_OK_SELECT, "history");
 	appendStringInfoString(result, "{\"messages\":");
 	AppendMessageRows(result);
 	appendStringInfoChar(result, '}');
 	ChatSpiFinish();
 }
 
-/* "after": chat.messages_after(user, conversation, after_seq, limit);
+/* "after": chat.messages_after(user, conversation, after_seq, limit), up
+ * to lim messages after after_seq and the member's joined_seq, ascending;
  * result {messages}. */
 static void
 HandleAfter(const RequestCtx *ctx, StringInfo result)
 {
-	Oid			types[4] = {INT8OID, INT8OID, INT8OID, INT4OID};
 	int64		conv,
-				after;
-	Datum		args[4];
+				after,
+				joined;
+	int32		lim;
 
 	RequestInt64(ctx, "conversation", true, &conv);
 	RequestInt64(ctx, "after_seq", true, &after);
-	args[0] = Int64GetDatum(ctx->user_id);
-	args[1] = Int64GetDatum(conv);
-	args[2] = Int64GetDatum(after);
-	args[3] = Int32GetDatum(RequestLimit(ctx, 500));
+	lim = RequestLimit(ctx, 500);
+	CheckLimit(lim);
 	ChatSpiConnect();
-	ChatPrepare(&after_plan, "SELECT " MESSAGE_COLUMNS
-				" FROM chat.messages_after($1, $2, $3, $4) m"
-				" ORDER BY m.conversation_id, m.seq", 4, types);
-	ChatExecute(after_plan, args, NULL, false, 0, SPI_OK_SELECT, "messages_after");
+	joined = JoinedSeq(ctx->user_id, conv);
+	MessagesAfter(conv, Max(after, joined), joined, lim);
 	appendStringInfoString(result, "{\"messages\":");
 	AppendMessageRows(result);
 	appendStringInfoChar(result, '}');
@@ -660,32 +770,20 @@ FindHandler(const char *type, int len)
 	return HandleInSql;
 }
 
-/* Raises P0002 unless the device exists: raised, never a frame. */
+/* Raises P0002 unless the device exists: raised, never a frame.  One
+ * index probe (hotpath.c), no SPI. */
 static void
 RequireRequestDevice(bool user_null, int64 user_id, bool device_null, int32 device_id)
 {
-	Oid			types[2] = {INT8OID, INT4OID};
-	Datum		args[2] = {Int64GetDatum(user_id), Int32GetDatum(device_id)};
-	bool		found = false;
-
-	if (!user_null && !device_null)
-	{
-		ChatSpiConnect();
-		ChatPrepare(&device_plan,
-					"SELECT FROM chat.devices d WHERE d.user_id = $1 AND d.device_id = $2",
-					2, types);
-		ChatExecute(device_plan, args, NULL, false, 1, SPI_OK_SELECT, "device lookup");
-		found = SPI_processed > 0;
-		ChatSpiFinish();
-	}
-	if (!found)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("device %s of user %s does not exist",
-						device_null ? "<NULL>" : psprintf("%d", device_id),
-						user_null ? "<NULL>" : psprintf(INT64_FORMAT, user_id)),
-				 errhint("The device was removed or never registered; register it with "
-						 "chat.register_device and issue a new token.")));
+	if (!user_null && !device_null && DeviceExists(user_id, device_id))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_NO_DATA_FOUND),
+			 errmsg("device %s of user %s does not exist",
+					device_null ? "<NULL>" : psprintf("%d", device_id),
+					user_null ? "<NULL>" : psprintf(INT64_FORMAT, user_id)),
+			 errhint("The device was removed or never registered; register it with "
+					 "chat.register_device and issue a new token.")));
 }
 
 /* Appends an error frame (id as JSON text). */

@@ -451,7 +451,8 @@ LockForSend(const SendArgs *a, int64 *last_seq, int64 *old_read, int32 *ttl, int
 {
 	Datum		args[3] = {Int64GetDatum(a->conversation_id), Int64GetDatum(a->sender),
 	Int32GetDatum(a->sender_device)};
-	char		argnulls[3] = {' ', ' ', a->sender_device == 0 ? 'n' : ' '};
+	/* a NULL $3 skips the device probe (column 3 is then true) */
+	char		argnulls[3] = {' ', ' ', a->sender_device == 0 || a->device_checked ? 'n' : ' '};
 	bool		isnull;
 	int64		blocker;
 
