@@ -128,20 +128,8 @@ extern void SendMessage(const SendArgs *a, SendResult *r);
 /* errors.c */
 extern const char *ConditionName(const char *sqlstate);
 
-/* One member of a message's conversation as the fanout sees it: the node
- * of one of its live sessions (NULL: offline) and whether it is to be
- * pushed the message (offline, and the push rule says so). */
-typedef struct MemberRoute
-{
-	char	   *node;
-	int64		user;
-	bool		push;
-} MemberRoute;
-
 /* fanout.c */
 extern void FanoutMessage(const ChatMessage *msg);
-extern void FanoutMessageRoutes(const ChatMessage *msg, const MemberRoute *rows, int nrows);
-extern int	CopyMemberRoutes(int first_col, MemberRoute **rows);
 extern void FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 						  int64 exclude_user, const char *event, const char *ref_event);
 extern void FanoutReceipt(int64 conversation_id, int64 reader, int64 from_seq, int64 to_seq,
@@ -168,15 +156,6 @@ extern void QueuePushes(const ChatMessage *msg, Datum *push_ids, int npush,
 	"(m.muted_until IS NULL OR m.muted_until <= now()" \
 	" OR EXISTS (SELECT 1 FROM chat.messages x WHERE x.conversation_id = $1" \
 	"            AND x.seq = $2 AND m.user_id = ANY (x.mentions)))"
-
-/*
- * The same rule for the message being written by the current statement,
- * whose row that statement cannot read yet: its mentions are the
- * parameter mentions_param instead.
- */
-#define PUSH_WANTED_MENTIONS_SQL(mentions_param) \
-	"(m.muted_until IS NULL OR m.muted_until <= now()" \
-	" OR m.user_id = ANY (" mentions_param "))"
 
 /* event_json.c */
 extern void AppendJsonTimestamp(StringInfo buf, TimestampTz ts);

@@ -252,77 +252,41 @@ FanoutToUsers(int64 conversation_id, const int64 *user_ids, int nusers,
 	" ORDER BY l.node, m.user_id"
 
 /*
- * The rows of the last SPI result of a member-routes query (node, user,
- * push: MEMBER_ROUTES, or the tail of send.c's writing statement) copied
- * into *rows (allocated in the current context); returns how many.  Rows
- * without a user (a LEFT JOIN that found no member) are left out.
- */
-int
-CopyMemberRoutes(int first_col, MemberRoute **rows)
-{
-	uint64		i;
-	int			n = 0;
-	TupleDesc	desc = SPI_tuptable->tupdesc;
-
-	*rows = palloc(sizeof(MemberRoute) * (SPI_processed + 1));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
-		Datum		d = SPI_getbinval(tup, desc, first_col + 1, &isnull);
-
-		if (isnull)
-			continue;
-		(*rows)[n].user = DatumGetInt64(d);
-		(*rows)[n].node = SPI_getvalue(tup, desc, first_col);
-		d = SPI_getbinval(tup, desc, first_col + 2, &isnull);
-		(*rows)[n].push = !isnull && DatumGetBool(d);
-		n++;
-	}
-	return n;
-}
-
-/*
  * The message's routes, and push rows for the members who are offline:
- * one lookup over the members finds both (pre: rows the writing statement
- * already returned, NULL: run MEMBER_ROUTES); the insert runs only when
+ * one lookup over the members finds both; the insert runs only when
  * someone is to be pushed.  With routes false (chat.fanout_mode off) the
  * routes are dropped and only the push rows written.  Caller is connected
  * to SPI.
  */
 static List *
-RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt,
-			 const MemberRoute *pre, int npre)
+RouteAndPush(const ChatMessage *msg, const char *payload, bool routes, MemoryContext cxt)
 {
 	Oid			types[2] = {INT8OID, INT8OID};
 	Datum		args[2];
 	List	   *result = NIL;
 	Datum	   *push_ids;
 	int			npush = 0;
-	int			i;
+	uint64		i;
 	NodeRoute  *cur = NULL;
 
-	if (pre == NULL)
+	args[0] = Int64GetDatum(msg->conversation_id);
+	args[1] = Int64GetDatum(msg->seq);
+	ChatPrepare(&member_routes_plan, MEMBER_ROUTES, 2, types);
+	ChatExecute(member_routes_plan, args, NULL, false, 0, SPI_OK_SELECT, "fanout routing query");
+	push_ids = palloc(sizeof(Datum) * (SPI_processed + 1));
+	for (i = 0; i < SPI_processed; i++)
 	{
-		MemberRoute *rows;
+		int64		user;
+		bool		push;
+		char	   *node = RouteRow(i, &user, &push);
 
-		args[0] = Int64GetDatum(msg->conversation_id);
-		args[1] = Int64GetDatum(msg->seq);
-		ChatPrepare(&member_routes_plan, MEMBER_ROUTES, 2, types);
-		ChatExecute(member_routes_plan, args, NULL, false, 0, SPI_OK_SELECT, "fanout routing query");
-		npre = CopyMemberRoutes(1, &rows);
-		pre = rows;
-	}
-	push_ids = palloc(sizeof(Datum) * (npre + 1));
-	for (i = 0; i < npre; i++)
-	{
-		if (pre[i].node == NULL)
+		if (node == NULL)
 		{
-			if (pre[i].push && pre[i].user != msg->sender_id)
-				push_ids[npush++] = Int64GetDatum(pre[i].user);
+			if (push && user != msg->sender_id)
+				push_ids[npush++] = Int64GetDatum(user);
 		}
 		else if (routes)
-			RouteAdd(&result, &cur, pre[i].node, pre[i].user, npre - i, cxt);
+			RouteAdd(&result, &cur, node, user, SPI_processed - i, cxt);
 	}
 	if (npush > 0)
 		QueuePushes(msg, push_ids, npush, payload);
@@ -387,17 +351,6 @@ EditEntryRoutes(const ChatMessage *msg, List **redacted, MemoryContext cxt)
 void
 FanoutMessage(const ChatMessage *msg)
 {
-	FanoutMessageRoutes(msg, NULL, 0);
-}
-
-/*
- * FanoutMessage with the member routes of a message that wants a push
- * already read (send.c reads them in its writing statement, see
- * WRITE_ROUTES_SQL); rows NULL: look them up here.
- */
-void
-FanoutMessageRoutes(const ChatMessage *msg, const MemberRoute *rows, int nrows)
-{
 	StringInfoData event;
 	StringInfoData ref;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -425,7 +378,7 @@ FanoutMessageRoutes(const ChatMessage *msg, const MemberRoute *rows, int nrows)
 		/* an e2e body (ciphertext) never goes into a push row */
 		routes = RouteAndPush(msg, event.len <= PUSH_PAYLOAD_MAX &&
 							  !(msg->kind != NULL && strcmp(msg->kind, "e2e") == 0) ?
-							  event.data : ref.data, notify, cxt, rows, nrows);
+							  event.data : ref.data, notify, cxt);
 	ChatSpiFinish();
 	EmitRoutes(routes, event.data, ref.data);
 	if (redacted != NIL)

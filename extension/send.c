@@ -47,63 +47,12 @@ PG_FUNCTION_INFO_V1(chat_send_e2e);
 static SPIPlanPtr lock_plan;
 static SPIPlanPtr append_lock_plan;
 static SPIPlanPtr write_plan;
-static SPIPlanPtr write_routes_plan;
 static SPIPlanPtr duplicate_plan;
 static SPIPlanPtr receipt_plan;
 static SPIPlanPtr mentions_plan;
 
 /* Most users one message mentions. */
 #define CHAT_MAX_MENTIONS 50
-
-/*
- * The writing statement (WriteMessage): $1 conversation, $2 seq, $3 sender,
- * $4 sender_device, $5 kind, $6 body, $7 client_msg_id, $8 reply_to, $9
- * target, $10 created_at, $11 attachments (JSON of the attachment
- * objects, NULL: none), $12 mentions, $13 reactions (a reaction entry's
- * {emoji, removed}), $14 ttl (seconds; 0: the message does not
- * disappear).  Log entries ($9 set) leave last_activity alone: a change is
- * not news in the chat list.  last_sent_seq records text/e2e sends only
- * (contacts).  Its CTEs, followed by the final SELECT.
- */
-#define WRITE_SQL \
-	"WITH msg AS (" \
-	"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device," \
-	"                             kind, body, client_msg_id, reply_to, target, created_at," \
-	"                             attachments, mentions, reactions, expires_at)" \
-	"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13," \
-	"          CASE WHEN $14 > 0 THEN $10 + make_interval(secs => $14) END)" \
-	"  ON CONFLICT (conversation_id, sender_id, client_msg_id)" \
-	"    WHERE client_msg_id IS NOT NULL DO NOTHING" \
-	"  RETURNING seq)," \
-	" conv AS (" \
-	"  UPDATE chat.conversations c SET last_seq = msg.seq," \
-	"         last_activity = CASE WHEN $9 IS NULL THEN $10 ELSE c.last_activity END" \
-	"    FROM msg WHERE c.id = $1)," \
-	" mem AS (" \
-	"  UPDATE chat.members m" \
-	"     SET delivered_seq = GREATEST(m.delivered_seq, msg.seq)," \
-	"         read_seq = GREATEST(m.read_seq, msg.seq)," \
-	"         last_sent_seq = CASE WHEN $5 IN ('text', 'e2e') THEN msg.seq" \
-	"                              ELSE m.last_sent_seq END" \
-	"    FROM msg" \
-	"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
-
-/*
- * The final SELECT of the writing statement of a message that wants a
- * push (a user's text or e2e message): besides the seq, the member routes
- * of the fanout (fanout.c, MEMBER_ROUTES), read in the same statement
- * instead of a statement of their own; none when nothing was written.  The
- * new row is not visible to the statement that writes it, so the push
- * rule takes its mentions from $12 (PUSH_WANTED_MENTIONS_SQL).
- */
-#define WRITE_ROUTES_SQL \
-	" SELECT msg.seq, r.node, r.user_id, r.push FROM msg" \
-	" LEFT JOIN LATERAL (" \
-	"   SELECT l.node, m.user_id, l.node IS NULL AND " PUSH_WANTED_MENTIONS_SQL("$12") " AS push" \
-	"     FROM chat.members m" \
-	"     LEFT JOIN chat.live_sessions l ON l.user_id = m.user_id" \
-	"    WHERE m.conversation_id = $1 AND m.left_at IS NULL) r ON true" \
-	" ORDER BY r.node, r.user_id"
 
 /* Prepares the plans of the send path once per backend. */
 static void
@@ -154,9 +103,39 @@ PrepareSendPlans(void)
 		"   FOR NO KEY UPDATE OF c",
 		2, append_lock_types);
 
-	/* WRITE_SQL; the routes variant for the messages that want a push */
-	ChatPrepare(&write_plan, WRITE_SQL " SELECT seq FROM msg", 14, write_types);
-	ChatPrepare(&write_routes_plan, WRITE_SQL WRITE_ROUTES_SQL, 14, write_types);
+	/*
+	 * $1 conversation, $2 seq, $3 sender, $4 sender_device, $5 kind, $6
+	 * body, $7 client_msg_id, $8 reply_to, $9 target, $10 created_at, $11
+	 * attachments (JSON of the attachment objects, NULL: none), $12
+	 * mentions, $13 reactions (a reaction entry's {emoji, removed}), $14
+	 * ttl (seconds; 0: the message does not disappear).  Log entries ($9
+	 * set) leave last_activity alone: a change is not news in the chat
+	 * list.  last_sent_seq records text/e2e sends only (contacts).
+	 */
+	ChatPrepare(&write_plan,
+		"WITH msg AS ("
+		"  INSERT INTO chat.messages (conversation_id, seq, sender_id, sender_device,"
+		"                             kind, body, client_msg_id, reply_to, target, created_at,"
+		"                             attachments, mentions, reactions, expires_at)"
+		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+		"          CASE WHEN $14 > 0 THEN $10 + make_interval(secs => $14) END)"
+		"  ON CONFLICT (conversation_id, sender_id, client_msg_id)"
+		"    WHERE client_msg_id IS NOT NULL DO NOTHING"
+		"  RETURNING seq),"
+		" conv AS ("
+		"  UPDATE chat.conversations c SET last_seq = msg.seq,"
+		"         last_activity = CASE WHEN $9 IS NULL THEN $10 ELSE c.last_activity END"
+		"    FROM msg WHERE c.id = $1),"
+		" mem AS ("
+		"  UPDATE chat.members m"
+		"     SET delivered_seq = GREATEST(m.delivered_seq, msg.seq),"
+		"         read_seq = GREATEST(m.read_seq, msg.seq),"
+		"         last_sent_seq = CASE WHEN $5 IN ('text', 'e2e') THEN msg.seq"
+		"                              ELSE m.last_sent_seq END"
+		"    FROM msg"
+		"   WHERE m.conversation_id = $1 AND m.user_id = $3 AND m.left_at IS NULL)"
+		" SELECT seq FROM msg",
+		14, write_types);
 	ChatPrepare(&duplicate_plan,
 		"SELECT seq, created_at FROM chat.messages"
 		" WHERE conversation_id = $1 AND sender_id = $2 AND client_msg_id = $3",
@@ -230,14 +209,11 @@ FindDuplicate(int64 conversation_id, int64 sender, text *client_msg_id,
 /*
  * Writes msg at msg->seq with write_plan, moving last_seq and the sender's
  * watermarks; body and client_msg_id as text (NULL: none).  Returns false
- * when an earlier row of the same client_msg_id made it a duplicate.  With
- * routes given (a message that wants a push) the same statement also
- * reads the member routes of its fanout (write_routes_plan) into *routes
- * and *nroutes.
+ * when an earlier row of the same client_msg_id made it a duplicate.
  */
 static bool
 WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType *mentions,
-			 Jsonb *reactions, int32 ttl, MemberRoute **routes, int *nroutes)
+			 Jsonb *reactions, int32 ttl)
 {
 	Datum		args[14];
 	char		argnulls[14] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
@@ -264,16 +240,8 @@ WriteMessage(const ChatMessage *msg, text *body, text *client_msg_id, ArrayType 
 	args[12] = PointerGetDatum(reactions);
 	argnulls[12] = reactions == NULL ? 'n' : ' ';
 	args[13] = Int32GetDatum(ttl);
-	if (routes == NULL)
-	{
-		ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
-		return SPI_processed == 1;
-	}
-	ChatExecute(write_routes_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
-	if (SPI_processed == 0)
-		return false;
-	*nroutes = CopyMemberRoutes(2, routes);
-	return true;
+	ChatExecute(write_plan, args, argnulls, false, 0, SPI_OK_SELECT, "message insert");
+	return SPI_processed == 1;
 }
 
 /*
@@ -292,19 +260,13 @@ static bool
 AppendMessage(ChatMessage *msg, int64 last_seq, int64 old_read, text *body,
 			  text *client_msg_id, ArrayType *mentions, Jsonb *reactions, int32 ttl)
 {
-	MemberRoute *routes = NULL;
-	int			nroutes = 0;
-	bool		want_push = MessageWantsPush(msg);
-
 	msg->seq = last_seq + 1;
-	if (!WriteMessage(msg, body, client_msg_id, mentions, reactions, ttl,
-					  want_push ? &routes : NULL, &nroutes))
+	if (!WriteMessage(msg, body, client_msg_id, mentions, reactions, ttl))
 		return false;
 	msg->extra = MessageExtraJson(msg->kind, mentions, reactions);
 	msg->body = body ? text_to_cstring(body) : NULL;
 	msg->client_msg_id = client_msg_id ? text_to_cstring(client_msg_id) : NULL;
-	/* a message that wants a push got its routes from the write itself */
-	FanoutMessageRoutes(msg, routes, nroutes);
+	FanoutMessage(msg);
 	if (old_read >= 0 && old_read < msg->seq - 1)
 	{
 		Datum		rargs[4] = {Int64GetDatum(msg->conversation_id), Int64GetDatum(msg->sender_id),
