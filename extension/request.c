@@ -8,9 +8,10 @@
  * jsonb, send and typing call the C implementations (SendMessage,
  * SendTyping) directly, ack and read are chat.ack and chat.mark_read
  * redone in C on saved plans (those SQL functions stay for SQL callers),
- * and sync, history and after run their SQL functions through saved SPI
- * plans, their messages turned into JSON here by AppendMessageJson (the
- * shape of chat.message_json).  Every other
+ * and so are sync, history and after (chat.sync, chat.history,
+ * chat.messages_after), their messages turned into JSON here by
+ * AppendMessageJson (the shape of chat.message_json): no hot type calls
+ * PL/pgSQL (sql/35_hotpath.sql).  Every other
  * type falls through to chat.dispatch_request (plpgsql), so request types
  * added in SQL keep working; a new C handler is one row of the table.
  *
