@@ -15,7 +15,10 @@
 # chat-load's timeline and the send time of the slowest delivery.
 # Environment: TAIL_LOAD (chat-load arguments, default the direct-1k run:
 # "--scenario direct --clients 400 --rate 1000 --duration 10"),
-# BENCH_PG_CONF (cluster settings), TAIL_KEEP=DIR keeps every JSON, the
+# TAIL_PRE (chat-load arguments of an unmeasured run before each measured
+# one, on the same gateway, e.g. "--scenario idle --clients 5000
+# --connect-rate 5000 --duration 2": its clients leave as bench/run.sh's
+# previous run's do), BENCH_PG_CONF (cluster settings), TAIL_KEEP=DIR keeps every JSON, the
 # gateway logs and postgres.log there.
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,6 +67,12 @@ for r in $(seq 1 "$rounds"); do
     out=$BENCH_TMP/r$r-$label.json
     BENCH_GATEWAY_BIN=${bin:-$top/gateway/chat-gateway} BENCH_GATEWAY_ARGS=$gwargs \
       bench/gw-ctl.sh start gateway || exit 1
+    # shellcheck disable=SC2086
+    if [ -n "${TAIL_PRE:-}" ]; then
+      bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
+        --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --label pre --json $TAIL_PRE \
+        --source-ips 127.0.0.1-127.0.0.16 >/dev/null 2>"$BENCH_TMP/r$r-$label-pre.err"
+    fi
     # shellcheck disable=SC2086
     bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
       --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --gateway-pid "$(cat "$BENCH_TMP/gateway.pid")" \
