@@ -197,3 +197,7 @@ fi
 
 [ ${#runs[@]} -gt 0 ] || { echo "bench: no run produced figures" >&2; exit 1; }
 node bench/report.cjs --profile "$profile" --stamp "$stamp" --out bench/results "${runs[@]}"
+rc=$?
+# the stall seconds of every run against the database's log (kept with BENCH_KEEP=1)
+node bench/tail-match.cjs "$CHAT_TEST_TMP/postgres.log" "${runs[@]}" >"$BENCH_TMP/stalls.txt" 2>/dev/null || true
+exit $rc

@@ -12,7 +12,9 @@
 # chat-gateway built from another commit) replaces gateway/chat-gateway;
 # its chat-load args are added to TAIL_LOAD (e.g. --event-lib poll).  Each run prints
 # one line: label, p50/p99/max of the run, then the per-second p99 (ms) of
-# chat-load's timeline and the send time of the slowest delivery.
+# chat-load's timeline and the send time of the slowest delivery; at the
+# end bench/tail-match.cjs names what the database logged during each
+# run's stall seconds.
 # Environment: TAIL_LOAD (chat-load arguments, default the direct-1k run:
 # "--scenario direct --clients 400 --rate 1000 --duration 10"),
 # TAIL_PRE (chat-load arguments of an unmeasured run before each measured
@@ -63,7 +65,8 @@ ulimit -n 20000 2>/dev/null || true
 for r in $(seq 1 "$rounds"); do
   for v in "$@"; do
     IFS='|' read -r label gwargs sql bin loadargs <<<"$v"
-    [ -n "$sql" ] && "$PGBIN/psql" -qXAt -d bench -c "$sql" >/dev/null
+    # statement by statement (ALTER SYSTEM refuses a transaction block)
+    [ -n "$sql" ] && printf "%s\n" "$sql" | "$PGBIN/psql" -qXAt -v ON_ERROR_STOP=1 -d bench -f - >/dev/null
     out=$BENCH_TMP/r$r-$label.json
     BENCH_GATEWAY_BIN=${bin:-$top/gateway/chat-gateway} BENCH_GATEWAY_ARGS=$gwargs \
       bench/gw-ctl.sh start gateway || exit 1
@@ -89,3 +92,7 @@ for r in $(seq 1 "$rounds"); do
       || { echo "$label r$r: no result: $(tail -2 "$BENCH_TMP/r$r-$label.err")"; }
   done
 done
+
+# every run's stall seconds against what the database logged meanwhile
+echo "--- stall seconds against postgres.log (bench/tail-match.cjs)"
+node bench/tail-match.cjs "$CHAT_TEST_TMP/postgres.log" "$BENCH_TMP"/r*-*.json
