@@ -50,11 +50,17 @@ test('a message is delivered while the node heartbeat is blocked in the database
 });
 
 test('heartbeats go on after their connection is killed (it reconnects; the pool covers meanwhile)', async () => {
-  // the maintenance connection: its last query is node_heartbeat or notifier_stats
-  const pid = Number(await value(DB, `SELECT pid FROM pg_stat_activity
-    WHERE application_name LIKE 'chat-gateway%' AND (query LIKE '%node_heartbeat%' OR query LIKE '%notifier_stats%')
-      AND pid <> pg_backend_pid() LIMIT 1`));
-  assert.ok(pid > 0, 'no backend ran node_heartbeat or notifier_stats');
+  // The maintenance connection: its last query is node_heartbeat or
+  // notifier_stats.  Waited for: the first test's 6 s heartbeat outlived
+  // --request-timeout (5 s), so that connection was closed and reconnects.
+  let pid = 0;
+  for (let i = 0; i < 100 && !pid; i++) {
+    pid = Number(await value(DB, `SELECT coalesce(max(pid), 0) FROM pg_stat_activity
+      WHERE application_name = 'chat-gateway ${gw.node}' AND state = 'idle'
+        AND (query LIKE '%node_heartbeat%' OR query LIKE '%notifier_stats%')`));
+    if (!pid) await sleep(100);
+  }
+  assert.ok(pid > 0, 'no backend of the gateway ran node_heartbeat or notifier_stats within 10 s');
   await value(DB, `SELECT pg_terminate_backend(${pid})`);
   const before = await value(DB, `SELECT heartbeat_at FROM chat.nodes WHERE node = '${gw.node}'`);
   let after = before;
