@@ -39,6 +39,7 @@
 #include <libwebsockets.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <ev.h>
 
 #define LOAD_MAX_CLIENTS	100000
 #define LOAD_MAX_PROCS		32
@@ -48,6 +49,10 @@
 #define LOAD_HBUCKETS		(2 * LOAD_HSUB + 40 * LOAD_HSUB)
 #define LOAD_NCODES		24
 #define LOAD_NHOPS		8
+#define TL_SECS			(LOAD_MAX_DURATION / 2)	/* per-second timeline (storms run longer than --duration) */
+#define TL_SUB			16	/* timeline histogram: sub-buckets per power of two (~6%) */
+#define TL_BUCKETS		(2 * TL_SUB + 28 * TL_SUB)	/* microseconds, up to ~2^32 us */
+#define LOAD_NWORST		10	/* slowest deliveries kept with their wall-clock times */
 
 /*
  * --trace (the gateway runs with --trace-latency 1): the hops of a message,
@@ -91,6 +96,7 @@ static struct options {
 	int			json, sync_on_connect, ack_interval_ms, drain_max, verbose, max_inflight;
 	int			devices;		/* connections (devices) per user */
 	int			trace;			/* --trace: per-hop latency from the gateway's "trace" */
+	int			evlib;			/* --event-lib ev (default): libev/epoll; 0: lws's poll loop */
 	double rate;
 	enum scenario scenario;
 	long		gateway_pid, pg_pid;
@@ -116,11 +122,18 @@ struct proc_stats {
 	uint64_t rtt[LOAD_HBUCKETS];	/* send → ok, ns */
 	uint64_t hop[LOAD_NHOPS][LOAD_HBUCKETS];	/* --trace: per hop, ns */
 	int64_t hop_negative[LOAD_NHOPS];	/* samples below 0 (clock steps), counted as 0 */
+	/* per second of the run (by send time): latency histogram (us), ok responses */
+	uint32_t tl_hist[TL_SECS][TL_BUCKETS];
+	uint32_t tl_sends_ok[TL_SECS];
+	struct worst {
+		int64_t latency_ns, sent_ns, conv, seq;
+	} worst[LOAD_NWORST];		/* slowest deliveries, unsorted */
 };
 
 struct shared {
 	_Atomic int phase;
 	_Atomic int64_t go_us, stop_us, restart_us;
+	_Atomic int64_t go_real_ns;	/* CLOCK_REALTIME at go: second 0 of the timeline */
 	struct proc_stats ps[LOAD_MAX_PROCS];
 };
 
@@ -223,6 +236,82 @@ static void
 hist_add(uint64_t *h, int64_t v)
 {
 	h[hist_index(v < 0 ? 0 : (uint64_t) v)]++;
+}
+
+/* Timeline histogram bucket of a latency in microseconds (16 per power of two). */
+static int
+tl_index(uint64_t us)
+{
+	int		msb, shift, idx;
+
+	if (us < 2 * TL_SUB)
+		return (int) us;
+	msb = 63 - __builtin_clzll(us);
+	shift = msb - 4;
+	idx = 2 * TL_SUB + (shift - 1) * TL_SUB + (int) ((us >> shift) - TL_SUB);
+	return idx < TL_BUCKETS ? idx : TL_BUCKETS - 1;
+}
+
+/* Representative value (middle) of a timeline bucket, in microseconds. */
+static double
+tl_value(int idx)
+{
+	int		shift, sub;
+
+	if (idx < 2 * TL_SUB)
+		return idx;
+	shift = (idx - 2 * TL_SUB) / TL_SUB + 1;
+	sub = (idx - 2 * TL_SUB) % TL_SUB + TL_SUB;
+	return ((double) sub + 0.5) * (double) (1ULL << shift);
+}
+
+/* Second of the timeline a CLOCK_REALTIME instant falls in; -1 outside. */
+static int
+tl_second(int64_t real)
+{
+	int64_t		go = atomic_load(&shm->go_real_ns), s;
+
+	if (!go || real < go)
+		return -1;
+	s = (real - go) / 1000000000LL;
+	return s < TL_SECS ? (int) s : -1;
+}
+
+/* Value at quantile q (0..1) of a timeline histogram, in microseconds. */
+static double
+tl_quantile(const uint64_t *h, uint64_t total, double q)
+{
+	uint64_t	acc = 0, want = (uint64_t) ceil(q * (double) total);
+	int		last = 0;
+
+	if (!total)
+		return 0;
+	if (want < 1)
+		want = 1;
+	for (int i = 0; i < TL_BUCKETS; i++)
+	{
+		if (!h[i])
+			continue;
+		last = i;
+		acc += h[i];
+		if (acc >= want)
+			return tl_value(i);
+	}
+	return tl_value(last);
+}
+
+/* Formats a CLOCK_REALTIME instant as UTC with milliseconds (for log matching). */
+static const char *
+fmt_real(int64_t ns, char *buf, size_t len)
+{
+	time_t		t = (time_t) (ns / 1000000000LL);
+	struct tm	tm;
+	size_t		n;
+
+	gmtime_r(&t, &tm);
+	n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, len - n, ".%03dZ", (int) (ns / 1000000 % 1000));
+	return buf;
 }
 
 /* Value at quantile q (0..1) in ns; 0 when empty. */
@@ -824,7 +913,25 @@ client_got_message(struct client *c, int64_t conv, int64_t seq, int64_t sender, 
 		return;
 	}
 	results[c->idx].got++;
-	hist_add(me->hist, now - strtoll(body + 1, NULL, 10));
+	{
+		int64_t		sent = strtoll(body + 1, NULL, 10), lat = now - sent;
+		int			sec = tl_second(sent), w = 0;
+
+		hist_add(me->hist, lat);
+		if (sec >= 0)
+			me->tl_hist[sec][tl_index(lat < 0 ? 0 : (uint64_t) lat / 1000)]++;
+		/* keep the LOAD_NWORST slowest: replace the smallest kept one */
+		for (int i = 1; i < LOAD_NWORST; i++)
+			if (me->worst[i].latency_ns < me->worst[w].latency_ns)
+				w = i;
+		if (lat > me->worst[w].latency_ns)
+		{
+			me->worst[w].latency_ns = lat;
+			me->worst[w].sent_ns = sent;
+			me->worst[w].conv = conv;
+			me->worst[w].seq = seq;
+		}
+	}
 	atomic_fetch_add_explicit(&me->deliveries, 1, memory_order_relaxed);
 	if (atomic_load(&shm->phase) == PH_RUN)
 		atomic_fetch_add_explicit(&me->deliveries_in_window, 1, memory_order_relaxed);
@@ -963,6 +1070,12 @@ client_response(struct client *c, const char *frame, size_t len)
 				if (opt.trace && json_is_object(json_object_get(root, "trace")))
 					trace_response(json_object_get(root, "trace"), c->pend[i].req_ns, conv_ids[c->idx], seq);
 				me->sends_ok++;
+				{
+					int			sec = tl_second(real_ns());
+
+					if (sec >= 0)
+						me->tl_sends_ok[sec]++;
+				}
 				if (atomic_load(&shm->phase) == PH_RUN)
 					me->sends_ok_in_window++;
 				if (json_is_true(json_object_get(result, "duplicate")))
@@ -1383,6 +1496,8 @@ tick(lws_sorted_usec_list_t *sul)
 static void
 child_main(int proc, int lo, int hi)
 {
+	static struct ev_loop *evl;
+	static void *foreign_loops[1];
 	struct lws_context_creation_info info;
 	int			n = hi - lo;
 
@@ -1405,6 +1520,22 @@ child_main(int proc, int lo, int hi)
 	 * (20,000) sizes the table and keeps the lookup a direct index.
 	 */
 	info.timeout_secs = 10;
+	/*
+	 * lws's poll() loop scans every socket on each wake-up, and the open
+	 * loop wakes every millisecond: at 400 clients and 1,000 sends/s that
+	 * was two thirds of chat-load's CPU (90% of a core), so the load
+	 * generator's own lag entered the measured tail.  On libev (epoll) a
+	 * wake-up costs what is ready.
+	 */
+	if (opt.evlib)
+	{
+		evl = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
+		if (!evl)
+			die("proc %d: cannot create an epoll loop", proc);
+		foreign_loops[0] = evl;
+		info.foreign_loops = foreign_loops;
+		info.options |= LWS_SERVER_OPTION_LIBEV;
+	}
 	ctx = lws_create_context(&info);
 	if (!ctx)
 		die("proc %d: lws_create_context failed", proc);
@@ -1432,13 +1563,28 @@ child_main(int proc, int lo, int hi)
 	proc_start_us = mono_us();
 	lws_sul_schedule(ctx, 0, &tick_sul, tick, 1000);
 	while (atomic_load(&shm->phase) != PH_REPORT)
-		if (lws_service(ctx, 0) < 0)
+	{
+		if (evl)
+			ev_run(evl, EVRUN_ONCE);
+		else if (lws_service(ctx, 0) < 0)
 			break;
+	}
 	lws_context_destroy(ctx);
+	if (evl)
+		ev_loop_destroy(evl);
 	_exit(0);
 }
 
 /* ---------- the parent: phases, gateway memory, report ---------- */
+
+/* qsort: slowest delivery first. */
+static int
+worst_cmp(const void *a, const void *b)
+{
+	int64_t		x = ((const struct worst *) a)->latency_ns, y = ((const struct worst *) b)->latency_ns;
+
+	return x < y ? 1 : x > y ? -1 : 0;
+}
 
 /* Sum of VmRSS (KiB) of pid and its descendants; 0 when pid is gone. */
 static long
@@ -1575,7 +1721,8 @@ usage(void)
 			"  [--token-secret-file F] [--gateway-pid PID] [--restart-cmd CMD] [--restart-at S]\n"
 			"  [--ack-interval MS] [--no-sync] [--max-inflight N per process] [--drain S] [--pg-pid POSTMASTER]\n"
 			"  [--devices-per-user D] [--user-base ID] [--label NAME] [--json] [-v]\n"
-			"  [--trace]  per-hop latency (the gateway must run with --trace-latency 1)\n");
+			"  [--trace]  per-hop latency (the gateway must run with --trace-latency 1)\n"
+			"  [--event-lib ev|poll]  each process's loop: libev on epoll (default) or lws's poll()\n");
 	exit(2);
 }
 
@@ -1702,7 +1849,7 @@ main(int argc, char **argv)
 		{"restart-cmd", 1, 0, 'R'}, {"restart-at", 1, 0, 'A'}, {"ack-interval", 1, 0, 'a'},
 		{"no-sync", 0, 0, 'N'}, {"user-base", 1, 0, 'b'}, {"json", 0, 0, 'j'},
 		{"label", 1, 0, 'l'}, {"max-inflight", 1, 0, 'I'}, {"pg-pid", 1, 0, 'G'},
-		{"devices-per-user", 1, 0, 'E'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"trace", 0, 0, 'T'}, {"help", 0, 0, 'h'},
+		{"devices-per-user", 1, 0, 'E'}, {"drain", 1, 0, 'D'}, {"verbose", 0, 0, 'v'}, {"trace", 0, 0, 'T'}, {"event-lib", 1, 0, 'L'}, {"help", 0, 0, 'h'},
 		{0, 0, 0, 0}
 	};
 	int			ch, n;
@@ -1718,6 +1865,7 @@ main(int argc, char **argv)
 
 	opt.clients = 100;
 	opt.connect_rate = 2000;
+	opt.evlib = 1;
 	opt.group_size = 256;
 	opt.duration = 10;
 	opt.window = 4;
@@ -1767,6 +1915,11 @@ main(int argc, char **argv)
 			case 'E': opt.devices = atoi(optarg); break;
 			case 'v': opt.verbose++; break;
 			case 'T': opt.trace = 1; break;
+			case 'L':
+				if (strcmp(optarg, "ev") && strcmp(optarg, "poll"))
+					die("--event-lib: ev or poll, not %s", optarg);
+				opt.evlib = !strcmp(optarg, "ev");
+				break;
 			default: usage();
 		}
 	}
@@ -1886,6 +2039,7 @@ main(int argc, char **argv)
 	cpu_pg0 = opt.pg_pid ? cpu_tree_ticks(opt.pg_pid) : 0;
 	cpu_me0 = cpu_tree_ticks(getpid());
 	machine_ticks(&cpu_busy0, &cpu_total0);
+	atomic_store(&shm->go_real_ns, real_ns());
 	atomic_store(&shm->go_us, t_go);
 	if (atomic_load(&shm->phase) == PH_CONNECT)
 		atomic_store(&shm->phase, PH_RUN);
@@ -2019,6 +2173,14 @@ main(int argc, char **argv)
 		static const char *const qn[5] = {"p50", "p90", "p99", "p99_9", "max"};
 		double		rss_per_conn = -1, rss_total_per_conn = -1;
 		int			first;
+		static struct
+		{
+			uint64_t	sends_ok, deliveries;
+			double		p50, p99, max;	/* ms */
+		}			tl[TL_SECS];
+		int			tl_n;
+		static struct worst worst[LOAD_NWORST];
+		char		tbuf[40], tbuf2[40];
 
 		for (int i = 0; i < opt.procs; i++)
 		{
@@ -2041,6 +2203,49 @@ main(int argc, char **argv)
 				last_open = shm->ps[i].last_open_us;
 		}
 		connect_rate = connect_s > 0 ? (double) ready_at_go / connect_s : 0;
+		/* per-second timeline and the slowest deliveries over all processes */
+		{
+			static uint64_t h[TL_BUCKETS];
+
+			tl_n = 0;
+			for (int sec = 0; sec < TL_SECS; sec++)
+			{
+				uint64_t	tot = 0, okn = 0;
+
+				memset(h, 0, sizeof(h));
+				for (int i = 0; i < opt.procs; i++)
+				{
+					okn += shm->ps[i].tl_sends_ok[sec];
+					for (int j = 0; j < TL_BUCKETS; j++)
+					{
+						h[j] += shm->ps[i].tl_hist[sec][j];
+						tot += shm->ps[i].tl_hist[sec][j];
+					}
+				}
+				tl[sec].sends_ok = okn;
+				tl[sec].deliveries = tot;
+				tl[sec].p50 = tl_quantile(h, tot, 0.5) / 1e3;
+				tl[sec].p99 = tl_quantile(h, tot, 0.99) / 1e3;
+				tl[sec].max = tl_quantile(h, tot, 1.0) / 1e3;
+				if (tot || okn)
+					tl_n = sec + 1;
+			}
+			for (int i = 0; i < opt.procs; i++)
+				for (int k = 0; k < LOAD_NWORST; k++)
+				{
+					struct worst *x = &shm->ps[i].worst[k];
+					int			w = 0;
+
+					if (!x->latency_ns)
+						continue;
+					for (int m = 1; m < LOAD_NWORST; m++)
+						if (worst[m].latency_ns < worst[w].latency_ns)
+							w = m;
+					if (x->latency_ns > worst[w].latency_ns)
+						worst[w] = *x;
+				}
+			qsort(worst, LOAD_NWORST, sizeof(worst[0]), worst_cmp);
+		}
 		for (int i = 0; i < 5; i++)
 		{
 			lat[i] = hist_quantile(hist, q[i]) / 1e6;
@@ -2087,6 +2292,19 @@ main(int argc, char **argv)
 				printf("  hop %-40s p50 %8.3f  p99 %8.3f  max %8.3f ms  (%" PRIu64 " samples, %" PRId64 " negative)\n",
 					   hop_names[h], hist_quantile(hop[h], 0.5) / 1e6, hist_quantile(hop[h], 0.99) / 1e6,
 					   hist_quantile(hop[h], 1.0) / 1e6, hist_total(hop[h]), hop_neg[h]);
+			if (opt.scenario != SC_IDLE && tl_n)
+			{
+				printf("  per second  (from %s, by send time) sends ok / deliveries / p99 ms / max ms:\n",
+					   fmt_real(atomic_load(&shm->go_real_ns), tbuf, sizeof(tbuf)));
+				for (int sec = 0; sec < tl_n; sec++)
+					printf("    %3d  %6" PRIu64 " %6" PRIu64 "  p50 %8.3f  p99 %8.3f  max %8.3f\n", sec,
+						   tl[sec].sends_ok, tl[sec].deliveries, tl[sec].p50, tl[sec].p99, tl[sec].max);
+				printf("  slowest     ");
+				for (int k = 0; k < LOAD_NWORST && worst[k].latency_ns; k++)
+					printf("%s%.1f ms sent %s", k ? ", " : "", worst[k].latency_ns / 1e6,
+						   fmt_real(worst[k].sent_ns, tbuf, sizeof(tbuf)));
+				printf("\n");
+			}
 			printf("  cpu %%       gateway %.0f, postgres %.0f, chat-load %.0f, machine %.0f of %ld (the rest: other processes)\n",
 				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("  closes     ");
@@ -2135,6 +2353,17 @@ main(int argc, char **argv)
 						   hist_quantile(hop[h], 0.99) / 1e6, hist_quantile(hop[h], 1.0) / 1e6);
 				printf("],");
 			}
+			printf("\"timeline\":{\"t0\":\"%s\",\"by\":\"send time\",\"seconds\":[",
+				   fmt_real(atomic_load(&shm->go_real_ns), tbuf, sizeof(tbuf)));
+			for (int sec = 0; sec < tl_n; sec++)
+				printf("%s{\"s\":%d,\"sends_ok\":%" PRIu64 ",\"deliveries\":%" PRIu64 ",\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}",
+					   sec ? "," : "", sec, tl[sec].sends_ok, tl[sec].deliveries, tl[sec].p50, tl[sec].p99, tl[sec].max);
+			printf("]},\"worst\":[");
+			for (int k = 0; k < LOAD_NWORST && worst[k].latency_ns; k++)
+				printf("%s{\"latency_ms\":%.3f,\"sent\":\"%s\",\"received\":\"%s\",\"conversation\":%" PRId64 ",\"seq\":%" PRId64 "}",
+					   k ? "," : "", worst[k].latency_ns / 1e6, fmt_real(worst[k].sent_ns, tbuf, sizeof(tbuf)),
+					   fmt_real(worst[k].sent_ns + worst[k].latency_ns, tbuf2, sizeof(tbuf2)), worst[k].conv, worst[k].seq);
+			printf("],");
 			printf("\"cpu_pct\":{\"gateway\":%.1f,\"postgres\":%.1f,\"chat_load\":%.1f,\"machine\":%.1f,\"machine_max\":%ld},",
 				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
 			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",

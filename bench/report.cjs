@@ -108,6 +108,31 @@ for (const r of runs.filter((x) => Array.isArray(x.hops))) {
   say(`${'end to end (client send -> event received)'.padEnd(42)}${fmt(r.latency_ms.p50, 3).padStart(10)}${fmt(r.latency_ms.p99, 3).padStart(10)}${fmt(r.latency_ms.max, 3).padStart(10)}`);
 }
 
+// ---- per second: where the tail comes from (chat-load's timeline) ----
+// One line per run with messages: the per-second p99 (ms, by send time),
+// the seconds whose p99 is over 3x the run's median per-second p99 (the
+// stalls, with their wall-clock start, to match against postgres.log and
+// the gateway log) and the slowest delivery.
+{
+  const timed = runs.filter((r) => r.timeline && Array.isArray(r.timeline.seconds) && r.timeline.seconds.length > 1);
+  if (timed.length) {
+    say();
+    say('== per second: delivery p99 ms by send second (run start = second 0, UTC); stall = p99 over 3x the median second');
+    for (const r of timed) {
+      const secs = r.timeline.seconds.filter((x) => x.deliveries > 0);
+      const p99s = secs.map((x) => x.p99_ms);
+      const med = [...p99s].sort((x, y) => x - y)[Math.floor(p99s.length / 2)] || 0;
+      const t0 = Date.parse(r.timeline.t0);
+      const stalls = secs.filter((x) => x.p99_ms > 3 * med && x.p99_ms > 10)
+        .map((x) => `${x.s} (${new Date(t0 + x.s * 1000).toISOString().slice(11, 19)}) ${fmt(x.p99_ms)}`);
+      const w = (r.worst || [])[0];
+      say(`${`${r.run}/${r.label === 'gateway' ? 'gw' : r.label}`.padEnd(16)} ${p99s.map((x) => fmt(x)).join(' ')}`);
+      say(`${''.padEnd(16)} median ${fmt(med, 1)}; stalls: ${stalls.join(', ') || 'none'}` +
+        (w ? `; slowest ${fmt(w.latency_ms)} ms sent ${w.sent.slice(11, 23)}` : ''));
+    }
+  }
+}
+
 // ---- event loops: the same broadcast on the poll loop and on libev ----
 {
   const pl = runs.find((r) => r.run === 'evlib-poll' && r.label === 'gateway');

@@ -14,6 +14,10 @@
 # --clients: a smoke run of the whole suite, e.g.
 #   BENCH_SECS=2 BENCH_MAX_CLIENTS=100 bench/run.sh quick
 # (its figures mean nothing; it checks that every part runs and reports).
+# BENCH_PG_CONF="name = value" adds settings to the cluster (A/B runs, e.g.
+# "autovacuum = off"); BENCH_LOG_MIN_DURATION (ms, default 20) is the
+# cluster's log_min_duration_statement.  The cluster's log is kept as
+# postgres.log in the kept logs (BENCH_KEEP=1).
 set -uo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -31,6 +35,7 @@ failures=0
 cleanup() {
   bench/gw-ctl.sh stop gateway >/dev/null 2>&1 || true
   bench/gw-ctl.sh stop peer >/dev/null 2>&1 || true
+  [ -n "${CHAT_TEST_TMP:-}" ] && cp "$CHAT_TEST_TMP/postgres.log" "$BENCH_TMP/postgres.log" 2>/dev/null
   cluster_stop
   if [ -n "${BENCH_KEEP:-}" ] || [ "$failures" -gt 0 ]; then
     echo "bench: logs kept in $BENCH_TMP" >&2
@@ -55,6 +60,18 @@ max_connections = 400
 shared_buffers = 512MB
 max_wal_size = 4GB
 checkpoint_timeout = 30min
+# what the database did, to match a stall second of chat-load's timeline
+# (kept as postgres.log beside the runs; bench/RESULTS.md "Where the tail
+# comes from")
+log_min_messages = warning
+log_line_prefix = '%m [%p] %a '
+log_checkpoints = on
+log_autovacuum_min_duration = 0
+log_lock_waits = on
+deadlock_timeout = '20ms'
+log_min_duration_statement = ${BENCH_LOG_MIN_DURATION:-20}
+log_temp_files = 0
+${BENCH_PG_CONF:-}
 CONF
 cluster_ctl restart || exit 1
 new_db bench || exit 1
@@ -180,3 +197,7 @@ fi
 
 [ ${#runs[@]} -gt 0 ] || { echo "bench: no run produced figures" >&2; exit 1; }
 node bench/report.cjs --profile "$profile" --stamp "$stamp" --out bench/results "${runs[@]}"
+rc=$?
+# the stall seconds of every run against the database's log (kept with BENCH_KEEP=1)
+node bench/tail-match.cjs "$CHAT_TEST_TMP/postgres.log" "${runs[@]}" >"$BENCH_TMP/stalls.txt" 2>/dev/null || true
+exit $rc

@@ -62,7 +62,7 @@ static struct flag flags[] = {
 	{ "pool-queue", I(pool_queue), "1024", 1, 1000000, "requests queued per pool connection (error 53400 \"busy\" beyond)", 0 },
 	{ "max-token-ttl", I(max_token_ttl), "2592000", 60, 315360000, "longest token lifetime in seconds, exp - (iat or now) (close 4001)", 0 },
 	{ "metrics-listen", S(metrics_listen), NULL, 0, 0, "HOST:PORT serving /metrics and /healthz alone; /metrics then leaves --listen", 0 },
-	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls", 0 },
+	{ "node-heartbeat", I(node_heartbeat), "5", 1, 3600, "seconds between chat.node_heartbeat calls (on a connection of their own, not the LISTEN one)", 0 },
 	{ "drain-timeout", I(drain_timeout), "5", 1, 3600, "seconds SIGTERM waits for clients to close", 0 },
 	{ "trace-latency", I(trace_latency), "0", 0, 1, "1: hop timestamps (\"trace\") in responses and events, for bench/chat-load --trace; 0: none, no cost", 0 },
 	{ "event-lib", S(event_lib), "poll", 0, 0, "poll (lws's poll() loop) or ev (lws's libev plugin, epoll)", 0 },

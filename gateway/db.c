@@ -1,7 +1,9 @@
 /* db.c: libpq connections inside the lws event loop.
  *
- * One control connection LISTENs on chat_node_<node> and runs node_reset and
- * node_heartbeat.  A pool of --pool connections carries client requests, ref
+ * One control connection LISTENs on chat_node_<node> and runs node_reset; it
+ * runs nothing periodic (a query there holds up notifications), so
+ * node_heartbeat goes to a maintenance connection of its own (db_maint_conn).
+ * A pool of --pool connections carries client requests, ref
  * lookups and the session calls (connect, disconnect).  The session calls of
  * one (user, device) always use the same pool connection, so a disconnect
  * never overtakes its connect; they are spread over the pool because a
@@ -73,6 +75,8 @@ struct pgconn {
 };
 
 static struct pgconn ctl, *pool;
+/* Tail latency (issue 11): the periodic calls' own connection (db_maint_conn). */
+static struct pgconn maint;
 static struct pgconn *parts;		/* sharded: one LISTEN connection per --listen-dsn */
 static int n_parts;
 static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
@@ -113,6 +117,8 @@ pc_name(struct pgconn *pc)
 		snprintf(buf, sizeof(buf), "partition %d", pc->part);
 		return buf;
 	}
+	if (pc == &maint)
+		return "maintenance";
 	if (pc->index < 0)
 		return "control";
 	snprintf(buf, sizeof(buf), "pool %d", pc->index);
@@ -664,22 +670,63 @@ db_lost(struct pgconn *pc, const char *why)
 		db_retry(pc);
 }
 
-/* Every --node-heartbeat seconds: chat.node_heartbeat on the control connection. */
+/*
+ * The connection for the periodic maintenance calls (node_heartbeat,
+ * notifier_stats): the maintenance connection; while it is down, the ready
+ * pool connection with the fewest requests waiting; the control connection
+ * only when nothing else is up.  Not the control connection: it LISTENs,
+ * and PostgreSQL hands a backend's notifications over only between its
+ * transactions, so every millisecond of a heartbeat there (40-110 ms on a
+ * busy machine, 460 ms for a presence sweep after a mass disconnect) held
+ * up every live event of this node.  Not a pool connection either: the
+ * requests pipelined behind the heartbeat would wait for it
+ * (bench/RESULTS.md, "Where the tail comes from").
+ */
+static struct pgconn *
+db_maint_conn(void)
+{
+	struct pgconn *best = NULL;
+
+	if (maint.state == PG_READY)
+		return &maint;
+	for (int i = 0; i < cfg.pool; i++)
+		if (pool[i].state == PG_READY && (!best || pool[i].requests < best->requests))
+			best = &pool[i];
+	return best ? best : (ctl.state == PG_READY ? &ctl : NULL);
+}
+
+/* True while a maintenance call of this kind is unanswered on any connection. */
+static int
+db_maint_inflight(int nstats)
+{
+	if (nstats ? ctl.nstats_inflight : ctl.heartbeat_inflight)
+		return 1;
+	if (nstats ? maint.nstats_inflight : maint.heartbeat_inflight)
+		return 1;
+	for (int i = 0; i < cfg.pool; i++)
+		if (nstats ? pool[i].nstats_inflight : pool[i].heartbeat_inflight)
+			return 1;
+	return 0;
+}
+
+/* Every --node-heartbeat seconds: chat.node_heartbeat and notifier_stats
+ * on a pool connection (db_maint_conn). */
 static void
 db_heartbeat(lws_sorted_usec_list_t *sul)
 {
 	const char *node[1] = { cfg.node };
+	struct pgconn *pc;
 
 	(void)sul;
 	db_sharded_heartbeat();
-	if (n_parts == 0 && ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
-	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
-		ctl.heartbeat_inflight = 1;
+	if (n_parts == 0 && !stopping && !db_maint_inflight(0) && (pc = db_maint_conn()) &&
+	    db_send(pc, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
+		pc->heartbeat_inflight = 1;
 	/* Sharded, ctl talks to the proxy, which has no notifier. */
-	if (n_parts == 0 && ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
-	    db_send(&ctl, P_NSTATS, NULL,
+	if (n_parts == 0 && !stopping && !db_maint_inflight(1) && (pc = db_maint_conn()) &&
+	    db_send(pc, P_NSTATS, NULL,
 		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
-		ctl.nstats_inflight = 1;
+		pc->nstats_inflight = 1;
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
@@ -702,6 +749,13 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 		pool[i].part = -1;
 		db_connect_begin(&pool[i]);
 	}
+	/* set up like a pool connection (it prepares "req", never used), but
+	 * no request or session is ever routed to it; sharded, the heartbeat
+	 * goes to the partitions instead */
+	maint.index = cfg.pool;
+	maint.part = -1;
+	if (n_parts == 0)
+		db_connect_begin(&maint);
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
@@ -746,6 +800,7 @@ db_watch(lws_sorted_usec_list_t *sul)
 		log_msg(LOG_WARN, 0, "event loop stalled for %llu ms", (unsigned long long)(now - last_tick) / 1000);
 	last_tick = now;
 	db_watch_one(&ctl, now);
+	db_watch_one(&maint, now);
 	for (int i = 0; i < cfg.pool; i++)
 		db_watch_one(&pool[i], now);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
