@@ -97,6 +97,17 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t size);
 char *xstrdup(const char *s);
 
+/* ---- slab.c: slots for the objects each connection holds ---- */
+
+/* Reserves the slabs for max_conns connections and routes lws's
+ * per-connection allocations to them (before lws_create_context). */
+void slab_init(int max_conns);
+/* A zeroed struct conn / its release. */
+void *slab_conn_alloc(size_t size);
+void slab_conn_free(void *p);
+/* Logs the slabs' use (debug). */
+void slab_report(void);
+
 /* ---- supervise.c: --workers ---- */
 
 /* Forks cfg.workers server processes, restarts dead ones, forwards signals. */
