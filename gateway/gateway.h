@@ -244,6 +244,7 @@ struct conn {
 	unsigned hello_sent:1,		/* the next confirmation sends resync instead */
 		 reg_sent:1,		/* chat.connect was sent: chat.disconnect at close */
 		 registered:1,		/* chat.connect answered in the current epoch */
+		 reg_queued:1,		/* waiting in its pool connection's connect batch (db.c) */
 		 ping_due:1;		/* the next writeable sends a heartbeat ping */
 };
 
