@@ -5,7 +5,8 @@
 #   gw-ctl.sh start|stop|restart gateway|peer
 #
 # Reads BENCH_TMP, BENCH_PORT, BENCH_DSN, CHAT_TOKEN_SECRET_FILE and
-# BENCH_WORKERS from the environment; keeps the pid in $BENCH_TMP/<kind>.pid
+# BENCH_WORKERS from the environment (BENCH_GATEWAY_BIN: another chat-gateway
+# binary, for A/B runs); keeps the pid in $BENCH_TMP/<kind>.pid
 # and the log in $BENCH_TMP/<kind>.log.  start returns once /healthz says 200.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +34,7 @@ start() {
   ulimit -n 20000 2>/dev/null || true
   case $kind in
     gateway)
-      setsid "$top/gateway/chat-gateway" --listen "127.0.0.1:$BENCH_PORT" --node gwbench \
+      setsid "${BENCH_GATEWAY_BIN:-$top/gateway/chat-gateway}" --listen "127.0.0.1:$BENCH_PORT" --node gwbench \
         --dsn "$BENCH_DSN" --token-secret-file "$CHAT_TOKEN_SECRET_FILE" \
         --workers "${BENCH_WORKERS:-1}" --pool "${BENCH_POOL:-4}" --rate 100000 \
         ${BENCH_GATEWAY_ARGS:-} >>"$log" 2>&1 </dev/null &

@@ -4,6 +4,34 @@
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.4.0'" to load this file. \quit
 
 -- Gateway at 100,000 (issue 11): connect batching
+-- presence_audience in plpgsql (its plan kept; chat.connect calls it for every client)
+CREATE OR REPLACE FUNCTION chat.presence_audience(user_id bigint)
+RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- plpgsql, not sql: a SQL function is planned again on every call
+    -- (about 1.5 ms here), and chat.connect calls this for every client
+    -- of a connection storm; plpgsql keeps the plan for the session.
+    RETURN (
+    SELECT ARRAY(
+        SELECT x FROM unnest(CASE u.presence_privacy
+           WHEN 'everyone' THEN
+               (SELECT coalesce(array_agg(DISTINCT p.user_id), '{}')
+                  FROM chat.members m
+                  JOIN chat.members p ON p.conversation_id = m.conversation_id
+                                     AND p.left_at IS NULL AND p.user_id <> m.user_id
+                 WHERE m.user_id = u.id AND m.left_at IS NULL)
+           WHEN 'contacts' THEN ARRAY(SELECT chat.contacts(u.id))
+           ELSE '{}'::bigint[] END) AS x
+         WHERE NOT EXISTS (SELECT FROM chat.blocks k
+                            WHERE (k.blocker = u.id AND k.blocked = x)
+                               OR (k.blocker = x AND k.blocked = u.id)))
+      FROM chat.users u
+     WHERE u.id = presence_audience.user_id);
+END
+$$;
+
 CREATE FUNCTION chat.connect_many(node text, user_ids bigint[], device_ids integer[])
 RETURNS TABLE (idx integer, code text, message text)
 LANGUAGE plpgsql SECURITY DEFINER
