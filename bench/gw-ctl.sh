@@ -5,7 +5,8 @@
 #   gw-ctl.sh start|stop|restart gateway|peer
 #
 # Reads BENCH_TMP, BENCH_PORT, BENCH_DSN, CHAT_TOKEN_SECRET_FILE and
-# BENCH_WORKERS from the environment; keeps the pid in $BENCH_TMP/<kind>.pid
+# BENCH_WORKERS from the environment (BENCH_GATEWAY_BIN: another chat-gateway
+# binary, for A/B runs); keeps the pid in $BENCH_TMP/<kind>.pid
 # and the log in $BENCH_TMP/<kind>.log.  start returns once /healthz says 200.
 # BENCH_GATEWAY_BIN runs another chat-gateway binary (A/B of two builds).
 set -euo pipefail

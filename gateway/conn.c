@@ -28,6 +28,10 @@ static struct lws_context *conn_context;
 static int draining;			/* conn_drain ran: SIGTERM */
 static lws_sorted_usec_list_t sul_tick;
 static uint32_t ticks;
+/* Connections accepted, and the most open, at the last malloc_trim. */
+static uint64_t trim_conns;
+static uint32_t trim_count;
+#define TRIM_CHURN 256
 /* No authenticated connection's token expires before this (unix seconds):
  * the tick scans for expired tokens only once it is reached. */
 static int64_t earliest_exp = INT64_MAX;
@@ -332,7 +336,7 @@ conn_unref(struct conn *c)
 		ring_clear(c);
 		free(c->ring);
 		frame_reset(&c->rx);
-		free(c);
+		slab_conn_free(c);
 	}
 }
 
@@ -340,7 +344,7 @@ conn_unref(struct conn *c)
 struct conn *
 conn_new(struct lws *wsi)
 {
-	struct conn *c = xcalloc(1, sizeof(*c));
+	struct conn *c = slab_conn_alloc(sizeof(*c));
 
 	c->wsi = wsi;
 	c->id = ++next_conn_id;
@@ -386,7 +390,10 @@ conn_next_frame(struct conn *c)
 	return c->ring && c->ring->count ? c->ring->slot[c->ring->head] : NULL;
 }
 
-/* The oldest queued frame was written: counts and releases it. */
+/* The oldest queued frame was written: counts and releases it.  A ring
+ * that runs empty is freed: an idle connection holds no ring (80 bytes of
+ * the smallest ring, 96 with malloc's header, per connection), and the
+ * next frame allocates one again (cheap next to the frame itself). */
 void
 conn_sent(struct conn *c)
 {
@@ -399,6 +406,10 @@ conn_sent(struct conn *c)
 	r->count--;
 	r->bytes -= m->len;
 	msg_unref(m);
+	if (!r->count) {
+		free(r);
+		c->ring = NULL;
+	}
 }
 
 /* chat.connect found the device and committed: the connection is confirmed
@@ -512,9 +523,18 @@ conn_tick(lws_sorted_usec_list_t *sul)
 		earliest_exp = next_exp;
 	}
 	/* Connection storms leave freed memory inside the heap (pending queries,
-	 * handshakes): give whole free pages back now and then. */
-	if (ticks % 10 == 9)
+	 * handshakes): give whole free pages back now and then, and in the
+	 * tick after a burst of connections opened or closed (the objects a
+	 * connection keeps live in slab.c, so the heap then holds only what
+	 * the burst left; a trim of it takes well under a millisecond). */
+	if (ticks % 10 == 9 || stats.connections_total - trim_conns >= TRIM_CHURN ||
+	    trim_count - conn_count >= TRIM_CHURN) {
 		malloc_trim(0);
+		trim_conns = stats.connections_total;
+		trim_count = conn_count;
+	}
+	if (conn_count > trim_count)
+		trim_count = conn_count;
 	/* The other workers render this one's gauges from its shared slot. */
 	metrics_publish(conn_count, conn_count_unauth, db_ready());
 	/* Each connection is pinged every --heartbeat seconds, in slices by

@@ -35,7 +35,8 @@ enum pending_kind {
 	P_REQUEST, P_REF, P_FINAL,
 	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
 	P_NSTATS,		/* chat.notifier_stats() for /metrics */
-	P_PART_RESET		/* sharded: node_reset on one partition */
+	P_PART_RESET,		/* sharded: node_reset on one partition */
+	P_CONNECT_MANY		/* chat.connect_many: a batch of session registrations */
 };
 
 /* A query sent and not yet answered; owns a reference on conn. */
@@ -50,6 +51,8 @@ struct pending {
 	uint8_t timed_out;		/* failed by db_watch: no answer in time */
 	uint32_t epoch;			/* P_CONNECT: the epoch it was sent in */
 	uint64_t trace_rx, trace_db;	/* --trace-latency: frame received, call sent */
+	struct conn **batch;		/* P_CONNECT_MANY: the sessions (one ref each) */
+	uint32_t batch_n;
 	char id[];			/* request id as JSON, "" when none */
 };
 
@@ -70,6 +73,10 @@ struct pgconn {
 	lws_sorted_usec_list_t sul;
 	/* Silent database (db_watch): */
 	int requests;			/* P_REQUEST entries pending (--pool-queue) */
+	/* Session registrations waiting for the next batch (connect batching): */
+	struct conn **batch;		/* one ref each; in arrival order */
+	uint32_t batch_n, batch_cap;
+	int connects_inflight;		/* P_CONNECT / P_CONNECT_MANY unanswered */
 	int timed_out;			/* db_lost: the pending entries timed out */
 	uint64_t last_rx_us;		/* last bytes from the server */
 };
@@ -86,7 +93,7 @@ static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
 static void (*db_on_ready)(void);	/* server.c: open the port */
 static int stopping;			/* db_shutdown: no reconnects, no new sessions */
 static uint32_t epoch;			/* moves on with every node_reset */
-static int session_inflight;		/* connect/disconnect calls unanswered */
+static int session_inflight;		/* connect/disconnect calls unanswered or queued */
 
 #define PGCONN_OF_SUL(s) ((struct pgconn *)((char *)(s) - offsetof(struct pgconn, sul)))
 
@@ -106,6 +113,8 @@ static void db_done_part_reset(struct pgconn *pc, const struct outcome *o);
 static int db_sharded_setup(struct pgconn *pc);
 static void db_sharded_heartbeat(void);
 static void db_sharded_start(void);
+static void db_batch_flush(struct pgconn *pc);
+static void db_done_connect_many(struct pgconn *pc, struct pending *p, const struct outcome *o);
 
 /* Name of a connection for logs. */
 static const char *
@@ -246,39 +255,47 @@ db_done_reset(struct pgconn *pc, const struct outcome *o)
 	}
 }
 
-/* P_CONNECT answered: the device exists (confirm: hello, or resync after a
- * gap), was removed (4003), or registration failed (1011 if never confirmed).
- * No result (connection lost): it is sent again once the pool connection is
- * back; an unconfirmed client waits. */
+/* The answer to one session's registration sent in epoch sent: the device
+ * exists (confirm: hello, or resync after a gap), was removed (4003), or
+ * registration failed (1011 if never confirmed).  answered 0: the
+ * connection was lost; it is sent again once the pool connection is back
+ * (an unconfirmed client waits). */
 static void
-db_done_connect(struct pending *p, const struct outcome *o)
+db_connect_answer(struct conn *c, uint32_t sent, int ok, int answered, const char *code,
+		  const char *err)
 {
-	struct conn *c = p->conn;
-	const char *code;
-
-	session_inflight--;
-	if (o->ok && p->epoch == epoch) {
+	if (ok && sent == epoch) {
 		c->registered = 1;
 		conn_confirmed(c);
-	} else if (o->ok) {
+	} else if (ok) {
 		/* The device exists; a node_reset since then re-registers it
 		 * (resync follows that registration). */
 		if (c->state == CONN_REGISTERING)
 			conn_confirmed(c);
-	} else if (o->res) {
-		code = PQresultErrorField(o->res, PG_DIAG_SQLSTATE);
+	} else if (answered) {
 		if (code && !strcmp(code, "P0002")) {
 			/* Removed or never registered: no hello, nothing else. */
 			stats.revoked++;
 			log_msg(LOG_INFO, c->id, "user %lld device %d: %s", (long long)c->user,
-				(int)c->device, o->err ? o->err : "unknown device");
+				(int)c->device, err ? err : "unknown device");
 			conn_close(c, CLOSE_REVOKED, "device revoked");
 		} else {
-			log_msg(LOG_WARN, c->id, "chat.connect failed: %s", o->err ? o->err : "?");
+			log_msg(LOG_WARN, c->id, "chat.connect failed: %s", err ? err : "?");
 			if (c->state == CONN_REGISTERING)
 				conn_close(c, CLOSE_INTERNAL, "session registration failed");
 		}
 	}
+}
+
+/* P_CONNECT answered (one session). */
+static void
+db_done_connect(struct pgconn *pc, struct pending *p, const struct outcome *o)
+{
+	session_inflight--;
+	pc->connects_inflight--;
+	db_connect_answer(p->conn, p->epoch, o->ok, o->res != NULL,
+			  o->res ? PQresultErrorField(o->res, PG_DIAG_SQLSTATE) : NULL, o->err);
+	db_batch_flush(pc);		/* what queued meanwhile goes now */
 }
 
 /* --trace-latency: the response with its hops (trace.c). */
@@ -402,7 +419,10 @@ db_complete(struct pgconn *pc, struct pending *p)
 		db_done_log(&o, LOG_WARN, "chat.node_heartbeat");
 		break;
 	case P_CONNECT:
-		db_done_connect(p, &o);
+		db_done_connect(pc, p, &o);
+		break;
+	case P_CONNECT_MANY:
+		db_done_connect_many(pc, p, &o);
 		break;
 	case P_DISCONNECT:
 		session_inflight--;
@@ -664,6 +684,7 @@ db_lost(struct pgconn *pc, const char *why)
 		db_complete(pc, p);
 	}
 	pc->tail = NULL;
+	db_batch_flush(pc);		/* drops the queue: registered again when back */
 	if (pc == &ctl && stopping)
 		shutdown_done = 1;
 	if (!stopping)
@@ -940,29 +961,207 @@ db_request(struct conn *c, const char *frame, size_t len, const char *id_json)
 	conn_ref(c);
 }
 
-/* Sends chat.connect for c on its (user, device) pool connection. */
-int
-db_session_connect(struct conn *c)
+/* ---- connect batching (issue 11) ----
+ *
+ * A connection storm (every client of a restarted gateway coming back at
+ * once) used to cost one chat.connect round trip and one commit per
+ * client.  Now db_session_connect queues the session on its pool
+ * connection; the queue goes out at the end of the event-loop turn when
+ * that connection has no registration in flight, else as soon as the one
+ * in flight is answered (or when BATCH_MAX sessions wait): a lone
+ * connection is registered at once with chat.connect as before, a storm
+ * in batches of chat.connect_many (one subtransaction per session inside,
+ * so each session's presence and error are chat.connect's own).  Order
+ * stays per (user, device): a disconnect first sends the queue of its
+ * pool connection.  A database without chat.connect_many (an extension
+ * older than 0.4.0) or a role without EXECUTE on it: one chat.connect per
+ * session from then on. */
+#define BATCH_MAX 256
+static lws_sorted_usec_list_t sul_batch;
+static int batch_scheduled, connect_many_off;
+
+static const char SQL_CONNECT_MANY[] =
+	"SELECT idx, code, message FROM chat.connect_many($1, $2::bigint[], $3::integer[])";
+
+/* chat.connect for one session (takes over the queue's reference on c). */
+static void
+db_connect_one(struct pgconn *pc, struct conn *c)
 {
-	struct pgconn *pc = db_session_pc(c->user, c->device);
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 	struct pending *p;
 
-	if (ctl.state != PG_READY || pc->state != PG_READY || stopping)
-		return -1;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
 	snprintf(device, sizeof(device), "%d", (int)c->device);
 	p = db_send(pc, P_CONNECT, NULL, "SELECT chat.connect($1, $2, $3)", 3, values, NULL);
-	if (!p)
-		return -1;
-	c->reg_sent = 1;
+	if (!p) {
+		session_inflight--;	/* registered once the connection is back */
+		conn_unref(c);
+		return;
+	}
 	p->conn = c;
 	p->epoch = epoch;
+	pc->connects_inflight++;
+}
+
+/* Sends pc's queued registrations now: one chat.connect for a single
+ * session, else chat.connect_many; drops the queue (references, counts)
+ * when pc cannot take it, leaving those sessions unregistered for
+ * db_register_pending or db_reregister to send again. */
+static void
+db_batch_flush(struct pgconn *pc)
+{
+	struct conn **b = pc->batch;
+	uint32_t n = pc->batch_n;
+	char *users, *devices, *u, *d;
+	const char *values[3];
+	struct pending *p;
+
+	if (!n)
+		return;
+	pc->batch = NULL;
+	pc->batch_n = pc->batch_cap = 0;
+	for (uint32_t i = 0; i < n; i++)
+		b[i]->reg_queued = 0;
+	if (ctl.state != PG_READY || pc->state != PG_READY || stopping) {
+		for (uint32_t i = 0; i < n; i++) {
+			session_inflight--;
+			conn_unref(b[i]);
+		}
+		free(b);
+		return;
+	}
+	if (n == 1 || connect_many_off) {
+		for (uint32_t i = 0; i < n; i++)
+			db_connect_one(pc, b[i]);
+		free(b);
+		return;
+	}
+	/* {1,2,...}: at most 20 digits and a sign or separator each */
+	u = users = xmalloc((size_t)n * 22 + 3);
+	d = devices = xmalloc((size_t)n * 13 + 3);
+	*u++ = '{';
+	*d++ = '{';
+	for (uint32_t i = 0; i < n; i++) {
+		u += sprintf(u, "%s%lld", i ? "," : "", (long long)b[i]->user);
+		d += sprintf(d, "%s%d", i ? "," : "", (int)b[i]->device);
+	}
+	strcpy(u, "}");
+	strcpy(d, "}");
+	values[0] = cfg.node;
+	values[1] = users;
+	values[2] = devices;
+	p = db_send(pc, P_CONNECT_MANY, NULL, SQL_CONNECT_MANY, 3, values, NULL);
+	free(users);
+	free(devices);
+	if (!p) {
+		for (uint32_t i = 0; i < n; i++) {
+			session_inflight--;
+			conn_unref(b[i]);
+		}
+		free(b);
+		return;
+	}
+	p->batch = b;
+	p->batch_n = n;
+	p->epoch = epoch;
+	pc->connects_inflight++;
+	log_msg(LOG_DEBUG, 0, "%s: chat.connect_many with %u sessions", pc_name(pc), n);
+}
+
+/* P_CONNECT_MANY answered: each session gets its own row's outcome; a
+ * failure of the whole call (or a lost connection) is each session's. */
+static void
+db_done_connect_many(struct pgconn *pc, struct pending *p, const struct outcome *o)
+{
+	const char *code = o->res ? PQresultErrorField(o->res, PG_DIAG_SQLSTATE) : NULL;
+	uint8_t *seen = xcalloc(p->batch_n, 1);
+
+	pc->connects_inflight--;
+	if (!o->ok && code && (!strcmp(code, "42883") || !strcmp(code, "42501"))) {
+		if (!connect_many_off)
+			log_msg(LOG_WARN, 0, "chat.connect_many unavailable (%s: %s): one chat.connect "
+				"per session from now on", code, o->err ? o->err : "?");
+		connect_many_off = 1;
+		/* Each session again, alone (queued: still in order). */
+		for (uint32_t i = 0; i < p->batch_n; i++) {
+			struct conn *c = p->batch[i];
+			session_inflight--;
+			if (CONN_OPEN(c))
+				db_session_connect(c);
+			conn_unref(c);
+		}
+		p->batch_n = 0;
+	}
+	if (o->ok && PQnfields(o->res) == 3) {
+		for (int r = 0; r < PQntuples(o->res); r++) {
+			long i = strtol(PQgetvalue(o->res, r, 0), NULL, 10) - 1;
+			int ok;
+
+			if (i < 0 || i >= (long)p->batch_n || seen[i])
+				continue;
+			seen[i] = 1;
+			ok = !strcmp(PQgetvalue(o->res, r, 1), "00000");
+			db_connect_answer(p->batch[i], p->epoch, ok, 1, ok ? NULL : PQgetvalue(o->res, r, 1),
+					  PQgetisnull(o->res, r, 2) ? NULL : PQgetvalue(o->res, r, 2));
+		}
+	}
+	for (uint32_t i = 0; i < p->batch_n; i++) {
+		if (!seen[i])
+			db_connect_answer(p->batch[i], p->epoch, 0, o->res != NULL, code,
+					  o->ok ? "chat.connect_many returned no row for the session" : o->err);
+		session_inflight--;
+		conn_unref(p->batch[i]);
+	}
+	free(seen);
+	free(p->batch);
+	p->batch = NULL;
+	db_batch_flush(pc);		/* what queued meanwhile goes now */
+}
+
+/* End of the loop turn: every pool connection with no registration in
+ * flight sends its queue (the others send theirs when answered). */
+static void
+db_batch_tick(lws_sorted_usec_list_t *sul)
+{
+	(void)sul;
+	batch_scheduled = 0;
+	for (int i = 0; i < cfg.pool; i++)
+		if (pool[i].batch_n && (!pool[i].connects_inflight || pool[i].state != PG_READY || stopping))
+			db_batch_flush(&pool[i]);
+}
+
+/* Registers c's session (chat.connect) on its (user, device) pool
+ * connection: queued for the end of this loop turn; -1 when it cannot be
+ * sent now (the session is registered once the database is back). */
+int
+db_session_connect(struct conn *c)
+{
+	struct pgconn *pc = db_session_pc(c->user, c->device);
+
+	if (ctl.state != PG_READY || pc->state != PG_READY || stopping)
+		return -1;
+	if (c->reg_queued)
+		return 0;
+	if (pc->batch_n == pc->batch_cap) {
+		pc->batch_cap = pc->batch_cap ? pc->batch_cap * 2 : 16;
+		pc->batch = xrealloc(pc->batch, pc->batch_cap * sizeof(*pc->batch));
+	}
+	pc->batch[pc->batch_n++] = c;
 	conn_ref(c);
+	c->reg_queued = 1;
+	c->reg_sent = 1;
 	session_inflight++;
+	if (pc->batch_n >= BATCH_MAX) {
+		db_batch_flush(pc);
+	} else if (!batch_scheduled) {
+		batch_scheduled = 1;
+		lws_sul_schedule(db_context, 0, &sul_batch, db_batch_tick, 1);
+	}
 	return 0;
 }
+
+/* ---- end of connect batching ---- */
 
 /* Sends chat.disconnect for a closed connection (best effort). */
 void
@@ -975,8 +1174,10 @@ db_session_disconnect(struct conn *c)
 	/* Shutting down: the final node_reset removes every session row. */
 	if (stopping)
 		return;
-	/* Behind its connect on the same connection; if that one is gone, the
-	 * control connection does (a later node_reset would as well). */
+	/* Behind its connect on the same connection (a queued connect goes
+	 * first); if that one is gone, the control connection does (a later
+	 * node_reset would as well). */
+	db_batch_flush(pc);
 	if (pc->state != PG_READY)
 		pc = &ctl;
 	snprintf(user, sizeof(user), "%lld", (long long)c->user);
@@ -1013,6 +1214,8 @@ db_shutdown(void)
 	lws_sul_cancel(&sul_heartbeat);
 	final_wanted = 1;
 	stopping = 1;
+	for (int i = 0; pool && i < cfg.pool; i++)
+		db_batch_flush(&pool[i]);	/* dropped: the final node_reset clears them all */
 }
 
 /* Called on the drain tick: the final node_reset goes once no connect or

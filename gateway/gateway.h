@@ -97,6 +97,17 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t size);
 char *xstrdup(const char *s);
 
+/* ---- slab.c: slots for the objects each connection holds ---- */
+
+/* Reserves the slabs for max_conns connections and routes lws's
+ * per-connection allocations to them (before lws_create_context). */
+void slab_init(int max_conns);
+/* A zeroed struct conn / its release. */
+void *slab_conn_alloc(size_t size);
+void slab_conn_free(void *p);
+/* Logs the slabs' use (debug). */
+void slab_report(void);
+
 /* ---- supervise.c: --workers ---- */
 
 /* Forks cfg.workers server processes, restarts dead ones, forwards signals. */
@@ -233,6 +244,7 @@ struct conn {
 	unsigned hello_sent:1,		/* the next confirmation sends resync instead */
 		 reg_sent:1,		/* chat.connect was sent: chat.disconnect at close */
 		 registered:1,		/* chat.connect answered in the current epoch */
+		 reg_queued:1,		/* waiting in its pool connection's connect batch (db.c) */
 		 ping_due:1;		/* the next writeable sends a heartbeat ping */
 };
 

@@ -26,9 +26,15 @@ static int server_accept(struct lws *wsi, enum lws_callback_reasons reason,
 		       void *user, void *in, size_t len);
 
 /* The client vhost speaks only chat.v1 (also the default for HTTP and for
- * clients that name no subprotocol): no client can bind to the raw protocols. */
+ * clients that name no subprotocol): no client can bind to the raw protocols.
+ * No per-session data (the conn hangs on the wsi's opaque user data) and a
+ * 128-byte receive buffer: lws allocates rx_buffer_size + LWS_PRE + 4 bytes
+ * per connection for its whole life, and idle connections are what a
+ * gateway holds most of.  Longer frames arrive in pieces that ws.c
+ * assembles (frame.c); 128 still holds a whole control frame (125 bytes). */
+#define CLIENT_RX_BUFFER 128
 static const struct lws_protocols client_protocols[] = {
-	{ "chat.v1", ws_callback, sizeof(struct conn *), 512, 0, NULL, 0 },
+	{ "chat.v1", ws_callback, 0, CLIENT_RX_BUFFER, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
@@ -344,6 +350,7 @@ server_run(void)
 	info.timeout_secs = 10;		/* HTTP handshake stalls */
 	if (!strcmp(cfg.event_lib, "ev") && evloop_setup(&info) != 0)
 		return 1;
+	slab_init(cfg.max_conns);
 	context = lws_create_context(&info);
 	if (!context) {
 		log_msg(LOG_ERROR, 0, "lws_create_context failed");
@@ -377,6 +384,7 @@ server_run(void)
 	context = NULL;
 	if (!strcmp(cfg.event_lib, "ev"))
 		evloop_destroy();
+	slab_report();
 	log_msg(LOG_INFO, 0, "stopped");
 	return exit_status;
 }

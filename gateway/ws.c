@@ -254,15 +254,14 @@ ws_on_filter(struct lws *wsi)
 
 /* ESTABLISHED: a new connection; a ?token= in the URL authenticates it at once. */
 static int
-ws_on_established(struct lws *wsi, struct conn **pss)
+ws_on_established(struct lws *wsi)
 {
 	char buf[2048];
 	const char *token;
 	struct conn *c;
 
-	if (!pss)
-		return -1;
-	c = *pss = conn_new(wsi);
+	c = conn_new(wsi);
+	lws_set_opaque_user_data(wsi, c);
 	token = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
 	if (token && *token)
 		ws_auth(c, token, strlen(token));
@@ -351,11 +350,23 @@ ws_on_writeable(struct lws *wsi, struct conn *c)
 	return 0;
 }
 
+/* The connection of a chat.v1 wsi, or NULL.  It hangs on the wsi's opaque
+ * user data rather than in lws per-session data: a per-session allocation
+ * of one pointer costs a 32-byte heap chunk per connection (docs/gateway.md,
+ * memory per connection).  The metrics listener's tag is not a conn. */
+static struct conn *
+ws_conn(struct lws *wsi)
+{
+	void *p = lws_get_opaque_user_data(wsi);
+
+	return p == &http_metrics_tag ? NULL : p;
+}
+
 /* lws callback of the chat.v1 protocol (and default HTTP handler). */
 int
 ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
-	struct conn **pss = user, *c = pss ? *pss : NULL;
+	struct conn *c = ws_conn(wsi);
 
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
@@ -363,7 +374,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
 		return ws_on_filter(wsi);
 	case LWS_CALLBACK_ESTABLISHED:
-		return ws_on_established(wsi, pss);
+		return ws_on_established(wsi);
 	case LWS_CALLBACK_RECEIVE:
 		return ws_on_receive(wsi, c, in, len);
 	case LWS_CALLBACK_RECEIVE_PONG:
@@ -378,7 +389,7 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		return 0;
 	case LWS_CALLBACK_CLOSED:
 		if (c) {
-			*pss = NULL;
+			lws_set_opaque_user_data(wsi, NULL);
 			conn_gone(c);
 		}
 		return 0;

@@ -112,6 +112,44 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT chat_proxy.session_everywhere('disconnect', node, user_id, device_id)
 $$;
 
+-- Connection storms (issue 11): the gateway's batch of registrations, each
+-- session as the proxy's chat.connect above (every partition that
+-- answers), in its own subtransaction, one row per session.
+CREATE FUNCTION chat.connect_many(node text, user_ids bigint[], device_ids integer[])
+RETURNS TABLE (idx integer, code text, message text)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer := coalesce(cardinality(user_ids), 0);
+    i integer;
+BEGIN
+    PERFORM chat.check_node(node);
+    IF user_ids IS NULL OR device_ids IS NULL OR cardinality(device_ids) <> n THEN
+        RAISE EXCEPTION 'user_ids (% elements) and device_ids (% elements) must be arrays of the same length',
+            cardinality(user_ids), cardinality(device_ids)
+            USING ERRCODE = '22023', HINT = 'Pass one user_id and one device_id per session.';
+    END IF;
+    IF n > 10000 THEN
+        RAISE EXCEPTION 'connect_many got % sessions, at most 10000 per call', n
+            USING ERRCODE = '54000', HINT = 'Split the sessions over several calls.';
+    END IF;
+    FOR i IN
+        SELECT u.i FROM unnest(user_ids, device_ids) WITH ORDINALITY AS u(user_id, device_id, i)
+         ORDER BY u.user_id, u.device_id, u.i
+    LOOP
+        idx := i;
+        BEGIN
+            PERFORM chat.connect(node, user_ids[i], device_ids[i]);
+            code := '00000';
+            message := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- One frame on one partition (hash as in the generated functions).
 CREATE FUNCTION chat_proxy.request_on(part integer, node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
@@ -646,12 +684,14 @@ REVOKE ALL ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, intege
 REVOKE ALL ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.connect(text, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.disconnect(text, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.connect_many(text, bigint[], integer[]) FROM PUBLIC;
 COMMENT ON FUNCTION chat_proxy.unreachable(text, text) IS 'chat_proxy: whether an error means the partition could not be reached';
 COMMENT ON FUNCTION chat_proxy.partition_count() IS 'chat_proxy: number of partitions configured (options p0 .. of server chat_partitions)';
 COMMENT ON FUNCTION chat_proxy.session_on(integer, text, text, bigint, integer) IS 'chat_proxy: chat.connect or chat.disconnect on one partition';
 COMMENT ON FUNCTION chat_proxy.session_everywhere(text, text, bigint, integer) IS 'chat_proxy: a session call on every reachable partition (unreachable ones skipped with a WARNING)';
 COMMENT ON FUNCTION chat.connect(text, bigint, integer) IS 'chat_proxy (custom): session on every reachable partition';
 COMMENT ON FUNCTION chat.disconnect(text, bigint, integer) IS 'chat_proxy (custom): session end on every reachable partition';
+COMMENT ON FUNCTION chat.connect_many(text, bigint[], integer[]) IS 'chat_proxy (custom): chat.connect for each session, one row each';
 COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer field as bigint, NULL when malformed';
 COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
