@@ -719,6 +719,7 @@ struct client {
 	enum cstate state;
 	int			sender;
 	int			attempts;		/* consecutive failed connects */
+	int			restarting;		/* last close was 1012: shorter backoff (web client's RESTART_ATTEMPTS) */
 	int			needs_resync;	/* disconnected after the run started */
 	int			close_code;
 	int			syncing;
@@ -1233,9 +1234,16 @@ client_lost(struct client *c, int code)
 		return;
 	if (ph >= PH_RUN)
 		c->needs_resync = 1;
-	/* Exponential backoff with full jitter: base 0.5 s, cap 30 s. */
+	/*
+	 * Exponential backoff with full jitter: base 0.5 s, cap 30 s; after a
+	 * 1012 (the gateway restarts) the first 4 attempts use base 0.25 s, as
+	 * web/client/connection.js does.
+	 */
+	if (code == 1012)
+		c->restarting = 1;
 	{
-		int64_t		cap = 500000LL << (c->attempts < 6 ? c->attempts : 6);
+		int64_t		base = c->restarting && c->attempts < 4 ? 250000 : 500000;
+		int64_t		cap = base << (c->attempts < 6 ? c->attempts : 6);
 
 		if (cap > 30000000)
 			cap = 30000000;
@@ -1275,6 +1283,7 @@ callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, voi
 			c->state = C_OPEN;
 			c->close_code = 1006;
 			c->attempts = 0;
+			c->restarting = 0;
 			{
 				int64_t		now = mono_us();
 				int64_t		n = atomic_fetch_add(&me->opened, 1);

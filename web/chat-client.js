@@ -20,7 +20,7 @@
 
 import { ChatError } from './client/errors.js';
 import { tokenClaims, tokenExp, refreshDelay } from './client/token.js';
-import { PROTOCOL, backoffDelay, Connection } from './client/connection.js';
+import { PROTOCOL, RESTART_ATTEMPTS, backoffDelay, Connection } from './client/connection.js';
 import { Requests, resultList } from './client/requests.js';
 import { Outbox, newClientMsgId } from './client/outbox.js';
 import { Conversations, isLogEntry } from './client/conversation.js';
@@ -28,7 +28,7 @@ import { SyncLoop } from './client/sync.js';
 import { Typing } from './client/typing.js';
 import { uploadFile, absoluteMediaUrl } from './client/media.js';
 
-export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay, newClientMsgId, isLogEntry };
+export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay, RESTART_ATTEMPTS, newClientMsgId, isLogEntry };
 
 /**
  * A connection to chat-gateway that survives reconnects.
@@ -220,6 +220,7 @@ export class ChatClient {
     this.device = f.device;
     this.mediaOrigin = f.media_url || null;  // chat-media's origin (media URLs are relative to it)
     this._conn.attempt = 0;  // the backoff starts over
+    this._conn.restarting = false;
     this._setState('open', { user: f.user, device: f.device, node: f.node });
     this._emit('hello', f);
     this._conn.settleConnect(null, f);

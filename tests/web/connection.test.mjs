@@ -1,7 +1,7 @@
 // Connection life cycle of ChatClient: auth, requests, timeouts, sync, reconnect.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChatClient, ChatError, backoffDelay, PROTOCOL } from '../../web/chat-client.js';
+import { ChatClient, ChatError, backoffDelay, RESTART_ATTEMPTS, PROTOCOL } from '../../web/chat-client.js';
 import { FakeSocket, connectClient, idleGateway, until, sleep, msg } from './fake-socket.mjs';
 
 const opts = (extra = {}) => ({ url: 'ws://gw.test/ws', token: 'tok.en', WebSocket: FakeSocket, requestTimeout: 60, ackDelay: 5, pingInterval: 0, watchNetwork: false, ...extra });
@@ -133,19 +133,51 @@ test('backoff: full jitter between 0 and min(cap, base * 2^attempt)', () => {
   assert.equal(backoffDelay(100, { random: () => 0.5 }), 15000, 'capped at 30 s');
 });
 
+test('backoff after a restart (1012): half the base for the first attempts, then as usual', () => {
+  const top = () => 0.999999;
+  for (let a = 0; a < 8; a++) {
+    const normal = Math.min(30000, 500 * 2 ** a);
+    const ceiling = a < RESTART_ATTEMPTS ? normal / 2 : normal;
+    const hi = backoffDelay(a, { random: top, restart: true });
+    assert.ok(hi < ceiling && hi >= ceiling * 0.99, `attempt ${a}: ${hi} vs ${ceiling}`);
+  }
+  assert.equal(RESTART_ATTEMPTS, 4);
+});
+
+test('only a 1012 close shortens the backoff, and a hello ends it', async () => {
+  const states = [];
+  const { client, ws } = await connected({ backoffBase: 100, random: () => 0.999 });
+  client.on('state', (s) => states.push(s));
+  ws.serverClose(1006);
+  assert.ok(states.at(-1).delay >= 99 && states.at(-1).delay < 100, `after 1006: ${states.at(-1).delay}`);
+  client.close();
+  const b = await connected({ backoffBase: 100, random: () => 0.999 });
+  const st = [];
+  b.client.on('state', (s) => st.push(s));
+  b.ws.serverClose(1012);
+  assert.ok(st.at(-1).delay >= 49 && st.at(-1).delay < 50, `after 1012: ${st.at(-1).delay}`);
+  await until(() => FakeSocket.last() !== b.ws, 500, 'reconnect');
+  const ws2 = FakeSocket.last();
+  ws2.responder = idleGateway();
+  ws2.hello();
+  ws2.serverClose(1006);
+  assert.ok(st.at(-1).delay >= 99 && st.at(-1).delay < 100, `after hello then 1006: ${st.at(-1).delay}`);
+  b.client.close();
+});
+
 test('reconnects with growing backoff after 1012 and resends nothing twice', async () => {
   const states = [];
   const { client, ws } = await connected({ backoffBase: 10, random: () => 0.999 });
   client.on('state', (s) => states.push(s));
   ws.serverClose(1012, 'service restart');
   assert.equal(states.at(-1).state, 'reconnecting');
-  assert.ok(states.at(-1).delay < 10, 'first delay below base');
+  assert.ok(states.at(-1).delay < 5, 'first delay below half the base (restart)');
   await until(() => FakeSocket.instances.length === 2, 500, 'second socket');
   FakeSocket.last().serverClose(1006);
-  assert.ok(states.at(-1).delay >= 10 && states.at(-1).delay < 20, `second delay ${states.at(-1).delay}`);
+  assert.ok(states.at(-1).delay >= 5 && states.at(-1).delay < 10, `second delay ${states.at(-1).delay}`);
   await until(() => FakeSocket.instances.length === 3, 500, 'third socket');
   FakeSocket.last().serverClose(4009, 'lagging');
-  assert.ok(states.at(-1).delay >= 20 && states.at(-1).delay < 40);
+  assert.ok(states.at(-1).delay >= 10 && states.at(-1).delay < 20);
   await until(() => FakeSocket.instances.length === 4, 500, 'fourth socket');
   const ws4 = FakeSocket.last();
   ws4.responder = idleGateway();

@@ -14,15 +14,24 @@ export const PROTOCOL = 'chat.v1';
  * 4003: the device was removed, a new token would not help). */
 const FATAL_CLOSE_CODES = new Set([4001, 4003]);
 
+/** Attempts after a 1012 close (the gateway is restarting) that use half
+ * the backoff base: a restart keeps the gateway away for about half a
+ * second, and a refused connect costs it nothing, so the clients come back
+ * within about 2.5 s instead of 4.5 s.  Later attempts back off as usual. */
+export const RESTART_ATTEMPTS = 4;
+
 /**
  * Delay before reconnect attempt `attempt` (0-based): exponential backoff
- * with full jitter, uniformly random in [0, min(cap, base * 2^attempt)).
+ * with full jitter, uniformly random in [0, min(cap, base * 2^attempt)),
+ * with base halved for the first RESTART_ATTEMPTS attempts when `restart`
+ * (the last close was 1012, service restart).
  * @param {number} attempt
- * @param {{base?: number, cap?: number, random?: () => number}} [opts]
+ * @param {{base?: number, cap?: number, random?: () => number, restart?: boolean}} [opts]
  * @returns {number} milliseconds
  */
-export function backoffDelay(attempt, { base = 500, cap = 30000, random = Math.random } = {}) {
-  const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30));
+export function backoffDelay(attempt, { base = 500, cap = 30000, random = Math.random, restart = false } = {}) {
+  const b = restart && attempt < RESTART_ATTEMPTS ? base / 2 : base;
+  const ceiling = Math.min(cap, b * 2 ** Math.min(attempt, 30));
   return Math.floor(random() * ceiling);
 }
 
@@ -151,6 +160,7 @@ export class Connection {
       return;
     }
     if (!this.networkUp) { host._setState('offline', { code, reason }); return; }
+    if (code === 1012) this.restarting = true;  // until the next hello (ChatClient._onHello)
     this.scheduleReconnect({ code, reason });
   }
 
@@ -167,7 +177,9 @@ export class Connection {
   scheduleReconnect(extra) {
     const host = this.host;
     if (this.closedByUser || this.reconnectTimer) return;
-    const delay = backoffDelay(this.attempt, { base: host.backoffBase, cap: host.backoffCap, random: host.random });
+    const delay = backoffDelay(this.attempt, {
+      base: host.backoffBase, cap: host.backoffCap, random: host.random, restart: !!this.restarting,
+    });
     this.attempt++;
     host._setState('reconnecting', { ...extra, attempt: this.attempt, delay });
     this.reconnectTimer = setTimeout(() => this.open(), delay);
