@@ -13,11 +13,16 @@
 #    and words (rare and common alike), timed one by one inside the server
 #    (clock_timestamp around each call): p50 / p99 / max in ms, and the
 #    median number of results.
-# 3. Expiry: EXPIRE messages are made due at once (a backlog), then, while
-#    pgbench sends for SECS seconds with CLIENTS clients, chat.expire_messages
-#    runs in batches of BATCH (one transaction each) until the backlog is
-#    gone: messages tombstoned per second, and send p50 / p99 with and
-#    without expiry running (pgbench per-transaction log).
+# 3. Expiry, ROUNDS rounds alternating A and B (the ratio of a round is
+#    measured in the same minute, which matters on a shared machine), for
+#    each worker niceness in NICES (chat.expire_nice, e.g. NICES="0 10"):
+#    A: pgbench sends for SECS seconds with CLIENTS clients;
+#    B: EXPIRE messages are made due at once (a backlog), the same sends
+#       run, and the expiry worker (chat.start_expiry_worker, batches of
+#       BATCH) works the backlog off: messages tombstoned per second, and
+#       send p50 / p99 of the transactions that ended while it ran
+#       (pgbench per-transaction log), over those of A.
+#    QUERIES=0 skips part 2.
 #
 # The cluster is the test harness's (fsync off, synchronous_commit off):
 # figures measure CPU work and locking, not the disk.  Not run by the test
@@ -37,6 +42,8 @@ EXPIRE=${EXPIRE:-$((MESSAGES / 10))}
 BATCH=${BATCH:-1000}
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-8}
+ROUNDS=${ROUNDS:-3}
+NICES=${NICES:-10}
 
 work=$(mktemp -d /tmp/chat-bench.XXXXXX)
 chmod 755 "$work"
@@ -81,8 +88,8 @@ t1=$(date +%s.%N)
 echo "loaded in $(echo "$t1 - $t0" | bc) s; messages: $(q -c 'SELECT count(*) FROM chat.messages')," \
      "index: $(q -c "SELECT pg_size_pretty(pg_relation_size('chat.messages_search_idx'))")"
 
-echo "== search: $QUERIES queries"
-q <<SQL
+[ "$QUERIES" -gt 0 ] && echo "== search: $QUERIES queries"
+[ "$QUERIES" -gt 0 ] && q <<SQL
 SET client_min_messages = warning;
 CREATE TEMP TABLE words AS
 SELECT i, 'w' || i || substr(md5(i::text), 1, 3) AS w FROM generate_series(1, $VOCAB) i;
@@ -110,39 +117,72 @@ SELECT format('search: p50 %s ms, p99 %s ms, max %s ms; median results %s (limit
   FROM timing;
 SQL
 
-echo "== expiry: $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s"
+echo "== expiry: rounds of $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s, worker niceness: $NICES"
 cat >"$work/send.sql" <<SQL
 \set c random(1, $CONVS)
 SELECT chat.send_message((SELECT m.user_id FROM chat.members m WHERE m.conversation_id = :c LIMIT 1), :c, 'load message');
 SQL
-pct() {  # pct FILE...: p50 and p99 of pgbench per-transaction logs (column 3, microseconds)
-  cat "$@" | awk '{print $3}' | sort -n | awk '{a[NR] = $1}
+# pct FROM TO FILE...: "sends, p50, p99" of the pgbench per-transaction log
+# lines (column 3: microseconds; column 5: epoch second of the end) whose
+# transaction ended in [FROM, TO]; p99 in ms alone on the last line.
+pct() {
+  local from=$1 to=$2; shift 2
+  cat "$@" | awk -v f="$from" -v t="$to" '$5 + $6 / 1e6 >= f && $5 + $6 / 1e6 <= t {print $3}' | sort -n | awk '{a[NR] = $1}
     END {
-      if (NR == 0) { print "no transactions"; exit }
+      if (NR == 0) { print "no transactions"; print 0; exit }
       i50 = int(NR * 0.5); if (i50 < 1) i50 = 1
       i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n", NR, a[i50] / 1000, a[i99] / 1000
+      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n%.3f\n", NR, a[i50] / 1000, a[i99] / 1000, a[i99] / 1000
     }'
 }
-mkdir -p "$work/base" "$work/exp"
-(cd "$work/base" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
-echo "sends alone:        $(pct "$work"/base/pgbench_log.*)"
-q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
-       WHERE (conversation_id, seq) IN (SELECT conversation_id, seq FROM chat.messages
-                                         WHERE kind = 'text' AND deleted_at IS NULL LIMIT $EXPIRE)" >/dev/null
-(cd "$work/exp" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1) &
-bench_pid=$!
-t0=$(date +%s.%N)
-done_n=0
-while :; do
-  n=$(q -c "SELECT chat.expire_messages($BATCH)")
-  done_n=$((done_n + n))
-  [ "$n" -lt "$BATCH" ] && break
+sends() {  # sends DIR: pgbench for SECS seconds, per-transaction log in DIR
+  mkdir -p "$1"
+  (cd "$1" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
+}
+q -c "ALTER SYSTEM SET chat.expire_batch = $BATCH" -c "SELECT pg_reload_conf()" >/dev/null
+ratios=""
+for r in $(seq 1 "$ROUNDS"); do
+  for nice in $NICES; do
+    # A: sends alone (after a checkpoint, as B: both pay the same full-page writes)
+    q -c "CHECKPOINT" >/dev/null
+    a0=$(date +%s.%N); sends "$work/a$r-$nice"; a1=$(date +%s.%N)
+    base=$(pct "$a0" "$a1" "$work/a$r-$nice"/pgbench_log.*)
+    # B: the same sends while the expiry worker works off a backlog
+    q -c "ALTER SYSTEM SET chat.expire_nice = $nice" -c "SELECT pg_reload_conf()" >/dev/null
+    q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
+           WHERE (conversation_id, seq) IN (SELECT conversation_id, seq FROM chat.messages
+                                             WHERE kind = 'text' AND deleted_at IS NULL
+                                               AND expires_at IS NULL LIMIT $EXPIRE)" >/dev/null
+    q -c "CHECKPOINT" >/dev/null
+    sends "$work/b$r-$nice" & bench_pid=$!
+    sleep 1   # the senders are up
+    before=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
+    t0=$(date +%s.%N)
+    q -c "SELECT pg_reload_conf()" -c "SELECT pg_sleep(0.1)" -c "SELECT chat.start_expiry_worker()" >/dev/null
+    while [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" != 0 ] ||
+          [ "$(q -c "SELECT count(*) FROM chat.messages WHERE expires_at <= now()")" != 0 ]; do
+      if [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" = 0 ]; then
+        q -c "SELECT chat.start_expiry_worker()" >/dev/null   # a worker run takes at most 1000 batches
+      fi
+      [ -n "${WAITS:-}" ] && q -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') FROM pg_stat_activity
+                                   WHERE application_name = 'pgbench' AND state = 'active'" >>"$work/waits"
+      sleep 0.1
+    done
+    [ -n "${WAITS:-}" ] && { echo "  send backends' wait events while expiry ran:"; sort "$work/waits" | uniq -c | sort -rn | head -8; rm -f "$work/waits"; }
+    t1=$(date +%s.%N)
+    wait "$bench_pid"
+    after=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
+    done_n=$((after - before))
+    secs=$(echo "$t1 - $t0" | bc)
+    during=$(pct "$t0" "$t1" "$work/b$r-$nice"/pgbench_log.*)
+    ratio=$(echo "scale=2; $(echo "$during" | tail -1) / ($(echo "$base" | tail -1) + 0.0001)" | bc)
+    ratios="$ratios $nice:$ratio"
+    echo "round $r, niceness $nice:"
+    echo "  sends alone:         $(echo "$base" | head -1)"
+    echo "  expiry:              $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
+    echo "  sends during expiry: $(echo "$during" | head -1)"
+    echo "  p99 ratio (during / alone): $ratio"
+    [ "$(echo "$secs < $SECS - 1" | bc)" = 1 ] || echo "  (the backlog outlasted the senders: raise SECS or lower EXPIRE)"
+  done
 done
-t1=$(date +%s.%N)
-wait "$bench_pid"
-secs=$(echo "$t1 - $t0" | bc)
-echo "expiry:             $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
-echo "sends during expiry: $(pct "$work"/exp/pgbench_log.*)"
-left=$(q -c "SELECT count(*) FROM chat.messages WHERE expires_at <= now()")
-echo "due messages left: $left"
+echo "p99 ratios (niceness:ratio):$ratios"

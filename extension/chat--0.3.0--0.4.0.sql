@@ -2,3 +2,206 @@
 --
 -- complain if this script is sourced in psql rather than run by ALTER EXTENSION
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.4.0'" to load this file. \quit
+
+-- Messenger (issue 15): expiry tells online members (expired event), the
+-- broadcast fans out one event per batch, search picks its plan by what the
+-- actor sees.
+
+CREATE OR REPLACE FUNCTION chat.search(actor bigint, query text, conversation_id bigint DEFAULT NULL,
+                            lim integer DEFAULT 20)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg regconfig;
+    visible bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(query) > 256 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 256', length(query)
+            USING ERRCODE = '22001';
+    END IF;
+    BEGIN
+        cfg := coalesce(nullif(current_setting('chat.search_config', true), ''), 'simple')::regconfig;
+    EXCEPTION WHEN undefined_object THEN
+        RAISE EXCEPTION 'chat.search_config "%" is not a text search configuration',
+            current_setting('chat.search_config', true)
+            USING ERRCODE = '22023', HINT = 'See \dF in psql; the default is simple.';
+    END;
+    IF search.conversation_id IS NOT NULL THEN
+        PERFORM chat.require_member(actor, search.conversation_id);
+    END IF;
+    SELECT coalesce(sum(greatest(c.last_seq - m.joined_seq, 0)), 0) INTO visible
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id
+     WHERE m.user_id = actor
+       AND (search.conversation_id IS NULL OR m.conversation_id = search.conversation_id);
+    IF visible <= coalesce(nullif(current_setting('chat.search_scan_limit', true), '')::bigint, 5000) THEN
+        -- OFFSET 0 keeps the subquery apart, so that the match runs on the
+        -- tsvector made there rather than on the GIN index.
+        RETURN QUERY EXECUTE $q$
+            SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+                   x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+                   x.attachments, x.mentions, x.reactions
+              FROM chat.members m
+              CROSS JOIN LATERAL (
+                    SELECT y.*, to_tsvector($5, y.body) AS v
+                      FROM chat.messages y
+                     WHERE y.conversation_id = m.conversation_id
+                       AND y.seq > m.joined_seq
+                       AND y.kind = 'text' AND y.deleted_at IS NULL
+                       AND (m.left_at IS NULL OR y.created_at <= m.left_at)
+                    OFFSET 0) x
+              CROSS JOIN websearch_to_tsquery($5, $3) q
+             WHERE m.user_id = $1
+               AND ($2::bigint IS NULL OR m.conversation_id = $2)
+               AND x.v @@ q
+             ORDER BY ts_rank(x.v, q) DESC, x.created_at DESC, x.conversation_id, x.seq
+             LIMIT $4 $q$
+        USING actor, search.conversation_id, query, lim, cfg;
+        RETURN;
+    END IF;
+    -- The configuration as a literal, so that the planner matches the
+    -- expression of the index made for it.
+    RETURN QUERY EXECUTE format($q$
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments, x.mentions, x.reactions
+          FROM chat.members m
+          JOIN chat.messages x ON x.conversation_id = m.conversation_id
+         WHERE m.user_id = $1
+           AND ($2::bigint IS NULL OR m.conversation_id = $2)
+           AND to_tsvector(%1$L::regconfig, x.body) @@ websearch_to_tsquery(%1$L::regconfig, $3)
+           AND x.kind = 'text' AND x.deleted_at IS NULL
+           AND x.seq > m.joined_seq
+           AND (m.left_at IS NULL OR x.created_at <= m.left_at)
+         ORDER BY ts_rank(to_tsvector(%1$L::regconfig, x.body),
+                          websearch_to_tsquery(%1$L::regconfig, $3)) DESC,
+                  x.created_at DESC, x.conversation_id, x.seq
+         LIMIT $4 $q$, cfg::text)
+    USING actor, search.conversation_id, query, lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.expire_messages(batch integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+    events jsonb;
+    ev jsonb;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch % is out of range', coalesce(batch::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use 1 to 100000.';
+    END IF;
+    WITH due AS (
+        SELECT x.conversation_id, x.seq FROM chat.messages x
+         WHERE x.expires_at <= now()
+         ORDER BY x.expires_at
+         LIMIT batch
+           FOR NO KEY UPDATE SKIP LOCKED),
+    gone AS (
+        UPDATE chat.messages x
+           SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL,
+               deleted_at = clock_timestamp(), expires_at = NULL
+          FROM due
+         WHERE x.conversation_id = due.conversation_id AND x.seq = due.seq
+        RETURNING x.conversation_id, x.seq, x.deleted_at),
+    scrub AS (
+        UPDATE chat.messages e SET body = NULL
+          FROM gone
+         WHERE e.conversation_id = gone.conversation_id AND e.target = gone.seq AND e.kind = 'edit'),
+    per AS (
+        SELECT g.conversation_id, array_agg(g.seq ORDER BY g.seq) AS seqs, max(g.deleted_at) AS at
+          FROM gone g GROUP BY g.conversation_id)
+    SELECT coalesce(sum(cardinality(per.seqs)), 0),
+           jsonb_agg(jsonb_build_object('type', 'expired', 'conversation', per.conversation_id,
+                                        'seqs', to_jsonb(per.seqs),
+                                        'deleted_at', chat.json_timestamp(per.at)))
+             FILTER (WHERE EXISTS (SELECT FROM chat.members m
+                                     JOIN chat.live_sessions s ON s.user_id = m.user_id
+                                    WHERE m.conversation_id = per.conversation_id
+                                      AND m.left_at IS NULL))
+      INTO n, events
+      FROM per;
+    FOR ev IN SELECT jsonb_array_elements(coalesce(events, '[]')) LOOP
+        PERFORM chat.fanout_event((ev ->> 'conversation')::bigint, NULL, ev);
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.broadcast(title text, body text)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bid bigint;
+    payload text;
+    last_user bigint := -9223372036854775808;
+    batch bigint[];
+    total integer := 0;
+    event jsonb;
+BEGIN
+    IF title IS NULL OR btrim(title) = '' THEN
+        RAISE EXCEPTION 'broadcast title must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(title) > 255 THEN
+        RAISE EXCEPTION 'broadcast title of % characters is longer than 255', length(title)
+            USING ERRCODE = '22001';
+    END IF;
+    PERFORM chat.check_body(body);
+    -- One broadcast at a time; the rate check sees the last one committed.
+    LOCK TABLE chat.broadcasts IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM chat.broadcasts b WHERE b.created_at > now() - interval '1 minute') THEN
+        RAISE EXCEPTION 'a broadcast was sent less than a minute ago'
+            USING ERRCODE = '53400', HINT = 'Send at most one broadcast a minute.';
+    END IF;
+    INSERT INTO chat.broadcasts (title, body) VALUES (broadcast.title, broadcast.body)
+    RETURNING broadcasts.id INTO bid;
+    payload := jsonb_build_object('action', 'broadcast', 'broadcast', bid,
+                                  'title', broadcast.title, 'body', broadcast.body)::text;
+    PERFORM chat.check_body(payload);
+    event := jsonb_build_object('type', 'broadcast', 'broadcast', bid,
+                                'title', broadcast.title, 'body', broadcast.body);
+    LOOP
+        batch := ARRAY(SELECT u.id FROM chat.users u WHERE u.id > last_user ORDER BY u.id LIMIT 1000);
+        EXIT WHEN cardinality(batch) = 0;
+        last_user := batch[cardinality(batch)];
+        WITH need AS (
+            SELECT u FROM unnest(batch) u
+             WHERE NOT EXISTS (SELECT FROM chat.conversations c
+                                WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = u)),
+        made AS (
+            INSERT INTO chat.conversations (kind, title, settings)
+            SELECT 'service', 'Service', jsonb_build_object('service_user', u, 'only_admins_send', true)
+              FROM need
+            RETURNING conversations.id AS conv, (settings ->> 'service_user')::bigint AS u)
+        INSERT INTO chat.members (conversation_id, user_id, role)
+        SELECT made.conv, made.u, 'member' FROM made;
+        WITH convs AS (
+            UPDATE chat.conversations c SET last_seq = c.last_seq + 1, last_activity = now()
+             WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = ANY (batch)
+            RETURNING c.id, c.last_seq)
+        INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
+        SELECT convs.id, convs.last_seq, 0, 'system', payload FROM convs;
+        total := total + cardinality(batch);
+        -- One event for the users of the batch online now (the others
+        -- sync when they connect): one notification per gateway node per
+        -- batch, not one message event per user.  Their clients sync to
+        -- fetch the message of their service conversation.
+        PERFORM chat.fanout_event(NULL,
+                    ARRAY(SELECT DISTINCT s.user_id FROM chat.live_sessions s
+                           WHERE s.user_id = ANY (batch) ORDER BY 1),
+                    event)
+          WHERE EXISTS (SELECT FROM chat.live_sessions s WHERE s.user_id = ANY (batch));
+    END LOOP;
+    UPDATE chat.broadcasts b SET recipients = total WHERE b.id = bid;
+    RETURN bid;
+END
+$$;

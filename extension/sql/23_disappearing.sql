@@ -61,12 +61,20 @@ $$;
 -- Tombstones up to batch messages past their expires_at (body, mentions,
 -- attachments and reactions removed, deleted_at set; the bodies of their
 -- edit entries cleared too); returns how many.  Rows locked by others are
--- skipped (the next pass takes them).
+-- skipped (the next pass takes them).  Online members get one event per
+-- conversation and batch, {"type":"expired","conversation","seqs":[..],
+-- "deleted_at"}, so open views drop the messages at once; no log entry is
+-- appended (that would take the conversation row lock every send takes,
+-- and double the writes), since every device drops its copy at
+-- created_at + ttl itself.  Conversations without anyone online cost no
+-- fanout call.
 CREATE FUNCTION chat.expire_messages(batch integer DEFAULT 1000)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
+    events jsonb;
+    ev jsonb;
 BEGIN
     IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
         RAISE EXCEPTION 'batch % is out of range', coalesce(batch::text, 'NULL')
@@ -84,12 +92,27 @@ BEGIN
                deleted_at = clock_timestamp(), expires_at = NULL
           FROM due
          WHERE x.conversation_id = due.conversation_id AND x.seq = due.seq
-        RETURNING x.conversation_id, x.seq),
+        RETURNING x.conversation_id, x.seq, x.deleted_at),
     scrub AS (
         UPDATE chat.messages e SET body = NULL
           FROM gone
-         WHERE e.conversation_id = gone.conversation_id AND e.target = gone.seq AND e.kind = 'edit')
-    SELECT count(*) INTO n FROM gone;
+         WHERE e.conversation_id = gone.conversation_id AND e.target = gone.seq AND e.kind = 'edit'),
+    per AS (
+        SELECT g.conversation_id, array_agg(g.seq ORDER BY g.seq) AS seqs, max(g.deleted_at) AS at
+          FROM gone g GROUP BY g.conversation_id)
+    SELECT coalesce(sum(cardinality(per.seqs)), 0),
+           jsonb_agg(jsonb_build_object('type', 'expired', 'conversation', per.conversation_id,
+                                        'seqs', to_jsonb(per.seqs),
+                                        'deleted_at', chat.json_timestamp(per.at)))
+             FILTER (WHERE EXISTS (SELECT FROM chat.members m
+                                     JOIN chat.live_sessions s ON s.user_id = m.user_id
+                                    WHERE m.conversation_id = per.conversation_id
+                                      AND m.left_at IS NULL))
+      INTO n, events
+      FROM per;
+    FOR ev IN SELECT jsonb_array_elements(coalesce(events, '[]')) LOOP
+        PERFORM chat.fanout_event((ev ->> 'conversation')::bigint, NULL, ev);
+    END LOOP;
     RETURN n;
 END
 $$;
@@ -170,7 +193,8 @@ COMMENT ON SEQUENCE chat.broadcasts_id_seq IS 'ids of chat.broadcasts';
 -- only_admins_send).  At most one broadcast a minute (53400).  Users are
 -- taken 1000 at a time, each batch in a few set-based statements: no
 -- per-user transaction, and no lock anyone else waits for (nobody else
--- writes service conversations).  Online users get the message event.
+-- writes service conversations).  Online users get one event per batch,
+-- {"type":"broadcast","broadcast","title","body"}, and sync.
 CREATE FUNCTION chat.broadcast(title text, body text)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -180,7 +204,7 @@ DECLARE
     last_user bigint := -9223372036854775808;
     batch bigint[];
     total integer := 0;
-    r record;
+    event jsonb;
 BEGIN
     IF title IS NULL OR btrim(title) = '' THEN
         RAISE EXCEPTION 'broadcast title must not be empty' USING ERRCODE = '22023';
@@ -201,6 +225,8 @@ BEGIN
     payload := jsonb_build_object('action', 'broadcast', 'broadcast', bid,
                                   'title', broadcast.title, 'body', broadcast.body)::text;
     PERFORM chat.check_body(payload);
+    event := jsonb_build_object('type', 'broadcast', 'broadcast', bid,
+                                'title', broadcast.title, 'body', broadcast.body);
     LOOP
         batch := ARRAY(SELECT u.id FROM chat.users u WHERE u.id > last_user ORDER BY u.id LIMIT 1000);
         EXIT WHEN cardinality(batch) = 0;
@@ -223,15 +249,15 @@ BEGIN
         INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
         SELECT convs.id, convs.last_seq, 0, 'system', payload FROM convs;
         total := total + cardinality(batch);
-        -- Events for the users online now (the others sync).
-        FOR r IN
-            SELECT c.id, c.last_seq FROM chat.conversations c
-             WHERE c.kind = 'service' AND (c.settings ->> 'service_user')::bigint = ANY (batch)
-               AND EXISTS (SELECT FROM chat.sessions s
-                            WHERE s.user_id = (c.settings ->> 'service_user')::bigint)
-        LOOP
-            PERFORM chat.fanout_message(r.id, r.last_seq);
-        END LOOP;
+        -- One event for the users of the batch online now (the others
+        -- sync when they connect): one notification per gateway node per
+        -- batch, not one message event per user.  Their clients sync to
+        -- fetch the message of their service conversation.
+        PERFORM chat.fanout_event(NULL,
+                    ARRAY(SELECT DISTINCT s.user_id FROM chat.live_sessions s
+                           WHERE s.user_id = ANY (batch) ORDER BY 1),
+                    event)
+          WHERE EXISTS (SELECT FROM chat.live_sessions s WHERE s.user_id = ANY (batch));
     END LOOP;
     UPDATE chat.broadcasts b SET recipients = total WHERE b.id = bid;
     RETURN bid;
