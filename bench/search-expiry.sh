@@ -12,7 +12,9 @@
 # 2. Search: QUERIES calls of chat.search(user, one word) for random members
 #    and words (rare and common alike), timed one by one inside the server
 #    (clock_timestamp around each call): p50 / p99 / max in ms, and the
-#    median number of results.
+#    median number of results; each query runs twice, alternating, with the
+#    plan chat.search chooses and with the GIN plan alone
+#    (chat.search_scan_limit = 0), so both are measured in the same run.
 # 3. Expiry, ROUNDS rounds alternating A and B (the ratio of a round is
 #    measured in the same minute, which matters on a shared machine), for
 #    each worker niceness in NICES (chat.expire_nice, e.g. NICES="0 10"):
@@ -22,6 +24,8 @@
 #       BATCH) works the backlog off: messages tombstoned per second, and
 #       send p50 / p99 of the transactions that ended while it ran
 #       (pgbench per-transaction log), over those of A.
+#    VARIANTS: expire_messages definitions to alternate, "installed" or
+#    SQL files redefining it (e.g. an older version, to compare in one run).
 #    QUERIES=0 skips part 2.
 #
 # The cluster is the test harness's (fsync off, synchronous_commit off):
@@ -44,6 +48,7 @@ SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
 NICES=${NICES:-10}
+VARIANTS=${VARIANTS:-installed}
 
 work=$(mktemp -d /tmp/chat-bench.XXXXXX)
 chmod 755 "$work"
@@ -93,7 +98,7 @@ echo "loaded in $(echo "$t1 - $t0" | bc) s; messages: $(q -c 'SELECT count(*) FR
 SET client_min_messages = warning;
 CREATE TEMP TABLE words AS
 SELECT i, 'w' || i || substr(md5(i::text), 1, 3) AS w FROM generate_series(1, $VOCAB) i;
-CREATE TEMP TABLE timing (ms double precision, n integer);
+CREATE TEMP TABLE timing (ms double precision, n integer, plan text);
 DO \$\$
 DECLARE
     u bigint; w text; t timestamptz; n integer; c integer; k integer;
@@ -103,18 +108,29 @@ BEGIN
         k := greatest(1, least($VOCAB, floor(exp(random() * ln($VOCAB)))::int));
         SELECT m.user_id INTO u FROM chat.members m WHERE m.conversation_id = c LIMIT 1;
         SELECT words.w INTO w FROM words WHERE words.i = k;
-        t := clock_timestamp();
-        SELECT count(*) INTO n FROM chat.search(u, w);
-        INSERT INTO timing VALUES (extract(epoch FROM clock_timestamp() - t) * 1000, n);
+        -- both plans for the same query, in alternating order: 'chosen'
+        -- (what chat.search picks) and 'index' (the GIN plan for everyone,
+        -- as before chat.search_scan_limit)
+        FOR j IN 0..1 LOOP
+            IF (i + j) % 2 = 0 THEN
+                PERFORM set_config('chat.search_scan_limit', '5000', true);
+            ELSE
+                PERFORM set_config('chat.search_scan_limit', '0', true);
+            END IF;
+            t := clock_timestamp();
+            SELECT count(*) INTO n FROM chat.search(u, w);
+            INSERT INTO timing VALUES (extract(epoch FROM clock_timestamp() - t) * 1000, n,
+                                       CASE WHEN (i + j) % 2 = 0 THEN 'chosen' ELSE 'index' END);
+        END LOOP;
     END LOOP;
 END
 \$\$;
-SELECT format('search: p50 %s ms, p99 %s ms, max %s ms; median results %s (limit 20)',
+SELECT format('search (%s plan): p50 %s ms, p99 %s ms, max %s ms; median results %s (limit 20)', plan,
               round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
               round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2),
               round(max(ms)::numeric, 2),
               percentile_disc(0.5) WITHIN GROUP (ORDER BY n))
-  FROM timing;
+  FROM timing GROUP BY plan ORDER BY plan;
 SQL
 
 echo "== expiry: rounds of $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s, worker niceness: $NICES"
@@ -141,8 +157,13 @@ sends() {  # sends DIR: pgbench for SECS seconds, per-transaction log in DIR
 }
 q -c "ALTER SYSTEM SET chat.expire_batch = $BATCH" -c "SELECT pg_reload_conf()" >/dev/null
 ratios=""
+q -c "SELECT pg_get_functiondef('chat.expire_messages(integer)'::regprocedure)" >"$work/installed.sql"
+echo ";" >>"$work/installed.sql"
 for r in $(seq 1 "$ROUNDS"); do
+  for variant in $VARIANTS; do
   for nice in $NICES; do
+    # the expire_messages to use: the installed one, or a file redefining it
+    if [ "$variant" = installed ]; then q -f "$work/installed.sql" >/dev/null; else q -f "$variant" >/dev/null; fi
     # A: sends alone (after a checkpoint, as B: both pay the same full-page writes)
     q -c "CHECKPOINT" >/dev/null
     a0=$(date +%s.%N); sends "$work/a$r-$nice"; a1=$(date +%s.%N)
@@ -176,13 +197,14 @@ for r in $(seq 1 "$ROUNDS"); do
     secs=$(echo "$t1 - $t0" | bc)
     during=$(pct "$t0" "$t1" "$work/b$r-$nice"/pgbench_log.*)
     ratio=$(echo "scale=2; $(echo "$during" | tail -1) / ($(echo "$base" | tail -1) + 0.0001)" | bc)
-    ratios="$ratios $nice:$ratio"
-    echo "round $r, niceness $nice:"
+    ratios="$ratios $(basename "$variant" .sql)/$nice:$ratio"
+    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice:"
     echo "  sends alone:         $(echo "$base" | head -1)"
     echo "  expiry:              $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
     echo "  sends during expiry: $(echo "$during" | head -1)"
     echo "  p99 ratio (during / alone): $ratio"
     [ "$(echo "$secs < $SECS - 1" | bc)" = 1 ] || echo "  (the backlog outlasted the senders: raise SECS or lower EXPIRE)"
   done
+  done
 done
-echo "p99 ratios (niceness:ratio):$ratios"
+echo "p99 ratios (variant/niceness:ratio):$ratios"
