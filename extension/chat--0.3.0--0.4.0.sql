@@ -99,6 +99,9 @@ DECLARE
     convs bigint[];
     seqs bigint[];
     ats timestamptz[];
+    edited_convs bigint[];
+    edited_seqs bigint[];
+    online bigint[];
     events jsonb;
     ev jsonb;
 BEGIN
@@ -125,35 +128,46 @@ BEGIN
            SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL,
                deleted_at = clock_timestamp(), expires_at = NULL
          WHERE x.ctid = ANY (tids)
-        RETURNING x.conversation_id, x.seq, x.deleted_at)
-    SELECT array_agg(g.conversation_id), array_agg(g.seq), array_agg(g.deleted_at)
-      INTO convs, seqs, ats
+        RETURNING x.conversation_id, x.seq, x.deleted_at, x.edited_at)
+    SELECT array_agg(g.conversation_id), array_agg(g.seq), array_agg(g.deleted_at),
+           array_agg(g.conversation_id) FILTER (WHERE g.edited_at IS NOT NULL),
+           array_agg(g.seq) FILTER (WHERE g.edited_at IS NOT NULL)
+      INTO convs, seqs, ats, edited_convs, edited_seqs
       FROM gone g;
-    -- The bodies of their edit entries, found by (conversation, target);
-    -- OFFSET 0 keeps it one index probe per message.
-    UPDATE chat.messages e SET body = NULL
-     WHERE e.ctid = ANY (ARRAY(
-               SELECT y.ctid
-                 FROM unnest(convs, seqs) AS g(c, s)
-                CROSS JOIN LATERAL (
-                      SELECT z.ctid FROM chat.messages z
-                       WHERE z.conversation_id = g.c AND z.target = g.s AND z.kind = 'edit'
-                      OFFSET 0) y))
-       AND e.kind = 'edit';
-    -- One expired event per conversation with a member online.
-    SELECT jsonb_agg(jsonb_build_object('type', 'expired', 'conversation', per.c,
-                                        'seqs', to_jsonb(per.seqs),
-                                        'deleted_at', chat.json_timestamp(per.at)))
-      INTO events
-      FROM (SELECT g.c, array_agg(g.s ORDER BY g.s) AS seqs, max(g.at) AS at
-              FROM unnest(convs, seqs, ats) AS g(c, s, at)
-             GROUP BY g.c) per
-     WHERE EXISTS (SELECT FROM chat.members m
-                     JOIN chat.live_sessions l ON l.user_id = m.user_id
-                    WHERE m.conversation_id = per.c AND m.left_at IS NULL);
-    FOR ev IN SELECT jsonb_array_elements(coalesce(events, '[]')) LOOP
-        PERFORM chat.fanout_event((ev ->> 'conversation')::bigint, NULL, ev);
-    END LOOP;
+    -- The bodies of the edit entries of those that were edited (edited_at
+    -- set), found by (conversation, target); OFFSET 0 keeps it one index
+    -- probe per edited message.
+    IF edited_convs IS NOT NULL THEN
+        UPDATE chat.messages e SET body = NULL
+         WHERE e.ctid = ANY (ARRAY(
+                   SELECT y.ctid
+                     FROM unnest(edited_convs, edited_seqs) AS g(c, s)
+                    CROSS JOIN LATERAL (
+                          SELECT z.ctid FROM chat.messages z
+                           WHERE z.conversation_id = g.c AND z.target = g.s AND z.kind = 'edit'
+                          OFFSET 0) y))
+           AND e.kind = 'edit';
+    END IF;
+    -- One expired event per conversation with a member online: those are
+    -- found first (from the sessions when few are online), so a batch
+    -- builds no event nobody would get.
+    online := ARRAY(SELECT DISTINCT m.conversation_id
+                      FROM chat.members m
+                      JOIN chat.live_sessions l ON l.user_id = m.user_id
+                     WHERE m.conversation_id = ANY (convs) AND m.left_at IS NULL);
+    IF cardinality(online) > 0 THEN
+        SELECT jsonb_agg(jsonb_build_object('type', 'expired', 'conversation', per.c,
+                                            'seqs', to_jsonb(per.seqs),
+                                            'deleted_at', chat.json_timestamp(per.at)))
+          INTO events
+          FROM (SELECT g.c, array_agg(g.s ORDER BY g.s) AS seqs, max(g.at) AS at
+                  FROM unnest(convs, seqs, ats) AS g(c, s, at)
+                 WHERE g.c = ANY (online)
+                 GROUP BY g.c) per;
+        FOR ev IN SELECT jsonb_array_elements(events) LOOP
+            PERFORM chat.fanout_event((ev ->> 'conversation')::bigint, NULL, ev);
+        END LOOP;
+    END IF;
     RETURN cardinality(convs);
 END
 $$;

@@ -129,6 +129,8 @@ INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
 SELECT :big, s, 1, 'text', 'filler ' || s FROM generate_series(2, 20001) s;
 INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body, target)
 SELECT :big, 20001 + s, 1, 'edit', 'edited ' || s, s + 1 FROM generate_series(1, 10) s;
+UPDATE chat.messages SET edited_at = now()              -- as edit_message leaves them
+ WHERE conversation_id = :big AND seq BETWEEN 2 AND 11;
 UPDATE chat.conversations SET last_seq = 20011 WHERE id = :big;
 UPDATE chat.messages SET expires_at = now() - interval '1 s'
  WHERE conversation_id = :big AND seq BETWEEN 2 AND 2001;
