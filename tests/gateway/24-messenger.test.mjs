@@ -1,9 +1,11 @@
 // The rest of a messenger over the wire (issue 15): mentions in message
 // events, reactions as change-log entries with the aggregated map in
 // history, pins, mute, search, invite links (join sends the member event),
-// message_info after receipts, and disappearing messages tombstoned by the
-// expiry worker the gateway's heartbeat starts.  Every rejection answers
-// the contract's SQLSTATE and leaves nothing behind.
+// message_info after receipts, disappearing messages tombstoned by the
+// expiry worker the gateway's heartbeat starts (with one expired event per
+// batch to the members online), and a broadcast reaching the users online
+// as one event per batch.  Every rejection answers the contract's SQLSTATE
+// and leaves nothing behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { newDb, makeUser, group, startGateway, stopAll, connectAs, rows, value, psql, sleep, ms, syncAll, parseMetrics } from './lib.mjs';
