@@ -10,7 +10,10 @@
 CREATE OR REPLACE FUNCTION chat.search(actor bigint, query text, conversation_id bigint DEFAULT NULL,
                             lim integer DEFAULT 20)
 RETURNS SETOF chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- A search is a short query: compiling its plan (the index plan's cost is
+-- over jit_above_cost for a common word) cost more than it ever saved.
+SET jit = off AS $$
 DECLARE
     cfg regconfig;
     visible bigint;
@@ -93,7 +96,9 @@ RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Pricing a read of a cached page as a disk read, the planner scans the
 -- table instead when a batch is a sizeable part of it: never wanted here.
-SET enable_seqscan = off AS $$
+-- Disabled paths count as huge costs, which would make every execution
+-- JIT-compile its plan (jit_above_cost): hundreds of ms a batch, so no JIT.
+SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     tids tid[];
     convs bigint[];

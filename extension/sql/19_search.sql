@@ -32,7 +32,10 @@ CREATE INDEX messages_search_idx ON chat.messages
 CREATE FUNCTION chat.search(actor bigint, query text, conversation_id bigint DEFAULT NULL,
                             lim integer DEFAULT 20)
 RETURNS SETOF chat.message_view
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- A search is a short query: compiling its plan (the index plan's cost is
+-- over jit_above_cost for a common word) cost more than it ever saved.
+SET jit = off AS $$
 DECLARE
     cfg regconfig;
     visible bigint;

@@ -73,7 +73,9 @@ RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- Pricing a read of a cached page as a disk read, the planner scans the
 -- table instead when a batch is a sizeable part of it: never wanted here.
-SET enable_seqscan = off AS $$
+-- Disabled paths count as huge costs, which would make every execution
+-- JIT-compile its plan (jit_above_cost): hundreds of ms a batch, so no JIT.
+SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     tids tid[];
     convs bigint[];
