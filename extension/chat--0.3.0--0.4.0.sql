@@ -11,8 +11,8 @@ CREATE OR REPLACE FUNCTION chat.search(actor bigint, query text, conversation_id
                             lim integer DEFAULT 20)
 RETURNS SETOF chat.message_view
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- A search is a short query: compiling its plan (the index plan's cost is
--- over jit_above_cost for a common word) cost more than it ever saved.
+-- A search is a short query: compiling its plan, should an estimate pass
+-- jit_above_cost, would cost more than it could save.
 SET jit = off AS $$
 DECLARE
     cfg regconfig;
