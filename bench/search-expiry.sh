@@ -12,12 +12,21 @@
 # 2. Search: QUERIES calls of chat.search(user, one word) for random members
 #    and words (rare and common alike), timed one by one inside the server
 #    (clock_timestamp around each call): p50 / p99 / max in ms, and the
-#    median number of results.
-# 3. Expiry: EXPIRE messages are made due at once (a backlog), then, while
-#    pgbench sends for SECS seconds with CLIENTS clients, chat.expire_messages
-#    runs in batches of BATCH (one transaction each) until the backlog is
-#    gone: messages tombstoned per second, and send p50 / p99 with and
-#    without expiry running (pgbench per-transaction log).
+#    median number of results; each query runs twice, alternating, with the
+#    plan chat.search chooses and with the GIN plan alone
+#    (chat.search_scan_limit = 0), so both are measured in the same run.
+# 3. Expiry, ROUNDS rounds alternating A and B (the ratio of a round is
+#    measured in the same minute, which matters on a shared machine), for
+#    each worker niceness in NICES (chat.expire_nice, e.g. NICES="0 10"):
+#    A: pgbench sends for SECS seconds with CLIENTS clients;
+#    B: EXPIRE messages are made due at once (a backlog), the same sends
+#       run, and the expiry worker (chat.start_expiry_worker, batches of
+#       BATCH) works the backlog off: messages tombstoned per second, and
+#       send p50 / p99 of the transactions that ended while it ran
+#       (pgbench per-transaction log), over those of A.
+#    VARIANTS: expire_messages definitions to alternate, "installed" or
+#    SQL files redefining it (e.g. an older version, to compare in one run).
+#    QUERIES=0 skips part 2.
 #
 # The cluster is the test harness's (fsync off, synchronous_commit off):
 # figures measure CPU work and locking, not the disk.  Not run by the test
@@ -37,6 +46,9 @@ EXPIRE=${EXPIRE:-$((MESSAGES / 10))}
 BATCH=${BATCH:-1000}
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-8}
+ROUNDS=${ROUNDS:-3}
+NICES=${NICES:-10}
+VARIANTS=${VARIANTS:-installed}
 
 work=$(mktemp -d /tmp/chat-bench.XXXXXX)
 chmod 755 "$work"
@@ -81,12 +93,12 @@ t1=$(date +%s.%N)
 echo "loaded in $(echo "$t1 - $t0" | bc) s; messages: $(q -c 'SELECT count(*) FROM chat.messages')," \
      "index: $(q -c "SELECT pg_size_pretty(pg_relation_size('chat.messages_search_idx'))")"
 
-echo "== search: $QUERIES queries"
-q <<SQL
+[ "$QUERIES" -gt 0 ] && echo "== search: $QUERIES queries"
+[ "$QUERIES" -gt 0 ] && q <<SQL
 SET client_min_messages = warning;
 CREATE TEMP TABLE words AS
 SELECT i, 'w' || i || substr(md5(i::text), 1, 3) AS w FROM generate_series(1, $VOCAB) i;
-CREATE TEMP TABLE timing (ms double precision, n integer);
+CREATE TEMP TABLE timing (ms double precision, n integer, plan text);
 DO \$\$
 DECLARE
     u bigint; w text; t timestamptz; n integer; c integer; k integer;
@@ -96,53 +108,103 @@ BEGIN
         k := greatest(1, least($VOCAB, floor(exp(random() * ln($VOCAB)))::int));
         SELECT m.user_id INTO u FROM chat.members m WHERE m.conversation_id = c LIMIT 1;
         SELECT words.w INTO w FROM words WHERE words.i = k;
-        t := clock_timestamp();
-        SELECT count(*) INTO n FROM chat.search(u, w);
-        INSERT INTO timing VALUES (extract(epoch FROM clock_timestamp() - t) * 1000, n);
+        -- both plans for the same query, in alternating order: 'chosen'
+        -- (what chat.search picks) and 'index' (the GIN plan for everyone,
+        -- as before chat.search_scan_limit)
+        FOR j IN 0..1 LOOP
+            IF (i + j) % 2 = 0 THEN
+                PERFORM set_config('chat.search_scan_limit', '5000', true);
+            ELSE
+                PERFORM set_config('chat.search_scan_limit', '0', true);
+            END IF;
+            t := clock_timestamp();
+            SELECT count(*) INTO n FROM chat.search(u, w);
+            INSERT INTO timing VALUES (extract(epoch FROM clock_timestamp() - t) * 1000, n,
+                                       CASE WHEN (i + j) % 2 = 0 THEN 'chosen' ELSE 'index' END);
+        END LOOP;
     END LOOP;
 END
 \$\$;
-SELECT format('search: p50 %s ms, p99 %s ms, max %s ms; median results %s (limit 20)',
+SELECT format('search (%s plan): p50 %s ms, p99 %s ms, max %s ms; median results %s (limit 20)', plan,
               round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
               round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2),
               round(max(ms)::numeric, 2),
               percentile_disc(0.5) WITHIN GROUP (ORDER BY n))
-  FROM timing;
+  FROM timing GROUP BY plan ORDER BY plan;
 SQL
 
-echo "== expiry: $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s"
+echo "== expiry: rounds of $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s, worker niceness: $NICES"
 cat >"$work/send.sql" <<SQL
 \set c random(1, $CONVS)
 SELECT chat.send_message((SELECT m.user_id FROM chat.members m WHERE m.conversation_id = :c LIMIT 1), :c, 'load message');
 SQL
-pct() {  # pct FILE...: p50 and p99 of pgbench per-transaction logs (column 3, microseconds)
-  cat "$@" | awk '{print $3}' | sort -n | awk '{a[NR] = $1}
+# pct FROM TO FILE...: "sends, p50, p99" of the pgbench per-transaction log
+# lines (column 3: microseconds; column 5: epoch second of the end) whose
+# transaction ended in [FROM, TO]; p99 in ms alone on the last line.
+pct() {
+  local from=$1 to=$2; shift 2
+  cat "$@" | awk -v f="$from" -v t="$to" '$5 + $6 / 1e6 >= f && $5 + $6 / 1e6 <= t {print $3}' | sort -n | awk '{a[NR] = $1}
     END {
-      if (NR == 0) { print "no transactions"; exit }
+      if (NR == 0) { print "no transactions"; print 0; exit }
       i50 = int(NR * 0.5); if (i50 < 1) i50 = 1
       i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n", NR, a[i50] / 1000, a[i99] / 1000
+      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n%.3f\n", NR, a[i50] / 1000, a[i99] / 1000, a[i99] / 1000
     }'
 }
-mkdir -p "$work/base" "$work/exp"
-(cd "$work/base" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
-echo "sends alone:        $(pct "$work"/base/pgbench_log.*)"
-q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
-       WHERE (conversation_id, seq) IN (SELECT conversation_id, seq FROM chat.messages
-                                         WHERE kind = 'text' AND deleted_at IS NULL LIMIT $EXPIRE)" >/dev/null
-(cd "$work/exp" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1) &
-bench_pid=$!
-t0=$(date +%s.%N)
-done_n=0
-while :; do
-  n=$(q -c "SELECT chat.expire_messages($BATCH)")
-  done_n=$((done_n + n))
-  [ "$n" -lt "$BATCH" ] && break
+sends() {  # sends DIR: pgbench for SECS seconds, per-transaction log in DIR
+  mkdir -p "$1"
+  (cd "$1" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
+}
+q -c "ALTER SYSTEM SET chat.expire_batch = $BATCH" -c "SELECT pg_reload_conf()" >/dev/null
+ratios=""
+q -c "SELECT pg_get_functiondef('chat.expire_messages(integer)'::regprocedure)" >"$work/installed.sql"
+echo ";" >>"$work/installed.sql"
+for r in $(seq 1 "$ROUNDS"); do
+  for variant in $VARIANTS; do
+  for nice in $NICES; do
+    # the expire_messages to use: the installed one, or a file redefining it
+    if [ "$variant" = installed ]; then q -f "$work/installed.sql" >/dev/null; else q -f "$variant" >/dev/null; fi
+    # A: sends alone (after a checkpoint, as B: both pay the same full-page writes)
+    q -c "CHECKPOINT" >/dev/null
+    a0=$(date +%s.%N); sends "$work/a$r-$nice"; a1=$(date +%s.%N)
+    base=$(pct "$a0" "$a1" "$work/a$r-$nice"/pgbench_log.*)
+    # B: the same sends while the expiry worker works off a backlog
+    q -c "ALTER SYSTEM SET chat.expire_nice = $nice" -c "SELECT pg_reload_conf()" >/dev/null
+    q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
+           WHERE (conversation_id, seq) IN (SELECT conversation_id, seq FROM chat.messages
+                                             WHERE kind = 'text' AND deleted_at IS NULL
+                                               AND expires_at IS NULL LIMIT $EXPIRE)" >/dev/null
+    q -c "CHECKPOINT" >/dev/null
+    sends "$work/b$r-$nice" & bench_pid=$!
+    sleep 1   # the senders are up
+    before=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
+    t0=$(date +%s.%N)
+    q -c "SELECT pg_reload_conf()" -c "SELECT pg_sleep(0.1)" -c "SELECT chat.start_expiry_worker()" >/dev/null
+    while [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" != 0 ] ||
+          [ "$(q -c "SELECT count(*) FROM chat.messages WHERE expires_at <= now()")" != 0 ]; do
+      if [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" = 0 ]; then
+        q -c "SELECT chat.start_expiry_worker()" >/dev/null   # a worker run takes at most 1000 batches
+      fi
+      [ -n "${WAITS:-}" ] && q -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') FROM pg_stat_activity
+                                   WHERE application_name = 'pgbench' AND state = 'active'" >>"$work/waits"
+      sleep 0.1
+    done
+    [ -n "${WAITS:-}" ] && { echo "  send backends' wait events while expiry ran:"; sort "$work/waits" | uniq -c | sort -rn | head -8; rm -f "$work/waits"; }
+    t1=$(date +%s.%N)
+    wait "$bench_pid"
+    after=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
+    done_n=$((after - before))
+    secs=$(echo "$t1 - $t0" | bc)
+    during=$(pct "$t0" "$t1" "$work/b$r-$nice"/pgbench_log.*)
+    ratio=$(echo "scale=2; $(echo "$during" | tail -1) / ($(echo "$base" | tail -1) + 0.0001)" | bc)
+    ratios="$ratios $(basename "$variant" .sql)/$nice:$ratio"
+    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice:"
+    echo "  sends alone:         $(echo "$base" | head -1)"
+    echo "  expiry:              $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
+    echo "  sends during expiry: $(echo "$during" | head -1)"
+    echo "  p99 ratio (during / alone): $ratio"
+    [ "$(echo "$secs < $SECS - 1" | bc)" = 1 ] || echo "  (the backlog outlasted the senders: raise SECS or lower EXPIRE)"
+  done
+  done
 done
-t1=$(date +%s.%N)
-wait "$bench_pid"
-secs=$(echo "$t1 - $t0" | bc)
-echo "expiry:             $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
-echo "sends during expiry: $(pct "$work"/exp/pgbench_log.*)"
-left=$(q -c "SELECT count(*) FROM chat.messages WHERE expires_at <= now()")
-echo "due messages left: $left"
+echo "p99 ratios (variant/niceness:ratio):$ratios"

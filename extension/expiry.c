@@ -15,6 +15,7 @@
 #include "chat.h"
 
 #include <limits.h>
+#include <sys/resource.h>
 
 #include "access/xact.h"
 #include "fmgr.h"
@@ -33,6 +34,8 @@ PG_FUNCTION_INFO_V1(chat_launch_expiry_worker);
 char	   *chat_search_config = NULL;
 char	   *chat_retention = NULL;
 int			chat_expire_batch = 1000;
+static int	chat_expire_nice = 10;
+static int	chat_search_scan_limit = 5000;
 
 /* Advisory lock key of the expiry worker ("chat" "expi"). */
 #define EXPIRY_LOCK_KEY 7163082359879266409
@@ -81,6 +84,11 @@ DefineExpiryGucs(void)
 							   "(docs/sql-api.md).",
 							   &chat_search_config, "simple",
 							   PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("chat.search_scan_limit",
+							"Most messages a user sees for chat.search to read them all rather than use its GIN index.",
+							"Users who see more are searched through the index (docs/sql-api.md \"Search\").",
+							&chat_search_scan_limit, 5000, 0, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("chat.retention",
 							   "Messages older than this interval are removed by the expiry worker.",
 							   "Empty (the default): messages are kept.",
@@ -90,6 +98,12 @@ DefineExpiryGucs(void)
 							"Messages the expiry worker tombstones or removes per transaction.",
 							NULL, &chat_expire_batch, 1000, 1, 100000,
 							PGC_SUSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("chat.expire_nice",
+							"Scheduling niceness (0-19) of the expiry worker's process.",
+							"Above 0 the kernel gives sends the CPU first while the worker runs; "
+							"on an idle machine it still runs at full speed.",
+							&chat_expire_nice, 10, 0, 19,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 }
 
 /* Runs sql (returning one integer) in a transaction of its own; its value. */
@@ -150,6 +164,19 @@ ChatExpiryMain(Datum arg)
 	/* session-level advisory lock: held until the worker exits */
 	if (!ExtensionPresent())
 		proc_exit(0);
+
+	/*
+	 * The work is CPU (tombstones are non-HOT updates: every index of
+	 * chat.messages gets a new entry) and on a busy machine it competes
+	 * with the backends serving sends for the same cores, which shows as
+	 * their latency tail.  A lower priority makes the worker take the
+	 * cores sends leave idle: the backlog goes as fast when the machine is
+	 * quiet, and sends keep their latency when it is not.  Locks are no
+	 * issue: the worker holds no lock a send waits for (SKIP LOCKED on the
+	 * message rows, no conversation row).  Only this process is affected.
+	 */
+	if (chat_expire_nice > 0 && setpriority(PRIO_PROCESS, 0, chat_expire_nice) != 0)
+		ereport(LOG, (errmsg("chat expiry: could not set niceness %d: %m", chat_expire_nice)));
 	snprintf(sql, sizeof(sql), "SELECT chat.expire_messages(%d)", chat_expire_batch);
 	for (i = 0; i < EXPIRY_MAX_BATCHES; i++)
 	{

@@ -52,6 +52,28 @@ SELECT pg_temp.found(4, 'fox');
 SELECT chat.leave(4, 1);
 SELECT seq FROM chat.send_message(1, 1, 'fox after four left');
 SELECT pg_temp.found(4, 'fox'), pg_temp.found(1, 'left');
+-- The two plans (chat.search_scan_limit: reading every message the actor
+-- sees, or the GIN index) find the same, in the same order, rejoined
+-- members and former members included.
+SELECT chat.add_member(1, 1, 4);
+SELECT seq FROM chat.send_message(1, 1, 'fox back with four');
+CREATE TEMP TABLE probes AS
+SELECT a AS actor, q, c AS conv
+  FROM generate_series(1, 4) a, unnest(ARRAY['fox', 'cats', 'fox -four', '"fox for"', 'left | four', 'лиса']) q,
+       unnest(ARRAY[NULL, 1, 2]::bigint[]) c
+ WHERE c IS NULL OR EXISTS (SELECT FROM chat.members m WHERE m.user_id = a AND m.conversation_id = c);
+CREATE TEMP TABLE scanned AS SELECT actor, q, conv, pg_temp.found(actor, q, conv) AS hits FROM probes;
+SHOW chat.search_scan_limit;
+SET chat.search_scan_limit = 0;
+SELECT p.actor, p.q, p.conv, s.hits AS scanned, pg_temp.found(p.actor, p.q, p.conv) AS indexed
+  FROM probes p JOIN scanned s USING (actor, q) WHERE s.conv IS NOT DISTINCT FROM p.conv
+   AND s.hits IS DISTINCT FROM pg_temp.found(p.actor, p.q, p.conv);
+SELECT count(*) AS probes, count(*) FILTER (WHERE hits <> '-') AS with_hits FROM scanned;
+SET chat.search_config = 'english';
+SELECT pg_temp.found(1, 'foxes');
+RESET chat.search_config;
+RESET chat.search_scan_limit;
+SELECT pg_temp.try($$SET chat.search_scan_limit = -1$$);
 -- the message objects of the request
 SELECT m ->> 'seq' AS seq, m ->> 'body' AS body
   FROM jsonb_array_elements(chat.client_request('n', 1, 1, '{"id":1,"type":"search","query":"fox","limit":2}')

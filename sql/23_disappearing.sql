@@ -120,3 +120,29 @@ SELECT pg_temp.try($$SELECT chat.broadcast(NULL, 'x')$$);
 SELECT pg_temp.try($$SELECT chat.broadcast(repeat('t', 256), 'x')$$);
 SELECT pg_temp.try($$SELECT chat.broadcast('t', '')$$);
 SELECT count(*) AS broadcasts FROM chat.broadcasts;
+
+-- expire_messages reads only the rows of its batch: no scan of the whole
+-- table (written as joins, each batch hashed all of chat.messages and every
+-- edit entry, so a batch cost what the table held).
+SELECT chat.create_group(1, 'big', ARRAY[2]::bigint[]) AS big \gset
+INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
+SELECT :big, s, 1, 'text', 'filler ' || s FROM generate_series(2, 20001) s;
+INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body, target)
+SELECT :big, 20001 + s, 1, 'edit', 'edited ' || s, s + 1 FROM generate_series(1, 10) s;
+UPDATE chat.messages SET edited_at = now()              -- as edit_message leaves them
+ WHERE conversation_id = :big AND seq BETWEEN 2 AND 11;
+UPDATE chat.conversations SET last_seq = 20011 WHERE id = :big;
+UPDATE chat.messages SET expires_at = now() - interval '1 s'
+ WHERE conversation_id = :big AND seq BETWEEN 2 AND 2001;
+ANALYZE chat.messages;
+SELECT pg_stat_force_next_flush();    -- the counts below are this transaction's alone
+BEGIN;
+SELECT chat.expire_messages(1000) AS expired;
+SELECT seq_scan, seq_tup_read, n_tup_upd FROM pg_stat_xact_user_tables
+ WHERE relid = 'chat.messages'::regclass;
+COMMIT;
+SELECT count(*) FILTER (WHERE kind = 'text' AND deleted_at IS NOT NULL) AS tombstones,
+       count(*) FILTER (WHERE kind = 'edit' AND body IS NULL) AS scrubbed_edits,
+       count(*) FILTER (WHERE expires_at IS NOT NULL) AS still_due
+  FROM chat.messages WHERE conversation_id = :big;
+SELECT chat.expire_messages() AS rest;

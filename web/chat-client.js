@@ -204,6 +204,16 @@ export class ChatClient {
       case 'message': this._sync.deliver(f, 'live'); break;
       case 'typing': this._typing.onEvent(f); break;
       case 'edit': case 'delete': this._convs.onChangeEvent(f); break;
+      case 'expired':  // disappearing messages the server tombstoned: a delete each
+        if (Array.isArray(f.seqs)) {
+          for (const seq of f.seqs) this._convs.onChangeEvent({ type: 'delete', conversation: f.conversation, seq, deleted_at: f.deleted_at });
+        }
+        this._emit('expired', f);
+        break;
+      case 'broadcast':  // the message waits in the service conversation: fetch it
+        this._emit('broadcast', f);
+        this._sync.run();
+        break;
       case 'receipt': case 'read_state': case 'presence': case 'member':
         this._emit(f.type, f);
         break;

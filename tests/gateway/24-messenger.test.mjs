@@ -1,12 +1,14 @@
 // The rest of a messenger over the wire (issue 15): mentions in message
 // events, reactions as change-log entries with the aggregated map in
 // history, pins, mute, search, invite links (join sends the member event),
-// message_info after receipts, and disappearing messages tombstoned by the
-// expiry worker the gateway's heartbeat starts.  Every rejection answers
-// the contract's SQLSTATE and leaves nothing behind.
+// message_info after receipts, disappearing messages tombstoned by the
+// expiry worker the gateway's heartbeat starts (with one expired event per
+// batch to the members online), and a broadcast reaching the users online
+// as one event per batch.  Every rejection answers the contract's SQLSTATE
+// and leaves nothing behind.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, group, startGateway, stopAll, connectAs, rows, value, psql, sleep, ms } from './lib.mjs';
+import { newDb, makeUser, group, startGateway, stopAll, connectAs, rows, value, psql, sleep, ms, syncAll, parseMetrics } from './lib.mjs';
 
 const DB = 'gw_24_messenger';
 let gw;
@@ -147,38 +149,59 @@ test('message_info: delivery and read times per member', async () => {
   assert.equal(denied.code, '42501');
 });
 
-test('disappearing messages are tombstoned by the expiry worker', async () => {
+test('disappearing messages are tombstoned by the expiry worker; online members get an expired event', async () => {
   const a = await makeUser(DB), b = await makeUser(DB);
   const conv = await group(DB, a.id, [b.id]);
   const ca = await connectAs(gw, a.id), cb = await connectAs(gw, b.id);
   const bad = await cb.request({ type: 'set_disappearing', conversation: conv, ttl: 5 });
   assert.equal(bad.code, '42501', 'a plain member of a group cannot set the timer');
   assert.deepEqual(await ca.call({ type: 'set_disappearing', conversation: conv, ttl: 5 }), {});
+  const since = cb.mark();
   const { seq } = await ca.call({ type: 'send', conversation: conv, body: 'this will vanish' });
-  // The heartbeat (every second here) starts the worker once it is due.
-  const deadline = Date.now() + ms(20000);
-  let msg;
-  while (Date.now() < deadline) {
-    msg = (await cb.call({ type: 'history', conversation: conv })).messages.find((m) => m.seq === seq);
-    if (msg.deleted_at) break;
-    await sleep(500);
-  }
+  const { seq: seq2 } = await ca.call({ type: 'send', conversation: conv, body: 'this one too' });
+  const logTop = await lastSeq(conv);
+  // The heartbeat (every second here) starts the worker once it is due; it
+  // tombstones both in one batch and tells the online members in one event.
+  const ev = await cb.waitFor((f) => f.type === 'expired' && f.conversation === conv, ms(20000), since);
+  assert.deepEqual(ev.seqs, [seq, seq2]);
+  assert.match(ev.deleted_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  assert.equal(cb.frames.filter((f) => f.type === 'expired').length, 1, 'one event for the batch');
+  const msg = (await cb.call({ type: 'history', conversation: conv })).messages.find((m) => m.seq === seq);
   assert.ok(msg.deleted_at, `not tombstoned: ${JSON.stringify(msg)}`);
   assert.equal(msg.body, null);
+  assert.equal(await lastSeq(conv), logTop, 'expiry appends no log entry');
   const search = await cb.call({ type: 'search', query: 'vanish' });
   assert.deepEqual(search.messages, []);
 });
 
-test('broadcast: online users get it live in their read-only service conversation', async () => {
-  const u = await makeUser(DB);
-  const cu = await connectAs(gw, u.id);
-  const since = cu.mark();
+test('broadcast: one event per batch for the online users; the message waits in their read-only service conversation', async () => {
+  const u = await makeUser(DB), v = await makeUser(DB), offline = await makeUser(DB);
+  const cu = await connectAs(gw, u.id), cv = await connectAs(gw, v.id);
+  const su = cu.mark(), sv = cv.mark();
+  await syncAll(cu); await syncAll(cv);
+  const eventsTotal = async () => parseMetrics((await gw.get('/metrics')).text).find((m) => m.name === 'chat_gateway_events_total').value;
+  const eventsBefore = await eventsTotal();
   const id = await value(DB, `SELECT chat.broadcast('Notice', 'maintenance at 22:00')`);
-  const ev = await cu.waitFor((f) => f.type === 'message' && f.kind === 'system' && /broadcast/.test(f.body || ''), 5000, since);
-  assert.deepEqual(JSON.parse(ev.body), { action: 'broadcast', broadcast: Number(id), title: 'Notice', body: 'maintenance at 22:00' });
-  const refused = await cu.request({ type: 'send', conversation: ev.conversation, body: 'reply?' });
+  const want = { type: 'broadcast', broadcast: Number(id), title: 'Notice', body: 'maintenance at 22:00' };
+  for (const [c, since] of [[cu, su], [cv, sv]]) {
+    const ev = await c.waitFor((f) => f.type === 'broadcast', 5000, since);
+    assert.deepEqual(ev, want);
+  }
+  const eventsAfter = await eventsTotal();
+  assert.equal(eventsAfter - eventsBefore, 1, 'one notification for both users of this node');
+  assert.equal(cu.frames.filter((f) => f.type === 'message' && f.kind === 'system').length, 0, 'no message event per user');
+  // The client syncs on the event: the message is in its service conversation.
+  const synced = (await syncAll(cu)).filter((m) => m.kind === 'system' && /broadcast/.test(m.body || ''));
+  assert.equal(synced.length, 1);
+  assert.deepEqual(JSON.parse(synced[0].body), { action: 'broadcast', broadcast: Number(id), title: 'Notice', body: 'maintenance at 22:00' });
+  const refused = await cu.request({ type: 'send', conversation: synced[0].conversation, body: 'reply?' });
   assert.deepEqual([refused.type, refused.code], ['error', '42501']);
   const list = await cu.call({ type: 'conversations' });
-  assert.equal(list.conversations.find((c) => c.conversation === ev.conversation)?.kind, 'service');
+  assert.equal(list.conversations.find((c) => c.conversation === synced[0].conversation)?.kind, 'service');
+  // The offline user finds it on connecting.
+  const co = await connectAs(gw, offline.id);
+  const later = (await syncAll(co)).filter((m) => m.kind === 'system' && /broadcast/.test(m.body || ''));
+  assert.equal(later.length, 1);
+  assert.ok(Number(await value(DB, `SELECT recipients FROM chat.broadcasts WHERE id = ${id}`)) >= 3);
   await assert.rejects(psql(DB, `SELECT chat.broadcast('Again', 'too soon')`), /less than a minute/);
 });

@@ -126,3 +126,43 @@ test('history returns entries (for the caller to skip) and applies them', async 
   assert.deepEqual(got.edit.map((e) => [e.seq, e.body]), [[1, 'h']]);
   client.close();
 });
+
+test('an expired event tombstones each of its seqs as a delete, once, without moving the seq', async () => {
+  const { client, ws, got } = await connected();
+  const expired = [];
+  client.on('expired', (e) => expired.push(e));
+  ws.push(msg(9, 1));
+  ws.push(msg(9, 2));
+  ws.push(msg(9, 3));
+  await until(() => got.message.length === 3, 500, 'messages');
+  ws.push({ type: 'expired', conversation: 9, seqs: [1, 2], deleted_at: '2026-11-28T10:01:00.000Z' });
+  await until(() => got.delete.length === 2, 500, 'expired applied');
+  assert.deepEqual(got.delete, [
+    { type: 'delete', conversation: 9, seq: 1, deleted_at: '2026-11-28T10:01:00.000Z' },
+    { type: 'delete', conversation: 9, seq: 2, deleted_at: '2026-11-28T10:01:00.000Z' }]);
+  assert.equal(expired.length, 1);
+  ws.push({ type: 'expired', conversation: 9, seqs: [2], deleted_at: '2026-11-28T10:01:01.000Z' });  // again: nothing new
+  ws.push({ type: 'expired', conversation: 9 });                                                      // no seqs: ignored
+  await until(() => expired.length === 3, 500, 'events seen');
+  assert.equal(got.delete.length, 2);
+  assert.equal(client.conversationState(9).top, 3);
+  client.close();
+});
+
+test('a broadcast event makes the client sync, which brings the service conversation\'s message', async () => {
+  let page = 0;
+  const { client, ws, got } = await connected({
+    sync: (f) => {
+      page++;
+      if (page === 1) return { id: f.id, type: 'ok', result: { messages: [], more: false } };
+      return { id: f.id, type: 'ok', result: { messages: [msg(40, 1, { kind: 'system', sender: 0, body: '{"action":"broadcast","broadcast":1,"title":"T","body":"B"}' })].map(({ type, ...m }) => m), more: false } };
+    },
+  });
+  const seen = [];
+  client.on('broadcast', (e) => seen.push(e));
+  ws.push({ type: 'broadcast', broadcast: 1, title: 'T', body: 'B' });
+  await until(() => got.message.length === 1, 500, 'synced');
+  assert.deepEqual(seen, [{ type: 'broadcast', broadcast: 1, title: 'T', body: 'B' }]);
+  assert.deepEqual([got.message[0].conversation, got.message[0].kind], [40, 'system']);
+  client.close();
+});
