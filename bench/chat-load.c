@@ -1595,24 +1595,31 @@ worst_cmp(const void *a, const void *b)
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
-/* Sum of VmRSS (KiB) of pid and its descendants; 0 when pid is gone. */
+/*
+ * Sum of one memory figure (KiB) of pid and its descendants; 0 when pid is
+ * gone.  key "VmRSS:" (/proc/PID/status) counts the pages shared between
+ * the gateway's workers (library code, the supervisor's heap before fork)
+ * once per process; "Pss:" (/proc/PID/smaps_rollup) divides each shared
+ * page among the processes that map it, so its sum is what the processes
+ * cost the machine.
+ */
 static long
-rss_tree_kib(long pid, int *nprocs)
+mem_tree_kib(long pid, int *nprocs, const char *key)
 {
 	char		path[64], line[256];
 	FILE	   *f;
 	long		kib = 0;
+	size_t		klen = strlen(key);
 
-	snprintf(path, sizeof(path), "/proc/%ld/status", pid);
+	snprintf(path, sizeof(path), "/proc/%ld/%s", pid, key[0] == 'P' ? "smaps_rollup" : "status");
 	if (!(f = fopen(path, "r")))
 		return 0;
 	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmRSS:", 6))
-			kib = atol(line + 6);
+		if (!strncmp(line, key, klen))
+			kib = atol(line + klen);
 	fclose(f);
 	(*nprocs)++;
 	/* children of every thread */
-	snprintf(path, sizeof(path), "/proc/%ld/task", pid);
 	{
 		char		cmd[128];
 		FILE	   *p;
@@ -1623,11 +1630,18 @@ rss_tree_kib(long pid, int *nprocs)
 			long		child;
 
 			while (fscanf(p, "%ld", &child) == 1)
-				kib += rss_tree_kib(child, nprocs);
+				kib += mem_tree_kib(child, nprocs, key);
 			pclose(p);
 		}
 	}
 	return kib;
+}
+
+/* Sum of VmRSS (KiB) of pid and its descendants. */
+static long
+rss_tree_kib(long pid, int *nprocs)
+{
+	return mem_tree_kib(pid, nprocs, "VmRSS:");
 }
 
 /*
@@ -1863,7 +1877,7 @@ main(int argc, char **argv)
 	};
 	int			ch, n;
 	int64_t		t_connect_start, t_all_ready = 0, t_go, t_stop, t_end;
-	long		rss0 = 0, rss1 = 0, rss_peak = 0;
+	long		rss0 = 0, rss1 = 0, rss_peak = 0, pss0 = 0, pss1 = 0;
 	int			gw_procs0 = 0, gw_procs1 = 0;
 	double		storm_reconnect_s = -1, storm_synced_s = -1;
 	int64_t		ready_at_restart = 0, ready_at_go = 0, rss_conns = 0;
@@ -1978,6 +1992,11 @@ main(int argc, char **argv)
 	if (opt.gateway_pid)
 	{
 		rss0 = rss_tree_kib(opt.gateway_pid, &gw_procs0);
+		{
+			int			np = 0;
+
+			pss0 = mem_tree_kib(opt.gateway_pid, &np, "Pss:");
+		}
 		if (!rss0)
 			fprintf(stderr, "chat-load: warning: no process %ld\n", opt.gateway_pid);
 	}
@@ -2039,6 +2058,11 @@ main(int argc, char **argv)
 	{
 		usleep(1000000);		/* let the gateway settle its buffers */
 		rss1 = rss_tree_kib(opt.gateway_pid, &gw_procs1);
+		{
+			int			np = 0;
+
+			pss1 = mem_tree_kib(opt.gateway_pid, &np, "Pss:");
+		}
 		rss_conns = SUM(opened);
 		rss_peak = rss1;
 	}
@@ -2180,7 +2204,7 @@ main(int argc, char **argv)
 		double		connect_rate;
 		double		q[6] = {0.5, 0.9, 0.99, 0.999, 1.0, 0}, lat[6], rt[6];
 		static const char *const qn[5] = {"p50", "p90", "p99", "p99_9", "max"};
-		double		rss_per_conn = -1, rss_total_per_conn = -1;
+		double		rss_per_conn = -1, rss_total_per_conn = -1, pss_per_conn = -1, pss_total_per_conn = -1;
 		int			first;
 		static struct
 		{
@@ -2266,6 +2290,11 @@ main(int argc, char **argv)
 		{
 			rss_per_conn = (double) (rss1 - rss0) * 1024.0 / (double) rss_conns;
 			rss_total_per_conn = (double) rss1 * 1024.0 / (double) rss_conns;
+			if (pss1)
+			{
+				pss_per_conn = (double) (pss1 - pss0) * 1024.0 / (double) rss_conns;
+				pss_total_per_conn = (double) pss1 * 1024.0 / (double) rss_conns;
+			}
 		}
 		for (int i = 0; i < opt.procs; i++)
 			if (shm->ps[i].last_error[0])
@@ -2295,6 +2324,9 @@ main(int argc, char **argv)
 			if (rss1)
 				printf("  gateway rss %ld KiB -> %ld KiB (peak %ld) over %d procs with %" PRId64 " open: %.0f B/conn growth, %.0f B/conn total\n",
 					   rss0, rss1, rss_peak, gw_procs1, rss_conns, rss_per_conn, rss_total_per_conn);
+			if (pss1)
+				printf("  gateway pss %ld KiB -> %ld KiB: %.0f B/conn growth, %.0f B/conn total\n",
+					   pss0, pss1, pss_per_conn, pss_total_per_conn);
 			if (last_error[0])
 				printf("  last connect error: %s\n", last_error);
 			for (int h = 0; opt.trace && h < LOAD_NHOPS; h++)
@@ -2375,8 +2407,10 @@ main(int argc, char **argv)
 			printf("],");
 			printf("\"cpu_pct\":{\"gateway\":%.1f,\"postgres\":%.1f,\"chat_load\":%.1f,\"machine\":%.1f,\"machine_max\":%ld},",
 				   cpu_gw, cpu_pg, cpu_me, cpu_machine, sysconf(_SC_NPROCESSORS_ONLN) * 100);
-			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f},",
-				   rss_conns, gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn);
+			printf("\"gateway_rss\":{\"conns\":%" PRId64 ",\"procs\":%d,\"before_kib\":%ld,\"after_kib\":%ld,\"peak_kib\":%ld,\"per_conn_growth_b\":%.1f,\"per_conn_total_b\":%.1f,"
+				   "\"pss_before_kib\":%ld,\"pss_after_kib\":%ld,\"pss_per_conn_growth_b\":%.1f,\"pss_per_conn_total_b\":%.1f},",
+				   rss_conns, gw_procs1, rss0, rss1, rss_peak, rss_per_conn, rss_total_per_conn,
+				   pss0, pss1, pss_per_conn, pss_total_per_conn);
 			printf("\"closes\":{");
 			first = 1;
 			for (int j = 0; j < LOAD_NCODES; j++)

@@ -47,6 +47,7 @@ function rowsFor(r) {
   if (r.scenario === 'idle') {
     rows.push(['RSS growth B/conn', fmt(r.gateway_rss.per_conn_growth_b)],
       ['RSS total B/conn', fmt(r.gateway_rss.per_conn_total_b)],
+      ['PSS total B/conn', r.gateway_rss.pss_per_conn_total_b > 0 ? fmt(r.gateway_rss.pss_per_conn_total_b) : '-'],
       ['RSS after KiB (procs)', `${fmt(r.gateway_rss.after_kib)} (${r.gateway_rss.procs})`]);
   } else {
     rows.push(['sends ok /s', fmt(r.sends_per_s)], ['deliveries /s', fmt(r.deliveries_per_s)],

@@ -71,6 +71,20 @@ test('a figure over its ratio is MISSED with the figure, baseline and ratio show
   assert.equal(byGoal(issue11Goals(r4), '1:1 sends/s').status, 'MISSED');
 });
 
+test('idle memory is judged on summed PSS when chat-load read it, with summed RSS shown beside it', () => {
+  const withPss = (pss) => full().map((r) => (r.run === 'idle-100k'
+    ? { ...r, gateway_rss: { per_conn_total_b: 2600, pss_per_conn_total_b: pss } } : r));
+  const met = byGoal(issue11Goals(withPss(1900)), 'idle');
+  assert.equal(met.status, 'MET');
+  assert.match(met.figure, /1,900 B\/conn PSS \(summed RSS 2,600\)/);
+  assert.equal(byGoal(issue11Goals(withPss(2100)), 'idle').status, 'MISSED');
+  // without a PSS figure (older chat-load JSON) summed RSS decides
+  const rssOnly = full().map((r) => (r.run === 'idle-100k' ? { ...r, gateway_rss: { per_conn_total_b: 2600 } } : r));
+  const missed = byGoal(issue11Goals(rssOnly), 'idle');
+  assert.equal(missed.status, 'MISSED');
+  assert.match(missed.figure, /2,600 B\/conn RSS/);
+});
+
 test('a missing run is NOT RUN, never MET', () => {
   const rows = issue11Goals(full().filter((r) => r.label !== 'pgbench'));
   for (const start of ['PostgreSQL CPU', 'client_request send alone', '1:1 at 1,000', '1:1 sends/s']) {
