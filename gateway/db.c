@@ -33,6 +33,7 @@ enum pending_kind {
 	P_REQUEST, P_REF, P_FINAL,
 	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
 	P_NSTATS,		/* chat.notifier_stats() for /metrics */
+	P_NHIST,		/* chat.notifier_histograms() for /metrics (issue 11) */
 	P_PART_RESET		/* sharded: node_reset on one partition */
 };
 
@@ -60,6 +61,7 @@ struct pgconn {
 	int state;
 	int heartbeat_inflight;
 	int nstats_inflight;
+	int nhist_inflight;	/* monitoring (issue 11) */
 	int ever_ready;
 	struct pending *head, *tail;
 	uint64_t connect_started;
@@ -368,6 +370,33 @@ db_done_nstats(struct pgconn *pc, const struct outcome *o)
 	}
 }
 
+/* Monitoring (issue 11): P_NHIST answered: the notifier's histograms for
+ * /metrics, row by row into metrics.c (which validates them); a failure
+ * (an extension without the function, a role without the grant) leaves
+ * them unknown, logged once. */
+static void
+db_done_nhist(struct pgconn *pc, const struct outcome *o)
+{
+	static int warned;
+
+	pc->nhist_inflight = 0;
+	if (o->ok && PQnfields(o->res) == 4) {
+		for (int i = 0; i < PQntuples(o->res); i++)
+			metrics_notifier_hist(PQgetvalue(o->res, i, 0), PQgetvalue(o->res, i, 1),
+					      PQgetvalue(o->res, i, 2),
+					      PQgetisnull(o->res, i, 3) ? NULL : PQgetvalue(o->res, i, 3));
+		return;
+	}
+	if (!o->res)		/* the connection was lost: keep the last copy */
+		return;
+	metrics_notifier_hist(NULL, NULL, NULL, NULL);
+	if (!warned) {
+		warned = 1;
+		log_msg(LOG_WARN, 0, "chat.notifier_histograms() failed (metrics chat_notifier_*_events "
+			"left out): %s", o->err ? o->err : "?");
+	}
+}
+
 /* Called for each answered (or failed: res NULL) pending entry: hands it
  * to the handler of its kind, then frees it and drops its conn reference. */
 static void
@@ -418,6 +447,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 		break;
 	case P_NSTATS:
 		db_done_nstats(pc, &o);
+		break;
+	case P_NHIST:
+		db_done_nhist(pc, &o);
 		break;
 	case P_PART_RESET:
 		db_done_part_reset(pc, &o);
@@ -637,6 +669,7 @@ db_lost(struct pgconn *pc, const char *why)
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
 	pc->nstats_inflight = 0;
+	pc->nhist_inflight = 0;
 	for (p = pc->head; p; p = p->next)
 		p->timed_out = (uint8_t)pc->timed_out;
 	pc->timed_out = 0;
@@ -680,6 +713,11 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	    db_send(&ctl, P_NSTATS, NULL,
 		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
 		ctl.nstats_inflight = 1;
+	if (n_parts == 0 && ctl.state == PG_READY && !ctl.nhist_inflight && !stopping &&
+	    db_send(&ctl, P_NHIST, NULL,
+		    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
+		    0, NULL, NULL))
+		ctl.nhist_inflight = 1;
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
 }
