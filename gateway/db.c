@@ -78,6 +78,7 @@ static struct pgconn ctl, *pool;
 static struct pgconn *parts;		/* sharded: one LISTEN connection per --listen-dsn */
 static int n_parts;
 static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
+static lws_sorted_usec_list_t sul_nread;	/* monitoring (issue 11): notifier reads */
 static int listening, shutdown_done, final_wanted, final_sent;
 static struct lws_context *db_context;
 static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
@@ -708,6 +709,21 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	if (n_parts == 0 && ctl.state == PG_READY && !ctl.heartbeat_inflight && !stopping &&
 	    db_send(&ctl, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		ctl.heartbeat_inflight = 1;
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
+			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+}
+
+/* Monitoring (issue 11): how often the notifier's numbers are read for
+ * /metrics.  Two read-only queries on the control connection (no WAL, no
+ * commit flush), apart from the heartbeat so that its interval (a write)
+ * does not decide the metrics' resolution. */
+#define NOTIFIER_READ_US (2 * LWS_US_PER_SEC)
+
+/* Every 2 s: chat.notifier_stats() and chat.notifier_histograms() for /metrics. */
+static void
+db_read_notifier(lws_sorted_usec_list_t *sul)
+{
+	(void)sul;
 	/* Sharded, ctl talks to the proxy, which has no notifier. */
 	if (n_parts == 0 && ctl.state == PG_READY && !ctl.nstats_inflight && !stopping &&
 	    db_send(&ctl, P_NSTATS, NULL,
@@ -718,8 +734,8 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 		    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
 		    0, NULL, NULL))
 		ctl.nhist_inflight = 1;
-	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
-			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	if (!stopping)
+		lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
 }
 
 /* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */
@@ -742,6 +758,7 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	}
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
 }
 
@@ -994,6 +1011,7 @@ void
 db_shutdown(void)
 {
 	lws_sul_cancel(&sul_heartbeat);
+	lws_sul_cancel(&sul_nread);
 	final_wanted = 1;
 	stopping = 1;
 }
