@@ -401,7 +401,7 @@ sum_field(size_t off)
  * acts on), and the notifier's histograms (server-wide values from the
  * database: the freshest copy of any worker, never summed). */
 static void
-metrics_render_issue11(struct out *o)
+metrics_render_histograms(struct out *o)
 {
 	static const char *const nhist_name[2] = {
 		"chat_notifier_queue_depth_events", "chat_notifier_batch_events"
@@ -535,7 +535,7 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 
 	metrics_render_closes(&o);
 	metrics_render_latency(&o);
-	metrics_render_issue11(&o);
+	metrics_render_histograms(&o);
 	*len = o.len;
 	return o.buf;
 }
