@@ -171,6 +171,10 @@ main(int argc, char **argv)
 			for (; *p; p++)
 				if (*p == '\n')
 					lines++;
+			/* commit stamps (issue 11) are pairs too, but no events */
+			for (m = strstr(nt->extra, "\n{\"type\":\"committed\","); m;
+				 m = strstr(m + 1, "\n{\"type\":\"committed\","))
+				lines -= 2;
 			events += lines / 2;	/* an event is a header and a JSON line */
 			for (m = strstr(nt->extra, tag); m; m = strstr(m + 1, tag))
 			{

@@ -7,6 +7,12 @@
 #
 # Prints the figures side by side with their ratios, writes
 # bench/results/<date>.json and the plots bench/results/<date>-*.{png,svg}.
+# Monitoring (issue 11): the gateway's /metrics is scraped every second of
+# every chat-gateway run (bench/scrape-metrics.cjs) into
+# bench/results/<date>-metrics.csv and plotted (bench/metrics-plot.cjs,
+# <date>-metrics-*.{png,svg}); a full-length run (BENCH_SECS unset) also
+# copies the PNGs to docs/monitoring-*.png (BENCH_DOCS=DIR elsewhere, or
+# BENCH_DOCS= for none).
 # Environment: BENCH_ONLY="idle direct sendcpu" runs a subset; BENCH_KEEP=1 keeps the
 # per-run JSON in bench/results/tmp-<date>/.  BENCH_SECS=N replaces every
 # run's duration (chat-load --duration, --restart-at scaled down with it, and
@@ -82,6 +88,7 @@ ulimit -n 20000 2>/dev/null || true
 echo "bench: profile $profile, cluster $PGHOST:$PGPORT, gateway port $BENCH_PORT, results $stamp"
 
 runs=()
+metrics_csvs=()
 # smoke_args ARGS...: the chat-load arguments with BENCH_SECS and
 # BENCH_MAX_CLIENTS applied (one per line, for mapfile).
 smoke_args() {
@@ -129,6 +136,13 @@ run() {
   if [[ $name == *-ev ]]; then gwargs="$gwargs --event-lib ev"; fi
   BENCH_GATEWAY_ARGS=$gwargs bench/gw-ctl.sh start "$kind" || { echo "bench: $kind did not start" >&2; return 1; }
   if [[ " $* " == *" storm "* ]]; then restart=(--restart-cmd "$top/bench/gw-ctl.sh restart $kind"); fi
+  # monitoring (issue 11): /metrics every second while chat-gateway runs
+  local scraper=
+  if [ "$kind" = gateway ]; then
+    node bench/scrape-metrics.cjs --url "http://127.0.0.1:$BENCH_PORT/metrics" --run "$name" \
+      --out "$BENCH_TMP/$name-gateway.metrics.csv" 2>>"$BENCH_TMP/scrape.err" &
+    scraper=$!
+  fi
   echo "--- $name on $kind (workers $workers): chat-load $*" >&2
   timeout 900 bench/chat-load --dsn "$BENCH_DSN" --url "ws://127.0.0.1:$BENCH_PORT/ws" \
     --token-secret-file "$CHAT_TOKEN_SECRET_FILE" --gateway-pid "$(cat "$BENCH_TMP/$kind.pid")" \
@@ -139,6 +153,8 @@ run() {
     failures=$((failures + 1))
     echo "bench: chat-load exited $rc for $name on $kind (1: loss or duplicates found; other: failure): $(tail -3 "$BENCH_TMP/$name-$kind.err")" >&2
   fi
+  if [ -n "$scraper" ]; then kill -TERM "$scraper" 2>/dev/null; wait "$scraper" 2>/dev/null; fi
+  [ -n "$scraper" ] && [ -s "$BENCH_TMP/$name-gateway.metrics.csv" ] && metrics_csvs+=("$BENCH_TMP/$name-gateway.metrics.csv")
   cp "$BENCH_TMP/$kind.log" "$BENCH_TMP/$name-$kind.log" 2>/dev/null
   # chat-load's gateway-pid view of the workers is gone after a restart
   bench/gw-ctl.sh stop "$kind"
@@ -197,7 +213,13 @@ fi
 
 [ ${#runs[@]} -gt 0 ] || { echo "bench: no run produced figures" >&2; exit 1; }
 node bench/report.cjs --profile "$profile" --stamp "$stamp" --out bench/results "${runs[@]}"
-rc=$?
+report_rc=$?
 # the stall seconds of every run against the database's log (kept with BENCH_KEEP=1)
 node bench/tail-match.cjs "$CHAT_TEST_TMP/postgres.log" "${runs[@]}" >"$BENCH_TMP/stalls.txt" 2>/dev/null || true
-exit $rc
+# monitoring (issue 11): the scraped series, plotted (and into docs/ unless a smoke run)
+if [ ${#metrics_csvs[@]} -gt 0 ]; then
+  docs=${BENCH_DOCS-$([ -z "${BENCH_SECS:-}" ] && echo docs)}
+  node bench/metrics-plot.cjs --stamp "$stamp" --out bench/results ${docs:+--docs "$docs"} "${metrics_csvs[@]}" ||
+    echo "bench: metrics plots failed" >&2
+fi
+exit $report_rc

@@ -59,7 +59,15 @@ extern void DefinePartitionGucs(void);
  * 8000 bytes PostgreSQL accepts.
  */
 #define CHAT_NOTIFY_SIG_LEN 68
-#define CHAT_NOTIFY_MAX (7999 - CHAT_NOTIFY_SIG_LEN)
+/*
+ * Monitoring (issue 11): a payload may also carry "commit stamps", pairs
+ * with an empty recipient line and {"type":"committed","at":<unix us>},
+ * naming when the events after it committed (notifier.c); the gateway
+ * measures commit -> socket write from them.  Room for one is kept out of
+ * CHAT_NOTIFY_MAX so that an entry plus its stamp always fits.
+ */
+#define CHAT_NOTIFY_STAMP_MAX 48
+#define CHAT_NOTIFY_MAX (7999 - CHAT_NOTIFY_SIG_LEN - CHAT_NOTIFY_STAMP_MAX)
 
 /* A stored message, as the write path and fanout see it. */
 typedef struct ChatMessage

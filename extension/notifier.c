@@ -37,11 +37,13 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "port/atomics.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -49,8 +51,11 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #define NOTIFIER_SLOTS			8		/* databases with a worker at once */
 #define NOTIFIER_IDLE_MS		1000	/* a worker idle this long exits */
@@ -67,6 +72,7 @@ typedef struct PendingNotify
 	char	   *payload;
 	int			len;
 	int			nestlevel;
+	int			nevents;		/* events (header+event pairs) in payload */
 } PendingNotify;
 
 /* Ring of one database; positions grow forever, index = pos % size. */
@@ -84,12 +90,26 @@ typedef struct NotifierSlot
 	Size		ring_offset;	/* from the start of NotifierShared */
 } NotifierSlot;
 
+/*
+ * Monitoring (issue 11): a server-wide histogram of the workers, updated
+ * with atomics (no lock; workers of several databases may add at once).
+ * Bucket i counts observations v <= 2^i; the last one the rest (+Inf).
+ */
+#define NOTIFIER_HIST_BOUNDS	14	/* 1, 2, 4, ... 8192 */
+typedef struct NotifierHist
+{
+	pg_atomic_uint64 buckets[NOTIFIER_HIST_BOUNDS + 1];
+	pg_atomic_uint64 sum;
+} NotifierHist;
+
 typedef struct NotifierShared
 {
 	LWLock	   *lock;
 	Size		ring_size;
 	uint64		fallbacks_total;	/* xacts of any database that NOTIFYed directly */
 	NotifierSlot slots[NOTIFIER_SLOTS];
+	NotifierHist depth;			/* events waiting when a worker pass begins */
+	NotifierHist batch;			/* events per NOTIFY a worker sends */
 } NotifierShared;
 
 /* Entry header in the ring, followed by node and payload bytes. */
@@ -97,6 +117,9 @@ typedef struct RingEntry
 {
 	uint32		node_len;
 	uint32		payload_len;
+	uint32		nevents;		/* events in the payload (batch histogram) */
+	uint32		unused;
+	int64		commit_us;		/* Unix microseconds of the commit (the stamp) */
 } RingEntry;
 
 static NotifierShared *notifier = NULL;
@@ -149,6 +172,13 @@ NotifierShmemInit(void)
 		for (i = 0; i < NOTIFIER_SLOTS; i++)
 			notifier->slots[i].ring_offset = MAXALIGN(sizeof(NotifierShared)) +
 				(Size) i * notifier->ring_size;
+		for (i = 0; i <= NOTIFIER_HIST_BOUNDS; i++)
+		{
+			pg_atomic_init_u64(&notifier->depth.buckets[i], 0);
+			pg_atomic_init_u64(&notifier->batch.buckets[i], 0);
+		}
+		pg_atomic_init_u64(&notifier->depth.sum, 0);
+		pg_atomic_init_u64(&notifier->batch.sum, 0);
 	}
 }
 
@@ -243,6 +273,7 @@ BuildBatches(void)
 	{
 		const char *node = lfirst(nc);
 		StringInfoData buf;
+		int			nevents = 0;
 
 		initStringInfo(&buf);
 		foreach(lc, pending)
@@ -258,12 +289,15 @@ BuildBatches(void)
 				b->node = pstrdup(node);
 				b->payload = buf.data;
 				b->len = buf.len;
+				b->nevents = nevents;
 				out = lappend(out, b);
 				initStringInfo(&buf);
+				nevents = 0;
 			}
 			if (buf.len > 0)
 				appendStringInfoChar(&buf, '\n');
 			appendBinaryStringInfo(&buf, p->payload, p->len);
+			nevents++;
 		}
 		if (buf.len > 0)
 		{
@@ -272,6 +306,7 @@ BuildBatches(void)
 			b->node = pstrdup(node);
 			b->payload = buf.data;
 			b->len = buf.len;
+			b->nevents = nevents;
 			out = lappend(out, b);
 		}
 	}
@@ -337,18 +372,52 @@ NotifySigned(const char *node, const char *events, int len, int elevel)
 	pfree(signed_payload);
 }
 
-/* NOTIFYs the batches from the current transaction (delivered at commit). */
+/* Monitoring (issue 11): a TimestampTz as Unix microseconds, the stamps' clock. */
+static int64
+UnixMicros(TimestampTz ts)
+{
+	return (int64) ts +
+		(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+}
+
+/*
+ * Monitoring (issue 11): appends a commit stamp, the pair "" (no
+ * recipients) and {"type":"committed","at":<unix us>}, to a payload being
+ * built; the gateway times the events after it from there.  A gateway that
+ * does not know stamps routes the pair to nobody.
+ */
+static void
+AppendStamp(StringInfo buf, int64 unix_us)
+{
+	if (buf->len > 0)
+		appendStringInfoChar(buf, '\n');
+	appendStringInfo(buf, "\n{\"type\":\"committed\",\"at\":" INT64_FORMAT "}", unix_us);
+}
+
+/*
+ * NOTIFYs the batches from the current transaction (delivered at commit),
+ * each behind a stamp of this moment: just before the commit, the nearest
+ * a transaction that NOTIFYs itself can tell.
+ */
 static void
 NotifyBatches(List *list)
 {
 	ListCell   *lc;
+	int64		now_us = UnixMicros(GetCurrentTimestamp());
+	StringInfoData buf;
 
+	initStringInfo(&buf);
 	foreach(lc, list)
 	{
 		PendingNotify *b = lfirst(lc);
 
-		NotifySigned(b->node, b->payload, b->len, WARNING);
+		resetStringInfo(&buf);
+		AppendStamp(&buf, now_us);
+		appendStringInfoChar(&buf, '\n');
+		appendBinaryStringInfo(&buf, b->payload, b->len);
+		NotifySigned(b->node, buf.data, buf.len, WARNING);
 	}
+	pfree(buf.data);
 }
 
 /*
@@ -460,6 +529,8 @@ FillRing(List *list)
 	NotifierSlot *slot = &notifier->slots[reserved_slot];
 	Latch	   *latch;
 	ListCell   *lc;
+	/* the commit stamp: the transaction is durable and visible by now */
+	int64		commit_us = UnixMicros(GetCurrentTimestamp());
 
 	LWLockAcquire(notifier->lock, LW_EXCLUSIVE);
 	foreach(lc, list)
@@ -469,6 +540,9 @@ FillRing(List *list)
 
 		e.node_len = strlen(b->node);
 		e.payload_len = b->len;
+		e.nevents = b->nevents;
+		e.unused = 0;
+		e.commit_us = commit_us;
 		RingWrite(slot, slot->head, (char *) &e, sizeof(e));
 		RingWrite(slot, slot->head + sizeof(e), b->node, e.node_len);
 		RingWrite(slot, slot->head + sizeof(e) + e.node_len, b->payload, b->len);
@@ -633,13 +707,39 @@ RingBusy(NotifierSlot *slot)
 	return busy;
 }
 
-/* NOTIFYs drained entries in one transaction, merging same-node neighbours. */
+/* Monitoring (issue 11): counts one observation v in a histogram. */
+static void
+HistObserve(NotifierHist *h, uint64 v)
+{
+	int			i = 0;
+
+	while (i < NOTIFIER_HIST_BOUNDS && v > ((uint64) 1 << i))
+		i++;
+	pg_atomic_fetch_add_u64(&h->buckets[i], 1);
+	pg_atomic_fetch_add_u64(&h->sum, v);
+}
+
+/*
+ * A commit stamp goes before an entry that committed more than this many
+ * microseconds after the payload's last stamp: under load many commits
+ * share one, and an event is timed from at most this long before its
+ * commit (its latency reads at most 0.1 ms long).
+ */
+#define STAMP_RESOLUTION_US 100
+
+/*
+ * NOTIFYs drained entries in one transaction, merging same-node neighbours;
+ * each payload carries commit stamps for the gateways' delivery latency.
+ */
 static void
 SendDrained(char *buf, Size len)
 {
 	StringInfoData payload;
 	char		node[NAMEDATALEN];
 	Size		off = 0;
+	int64		stamp = 0;		/* the payload's last stamp (0: none yet) */
+	uint64		batch = 0,		/* events in the payload */
+				depth = 0;		/* events in the pass */
 
 	initStringInfo(&payload);
 	node[0] = '\0';
@@ -649,25 +749,44 @@ SendDrained(char *buf, Size len)
 	{
 		RingEntry	e;
 		char	   *n;
+		bool		new_stamp;
 
 		memcpy(&e, buf + off, sizeof(e));
 		n = buf + off + sizeof(e);
+		new_stamp = stamp == 0 || e.commit_us - stamp > STAMP_RESOLUTION_US;
+		/* one entry and one stamp always fit (CHAT_NOTIFY_MAX keeps room) */
 		if (payload.len > 0 &&
 			(strncmp(node, n, e.node_len) != 0 || node[e.node_len] != '\0' ||
-			 payload.len + 1 + e.payload_len > CHAT_NOTIFY_MAX))
+			 payload.len + 1 + (new_stamp ? CHAT_NOTIFY_STAMP_MAX : 0) + e.payload_len >
+			 CHAT_NOTIFY_MAX + CHAT_NOTIFY_STAMP_MAX))
 		{
 			NotifySigned(node, payload.data, payload.len, LOG);
+			HistObserve(&notifier->batch, batch);
 			resetStringInfo(&payload);
+			stamp = 0;
+			batch = 0;
+			new_stamp = true;
+		}
+		if (new_stamp)
+		{
+			AppendStamp(&payload, e.commit_us);
+			stamp = e.commit_us;
 		}
 		if (payload.len > 0)
 			appendStringInfoChar(&payload, '\n');
 		memcpy(node, n, Min(e.node_len, NAMEDATALEN - 1));
 		node[Min(e.node_len, NAMEDATALEN - 1)] = '\0';
 		appendBinaryStringInfo(&payload, n + e.node_len, e.payload_len);
+		batch += e.nevents;
+		depth += e.nevents;
 		off += MAXALIGN(sizeof(RingEntry) + e.node_len + e.payload_len);
 	}
 	if (payload.len > 0)
+	{
 		NotifySigned(node, payload.data, payload.len, LOG);
+		HistObserve(&notifier->batch, batch);
+	}
+	HistObserve(&notifier->depth, depth);
 	CommitTransactionCommand();
 	pfree(payload.data);
 }
@@ -817,4 +936,53 @@ chat_notifier_stats(PG_FUNCTION_ARGS)
 		nulls[3] = pid == 0;
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(chat_notifier_histograms);
+
+/*
+ * chat.notifier_histograms() (monitoring, issue 11): the workers' server-
+ * wide histograms since the server started, one row each: "queue_depth"
+ * (events waiting in the ring when a worker pass begins) and "batch_events"
+ * (events per NOTIFY a worker sends).  bounds are the upper bounds; the
+ * counts are cumulative like Prometheus buckets (observations <= bound),
+ * with one more element for +Inf (= the count); sum adds the observations.
+ * No rows when the library was not preloaded (no shared memory).
+ */
+Datum
+chat_notifier_histograms(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	static const char *const names[2] = {"queue_depth", "batch_events"};
+	int			h;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (notifier == NULL)
+		PG_RETURN_VOID();
+	for (h = 0; h < 2; h++)
+	{
+		NotifierHist *hist = h == 0 ? &notifier->depth : &notifier->batch;
+		Datum		bounds[NOTIFIER_HIST_BOUNDS];
+		Datum		counts[NOTIFIER_HIST_BOUNDS + 1];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		uint64		cum = 0;
+		int			i;
+
+		for (i = 0; i <= NOTIFIER_HIST_BOUNDS; i++)
+		{
+			cum += pg_atomic_read_u64(&hist->buckets[i]);
+			counts[i] = Int64GetDatum((int64) cum);
+			if (i < NOTIFIER_HIST_BOUNDS)
+				bounds[i] = Float8GetDatum((double) ((uint64) 1 << i));
+		}
+		values[0] = CStringGetTextDatum(names[h]);
+		values[1] = PointerGetDatum(construct_array(bounds, NOTIFIER_HIST_BOUNDS, FLOAT8OID,
+													8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[2] = PointerGetDatum(construct_array(counts, NOTIFIER_HIST_BOUNDS + 1, INT8OID,
+													8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&hist->sum));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
 }

@@ -378,6 +378,7 @@ conn_gone(struct conn *c)
 		ip_release(c);
 	}
 	log_msg(LOG_DEBUG, c->id, "closed");
+	metrics_conn_gone(c->born_ms);	/* monitoring (issue 11): churn */
 	c->wsi = NULL;
 	ring_clear(c);
 	conn_unref(c);

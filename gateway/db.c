@@ -35,6 +35,7 @@ enum pending_kind {
 	P_REQUEST, P_REF, P_FINAL,
 	P_PROBE,		/* SELECT 1 on an idle connection (db_watch) */
 	P_NSTATS,		/* chat.notifier_stats() for /metrics */
+	P_NHIST,		/* chat.notifier_histograms() for /metrics (issue 11) */
 	P_PART_RESET,		/* sharded: node_reset on one partition */
 	P_CONNECT_MANY		/* chat.connect_many: a batch of session registrations */
 };
@@ -65,6 +66,7 @@ struct pgconn {
 	int state;
 	int heartbeat_inflight;
 	int nstats_inflight;
+	int nhist_inflight;	/* monitoring (issue 11) */
 	int ever_ready;
 	struct pending *head, *tail;
 	uint64_t connect_started;
@@ -87,6 +89,7 @@ static struct pgconn maint;
 static struct pgconn *parts;		/* sharded: one LISTEN connection per --listen-dsn */
 static int n_parts;
 static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
+static lws_sorted_usec_list_t sul_nread;	/* monitoring (issue 11): notifier reads */
 static int listening, shutdown_done, final_wanted, final_sent;
 static struct lws_context *db_context;
 static struct lws_vhost *db_vhost;	/* holds the adopted libpq sockets */
@@ -391,6 +394,33 @@ db_done_nstats(struct pgconn *pc, const struct outcome *o)
 	}
 }
 
+/* Monitoring (issue 11): P_NHIST answered: the notifier's histograms for
+ * /metrics, row by row into metrics.c (which validates them); a failure
+ * (an extension without the function, a role without the grant) leaves
+ * them unknown, logged once. */
+static void
+db_done_nhist(struct pgconn *pc, const struct outcome *o)
+{
+	static int warned;
+
+	pc->nhist_inflight = 0;
+	if (o->ok && PQnfields(o->res) == 4) {
+		for (int i = 0; i < PQntuples(o->res); i++)
+			metrics_notifier_hist(PQgetvalue(o->res, i, 0), PQgetvalue(o->res, i, 1),
+					      PQgetvalue(o->res, i, 2),
+					      PQgetisnull(o->res, i, 3) ? NULL : PQgetvalue(o->res, i, 3));
+		return;
+	}
+	if (!o->res)		/* the connection was lost: keep the last copy */
+		return;
+	metrics_notifier_hist(NULL, NULL, NULL, NULL);
+	if (!warned) {
+		warned = 1;
+		log_msg(LOG_WARN, 0, "chat.notifier_histograms() failed (metrics chat_notifier_*_events "
+			"left out): %s", o->err ? o->err : "?");
+	}
+}
+
 /* Called for each answered (or failed: res NULL) pending entry: hands it
  * to the handler of its kind, then frees it and drops its conn reference. */
 static void
@@ -444,6 +474,9 @@ db_complete(struct pgconn *pc, struct pending *p)
 		break;
 	case P_NSTATS:
 		db_done_nstats(pc, &o);
+		break;
+	case P_NHIST:
+		db_done_nhist(pc, &o);
 		break;
 	case P_PART_RESET:
 		db_done_part_reset(pc, &o);
@@ -663,6 +696,7 @@ db_lost(struct pgconn *pc, const char *why)
 	pc->state = PG_DOWN;
 	pc->heartbeat_inflight = 0;
 	pc->nstats_inflight = 0;
+	pc->nhist_inflight = 0;
 	for (p = pc->head; p; p = p->next)
 		p->timed_out = (uint8_t)pc->timed_out;
 	pc->timed_out = 0;
@@ -716,22 +750,24 @@ db_maint_conn(void)
 	return best ? best : (ctl.state == PG_READY ? &ctl : NULL);
 }
 
-/* True while a maintenance call of this kind is unanswered on any connection. */
+/* True while a maintenance call of this kind (0 node_heartbeat, 1
+ * notifier_stats, 2 notifier_histograms) is unanswered on any connection. */
 static int
-db_maint_inflight(int nstats)
+db_maint_inflight(int kind)
 {
-	if (nstats ? ctl.nstats_inflight : ctl.heartbeat_inflight)
-		return 1;
-	if (nstats ? maint.nstats_inflight : maint.heartbeat_inflight)
-		return 1;
-	for (int i = 0; i < cfg.pool; i++)
-		if (nstats ? pool[i].nstats_inflight : pool[i].heartbeat_inflight)
+	struct pgconn *pcs[2] = { &ctl, &maint };
+
+	for (int i = -2; i < cfg.pool; i++) {
+		struct pgconn *pc = i < 0 ? pcs[i + 2] : &pool[i];
+
+		if (kind == 0 ? pc->heartbeat_inflight : kind == 1 ? pc->nstats_inflight : pc->nhist_inflight)
 			return 1;
+	}
 	return 0;
 }
 
-/* Every --node-heartbeat seconds: chat.node_heartbeat and notifier_stats
- * on a pool connection (db_maint_conn). */
+/* Every --node-heartbeat seconds: chat.node_heartbeat on the maintenance
+ * connection (db_maint_conn); sharded, on every partition. */
 static void
 db_heartbeat(lws_sorted_usec_list_t *sul)
 {
@@ -743,13 +779,35 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
 	if (n_parts == 0 && !stopping && !db_maint_inflight(0) && (pc = db_maint_conn()) &&
 	    db_send(pc, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 		pc->heartbeat_inflight = 1;
+	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
+			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+}
+
+/* Monitoring (issue 11): how often the notifier's numbers are read for
+ * /metrics.  Two read-only queries on the maintenance connection (no WAL,
+ * no commit flush, never the LISTEN connection), apart from the heartbeat
+ * so that its interval (a write) does not decide the metrics' resolution. */
+#define NOTIFIER_READ_US (2 * LWS_US_PER_SEC)
+
+/* Every 2 s: chat.notifier_stats() and chat.notifier_histograms() for /metrics. */
+static void
+db_read_notifier(lws_sorted_usec_list_t *sul)
+{
+	struct pgconn *pc;
+
+	(void)sul;
 	/* Sharded, ctl talks to the proxy, which has no notifier. */
 	if (n_parts == 0 && !stopping && !db_maint_inflight(1) && (pc = db_maint_conn()) &&
 	    db_send(pc, P_NSTATS, NULL,
 		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
 		pc->nstats_inflight = 1;
-	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
-			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	if (n_parts == 0 && !stopping && !db_maint_inflight(2) && (pc = db_maint_conn()) &&
+	    db_send(pc, P_NHIST, NULL,
+		    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
+		    0, NULL, NULL))
+		pc->nhist_inflight = 1;
+	if (!stopping)
+		lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
 }
 
 /* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */
@@ -779,6 +837,7 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 		db_connect_begin(&maint);
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
 			 (lws_usec_t)cfg.node_heartbeat * LWS_US_PER_SEC);
+	lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
 }
 
@@ -1212,6 +1271,7 @@ void
 db_shutdown(void)
 {
 	lws_sul_cancel(&sul_heartbeat);
+	lws_sul_cancel(&sul_nread);
 	final_wanted = 1;
 	stopping = 1;
 	for (int i = 0; pool && i < cfg.pool; i++)

@@ -57,6 +57,7 @@ msg_new(const char *data, size_t len)
 
 	m->refs = 1;
 	m->len = (uint32_t)len;
+	m->commit_us = 0;
 	memcpy(m->buf + LWS_PRE, data, len);
 	m->buf[LWS_PRE + len] = '\0';
 	return m;

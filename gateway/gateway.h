@@ -168,6 +168,8 @@ void frame_reset(struct frame_buf *f);
 struct msg {
 	uint32_t refs;			/* MSG_STATIC: never freed */
 	uint32_t len;
+	uint64_t commit_us;		/* events: the commit stamp (unix us; 0: none), for
+					 * the delivery latency histogram (metrics.c) */
 	unsigned char buf[];		/* LWS_PRE headroom, then len bytes, then NUL */
 };
 #define MSG_STATIC UINT32_MAX
@@ -402,6 +404,21 @@ struct metrics {
 	uint64_t latency_buckets[16];
 	uint64_t latency_count;
 	double latency_sum;
+	/* Monitoring (issue 11): histograms rendered summed over the workers. */
+	uint64_t delivery_buckets[16];	/* commit -> socket write */
+	uint64_t delivery_sum_us;
+	uint64_t delivery_skewed;	/* commit stamp later than the write: clocks differ */
+	uint64_t lifetime_buckets[16];	/* connection accept -> gone */
+	uint64_t lifetime_sum_ms;
+	/* chat.notifier_histograms() (server-wide), copied at the heartbeat;
+	 * nhist_seq is odd while the copy is being written (a reader retries). */
+	uint64_t nhist_seq;
+	struct metrics_nhist {
+		int nbounds;		/* -1: unknown (not read yet, or refused) */
+		double bounds[16];
+		int64_t cumulative[17];	/* nbounds + 1: the last is +Inf */
+		int64_t sum;
+	} nhist[2];			/* 0: queue_depth, 1: batch_events */
 	/* Gauges, published by the worker once a second (metrics_publish). */
 	uint64_t conns, conns_unauth, db_up;
 	uint64_t partitions, partitions_up;	/* sharded (--listen-dsn); 0: not sharded */
@@ -427,6 +444,14 @@ void metrics_publish(uint32_t conns, uint32_t unauth, int db_up);
 /* Counts a close (the gateway's code or the peer's). */
 void metrics_close(int code);
 void metrics_latency(uint64_t us);
+/* Monitoring (issue 11): an event frame with a commit stamp was written. */
+void metrics_delivery(uint64_t commit_us);
+/* A connection open since born_ms (now_ms clock) is gone. */
+void metrics_conn_gone(uint32_t born_ms);
+/* One row of chat.notifier_histograms() (text columns as libpq gives them);
+ * row 0 of a result first marks the copy unknown until every row is in. */
+void metrics_notifier_hist(const char *name, const char *bounds, const char *cumulative,
+			   const char *sum);
 /* Renders the Prometheus text of every slot (this process's gauges: open and
  * unauthenticated connections, database up, fresh) into a malloc'd buffer;
  * caller frees. */

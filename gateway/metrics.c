@@ -104,6 +104,158 @@ metrics_latency(uint64_t us)
 	stats.latency_sum += s;
 }
 
+/* ---- Monitoring (issue 11): delivery latency, connection lifetimes,
+ * the notifier's histograms. ---- */
+
+/* Delivery latency bounds in seconds (commit to socket write). */
+static const double delivery_bounds[] = {
+	0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+};
+#define N_DELIVERY (sizeof(delivery_bounds) / sizeof(delivery_bounds[0]))
+
+/* Connection lifetime bounds in seconds: scanners and failed auths, quick
+ * reconnects, a session of minutes, hours, a day. */
+static const double lifetime_bounds[] = {
+	0.1, 1, 10, 60, 300, 900, 3600, 10800, 43200, 86400
+};
+#define N_LIFETIME (sizeof(lifetime_bounds) / sizeof(lifetime_bounds[0]))
+
+/* The index of the first bound >= v (n: +Inf). */
+static size_t
+bucket_of_value(const double *bounds, size_t n, double v)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (v <= bounds[i])
+			break;
+	return i;
+}
+
+/* Records one event frame written: now (the gateway's CLOCK_REALTIME)
+ * minus its commit stamp (the database server's clock).  A stamp in the
+ * future can only mean the two clocks differ: counted apart, not timed. */
+void
+metrics_delivery(uint64_t commit_us)
+{
+	uint64_t now = trace_wall_us();
+
+	if (now < commit_us) {
+		stats.delivery_skewed++;
+		return;
+	}
+	stats.delivery_buckets[bucket_of_value(delivery_bounds, N_DELIVERY,
+					       (double)(now - commit_us) / 1e6)]++;
+	stats.delivery_sum_us += now - commit_us;
+}
+
+/* Records the lifetime of a connection that is gone. */
+void
+metrics_conn_gone(uint32_t born_ms)
+{
+	uint32_t ms = now_ms() - born_ms;	/* wraps correctly within 49 days */
+
+	stats.lifetime_buckets[bucket_of_value(lifetime_bounds, N_LIFETIME, (double)ms / 1e3)]++;
+	stats.lifetime_sum_ms += ms;
+}
+
+/* Parses a one-dimensional numeric array text ("{1,2,4}") into at most
+ * cap doubles; the count, or -1 when it is not one. */
+static int
+parse_array(const char *s, double *out, int cap)
+{
+	int n = 0;
+	char *e;
+
+	if (!s || *s++ != '{')
+		return -1;
+	if (*s == '}')
+		return s[1] ? -1 : 0;
+	for (;;) {
+		if (n >= cap)
+			return -1;
+		errno = 0;
+		out[n++] = strtod(s, &e);
+		if (e == s || errno)
+			return -1;
+		if (*e == '}')
+			return e[1] ? -1 : n;
+		if (*e != ',')
+			return -1;
+		s = e + 1;
+	}
+}
+
+/* Begins or ends a write of the notifier copy (odd: being written). */
+static void
+nhist_seq_bump(void)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	__atomic_store_n(&stats.nhist_seq, stats.nhist_seq + 1, __ATOMIC_SEQ_CST);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* One row of chat.notifier_histograms(): validated (bounds increasing,
+ * counts cumulative, one more count than bounds) and copied into this
+ * process's slot; anything else leaves that histogram unknown. */
+void
+metrics_notifier_hist(const char *name, const char *bounds, const char *cumulative, const char *sum)
+{
+	struct metrics_nhist h;
+	double counts[17];
+	int which, nc, ok;
+	char *e;
+
+	if (!name)
+		which = -1;
+	else if (!strcmp(name, "queue_depth"))
+		which = 0;
+	else if (!strcmp(name, "batch_events"))
+		which = 1;
+	else
+		return;		/* a histogram of a later version: not ours to show */
+	if (which < 0) {	/* the query failed: both unknown */
+		nhist_seq_bump();
+		stats.nhist[0].nbounds = stats.nhist[1].nbounds = -1;
+		nhist_seq_bump();
+		return;
+	}
+	h.nbounds = parse_array(bounds, h.bounds, 16);
+	nc = parse_array(cumulative, counts, 17);
+	errno = 0;
+	h.sum = sum ? strtoll(sum, &e, 10) : -1;
+	ok = h.nbounds >= 1 && nc == h.nbounds + 1 && sum && *sum && !*e && !errno && h.sum >= 0;
+	for (int i = 0; ok && i < nc; i++) {
+		h.cumulative[i] = (int64_t)counts[i];
+		ok = counts[i] >= 0 && counts[i] < 9.2e18 && (i == 0 || counts[i] >= counts[i - 1]) &&
+		     (i == 0 || i >= h.nbounds || h.bounds[i] > h.bounds[i - 1]);
+	}
+	if (!ok)
+		h.nbounds = -1;
+	nhist_seq_bump();
+	stats.nhist[which] = h;
+	nhist_seq_bump();
+}
+
+/* Reads slot m's copy of notifier histogram which consistently (retrying
+ * while its worker writes it); 0 when known. */
+static int
+nhist_read(const struct metrics *m, int which, struct metrics_nhist *out)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		uint64_t seq = __atomic_load_n(&m->nhist_seq, __ATOMIC_SEQ_CST);
+
+		if (seq & 1)
+			continue;
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		memcpy(out, &m->nhist[which], sizeof(*out));
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&m->nhist_seq, __ATOMIC_SEQ_CST) == seq)
+			return out->nbounds >= 1 ? 0 : -1;
+	}
+	return -1;
+}
+
 struct out {
 	char *buf;
 	size_t len, cap;
@@ -209,6 +361,94 @@ metrics_render_latency(struct out *o)
 	}
 }
 
+/* Writes one histogram of cumulative counts (n bounds, n + 1 counts). */
+static void
+out_histogram(struct out *o, const char *name, const char *help, const double *bounds, size_t n,
+	      const uint64_t *cum, double sum)
+{
+	out_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (size_t i = 0; i < n; i++)
+		out_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], (unsigned long long)cum[i]);
+	out_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+		   name, (unsigned long long)cum[n], name, sum, name, (unsigned long long)cum[n]);
+}
+
+/* Sums a per-slot bucket array over the workers into cumulative counts. */
+static void
+sum_buckets(size_t off, size_t n, uint64_t *cum)
+{
+	memset(cum, 0, (n + 1) * sizeof(*cum));
+	for_each_slot(m)
+		for (size_t i = 0; i <= n; i++)
+			cum[i] += ((const uint64_t *)((const char *)m + off))[i];
+	for (size_t i = 1; i <= n; i++)
+		cum[i] += cum[i - 1];
+}
+
+/* Sums one uint64_t field over the workers. */
+static uint64_t
+sum_field(size_t off)
+{
+	uint64_t t = 0;
+
+	for_each_slot(m)
+		t += *(const uint64_t *)((const char *)m + off);
+	return t;
+}
+
+/* Monitoring (issue 11): delivery latency and connection lifetimes summed
+ * over the workers (one series each: a worker is not a unit an operator
+ * acts on), and the notifier's histograms (server-wide values from the
+ * database: the freshest copy of any worker, never summed). */
+static void
+metrics_render_histograms(struct out *o)
+{
+	static const char *const nhist_name[2] = {
+		"chat_notifier_queue_depth_events", "chat_notifier_batch_events"
+	};
+	static const char *const nhist_help[2] = {
+		"Events waiting in the notifier ring when a worker pass began "
+		"(chat.notifier_histograms(), server-wide, since PostgreSQL started).",
+		"Events per NOTIFY sent by the notifier workers "
+		"(chat.notifier_histograms(), server-wide, since PostgreSQL started)."
+	};
+	uint64_t cum[18];
+
+	sum_buckets(METRIC(delivery_buckets), N_DELIVERY, cum);
+	out_histogram(o, "chat_gateway_delivery_latency_seconds",
+		      "Commit of an event's transaction (database clock) to its write to a client "
+		      "socket (gateway clock), every worker.",
+		      delivery_bounds, N_DELIVERY, cum, (double)sum_field(METRIC(delivery_sum_us)) / 1e6);
+	out_printf(o, "# HELP chat_gateway_delivery_clock_skew_total Deliveries not timed: their commit "
+		       "stamp was later than the gateway's clock (database and gateway clocks differ).\n"
+		       "# TYPE chat_gateway_delivery_clock_skew_total counter\n"
+		       "chat_gateway_delivery_clock_skew_total %llu\n",
+		   (unsigned long long)sum_field(METRIC(delivery_skewed)));
+	sum_buckets(METRIC(lifetime_buckets), N_LIFETIME, cum);
+	out_histogram(o, "chat_gateway_connection_duration_seconds",
+		      "Lifetime of closed WebSocket connections, accept to gone, every worker "
+		      "(_count: connections closed).",
+		      lifetime_bounds, N_LIFETIME, cum, (double)sum_field(METRIC(lifetime_sum_ms)) / 1e3);
+
+	for (int which = 0; which < 2; which++) {
+		struct metrics_nhist best = { .nbounds = -1 }, h;
+
+		for_each_slot(m)
+			if (nhist_read(m, which, &h) == 0 &&
+			    (best.nbounds < 1 || h.cumulative[h.nbounds] > best.cumulative[best.nbounds]))
+				best = h;
+		if (best.nbounds < 1) {		/* unknown: HELP and TYPE only */
+			out_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", nhist_name[which],
+				   nhist_help[which], nhist_name[which]);
+			continue;
+		}
+		for (int i = 0; i <= best.nbounds; i++)
+			cum[i] = (uint64_t)best.cumulative[i];
+		out_histogram(o, nhist_name[which], nhist_help[which], best.bounds, (size_t)best.nbounds,
+			      cum, (double)best.sum);
+	}
+}
+
 /* Renders every metric as Prometheus text; caller frees.  The gauges that
  * other modules own come as arguments: metrics.c depends on none of them. */
 char *
@@ -295,6 +535,7 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 
 	metrics_render_closes(&o);
 	metrics_render_latency(&o);
+	metrics_render_histograms(&o);
 	*len = o.len;
 	return o.buf;
 }

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <stddef.h>
 #include <time.h>
 #include <jansson.h>
 #include <openssl/hmac.h>
@@ -39,6 +40,10 @@ struct event {
 };
 
 static struct event *wait_head, *wait_tail;
+
+/* Monitoring (issue 11): the commit stamp of the events being routed
+ * (unix microseconds, database clock; 0: the payload had none). */
+static uint64_t route_commit_us;
 
 /* Fibonacci hashing of a user id into the table. */
 static uint32_t
@@ -340,6 +345,7 @@ route_event(const int64_t *users, int n_users, const char *json, size_t len)
 	}
 
 	m = cfg.trace_latency ? trace_event_msg(json, len) : msg_new(json, len);
+	m->commit_us = route_commit_us;
 	if (wait_head) {
 		route_wait(m, users, (uint32_t)n_users, is_message, sender, sender_device,
 			   only_device);
@@ -406,6 +412,27 @@ route_notify(const char *payload)
 	route_notify_verified(payload + SIG_LINE_LEN);
 }
 
+/* Monitoring (issue 11): a commit stamp pair (empty recipients, then
+ * {"type":"committed","at":<unix us>}, exactly as notifier.c writes it)
+ * sets the time the next events are measured from; 1 when json is one. */
+static int
+route_stamp(const char *hdr, const char *hdr_end, const char *json, const char *json_end)
+{
+	static const char prefix[] = "{\"type\":\"committed\",\"at\":";
+	const size_t plen = sizeof(prefix) - 1;
+	uint64_t at = 0;
+	const char *q;
+
+	if (hdr != hdr_end || (size_t)(json_end - json) < plen + 2 || memcmp(json, prefix, plen) != 0)
+		return 0;
+	for (q = json + plen; q < json_end - 1 && *q >= '0' && *q <= '9' && q - json < (ptrdiff_t)plen + 18; q++)
+		at = at * 10 + (uint64_t)(*q - '0');
+	if (q != json_end - 1 || *q != '}' || q == json + plen)
+		return 0;
+	route_commit_us = at;
+	return 1;
+}
+
 /* Splits verified events ("ids\njson\n" repeated) into pairs and routes each. */
 void
 route_notify_verified(const char *events)
@@ -415,6 +442,7 @@ route_notify_verified(const char *events)
 
 	if (!buckets)
 		route_grow();
+	route_commit_us = 0;	/* a payload without stamps is not timed */
 	while (*p) {
 		const char *hdr_end = strchr(p, '\n'), *json, *json_end;
 		int n;
@@ -428,6 +456,10 @@ route_notify_verified(const char *events)
 		json_end = strchr(json, '\n');
 		if (!json_end)
 			json_end = json + strlen(json);
+		if (route_stamp(p, hdr_end, json, json_end)) {
+			p = *json_end ? json_end + 1 : json_end;
+			continue;
+		}
 		n = parse_users(p, hdr_end, users, (int)(sizeof(users) / sizeof(users[0])));
 		if (n < 0) {
 			stats.events_invalid++;

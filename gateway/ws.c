@@ -344,6 +344,8 @@ ws_on_writeable(struct lws *wsi, struct conn *c)
 		trace_stamp_write(m);
 	if (lws_write(wsi, (unsigned char *)MSG_DATA(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
 		return -1;
+	if (m->commit_us)	/* monitoring (issue 11): commit -> socket write */
+		metrics_delivery(m->commit_us);
 	conn_sent(c);
 	if (conn_next_frame(c) || !CONN_OPEN(c))
 		lws_callback_on_writable(wsi);

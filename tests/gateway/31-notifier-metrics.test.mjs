@@ -1,8 +1,8 @@
 // The database notifier's fallbacks (transactions that found its ring full
 // and NOTIFYed themselves) and its queued bytes are exported in the
-// gateway's /metrics, read from chat.notifier_stats() with the node
-// heartbeat.  (tests/faults scenario 6 overflows the ring and checks the
-// counter moves; here: present, and equal to what the database says.)
+// gateway's /metrics, read from chat.notifier_stats() every 2 s.
+// (tests/faults scenario 6 overflows the ring and checks the counter moves;
+// here: present, and equal to what the database says.)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { twoUserDb, startGateway, stopAll, parseMetrics, value, sleep, ms } from './lib.mjs';

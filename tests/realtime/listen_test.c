@@ -43,6 +43,7 @@ static const char *mode;
 static unsigned char notify_key[32];	/* HMAC(secret, "chat-notify") */
 static int	bad_signatures;
 static int	signed_payloads;
+static int	stamped_payloads;	/* with a commit stamp (issue 11) */
 
 /* Prints a failed check. */
 static void
@@ -169,8 +170,10 @@ add_notification(PGnotify *n)
 	char	   *copy;
 	char	   *save = NULL;
 	char	   *line;
+	char	   *header = NULL;
 	int			len = strlen(n->extra);
 	int			i = 0;
+	int			stamped;
 
 	if (!signature_valid(n->extra))
 	{
@@ -181,22 +184,49 @@ add_notification(PGnotify *n)
 	signed_payloads++;
 	copy = strdup(n->extra + 68);
 
-	for (line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save), i++)
+	/*
+	 * Lines split by hand (strtok would merge the empty recipient line of
+	 * a commit stamp).  A stamp pair (monitoring, issue 11: "" then
+	 * {"type":"committed","at":<unix us>}) is counted, checked against
+	 * the clock and left out of the events.
+	 */
+	stamped = 0;
+	for (line = copy; line; line = save, i++)
 	{
+		save = strchr(line, '\n');
+		if (save)
+			*save++ = '\0';
 		if (i % 2 == 0)
 		{
-			if (nevents >= MAX_EVENTS)
-				break;
-			snprintf(events[nevents].channel, sizeof(events[nevents].channel), "%s", n->relname);
-			events[nevents].header = strdup(line);
-			events[nevents].json = NULL;
-			events[nevents].payload_len = len;
+			header = line;
+			continue;
 		}
-		else
-			events[nevents++].json = strdup(line);
+		if (header[0] == '\0' && strncmp(line, "{\"type\":\"committed\",\"at\":", 25) == 0)
+		{
+			double		at_ms = atof(line + 25) / 1000.0;
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			stamped = 1;
+			if (i != 1 && strcmp(mode, "direct") == 0)
+				fail("direct mode: a commit stamp not at the start of the payload: %.80s", n->extra);
+			if (at_ms > ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6 + 1 ||
+				at_ms < ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6 - 600000)
+				fail("commit stamp %s is not within 10 minutes before now", line + 25);
+			continue;
+		}
+		if (!stamped)
+			fail("notification on %s: an event before any commit stamp: %.80s", n->relname, n->extra);
+		if (nevents >= MAX_EVENTS)
+			continue;
+		snprintf(events[nevents].channel, sizeof(events[nevents].channel), "%s", n->relname);
+		events[nevents].header = strdup(header);
+		events[nevents].json = strdup(line);
+		events[nevents++].payload_len = len;
 	}
 	if (i % 2 != 0)
 		fail("notification on %s has a header without an event line: %.80s", n->relname, n->extra);
+	stamped_payloads += stamped;
 	free(copy);
 }
 
@@ -763,6 +793,9 @@ main(int argc, char **argv)
 		check(signed_payloads > 0 && bad_signatures == 0,
 			  "all %d payloads carry a valid v1 HMAC signature line (%d bad)",
 			  signed_payloads, bad_signatures);
+		check(stamped_payloads == signed_payloads,
+			  "all %d payloads carry a commit stamp (%d do)", signed_payloads, stamped_payloads);
+		signed_payloads = stamped_payloads = 0;
 		PQfinish(sql);
 		PQfinish(listener);
 	}
