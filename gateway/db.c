@@ -60,7 +60,7 @@ struct pgconn {
 	PGconn *pg;
 	struct lws *wsi;
 	int index;			/* -1: the control connection */
-	int part;			/* sharded: the partition this one LISTENs on, else -1 */
+	int part;			/* sharded: the partition it talks to (LISTEN or maintenance), else -1 */
 	int maint;			/* a maintenance connection (never LISTENs, never routed requests) */
 	const char *dsn;		/* NULL: cfg.dsn */
 	int state;
