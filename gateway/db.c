@@ -61,7 +61,8 @@ struct pgconn {
 	PGconn *pg;
 	struct lws *wsi;
 	int index;			/* -1: the control connection */
-	int part;			/* sharded: the partition this one LISTENs on, else -1 */
+	int part;			/* sharded: the partition it talks to (LISTEN or maintenance), else -1 */
+	int maint;			/* a maintenance connection (never LISTENs, never routed requests) */
 	const char *dsn;		/* NULL: cfg.dsn */
 	int state;
 	int heartbeat_inflight;
@@ -87,6 +88,7 @@ static struct pgconn ctl, *pool;
 /* Tail latency (issue 11): the periodic calls' own connection (db_maint_conn). */
 static struct pgconn maint;
 static struct pgconn *parts;		/* sharded: one LISTEN connection per --listen-dsn */
+static struct pgconn *pmaint;		/* sharded: each partition's maintenance connection */
 static int n_parts;
 static lws_sorted_usec_list_t sul_heartbeat, sul_watch;
 static lws_sorted_usec_list_t sul_nread;	/* monitoring (issue 11): notifier reads */
@@ -123,13 +125,13 @@ static void db_done_connect_many(struct pgconn *pc, struct pending *p, const str
 static const char *
 pc_name(struct pgconn *pc)
 {
-	static char buf[32];
+	static char buf[48];
 
 	if (pc->part >= 0) {
-		snprintf(buf, sizeof(buf), "partition %d", pc->part);
+		snprintf(buf, sizeof(buf), "partition %d%s", pc->part, pc->maint ? " maintenance" : "");
 		return buf;
 	}
-	if (pc == &maint)
+	if (pc->maint)
 		return "maintenance";
 	if (pc->index < 0)
 		return "control";
@@ -833,6 +835,7 @@ db_start(struct lws_context *ctx, struct lws_vhost *vhost, void (*on_ready)(void
 	 * goes to the partitions instead */
 	maint.index = cfg.pool;
 	maint.part = -1;
+	maint.maint = 1;
 	if (n_parts == 0)
 		db_connect_begin(&maint);
 	lws_sul_schedule(db_context, 0, &sul_heartbeat, db_heartbeat,
@@ -881,6 +884,8 @@ db_watch(lws_sorted_usec_list_t *sul)
 	last_tick = now;
 	db_watch_one(&ctl, now);
 	db_watch_one(&maint, now);
+	for (int i = 0; i < n_parts; i++)
+		db_watch_one(&pmaint[i], now);
 	for (int i = 0; i < cfg.pool; i++)
 		db_watch_one(&pool[i], now);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
@@ -1341,8 +1346,10 @@ db_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
  * --dsn is the proxy database: requests and session calls go there and are
  * routed by chat_proxy.  Each partition NOTIFYs for its own conversations,
  * so the gateway keeps one connection per --listen-dsn that LISTENs and
- * runs node_reset and node_heartbeat on that partition alone: a partition
- * that is down stops only its own conversations' events.  When a partition
+ * runs node_reset there, and a maintenance connection per partition for
+ * its node_heartbeat (never on the LISTEN connection: see db_maint_conn):
+ * a partition that is down stops only its own conversations' events and
+ * heartbeat.  When a partition
  * connection comes back (node_reset there dropped this node's sessions),
  * every live session is registered again and its client told to resync,
  * which recovers whatever that partition notified meanwhile. */
@@ -1358,6 +1365,11 @@ db_sharded_setup(struct pgconn *pc)
 
 	if (pc->part < 0) {
 		db_send(pc, P_RESET, NULL, "SELECT 1", 0, NULL, NULL);
+		return 1;
+	}
+	if (pc->maint) {
+		/* nothing to prepare: ready once the partition answers */
+		db_send(pc, P_PREPARE, NULL, "SELECT 1", 0, NULL, NULL);
 		return 1;
 	}
 	snprintf(listen_sql, sizeof(listen_sql), "LISTEN \"chat_node_%s\"", cfg.node);
@@ -1384,21 +1396,26 @@ db_done_part_reset(struct pgconn *pc, const struct outcome *o)
 	}
 }
 
-/* Sharded: chat.node_heartbeat on every partition that is up. */
+/* Sharded: chat.node_heartbeat on every partition that is up, on its
+ * maintenance connection; while that one is down, on the partition's
+ * LISTEN connection (events wait behind it, but the node must not be
+ * declared gone there).  One unanswered heartbeat per partition at most. */
 static void
 db_sharded_heartbeat(void)
 {
 	const char *node[1] = { cfg.node };
 
 	for (int i = 0; i < n_parts && !stopping; i++) {
-		struct pgconn *pc = &parts[i];
-		if (pc->state == PG_READY && !pc->heartbeat_inflight &&
+		struct pgconn *pc = pmaint[i].state == PG_READY ? &pmaint[i] : &parts[i];
+
+		if (pc->state == PG_READY && !pmaint[i].heartbeat_inflight && !parts[i].heartbeat_inflight &&
 		    db_send(pc, P_HEARTBEAT, NULL, "SELECT chat.node_heartbeat($1)", 1, node, NULL))
 			pc->heartbeat_inflight = 1;
 	}
 }
 
-/* Sharded: one connection per --listen-dsn line (none without the flag). */
+/* Sharded: two connections per --listen-dsn line, LISTEN and maintenance
+ * (none without the flag). */
 static void
 db_sharded_start(void)
 {
@@ -1409,6 +1426,7 @@ db_sharded_start(void)
 	for (const char *p = cfg.listen_dsn; p; p = strchr(p + 1, '\n'))
 		n_parts++;
 	parts = xcalloc((size_t)n_parts, sizeof(*parts));
+	pmaint = xcalloc((size_t)n_parts, sizeof(*pmaint));
 	list = xstrdup(cfg.listen_dsn);
 	n_parts = 0;
 	for (line = strtok_r(list, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
@@ -1417,6 +1435,8 @@ db_sharded_start(void)
 		pc->part = n_parts++;
 		pc->dsn = xstrdup(line);
 		db_connect_begin(pc);
+		pmaint[pc->part] = (struct pgconn){ .index = pc->index, .part = pc->part, .maint = 1, .dsn = pc->dsn };
+		db_connect_begin(&pmaint[pc->part]);
 	}
 	free(list);
 }

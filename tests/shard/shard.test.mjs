@@ -363,6 +363,47 @@ test('--listen-dsn from the environment (one per line) and from a --config file 
   for (const g of [g1, g2, g3, g4]) await g.stop('SIGTERM', 8000);
 });
 
+// ---- Tail latency, sharded: each partition's node_heartbeat on a maintenance connection ----
+// PostgreSQL hands notifications to a LISTEN backend only between its
+// transactions: a heartbeat on a partition's LISTEN connection held up that
+// partition's events for as long as it ran.  Here partition 1's heartbeat
+// waits 6 s (times GW_TIMEOUT_SCALE) on a lock; that partition's events
+// must still come at once, and the other partitions' heartbeats go on.
+test('a partition whose node heartbeat is blocked still delivers live events at once; the other partitions\' heartbeats go on', { timeout: ms(60000) }, async () => {
+  const gw = await gateway('hb');
+  const X = 5, Y = 6;
+  const groups = convs.slice(16);
+  const c1 = groups.find((c) => partOf(c) === 1), c0 = groups.find((c) => partOf(c) === 0);
+  const x = await connectAs(gw, X, 1, { label: 'hbX' });
+  const y = await connectAs(gw, Y, 1, { label: 'hbY' });
+  const heartbeatAt = `SELECT heartbeat_at AS h FROM chat.nodes WHERE node = '${gw.node}'`;
+  const blocked = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE '%node_heartbeat%'
+    AND wait_event_type = 'Lock' AND application_name = 'chat-gateway ${gw.node}'`;
+  const locker = psql(partDsn(1), `BEGIN; SELECT node FROM chat.nodes WHERE node = '${gw.node}' FOR UPDATE;
+                                   SELECT pg_sleep(${ms(6000) / 1000}) /* shard-hb-locker */; COMMIT`);
+  let n = 0;
+  for (let i = 0; i < 100 && !n; i++) { n = (await onPart(1, blocked))[0].n; if (!n) await sleep(50); }
+  assert.equal(n, 1, 'no heartbeat of the gateway waited on the locked node row of partition 1');
+  const h0 = (await onPart(0, heartbeatAt))[0].h;
+  for (const [c, tag] of [[c1, 'p1'], [c0, 'p0']]) {
+    const since = y.mark();
+    const t0 = Date.now();
+    const r = await x.call({ type: 'send', conversation: c, body: `during a blocked heartbeat ${tag}`, client_msg_id: `hb-${tag}` });
+    await y.waitFor((f) => f.type === 'message' && f.conversation === c && f.seq === r.seq, ms(5000), since);
+    const took = Date.now() - t0;
+    // Behind the heartbeat the event would wait for the rest of the lock.
+    assert.ok(took < ms(2500), `partition ${partOf(c)}: send + delivery took ${took} ms while partition 1's heartbeat was blocked`);
+  }
+  assert.equal((await onPart(1, blocked))[0].n, 1, 'the heartbeat was no longer blocked when the events came');
+  // partition 0's heartbeat is not held up by partition 1's
+  let h = h0;
+  for (let i = 0; i < 40 && h === h0; i++) { await sleep(100); h = (await onPart(0, heartbeatAt))[0].h; }
+  assert.notEqual(h, h0, 'partition 0\'s heartbeat_at did not move while partition 1\'s heartbeat was blocked');
+  await locker;
+  await gw.stop();
+});
+// ---- end of the sharded tail-latency block ----
+
 test('two gateways: A and B on different gateways chat in conversations on every partition; a partition cluster restart is recovered by sync', { timeout: ms(120000) }, async () => {
   const gwA = await gateway('gwA');
   const gwB = await gateway('gwB');
