@@ -33,8 +33,14 @@ static int server_accept(struct lws *wsi, enum lws_callback_reasons reason,
  * gateway holds most of.  Longer frames arrive in pieces that ws.c
  * assembles (frame.c); 128 still holds a whole control frame (125 bytes). */
 #define CLIENT_RX_BUFFER 128
+/* The largest single send(): lws's tx_packet_size 0 means "rx_buffer_size",
+ * which with 128 cut every event of a few hundred bytes into several
+ * send() calls and buffered the rest (half the gateway's fanout rate in
+ * bench/run.sh's group runs).  A cap, not a buffer: nothing is allocated
+ * per connection for it; a partial send is buffered by lws as before. */
+#define CLIENT_TX_PACKET (256 * 1024)
 static const struct lws_protocols client_protocols[] = {
-	{ "chat.v1", ws_callback, 0, CLIENT_RX_BUFFER, 0, NULL, 0 },
+	{ "chat.v1", ws_callback, 0, CLIENT_RX_BUFFER, 0, NULL, CLIENT_TX_PACKET },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
