@@ -24,6 +24,10 @@
 #       BATCH) works the backlog off: messages tombstoned per second, and
 #       send p50 / p99 of the transactions that ended while it ran
 #       (pgbench per-transaction log), over those of A.
+#    RATES: total send rates to run A and B at (pgbench -R over the CLIENTS
+#    clients); 0 is a closed loop, which keeps both cores busy with sends
+#    alone, so any other work shows in their p99; a rate below saturation
+#    (the default runs both, "0 1000") is how a deployment runs.
 #    VARIANTS: expire_messages definitions to alternate, "installed" or
 #    SQL files redefining it (e.g. an older version, to compare in one run).
 #    QUERIES=0 skips part 2.
@@ -49,6 +53,7 @@ CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
 NICES=${NICES:-10}
 VARIANTS=${VARIANTS:-installed}
+RATES=${RATES:-0 1000}
 
 work=$(mktemp -d /tmp/chat-bench.XXXXXX)
 chmod 755 "$work"
@@ -151,9 +156,11 @@ pct() {
       printf "%d sends, p50 %.2f ms, p99 %.2f ms\n%.3f\n", NR, a[i50] / 1000, a[i99] / 1000, a[i99] / 1000
     }'
 }
-sends() {  # sends DIR: pgbench for SECS seconds, per-transaction log in DIR
+sends() {  # sends DIR RATE: pgbench for SECS seconds, per-transaction log in DIR
+  local rate=()
+  [ "${2:-0}" = 0 ] || rate=(-R "$2")
   mkdir -p "$1"
-  (cd "$1" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
+  (cd "$1" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" "${rate[@]}" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
 }
 q -c "ALTER SYSTEM SET chat.expire_batch = $BATCH" -c "SELECT pg_reload_conf()" >/dev/null
 ratios=""
@@ -162,12 +169,13 @@ echo ";" >>"$work/installed.sql"
 for r in $(seq 1 "$ROUNDS"); do
   for variant in $VARIANTS; do
   for nice in $NICES; do
+  for rate in $RATES; do
     # the expire_messages to use: the installed one, or a file redefining it
     if [ "$variant" = installed ]; then q -f "$work/installed.sql" >/dev/null; else q -f "$variant" >/dev/null; fi
     # A: sends alone (after a checkpoint, as B: both pay the same full-page writes)
     q -c "CHECKPOINT" >/dev/null
-    a0=$(date +%s.%N); sends "$work/a$r-$nice"; a1=$(date +%s.%N)
-    base=$(pct "$a0" "$a1" "$work/a$r-$nice"/pgbench_log.*)
+    a0=$(date +%s.%N); sends "$work/a$r-$nice-$rate" "$rate"; a1=$(date +%s.%N)
+    base=$(pct "$a0" "$a1" "$work/a$r-$nice-$rate"/pgbench_log.*)
     # B: the same sends while the expiry worker works off a backlog
     q -c "ALTER SYSTEM SET chat.expire_nice = $nice" -c "SELECT pg_reload_conf()" >/dev/null
     q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
@@ -175,7 +183,7 @@ for r in $(seq 1 "$ROUNDS"); do
                                              WHERE kind = 'text' AND deleted_at IS NULL
                                                AND expires_at IS NULL LIMIT $EXPIRE)" >/dev/null
     q -c "CHECKPOINT" >/dev/null
-    sends "$work/b$r-$nice" & bench_pid=$!
+    sends "$work/b$r-$nice-$rate" "$rate" & bench_pid=$!
     sleep 1   # the senders are up
     before=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
     t0=$(date +%s.%N)
@@ -195,10 +203,11 @@ for r in $(seq 1 "$ROUNDS"); do
     after=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
     done_n=$((after - before))
     secs=$(echo "$t1 - $t0" | bc)
-    during=$(pct "$t0" "$t1" "$work/b$r-$nice"/pgbench_log.*)
+    during=$(pct "$t0" "$t1" "$work/b$r-$nice-$rate"/pgbench_log.*)
     ratio=$(echo "scale=2; $(echo "$during" | tail -1) / ($(echo "$base" | tail -1) + 0.0001)" | bc)
-    ratios="$ratios $(basename "$variant" .sql)/$nice:$ratio"
-    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice:"
+    rlabel=$([ "$rate" = 0 ] && echo "closed loop" || echo "${rate}/s")
+    ratios="$ratios $(basename "$variant" .sql)/$nice/${rate}:$ratio"
+    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice, sends $rlabel:"
     echo "  sends alone:         $(echo "$base" | head -1)"
     echo "  expiry:              $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
     echo "  sends during expiry: $(echo "$during" | head -1)"
@@ -206,5 +215,6 @@ for r in $(seq 1 "$ROUNDS"); do
     [ "$(echo "$secs < $SECS - 1" | bc)" = 1 ] || echo "  (the backlog outlasted the senders: raise SECS or lower EXPIRE)"
   done
   done
+  done
 done
-echo "p99 ratios (variant/niceness:ratio):$ratios"
+echo "p99 ratios (variant/niceness/rate:ratio, rate 0 = closed loop):$ratios"

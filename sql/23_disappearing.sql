@@ -146,3 +146,6 @@ SELECT count(*) FILTER (WHERE kind = 'text' AND deleted_at IS NOT NULL) AS tombs
        count(*) FILTER (WHERE expires_at IS NOT NULL) AS still_due
   FROM chat.messages WHERE conversation_id = :big;
 SELECT chat.expire_messages() AS rest;
+-- The worker's pacing between full batches (expiry.c): a setting in ms, 0 = none.
+SHOW chat.expire_delay;
+SET chat.expire_delay = 0;   -- server-wide (postgresql.conf or ALTER SYSTEM), not per session
