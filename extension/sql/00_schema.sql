@@ -1,4 +1,4 @@
--- chat extension 0.4.0: schema.  The install script is assembled from the
+-- chat extension 0.5.0: schema.  The install script is assembled from the
 -- files of extension/sql/ in name order.  A column added in a later version
 -- goes last in its table (where ALTER TABLE ... ADD COLUMN puts it in the
 -- upgrade script), so that upgraded and fresh installs are alike.
