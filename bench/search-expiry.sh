@@ -2,7 +2,7 @@
 # Search latency and expiry throughput (issue 15), on a throwaway cluster.
 #
 #   bench/search-expiry.sh                                   # 1,000,000 messages
-#   MESSAGES=2000 CONVS=20 QUERIES=20 SECS=2 bench/search-expiry.sh   # smoke run
+#   MESSAGES=20000 CONVS=20 QUERIES=20 EXPIRE=5000 WINDOW=1 WINDOWS=4 ROUNDS=1 bench/search-expiry.sh  # smoke run
 #
 # 1. Load: USERS users, CONVS groups of GROUP members each, MESSAGES text
 #    messages spread over them, bodies of 8 words drawn from a vocabulary
@@ -15,26 +15,34 @@
 #    median number of results; each query runs twice, alternating, with the
 #    plan chat.search chooses and with the GIN plan alone
 #    (chat.search_scan_limit = 0), so both are measured in the same run.
-# 3. Expiry, ROUNDS rounds alternating A and B (the ratio of a round is
-#    measured in the same minute, which matters on a shared machine), for
-#    each worker niceness in NICES (chat.expire_nice, e.g. NICES="0 10"):
-#    A: pgbench sends for SECS seconds with CLIENTS clients;
-#    B: EXPIRE messages are made due at once (a backlog), the same sends
-#       run, and the expiry worker (chat.start_expiry_worker, batches of
-#       BATCH) works the backlog off: messages tombstoned per second, and
-#       send p50 / p99 of the transactions that ended while it ran
-#       (pgbench per-transaction log), over those of A.
-#    RATES: total send rates to run A and B at (pgbench -R over the CLIENTS
-#    clients); 0 is a closed loop, which keeps both cores busy with sends
-#    alone, so any other work shows in their p99; a rate below saturation
-#    (the default runs both, "0 1000") is how a deployment runs.
+# 3. Expiry, ROUNDS rounds, for each worker setting (NICES: chat.expire_nice,
+#    IDLES: chat.expire_idle on/off, DELAYS: chat.expire_delay ms, BATCHES:
+#    chat.expire_batch) and send rate (RATES):
+#    EXPIRE messages are made due at once (a backlog), pgbench sends with
+#    CLIENTS clients for WINDOWS windows of WINDOW seconds, and the expiry
+#    worker is started in the odd windows and stopped at their end.  Sends
+#    overlapping a worker window are "during", sends inside the other
+#    windows "alone": both are measured in the same minute, interleaved, so
+#    the slow drift of a shared machine falls on both alike (two separate
+#    10 s phases differed by 60% in their p99 from one round to the next).
+#    Printed: send p50 / p99 of each, the p99 ratio, and messages
+#    tombstoned per second of worker windows.
+#    RATES: total send rates (pgbench -R over the CLIENTS clients); 0 is a
+#    closed loop, which keeps both cores busy with sends alone (a worker
+#    under SCHED_IDLE then gets almost nothing: that is its job); a rate
+#    below saturation (the default runs both, "0 1000") is how a
+#    deployment runs.
 #    VARIANTS: expire_messages definitions to alternate, "installed" or
 #    SQL files redefining it (e.g. an older version, to compare in one run).
 #    QUERIES=0 skips part 2.
 #
 # The cluster is the test harness's (fsync off, synchronous_commit off):
-# figures measure CPU work and locking, not the disk.  Not run by the test
-# suite; a smoke run with tiny counts checks that the script works.
+# figures measure CPU work and locking, not the disk.  With CHAT_TEST_PGDATA
+# and PG* exported (a running cluster of tests/lib/cluster.sh) it uses that
+# cluster instead and leaves it running; LOAD=0 then reuses the loaded
+# database (exploration: each round tombstones up to EXPIRE messages).
+# Not run by the test suite; a smoke run with tiny counts checks that the
+# script works.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
@@ -46,23 +54,33 @@ GROUP=${GROUP:-10}
 USERS=${USERS:-$((CONVS * 2))}
 VOCAB=${VOCAB:-5000}
 QUERIES=${QUERIES:-500}
-EXPIRE=${EXPIRE:-$((MESSAGES / 10))}
-BATCH=${BATCH:-1000}
-SECS=${SECS:-10}
+EXPIRE=${EXPIRE:-$((MESSAGES * 2 / 5))}
+BATCHES=${BATCHES:-${BATCH:-1000}}
+WINDOW=${WINDOW:-2}
+WINDOWS=${WINDOWS:-20}
 CLIENTS=${CLIENTS:-8}
 ROUNDS=${ROUNDS:-3}
 NICES=${NICES:-10}
+IDLES=${IDLES:-on}
+DELAYS=${DELAYS:-50}
 VARIANTS=${VARIANTS:-installed}
 RATES=${RATES:-0 1000}
 
 work=$(mktemp -d /tmp/chat-bench.XXXXXX)
 chmod 755 "$work"
-trap 'cluster_stop; rm -rf "$work"' EXIT
+# A cluster exported by the caller (CHAT_TEST_PGDATA, as tests/run.sh does)
+# is used and left running; LOAD=0 then keeps its loaded database, to
+# measure expiry again without loading for minutes (exploration only).
+trap 'cluster_detach; [ -n "${KEEP:-}" ] && echo "kept $work" || rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
-cluster_start
+cluster_attach
 db=chat_bench_search
-new_db "$db"
 q() { "$PGBIN/psql" -qAtX -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+if [ "${LOAD:-1}" = 0 ] && [ -z "${CHAT_OWN_CLUSTER:-}" ]; then
+  QUERIES=0
+  q -c "UPDATE chat.messages SET expires_at = NULL WHERE expires_at IS NOT NULL" >/dev/null
+else
+new_db "$db"
 
 echo "== load: $MESSAGES messages in $CONVS groups of $GROUP ($USERS users, $VOCAB words)"
 t0=$(date +%s.%N)
@@ -97,6 +115,7 @@ SQL
 t1=$(date +%s.%N)
 echo "loaded in $(echo "$t1 - $t0" | bc) s; messages: $(q -c 'SELECT count(*) FROM chat.messages')," \
      "index: $(q -c "SELECT pg_size_pretty(pg_relation_size('chat.messages_search_idx'))")"
+fi
 
 [ "$QUERIES" -gt 0 ] && echo "== search: $QUERIES queries"
 [ "$QUERIES" -gt 0 ] && q <<SQL
@@ -138,83 +157,132 @@ SELECT format('search (%s plan): p50 %s ms, p99 %s ms, max %s ms; median results
   FROM timing GROUP BY plan ORDER BY plan;
 SQL
 
-echo "== expiry: rounds of $EXPIRE due messages, batches of $BATCH, $CLIENTS senders for ${SECS}s, worker niceness: $NICES"
+echo "== expiry: backlogs of $EXPIRE due messages, batches of $BATCHES, sends for $WINDOWS windows of ${WINDOW}s, worker niceness: $NICES"
 cat >"$work/send.sql" <<SQL
 \set c random(1, $CONVS)
 SELECT chat.send_message((SELECT m.user_id FROM chat.members m WHERE m.conversation_id = :c LIMIT 1), :c, 'load message');
 SQL
-# pct FROM TO FILE...: "sends, p50, p99" of the pgbench per-transaction log
-# lines (column 3: microseconds; column 5: epoch second of the end) whose
-# transaction ended in [FROM, TO]; p99 in ms alone on the last line.
-pct() {
-  local from=$1 to=$2; shift 2
-  cat "$@" | awk -v f="$from" -v t="$to" '$5 + $6 / 1e6 >= f && $5 + $6 / 1e6 <= t {print $3}' | sort -n | awk '{a[NR] = $1}
+# The expiry worker is on in the odd windows and off in the even ones
+# while the same sends run throughout, so "during" and "alone" are measured
+# in the same minute, interleaved: slow drift of a shared machine falls on
+# both alike.  The same psql calls mark every window's edges (starting and
+# stopping the worker, or nothing), so the harness costs both the same.
+# A send counts as "during" when any part of it overlaps an "on" window
+# (start = end - latency), as "alone" when it lies inside an "off" window.
+stop_worker="DO \$\$ BEGIN
+  PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'chat expiry';
+  WHILE EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'chat expiry') LOOP
+    PERFORM pg_sleep(0.005); PERFORM pg_stat_clear_snapshot();
+  END LOOP; END \$\$"
+no_worker="DO \$\$ BEGIN
+  PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'chat expiry' AND false;
+  WHILE EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'chat expiry' AND false) LOOP
+    PERFORM pg_sleep(0.005); PERFORM pg_stat_clear_snapshot();
+  END LOOP; END \$\$"
+# split WINDOWS_FILE LOG...: "alone" and "during" latencies (ms), one per line
+# with its class, of the sends in the pgbench per-transaction logs.
+split() {
+  local wf=$1; shift
+  cat "$@" | awk -v wf="$wf" '
+    BEGIN { while ((getline l < wf) > 0) { split(l, f, " "); n++; ws[n] = f[1]; we[n] = f[2]; on[n] = f[3] } }
+    { e = $5 + $6 / 1e6; s = e - $3 / 1e6; cls = ""
+      for (i = 1; i <= n; i++) {
+        if (s <= we[i] && e >= ws[i] && on[i]) { cls = "during"; break }
+        if (s >= ws[i] && e <= we[i] && !on[i]) cls = "alone"
+      }
+      if (cls != "") printf "%s %.3f\n", cls, $3 / 1000 }'
+}
+# stats CLASS FILE: "N sends, p50 X ms, p99 Y ms" and Y alone on a second line
+stats() {
+  awk -v c="$1" '$1 == c {print $2}' "$2" | sort -n | awk '{a[NR] = $1}
     END {
-      if (NR == 0) { print "no transactions"; print 0; exit }
+      if (NR == 0) { print "no sends"; print 0; exit }
       i50 = int(NR * 0.5); if (i50 < 1) i50 = 1
       i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n%.3f\n", NR, a[i50] / 1000, a[i99] / 1000, a[i99] / 1000
+      printf "%d sends, p50 %.2f ms, p99 %.2f ms\n%.3f\n", NR, a[i50], a[i99], a[i99]
     }'
 }
-sends() {  # sends DIR RATE: pgbench for SECS seconds, per-transaction log in DIR
-  local rate=()
-  [ "${2:-0}" = 0 ] || rate=(-R "$2")
-  mkdir -p "$1"
-  (cd "$1" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$SECS" "${rate[@]}" -f "$work/send.sql" -l "$db" >/dev/null 2>&1)
-}
-q -c "ALTER SYSTEM SET chat.expire_batch = $BATCH" -c "SELECT pg_reload_conf()" >/dev/null
 ratios=""
 q -c "SELECT pg_get_functiondef('chat.expire_messages(integer)'::regprocedure)" >"$work/installed.sql"
 echo ";" >>"$work/installed.sql"
+secs=$((WINDOW * WINDOWS + 2))
 for r in $(seq 1 "$ROUNDS"); do
   for variant in $VARIANTS; do
   for nice in $NICES; do
+  for idle in $IDLES; do
+  for delay in $DELAYS; do
+  for batch in $BATCHES; do
   for rate in $RATES; do
     # the expire_messages to use: the installed one, or a file redefining it
     if [ "$variant" = installed ]; then q -f "$work/installed.sql" >/dev/null; else q -f "$variant" >/dev/null; fi
-    # A: sends alone (after a checkpoint, as B: both pay the same full-page writes)
-    q -c "CHECKPOINT" >/dev/null
-    a0=$(date +%s.%N); sends "$work/a$r-$nice-$rate" "$rate"; a1=$(date +%s.%N)
-    base=$(pct "$a0" "$a1" "$work/a$r-$nice-$rate"/pgbench_log.*)
-    # B: the same sends while the expiry worker works off a backlog
-    q -c "ALTER SYSTEM SET chat.expire_nice = $nice" -c "SELECT pg_reload_conf()" >/dev/null
+    q -c "ALTER SYSTEM SET chat.expire_nice = $nice" -c "ALTER SYSTEM SET chat.expire_idle = $idle" \
+      -c "ALTER SYSTEM SET chat.expire_delay = $delay" -c "ALTER SYSTEM SET chat.expire_batch = $batch" \
+      -c "SELECT pg_reload_conf()" >/dev/null
+    # The backlog: messages made due at once.  The vacuum clears the dead
+    # rows of that setup update, which a deployment (where sends set
+    # expires_at) never has; the dead rows of the tombstones stay.
     q -c "UPDATE chat.messages SET expires_at = now() - interval '1 s'
            WHERE (conversation_id, seq) IN (SELECT conversation_id, seq FROM chat.messages
                                              WHERE kind = 'text' AND deleted_at IS NULL
                                                AND expires_at IS NULL LIMIT $EXPIRE)" >/dev/null
-    q -c "CHECKPOINT" >/dev/null
-    sends "$work/b$r-$nice-$rate" "$rate" & bench_pid=$!
-    sleep 1   # the senders are up
+    q -c "VACUUM chat.messages" -c "CHECKPOINT" >/dev/null
     before=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
-    t0=$(date +%s.%N)
-    q -c "SELECT pg_reload_conf()" -c "SELECT pg_sleep(0.1)" -c "SELECT chat.start_expiry_worker()" >/dev/null
-    while [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" != 0 ] ||
-          [ "$(q -c "SELECT count(*) FROM chat.messages WHERE expires_at <= now()")" != 0 ]; do
-      if [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")" = 0 ]; then
-        q -c "SELECT chat.start_expiry_worker()" >/dev/null   # a worker run takes at most 1000 batches
+    label="$(basename "$variant" .sql)/nice $nice/idle $idle/delay $delay/batch $batch/rate $rate"
+    run="$work/run$r-$nice-$idle-$delay-$batch-$rate-$(basename "$variant" .sql)"
+    mkdir -p "$run"
+    rate_opt=()
+    [ "$rate" = 0 ] || rate_opt=(-R "$rate")
+    (cd "$run" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$secs" "${rate_opt[@]}" -f "$work/send.sql" -l "$db" >/dev/null 2>&1) &
+    bench_pid=$!
+    sleep 1   # the senders are up
+    : >"$run/windows"
+    on_secs=0 drained=""
+    for w in $(seq 1 "$WINDOWS"); do
+      ws=$(date +%s.%N)
+      if [ $((w % 2)) = 1 ]; then
+        started=$(q -c "SELECT chat.start_expiry_worker()")
+        sleep "$WINDOW"
+        alive=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'chat expiry'")
+        q -c "$stop_worker" >/dev/null
+        we=$(date +%s.%N)
+        echo "$ws $we 1" >>"$run/windows"
+        on_secs=$(echo "$on_secs + $we - $ws" | bc)
+        # a worker that ended by itself ran out of backlog: no later window counts
+        [ "$started" = t ] && [ "$alive" = 1 ] || { drained=1; break; }
+      else
+        q -c "SELECT true" >/dev/null
+        sleep "$WINDOW"
+        q -c "SELECT 0" >/dev/null
+        q -c "$no_worker" >/dev/null
+        echo "$ws $(date +%s.%N) 0" >>"$run/windows"
       fi
-      [ -n "${WAITS:-}" ] && q -c "SELECT coalesce(wait_event_type || ':' || wait_event, 'cpu') FROM pg_stat_activity
-                                   WHERE application_name = 'pgbench' AND state = 'active'" >>"$work/waits"
-      sleep 0.1
     done
-    [ -n "${WAITS:-}" ] && { echo "  send backends' wait events while expiry ran:"; sort "$work/waits" | uniq -c | sort -rn | head -8; rm -f "$work/waits"; }
-    t1=$(date +%s.%N)
     wait "$bench_pid"
     after=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
+    q -c "UPDATE chat.messages SET expires_at = NULL WHERE expires_at IS NOT NULL" >/dev/null
+    split "$run/windows" "$run"/pgbench_log.* >"$run/classes"
+    alone=$(stats alone "$run/classes")
+    during=$(stats during "$run/classes")
+    if [ "$(echo "$alone" | tail -1)" = 0 ] || [ "$(echo "$during" | tail -1)" = 0 ]; then
+      ratio=n/a
+    else
+      ratio=$(echo "scale=2; $(echo "$during" | tail -1) / $(echo "$alone" | tail -1)" | bc)
+    fi
     done_n=$((after - before))
-    secs=$(echo "$t1 - $t0" | bc)
-    during=$(pct "$t0" "$t1" "$work/b$r-$nice-$rate"/pgbench_log.*)
-    ratio=$(echo "scale=2; $(echo "$during" | tail -1) / ($(echo "$base" | tail -1) + 0.0001)" | bc)
     rlabel=$([ "$rate" = 0 ] && echo "closed loop" || echo "${rate}/s")
-    ratios="$ratios $(basename "$variant" .sql)/$nice/${rate}:$ratio"
-    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice, sends $rlabel:"
-    echo "  sends alone:         $(echo "$base" | head -1)"
-    echo "  expiry:              $done_n tombstoned in ${secs} s ($(echo "scale=0; $done_n / ($secs + 0.0001)" | bc)/s)"
+    ratios="$ratios
+  $label: $ratio"
+    echo "round $r, $(basename "$variant" .sql) expire_messages, niceness $nice, SCHED_IDLE $idle, delay ${delay} ms, batches of $batch, sends $rlabel:"
+    echo "  sends alone:         $(echo "$alone" | head -1)"
     echo "  sends during expiry: $(echo "$during" | head -1)"
+    echo "  expiry:              $done_n tombstoned in ${on_secs} s of worker windows ($(echo "scale=0; $done_n / ($on_secs + 0.0001)" | bc)/s)"
     echo "  p99 ratio (during / alone): $ratio"
-    [ "$(echo "$secs < $SECS - 1" | bc)" = 1 ] || echo "  (the backlog outlasted the senders: raise SECS or lower EXPIRE)"
+    [ -z "$drained" ] || echo "  (the backlog ran out after $(wc -l <"$run/windows") windows: raise EXPIRE)"
+  done
+  done
+  done
   done
   done
   done
 done
-echo "p99 ratios (variant/niceness/rate:ratio, rate 0 = closed loop):$ratios"
+echo "p99 ratios (during / alone; rate 0 = closed loop):$ratios"
