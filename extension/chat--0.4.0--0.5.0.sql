@@ -2,3 +2,776 @@
 --
 -- complain if this script is sourced in psql rather than run by ALTER EXTENSION
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.5.0'" to load this file. \quit
+
+-- Disappearing messages (issue 15): a message past its expires_at is gone
+-- for readers before the expiry worker tombstones it (chat.message_expired,
+-- 18_reactions.sql), the worker tombstones with deleted_at = expires_at,
+-- and an attachment of such a message is no longer served.  The helpers
+-- first: chat.conversations (LANGUAGE sql) refers to them.
+CREATE FUNCTION chat.edit_target_expired(conversation_id bigint, target bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM chat.messages t
+                    WHERE t.conversation_id = $1 AND t.seq = $2 AND t.expires_at <= now())
+$$;
+
+CREATE FUNCTION chat.message_expired(x chat.messages)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT ($1).expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+        OR (($1).kind OPERATOR(pg_catalog.=) 'edit'
+            AND chat.edit_target_expired(($1).conversation_id, ($1).target))
+$$;
+
+REVOKE ALL ON FUNCTION chat.edit_target_expired(bigint, bigint) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION chat.message_expired(chat.messages) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.edit_target_expired(bigint, bigint) IS
+    'internal: true when message target of the conversation is past its expires_at (chat.message_expired of an edit entry)';
+
+COMMENT ON FUNCTION chat.message_expired(chat.messages) IS
+    'internal: true when a message is past its expires_at (or is an edit entry of one): readers show it as a tombstone';
+
+CREATE OR REPLACE FUNCTION chat.conversations(user_id bigint, lim integer DEFAULT 50, before timestamptz DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, kind text, title text, last_seq bigint, read_seq bigint,
+              unread bigint, last_activity timestamptz, last_message jsonb, peer_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM chat.check_limit(lim);
+    IF conversations.user_id IS NULL THEN
+        RAISE EXCEPTION 'user_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM chat.require_users(ARRAY[conversations.user_id]);
+    RETURN QUERY
+    SELECT c.id, c.kind,
+           CASE WHEN c.kind = 'direct' THEN coalesce(p.display_name, p.handle) ELSE c.title END,
+           c.last_seq,
+           GREATEST(m.read_seq, m.joined_seq),
+           GREATEST(c.last_seq - GREATEST(m.read_seq, m.joined_seq)
+                    - (SELECT count(*) FROM chat.messages e
+                        WHERE e.conversation_id = c.id AND e.target IS NOT NULL
+                          AND e.seq > GREATEST(m.read_seq, m.joined_seq)), 0),
+           c.last_activity,
+           (SELECT jsonb_build_object(
+                       'seq', x.seq, 'sender', x.sender_id, 'kind', x.kind,
+                       'body', CASE WHEN x.kind = 'e2e' OR chat.message_expired(x) THEN NULL
+                                    ELSE left(x.body, 200) END,
+                       'created_at', x.created_at,
+                       'deleted', x.deleted_at IS NOT NULL OR x.expires_at <= now())
+              FROM chat.messages x
+             WHERE x.conversation_id = c.id AND x.seq > m.joined_seq AND x.target IS NULL
+             ORDER BY x.seq DESC
+             LIMIT 1),
+           p.id
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id
+      LEFT JOIN chat.users p
+             ON c.kind = 'direct'
+            AND p.id = CASE WHEN c.direct_low = m.user_id THEN c.direct_high ELSE c.direct_low END
+     WHERE m.user_id = conversations.user_id AND m.left_at IS NULL
+       AND (conversations.before IS NULL OR c.last_activity < conversations.before)
+     ORDER BY c.last_activity DESC, c.id DESC
+     LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.changeable_message(m chat.members, seq bigint, verb text)
+RETURNS chat.messages
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    msg chat.messages;
+BEGIN
+    SELECT * INTO msg FROM chat.messages
+     WHERE conversation_id = m.conversation_id AND seq = changeable_message.seq FOR NO KEY UPDATE;
+    IF NOT FOUND OR msg.seq <= m.joined_seq THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', changeable_message.seq,
+            m.conversation_id USING ERRCODE = 'P0002';
+    END IF;
+    IF msg.target IS NOT NULL THEN
+        RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq,
+            m.conversation_id, msg.kind
+            USING ERRCODE = '42501', HINT = format('%s message %s, the message it changes.', verb, msg.target);
+    END IF;
+    -- Past its expires_at a message is gone for readers (message_expired),
+    -- tombstoned or not yet: the callers treat it as deleted.
+    IF msg.expires_at <= now() THEN
+        msg.deleted_at := coalesce(msg.deleted_at, msg.expires_at);
+    END IF;
+    RETURN msg;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.history(actor bigint, conversation_id bigint, before_seq bigint DEFAULT NULL,
+                             lim integer DEFAULT 50)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, history.conversation_id);
+    RETURN QUERY
+    SELECT * FROM (
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
+          FROM chat.messages x
+         WHERE x.conversation_id = m.conversation_id
+           AND x.seq > m.joined_seq
+           AND x.seq < coalesce(before_seq, 9223372036854775807)
+         ORDER BY x.seq DESC
+         LIMIT lim) AS page
+     ORDER BY page.seq;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.messages_after(actor bigint, conversation_id bigint, after_seq bigint,
+                                    lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    m := chat.require_member(actor, messages_after.conversation_id);
+    RETURN QUERY
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+           CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id
+       AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
+     ORDER BY x.seq
+     LIMIT lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.get_message(actor bigint, conversation_id bigint, seq bigint)
+RETURNS chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    m chat.members;
+    result chat.message_view;
+BEGIN
+    IF get_message.seq IS NULL THEN
+        RAISE EXCEPTION 'seq must not be null' USING ERRCODE = '22023';
+    END IF;
+    m := chat.require_member(actor, get_message.conversation_id);
+    SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+           CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+           CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
+      INTO result
+      FROM chat.messages x
+     WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
+       AND x.seq > m.joined_seq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist in conversation %', get_message.seq, m.conversation_id
+            USING ERRCODE = 'P0002';
+    END IF;
+    RETURN result;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.sync(user_id bigint, device_id integer, lim integer DEFAULT 500)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    room integer := lim;
+    taken integer;
+    conv bigint;
+    from_seq bigint;
+    joined bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    PERFORM chat.require_device(sync.user_id, sync.device_id);
+    FOR conv, from_seq, joined IN
+        SELECT m.conversation_id, GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq), m.joined_seq
+          FROM chat.members m
+          JOIN chat.conversations c ON c.id = m.conversation_id
+          LEFT JOIN chat.device_cursors dc
+                 ON dc.user_id = m.user_id AND dc.device_id = sync.device_id
+                AND dc.conversation_id = m.conversation_id
+         WHERE m.user_id = sync.user_id AND m.left_at IS NULL
+           AND c.last_seq > GREATEST(coalesce(dc.acked_seq, 0), m.joined_seq)
+         ORDER BY m.conversation_id
+    LOOP
+        RETURN QUERY
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
+               CASE WHEN x.target <= joined OR chat.message_expired(x) THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= joined OR chat.message_expired(x) THEN NULL ELSE x.reactions END
+          FROM chat.messages x
+         WHERE x.conversation_id = conv AND x.seq > from_seq
+         ORDER BY x.seq
+         LIMIT room;
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        room := room - taken;
+        EXIT WHEN room <= 0;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.search(actor bigint, query text, conversation_id bigint DEFAULT NULL,
+                            lim integer DEFAULT 20)
+RETURNS SETOF chat.message_view
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- A search is a short query: compiling its plan, should an estimate pass
+-- jit_above_cost, would cost more than it could save.
+SET jit = off AS $$
+DECLARE
+    cfg regconfig;
+    visible bigint;
+BEGIN
+    PERFORM chat.check_limit(lim);
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF length(query) > 256 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 256', length(query)
+            USING ERRCODE = '22001';
+    END IF;
+    BEGIN
+        cfg := coalesce(nullif(current_setting('chat.search_config', true), ''), 'simple')::regconfig;
+    EXCEPTION WHEN undefined_object THEN
+        RAISE EXCEPTION 'chat.search_config "%" is not a text search configuration',
+            current_setting('chat.search_config', true)
+            USING ERRCODE = '22023', HINT = 'See \dF in psql; the default is simple.';
+    END;
+    IF search.conversation_id IS NOT NULL THEN
+        PERFORM chat.require_member(actor, search.conversation_id);
+    END IF;
+    SELECT coalesce(sum(greatest(c.last_seq - m.joined_seq, 0)), 0) INTO visible
+      FROM chat.members m
+      JOIN chat.conversations c ON c.id = m.conversation_id
+     WHERE m.user_id = actor
+       AND (search.conversation_id IS NULL OR m.conversation_id = search.conversation_id);
+    IF visible <= coalesce(nullif(current_setting('chat.search_scan_limit', true), '')::bigint, 5000) THEN
+        -- OFFSET 0 keeps the subquery apart, so that the match runs on the
+        -- tsvector made there rather than on the GIN index.
+        RETURN QUERY EXECUTE $q$
+            SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+                   x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+                   x.attachments, x.mentions, x.reactions
+              FROM chat.members m
+              CROSS JOIN LATERAL (
+                    SELECT y.*, to_tsvector($5, y.body) AS v
+                      FROM chat.messages y
+                     WHERE y.conversation_id = m.conversation_id
+                       AND y.seq > m.joined_seq
+                       AND y.kind = 'text' AND y.deleted_at IS NULL
+                       AND (y.expires_at IS NULL OR y.expires_at > now())
+                       AND (m.left_at IS NULL OR y.created_at <= m.left_at)
+                    OFFSET 0) x
+              CROSS JOIN websearch_to_tsquery($5, $3) q
+             WHERE m.user_id = $1
+               AND ($2::bigint IS NULL OR m.conversation_id = $2)
+               AND x.v @@ q
+             ORDER BY ts_rank(x.v, q) DESC, x.created_at DESC, x.conversation_id, x.seq
+             LIMIT $4 $q$
+        USING actor, search.conversation_id, query, lim, cfg;
+        RETURN;
+    END IF;
+    -- The configuration as a literal, so that the planner matches the
+    -- expression of the index made for it.
+    RETURN QUERY EXECUTE format($q$
+        SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind, x.body,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
+               x.attachments, x.mentions, x.reactions
+          FROM chat.members m
+          JOIN chat.messages x ON x.conversation_id = m.conversation_id
+         WHERE m.user_id = $1
+           AND ($2::bigint IS NULL OR m.conversation_id = $2)
+           AND to_tsvector(%1$L::regconfig, x.body) @@ websearch_to_tsquery(%1$L::regconfig, $3)
+           AND x.kind = 'text' AND x.deleted_at IS NULL
+           AND (x.expires_at IS NULL OR x.expires_at > now())
+           AND x.seq > m.joined_seq
+           AND (m.left_at IS NULL OR x.created_at <= m.left_at)
+         ORDER BY ts_rank(to_tsvector(%1$L::regconfig, x.body),
+                          websearch_to_tsquery(%1$L::regconfig, $3)) DESC,
+                  x.created_at DESC, x.conversation_id, x.seq
+         LIMIT $4 $q$, cfg::text)
+    USING actor, search.conversation_id, query, lim;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.expire_messages(batch integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- Pricing a read of a cached page as a disk read, the planner scans the
+-- table instead when a batch is a sizeable part of it: never wanted here.
+-- Disabled paths count as huge costs, which would make every execution
+-- JIT-compile its plan (jit_above_cost): hundreds of ms a batch, so no JIT.
+SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    tids tid[];
+    convs bigint[];
+    seqs bigint[];
+    ats timestamptz[];
+    edited_convs bigint[];
+    edited_seqs bigint[];
+    online bigint[];
+    events jsonb;
+    ev jsonb;
+BEGIN
+    IF batch IS NULL OR batch < 1 OR batch > 100000 THEN
+        RAISE EXCEPTION 'batch % is out of range', coalesce(batch::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use 1 to 100000.';
+    END IF;
+    -- Every statement below reads only the rows of the batch, through an
+    -- index or their ctid (locked, so they stay put): the cost of a batch
+    -- never grows with the table.  (Written as joins, the planner hashed
+    -- the whole of chat.messages, and every edit entry, once per batch: at
+    -- 100,000 messages that made expiry ten times slower and, reading the
+    -- table over and over, it took the CPU and cache that sends needed.)
+    tids := ARRAY(SELECT x.ctid FROM chat.messages x
+                   WHERE x.expires_at <= now()
+                   ORDER BY x.expires_at
+                   LIMIT batch
+                     FOR NO KEY UPDATE SKIP LOCKED);
+    IF cardinality(tids) = 0 THEN
+        RETURN 0;
+    END IF;
+    WITH gone AS (
+        UPDATE chat.messages x
+           SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL,
+               deleted_at = x.expires_at, expires_at = NULL
+         WHERE x.ctid = ANY (tids)
+        RETURNING x.conversation_id, x.seq, x.deleted_at, x.edited_at)
+    SELECT array_agg(g.conversation_id), array_agg(g.seq), array_agg(g.deleted_at),
+           array_agg(g.conversation_id) FILTER (WHERE g.edited_at IS NOT NULL),
+           array_agg(g.seq) FILTER (WHERE g.edited_at IS NOT NULL)
+      INTO convs, seqs, ats, edited_convs, edited_seqs
+      FROM gone g;
+    -- The bodies of the edit entries of those that were edited (edited_at
+    -- set), found by (conversation, target); OFFSET 0 keeps it one index
+    -- probe per edited message.
+    IF edited_convs IS NOT NULL THEN
+        UPDATE chat.messages e SET body = NULL
+         WHERE e.ctid = ANY (ARRAY(
+                   SELECT y.ctid
+                     FROM unnest(edited_convs, edited_seqs) AS g(c, s)
+                    CROSS JOIN LATERAL (
+                          SELECT z.ctid FROM chat.messages z
+                           WHERE z.conversation_id = g.c AND z.target = g.s AND z.kind = 'edit'
+                          OFFSET 0) y))
+           AND e.kind = 'edit';
+    END IF;
+    -- One expired event per conversation with a member online: those are
+    -- found first (from the sessions when few are online), so a batch
+    -- builds no event nobody would get.
+    online := ARRAY(SELECT DISTINCT m.conversation_id
+                      FROM chat.members m
+                      JOIN chat.live_sessions l ON l.user_id = m.user_id
+                     WHERE m.conversation_id = ANY (convs) AND m.left_at IS NULL);
+    IF cardinality(online) > 0 THEN
+        SELECT jsonb_agg(jsonb_build_object('type', 'expired', 'conversation', per.c,
+                                            'seqs', to_jsonb(per.seqs),
+                                            'deleted_at', chat.json_timestamp(per.at)))
+          INTO events
+          FROM (SELECT g.c, array_agg(g.s ORDER BY g.s) AS seqs, max(g.at) AS at
+                  FROM unnest(convs, seqs, ats) AS g(c, s, at)
+                 WHERE g.c = ANY (online)
+                 GROUP BY g.c) per;
+        FOR ev IN SELECT jsonb_array_elements(events) LOOP
+            PERFORM chat.fanout_event((ev ->> 'conversation')::bigint, NULL, ev);
+        END LOOP;
+    END IF;
+    RETURN cardinality(convs);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    conv bigint;
+    lim integer;
+    r record;
+    msgs chat.message_view[];
+BEGIN
+    CASE rtype
+    WHEN 'send' THEN
+        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
+           AND jsonb_typeof(request -> 'body') <> 'null' THEN
+            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
+        END IF;
+        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
+        -- send path raises 22023 for any other.  Mentions are ids in both
+        -- (an e2e body is never parsed).
+        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id,
+                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
+                USING ERRCODE = '22023';
+        ELSE
+            SELECT * INTO r FROM chat.send_message(user_id,
+                chat.request_bigint(request, 'conversation'),
+                chat.request_text(request, 'body'),
+                chat.request_text(request, 'client_msg_id', false),
+                chat.request_bigint(request, 'reply_to', false),
+                device_id,
+                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+        END IF;
+        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
+                                  'created_at', chat.json_timestamp(r.created_at),
+                                  'duplicate', r.duplicate);
+    WHEN 'edit' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
+                                  chat.request_text(request, 'body'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'delete' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'ack' THEN
+        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'read' THEN
+        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
+                               chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'typing' THEN
+        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
+                            chat.request_bool(request, 'typing', true));
+        RETURN '{}';
+    WHEN 'sync' THEN
+        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
+        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        -- E2E (30_e2e.sql): the device's to-device inbox, when not empty.
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
+                                  'more', cardinality(msgs) >= lim
+                                          OR jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) >= 100)
+               || CASE WHEN jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) > 0
+                       THEN jsonb_build_object('to_device', chat.to_device_pending(user_id, device_id, 100))
+                       ELSE '{}' END;
+    WHEN 'history' THEN
+        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
+                                                 chat.request_bigint(request, 'before_seq', false),
+                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'after' THEN
+        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
+                                                        chat.request_bigint(request, 'after_seq'),
+                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'conversations' THEN
+        RETURN jsonb_build_object('conversations', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
+                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
+                       'last_activity', chat.json_timestamp(c.last_activity),
+                       'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
+                                                             u.avatar)::chat.profile_view)
+                                  FROM chat.users u WHERE u.id = c.peer_id),
+                       -- issue 15: the reader's mute and the disappearing timer
+                       'muted_until', (SELECT chat.json_timestamp(m.muted_until) FROM chat.members m
+                                        WHERE m.conversation_id = c.conversation_id
+                                          AND m.user_id = dispatch_request.user_id
+                                          AND m.muted_until > now()),
+                       'ttl', (SELECT (x.settings ->> 'ttl')::integer FROM chat.conversations x
+                                WHERE x.id = c.conversation_id),
+                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
+                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
+                                       x.sender_device, x.kind,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.body END,
+                                       x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+                                       CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END,
+                                       x.target,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.reactions END
+                                       )::chat.message_view)
+                              FROM chat.messages x
+                             WHERE x.conversation_id = c.conversation_id
+                               AND x.seq = (c.last_message ->> 'seq')::bigint),
+                           c.last_message) END)
+                   -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
+                   || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
+                           ELSE '{}' END
+                   ORDER BY c.last_activity DESC, c.conversation_id)
+              FROM chat.conversations(user_id,
+                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
+                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
+    WHEN 'direct' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
+    WHEN 'create_group' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.create_group(user_id, chat.request_text(request, 'title', false),
+                              chat.request_ids(request, 'members', false)));
+    WHEN 'add_member' THEN
+        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
+                                chat.request_bigint(request, 'user'),
+                                coalesce(chat.request_text(request, 'role', false), 'member'));
+        RETURN '{}';
+    WHEN 'remove_member' THEN
+        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
+                                   chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'presence' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
+                                                'last_seen', chat.json_timestamp(p.last_seen))
+                             ORDER BY p.user_id)
+              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    -- Profiles, blocking, reports, privacy (15_profiles.sql).
+    WHEN 'profile' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(p) ORDER BY p.user_id)
+              FROM chat.profile(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    WHEN 'set_profile' THEN
+        PERFORM chat.set_profile(user_id, chat.request_text(request, 'display_name', false),
+                                 chat.request_text(request, 'about', false),
+                                 chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    WHEN 'find_user' THEN
+        RETURN jsonb_build_object('user', (
+            SELECT chat.profile_json(p)
+              FROM chat.find_user(user_id, chat.request_text(request, 'handle')) p));
+    WHEN 'block' THEN
+        PERFORM chat.block(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'unblock' THEN
+        PERFORM chat.unblock(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'blocked' THEN
+        RETURN jsonb_build_object('users', to_jsonb(ARRAY(SELECT chat.blocked(user_id))));
+    WHEN 'report' THEN
+        RETURN jsonb_build_object('report',
+            chat.report(user_id, chat.request_bigint(request, 'user', false),
+                        chat.request_bigint(request, 'conversation', false),
+                        chat.request_bigint(request, 'seq', false),
+                        chat.request_text(request, 'reason')));
+    WHEN 'set_privacy' THEN
+        PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
+                                 chat.request_bool(request, 'read_receipts', NULL));
+        RETURN '{}';
+    -- Push registration (22_push.sql).
+    WHEN 'register_push' THEN
+        IF request -> 'subscription' IS NOT NULL AND jsonb_typeof(request -> 'subscription') <> 'null'
+           AND jsonb_typeof(request -> 'subscription') <> 'object' THEN
+            RAISE EXCEPTION 'request field "subscription" must be an object, not %',
+                            request -> 'subscription' USING ERRCODE = '22P02';
+        END IF;
+        PERFORM chat.register_push(user_id, device_id, chat.request_text(request, 'platform'),
+                                   chat.request_text(request, 'token', false),
+                                   chat.request_field(request, 'subscription', false));
+        RETURN '{}';
+    WHEN 'unregister_push' THEN
+        PERFORM chat.unregister_push(user_id, device_id);
+        RETURN '{}';
+    WHEN 'set_push_previews' THEN
+        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
+        RETURN '{}';
+    -- Group administration (16_groups.sql).
+    WHEN 'members' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', m.user_id, 'role', m.role,
+                                                'joined_at', chat.json_timestamp(m.joined_at))
+                             ORDER BY m.ord)
+              FROM chat.members(user_id, chat.request_bigint(request, 'conversation'))
+                   WITH ORDINALITY AS m(user_id, role, joined_at, ord)), '[]'));
+    WHEN 'set_role' THEN
+        PERFORM chat.set_role(user_id, chat.request_bigint(request, 'conversation'),
+                              chat.request_bigint(request, 'user'),
+                              chat.request_text(request, 'role'));
+        RETURN '{}';
+    WHEN 'leave' THEN
+        PERFORM chat.leave(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    WHEN 'update_group' THEN
+        PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
+                                  chat.request_text(request, 'title', false),
+                                  chat.request_text(request, 'description', false),
+                                  chat.request_bool(request, 'only_admins_send', NULL),
+                                  chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    -- Invite links and message info (17_group_invites.sql), reactions,
+    -- pins, mute (18_reactions.sql), search (19_search.sql), disappearing
+    -- messages (23_disappearing.sql): issue 15.
+    WHEN 'invite_link' THEN
+        SELECT * INTO r FROM chat.invite_link(user_id, chat.request_bigint(request, 'conversation'),
+                                              chat.request_bigint(request, 'expires_in', false)::integer) i;
+        RETURN jsonb_build_object('code', r.code, 'expires_at', chat.json_timestamp(r.expires_at));
+    WHEN 'revoke_invite' THEN
+        PERFORM chat.revoke_invite(user_id, chat.request_text(request, 'code'));
+        RETURN '{}';
+    WHEN 'join' THEN
+        RETURN jsonb_build_object('conversation', chat."join"(user_id, chat.request_text(request, 'code')));
+    WHEN 'message_info' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', i.user_id,
+                                                'delivered_at', chat.json_timestamp(i.delivered_at),
+                                                'read_at', chat.json_timestamp(i.read_at))
+                             ORDER BY i.user_id)
+              FROM chat.message_info(user_id, chat.request_bigint(request, 'conversation'),
+                                     chat.request_bigint(request, 'seq')) i), '[]'));
+    WHEN 'react' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq', 'entry',
+            chat.react(user_id, conv, chat.request_bigint(request, 'seq'),
+                       chat.request_text(request, 'emoji'),
+                       chat.request_bool(request, 'remove', false)));
+    WHEN 'pin' THEN
+        PERFORM chat.pin(user_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'),
+                         chat.request_bool(request, 'pinned', true));
+        RETURN '{}';
+    WHEN 'pins' THEN
+        RETURN jsonb_build_object('pins', to_jsonb(ARRAY(
+            SELECT chat.pins(user_id, chat.request_bigint(request, 'conversation')))));
+    WHEN 'mute' THEN
+        PERFORM chat.mute(user_id, chat.request_bigint(request, 'conversation'),
+                          chat.request_text(request, 'until', false)::timestamptz);
+        RETURN '{}';
+    WHEN 'search' THEN
+        RETURN jsonb_build_object('messages', coalesce((
+            SELECT jsonb_agg(q.j ORDER BY q.n)
+              FROM (SELECT chat.message_json(m) AS j, row_number() OVER () AS n
+                      FROM chat.search(user_id, chat.request_text(request, 'query'),
+                                       chat.request_bigint(request, 'conversation', false),
+                                       coalesce(chat.request_bigint(request, 'limit', false), 20)::integer) m) q),
+            '[]'));
+    WHEN 'set_disappearing' THEN
+        PERFORM chat.set_disappearing(user_id, chat.request_bigint(request, 'conversation'),
+                                      chat.request_bigint(request, 'ttl', false)::integer);
+        RETURN '{}';
+    -- media (issue 13)
+    WHEN 'upload' THEN
+        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
+                           chat.request_text(request, 'mime'),
+                           chat.request_bigint(request, 'size'),
+                           chat.request_text(request, 'sha256'),
+                           chat.request_text(request, 'name', false));
+    WHEN 'media_url' THEN
+        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
+                              chat.request_bool(request, 'thumbnail', false));
+    -- End-to-end encryption: key directory, to-device inbox (30_e2e.sql).
+    WHEN 'keys_upload' THEN
+        RETURN jsonb_build_object('one_time_keys',
+            chat.keys_upload(user_id, device_id, chat.request_text(request, 'identity_key', false),
+                             chat.request_field(request, 'signed_prekey', false),
+                             chat.request_field(request, 'one_time_keys', false),
+                             chat.request_field(request, 'fallback_key', false)));
+    WHEN 'keys_query' THEN
+        RETURN jsonb_build_object('devices', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', k.user_id, 'device', k.device_id,
+                                                'identity_key', k.identity_key,
+                                                'signed_prekey', k.signed_prekey)
+                             ORDER BY k.user_id, k.device_id)
+              FROM chat.keys_query(user_id, chat.request_ids(request, 'users')) k), '[]'));
+    WHEN 'keys_claim' THEN
+        RETURN jsonb_build_object('bundles', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', b.claimed_user, 'device', b.claimed_device,
+                                                'identity_key', b.identity_key,
+                                                'signed_prekey', b.signed_prekey,
+                                                'one_time_key', b.one_time_key)
+                             || CASE WHEN b.fallback THEN '{"fallback": true}'::jsonb ELSE '{}'::jsonb END
+                             ORDER BY b.ordinality)
+              FROM chat.keys_claim(user_id, device_id, chat.request_field(request, 'devices', true))
+                   WITH ORDINALITY AS b), '[]'));
+    WHEN 'to_device' THEN
+        PERFORM chat.to_device(user_id, device_id, chat.request_field(request, 'messages', true),
+                               chat.request_text(request, 'txn'));
+        RETURN '{}';
+    WHEN 'to_device_ack' THEN
+        PERFORM chat.to_device_ack(user_id, device_id, chat.request_bigint(request, 'up_to'));
+        RETURN '{}';
+    WHEN 'enable_e2e' THEN
+        PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    ELSE
+        RAISE EXCEPTION 'unknown request type "%"', rtype
+            USING ERRCODE = '22023',
+                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
+    END CASE;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a chat.attachments;
+    expires bigint;
+BEGIN
+    IF attachment IS NULL THEN
+        RAISE EXCEPTION 'attachment must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO a FROM chat.attachments x WHERE x.id = attachment AND x.state = 'ready';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    -- the uploader may fetch it before sending; the other members once it is sent
+    IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM chat.require_member(actor, a.conversation_id);
+    -- the file of a message past its expires_at is gone with the message,
+    -- before the expiry worker deletes the row (message_expired)
+    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
+        RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
+    END IF;
+    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
+    RETURN jsonb_build_object('url', chat.media_signed_url(CASE WHEN thumbnail THEN 'thumb' ELSE 'get' END,
+                                                           a.id, actor, expires),
+                              'expires_at', expires);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.media_download_target(id uuid, thumbnail boolean)
+RETURNS TABLE (storage_key text, mime text, size bigint, sha256 text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN thumbnail THEN a.thumbnail_key ELSE a.storage_key END,
+           CASE WHEN thumbnail THEN 'image/jpeg' ELSE a.mime END,
+           CASE WHEN thumbnail THEN NULL ELSE a.size END,
+           CASE WHEN thumbnail THEN NULL ELSE a.sha256 END
+      FROM chat.attachments a
+     WHERE a.id = media_download_target.id AND a.state = 'ready'
+       AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
+       -- not the file of a message past its expires_at (message_expired)
+       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                          AND x.seq = a.message_seq AND x.expires_at <= now())
+$$;
+

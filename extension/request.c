@@ -525,13 +525,18 @@ HandleTyping(const RequestCtx *ctx, StringInfo result)
  * query of one request reads the snapshot of the calling statement
  * (read_only SPI).  The message columns are those of chat.message_view in
  * its order, an entry's body and reactions hidden from a member who joined
- * after its target (x.target <= joined_seq), as in the SQL functions.
+ * after its target (x.target <= joined_seq), and a message past its
+ * expires_at shown as a tombstone (chat.message_expired), as in the SQL
+ * functions.
  */
 #define READER_COLUMNS \
 	"x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind," \
-	" CASE WHEN x.target <= $3 THEN NULL ELSE x.body END," \
-	" x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target," \
-	" x.attachments::text, x.mentions, CASE WHEN x.target <= $3 THEN NULL ELSE x.reactions END"
+	" CASE WHEN x.target <= $3 OR chat.message_expired(x) THEN NULL ELSE x.body END," \
+	" x.client_msg_id, x.reply_to, x.created_at, x.edited_at," \
+	" CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target," \
+	" (CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END)::text," \
+	" CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END," \
+	" CASE WHEN x.target <= $3 OR chat.message_expired(x) THEN NULL ELSE x.reactions END"
 
 /* chat.check_limit: 22023 unless lim is between 1 and 1000. */
 static void

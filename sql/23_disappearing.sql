@@ -54,6 +54,40 @@ SELECT chat.react(2, 1, :e1, '👍') IS NOT NULL AS reacted;
 -- expire_messages: nothing due yet; then due (as if the time had passed)
 SELECT chat.expire_messages();
 UPDATE chat.messages SET expires_at = now() - interval '1 s' WHERE conversation_id = 1 AND seq IN (:e1, :e2);
+-- Due but not tombstoned yet: every reader shows tombstones already
+-- (deleted_at = expires_at, no body, mentions, reactions; the edit entry
+-- of e1 without its body), and changes are refused as for a deleted
+-- message (chat.message_expired).
+SELECT h.seq, h.kind, h.body, h.mentions, h.reactions, h.deleted_at = x.expires_at AS deleted_at_is_expiry
+  FROM chat.history(2, 1) h JOIN chat.messages x ON x.conversation_id = 1 AND x.seq = h.seq
+ WHERE h.seq IN (:e1, :e2) OR h.target = :e1 ORDER BY h.seq;
+SELECT seq, kind, body IS NULL AS no_body, deleted_at IS NOT NULL AS deleted
+  FROM chat.messages_after(2, 1, :e1 - 1) WHERE seq IN (:e1, :e2) OR target = :e1 ORDER BY seq;
+SELECT (chat.get_message(2, 1, :e1)).body IS NULL AS get_message_hides_body;
+SELECT seq, kind, body IS NULL AS no_body, deleted_at IS NOT NULL AS deleted
+  FROM chat.sync(2, 1) WHERE conversation_id = 1 AND (seq IN (:e1, :e2) OR target = :e1) ORDER BY seq;
+-- the C readers of client_request: history, after, sync
+SELECT r ->> 'seq' AS seq, r ->> 'kind' AS kind, r ->> 'body' AS body, r ? 'deleted_at' AS deleted,
+       r ? 'mentions' AS mentions, r ? 'reactions' AS reactions
+  FROM jsonb_array_elements(chat.client_request('n', 2, 1, '{"id":3,"type":"history","conversation":1}')
+                            #> '{result,messages}') r
+ WHERE (r ->> 'seq')::bigint IN (:e1, :e2) OR (r ->> 'target')::bigint = :e1 ORDER BY 1;
+SELECT r ->> 'seq' AS seq, r ->> 'body' AS body, r ? 'deleted_at' AS deleted
+  FROM jsonb_array_elements(chat.client_request('n', 2, 1,
+           format('{"id":4,"type":"after","conversation":1,"after_seq":%s}', :e1 - 1)::jsonb)
+                            #> '{result,messages}') r
+ WHERE (r ->> 'seq')::bigint IN (:e1, :e2) OR (r ->> 'target')::bigint = :e1 ORDER BY 1;
+SELECT r ->> 'seq' AS seq, r ->> 'body' AS body, r ? 'deleted_at' AS deleted
+  FROM jsonb_array_elements(chat.client_request('n', 3, 1, '{"id":5,"type":"sync"}') #> '{result,messages}') r
+ WHERE (r ->> 'conversation')::bigint = 1
+   AND ((r ->> 'seq')::bigint IN (:e1, :e2) OR (r ->> 'target')::bigint = :e1) ORDER BY 1;
+SELECT count(*) AS found FROM chat.search(2, 'gone');
+SELECT count(*) AS found_edited FROM chat.search(2, 'edited');
+SELECT pg_temp.try(format('SELECT chat.edit_message(1, 1, %s, %L)', :e1, 'again'));
+SELECT pg_temp.try(format('SELECT chat.react(3, 1, %s, %L)', :e1, '🎉'));
+SELECT last_seq AS before_delete FROM chat.conversations WHERE id = 1 \gset
+SELECT chat.delete_message(1, 1, :e2);                           -- already gone: nothing appended
+SELECT last_seq = :before_delete AS nothing_appended FROM chat.conversations WHERE id = 1;
 SELECT chat.expire_messages(1);                                  -- batch of one
 SELECT chat.expire_messages();
 SELECT chat.expire_messages();                                   -- nothing left

@@ -321,8 +321,10 @@ BEGIN
            c.last_activity,
            (SELECT jsonb_build_object(
                        'seq', x.seq, 'sender', x.sender_id, 'kind', x.kind,
-                       'body', CASE WHEN x.kind = 'e2e' THEN NULL ELSE left(x.body, 200) END,
-                       'created_at', x.created_at, 'deleted', x.deleted_at IS NOT NULL)
+                       'body', CASE WHEN x.kind = 'e2e' OR chat.message_expired(x) THEN NULL
+                                    ELSE left(x.body, 200) END,
+                       'created_at', x.created_at,
+                       'deleted', x.deleted_at IS NOT NULL OR x.expires_at <= now())
               FROM chat.messages x
              WHERE x.conversation_id = c.id AND x.seq > m.joined_seq AND x.target IS NULL
              ORDER BY x.seq DESC

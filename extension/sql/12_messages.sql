@@ -33,6 +33,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'chat_append_message';
 -- delete), locked FOR NO KEY UPDATE: P0002 when it does not exist or
 -- predates m's membership, 42501 for a change-log entry (verb names the
 -- change in the hint).  The actor's rights over it are the caller's rule.
+-- A message past its expires_at comes back with deleted_at set.
 CREATE FUNCTION chat.changeable_message(m chat.members, seq bigint, verb text)
 RETURNS chat.messages
 LANGUAGE plpgsql AS $$
@@ -50,6 +51,11 @@ BEGIN
         RAISE EXCEPTION 'message % of conversation % is a change-log entry (%)', msg.seq,
             m.conversation_id, msg.kind
             USING ERRCODE = '42501', HINT = format('%s message %s, the message it changes.', verb, msg.target);
+    END IF;
+    -- Past its expires_at a message is gone for readers (message_expired),
+    -- tombstoned or not yet: the callers treat it as deleted.
+    IF msg.expires_at <= now() THEN
+        msg.deleted_at := coalesce(msg.deleted_at, msg.expires_at);
     END IF;
     RETURN msg;
 END
@@ -176,9 +182,12 @@ BEGIN
     RETURN QUERY
     SELECT * FROM (
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-               CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
           FROM chat.messages x
          WHERE x.conversation_id = m.conversation_id
            AND x.seq > m.joined_seq
@@ -202,9 +211,12 @@ BEGIN
     m := chat.require_member(actor, messages_after.conversation_id);
     RETURN QUERY
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+           CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+           CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id
        AND x.seq > GREATEST(coalesce(after_seq, 0), m.joined_seq)
@@ -227,9 +239,12 @@ BEGIN
     END IF;
     m := chat.require_member(actor, get_message.conversation_id);
     SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-           CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.body END,
-           x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-           x.attachments, x.mentions, CASE WHEN x.target <= m.joined_seq THEN NULL ELSE x.reactions END
+           CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.body END,
+           x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+           CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= m.joined_seq OR chat.message_expired(x) THEN NULL ELSE x.reactions END
       INTO result
       FROM chat.messages x
      WHERE x.conversation_id = m.conversation_id AND x.seq = get_message.seq
@@ -272,9 +287,12 @@ BEGIN
     LOOP
         RETURN QUERY
         SELECT x.conversation_id, x.seq, x.sender_id, x.sender_device, x.kind,
-               CASE WHEN x.target <= joined THEN NULL ELSE x.body END,
-               x.client_msg_id, x.reply_to, x.created_at, x.edited_at, x.deleted_at, x.target,
-               x.attachments, x.mentions, CASE WHEN x.target <= joined THEN NULL ELSE x.reactions END
+               CASE WHEN x.target <= joined OR chat.message_expired(x) THEN NULL ELSE x.body END,
+               x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+               CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END, x.target,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+               CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+               CASE WHEN x.target <= joined OR chat.message_expired(x) THEN NULL ELSE x.reactions END
           FROM chat.messages x
          WHERE x.conversation_id = conv AND x.seq > from_seq
          ORDER BY x.seq

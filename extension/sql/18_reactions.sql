@@ -28,6 +28,37 @@ COMMENT ON COLUMN chat.messages.expires_at IS
 -- The expiry worker's queue: only messages still to expire are in it.
 CREATE INDEX messages_expiry_idx ON chat.messages (expires_at) WHERE expires_at IS NOT NULL;
 
+-- A message past its expires_at is gone for readers at once, whether or
+-- not the expiry worker (23_disappearing.sql) has tombstoned it yet: every
+-- reader shows it as a tombstone (deleted_at = expires_at; no body,
+-- attachments, mentions or reactions), and an edit entry of it without the
+-- body it carries.  The worker's pace (it takes only idle CPU) is then
+-- invisible to readers.
+--
+-- message_expired is a SQL function without SET clauses or subqueries,
+-- every operator qualified, so the planner inlines it into the readers'
+-- queries: a row costs a comparison, and only an edit entry calls
+-- edit_target_expired (one primary key probe).
+CREATE FUNCTION chat.edit_target_expired(conversation_id bigint, target bigint)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM chat.messages t
+                    WHERE t.conversation_id = $1 AND t.seq = $2 AND t.expires_at <= now())
+$$;
+CREATE FUNCTION chat.message_expired(x chat.messages)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT ($1).expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+        OR (($1).kind OPERATOR(pg_catalog.=) 'edit'
+            AND chat.edit_target_expired(($1).conversation_id, ($1).target))
+$$;
+REVOKE ALL ON FUNCTION chat.edit_target_expired(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.message_expired(chat.messages) FROM PUBLIC;
+COMMENT ON FUNCTION chat.edit_target_expired(bigint, bigint) IS
+    'internal: true when message target of the conversation is past its expires_at (chat.message_expired of an edit entry)';
+COMMENT ON FUNCTION chat.message_expired(chat.messages) IS
+    'internal: true when a message is past its expires_at (or is an edit entry of one): readers show it as a tombstone';
+
 ALTER TABLE chat.conversations
     DROP CONSTRAINT conversations_kind_check,
     ADD CONSTRAINT conversations_kind_check CHECK (kind IN ('direct', 'group', 'service'));

@@ -82,6 +82,7 @@ BEGIN
                      WHERE y.conversation_id = m.conversation_id
                        AND y.seq > m.joined_seq
                        AND y.kind = 'text' AND y.deleted_at IS NULL
+                       AND (y.expires_at IS NULL OR y.expires_at > now())
                        AND (m.left_at IS NULL OR y.created_at <= m.left_at)
                     OFFSET 0) x
               CROSS JOIN websearch_to_tsquery($5, $3) q
@@ -105,6 +106,7 @@ BEGIN
            AND ($2::bigint IS NULL OR m.conversation_id = $2)
            AND to_tsvector(%1$L::regconfig, x.body) @@ websearch_to_tsquery(%1$L::regconfig, $3)
            AND x.kind = 'text' AND x.deleted_at IS NULL
+           AND (x.expires_at IS NULL OR x.expires_at > now())
            AND x.seq > m.joined_seq
            AND (m.left_at IS NULL OR x.created_at <= m.left_at)
          ORDER BY ts_rank(to_tsvector(%1$L::regconfig, x.body),

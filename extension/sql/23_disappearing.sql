@@ -59,8 +59,9 @@ END
 $$;
 
 -- Tombstones up to batch messages past their expires_at (body, mentions,
--- attachments and reactions removed, deleted_at set; the bodies of their
--- edit entries cleared too); returns how many.  Rows locked by others are
+-- attachments and reactions removed, deleted_at = expires_at, the time
+-- readers have shown it deleted since (chat.message_expired); the bodies of
+-- their edit entries cleared too); returns how many.  Rows locked by others are
 -- skipped (the next pass takes them).  Online members get one event per
 -- conversation and batch, {"type":"expired","conversation","seqs":[..],
 -- "deleted_at"}, so open views drop the messages at once; no log entry is
@@ -108,7 +109,7 @@ BEGIN
     WITH gone AS (
         UPDATE chat.messages x
            SET body = NULL, mentions = NULL, attachments = NULL, reactions = NULL,
-               deleted_at = clock_timestamp(), expires_at = NULL
+               deleted_at = x.expires_at, expires_at = NULL
          WHERE x.ctid = ANY (tids)
         RETURNING x.conversation_id, x.seq, x.deleted_at, x.edited_at)
     SELECT array_agg(g.conversation_id), array_agg(g.seq), array_agg(g.deleted_at),

@@ -223,9 +223,15 @@ BEGIN
                                 WHERE x.id = c.conversation_id),
                        'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
                            (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
-                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
-                                       x.created_at, x.edited_at, x.deleted_at, x.target,
-                                       x.attachments, x.mentions, x.reactions)::chat.message_view)
+                                       x.sender_device, x.kind,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.body END,
+                                       x.client_msg_id, x.reply_to, x.created_at, x.edited_at,
+                                       CASE WHEN x.expires_at <= now() THEN x.expires_at ELSE x.deleted_at END,
+                                       x.target,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.attachments END,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.mentions END,
+                                       CASE WHEN chat.message_expired(x) THEN NULL ELSE x.reactions END
+                                       )::chat.message_view)
                               FROM chat.messages x
                              WHERE x.conversation_id = c.conversation_id
                                AND x.seq = (c.last_message ->> 'seq')::bigint),

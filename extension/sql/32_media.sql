@@ -168,6 +168,12 @@ BEGIN
         RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
     END IF;
     PERFORM chat.require_member(actor, a.conversation_id);
+    -- the file of a message past its expires_at is gone with the message,
+    -- before the expiry worker deletes the row (message_expired)
+    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
     IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
         RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
     END IF;
@@ -223,6 +229,9 @@ SET search_path = pg_catalog, pg_temp AS $$
       FROM chat.attachments a
      WHERE a.id = media_download_target.id AND a.state = 'ready'
        AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
+       -- not the file of a message past its expires_at (message_expired)
+       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                          AND x.seq = a.message_seq AND x.expires_at <= now())
 $$;
 REVOKE ALL ON FUNCTION chat.media_download_target(uuid, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION chat.media_download_target(uuid, boolean) IS 'the storage key and type a GET URL serves (byte server)';
