@@ -99,7 +99,20 @@ SELECT chat.react(2, 1, :e1, '❤️') IS NOT NULL AS reacted;
 SELECT expires_at - created_at AS ttl, attachments IS NOT NULL AS has_attachments
   FROM chat.messages WHERE conversation_id = 1 AND seq = :e1;
 SELECT count(*) AS queued_before FROM chat.media_deletions;
+SELECT (pg_temp.req(2, jsonb_build_object('type', 'media_url', 'attachment', :'up2')) #>> '{result,url}')
+       IS NOT NULL AS url_before;
+SELECT count(*) AS served_before FROM chat.media_download_target(:'up2', false);
 UPDATE chat.messages SET expires_at = now() - interval '1 s' WHERE conversation_id = 1 AND seq = :e1;
+-- past its ttl, before the expiry worker: its files are no longer handed
+-- out (media_url P0002) or served (byte server), and readers show no
+-- attachments (chat.message_expired)
+SELECT pg_temp.req(2, jsonb_build_object('type', 'media_url', 'attachment', :'up2')) ->> 'code' AS url_due;
+SELECT regexp_replace(pg_temp.try(format('SELECT chat.media_url(1, %L)', :'up2')), '[0-9a-f-]{36}', '<id>') AS sender_url_due;
+SELECT count(*) AS served_due FROM chat.media_download_target(:'up2', false);
+SELECT count(*) AS thumbnail_served_due FROM chat.media_download_target(:'up2', true);
+SELECT m ? 'attachments' AS has_attachments, m ? 'mentions' AS has_mentions, m ? 'reactions' AS has_reactions,
+       m ->> 'body' AS body
+  FROM chat.message_json(chat.get_message(2, 1, :e1)) m;
 SELECT chat.expire_messages() AS expired;
 SELECT body, mentions, attachments, reactions, deleted_at IS NOT NULL AS tombstone
   FROM chat.messages WHERE conversation_id = 1 AND seq = :e1;
