@@ -398,6 +398,7 @@ struct metrics {
 	uint64_t db_reconnects, resyncs;
 	uint64_t db_timeouts;		/* connections closed: no answer within --request-timeout */
 	uint64_t busy_refused;		/* requests refused: pool queue full or slow (53400 busy) */
+	uint64_t partial_writes;	/* frames the socket did not take whole (lws keeps the rest) */
 	/* chat.notifier_stats(), read with every node heartbeat (-1: unknown) */
 	int64_t notifier_fallbacks, notifier_queued_bytes;
 	uint64_t closes[16];		/* indexed by metrics_close_slot */

@@ -513,6 +513,9 @@ metrics_render(size_t *len, uint32_t conns, uint32_t unauth, int db_up)
 	out_metric(&o, "chat_gateway_busy_total", "counter",
 		   "Requests refused with 53400 busy: the pool connection's queue was full or slow.",
 		   METRIC(busy_refused));
+	out_metric(&o, "chat_gateway_partial_writes_total", "counter",
+		   "Frames whose send the socket took only in part (the rest waits for it to drain).",
+		   METRIC(partial_writes));
 	/* The database's notifier (issue 17): events it could not ring and
 	 * NOTIFYed directly; unknown (not rendered) until first read. */
 	out_metric_known(&o, "chat_notifier_fallbacks_total", "counter",

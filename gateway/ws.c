@@ -344,6 +344,11 @@ ws_on_writeable(struct lws *wsi, struct conn *c)
 		trace_stamp_write(m);
 	if (lws_write(wsi, (unsigned char *)MSG_DATA(m), m->len, LWS_WRITE_TEXT) < (int)m->len)
 		return -1;
+	/* A send the kernel (or lws's tx_packet_size) cut short: lws holds
+	 * the rest until the socket drains.  Counted because a cap set too
+	 * small once did this to every frame (CLIENT_TX_PACKET, server.c). */
+	if (lws_partial_buffered(wsi))
+		stats.partial_writes++;
 	if (m->commit_us)	/* monitoring (issue 11): commit -> socket write */
 		metrics_delivery(m->commit_us);
 	conn_sent(c);
