@@ -209,6 +209,18 @@ BacklogIsLate(void)
 	return late;
 }
 
+/*
+ * True when a run under SCHED_IDLE has lasted chat.expire_max_lag: it
+ * ends, so that on a machine never idle the next run (the heartbeat starts
+ * one within seconds) finds the backlog late and works at niceness instead
+ * of starving on.  idle_until 0: not under SCHED_IDLE.
+ */
+static bool
+IdleRunIsOver(TimestampTz idle_until)
+{
+	return idle_until != 0 && GetCurrentTimestamp() >= idle_until;
+}
+
 /* True when this database has the chat extension (it may be dropped). */
 static bool
 ExtensionPresent(void)
@@ -234,6 +246,7 @@ ChatExpiryMain(Datum arg)
 {
 	char		sql[128];
 	int			i;
+	TimestampTz idle_until = 0;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -257,7 +270,8 @@ ChatExpiryMain(Datum arg)
 	 * is never idle would starve it, so a backlog older than
 	 * chat.expire_max_lag is worked at niceness chat.expire_nice instead
 	 * (a process cannot leave SCHED_IDLE without privileges: the choice
-	 * is made per worker run, and runs are short).  Locks are no issue:
+	 * is made per worker run, and a run under SCHED_IDLE ends after
+	 * chat.expire_max_lag, IdleRunIsOver).  Locks are no issue:
 	 * the worker holds no lock a send waits for (SKIP LOCKED on the
 	 * message rows, no conversation row).  The pause of chat.expire_delay
 	 * after each full batch bounds the worker to about a third of a core.
@@ -268,11 +282,14 @@ ChatExpiryMain(Datum arg)
 	{
 		struct sched_param sp = {0};
 
-		if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0)
+		if (sched_setscheduler(0, SCHED_IDLE, &sp) == 0)
+			idle_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 chat_expire_max_lag * 1000);
+		else
 			ereport(LOG, (errmsg("chat expiry: could not set SCHED_IDLE: %m")));
 	}
 	snprintf(sql, sizeof(sql), "SELECT chat.expire_messages(%d)", chat_expire_batch);
-	for (i = 0; i < EXPIRY_MAX_BATCHES; i++)
+	for (i = 0; i < EXPIRY_MAX_BATCHES && !IdleRunIsOver(idle_until); i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (RunBatch(sql) < chat_expire_batch)
@@ -280,7 +297,7 @@ ChatExpiryMain(Datum arg)
 		PauseBetweenBatches();
 	}
 	snprintf(sql, sizeof(sql), "SELECT chat.apply_retention(%d)", chat_expire_batch);
-	for (i = 0; i < EXPIRY_MAX_BATCHES; i++)
+	for (i = 0; i < EXPIRY_MAX_BATCHES && !IdleRunIsOver(idle_until); i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (RunBatch(sql) < chat_expire_batch)

@@ -9,7 +9,7 @@
 -- so this file runs outside a transaction and resets them at the end.
 \set ON_ERROR_STOP 1
 SET client_min_messages = warning;
-SELECT plan(8);
+SELECT plan(13);
 
 -- Waits (up to 20 s) until the worker has tombstoned n messages, and
 -- returns its /proc stat fields {policy, nice}; NULL if it never did.
@@ -43,11 +43,11 @@ BEGIN
     END LOOP;
 END $$;
 
--- Six messages of their own conversation; due ones are made so below.
+-- Nine messages of their own conversation; due ones are made so below.
 INSERT INTO chat.users (id, handle) VALUES (900001, 'expiry-worker-test');
-INSERT INTO chat.conversations (id, kind, title, last_seq) VALUES (900001, 'group', 'expiry worker test', 6);
+INSERT INTO chat.conversations (id, kind, title, last_seq) VALUES (900001, 'group', 'expiry worker test', 9);
 INSERT INTO chat.messages (conversation_id, seq, sender_id, kind, body)
-SELECT 900001, s, 900001, 'text', 'message ' || s FROM generate_series(1, 6) s;
+SELECT 900001, s, 900001, 'text', 'message ' || s FROM generate_series(1, 9) s;
 
 ALTER SYSTEM SET chat.expire_batch = 1;
 ALTER SYSTEM SET chat.expire_delay = '10s';
@@ -85,7 +85,38 @@ SELECT pg_temp.stop_worker();
 SELECT is((SELECT count(*)::integer FROM chat.messages WHERE conversation_id = 900001 AND deleted_at IS NOT NULL
               AND body IS NULL AND expires_at IS NULL), 3, 'three batches of one: three tombstones');
 SELECT is((SELECT count(*)::integer FROM chat.messages WHERE conversation_id = 900001 AND deleted_at IS NULL
-              AND body IS NOT NULL), 3, 'the other messages keep their bodies');
+              AND body IS NOT NULL), 6, 'the other messages keep their bodies');
+
+-- A run under SCHED_IDLE ends after chat.expire_max_lag with work left
+-- (here: after its first pause), and the next run, finding the backlog
+-- late, works at niceness: a machine never idle cannot starve expiry.
+ALTER SYSTEM SET chat.expire_idle = on;
+ALTER SYSTEM SET chat.expire_nice = 10;
+ALTER SYSTEM SET chat.expire_max_lag = '1s';
+ALTER SYSTEM SET chat.expire_delay = '3s';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+UPDATE chat.messages SET expires_at = NULL WHERE conversation_id = 900001 AND deleted_at IS NULL;
+UPDATE chat.messages SET expires_at = now() WHERE conversation_id = 900001 AND seq IN (7, 8, 9);
+SELECT ok(chat.start_expiry_worker(), 'the worker starts for a fresh backlog');
+SELECT is(pg_temp.worker_sched(4), ARRAY[5, 10], 'a fresh backlog: SCHED_IDLE');
+CREATE FUNCTION pg_temp.worker_gone_within(secs integer) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..secs * 20 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        IF NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.backend_type = 'chat expiry') THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
+SELECT ok(pg_temp.worker_gone_within(10)
+          AND (SELECT count(*) FROM chat.messages WHERE conversation_id = 900001 AND expires_at IS NOT NULL) = 2,
+          'the SCHED_IDLE run ended after chat.expire_max_lag with two messages still due');
+SELECT ok(chat.start_expiry_worker(), 'the next run starts');
+SELECT is(pg_temp.worker_sched(5), ARRAY[0, 10], 'the backlog is late now: niceness 10, not SCHED_IDLE');
+SELECT pg_temp.stop_worker();
 
 ALTER SYSTEM RESET chat.expire_batch;
 ALTER SYSTEM RESET chat.expire_delay;
