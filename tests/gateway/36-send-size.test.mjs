@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { twoUserDb, startGateway, stopAll, connectAs, parseMetrics } from './lib.mjs';
 
-const DB = 'gw_34_send_size';
+const DB = 'gw_36_send_size';
 let gw, alice, bob, conv;
 
 before(async () => {
