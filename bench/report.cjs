@@ -134,18 +134,21 @@ for (const r of runs.filter((x) => Array.isArray(x.hops))) {
   }
 }
 
-// ---- event loops: the same broadcast on the poll loop and on libev ----
-{
-  const pl = runs.find((r) => r.run === 'evlib-poll' && r.label === 'gateway');
-  const ev = runs.find((r) => r.run === 'evlib-ev' && r.label === 'gateway');
+// ---- event loops: the same broadcast on the poll loop and on libev,
+// open loop (evlib-*) and closed loop (evlib-closed-*) ----
+for (const pre of ['evlib', 'evlib-closed']) {
+  const pl = runs.find((r) => r.run === `${pre}-poll` && r.label === 'gateway');
+  const ev = runs.find((r) => r.run === `${pre}-ev` && r.label === 'gateway');
   if (pl && ev) {
     const eff = (r) => (r.cpu_pct && r.cpu_pct.gateway > 0 ? r.deliveries_per_s / (r.cpu_pct.gateway / 100) : -1);
     say();
     say(`== event loop (chat-gateway --event-lib), ${pl.clients} clients, chat-load ${pl.args}`);
     say(`${'metric'.padEnd(30)}${'poll'.padStart(16)}${'ev (epoll)'.padStart(16)}${'ev/poll'.padStart(10)}`);
-    for (const [k, a, b] of [['deliveries (frames) /s', pl.deliveries_per_s, ev.deliveries_per_s],
+    for (const [k, a, b] of [['sends /s', pl.sends_per_s, ev.sends_per_s],
+      ['deliveries (frames) /s', pl.deliveries_per_s, ev.deliveries_per_s],
       ['deliveries per gateway CPU-s', eff(pl), eff(ev)],
       ['cpu % gateway (of 200)', pl.cpu_pct && pl.cpu_pct.gateway, ev.cpu_pct && ev.cpu_pct.gateway],
+      ['latency p50 ms', pl.latency_ms.p50, ev.latency_ms.p50],
       ['latency p99 ms', pl.latency_ms.p99, ev.latency_ms.p99]]) {
       say(`${k.padEnd(30)}${fmt(a).padStart(16)}${fmt(b).padStart(16)}${ratio(b, a).padStart(10)}`);
     }

@@ -188,6 +188,10 @@ if [ "$profile" = quick ]; then
     for lib in poll ev; do
       run gateway 0 evlib-$lib --scenario group --clients 3000 --group-size 100 --rate 250 --duration 10 "${ips[@]}"
     done
+    # closed loop (window 4): where ev once fell behind (docs/gateway.md)
+    for lib in poll ev; do
+      run gateway 0 evlib-closed-$lib --scenario group --clients 3000 --group-size 100 --rate 0 --window 4 --duration 10 "${ips[@]}"
+    done
   fi
   pair group 0     --scenario group --clients 1024 --group-size 64 --devices-per-user 4 --rate 0 --window 8 --duration 10
   pair storm 0     --scenario storm --clients 2000 --rate 200 --duration 8 --restart-at 2 "${ips[@]}"
