@@ -884,8 +884,12 @@ db_watch(lws_sorted_usec_list_t *sul)
 	last_tick = now;
 	db_watch_one(&ctl, now);
 	db_watch_one(&maint, now);
-	for (int i = 0; i < n_parts; i++)
+	/* sharded: both connections of each partition; a silent partition's
+	 * LISTEN connection would otherwise look ready while no event came */
+	for (int i = 0; i < n_parts; i++) {
+		db_watch_one(&parts[i], now);
 		db_watch_one(&pmaint[i], now);
+	}
 	for (int i = 0; i < cfg.pool; i++)
 		db_watch_one(&pool[i], now);
 	lws_sul_schedule(db_context, 0, &sul_watch, db_watch, 250 * LWS_US_PER_MS);
