@@ -377,6 +377,34 @@ db_done_log(const struct outcome *o, int level, const char *what)
 		log_msg(level, 0, "%s failed: %s", what, o->err ? o->err : "?");
 }
 
+/* Sharded: each partition's last chat.notifier_stats() (-1: unknown);
+ * /metrics shows the sums over the partitions known. */
+static int64_t *part_fallbacks, *part_queued;
+
+/* Sharded: partition part's notifier numbers; the sums into the slot. */
+static void
+db_part_nstats(int part, int64_t fallbacks, int64_t queued)
+{
+	int64_t fb = -1, qb = -1;
+
+	if (!part_fallbacks) {
+		part_fallbacks = xcalloc((size_t)n_parts, sizeof(*part_fallbacks));
+		part_queued = xcalloc((size_t)n_parts, sizeof(*part_queued));
+		for (int i = 0; i < n_parts; i++)
+			part_fallbacks[i] = part_queued[i] = -1;
+	}
+	part_fallbacks[part] = fallbacks;
+	part_queued[part] = queued;
+	for (int i = 0; i < n_parts; i++) {
+		if (part_fallbacks[i] >= 0)
+			fb = (fb < 0 ? 0 : fb) + part_fallbacks[i];
+		if (part_queued[i] >= 0)
+			qb = (qb < 0 ? 0 : qb) + part_queued[i];
+	}
+	stats.notifier_fallbacks = fb;
+	stats.notifier_queued_bytes = qb;
+}
+
 /* P_NSTATS answered: the notifier's fallbacks and queued bytes for
  * /metrics (a role that may not call chat.notifier_stats() leaves them
  * unknown; logged once). */
@@ -387,8 +415,15 @@ db_done_nstats(struct pgconn *pc, const struct outcome *o)
 
 	pc->nstats_inflight = 0;
 	if (o->ok && PQntuples(o->res) == 1 && PQnfields(o->res) == 2) {
-		stats.notifier_fallbacks = PQgetisnull(o->res, 0, 0) ? -1 : strtoll(PQgetvalue(o->res, 0, 0), NULL, 10);
-		stats.notifier_queued_bytes = PQgetisnull(o->res, 0, 1) ? -1 : strtoll(PQgetvalue(o->res, 0, 1), NULL, 10);
+		int64_t fb = PQgetisnull(o->res, 0, 0) ? -1 : strtoll(PQgetvalue(o->res, 0, 0), NULL, 10);
+		int64_t qb = PQgetisnull(o->res, 0, 1) ? -1 : strtoll(PQgetvalue(o->res, 0, 1), NULL, 10);
+
+		if (pc->part >= 0 && n_parts > 0)
+			db_part_nstats(pc->part, fb, qb);
+		else {
+			stats.notifier_fallbacks = fb;
+			stats.notifier_queued_bytes = qb;
+		}
 	} else if (o->res && !warned) {
 		warned = 1;
 		log_msg(LOG_WARN, 0, "chat.notifier_stats() failed (metrics chat_notifier_* left out): %s",
@@ -407,15 +442,24 @@ db_done_nhist(struct pgconn *pc, const struct outcome *o)
 
 	pc->nhist_inflight = 0;
 	if (o->ok && PQnfields(o->res) == 4) {
-		for (int i = 0; i < PQntuples(o->res); i++)
-			metrics_notifier_hist(PQgetvalue(o->res, i, 0), PQgetvalue(o->res, i, 1),
-					      PQgetvalue(o->res, i, 2),
-					      PQgetisnull(o->res, i, 3) ? NULL : PQgetvalue(o->res, i, 3));
+		for (int i = 0; i < PQntuples(o->res); i++) {
+			const char *sum = PQgetisnull(o->res, i, 3) ? NULL : PQgetvalue(o->res, i, 3);
+
+			if (pc->part >= 0 && n_parts > 0)
+				metrics_notifier_hist_part(pc->part, n_parts, PQgetvalue(o->res, i, 0),
+							   PQgetvalue(o->res, i, 1), PQgetvalue(o->res, i, 2), sum);
+			else
+				metrics_notifier_hist(PQgetvalue(o->res, i, 0), PQgetvalue(o->res, i, 1),
+						      PQgetvalue(o->res, i, 2), sum);
+		}
 		return;
 	}
 	if (!o->res)		/* the connection was lost: keep the last copy */
 		return;
-	metrics_notifier_hist(NULL, NULL, NULL, NULL);
+	if (pc->part >= 0 && n_parts > 0)
+		metrics_notifier_hist_part(pc->part, n_parts, NULL, NULL, NULL, NULL);
+	else
+		metrics_notifier_hist(NULL, NULL, NULL, NULL);
 	if (!warned) {
 		warned = 1;
 		log_msg(LOG_WARN, 0, "chat.notifier_histograms() failed (metrics chat_notifier_*_events "
@@ -798,7 +842,23 @@ db_read_notifier(lws_sorted_usec_list_t *sul)
 	struct pgconn *pc;
 
 	(void)sul;
-	/* Sharded, ctl talks to the proxy, which has no notifier. */
+	/* Sharded: ctl talks to the proxy, which has no notifier; each
+	 * partition's is read on that partition's maintenance connection
+	 * (never its LISTEN one), and /metrics shows their sum. */
+	for (int i = 0; i < n_parts && !stopping; i++) {
+		pc = &pmaint[i];
+		if (pc->state != PG_READY)
+			continue;
+		if (!pc->nstats_inflight &&
+		    db_send(pc, P_NSTATS, NULL,
+			    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
+			pc->nstats_inflight = 1;
+		if (!pc->nhist_inflight &&
+		    db_send(pc, P_NHIST, NULL,
+			    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
+			    0, NULL, NULL))
+			pc->nhist_inflight = 1;
+	}
 	if (n_parts == 0 && !stopping && !db_maint_inflight(1) && (pc = db_maint_conn()) &&
 	    db_send(pc, P_NSTATS, NULL,
 		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))

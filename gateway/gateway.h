@@ -453,6 +453,10 @@ void metrics_conn_gone(uint32_t born_ms);
  * row 0 of a result first marks the copy unknown until every row is in. */
 void metrics_notifier_hist(const char *name, const char *bounds, const char *cumulative,
 			   const char *sum);
+/* Sharded: one row of partition part's (of nparts) notifier histograms;
+ * the slot shows them merged over the partitions. */
+void metrics_notifier_hist_part(int part, int nparts, const char *name, const char *bounds,
+				const char *cumulative, const char *sum);
 /* Renders the Prometheus text of every slot (this process's gauges: open and
  * unauthenticated connections, database up, fresh) into a malloc'd buffer;
  * caller frees. */

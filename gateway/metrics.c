@@ -195,46 +195,127 @@ nhist_seq_bump(void)
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
-/* One row of chat.notifier_histograms(): validated (bounds increasing,
- * counts cumulative, one more count than bounds) and copied into this
- * process's slot; anything else leaves that histogram unknown. */
-void
-metrics_notifier_hist(const char *name, const char *bounds, const char *cumulative, const char *sum)
+/* Parses one row of chat.notifier_histograms() into *h: validated (bounds
+ * increasing, counts cumulative, one more count than bounds; nbounds -1
+ * otherwise).  Returns which histogram it is (0 queue_depth, 1
+ * batch_events), or -1 for a name of a later version (not ours to show). */
+static int
+nhist_parse(const char *name, const char *bounds, const char *cumulative, const char *sum,
+	    struct metrics_nhist *h)
 {
-	struct metrics_nhist h;
 	double counts[17];
 	int which, nc, ok;
-	char *e;
+	char *e = NULL;
 
-	if (!name)
-		which = -1;
-	else if (!strcmp(name, "queue_depth"))
+	if (!strcmp(name, "queue_depth"))
 		which = 0;
 	else if (!strcmp(name, "batch_events"))
 		which = 1;
 	else
-		return;		/* a histogram of a later version: not ours to show */
-	if (which < 0) {	/* the query failed: both unknown */
-		nhist_seq_bump();
-		stats.nhist[0].nbounds = stats.nhist[1].nbounds = -1;
-		nhist_seq_bump();
-		return;
-	}
-	h.nbounds = parse_array(bounds, h.bounds, 16);
+		return -1;
+	h->nbounds = parse_array(bounds, h->bounds, 16);
 	nc = parse_array(cumulative, counts, 17);
 	errno = 0;
-	h.sum = sum ? strtoll(sum, &e, 10) : -1;
-	ok = h.nbounds >= 1 && nc == h.nbounds + 1 && sum && *sum && !*e && !errno && h.sum >= 0;
+	h->sum = sum ? strtoll(sum, &e, 10) : -1;
+	ok = h->nbounds >= 1 && nc == h->nbounds + 1 && sum && *sum && !*e && !errno && h->sum >= 0;
 	for (int i = 0; ok && i < nc; i++) {
-		h.cumulative[i] = (int64_t)counts[i];
+		h->cumulative[i] = (int64_t)counts[i];
 		ok = counts[i] >= 0 && counts[i] < 9.2e18 && (i == 0 || counts[i] >= counts[i - 1]) &&
-		     (i == 0 || i >= h.nbounds || h.bounds[i] > h.bounds[i - 1]);
+		     (i == 0 || i >= h->nbounds || h->bounds[i] > h->bounds[i - 1]);
 	}
 	if (!ok)
-		h.nbounds = -1;
+		h->nbounds = -1;
+	return which;
+}
+
+/* Copies h into this process's slot as histogram which (seqlocked). */
+static void
+nhist_store(int which, const struct metrics_nhist *h)
+{
 	nhist_seq_bump();
-	stats.nhist[which] = h;
+	stats.nhist[which] = *h;
 	nhist_seq_bump();
+}
+
+/* One row of chat.notifier_histograms() into this process's slot; NULL
+ * name: the query failed, both unknown. */
+void
+metrics_notifier_hist(const char *name, const char *bounds, const char *cumulative, const char *sum)
+{
+	struct metrics_nhist h = { .nbounds = -1 };
+	int which;
+
+	if (!name) {
+		nhist_store(0, &h);
+		nhist_store(1, &h);
+		return;
+	}
+	if ((which = nhist_parse(name, bounds, cumulative, sum, &h)) >= 0)
+		nhist_store(which, &h);
+}
+
+/* Sharded: every partition has a notifier of its own.  Each partition's
+ * last copy is kept here (this process only), and the slot shows their
+ * merge: bucket counts and sums added over the partitions known, when
+ * their bounds agree (the same extension version); unknown otherwise. */
+static struct metrics_nhist (*part_nhist)[2];
+static int part_n;
+
+/* Merges the partitions' copies of histogram which into the slot. */
+static void
+nhist_merge_parts(int which)
+{
+	struct metrics_nhist m = { .nbounds = -1 };
+
+	for (int p = 0; p < part_n; p++) {
+		const struct metrics_nhist *h = &part_nhist[p][which];
+
+		if (h->nbounds < 1)
+			continue;
+		if (m.nbounds < 1) {
+			m = *h;
+			continue;
+		}
+		if (h->nbounds != m.nbounds || memcmp(h->bounds, m.bounds, sizeof(double) * (size_t)h->nbounds)) {
+			m.nbounds = -1;		/* bounds differ: no honest sum */
+			break;
+		}
+		for (int i = 0; i <= m.nbounds; i++)
+			m.cumulative[i] += h->cumulative[i];
+		m.sum += h->sum;
+	}
+	nhist_store(which, &m);
+}
+
+/* One row of partition part's chat.notifier_histograms() (of nparts);
+ * NULL name: its query failed, that partition's copies unknown. */
+void
+metrics_notifier_hist_part(int part, int nparts, const char *name, const char *bounds,
+			   const char *cumulative, const char *sum)
+{
+	struct metrics_nhist h = { .nbounds = -1 };
+	int which;
+
+	if (part < 0 || nparts < 1)
+		return;
+	if (!part_nhist) {
+		part_nhist = xcalloc((size_t)nparts, sizeof(*part_nhist));
+		part_n = nparts;
+		for (int p = 0; p < part_n; p++)
+			part_nhist[p][0].nbounds = part_nhist[p][1].nbounds = -1;
+	}
+	if (part >= part_n)
+		return;
+	if (!name) {
+		part_nhist[part][0] = part_nhist[part][1] = h;
+		nhist_merge_parts(0);
+		nhist_merge_parts(1);
+		return;
+	}
+	if ((which = nhist_parse(name, bounds, cumulative, sum, &h)) < 0)
+		return;
+	part_nhist[part][which] = h;
+	nhist_merge_parts(which);
 }
 
 /* Reads slot m's copy of notifier histogram which consistently (retrying
