@@ -178,7 +178,8 @@ RunBatch(const char *sql)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	/* batch start and end as Unix times: bench/search-expiry.sh TRACE=1 */
+	/* a batch's start and end as Unix times (log_min_messages = debug1), to
+	 * line batches up with send latencies when the two are measured together */
 	elog(DEBUG1, "chat expiry batch %.6f %.6f %ld",
 		 (double) GetCurrentStatementStartTimestamp() / USECS_PER_SEC + UNIX_EPOCH_OFFSET,
 		 (double) GetCurrentTimestamp() / USECS_PER_SEC + UNIX_EPOCH_OFFSET, (long) n);
