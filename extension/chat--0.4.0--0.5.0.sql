@@ -2,3 +2,494 @@
 --
 -- complain if this script is sourced in psql rather than run by ALTER EXTENSION
 \echo Use "ALTER EXTENSION chat UPDATE TO '0.5.0'" to load this file. \quit
+
+-- Dispatcher send passes attachments (0.5.0): send_message and send_e2e take
+-- attachments (a JSON array of upload ids, as in the send request), so the
+-- plpgsql send of chat.dispatch_request no longer drops them.  The new
+-- parameter changes the signatures: the functions are dropped and created
+-- again (GRANTs made on the old ones must be made again).
+DROP FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]);
+DROP FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[]);
+CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
+                                  client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                                  attachments jsonb DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_message';
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
+    'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
+CREATE FUNCTION chat.send_e2e(sender bigint, conversation_id bigint, body text,
+                              client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                              sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                              attachments jsonb DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_e2e';
+REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
+    'e2e: sends a ciphertext message (kind e2e) to an e2e conversation';
+CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rtype text := request ->> 'type';
+    conv bigint;
+    lim integer;
+    r record;
+    msgs chat.message_view[];
+    -- send's fields (and search_users' limit)
+    big bigint;
+    att jsonb;
+    body text;
+    cmid text;
+    reply bigint;
+    ment bigint[];
+    kind text;
+BEGIN
+    CASE rtype
+    WHEN 'send' THEN
+        IF jsonb_typeof(request -> 'body') IS DISTINCT FROM 'string' AND request -> 'body' IS NOT NULL
+           AND jsonb_typeof(request -> 'body') <> 'null' THEN
+            RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
+        END IF;
+        -- The fields in the order of the C send (request.c HandleSend), with
+        -- its rules: attachments (media, issue 13) an array, and with them
+        -- the body (caption) may be left out; mentions are ids; kind absent
+        -- or "text", or "e2e" (send_e2e, 30_e2e.sql), any other 22023.
+        conv := chat.request_bigint(request, 'conversation');
+        att := chat.request_field(request, 'attachments', false);
+        IF att IS NOT NULL AND jsonb_typeof(att) <> 'array' THEN
+            RAISE EXCEPTION 'request field "attachments" must be an array of upload ids'
+                USING ERRCODE = '22P02';
+        END IF;
+        body := coalesce(chat.request_text(request, 'body', att IS NULL), '');
+        cmid := chat.request_text(request, 'client_msg_id', false);
+        reply := chat.request_bigint(request, 'reply_to', false);
+        ment := nullif(chat.request_ids(request, 'mentions', false), '{}');
+        kind := coalesce(chat.request_text(request, 'kind', false), 'text');
+        IF kind = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
+        ELSIF kind <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', kind USING ERRCODE = '22023',
+                HINT = 'A send is of kind text or, in an end-to-end encrypted conversation, e2e.';
+        ELSE
+            SELECT * INTO r FROM chat.send_message(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
+        END IF;
+        RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
+                                  'created_at', chat.json_timestamp(r.created_at),
+                                  'duplicate', r.duplicate);
+    WHEN 'edit' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.edit_message(user_id, conv, chat.request_bigint(request, 'seq'),
+                                  chat.request_text(request, 'body'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'delete' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        PERFORM chat.delete_message(user_id, conv, chat.request_bigint(request, 'seq'));
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq');
+    WHEN 'ack' THEN
+        PERFORM chat.ack(user_id, device_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'read' THEN
+        PERFORM chat.mark_read(user_id, chat.request_bigint(request, 'conversation'),
+                               chat.request_bigint(request, 'seq'));
+        RETURN '{}';
+    WHEN 'typing' THEN
+        PERFORM chat.typing(user_id, chat.request_bigint(request, 'conversation'),
+                            chat.request_bool(request, 'typing', true));
+        RETURN '{}';
+    WHEN 'sync' THEN
+        lim := coalesce(chat.request_bigint(request, 'limit', false), 500);
+        msgs := ARRAY(SELECT m FROM chat.sync(user_id, device_id, lim) m);
+        -- E2E (30_e2e.sql): the device's to-device inbox, when not empty.
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs),
+                                  'more', cardinality(msgs) >= lim
+                                          OR jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) >= 100)
+               || CASE WHEN jsonb_array_length(chat.to_device_pending(user_id, device_id, 100)) > 0
+                       THEN jsonb_build_object('to_device', chat.to_device_pending(user_id, device_id, 100))
+                       ELSE '{}' END;
+    WHEN 'history' THEN
+        msgs := ARRAY(SELECT m FROM chat.history(user_id, chat.request_bigint(request, 'conversation'),
+                                                 chat.request_bigint(request, 'before_seq', false),
+                                                 coalesce(chat.request_bigint(request, 'limit', false), 50)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'after' THEN
+        msgs := ARRAY(SELECT m FROM chat.messages_after(user_id, chat.request_bigint(request, 'conversation'),
+                                                        chat.request_bigint(request, 'after_seq'),
+                                                        coalesce(chat.request_bigint(request, 'limit', false), 500)::integer) m);
+        RETURN jsonb_build_object('messages', chat.messages_json(msgs));
+    WHEN 'conversations' THEN
+        RETURN jsonb_build_object('conversations', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'conversation', c.conversation_id, 'kind', c.kind, 'title', c.title,
+                       'last_seq', c.last_seq, 'read_seq', c.read_seq, 'unread', c.unread,
+                       'last_activity', chat.json_timestamp(c.last_activity),
+                       'peer', (SELECT chat.profile_json(ROW(u.id, u.handle, u.display_name, u.about,
+                                                             u.avatar)::chat.profile_view)
+                                  FROM chat.users u WHERE u.id = c.peer_id),
+                       -- issue 15: the reader's mute and the disappearing timer
+                       'muted_until', (SELECT chat.json_timestamp(m.muted_until) FROM chat.members m
+                                        WHERE m.conversation_id = c.conversation_id
+                                          AND m.user_id = dispatch_request.user_id
+                                          AND m.muted_until > now()),
+                       'ttl', (SELECT (x.settings ->> 'ttl')::integer FROM chat.conversations x
+                                WHERE x.id = c.conversation_id),
+                       'last_message', CASE WHEN c.last_message IS NOT NULL THEN coalesce(
+                           (SELECT chat.message_json(ROW(x.conversation_id, x.seq, x.sender_id,
+                                       x.sender_device, x.kind, x.body, x.client_msg_id, x.reply_to,
+                                       x.created_at, x.edited_at, x.deleted_at, x.target,
+                                       x.attachments, x.mentions, x.reactions)::chat.message_view)
+                              FROM chat.messages x
+                             WHERE x.conversation_id = c.conversation_id
+                               AND x.seq = (c.last_message ->> 'seq')::bigint),
+                           c.last_message) END)
+                   -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
+                   || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
+                           ELSE '{}' END
+                   ORDER BY c.last_activity DESC, c.conversation_id)
+              FROM chat.conversations(user_id,
+                       coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
+                       chat.request_text(request, 'before', false)::timestamptz) c), '[]'));
+    WHEN 'direct' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.direct_conversation(user_id, chat.request_bigint(request, 'user')));
+    WHEN 'create_group' THEN
+        RETURN jsonb_build_object('conversation',
+            chat.create_group(user_id, chat.request_text(request, 'title', false),
+                              chat.request_ids(request, 'members', false)));
+    WHEN 'add_member' THEN
+        PERFORM chat.add_member(user_id, chat.request_bigint(request, 'conversation'),
+                                chat.request_bigint(request, 'user'),
+                                coalesce(chat.request_text(request, 'role', false), 'member'));
+        RETURN '{}';
+    WHEN 'remove_member' THEN
+        PERFORM chat.remove_member(user_id, chat.request_bigint(request, 'conversation'),
+                                   chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'presence' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', p.user_id, 'online', p.online,
+                                                'last_seen', chat.json_timestamp(p.last_seen))
+                             ORDER BY p.user_id)
+              FROM chat.presence(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    -- Profiles, blocking, reports, privacy (15_profiles.sql).
+    WHEN 'profile' THEN
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(p) ORDER BY p.user_id)
+              FROM chat.profile(user_id, chat.request_ids(request, 'users')) p), '[]'));
+    WHEN 'set_profile' THEN
+        PERFORM chat.set_profile(user_id, chat.request_text(request, 'display_name', false),
+                                 chat.request_text(request, 'about', false),
+                                 chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    WHEN 'find_user' THEN
+        RETURN jsonb_build_object('user', (
+            SELECT chat.profile_json(p)
+              FROM chat.find_user(user_id, chat.request_text(request, 'handle')) p));
+    WHEN 'block' THEN
+        PERFORM chat.block(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'unblock' THEN
+        PERFORM chat.unblock(user_id, chat.request_bigint(request, 'user'));
+        RETURN '{}';
+    WHEN 'blocked' THEN
+        RETURN jsonb_build_object('users', to_jsonb(ARRAY(SELECT chat.blocked(user_id))));
+    WHEN 'report' THEN
+        RETURN jsonb_build_object('report',
+            chat.report(user_id, chat.request_bigint(request, 'user', false),
+                        chat.request_bigint(request, 'conversation', false),
+                        chat.request_bigint(request, 'seq', false),
+                        chat.request_text(request, 'reason')));
+    WHEN 'set_privacy' THEN
+        PERFORM chat.set_privacy(user_id, chat.request_text(request, 'last_seen', false),
+                                 chat.request_bool(request, 'read_receipts', NULL));
+        RETURN '{}';
+    -- Push registration (22_push.sql).
+    WHEN 'register_push' THEN
+        IF request -> 'subscription' IS NOT NULL AND jsonb_typeof(request -> 'subscription') <> 'null'
+           AND jsonb_typeof(request -> 'subscription') <> 'object' THEN
+            RAISE EXCEPTION 'request field "subscription" must be an object, not %',
+                            request -> 'subscription' USING ERRCODE = '22P02';
+        END IF;
+        PERFORM chat.register_push(user_id, device_id, chat.request_text(request, 'platform'),
+                                   chat.request_text(request, 'token', false),
+                                   chat.request_field(request, 'subscription', false));
+        RETURN '{}';
+    WHEN 'unregister_push' THEN
+        PERFORM chat.unregister_push(user_id, device_id);
+        RETURN '{}';
+    WHEN 'set_push_previews' THEN
+        PERFORM chat.set_push_previews(user_id, chat.request_bool(request, 'previews', NULL));
+        RETURN '{}';
+    -- Group administration (16_groups.sql).
+    WHEN 'members' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', m.user_id, 'role', m.role,
+                                                'joined_at', chat.json_timestamp(m.joined_at))
+                             ORDER BY m.ord)
+              FROM chat.members(user_id, chat.request_bigint(request, 'conversation'))
+                   WITH ORDINALITY AS m(user_id, role, joined_at, ord)), '[]'));
+    WHEN 'set_role' THEN
+        PERFORM chat.set_role(user_id, chat.request_bigint(request, 'conversation'),
+                              chat.request_bigint(request, 'user'),
+                              chat.request_text(request, 'role'));
+        RETURN '{}';
+    WHEN 'leave' THEN
+        PERFORM chat.leave(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    WHEN 'update_group' THEN
+        PERFORM chat.update_group(user_id, chat.request_bigint(request, 'conversation'),
+                                  chat.request_text(request, 'title', false),
+                                  chat.request_text(request, 'description', false),
+                                  chat.request_bool(request, 'only_admins_send', NULL),
+                                  chat.request_text(request, 'avatar', false));
+        RETURN '{}';
+    -- Invite links and message info (17_group_invites.sql), reactions,
+    -- pins, mute (18_reactions.sql), search (19_search.sql), disappearing
+    -- messages (23_disappearing.sql): issue 15.
+    WHEN 'invite_link' THEN
+        SELECT * INTO r FROM chat.invite_link(user_id, chat.request_bigint(request, 'conversation'),
+                                              chat.request_bigint(request, 'expires_in', false)::integer) i;
+        RETURN jsonb_build_object('code', r.code, 'expires_at', chat.json_timestamp(r.expires_at));
+    WHEN 'revoke_invite' THEN
+        PERFORM chat.revoke_invite(user_id, chat.request_text(request, 'code'));
+        RETURN '{}';
+    WHEN 'join' THEN
+        RETURN jsonb_build_object('conversation', chat."join"(user_id, chat.request_text(request, 'code')));
+    WHEN 'message_info' THEN
+        RETURN jsonb_build_object('members', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', i.user_id,
+                                                'delivered_at', chat.json_timestamp(i.delivered_at),
+                                                'read_at', chat.json_timestamp(i.read_at))
+                             ORDER BY i.user_id)
+              FROM chat.message_info(user_id, chat.request_bigint(request, 'conversation'),
+                                     chat.request_bigint(request, 'seq')) i), '[]'));
+    WHEN 'react' THEN
+        conv := chat.request_bigint(request, 'conversation');
+        RETURN jsonb_build_object('conversation', conv, 'seq', request -> 'seq', 'entry',
+            chat.react(user_id, conv, chat.request_bigint(request, 'seq'),
+                       chat.request_text(request, 'emoji'),
+                       chat.request_bool(request, 'remove', false)));
+    WHEN 'pin' THEN
+        PERFORM chat.pin(user_id, chat.request_bigint(request, 'conversation'),
+                         chat.request_bigint(request, 'seq'),
+                         chat.request_bool(request, 'pinned', true));
+        RETURN '{}';
+    WHEN 'pins' THEN
+        RETURN jsonb_build_object('pins', to_jsonb(ARRAY(
+            SELECT chat.pins(user_id, chat.request_bigint(request, 'conversation')))));
+    WHEN 'mute' THEN
+        PERFORM chat.mute(user_id, chat.request_bigint(request, 'conversation'),
+                          chat.request_text(request, 'until', false)::timestamptz);
+        RETURN '{}';
+    WHEN 'search' THEN
+        RETURN jsonb_build_object('messages', coalesce((
+            SELECT jsonb_agg(q.j ORDER BY q.n)
+              FROM (SELECT chat.message_json(m) AS j, row_number() OVER () AS n
+                      FROM chat.search(user_id, chat.request_text(request, 'query'),
+                                       chat.request_bigint(request, 'conversation', false),
+                                       coalesce(chat.request_bigint(request, 'limit', false), 20)::integer) m) q),
+            '[]'));
+    WHEN 'set_disappearing' THEN
+        PERFORM chat.set_disappearing(user_id, chat.request_bigint(request, 'conversation'),
+                                      chat.request_bigint(request, 'ttl', false)::integer);
+        RETURN '{}';
+    -- media (issue 13)
+    WHEN 'upload' THEN
+        RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
+                           chat.request_text(request, 'mime'),
+                           chat.request_bigint(request, 'size'),
+                           chat.request_text(request, 'sha256'),
+                           chat.request_text(request, 'name', false));
+    WHEN 'media_url' THEN
+        RETURN chat.media_url(user_id, chat.request_text(request, 'attachment')::uuid,
+                              chat.request_bool(request, 'thumbnail', false));
+    -- End-to-end encryption: key directory, to-device inbox (30_e2e.sql).
+    WHEN 'keys_upload' THEN
+        RETURN jsonb_build_object('one_time_keys',
+            chat.keys_upload(user_id, device_id, chat.request_text(request, 'identity_key', false),
+                             chat.request_field(request, 'signed_prekey', false),
+                             chat.request_field(request, 'one_time_keys', false),
+                             chat.request_field(request, 'fallback_key', false)));
+    WHEN 'keys_query' THEN
+        RETURN jsonb_build_object('devices', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', k.user_id, 'device', k.device_id,
+                                                'identity_key', k.identity_key,
+                                                'signed_prekey', k.signed_prekey)
+                             ORDER BY k.user_id, k.device_id)
+              FROM chat.keys_query(user_id, chat.request_ids(request, 'users')) k), '[]'));
+    WHEN 'keys_claim' THEN
+        RETURN jsonb_build_object('bundles', coalesce((
+            SELECT jsonb_agg(jsonb_build_object('user', b.claimed_user, 'device', b.claimed_device,
+                                                'identity_key', b.identity_key,
+                                                'signed_prekey', b.signed_prekey,
+                                                'one_time_key', b.one_time_key)
+                             || CASE WHEN b.fallback THEN '{"fallback": true}'::jsonb ELSE '{}'::jsonb END
+                             ORDER BY b.ordinality)
+              FROM chat.keys_claim(user_id, device_id, chat.request_field(request, 'devices', true))
+                   WITH ORDINALITY AS b), '[]'));
+    WHEN 'to_device' THEN
+        PERFORM chat.to_device(user_id, device_id, chat.request_field(request, 'messages', true),
+                               chat.request_text(request, 'txn'));
+        RETURN '{}';
+    WHEN 'to_device_ack' THEN
+        PERFORM chat.to_device_ack(user_id, device_id, chat.request_bigint(request, 'up_to'));
+        RETURN '{}';
+    WHEN 'enable_e2e' THEN
+        PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
+        RETURN '{}';
+    -- Contact search (issue 15, 26_contacts.sql).
+    WHEN 'search_users' THEN
+        big := coalesce(chat.request_bigint(request, 'limit', false), 20);
+        IF big NOT BETWEEN 1 AND 50 THEN
+            RAISE EXCEPTION 'search limit % is out of range', big USING ERRCODE = '22023',
+                HINT = 'Ask for 1 to 50 users.';
+        END IF;
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(ROW(u.user_id, u.handle, u.display_name, u.about,
+                                                   u.avatar)::chat.profile_view)
+                             || jsonb_build_object('contact', u.contact) ORDER BY u.n)
+              FROM chat.search_users(user_id, chat.request_text(request, 'query'),
+                                     big::integer)
+                   WITH ORDINALITY AS u(user_id, handle, display_name, about, avatar, contact, n)), '[]'));
+    ELSE
+        RAISE EXCEPTION 'unknown request type "%"', rtype
+            USING ERRCODE = '22023',
+                  HINT = 'See docs/protocol.md for the request types of chat.v1.';
+    END CASE;
+END
+$$;
+
+-- Contact search (issue 15): chat.search_users and its prefix indexes.
+CREATE INDEX users_handle_prefix_idx ON chat.users ((lower(handle) COLLATE "C"));
+CREATE INDEX users_display_name_prefix_idx ON chat.users ((lower(display_name) COLLATE "C"))
+    WHERE display_name IS NOT NULL;
+CREATE FUNCTION chat.search_users(actor bigint, query text, lim integer DEFAULT 20)
+RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pattern text;
+BEGIN
+    PERFORM chat.require_actor(actor);
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023',
+            HINT = 'Pass the first letters of a handle or display name.';
+    END IF;
+    IF length(query) > 64 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 64', length(query)
+            USING ERRCODE = '22001';
+    END IF;
+    IF lim IS NULL OR lim < 1 OR lim > 50 THEN
+        RAISE EXCEPTION 'search limit % is out of range', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Ask for 1 to 50 users.';
+    END IF;
+    -- the query is a literal prefix: LIKE's own characters escaped
+    pattern := replace(replace(replace(lower(query), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    -- A literal pattern (format %L), not a parameter: the planner turns
+    -- only a constant LIKE prefix into an index range.
+    RETURN QUERY EXECUTE format($q$
+        WITH c AS (SELECT x AS id FROM chat.contacts($1) x),
+        hits AS (
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.handle) COLLATE "C" LIKE %1$L
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.handle) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.display_name) COLLATE "C" LIKE %1$L AND u.display_name IS NOT NULL
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.display_name) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM c JOIN chat.users u ON u.id = c.id
+              WHERE (lower(u.handle) COLLATE "C" LIKE %1$L
+                     OR lower(u.display_name) COLLATE "C" LIKE %1$L)
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)))
+        SELECT u.id, u.handle, u.display_name, u.about, u.avatar,
+               EXISTS (SELECT FROM c WHERE c.id = u.id) AS contact
+          FROM hits h JOIN chat.users u ON u.id = h.id
+         ORDER BY 6 DESC,
+                  lower(u.handle) COLLATE "C" LIKE %1$L DESC,
+                  CASE WHEN lower(u.handle) COLLATE "C" LIKE %1$L THEN lower(u.handle)
+                       ELSE lower(u.display_name) END COLLATE "C",
+                  u.id
+         LIMIT $2$q$, pattern)
+    USING actor, lim;
+END
+$$;
+REVOKE ALL ON FUNCTION chat.search_users(bigint, text, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.search_users(bigint, text, integer) IS
+    'users whose handle or display name starts with a prefix (case ignored), contacts first; at most 50; users who blocked the actor left out';
+
+-- Gateway shutdown (node_stop): the final call removes the node; a heartbeat
+-- does not bring back a stopped node.
+CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF NOT FOUND THEN
+        -- Gateway shutdown (27_node_stop.sql): a node stopped while this
+        -- heartbeat waited for its row has no sessions and stays gone.
+        IF EXISTS (SELECT FROM chat.sessions s WHERE s.node = node_heartbeat.node) THEN
+            INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        END IF;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
+    END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
+    -- offline announcements whose grace ran out (19_presence_debounce.sql)
+    PERFORM chat.presence_sweep();
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
+END
+$$;
+CREATE FUNCTION chat.node_stop(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.node_reset(node);
+    DELETE FROM chat.nodes n WHERE n.node = node_stop.node;
+END
+$$;
+REVOKE ALL ON FUNCTION chat.node_stop(text) FROM PUBLIC;
+COMMENT ON FUNCTION chat.node_stop(text) IS
+    'gateway shutdown: forgets the node''s sessions (as node_reset) and removes the node';

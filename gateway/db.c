@@ -468,7 +468,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		db_done_ref(p, &o);
 		break;
 	case P_FINAL:
-		db_done_log(&o, LOG_WARN, "chat.node_reset at shutdown");
+		db_done_log(&o, LOG_WARN, "chat.node_stop at shutdown");
 		shutdown_done = 1;
 		break;
 	case P_PROBE:
@@ -1235,7 +1235,7 @@ db_session_disconnect(struct conn *c)
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 
-	/* Shutting down: the final node_reset removes every session row. */
+	/* Shutting down: the final node_stop removes every session row. */
 	if (stopping)
 		return;
 	/* Behind its connect on the same connection (a queued connect goes
@@ -1271,7 +1271,7 @@ db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq)
 	return 0;
 }
 
-/* SIGTERM: no more heartbeats; the final node_reset follows (db_shutdown_done). */
+/* SIGTERM: no more heartbeats; the final node_stop follows (db_shutdown_done). */
 void
 db_shutdown(void)
 {
@@ -1280,20 +1280,38 @@ db_shutdown(void)
 	final_wanted = 1;
 	stopping = 1;
 	for (int i = 0; pool && i < cfg.pool; i++)
-		db_batch_flush(&pool[i]);	/* dropped: the final node_reset clears them all */
+		db_batch_flush(&pool[i]);	/* dropped: the final node_stop clears them all */
 }
 
-/* Called on the drain tick: the final node_reset goes once no connect or
- * disconnect is in flight on the pool (it must run after them). */
+/* Gateway shutdown: true while a node_heartbeat is unanswered on any
+ * connection, sharded partitions' included.  One still running when
+ * node_stop removed the node would find its row gone; node_stop goes
+ * after it (a heartbeat stuck past --request-timeout loses its connection,
+ * and then chat.node_heartbeat itself does not bring a stopped node back). */
+static int
+db_heartbeat_pending(void)
+{
+	if (db_maint_inflight(0))
+		return 1;
+	for (int i = 0; i < n_parts; i++)
+		if (pmaint[i].heartbeat_inflight || parts[i].heartbeat_inflight)
+			return 1;
+	return 0;
+}
+
+/* Called on the drain tick: the final chat.node_stop (sessions forgotten,
+ * node removed) goes once no connect, disconnect or heartbeat is in
+ * flight (it must run after them). */
 int
 db_shutdown_done(void)
 {
 	const char *node[1] = { cfg.node };
 
-	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0) {
+	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0 &&
+	    !db_heartbeat_pending()) {
 		final_sent = 1;
 		if (ctl.state < PG_SETUP ||
-		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_reset($1)", 1, node, NULL))
+		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_stop($1)", 1, node, NULL))
 			shutdown_done = 1;
 	}
 	return shutdown_done;
