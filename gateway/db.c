@@ -1283,32 +1283,18 @@ db_shutdown(void)
 		db_batch_flush(&pool[i]);	/* dropped: the final node_stop clears them all */
 }
 
-/* Gateway shutdown: true while a node_heartbeat is unanswered on any
- * connection, sharded partitions' included.  One still running when
- * node_stop removed the node would find its row gone; node_stop goes
- * after it (a heartbeat stuck past --request-timeout loses its connection,
- * and then chat.node_heartbeat itself does not bring a stopped node back). */
-static int
-db_heartbeat_pending(void)
-{
-	if (db_maint_inflight(0))
-		return 1;
-	for (int i = 0; i < n_parts; i++)
-		if (pmaint[i].heartbeat_inflight || parts[i].heartbeat_inflight)
-			return 1;
-	return 0;
-}
-
 /* Called on the drain tick: the final chat.node_stop (sessions forgotten,
- * node removed) goes once no connect, disconnect or heartbeat is in
- * flight (it must run after them). */
+ * node row removed) goes once no connect or disconnect is in flight on the
+ * pool (it must run after them).  It does not wait for a heartbeat still
+ * running on a maintenance connection: chat.node_heartbeat does not bring
+ * back the row of a node without sessions, whichever of the two commits
+ * first, and waiting could outlast --drain-timeout and send nothing. */
 int
 db_shutdown_done(void)
 {
 	const char *node[1] = { cfg.node };
 
-	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0 &&
-	    !db_heartbeat_pending()) {
+	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0) {
 		final_sent = 1;
 		if (ctl.state < PG_SETUP ||
 		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_stop($1)", 1, node, NULL))
