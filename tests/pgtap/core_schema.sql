@@ -80,7 +80,7 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('add_member', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('remove_member', ARRAY['bigint', 'bigint', 'bigint']),
                ('conversations', ARRAY['bigint', 'integer', 'timestamp with time zone']),
-               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]']),
+               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]', 'jsonb']),
                ('edit_message', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('delete_message', ARRAY['bigint', 'bigint', 'bigint']),
                ('history', ARRAY['bigint', 'bigint', 'bigint', 'integer']),
@@ -113,7 +113,7 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('to_device', ARRAY['bigint', 'integer', 'jsonb', 'text']),
                ('to_device_ack', ARRAY['bigint', 'integer', 'bigint']),
                ('enable_e2e', ARRAY['bigint', 'bigint']),
-               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]'])) AS api(f, args);
+               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]', 'jsonb'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
