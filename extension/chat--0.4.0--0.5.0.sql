@@ -405,6 +405,88 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a chat.attachments;
+    expires bigint;
+BEGIN
+    IF attachment IS NULL THEN
+        RAISE EXCEPTION 'attachment must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO a FROM chat.attachments x WHERE x.id = attachment AND x.state = 'ready';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    -- the uploader may fetch it before sending; the other members once it is sent
+    IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    PERFORM chat.require_member(actor, a.conversation_id);
+    -- the file of a message past its expires_at is gone with the message,
+    -- before the expiry worker deletes the row (message_expired)
+    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
+        RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
+    END IF;
+    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
+    RETURN jsonb_build_object('url', chat.media_signed_url(CASE WHEN thumbnail THEN 'thumb' ELSE 'get' END,
+                                                           a.id, actor, expires),
+                              'expires_at', expires);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.media_download_target(id uuid, thumbnail boolean)
+RETURNS TABLE (storage_key text, mime text, size bigint, sha256 text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN thumbnail THEN a.thumbnail_key ELSE a.storage_key END,
+           CASE WHEN thumbnail THEN 'image/jpeg' ELSE a.mime END,
+           CASE WHEN thumbnail THEN NULL ELSE a.size END,
+           CASE WHEN thumbnail THEN NULL ELSE a.sha256 END
+      FROM chat.attachments a
+     WHERE a.id = media_download_target.id AND a.state = 'ready'
+       AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
+       -- not the file of a message past its expires_at (message_expired)
+       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                          AND x.seq = a.message_seq AND x.expires_at <= now())
+$$;
+
+
+
+-- Dispatcher send passes attachments (0.5.0): send_message and send_e2e take
+-- attachments (a JSON array of upload ids, as in the send request), so the
+-- plpgsql send of chat.dispatch_request no longer drops them.  The new
+-- parameter changes the signatures: the functions are dropped and created
+-- again (GRANTs made on the old ones must be made again).
+DROP FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]);
+DROP FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[]);
+CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
+                                  client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                                  attachments jsonb DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_message';
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
+    'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
+CREATE FUNCTION chat.send_e2e(sender bigint, conversation_id bigint, body text,
+                              client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
+                              sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                              attachments jsonb DEFAULT NULL)
+RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
+LANGUAGE c SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'chat_send_e2e';
+REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
+COMMENT ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
+    'e2e: sends a ciphertext message (kind e2e) to an e2e conversation';
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -415,6 +497,14 @@ DECLARE
     lim integer;
     r record;
     msgs chat.message_view[];
+    -- send's fields (and search_users' limit)
+    big bigint;
+    att jsonb;
+    body text;
+    cmid text;
+    reply bigint;
+    ment bigint[];
+    kind text;
 BEGIN
     CASE rtype
     WHEN 'send' THEN
@@ -422,28 +512,28 @@ BEGIN
            AND jsonb_typeof(request -> 'body') <> 'null' THEN
             RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
         END IF;
-        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
-        -- send path raises 22023 for any other.  Mentions are ids in both
-        -- (an e2e body is never parsed).
-        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
-            SELECT * INTO r FROM chat.send_e2e(user_id,
-                chat.request_bigint(request, 'conversation'),
-                chat.request_text(request, 'body'),
-                chat.request_text(request, 'client_msg_id', false),
-                chat.request_bigint(request, 'reply_to', false),
-                device_id,
-                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
-        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
-            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
-                USING ERRCODE = '22023';
+        -- The fields in the order of the C send (request.c HandleSend), with
+        -- its rules: attachments (media, issue 13) an array, and with them
+        -- the body (caption) may be left out; mentions are ids; kind absent
+        -- or "text", or "e2e" (send_e2e, 30_e2e.sql), any other 22023.
+        conv := chat.request_bigint(request, 'conversation');
+        att := chat.request_field(request, 'attachments', false);
+        IF att IS NOT NULL AND jsonb_typeof(att) <> 'array' THEN
+            RAISE EXCEPTION 'request field "attachments" must be an array of upload ids'
+                USING ERRCODE = '22P02';
+        END IF;
+        body := coalesce(chat.request_text(request, 'body', att IS NULL), '');
+        cmid := chat.request_text(request, 'client_msg_id', false);
+        reply := chat.request_bigint(request, 'reply_to', false);
+        ment := nullif(chat.request_ids(request, 'mentions', false), '{}');
+        kind := coalesce(chat.request_text(request, 'kind', false), 'text');
+        IF kind = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
+        ELSIF kind <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', kind USING ERRCODE = '22023',
+                HINT = 'A send is of kind text or, in an end-to-end encrypted conversation, e2e.';
         ELSE
-            SELECT * INTO r FROM chat.send_message(user_id,
-                chat.request_bigint(request, 'conversation'),
-                chat.request_text(request, 'body'),
-                chat.request_text(request, 'client_msg_id', false),
-                chat.request_bigint(request, 'reply_to', false),
-                device_id,
-                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+            SELECT * INTO r FROM chat.send_message(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
         END IF;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
@@ -715,6 +805,20 @@ BEGIN
     WHEN 'enable_e2e' THEN
         PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
         RETURN '{}';
+    -- Contact search (issue 15, 26_contacts.sql).
+    WHEN 'search_users' THEN
+        big := coalesce(chat.request_bigint(request, 'limit', false), 20);
+        IF big NOT BETWEEN 1 AND 50 THEN
+            RAISE EXCEPTION 'search limit % is out of range', big USING ERRCODE = '22023',
+                HINT = 'Ask for 1 to 50 users.';
+        END IF;
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(ROW(u.user_id, u.handle, u.display_name, u.about,
+                                                   u.avatar)::chat.profile_view)
+                             || jsonb_build_object('contact', u.contact) ORDER BY u.n)
+              FROM chat.search_users(user_id, chat.request_text(request, 'query'),
+                                     big::integer)
+                   WITH ORDINALITY AS u(user_id, handle, display_name, about, avatar, contact, n)), '[]'));
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',
@@ -723,55 +827,131 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
-RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
+-- Contact search (issue 15): chat.search_users and its prefix indexes.
+CREATE INDEX users_handle_prefix_idx ON chat.users ((lower(handle) COLLATE "C"));
+CREATE INDEX users_display_name_prefix_idx ON chat.users ((lower(display_name) COLLATE "C"))
+    WHERE display_name IS NOT NULL;
+CREATE FUNCTION chat.search_users(actor bigint, query text, lim integer DEFAULT 20)
+RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a chat.attachments;
-    expires bigint;
+    pattern text;
 BEGIN
-    IF attachment IS NULL THEN
-        RAISE EXCEPTION 'attachment must not be null' USING ERRCODE = '22023';
+    PERFORM chat.require_actor(actor);
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023',
+            HINT = 'Pass the first letters of a handle or display name.';
     END IF;
-    SELECT * INTO a FROM chat.attachments x WHERE x.id = attachment AND x.state = 'ready';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    IF length(query) > 64 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 64', length(query)
+            USING ERRCODE = '22001';
     END IF;
-    -- the uploader may fetch it before sending; the other members once it is sent
-    IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    IF lim IS NULL OR lim < 1 OR lim > 50 THEN
+        RAISE EXCEPTION 'search limit % is out of range', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Ask for 1 to 50 users.';
     END IF;
-    PERFORM chat.require_member(actor, a.conversation_id);
-    -- the file of a message past its expires_at is gone with the message,
-    -- before the expiry worker deletes the row (message_expired)
-    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
-    END IF;
-    IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
-        RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
-    END IF;
-    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
-    RETURN jsonb_build_object('url', chat.media_signed_url(CASE WHEN thumbnail THEN 'thumb' ELSE 'get' END,
-                                                           a.id, actor, expires),
-                              'expires_at', expires);
+    -- the query is a literal prefix: LIKE's own characters escaped
+    pattern := replace(replace(replace(lower(query), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    -- A literal pattern (format %L), not a parameter: the planner turns
+    -- only a constant LIKE prefix into an index range.
+    RETURN QUERY EXECUTE format($q$
+        WITH c AS (SELECT x AS id FROM chat.contacts($1) x),
+        hits AS (
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.handle) COLLATE "C" LIKE %1$L
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.handle) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.display_name) COLLATE "C" LIKE %1$L AND u.display_name IS NOT NULL
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.display_name) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM c JOIN chat.users u ON u.id = c.id
+              WHERE (lower(u.handle) COLLATE "C" LIKE %1$L
+                     OR lower(u.display_name) COLLATE "C" LIKE %1$L)
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)))
+        SELECT u.id, u.handle, u.display_name, u.about, u.avatar,
+               EXISTS (SELECT FROM c WHERE c.id = u.id) AS contact
+          FROM hits h JOIN chat.users u ON u.id = h.id
+         ORDER BY 6 DESC,
+                  lower(u.handle) COLLATE "C" LIKE %1$L DESC,
+                  CASE WHEN lower(u.handle) COLLATE "C" LIKE %1$L THEN lower(u.handle)
+                       ELSE lower(u.display_name) END COLLATE "C",
+                  u.id
+         LIMIT $2$q$, pattern)
+    USING actor, lim;
 END
 $$;
+REVOKE ALL ON FUNCTION chat.search_users(bigint, text, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.search_users(bigint, text, integer) IS
+    'users whose handle or display name starts with a prefix (case ignored), contacts first; at most 50; users who blocked the actor left out';
 
-CREATE OR REPLACE FUNCTION chat.media_download_target(id uuid, thumbnail boolean)
-RETURNS TABLE (storage_key text, mime text, size bigint, sha256 text)
-LANGUAGE sql STABLE SECURITY DEFINER
+-- Gateway shutdown (node_stop): the final call removes the node; a heartbeat
+-- does not bring back a stopped node.
+CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN thumbnail THEN a.thumbnail_key ELSE a.storage_key END,
-           CASE WHEN thumbnail THEN 'image/jpeg' ELSE a.mime END,
-           CASE WHEN thumbnail THEN NULL ELSE a.size END,
-           CASE WHEN thumbnail THEN NULL ELSE a.sha256 END
-      FROM chat.attachments a
-     WHERE a.id = media_download_target.id AND a.state = 'ready'
-       AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
-       -- not the file of a message past its expires_at (message_expired)
-       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                          AND x.seq = a.message_seq AND x.expires_at <= now())
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF NOT FOUND THEN
+        -- Gateway shutdown (27_node_stop.sql): a node stopped while this
+        -- heartbeat waited for its row has no sessions and stays gone.
+        IF EXISTS (SELECT FROM chat.sessions s WHERE s.node = node_heartbeat.node) THEN
+            INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        END IF;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
+    END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
+    -- offline announcements whose grace ran out (19_presence_debounce.sql)
+    PERFORM chat.presence_sweep();
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
+END
 $$;
-
+CREATE FUNCTION chat.node_stop(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.node_reset(node);
+    DELETE FROM chat.nodes n WHERE n.node = node_stop.node;
+END
+$$;
+REVOKE ALL ON FUNCTION chat.node_stop(text) FROM PUBLIC;
+COMMENT ON FUNCTION chat.node_stop(text) IS
+    'gateway shutdown: forgets the node''s sessions (as node_reset) and removes the node';

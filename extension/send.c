@@ -304,6 +304,14 @@ GetSendArgs(FunctionCallInfo fcinfo, SendArgs *a)
 		if (ArrayGetNItems(ARR_NDIM(a->mentions), ARR_DIMS(a->mentions)) == 0)
 			a->mentions = NULL;
 	}
+	/* attachments (0.5.0): upload ids as in the send request; a file may
+	 * go without a caption, so a NULL body is then an empty one */
+	if (PG_NARGS() > 7 && !PG_ARGISNULL(7))
+	{
+		a->attachments = PG_GETARG_JSONB_P(7);
+		if (a->body == NULL)
+			a->body = cstring_to_text("");
+	}
 }
 
 /*

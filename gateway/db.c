@@ -512,7 +512,7 @@ db_complete(struct pgconn *pc, struct pending *p)
 		db_done_ref(p, &o);
 		break;
 	case P_FINAL:
-		db_done_log(&o, LOG_WARN, "chat.node_reset at shutdown");
+		db_done_log(&o, LOG_WARN, "chat.node_stop at shutdown");
 		shutdown_done = 1;
 		break;
 	case P_PROBE:
@@ -1299,7 +1299,7 @@ db_session_disconnect(struct conn *c)
 	char user[24], device[16];
 	const char *values[3] = { cfg.node, user, device };
 
-	/* Shutting down: the final node_reset removes every session row. */
+	/* Shutting down: the final node_stop removes every session row. */
 	if (stopping)
 		return;
 	/* Behind its connect on the same connection (a queued connect goes
@@ -1335,7 +1335,7 @@ db_resolve_ref(void *event, int64_t actor, int64_t conversation, int64_t seq)
 	return 0;
 }
 
-/* SIGTERM: no more heartbeats; the final node_reset follows (db_shutdown_done). */
+/* SIGTERM: no more heartbeats; the final node_stop follows (db_shutdown_done). */
 void
 db_shutdown(void)
 {
@@ -1344,11 +1344,15 @@ db_shutdown(void)
 	final_wanted = 1;
 	stopping = 1;
 	for (int i = 0; pool && i < cfg.pool; i++)
-		db_batch_flush(&pool[i]);	/* dropped: the final node_reset clears them all */
+		db_batch_flush(&pool[i]);	/* dropped: the final node_stop clears them all */
 }
 
-/* Called on the drain tick: the final node_reset goes once no connect or
- * disconnect is in flight on the pool (it must run after them). */
+/* Called on the drain tick: the final chat.node_stop (sessions forgotten,
+ * node row removed) goes once no connect or disconnect is in flight on the
+ * pool (it must run after them).  It does not wait for a heartbeat still
+ * running on a maintenance connection: chat.node_heartbeat does not bring
+ * back the row of a node without sessions, whichever of the two commits
+ * first, and waiting could outlast --drain-timeout and send nothing. */
 int
 db_shutdown_done(void)
 {
@@ -1357,7 +1361,7 @@ db_shutdown_done(void)
 	if (final_wanted && !final_sent && !shutdown_done && session_inflight <= 0) {
 		final_sent = 1;
 		if (ctl.state < PG_SETUP ||
-		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_reset($1)", 1, node, NULL))
+		    !db_send(&ctl, P_FINAL, NULL, "SELECT chat.node_stop($1)", 1, node, NULL))
 			shutdown_done = 1;
 	}
 	return shutdown_done;

@@ -39,6 +39,40 @@ SET search_path = pg_catalog, pg_temp AS $$
         OR (message LIKE 'PL/Proxy function %' AND message NOT LIKE '%REMOTE %')
 $$;
 
+-- Contact search (issue 15): every partition answers chat.search_users;
+-- a user is a contact when any partition says so (the pair's direct
+-- conversation lives on one of them), then the order of chat.search_users.
+CREATE FUNCTION chat_proxy.search_users_all(actor bigint, query text, lim integer)
+RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    TARGET chat.search_users;
+$$;
+
+CREATE FUNCTION chat.search_users(actor bigint, query text, lim integer DEFAULT 20)
+RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.user_id, s.handle, s.display_name, s.about, s.avatar, s.contact
+      FROM (SELECT p.user_id, min(p.handle) AS handle, min(p.display_name) AS display_name,
+                   min(p.about) AS about, min(p.avatar) AS avatar, bool_or(p.contact) AS contact
+              FROM chat_proxy.search_users_all(actor, query, lim) p
+             GROUP BY p.user_id) s
+     ORDER BY s.contact DESC,
+              starts_with(lower(s.handle) COLLATE "C", lower(query)) DESC,
+              CASE WHEN starts_with(lower(s.handle) COLLATE "C", lower(query)) THEN lower(s.handle)
+                   ELSE lower(s.display_name) END COLLATE "C",
+              s.user_id
+     LIMIT lim
+$$;
+
+REVOKE ALL ON FUNCTION chat_proxy.search_users_all(bigint, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.search_users(bigint, text, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.search_users_all(bigint, text, integer) IS 'chat_proxy: chat.search_users on every partition';
+COMMENT ON FUNCTION chat.search_users(bigint, text, integer) IS
+    'chat_proxy (custom): search_users merged over every partition (a contact where any partition says so)';
+
 -- Sessions: chat.connect and chat.disconnect run on every partition one at
 -- a time, and a partition that cannot be reached is skipped (WARNING), so
 -- that clients still connect while a partition is down.  Nothing is lost:
@@ -587,9 +621,9 @@ DECLARE
     merged jsonb;
     todev jsonb;
 BEGIN
-    IF rtype IN ('sync', 'conversations', 'presence', 'set_profile', 'set_privacy', 'block', 'unblock',
+    IF rtype IN ('sync', 'conversations', 'presence', 'search_users', 'set_profile', 'set_privacy', 'block', 'unblock',
                  'register_push', 'unregister_push', 'set_push_previews') THEN
-        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence'));
+        frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence', 'search_users'));
         err := chat_proxy.first_error(frames);
         IF err IS NOT NULL THEN
             RETURN err;
@@ -620,6 +654,24 @@ BEGIN
                      ORDER BY (c ->> 'last_activity')::timestamptz DESC, (c ->> 'conversation')::bigint DESC
                      LIMIT lim) page;
             RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('conversations', merged));
+        ELSIF rtype = 'search_users' THEN
+            -- contact search (issue 15): merged as chat.search_users above
+            lim := chat_proxy.json_id(request -> 'limit');
+            SELECT coalesce(jsonb_agg(u ORDER BY (u ->> 'contact')::boolean DESC, hm DESC, k COLLATE "C",
+                                                 (u ->> 'user')::bigint), '[]')
+              INTO merged
+              FROM (SELECT u, hm, k FROM (
+                        SELECT DISTINCT ON ((u ->> 'user')::bigint)
+                               u || jsonb_build_object('contact', bool_or((u ->> 'contact')::boolean)
+                                                                  OVER (PARTITION BY u ->> 'user')) AS u,
+                               starts_with(lower(u ->> 'handle'), lower(request ->> 'query')) AS hm,
+                               CASE WHEN starts_with(lower(u ->> 'handle'), lower(request ->> 'query'))
+                                    THEN lower(u ->> 'handle') ELSE lower(u ->> 'display_name') END AS k
+                          FROM unnest(frames) f, jsonb_array_elements(f -> 'result' -> 'users') u
+                         ORDER BY (u ->> 'user')::bigint) d
+                     ORDER BY (u ->> 'contact')::boolean DESC, hm DESC, k COLLATE "C", (u ->> 'user')::bigint
+                     LIMIT coalesce(lim, 20)) page;
+            RETURN jsonb_set(frames[1], '{result}', jsonb_build_object('users', merged));
         ELSIF rtype = 'presence' THEN
             SELECT coalesce(jsonb_agg(jsonb_build_object('user', uid, 'online', online, 'last_seen', seen)
                                       ORDER BY uid), '[]')

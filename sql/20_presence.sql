@@ -54,7 +54,8 @@ SELECT user_id, online FROM chat.presence(1, ARRAY[2, 3]);
 SELECT chat.node_reset('gw1');
 SELECT count(*) AS sessions_left FROM chat.sessions WHERE node = 'gw1';
 SELECT id, last_seen IS NOT NULL AS has_last_seen FROM chat.users WHERE id IN (2, 3) ORDER BY id;
--- A heartbeat of an unknown node registers it.
+-- A heartbeat of an unknown node without sessions does not register it (a
+-- node stopped by chat.node_stop stays gone: 37_node_stop.sql).
 SELECT chat.node_heartbeat('gw9');
 SELECT node FROM chat.nodes ORDER BY node;
 

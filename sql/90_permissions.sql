@@ -23,7 +23,7 @@ CREATE ROLE chat_rt_gateway;
 CREATE ROLE chat_rt_pusher;
 GRANT USAGE ON SCHEMA chat TO chat_rt_gateway, chat_rt_pusher;
 GRANT EXECUTE ON FUNCTION
-    chat.node_reset(text), chat.node_heartbeat(text),
+    chat.node_reset(text), chat.node_heartbeat(text), chat.node_stop(text),
     chat.connect(text, bigint, integer), chat.disconnect(text, bigint, integer),
     chat.client_request(text, bigint, integer, jsonb), chat.get_message(bigint, bigint, bigint),
     chat.message_json(chat.message_view),

@@ -16,6 +16,7 @@ import { S, loadNames, loadLocal, saveLocal, learnPeer, peerOf, setReceipt } fro
 import { renderList, renderHeader, renderMessages, renderState } from './app/render.js';
 import { setMediaClient, fmtSize } from './app/media.js';
 import { initMessenger, learnProfile, ensureProfiles, mentionsIn, refreshPins } from './app/messenger.js';
+import { initContacts } from './app/contacts.js';
 import { E2E, IndexedDBStore, E2EPendingError, encryptFile } from './client/e2e.js';
 
 const HISTORY_PAGE = 30;
@@ -470,6 +471,7 @@ function start() {
     openConversation, renderList, header, refreshConversations, addMessages,
     renderMessages: (o) => renderMessages(o),
   });
+  initContacts(client, { openDirect: (user) => openDirect(user, false) });
 
   client.connect().catch((e) => toast(errorText(e, 'Cannot connect')));
 }
@@ -533,15 +535,22 @@ $('dialog-direct').addEventListener('close', async () => {
   }
   if (!Number.isInteger(user) || user <= 0) { toast('Enter a handle or a user id (a positive number)'); return; }
   try {
-    const id = await client.direct(user);
-    if ($('direct-secret').checked) await client.request('enable_e2e', { conversation: id });
-    addRow(id, 'direct', null);
-    S.peers.set(id, user);
-    saveLocal();
-    refreshConversations();
-    openConversation(id);
+    await openDirect(user, $('direct-secret').checked);
   } catch (e) { toast(errorText(e, `Could not start a chat with user ${user}`)); }
 });
+
+/** Opens the direct conversation with user (created when there is none;
+ * secret: made end-to-end encrypted).  The "New chat" dialog and the
+ * contact search box (app/contacts.js) start chats here. */
+async function openDirect(user, secret) {
+  const id = await client.direct(user);
+  if (secret) await client.request('enable_e2e', { conversation: id });
+  addRow(id, 'direct', null);
+  S.peers.set(id, user);
+  saveLocal();
+  refreshConversations();
+  await openConversation(id);
+}
 
 $('new-group').addEventListener('click', () => { $('group-title').value = ''; $('group-members').value = ''; $('group-secret').checked = false; $('dialog-group').showModal(); });
 $('dialog-group').addEventListener('close', async () => {

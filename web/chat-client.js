@@ -487,6 +487,24 @@ export class ChatClient {
   }
 
   /**
+   * Contact search: users whose handle or display name starts with query
+   * (case ignored), your contacts first (`contact: true`), then handle
+   * matches, then display-name matches; you and users who blocked you are
+   * left out.  An empty or blank query resolves to [] without asking the
+   * server; one over 64 characters is rejected by it (22001).
+   * @param {string} query
+   * @param {{limit?: number}} [opts] at most 50 (default 20)
+   * @returns {Promise<Array<{user:number, handle:string, display_name:string|null,
+   *   about:string|null, avatar:string|null, contact:boolean}>>}
+   */
+  async searchUsers(query, { limit } = {}) {
+    if (typeof query !== 'string' || query.trim() === '') return [];
+    const fields = { query };
+    if (limit != null) fields.limit = limit;
+    return resultList(await this.request('search_users', fields), 'users');
+  }
+
+  /**
    * Blocks a user: it can no longer send into your direct conversation,
    * and typing, presence and receipts stop between you.
    * @param {number} user

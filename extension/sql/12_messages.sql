@@ -11,7 +11,8 @@
 
 CREATE FUNCTION chat.send_message(sender bigint, conversation_id bigint, body text,
                                   client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
-                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL)
+                                  sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                                  attachments jsonb DEFAULT NULL)
 RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
 LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'chat_send_message';
@@ -371,7 +372,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.check_body(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.append_message(bigint, bigint, text, text, bigint, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.changeable_message(chat.members, bigint, text) FROM PUBLIC;
@@ -384,7 +385,7 @@ REVOKE ALL ON FUNCTION chat.sync(bigint, integer, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.ack(bigint, integer, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.mark_read(bigint, bigint, bigint) FROM PUBLIC;
 
-COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]) IS
+COMMENT ON FUNCTION chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
     'sends a text message: gapless seq, idempotent on (sender, conversation, client_msg_id), fans out';
 COMMENT ON FUNCTION chat.check_body(text) IS
     'internal: 22023 for a NULL or empty body, 22001 over chat.max_body_bytes';

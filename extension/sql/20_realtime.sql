@@ -141,7 +141,11 @@ BEGIN
     PERFORM chat.check_node(node);
     SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        -- Gateway shutdown (27_node_stop.sql): a node stopped while this
+        -- heartbeat waited for its row has no sessions and stays gone.
+        IF EXISTS (SELECT FROM chat.sessions s WHERE s.node = node_heartbeat.node) THEN
+            INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        END IF;
     ELSE
         UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
         IF was_gone IS NOT NULL THEN

@@ -131,6 +131,14 @@ DECLARE
     lim integer;
     r record;
     msgs chat.message_view[];
+    -- send's fields (and search_users' limit)
+    big bigint;
+    att jsonb;
+    body text;
+    cmid text;
+    reply bigint;
+    ment bigint[];
+    kind text;
 BEGIN
     CASE rtype
     WHEN 'send' THEN
@@ -138,28 +146,28 @@ BEGIN
            AND jsonb_typeof(request -> 'body') <> 'null' THEN
             RAISE EXCEPTION 'request field "body" must be a string' USING ERRCODE = '22P02';
         END IF;
-        -- kind (30_e2e.sql): absent or "text", or "e2e" (send_e2e); the C
-        -- send path raises 22023 for any other.  Mentions are ids in both
-        -- (an e2e body is never parsed).
-        IF chat.request_text(request, 'kind', false) = 'e2e' THEN
-            SELECT * INTO r FROM chat.send_e2e(user_id,
-                chat.request_bigint(request, 'conversation'),
-                chat.request_text(request, 'body'),
-                chat.request_text(request, 'client_msg_id', false),
-                chat.request_bigint(request, 'reply_to', false),
-                device_id,
-                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
-        ELSIF coalesce(chat.request_text(request, 'kind', false), 'text') <> 'text' THEN
-            RAISE EXCEPTION 'invalid message kind "%"', chat.request_text(request, 'kind', false)
-                USING ERRCODE = '22023';
+        -- The fields in the order of the C send (request.c HandleSend), with
+        -- its rules: attachments (media, issue 13) an array, and with them
+        -- the body (caption) may be left out; mentions are ids; kind absent
+        -- or "text", or "e2e" (send_e2e, 30_e2e.sql), any other 22023.
+        conv := chat.request_bigint(request, 'conversation');
+        att := chat.request_field(request, 'attachments', false);
+        IF att IS NOT NULL AND jsonb_typeof(att) <> 'array' THEN
+            RAISE EXCEPTION 'request field "attachments" must be an array of upload ids'
+                USING ERRCODE = '22P02';
+        END IF;
+        body := coalesce(chat.request_text(request, 'body', att IS NULL), '');
+        cmid := chat.request_text(request, 'client_msg_id', false);
+        reply := chat.request_bigint(request, 'reply_to', false);
+        ment := nullif(chat.request_ids(request, 'mentions', false), '{}');
+        kind := coalesce(chat.request_text(request, 'kind', false), 'text');
+        IF kind = 'e2e' THEN
+            SELECT * INTO r FROM chat.send_e2e(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
+        ELSIF kind <> 'text' THEN
+            RAISE EXCEPTION 'invalid message kind "%"', kind USING ERRCODE = '22023',
+                HINT = 'A send is of kind text or, in an end-to-end encrypted conversation, e2e.';
         ELSE
-            SELECT * INTO r FROM chat.send_message(user_id,
-                chat.request_bigint(request, 'conversation'),
-                chat.request_text(request, 'body'),
-                chat.request_text(request, 'client_msg_id', false),
-                chat.request_bigint(request, 'reply_to', false),
-                device_id,
-                nullif(chat.request_ids(request, 'mentions', false), '{}')) AS s;
+            SELECT * INTO r FROM chat.send_message(user_id, conv, body, cmid, reply, device_id, ment, att) AS s;
         END IF;
         RETURN jsonb_build_object('conversation', r.conversation_id, 'seq', r.seq,
                                   'created_at', chat.json_timestamp(r.created_at),
@@ -431,6 +439,20 @@ BEGIN
     WHEN 'enable_e2e' THEN
         PERFORM chat.enable_e2e(user_id, chat.request_bigint(request, 'conversation'));
         RETURN '{}';
+    -- Contact search (issue 15, 26_contacts.sql).
+    WHEN 'search_users' THEN
+        big := coalesce(chat.request_bigint(request, 'limit', false), 20);
+        IF big NOT BETWEEN 1 AND 50 THEN
+            RAISE EXCEPTION 'search limit % is out of range', big USING ERRCODE = '22023',
+                HINT = 'Ask for 1 to 50 users.';
+        END IF;
+        RETURN jsonb_build_object('users', coalesce((
+            SELECT jsonb_agg(chat.profile_json(ROW(u.user_id, u.handle, u.display_name, u.about,
+                                                   u.avatar)::chat.profile_view)
+                             || jsonb_build_object('contact', u.contact) ORDER BY u.n)
+              FROM chat.search_users(user_id, chat.request_text(request, 'query'),
+                                     big::integer)
+                   WITH ORDINALITY AS u(user_id, handle, display_name, about, avatar, contact, n)), '[]'));
     ELSE
         RAISE EXCEPTION 'unknown request type "%"', rtype
             USING ERRCODE = '22023',

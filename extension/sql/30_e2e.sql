@@ -560,7 +560,8 @@ $$;
 -- member ids as in send_message (the body is never parsed for them).
 CREATE FUNCTION chat.send_e2e(sender bigint, conversation_id bigint, body text,
                               client_msg_id text DEFAULT NULL, reply_to bigint DEFAULT NULL,
-                              sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL)
+                              sender_device integer DEFAULT NULL, mentions bigint[] DEFAULT NULL,
+                              attachments jsonb DEFAULT NULL)
 RETURNS TABLE(conversation_id bigint, seq bigint, created_at timestamptz, duplicate boolean)
 LANGUAGE c SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -580,7 +581,7 @@ REVOKE ALL ON FUNCTION chat.to_device_pending(bigint, integer, integer) FROM PUB
 REVOKE ALL ON FUNCTION chat.to_device_ack(bigint, integer, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.enable_e2e(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION chat.is_e2e(bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.check_e2e_key(text, text) IS 'internal: 22023 unless the key is base64 text of 1 to 1024 characters';
 COMMENT ON FUNCTION chat.check_signed_key(jsonb, text) IS 'internal: 22023 unless the key is {"id","key","signature"}';
@@ -601,5 +602,5 @@ COMMENT ON FUNCTION chat.to_device_pending(bigint, integer, integer) IS 'e2e: th
 COMMENT ON FUNCTION chat.to_device_ack(bigint, integer, bigint) IS 'e2e: deletes a device''s envelopes up to an id';
 COMMENT ON FUNCTION chat.enable_e2e(bigint, bigint) IS 'e2e: makes a conversation end-to-end encrypted (one-way; system message)';
 COMMENT ON FUNCTION chat.is_e2e(bigint) IS 'true when the conversation is end-to-end encrypted';
-COMMENT ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[]) IS
+COMMENT ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
     'e2e: sends a ciphertext message (kind e2e) to an e2e conversation';

@@ -1,6 +1,6 @@
 // Browser test of the demo page's messenger pieces (issue 15): a reaction,
-// an @-mention with autocomplete, search that jumps to the message, and
-// blocking from the conversation menu.  alice, bob and carol in three
+// an @-mention with autocomplete, search that jumps to the message,
+// blocking from the conversation menu, and the contact search box.  alice, bob and carol in three
 // Chromium contexts against a real gateway; run by tests/browser/run.sh
 // (BASE_URL, TOKENS, DIRECT, GROUP, NAMES).  Every wait is bounded.
 
@@ -147,6 +147,26 @@ test('new chat by handle (contact search), and an unknown handle is explained', 
   await c.fill('#direct-user', 'BOB');
   await c.click('#direct-ok');
   await c.waitForFunction(() => document.getElementById('conv-name').textContent === 'bob', null, { timeout: WAIT });
+});
+
+test('contact search box: alice types a prefix, sees carol, clicks and lands in their direct chat', async () => {
+  const a = users.alice.page;
+  // nothing matches: said so, nothing to click
+  await a.fill('#contact-search', 'zzz');
+  await a.waitForSelector('#contact-results:not([hidden]) li.empty');
+  // a prefix of the handle, another case: carol is shown (bob is not)
+  await a.fill('#contact-search', '');
+  await a.type('#contact-search', 'CAR', { delay: 20 });
+  await a.waitForSelector('#contact-results:not([hidden]) li[data-user="3"]');
+  assert.equal(await a.$('#contact-results li[data-user="2"]'), null);
+  assert.match(await a.textContent('#contact-results li[data-user="3"]'), /@carol/);
+  await a.click('#contact-results li[data-user="3"]');
+  // their direct chat (made secret by e2e.test.mjs when that ran first: a lock before the name)
+  await a.waitForFunction(() => /(^|\s)carol$/.test(document.getElementById('conv-name').textContent), null, { timeout: WAIT });
+  await a.waitForSelector('#composer:not([hidden])');
+  assert.match(await a.textContent('#chat-list li.active .title'), /carol$/);
+  await a.waitForSelector('#contact-results[hidden]', { state: 'attached' });
+  assert.equal(await a.inputValue('#contact-search'), '');
 });
 
 test('no uncaught errors in the pages', () => {

@@ -80,7 +80,7 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('add_member', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('remove_member', ARRAY['bigint', 'bigint', 'bigint']),
                ('conversations', ARRAY['bigint', 'integer', 'timestamp with time zone']),
-               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]']),
+               ('send_message', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]', 'jsonb']),
                ('edit_message', ARRAY['bigint', 'bigint', 'bigint', 'text']),
                ('delete_message', ARRAY['bigint', 'bigint', 'bigint']),
                ('history', ARRAY['bigint', 'bigint', 'bigint', 'integer']),
@@ -113,7 +113,7 @@ SELECT has_function('chat', f, args, 'chat.' || f || '(' || array_to_string(args
                ('to_device', ARRAY['bigint', 'integer', 'jsonb', 'text']),
                ('to_device_ack', ARRAY['bigint', 'integer', 'bigint']),
                ('enable_e2e', ARRAY['bigint', 'bigint']),
-               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]'])) AS api(f, args);
+               ('send_e2e', ARRAY['bigint', 'bigint', 'text', 'text', 'bigint', 'integer', 'bigint[]', 'jsonb'])) AS api(f, args);
 SELECT is_empty(
     $$ SELECT proname FROM pg_proc
         WHERE pronamespace = 'chat'::regnamespace AND NOT prosecdef
@@ -129,7 +129,7 @@ SELECT is_empty(
                           'to_device_pending', 'enable_e2e', 'send_e2e',
                           'keys_claim_local', 'to_device_local') $$,
     'the core API functions are SECURITY DEFINER (the application needs EXECUTE only)');
-SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer,bigint[])'::regprocedure),
+SELECT is(pg_get_function_result('chat.send_message(bigint,bigint,text,text,bigint,integer,bigint[],jsonb)'::regprocedure),
           'TABLE(conversation_id bigint, seq bigint, created_at timestamp with time zone, duplicate boolean)',
           'send_message returns the contract''s columns');
 
@@ -168,7 +168,7 @@ SELECT is(current_setting('chat.edit_window'), '15min', 'chat.edit_window defaul
 CREATE ROLE chat_tap_app NOLOGIN;
 GRANT USAGE ON SCHEMA chat TO chat_tap_app;
 GRANT EXECUTE ON FUNCTION chat.upsert_user(bigint, text, text), chat.direct_conversation(bigint, bigint),
-    chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[]),
+    chat.send_message(bigint, bigint, text, text, bigint, integer, bigint[], jsonb),
     chat.history(bigint, bigint, bigint, integer) TO chat_tap_app;
 SET LOCAL ROLE chat_tap_app;
 SELECT lives_ok($$ SELECT chat.upsert_user(901, 'tap_a'), chat.upsert_user(902, 'tap_b') $$,

@@ -316,6 +316,33 @@ test('presence merges every partition: a contact (their direct conversation on a
   await psql(PROXY, `SELECT chat.set_privacy(${u}, 'everyone')`);
 });
 
+test('contact search merges every partition: each user once, a contact (their direct conversation off the viewer\'s home partition) first', async () => {
+  let pair;
+  for (const [v, u] of [[7, 8], [8, 7], [7, 3], [8, 2], [7, 1], [8, 4]]) {
+    const [r] = await rows(PROXY, `SELECT chat_proxy.pair_partition(${v}, ${u}) & 3 AS pp, hashint8(${v}::bigint) & 3 AS home`);
+    if (r.pp !== r.home) { pair = [v, u]; break; }
+  }
+  assert.ok(pair, 'a pair off the home partition');
+  const [v, u] = pair;
+  const d = Number(await value(PROXY, `SELECT chat.direct_conversation(${v}, ${u})`));
+  await psql(PROXY, `SELECT * FROM chat.send_message(${v}, ${d}, 'hi', 'su-1')`);
+  await psql(PROXY, `SELECT * FROM chat.send_message(${u}, ${d}, 'hi back', 'su-2')`);
+  const others = users.filter((x) => x !== v && x !== u);
+  const found = await rows(PROXY, `SELECT user_id, contact FROM chat.search_users(${v}, 'USER')`);
+  assert.deepEqual(found.map((r) => [r.user_id, r.contact]), [[u, true], ...others.map((x) => [x, false])]);
+  // the viewer's home partition alone does not know they are contacts
+  const home = Number(await value(PROXY, `SELECT hashint8(${v}::bigint) & 3`));
+  const [alone] = await onPart(home, `SELECT contact FROM chat.search_users(${v}, 'user${u}')`);
+  assert.equal(alone.contact, false);
+  const limited = await rows(PROXY, `SELECT user_id FROM chat.search_users(${v}, 'user', 2)`);
+  assert.deepEqual(limited.map((r) => r.user_id), [u, others[0]]);
+  const f = JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${v}, 1, '{"id":1,"type":"search_users","query":"user","limit":3}'::jsonb)::text`));
+  assert.deepEqual(f.result.users.map((x) => [x.user, x.contact]), [[u, true], [others[0], false], [others[1], false]]);
+  assert.equal(f.result.users[0].handle, `user${u}`);
+  const bad = JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${v}, 1, '{"id":2,"type":"search_users","query":""}'::jsonb)::text`));
+  assert.deepEqual([bad.type, bad.code], ['error', '22023']);
+});
+
 test('push registrations reach every partition: an offline device gets outbox rows for a conversation off its home partition', async () => {
   const u = 6;
   const home = Number(await value(PROXY, `SELECT hashint8(${u}::bigint) & 3`));
