@@ -154,6 +154,10 @@ BEGIN
         changes := changes || jsonb_build_object('only_admins_send', only_admins_send);
     END IF;
     IF avatar IS NOT NULL AND nullif(avatar, '') IS DISTINCT FROM cur.settings ->> 'avatar' THEN
+        -- Avatars (issue 15, 33_avatars.sql): a ready image uploaded to this group.
+        IF avatar <> '' THEN
+            PERFORM chat.check_group_avatar(actor, conv, avatar);
+        END IF;
         changes := changes || jsonb_build_object('avatar', nullif(avatar, ''));
     END IF;
     IF changes = '{}' THEN

@@ -383,6 +383,16 @@ BEGIN
         RETURN '{}';
     -- media (issue 13)
     WHEN 'upload' THEN
+        -- Avatars (issue 15): "purpose":"avatar" uploads a picture (33_avatars.sql).
+        IF chat.request_text(request, 'purpose', false) = 'avatar' THEN
+            RETURN chat.upload_avatar(user_id, chat.request_text(request, 'mime'),
+                                      chat.request_bigint(request, 'size'),
+                                      chat.request_text(request, 'sha256'),
+                                      chat.request_bigint(request, 'conversation', false));
+        ELSIF coalesce(chat.request_text(request, 'purpose', false), 'message') <> 'message' THEN
+            RAISE EXCEPTION 'invalid upload purpose "%"', left(request ->> 'purpose', 200)
+                USING ERRCODE = '22023', HINT = 'Use "message" (the default) or "avatar".';
+        END IF;
         RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
                            chat.request_text(request, 'mime'),
                            chat.request_bigint(request, 'size'),
