@@ -2,7 +2,7 @@
 // profile dialog (file picker) and a picture for the demo group in its info
 // dialog; bob, in a fresh page, sees alice's picture loaded (<img>
 // naturalWidth > 0) in the chat list row of their direct chat and the
-// group's in the group's row; a broken URL (expired) is asked for again.
+// group's in the group's row, and beside alice's messages in a group; a broken URL (expired) is asked for again.
 // Run by tests/browser/run.sh (BASE_URL, TOKENS, DIRECT, GROUP, NAMES).
 
 import { test, before, after } from 'node:test';
@@ -16,6 +16,7 @@ const BASE_URL = process.env.BASE_URL;
 const TOKENS = JSON.parse(process.env.TOKENS || '{}');
 const DIRECT = process.env.DIRECT;
 const GROUP = process.env.GROUP;
+const HISTORY = process.env.HISTORY;   // a group of alice and bob with 45 messages of alice's
 const NAMES = process.env.NAMES || '1:alice,2:bob,3:carol';
 const ARTIFACTS = process.env.ARTIFACTS || 'test-artifacts/browser';
 const WAIT = 20000;
@@ -69,7 +70,7 @@ async function loadedImage(page, selector) {
 }
 
 before(async () => {
-  assert.ok(BASE_URL && TOKENS.alice && TOKENS.bob && DIRECT && GROUP, 'run through tests/browser/run.sh');
+  assert.ok(BASE_URL && TOKENS.alice && TOKENS.bob && DIRECT && GROUP && HISTORY, 'run through tests/browser/run.sh');
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS, timeout: 60000 });
   await openUser('alice');
 });
@@ -102,6 +103,10 @@ test('alice sets her picture with the file picker; bob sees it load in the chat 
   assert.match(await b.getAttribute(row, 'src'), /\/media\/[0-9a-f-]{36}\/thumb\?u=2&/);
   await b.click(`#chat-list li[data-conversation="${DIRECT}"]`);
   assert.ok(await loadedImage(b, '#conv-avatar .avatar img') > 0, 'and in the conversation header');
+  // beside alice's name on her messages in a group
+  await b.click(`#chat-list li[data-conversation="${HISTORY}"]`);
+  assert.ok(await loadedImage(b, '#message-list .msg.theirs .sender-line .avatar img') > 0, 'and beside her messages in a group');
+  assert.equal(await b.$eval('#message-list .msg.theirs .sender', (e) => e.textContent), 'alice');
 });
 
 test('alice sets the group picture in the group info; it loads in bob\'s chat list without a reload', async () => {

@@ -97,7 +97,7 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const tick = mine ? tickOf(conv, m.seq) : null;
     const mentioned = !mine && Array.isArray(m.mentions) && m.mentions.includes(S.me);
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}${mentioned ? ' mentioned' : ''}`, dataset: { seq: String(m.seq) } },
-      !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, avatarEl(userAvatar(m.sender), nameOf(m.sender), 'tiny'), nameOf(m.sender)) : null,
+      !mine && c?.kind === 'group' ? el('span', { class: 'sender-line' }, avatarEl(userAvatar(m.sender), nameOf(m.sender), 'tiny'), el('span', { class: 'sender' }, nameOf(m.sender))) : null,
       ...(!m.deleted_at && m.attachments ? m.attachments.map((a, i) => m.kind === 'e2e' ? e2eAttachmentView(a, Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined) : attachmentView(a)) : []),
       m.deleted_at || bodyText(m) || !m.attachments
         ? el('span', { class: `body${m.kind === 'e2e' && m.plain === undefined ? ` e2e-${m.e2e || 'pending'}` : ''}` },
