@@ -95,7 +95,7 @@ SELECT pg_temp.try('SELECT chat.upload_avatar(99, ''image/png'', 10, repeat(''a'
 SELECT pg_temp.state();
 
 -- set_profile: every rejection, nothing changed --------------------------
-SELECT pg_temp.err(format('SELECT chat.set_profile(1, avatar => %L)', :'av1'));   -- pending: 55000
+SELECT pg_temp.named(pg_temp.err(format('SELECT chat.set_profile(1, avatar => %L)', :'av1')));   -- pending: 55000
 SELECT pg_temp.state();
 SELECT pg_temp.ready(:'av1');
 SELECT pg_temp.named(pg_temp.err(format('SELECT chat.set_profile(2, avatar => %L)', :'av1')));   -- not 2''s: 42501
