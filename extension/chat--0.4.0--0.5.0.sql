@@ -217,6 +217,12 @@ BEGIN
                    -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
                    || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
                            ELSE '{}' END
+                   -- Avatars (issue 15): a group's picture (its members may fetch it)
+                   || CASE WHEN c.kind = 'group' THEN
+                           coalesce((SELECT jsonb_build_object('avatar', x.settings -> 'avatar')
+                                       FROM chat.conversations x
+                                      WHERE x.id = c.conversation_id AND x.settings ? 'avatar'), '{}')
+                           ELSE '{}' END
                    ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
                        coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
