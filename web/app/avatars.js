@@ -146,13 +146,14 @@ export function drawGroupAvatar(conv, admin) {
   if (admin !== undefined) $('info-avatar-set').hidden = !(admin && c?.kind === 'group');
 }
 
-/** A group's 'updated' system message that changed its picture: the chat list row follows. */
+/** A group's new 'updated' system message that changed its picture: the chat list row
+ * follows (older ones, from history pages, are not the current picture: the list row is). */
 export function noteGroupUpdate(conv, m) {
   if (m.kind !== 'system' || !/"avatar"/.test(m.body || '')) return false;
   let e;
   try { e = JSON.parse(m.body); } catch { return false; }
   const c = S.convs.get(conv);
-  if (!c || e.action !== 'updated' || !('avatar' in e)) return false;
+  if (!c || e.action !== 'updated' || !('avatar' in e) || !(m.seq > (c.last_seq || 0))) return false;
   c.avatar = e.avatar || null;
   return true;
 }
