@@ -100,6 +100,10 @@ BEGIN
        SET title = CASE WHEN changes ? 'title' THEN changes ->> 'title' ELSE c.title END,
            settings = jsonb_strip_nulls(c.settings || (changes - 'title'))
      WHERE c.id = conv;
+    -- Avatars (issue 15, 33_avatars.sql): a replaced picture kept past its message goes now.
+    IF changes ? 'avatar' THEN
+        PERFORM chat.group_avatar_replaced(conv, cur.settings ->> 'avatar');
+    END IF;
     PERFORM chat.post_system_message(conv, actor,
         jsonb_build_object('action', 'updated', 'by', actor) || changes);
 END
@@ -552,7 +556,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a chat.attachments;
 BEGIN
-    IF avatar !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+    IF avatar !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         RAISE EXCEPTION 'avatar "%" is not an attachment id', left(avatar, 200)
             USING ERRCODE = '22023', HINT = 'Pass the upload id that upload with "purpose":"avatar" returned, or '''' to remove the avatar.';
     END IF;
@@ -690,5 +694,40 @@ $$;
 REVOKE ALL ON FUNCTION chat.avatar_cleanup() FROM PUBLIC;
 
 COMMENT ON FUNCTION chat.avatar_cleanup() IS 'removes profile uploads older than chat.media_upload_timeout that are no current avatar; their bytes are queued for deletion';
+
+CREATE OR REPLACE FUNCTION chat.media_message_gone()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM chat.attachments a
+     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq
+       -- Avatars (issue 15): a group's current picture stays until replaced
+       -- (chat.group_avatar_replaced, 33_avatars.sql)
+       AND NOT EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = OLD.conversation_id AND c.settings ->> 'avatar' = a.id::text);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion), but not a group''s current picture';
+
+CREATE FUNCTION chat.group_avatar_replaced(conv bigint, old text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF old IS NULL OR old !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN;   -- none, or an id stored before 0.5.0
+    END IF;
+    DELETE FROM chat.attachments a
+     WHERE a.id = old::uuid AND a.conversation_id = conv AND a.message_seq IS NOT NULL
+       AND NOT EXISTS (SELECT FROM chat.messages m
+                        WHERE m.conversation_id = conv AND m.seq = a.message_seq AND m.deleted_at IS NULL);
+END
+$$;
+REVOKE ALL ON FUNCTION chat.group_avatar_replaced(bigint, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.group_avatar_replaced(bigint, text) IS 'internal: removes a replaced group picture whose message was deleted while it was the picture';
 
 -- End of avatars (issue 15).

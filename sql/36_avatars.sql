@@ -207,8 +207,19 @@ SELECT pg_temp.req(2, jsonb_build_object('type', 'send', 'conversation', :g, 'bo
 SELECT chat.update_group(1, :g, avatar => :'g2up');
 SELECT pg_temp.named(pg_temp.err(format('SELECT chat.media_url(2, %L)', :'gav1')));   -- replaced, unsent: P0002 for 2
 SELECT (chat.media_url(1, :'gav1'::uuid) ->> 'url') IS NOT NULL AS uploader_keeps_it;
+-- the message carrying the current picture is deleted: the picture stays
+-- (it is the group's now), and goes once replaced
+SELECT seq AS g2seq FROM chat.messages WHERE conversation_id = :g AND attachments IS NOT NULL \gset
+SELECT chat.delete_message(2, :g, :g2seq);
+SELECT count(*) AS kept FROM chat.attachments WHERE id = :'g2up';
+SELECT (chat.media_url(1, :'g2up'::uuid) ->> 'url') IS NOT NULL AS still_fetchable;
+SELECT pg_temp.state();
+-- an id in capitals is not the form upload returns (media_url's rule compares that form): 22023
+SELECT pg_temp.err(format('SELECT chat.update_group(1, %s, avatar => %L)', :g, 'ABCDEF00-0000-4000-8000-00000000000A'));
 -- a member who left loses it
 SELECT chat.update_group(1, :g, avatar => :'gav1');
+SELECT count(*) AS removed_once_replaced FROM chat.attachments WHERE id = :'g2up';
+SELECT pg_temp.state();
 SELECT chat.leave(2, :g);
 SELECT pg_temp.named(pg_temp.err(format('SELECT chat.media_url(2, %L)', :'gav1')));   -- left: P0002 (as a non-member)
 SELECT chat.update_group(1, :g, avatar => '');

@@ -298,12 +298,16 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM chat.attachments a
-     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq;
+     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq
+       -- Avatars (issue 15): a group's current picture stays until replaced
+       -- (chat.group_avatar_replaced, 33_avatars.sql)
+       AND NOT EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = OLD.conversation_id AND c.settings ->> 'avatar' = a.id::text);
     RETURN NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION chat.media_message_gone() FROM PUBLIC;
-COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion)';
+COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion), but not a group''s current picture';
 -- Only rows that carried attachments fire: sends and edits pay the WHEN test only.
 CREATE TRIGGER messages_attachments_tombstone AFTER UPDATE OF deleted_at ON chat.messages
     FOR EACH ROW WHEN (OLD.attachments IS NOT NULL AND NEW.deleted_at IS NOT NULL

@@ -14,6 +14,8 @@
 -- rule: a profile upload is then visible to its owner only and removed by
 -- chat.media_cleanup once older than chat.media_upload_timeout (so is a
 -- profile upload never made an avatar); a group upload stays what it was.
+-- A group's current picture survives the deletion of the message that
+-- carried it (media_message_gone) and goes when replaced.
 --
 -- Partitioned (PL/Proxy): profile uploads live on the owner's home
 -- partition (upload_avatar routes `home`); set_profile runs on every
@@ -79,7 +81,8 @@ $$;
 REVOKE ALL ON FUNCTION chat.upload_avatar(bigint, text, bigint, text, bigint) FROM PUBLIC;
 COMMENT ON FUNCTION chat.upload_avatar(bigint, text, bigint, text, bigint) IS 'announces an avatar upload (image/* only): without a conversation a profile picture of the actor, with one a picture for that group; returns {upload, url, expires_at}';
 
--- The attachment an avatar value names (22023 unless it is a uuid); NULL
+-- The attachment an avatar value names (22023 unless it is a uuid as
+-- upload returns it: lowercase, the form media_url's rule compares); NULL
 -- when no row has that id.
 CREATE FUNCTION chat.avatar_attachment(avatar text)
 RETURNS chat.attachments
@@ -88,7 +91,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a chat.attachments;
 BEGIN
-    IF avatar !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+    IF avatar !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
         RAISE EXCEPTION 'avatar "%" is not an attachment id', left(avatar, 200)
             USING ERRCODE = '22023', HINT = 'Pass the upload id that upload with "purpose":"avatar" returned, or '''' to remove the avatar.';
     END IF;
@@ -207,6 +210,26 @@ END
 $$;
 REVOKE ALL ON FUNCTION chat.avatar_access(bigint, chat.attachments) FROM PUBLIC;
 COMMENT ON FUNCTION chat.avatar_access(bigint, chat.attachments) IS 'internal: whether media_url serves an attachment as a current avatar (user: all but whom the owner blocked, 42501; group: members)';
+
+-- After a group's picture changed from old: an old picture whose message
+-- was deleted meanwhile (chat.media_message_gone keeps a group's current
+-- picture) is removed now, its bytes queued for deletion.
+CREATE FUNCTION chat.group_avatar_replaced(conv bigint, old text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF old IS NULL OR old !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN;   -- none, or an id stored before 0.5.0
+    END IF;
+    DELETE FROM chat.attachments a
+     WHERE a.id = old::uuid AND a.conversation_id = conv AND a.message_seq IS NOT NULL
+       AND NOT EXISTS (SELECT FROM chat.messages m
+                        WHERE m.conversation_id = conv AND m.seq = a.message_seq AND m.deleted_at IS NULL);
+END
+$$;
+REVOKE ALL ON FUNCTION chat.group_avatar_replaced(bigint, text) FROM PUBLIC;
+COMMENT ON FUNCTION chat.group_avatar_replaced(bigint, text) IS 'internal: removes a replaced group picture whose message was deleted while it was the picture';
 
 -- Removes profile uploads older than chat.media_upload_timeout that are no
 -- user's current avatar (replaced, cleared, never set); returns how many.
