@@ -2,6 +2,7 @@
 # Browser test: the demo page in headless Chromium (Playwright) against a real
 # gateway on a free port, serving web/ and talking to a new database of the
 # harness cluster (tests/run.sh), or of its own cluster when run alone.
+# BROWSER_TESTS: the test files to run (default: every one in tests/browser/).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
