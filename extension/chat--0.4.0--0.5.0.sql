@@ -405,42 +405,6 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
-RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    a chat.attachments;
-    expires bigint;
-BEGIN
-    IF attachment IS NULL THEN
-        RAISE EXCEPTION 'attachment must not be null' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO a FROM chat.attachments x WHERE x.id = attachment AND x.state = 'ready';
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
-    END IF;
-    -- the uploader may fetch it before sending; the other members once it is sent
-    IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
-    END IF;
-    PERFORM chat.require_member(actor, a.conversation_id);
-    -- the file of a message past its expires_at is gone with the message,
-    -- before the expiry worker deletes the row (message_expired)
-    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
-    END IF;
-    IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
-        RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
-    END IF;
-    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
-    RETURN jsonb_build_object('url', chat.media_signed_url(CASE WHEN thumbnail THEN 'thumb' ELSE 'get' END,
-                                                           a.id, actor, expires),
-                              'expires_at', expires);
-END
-$$;
-
 CREATE OR REPLACE FUNCTION chat.media_download_target(id uuid, thumbnail boolean)
 RETURNS TABLE (storage_key text, mime text, size bigint, sha256 text)
 LANGUAGE sql STABLE SECURITY DEFINER
@@ -452,9 +416,12 @@ SET search_path = pg_catalog, pg_temp AS $$
       FROM chat.attachments a
      WHERE a.id = media_download_target.id AND a.state = 'ready'
        AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
-       -- not the file of a message past its expires_at (message_expired)
-       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                          AND x.seq = a.message_seq AND x.expires_at <= now())
+       -- not the file of a message past its expires_at (message_expired),
+       -- unless it is the group's current picture (33_avatars.sql)
+       AND (NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                           AND x.seq = a.message_seq AND x.expires_at <= now())
+            OR EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = a.conversation_id AND c.settings ->> 'avatar' = a.id::text))
 $$;
 
 
@@ -487,6 +454,242 @@ AS 'MODULE_PATHNAME', 'chat_send_e2e';
 REVOKE ALL ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) FROM PUBLIC;
 COMMENT ON FUNCTION chat.send_e2e(bigint, bigint, text, text, bigint, integer, bigint[], jsonb) IS
     'e2e: sends a ciphertext message (kind e2e) to an e2e conversation';
+-- Contact search (issue 15): chat.search_users and its prefix indexes.
+CREATE INDEX users_handle_prefix_idx ON chat.users ((lower(handle) COLLATE "C"));
+CREATE INDEX users_display_name_prefix_idx ON chat.users ((lower(display_name) COLLATE "C"))
+    WHERE display_name IS NOT NULL;
+CREATE FUNCTION chat.search_users(actor bigint, query text, lim integer DEFAULT 20)
+RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pattern text;
+BEGIN
+    PERFORM chat.require_actor(actor);
+    IF query IS NULL OR btrim(query) = '' THEN
+        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023',
+            HINT = 'Pass the first letters of a handle or display name.';
+    END IF;
+    IF length(query) > 64 THEN
+        RAISE EXCEPTION 'search query of % characters is longer than 64', length(query)
+            USING ERRCODE = '22001';
+    END IF;
+    IF lim IS NULL OR lim < 1 OR lim > 50 THEN
+        RAISE EXCEPTION 'search limit % is out of range', coalesce(lim::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Ask for 1 to 50 users.';
+    END IF;
+    -- the query is a literal prefix: LIKE's own characters escaped
+    pattern := replace(replace(replace(lower(query), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    -- A literal pattern (format %L), not a parameter: the planner turns
+    -- only a constant LIKE prefix into an index range.
+    RETURN QUERY EXECUTE format($q$
+        WITH c AS (SELECT x AS id FROM chat.contacts($1) x),
+        hits AS (
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.handle) COLLATE "C" LIKE %1$L
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.handle) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM chat.users u
+              WHERE lower(u.display_name) COLLATE "C" LIKE %1$L AND u.display_name IS NOT NULL
+                AND u.id <> $1
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
+              ORDER BY lower(u.display_name) COLLATE "C" LIMIT $2)
+            UNION
+            (SELECT u.id FROM c JOIN chat.users u ON u.id = c.id
+              WHERE (lower(u.handle) COLLATE "C" LIKE %1$L
+                     OR lower(u.display_name) COLLATE "C" LIKE %1$L)
+                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)))
+        SELECT u.id, u.handle, u.display_name, u.about, u.avatar,
+               EXISTS (SELECT FROM c WHERE c.id = u.id) AS contact
+          FROM hits h JOIN chat.users u ON u.id = h.id
+         ORDER BY 6 DESC,
+                  lower(u.handle) COLLATE "C" LIKE %1$L DESC,
+                  CASE WHEN lower(u.handle) COLLATE "C" LIKE %1$L THEN lower(u.handle)
+                       ELSE lower(u.display_name) END COLLATE "C",
+                  u.id
+         LIMIT $2$q$, pattern)
+    USING actor, lim;
+END
+$$;
+REVOKE ALL ON FUNCTION chat.search_users(bigint, text, integer) FROM PUBLIC;
+COMMENT ON FUNCTION chat.search_users(bigint, text, integer) IS
+    'users whose handle or display name starts with a prefix (case ignored), contacts first; at most 50; users who blocked the actor left out';
+
+-- Gateway shutdown (node_stop): the final call removes the node; a heartbeat
+-- does not bring back a stopped node.
+CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was_gone timestamptz;
+    dead text;
+    uid bigint;
+BEGIN
+    PERFORM chat.check_node(node);
+    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF NOT FOUND THEN
+        -- Gateway shutdown (27_node_stop.sql): a node stopped while this
+        -- heartbeat waited for its row has no sessions and stays gone.
+        IF EXISTS (SELECT FROM chat.sessions s WHERE s.node = node_heartbeat.node) THEN
+            INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        END IF;
+    ELSE
+        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
+        IF was_gone IS NOT NULL THEN
+            FOR uid IN
+                SELECT DISTINCT s.user_id FROM chat.sessions s
+                 WHERE s.node = node_heartbeat.node
+                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
+                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
+            LOOP
+                PERFORM chat.fanout_presence(uid, true);
+            END LOOP;
+        END IF;
+    END IF;
+    FOR dead IN
+        SELECT n.node FROM chat.nodes n
+         WHERE n.gone_at IS NULL
+           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
+         FOR UPDATE SKIP LOCKED
+    LOOP
+        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
+        FOR uid IN
+            SELECT DISTINCT s.user_id FROM chat.sessions s
+             WHERE s.node = dead
+               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
+        LOOP
+            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
+            PERFORM chat.fanout_presence(uid, false);
+        END LOOP;
+    END LOOP;
+    -- offline announcements whose grace ran out (19_presence_debounce.sql)
+    PERFORM chat.presence_sweep();
+    -- Disappearing messages and retention (23_disappearing.sql).
+    PERFORM chat.start_expiry_worker();
+END
+$$;
+CREATE FUNCTION chat.node_stop(node text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM chat.node_reset(node);
+    DELETE FROM chat.nodes n WHERE n.node = node_stop.node;
+END
+$$;
+REVOKE ALL ON FUNCTION chat.node_stop(text) FROM PUBLIC;
+COMMENT ON FUNCTION chat.node_stop(text) IS
+    'gateway shutdown: forgets the node''s sessions (as node_reset) and removes the node';
+
+
+-- Avatars (issue 15): profile uploads (attachments without a conversation),
+-- the avatar checks of set_profile and update_group, media_url for current
+-- avatars and the cleanup of replaced profile pictures (33_avatars.sql).
+CREATE OR REPLACE FUNCTION chat.set_profile(actor bigint, display_name text DEFAULT NULL,
+                                 about text DEFAULT NULL, avatar text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dn text := btrim(display_name);
+BEGIN
+    PERFORM chat.require_actor(actor);
+    IF length(dn) > 64 THEN
+        RAISE EXCEPTION 'display name of % characters is longer than 64', length(dn)
+            USING ERRCODE = '22001';
+    END IF;
+    IF dn ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'display name "%" contains control characters', dn
+            USING ERRCODE = '22023';
+    END IF;
+    IF length(about) > 500 THEN
+        RAISE EXCEPTION 'about text of % characters is longer than 500', length(about)
+            USING ERRCODE = '22001';
+    END IF;
+    IF avatar <> '' AND avatar !~ '^[A-Za-z0-9_-]{1,128}$' THEN
+        RAISE EXCEPTION 'invalid avatar attachment id "%"', left(avatar, 200)
+            USING ERRCODE = '22023', HINT = 'Pass the id of an uploaded attachment, or '''' to remove the avatar.';
+    END IF;
+    -- Avatars (issue 15, 33_avatars.sql): a new avatar must be a ready image
+    -- profile upload of the actor; an unchanged one is not checked again.
+    IF avatar <> '' AND avatar IS DISTINCT FROM (SELECT u.avatar FROM chat.users u WHERE u.id = actor) THEN
+        PERFORM chat.check_user_avatar(actor, avatar);
+    END IF;
+    UPDATE chat.users u
+       SET display_name = CASE WHEN dn IS NULL THEN u.display_name ELSE nullif(dn, '') END,
+           about = CASE WHEN set_profile.about IS NULL THEN u.about ELSE nullif(set_profile.about, '') END,
+           avatar = CASE WHEN set_profile.avatar IS NULL THEN u.avatar ELSE nullif(set_profile.avatar, '') END
+     WHERE u.id = actor;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION chat.update_group(actor bigint, conversation_id bigint, title text DEFAULT NULL,
+                                  description text DEFAULT NULL, only_admins_send boolean DEFAULT NULL,
+                                  avatar text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    conv bigint := update_group.conversation_id;
+    cur chat.conversations;
+    changes jsonb := '{}';
+BEGIN
+    IF actor IS NULL THEN
+        RAISE EXCEPTION 'actor must not be null' USING ERRCODE = '22023';
+    END IF;
+    IF length(title) > 255 THEN
+        RAISE EXCEPTION 'group title of % characters is longer than 255', length(title)
+            USING ERRCODE = '22001';
+    END IF;
+    IF length(description) > 1000 THEN
+        RAISE EXCEPTION 'group description of % characters is longer than 1000', length(description)
+            USING ERRCODE = '22001';
+    END IF;
+    IF avatar <> '' AND avatar !~ '^[A-Za-z0-9_-]{1,128}$' THEN
+        RAISE EXCEPTION 'invalid avatar attachment id "%"', left(avatar, 200)
+            USING ERRCODE = '22023', HINT = 'Pass the id of an uploaded attachment, or '''' to remove the avatar.';
+    END IF;
+    PERFORM chat.lock_group(conv);
+    IF (chat.require_member(actor, conv)).role = 'member' THEN
+        RAISE EXCEPTION 'user % may not change conversation %', actor, conv
+            USING ERRCODE = '42501', HINT = 'Only owners and admins change a group.';
+    END IF;
+    SELECT * INTO STRICT cur FROM chat.conversations c WHERE c.id = conv;
+    IF title IS NOT NULL AND nullif(title, '') IS DISTINCT FROM cur.title THEN
+        changes := changes || jsonb_build_object('title', nullif(title, ''));
+    END IF;
+    IF description IS NOT NULL
+       AND nullif(description, '') IS DISTINCT FROM cur.settings ->> 'description' THEN
+        changes := changes || jsonb_build_object('description', nullif(description, ''));
+    END IF;
+    IF only_admins_send IS NOT NULL
+       AND only_admins_send IS DISTINCT FROM coalesce((cur.settings ->> 'only_admins_send')::boolean, false) THEN
+        changes := changes || jsonb_build_object('only_admins_send', only_admins_send);
+    END IF;
+    IF avatar IS NOT NULL AND nullif(avatar, '') IS DISTINCT FROM cur.settings ->> 'avatar' THEN
+        -- Avatars (issue 15, 33_avatars.sql): a ready image uploaded to this group.
+        IF avatar <> '' THEN
+            PERFORM chat.check_group_avatar(actor, conv, avatar);
+        END IF;
+        changes := changes || jsonb_build_object('avatar', nullif(avatar, ''));
+    END IF;
+    IF changes = '{}' THEN
+        RETURN;
+    END IF;
+    UPDATE chat.conversations c
+       SET title = CASE WHEN changes ? 'title' THEN changes ->> 'title' ELSE c.title END,
+           settings = jsonb_strip_nulls(c.settings || (changes - 'title'))
+     WHERE c.id = conv;
+    -- Avatars (issue 15, 33_avatars.sql): a replaced picture kept past its message goes now.
+    IF changes ? 'avatar' THEN
+        PERFORM chat.group_avatar_replaced(conv, cur.settings ->> 'avatar');
+    END IF;
+    PERFORM chat.post_system_message(conv, actor,
+        jsonb_build_object('action', 'updated', 'by', actor) || changes);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION chat.dispatch_request(node text, user_id bigint, device_id integer, request jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -612,6 +815,12 @@ BEGIN
                            c.last_message) END)
                    -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
                    || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
+                           ELSE '{}' END
+                   -- Avatars (issue 15): a group's picture (its members may fetch it)
+                   || CASE WHEN c.kind = 'group' THEN
+                           coalesce((SELECT jsonb_build_object('avatar', x.settings -> 'avatar')
+                                       FROM chat.conversations x
+                                      WHERE x.id = c.conversation_id AND x.settings ? 'avatar'), '{}')
                            ELSE '{}' END
                    ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
@@ -763,6 +972,16 @@ BEGIN
         RETURN '{}';
     -- media (issue 13)
     WHEN 'upload' THEN
+        -- Avatars (issue 15): "purpose":"avatar" uploads a picture (33_avatars.sql).
+        IF chat.request_text(request, 'purpose', false) = 'avatar' THEN
+            RETURN chat.upload_avatar(user_id, chat.request_text(request, 'mime'),
+                                      chat.request_bigint(request, 'size'),
+                                      chat.request_text(request, 'sha256'),
+                                      chat.request_bigint(request, 'conversation', false));
+        ELSIF coalesce(chat.request_text(request, 'purpose', false), 'message') <> 'message' THEN
+            RAISE EXCEPTION 'invalid upload purpose "%"', left(request ->> 'purpose', 200)
+                USING ERRCODE = '22023', HINT = 'Use "message" (the default) or "avatar".';
+        END IF;
         RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
                            chat.request_text(request, 'mime'),
                            chat.request_bigint(request, 'size'),
@@ -827,131 +1046,304 @@ BEGIN
 END
 $$;
 
--- Contact search (issue 15): chat.search_users and its prefix indexes.
-CREATE INDEX users_handle_prefix_idx ON chat.users ((lower(handle) COLLATE "C"));
-CREATE INDEX users_display_name_prefix_idx ON chat.users ((lower(display_name) COLLATE "C"))
-    WHERE display_name IS NOT NULL;
-CREATE FUNCTION chat.search_users(actor bigint, query text, lim integer DEFAULT 20)
-RETURNS TABLE (user_id bigint, handle text, display_name text, about text, avatar text, contact boolean)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    pattern text;
-BEGIN
-    PERFORM chat.require_actor(actor);
-    IF query IS NULL OR btrim(query) = '' THEN
-        RAISE EXCEPTION 'search query must not be empty' USING ERRCODE = '22023',
-            HINT = 'Pass the first letters of a handle or display name.';
-    END IF;
-    IF length(query) > 64 THEN
-        RAISE EXCEPTION 'search query of % characters is longer than 64', length(query)
-            USING ERRCODE = '22001';
-    END IF;
-    IF lim IS NULL OR lim < 1 OR lim > 50 THEN
-        RAISE EXCEPTION 'search limit % is out of range', coalesce(lim::text, 'NULL')
-            USING ERRCODE = '22023', HINT = 'Ask for 1 to 50 users.';
-    END IF;
-    -- the query is a literal prefix: LIKE's own characters escaped
-    pattern := replace(replace(replace(lower(query), '\', '\\'), '%', '\%'), '_', '\_') || '%';
-    -- A literal pattern (format %L), not a parameter: the planner turns
-    -- only a constant LIKE prefix into an index range.
-    RETURN QUERY EXECUTE format($q$
-        WITH c AS (SELECT x AS id FROM chat.contacts($1) x),
-        hits AS (
-            (SELECT u.id FROM chat.users u
-              WHERE lower(u.handle) COLLATE "C" LIKE %1$L
-                AND u.id <> $1
-                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
-              ORDER BY lower(u.handle) COLLATE "C" LIMIT $2)
-            UNION
-            (SELECT u.id FROM chat.users u
-              WHERE lower(u.display_name) COLLATE "C" LIKE %1$L AND u.display_name IS NOT NULL
-                AND u.id <> $1
-                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)
-              ORDER BY lower(u.display_name) COLLATE "C" LIMIT $2)
-            UNION
-            (SELECT u.id FROM c JOIN chat.users u ON u.id = c.id
-              WHERE (lower(u.handle) COLLATE "C" LIKE %1$L
-                     OR lower(u.display_name) COLLATE "C" LIKE %1$L)
-                AND NOT EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = u.id AND k.blocked = $1)))
-        SELECT u.id, u.handle, u.display_name, u.about, u.avatar,
-               EXISTS (SELECT FROM c WHERE c.id = u.id) AS contact
-          FROM hits h JOIN chat.users u ON u.id = h.id
-         ORDER BY 6 DESC,
-                  lower(u.handle) COLLATE "C" LIKE %1$L DESC,
-                  CASE WHEN lower(u.handle) COLLATE "C" LIKE %1$L THEN lower(u.handle)
-                       ELSE lower(u.display_name) END COLLATE "C",
-                  u.id
-         LIMIT $2$q$, pattern)
-    USING actor, lim;
-END
-$$;
-REVOKE ALL ON FUNCTION chat.search_users(bigint, text, integer) FROM PUBLIC;
-COMMENT ON FUNCTION chat.search_users(bigint, text, integer) IS
-    'users whose handle or display name starts with a prefix (case ignored), contacts first; at most 50; users who blocked the actor left out';
-
--- Gateway shutdown (node_stop): the final call removes the node; a heartbeat
--- does not bring back a stopped node.
-CREATE OR REPLACE FUNCTION chat.node_heartbeat(node text)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER
+CREATE OR REPLACE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    was_gone timestamptz;
-    dead text;
-    uid bigint;
+    a chat.attachments;
+    expires bigint;
 BEGIN
-    PERFORM chat.check_node(node);
-    SELECT n.gone_at INTO was_gone FROM chat.nodes n WHERE n.node = node_heartbeat.node FOR UPDATE;
+    IF attachment IS NULL THEN
+        RAISE EXCEPTION 'attachment must not be null' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO a FROM chat.attachments x WHERE x.id = attachment AND x.state = 'ready';
     IF NOT FOUND THEN
-        -- Gateway shutdown (27_node_stop.sql): a node stopped while this
-        -- heartbeat waited for its row has no sessions and stays gone.
-        IF EXISTS (SELECT FROM chat.sessions s WHERE s.node = node_heartbeat.node) THEN
-            INSERT INTO chat.nodes (node) VALUES (node_heartbeat.node) ON CONFLICT DO NOTHING;
+        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    END IF;
+    -- Avatars (issue 15, 33_avatars.sql): a current avatar is served beyond
+    -- the rule below (a profile upload has no conversation: decided there).
+    IF NOT chat.avatar_access(actor, a) THEN
+        -- the uploader may fetch it before sending; the other members once it is sent
+        IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
+            RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
         END IF;
-    ELSE
-        UPDATE chat.nodes n SET heartbeat_at = now(), gone_at = NULL WHERE n.node = node_heartbeat.node;
-        IF was_gone IS NOT NULL THEN
-            FOR uid IN
-                SELECT DISTINCT s.user_id FROM chat.sessions s
-                 WHERE s.node = node_heartbeat.node
-                   AND NOT EXISTS (SELECT FROM chat.live_sessions l
-                                    WHERE l.user_id = s.user_id AND l.node <> node_heartbeat.node)
-            LOOP
-                PERFORM chat.fanout_presence(uid, true);
-            END LOOP;
+        PERFORM chat.require_member(actor, a.conversation_id);
+        -- the file of a message past its expires_at is gone with the
+        -- message, before the expiry worker deletes the row
+        -- (message_expired); a group's current picture stays (33_avatars.sql)
+        IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                      AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
+            RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
         END IF;
     END IF;
-    FOR dead IN
-        SELECT n.node FROM chat.nodes n
-         WHERE n.gone_at IS NULL
-           AND NOT EXISTS (SELECT FROM chat.live_nodes l WHERE l.node = n.node)
-         FOR UPDATE SKIP LOCKED
-    LOOP
-        UPDATE chat.nodes n SET gone_at = now() WHERE n.node = dead;
-        FOR uid IN
-            SELECT DISTINCT s.user_id FROM chat.sessions s
-             WHERE s.node = dead
-               AND NOT EXISTS (SELECT FROM chat.live_sessions l WHERE l.user_id = s.user_id)
-        LOOP
-            UPDATE chat.users u SET last_seen = now() WHERE u.id = uid;
-            PERFORM chat.fanout_presence(uid, false);
-        END LOOP;
-    END LOOP;
-    -- offline announcements whose grace ran out (19_presence_debounce.sql)
-    PERFORM chat.presence_sweep();
-    -- Disappearing messages and retention (23_disappearing.sql).
-    PERFORM chat.start_expiry_worker();
+    IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
+        RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
+    END IF;
+    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
+    RETURN jsonb_build_object('url', chat.media_signed_url(CASE WHEN thumbnail THEN 'thumb' ELSE 'get' END,
+                                                           a.id, actor, expires),
+                              'expires_at', expires);
 END
 $$;
-CREATE FUNCTION chat.node_stop(node text)
-RETURNS void
+
+COMMENT ON FUNCTION chat.media_url(bigint, uuid, boolean) IS 'a signed GET URL of an attachment or its thumbnail, bound to the actor, for members of its conversation; a current avatar also for those who may see it';
+
+CREATE OR REPLACE FUNCTION chat.media_cleanup()
+RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
 BEGIN
-    PERFORM chat.node_reset(node);
-    DELETE FROM chat.nodes n WHERE n.node = node_stop.node;
+    DELETE FROM chat.attachments a
+     WHERE a.state = 'pending'
+       AND a.created_at < now() - make_interval(secs => current_setting('chat.media_upload_timeout')::integer);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- Avatars (issue 15): profile uploads that are no current avatar.
+    RETURN n + chat.avatar_cleanup();
 END
 $$;
-REVOKE ALL ON FUNCTION chat.node_stop(text) FROM PUBLIC;
-COMMENT ON FUNCTION chat.node_stop(text) IS
-    'gateway shutdown: forgets the node''s sessions (as node_reset) and removes the node';
+
+COMMENT ON FUNCTION chat.media_cleanup() IS 'removes uploads pending for longer than chat.media_upload_timeout, and older profile uploads that are no current avatar; their bytes are queued for deletion';
+
+ALTER TABLE chat.attachments ALTER COLUMN conversation_id DROP NOT NULL;
+
+CREATE INDEX attachments_profile_idx ON chat.attachments (created_at) WHERE conversation_id IS NULL;
+
+-- new function
+CREATE FUNCTION chat.upload_avatar(actor bigint, mime text, size bigint, sha256 text,
+                                   conversation_id bigint DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lim bigint;
+    att_id uuid;
+    expires bigint;
+BEGIN
+    IF mime IS NULL OR size IS NULL OR sha256 IS NULL THEN
+        RAISE EXCEPTION 'mime, size and sha256 must not be null' USING ERRCODE = '22023';
+    END IF;
+    mime := lower(mime);
+    IF chat.media_class(mime) <> 'image' THEN
+        RAISE EXCEPTION 'an avatar of type "%" is refused: avatars are images', mime
+            USING ERRCODE = '22023', HINT = 'Upload an image/* file (chat.media_types lists the allowed types).';
+    END IF;
+    IF upload_avatar.conversation_id IS NOT NULL THEN
+        RETURN chat.upload(actor, upload_avatar.conversation_id, mime, size, sha256, NULL);
+    END IF;
+    PERFORM chat.require_actor(actor);
+    IF NOT mime = ANY (string_to_array(replace(current_setting('chat.media_types'), ' ', ''), ',')) THEN
+        RAISE EXCEPTION 'media type "%" is not allowed', mime
+            USING ERRCODE = '22023', HINT = 'chat.media_types lists the allowed types.';
+    END IF;
+    lim := coalesce((current_setting('chat.media_limits')::jsonb ->> 'image')::bigint, 0);
+    IF size < 1 THEN
+        RAISE EXCEPTION 'upload size % is out of range', size USING ERRCODE = '22023';
+    END IF;
+    IF size > lim THEN
+        RAISE EXCEPTION 'upload of % bytes exceeds the image limit of % bytes', size, lim
+            USING ERRCODE = '54000', HINT = 'chat.media_limits sets the limit of each type.';
+    END IF;
+    sha256 := lower(sha256);
+    IF sha256 !~ '^[0-9a-f]{64}$' THEN
+        RAISE EXCEPTION 'sha256 "%" is not 64 hex digits', upload_avatar.sha256 USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO chat.attachments (owner_id, conversation_id, mime, size, sha256)
+    VALUES (actor, NULL, mime, size, sha256)
+    RETURNING id INTO att_id;
+    expires := extract(epoch FROM now())::bigint + current_setting('chat.media_url_ttl')::integer;
+    RETURN jsonb_build_object('upload', att_id,
+                              'url', chat.media_signed_url('put', att_id, actor, expires),
+                              'expires_at', expires);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.upload_avatar(bigint, text, bigint, text, bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.upload_avatar(bigint, text, bigint, text, bigint) IS 'announces an avatar upload (image/* only): without a conversation a profile picture of the actor, with one a picture for that group; returns {upload, url, expires_at}';
+
+-- new function
+CREATE FUNCTION chat.avatar_attachment(avatar text)
+RETURNS chat.attachments
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a chat.attachments;
+BEGIN
+    IF avatar !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RAISE EXCEPTION 'avatar "%" is not an attachment id', left(avatar, 200)
+            USING ERRCODE = '22023', HINT = 'Pass the upload id that upload with "purpose":"avatar" returned, or '''' to remove the avatar.';
+    END IF;
+    SELECT * INTO a FROM chat.attachments x WHERE x.id = avatar::uuid;
+    RETURN a;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.avatar_attachment(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.avatar_attachment(text) IS 'internal: the attachment an avatar id names (22023 unless a uuid; NULLs when none)';
+
+-- new function
+CREATE FUNCTION chat.check_avatar_file(a chat.attachments)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF a.state <> 'ready' THEN
+        RAISE EXCEPTION 'attachment % is not uploaded yet', a.id
+            USING ERRCODE = '55000', HINT = 'Set the avatar once the PUT of its bytes has been answered 201.';
+    END IF;
+    IF chat.media_class(a.mime) <> 'image' THEN
+        RAISE EXCEPTION 'attachment % is of type "%", not an image', a.id, a.mime
+            USING ERRCODE = '22023', HINT = 'An avatar is an image/* upload.';
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.check_avatar_file(chat.attachments) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.check_avatar_file(chat.attachments) IS 'internal: 55000 unless the attachment is ready, 22023 unless it is an image';
+
+-- new function
+CREATE FUNCTION chat.check_user_avatar(actor bigint, avatar text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a chat.attachments;
+BEGIN
+    IF current_setting('chat.partitions')::integer > 1
+       AND (hashint8(actor) & (current_setting('chat.partitions')::integer - 1))
+           <> current_setting('chat.partition')::integer THEN
+        RETURN;   -- checked on the actor's home partition
+    END IF;
+    a := chat.avatar_attachment(avatar);
+    IF a.id IS NULL OR a.owner_id <> actor THEN
+        RAISE EXCEPTION 'attachment % is not an upload of user %', avatar, actor
+            USING ERRCODE = '42501', HINT = 'Upload the picture with "purpose":"avatar" (chat.upload_avatar) and set the id it returns.';
+    END IF;
+    IF a.conversation_id IS NOT NULL THEN
+        RAISE EXCEPTION 'attachment % was uploaded to conversation %, not as a profile picture', a.id, a.conversation_id
+            USING ERRCODE = '22023', HINT = 'Upload the picture again with "purpose":"avatar" and no conversation.';
+    END IF;
+    PERFORM chat.check_avatar_file(a);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.check_user_avatar(bigint, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.check_user_avatar(bigint, text) IS 'internal: raises unless an id names a ready image profile upload of the actor (42501, 22023, 55000)';
+
+-- new function
+CREATE FUNCTION chat.check_group_avatar(actor bigint, conv bigint, avatar text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a chat.attachments;
+BEGIN
+    a := chat.avatar_attachment(avatar);
+    IF a.id IS NULL OR a.conversation_id IS DISTINCT FROM conv
+       OR (a.owner_id <> actor AND a.message_seq IS NULL) THEN
+        RAISE EXCEPTION 'attachment % is not an upload to conversation %', avatar, conv
+            USING ERRCODE = '42501', HINT = 'Upload the picture to the group ("purpose":"avatar" with the conversation) and set the id it returns.';
+    END IF;
+    PERFORM chat.check_avatar_file(a);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.check_group_avatar(bigint, bigint, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.check_group_avatar(bigint, bigint, text) IS 'internal: raises unless an id names a ready image upload to the group the actor can see (42501, 22023, 55000)';
+
+-- new function
+CREATE FUNCTION chat.avatar_access(actor bigint, a chat.attachments)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF a.conversation_id IS NULL THEN
+        PERFORM chat.require_actor(actor);
+        IF a.owner_id = actor THEN
+            RETURN true;
+        END IF;
+        IF NOT EXISTS (SELECT FROM chat.users u WHERE u.id = a.owner_id AND u.avatar = a.id::text) THEN
+            RAISE EXCEPTION 'attachment % does not exist', a.id USING ERRCODE = 'P0002';
+        END IF;
+        IF EXISTS (SELECT FROM chat.blocks k WHERE k.blocker = a.owner_id AND k.blocked = actor) THEN
+            RAISE EXCEPTION 'user % may not see the avatar of user %', actor, a.owner_id
+                USING ERRCODE = '42501', HINT = 'The user has blocked you.';
+        END IF;
+        RETURN true;
+    END IF;
+    RETURN EXISTS (SELECT FROM chat.conversations c
+                    WHERE c.id = a.conversation_id AND c.settings ->> 'avatar' = a.id::text)
+       AND EXISTS (SELECT FROM chat.members m
+                    WHERE m.conversation_id = a.conversation_id AND m.user_id = actor
+                      AND m.left_at IS NULL);
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.avatar_access(bigint, chat.attachments) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.avatar_access(bigint, chat.attachments) IS 'internal: whether media_url serves an attachment as a current avatar (user: all but whom the owner blocked, 42501; group: members)';
+
+-- new function
+CREATE FUNCTION chat.avatar_cleanup()
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM chat.attachments a
+     WHERE a.conversation_id IS NULL
+       AND a.created_at < now() - make_interval(secs => current_setting('chat.media_upload_timeout')::integer)
+       AND NOT EXISTS (SELECT FROM chat.users u WHERE u.id = a.owner_id AND u.avatar = a.id::text);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+REVOKE ALL ON FUNCTION chat.avatar_cleanup() FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.avatar_cleanup() IS 'removes profile uploads older than chat.media_upload_timeout that are no current avatar; their bytes are queued for deletion';
+
+CREATE OR REPLACE FUNCTION chat.media_message_gone()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM chat.attachments a
+     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq
+       -- Avatars (issue 15): a group's current picture stays until replaced
+       -- (chat.group_avatar_replaced, 33_avatars.sql)
+       AND NOT EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = OLD.conversation_id AND c.settings ->> 'avatar' = a.id::text);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion), but not a group''s current picture';
+
+CREATE FUNCTION chat.group_avatar_replaced(conv bigint, old text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF old IS NULL OR old !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        RETURN;   -- none, or an id stored before 0.5.0
+    END IF;
+    DELETE FROM chat.attachments a
+     WHERE a.id = old::uuid AND a.conversation_id = conv AND a.message_seq IS NOT NULL
+       AND NOT EXISTS (SELECT FROM chat.messages m
+                        WHERE m.conversation_id = conv AND m.seq = a.message_seq AND m.deleted_at IS NULL);
+END
+$$;
+REVOKE ALL ON FUNCTION chat.group_avatar_replaced(bigint, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION chat.group_avatar_replaced(bigint, text) IS 'internal: removes a replaced group picture whose message was deleted while it was the picture';
+
+-- End of avatars (issue 15).

@@ -621,6 +621,14 @@ DECLARE
     merged jsonb;
     todev jsonb;
 BEGIN
+    -- Avatars (issue 15): a new avatar is a profile upload, on the actor's home
+    -- partition only, which alone checks it: a refusal there changes no partition.
+    IF rtype = 'set_profile' AND jsonb_typeof(request -> 'avatar') = 'string' AND request ->> 'avatar' <> '' THEN
+        err := chat_proxy.request_one(home, node, user_id, device_id, request);
+        IF err ->> 'type' = 'error' THEN
+            RETURN err;
+        END IF;
+    END IF;
     IF rtype IN ('sync', 'conversations', 'presence', 'search_users', 'set_profile', 'set_privacy', 'block', 'unblock',
                  'register_push', 'unregister_push', 'set_push_previews') THEN
         frames := chat_proxy.request_every(node, user_id, device_id, request, rtype IN ('sync', 'conversations', 'presence', 'search_users'));
@@ -748,3 +756,44 @@ COMMENT ON FUNCTION chat_proxy.json_id(jsonb) IS 'chat_proxy: a JSON integer fie
 COMMENT ON FUNCTION chat_proxy.first_error(jsonb[]) IS 'chat_proxy: the first error frame of several';
 COMMENT ON FUNCTION chat.client_request(text, bigint, integer, jsonb) IS
     'chat_proxy (custom): one client frame routed by its fields; sync and conversations merged over every partition';
+
+-- Avatars (issue 15): set_profile writes the user row on every partition
+-- (users are copies), but a new avatar is a profile upload that only the
+-- actor's home partition holds and checks (chat.check_user_avatar): it runs
+-- there first, so that a refused avatar changes no partition; then on all
+-- (the home partition again: an unchanged avatar is not checked again).
+CREATE FUNCTION chat_proxy.set_profile_home(actor bigint, display_name text, about text, avatar text)
+RETURNS SETOF void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON hashint8(actor);
+    TARGET chat.set_profile;
+$$;
+
+CREATE FUNCTION chat_proxy.set_profile_all(actor bigint, display_name text, about text, avatar text)
+RETURNS SETOF void
+LANGUAGE plproxy SECURITY DEFINER AS $$
+    CLUSTER 'chat_partitions';
+    RUN ON ALL;
+    TARGET chat.set_profile;
+$$;
+
+CREATE FUNCTION chat.set_profile(actor bigint, display_name text DEFAULT NULL, about text DEFAULT NULL, avatar text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF avatar <> '' THEN
+        PERFORM FROM chat_proxy.set_profile_home(actor, display_name, about, avatar);
+    END IF;
+    PERFORM FROM chat_proxy.set_profile_all(actor, display_name, about, avatar);
+EXCEPTION WHEN admin_shutdown OR crash_shutdown OR cannot_connect_now THEN
+    PERFORM FROM chat_proxy.set_profile_all(actor, display_name, about, avatar);   -- idempotent
+END
+$$;
+REVOKE ALL ON FUNCTION chat_proxy.set_profile_home(bigint, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat_proxy.set_profile_all(bigint, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION chat.set_profile(bigint, text, text, text) FROM PUBLIC;
+COMMENT ON FUNCTION chat_proxy.set_profile_home(bigint, text, text, text) IS 'chat_proxy: chat.set_profile on the actor''s home partition (which checks a new avatar)';
+COMMENT ON FUNCTION chat_proxy.set_profile_all(bigint, text, text, text) IS 'chat_proxy: chat.set_profile on every partition';
+COMMENT ON FUNCTION chat.set_profile(bigint, text, text, text) IS 'chat_proxy (custom): a new avatar checked on the home partition first, then the profile set on every partition';

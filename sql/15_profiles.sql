@@ -22,14 +22,19 @@ SELECT seq FROM chat.send_message(2, 1, 'hi 1');
 
 -- Profiles -------------------------------------------------------------
 SELECT * FROM chat.profile(1, ARRAY[3, 1, 99, 1]);
-SELECT chat.set_profile(1, '  Alice A.  ', 'about me', 'att_1-X');
+-- avatars are ready image profile uploads of the user's own (36_avatars
+-- tests the checks); two with fixed ids, as chat-media leaves them
+INSERT INTO chat.attachments (id, owner_id, conversation_id, mime, size, sha256, state)
+SELECT i::uuid, 1, NULL, 'image/png', 10, repeat('a', 64), 'ready'
+  FROM unnest(ARRAY['00000000-0000-4000-8000-0000000000a1', '00000000-0000-4000-8000-0000000000a2']) i;
+SELECT chat.set_profile(1, '  Alice A.  ', 'about me', '00000000-0000-4000-8000-0000000000a1');
 SELECT * FROM chat.profile(2, ARRAY[1]);
 -- NULL keeps a field, '' clears it (display_name falls back to nothing).
 SELECT chat.set_profile(1, NULL, NULL, NULL);
 SELECT display_name, about, avatar FROM chat.profile(2, ARRAY[1]);
 SELECT chat.set_profile(1, '', NULL, '');
 SELECT display_name, about, avatar FROM chat.profile(2, ARRAY[1]);
-SELECT chat.set_profile(1, 'Alice', 'x', 'a1');
+SELECT chat.set_profile(1, 'Alice', 'x', '00000000-0000-4000-8000-0000000000a2');
 -- Rejections, each leaving the profile as it was.
 SELECT pg_temp.try($$SELECT chat.set_profile(1, repeat('n', 65))$$);
 SELECT pg_temp.try($$SELECT chat.set_profile(1, 'ok name', repeat('a', 501))$$);

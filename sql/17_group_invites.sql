@@ -81,7 +81,12 @@ SELECT pg_temp.try($$SELECT chat."join"(5, '$$ || :'never' || $$')$$);
 SELECT pg_temp.state(1);
 
 -- update_group: avatar ---------------------------------------------------
-SELECT chat.update_group(1, 1, avatar => 'att_1');
+-- a group picture is a ready image uploaded to the group (36_avatars tests
+-- the checks); two with fixed ids, as chat-media leaves them
+INSERT INTO chat.attachments (id, owner_id, conversation_id, mime, size, sha256, state)
+SELECT i::uuid, 1, 1, 'image/png', 10, repeat('b', 64), 'ready'
+  FROM unnest(ARRAY['00000000-0000-4000-8000-0000000000b1', '00000000-0000-4000-8000-0000000000b3']) i;
+SELECT chat.update_group(1, 1, avatar => '00000000-0000-4000-8000-0000000000b1');
 SELECT settings ->> 'avatar' AS avatar FROM chat.conversations WHERE id = 1;
 SELECT body::jsonb FROM chat.messages WHERE conversation_id = 1 ORDER BY seq DESC LIMIT 1;
 SELECT pg_temp.try($$SELECT chat.update_group(1, 1, avatar => 'bad id!')$$);
@@ -90,7 +95,7 @@ SELECT settings ->> 'avatar' AS avatar FROM chat.conversations WHERE id = 1;
 SELECT chat.update_group(1, 1, avatar => '');
 SELECT settings ? 'avatar' AS has_avatar FROM chat.conversations WHERE id = 1;
 -- the client request
-SELECT chat.client_request('n', 1, 1, '{"id":1,"type":"update_group","conversation":1,"avatar":"att_3"}');
+SELECT chat.client_request('n', 1, 1, '{"id":1,"type":"update_group","conversation":1,"avatar":"00000000-0000-4000-8000-0000000000b3"}');
 SELECT chat.client_request('n', 1, 1, '{"id":2,"type":"update_group","conversation":1,"avatar":true}') ->> 'code';
 
 -- message_info -----------------------------------------------------------

@@ -17,6 +17,7 @@ import { renderList, renderHeader, renderMessages, renderState } from './app/ren
 import { setMediaClient, fmtSize } from './app/media.js';
 import { initMessenger, learnProfile, ensureProfiles, mentionsIn, refreshPins } from './app/messenger.js';
 import { initContacts } from './app/contacts.js';
+import { initAvatars, noteGroupUpdate } from './app/avatars.js';
 import { E2E, IndexedDBStore, E2EPendingError, encryptFile } from './client/e2e.js';
 
 const HISTORY_PAGE = 30;
@@ -161,6 +162,7 @@ function addMessages(conv, msgs) {
     if (m.kind === 'e2e') decryptMessage(m);
     // enable_e2e's system message: the conversation is encrypted from now on.
     if (m.kind === 'system' && /"action": ?"e2e"/.test(m.body || '') && S.convs.has(conv)) S.convs.get(conv).e2e = true;
+    noteGroupUpdate(conv, m);   // avatars: a group's new picture
     if (m.sender != null && m.sender !== S.me && m.kind !== 'system') notePeer(conv, Number(m.sender));
   }
   ensureProfiles(msgs.filter((m) => m.sender != null && m.kind !== 'system').map((m) => m.sender));
@@ -472,6 +474,7 @@ function start() {
     renderMessages: (o) => renderMessages(o),
   });
   initContacts(client, { openDirect: (user) => openDirect(user, false) });
+  initAvatars(client, { renderList, header, learnProfile, renderMessages: (o) => renderMessages(o) });
 
   client.connect().catch((e) => toast(errorText(e, 'Cannot connect')));
 }

@@ -27,6 +27,7 @@ import { Conversations, isLogEntry } from './client/conversation.js';
 import { SyncLoop } from './client/sync.js';
 import { Typing } from './client/typing.js';
 import { uploadFile, absoluteMediaUrl } from './client/media.js';
+import { AvatarCache, avatarId } from './client/avatars.js';
 
 export { PROTOCOL, ChatError, tokenClaims, tokenExp, refreshDelay, backoffDelay, RESTART_ATTEMPTS, newClientMsgId, isLogEntry };
 
@@ -80,6 +81,7 @@ export class ChatClient {
    * @param {number} [opts.maxSendAttempts=Infinity] attempts before a send promise rejects
    * @param {boolean} [opts.watchNetwork] follow the browser's online/offline events (default: when available)
    * @param {() => number} [opts.random=Math.random] randomness for the jitter
+   * @param {() => number} [opts.now=Date.now] the clock of the avatar URL cache (ms)
    */
   constructor(opts) {
     if (!opts || !opts.url) throw new TypeError('ChatClient: url is required');
@@ -115,6 +117,7 @@ export class ChatClient {
     this._convs = new Conversations(this);
     this._sync = new SyncLoop(this);
     this._typing = new Typing(this);
+    this._avatars = new AvatarCache(this, { now: opts.now });
   }
 
   // ---------------------------------------------------------------- events
@@ -316,6 +319,63 @@ export class ChatClient {
     const r = await this.request('media_url', { attachment, thumbnail });
     return absoluteMediaUrl(this, r.url);
   }
+
+  // --------------------------------------------------------------- avatars
+
+  /**
+   * Uploads an image as the user's profile picture (an upload with purpose
+   * "avatar", to no conversation) and sets it; everyone the user has not
+   * blocked can then fetch it.  Resolves the attachment id.
+   * @param {File | Blob | ArrayBuffer | Uint8Array} file an image (image/*)
+   * @param {{mime?: string, onProgress?: Function, put?: Function, maxAttempts?: number}} [opts]
+   * @returns {Promise<string>}
+   */
+  async setAvatar(file, opts = {}) {
+    const up = await uploadFile(this, null, file, { ...opts, purpose: 'avatar' });
+    await this.setProfile({ avatar: up.upload });
+    return up.upload;
+  }
+
+  /**
+   * Uploads an image to a group and makes it the group's picture (owners
+   * and admins); its members can fetch it.  Resolves the attachment id.
+   * @param {number} conversation
+   * @param {File | Blob | ArrayBuffer | Uint8Array} file an image (image/*)
+   * @param {{mime?: string, onProgress?: Function, put?: Function, maxAttempts?: number}} [opts]
+   * @returns {Promise<string>}
+   */
+  async setGroupAvatar(conversation, file, opts = {}) {
+    const up = await uploadFile(this, conversation, file, { ...opts, purpose: 'avatar' });
+    await this.updateGroup(conversation, { avatar: up.upload });
+    return up.upload;
+  }
+
+  /**
+   * The URL of an avatar, or null when there is none or the user may not
+   * see it.  `of` is an attachment id, a profile ({avatar}) or a
+   * `conversations` row (a group's avatar, or a direct one's peer's).  URLs
+   * are cached until 30 s before they expire; concurrent calls share one
+   * request.  thumbnail (default): the 320 px JPEG, the full image when
+   * there is none.
+   * @param {string | {avatar?: string|null, peer?: {avatar?: string|null}} | null} of
+   * @param {{thumbnail?: boolean}} [opts]
+   * @returns {Promise<string|null>} absolute URL
+   */
+  async avatarUrl(of, { thumbnail = true } = {}) {
+    const id = avatarId(of);
+    if (!id) return null;
+    const resolve = (url) => absoluteMediaUrl(this, url);
+    const url = await this._avatars.url(id, thumbnail, resolve);
+    if (url === null && thumbnail) return this._avatars.url(id, false, resolve);
+    return url;
+  }
+
+  /**
+   * Forgets the cached URL of an avatar (e.g. after an <img> failed to load
+   * it: the next avatarUrl asks again).  No argument: forgets all.
+   * @param {string | object} [of] as for avatarUrl
+   */
+  forgetAvatarUrl(of) { this._avatars.forget(of === undefined ? undefined : avatarId(of)); }
 
   /** Unanswered sends of this client, oldest first (for showing "sending…"). */
   get outbox() { return this._outbox.view(); }

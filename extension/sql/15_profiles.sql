@@ -131,7 +131,8 @@ $$;
 
 -- Sets the actor's profile.  NULL leaves a field unchanged; '' clears it.
 -- display_name: at most 64 characters, no control characters (trimmed);
--- about: at most 500 characters; avatar: an attachment id.
+-- about: at most 500 characters; avatar: the id of a ready image profile
+-- upload of the actor (33_avatars.sql).
 CREATE FUNCTION chat.set_profile(actor bigint, display_name text DEFAULT NULL,
                                  about text DEFAULT NULL, avatar text DEFAULT NULL)
 RETURNS void
@@ -155,6 +156,11 @@ BEGIN
     IF avatar <> '' AND avatar !~ '^[A-Za-z0-9_-]{1,128}$' THEN
         RAISE EXCEPTION 'invalid avatar attachment id "%"', left(avatar, 200)
             USING ERRCODE = '22023', HINT = 'Pass the id of an uploaded attachment, or '''' to remove the avatar.';
+    END IF;
+    -- Avatars (issue 15, 33_avatars.sql): a new avatar must be a ready image
+    -- profile upload of the actor; an unchanged one is not checked again.
+    IF avatar <> '' AND avatar IS DISTINCT FROM (SELECT u.avatar FROM chat.users u WHERE u.id = actor) THEN
+        PERFORM chat.check_user_avatar(actor, avatar);
     END IF;
     UPDATE chat.users u
        SET display_name = CASE WHEN dn IS NULL THEN u.display_name ELSE nullif(dn, '') END,

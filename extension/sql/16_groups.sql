@@ -154,6 +154,10 @@ BEGIN
         changes := changes || jsonb_build_object('only_admins_send', only_admins_send);
     END IF;
     IF avatar IS NOT NULL AND nullif(avatar, '') IS DISTINCT FROM cur.settings ->> 'avatar' THEN
+        -- Avatars (issue 15, 33_avatars.sql): a ready image uploaded to this group.
+        IF avatar <> '' THEN
+            PERFORM chat.check_group_avatar(actor, conv, avatar);
+        END IF;
         changes := changes || jsonb_build_object('avatar', nullif(avatar, ''));
     END IF;
     IF changes = '{}' THEN
@@ -163,6 +167,10 @@ BEGIN
        SET title = CASE WHEN changes ? 'title' THEN changes ->> 'title' ELSE c.title END,
            settings = jsonb_strip_nulls(c.settings || (changes - 'title'))
      WHERE c.id = conv;
+    -- Avatars (issue 15, 33_avatars.sql): a replaced picture kept past its message goes now.
+    IF changes ? 'avatar' THEN
+        PERFORM chat.group_avatar_replaced(conv, cur.settings ->> 'avatar');
+    END IF;
     PERFORM chat.post_system_message(conv, actor,
         jsonb_build_object('action', 'updated', 'by', actor) || changes);
 END

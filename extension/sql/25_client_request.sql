@@ -247,6 +247,12 @@ BEGIN
                    -- E2E (30_e2e.sql): "e2e": true on encrypted conversations
                    || CASE WHEN chat.is_e2e(c.conversation_id) THEN '{"e2e": true}'::jsonb
                            ELSE '{}' END
+                   -- Avatars (issue 15): a group's picture (its members may fetch it)
+                   || CASE WHEN c.kind = 'group' THEN
+                           coalesce((SELECT jsonb_build_object('avatar', x.settings -> 'avatar')
+                                       FROM chat.conversations x
+                                      WHERE x.id = c.conversation_id AND x.settings ? 'avatar'), '{}')
+                           ELSE '{}' END
                    ORDER BY c.last_activity DESC, c.conversation_id)
               FROM chat.conversations(user_id,
                        coalesce(chat.request_bigint(request, 'limit', false), 50)::integer,
@@ -397,6 +403,16 @@ BEGIN
         RETURN '{}';
     -- media (issue 13)
     WHEN 'upload' THEN
+        -- Avatars (issue 15): "purpose":"avatar" uploads a picture (33_avatars.sql).
+        IF chat.request_text(request, 'purpose', false) = 'avatar' THEN
+            RETURN chat.upload_avatar(user_id, chat.request_text(request, 'mime'),
+                                      chat.request_bigint(request, 'size'),
+                                      chat.request_text(request, 'sha256'),
+                                      chat.request_bigint(request, 'conversation', false));
+        ELSIF coalesce(chat.request_text(request, 'purpose', false), 'message') <> 'message' THEN
+            RAISE EXCEPTION 'invalid upload purpose "%"', left(request ->> 'purpose', 200)
+                USING ERRCODE = '22023', HINT = 'Use "message" (the default) or "avatar".';
+        END IF;
         RETURN chat.upload(user_id, chat.request_bigint(request, 'conversation'),
                            chat.request_text(request, 'mime'),
                            chat.request_bigint(request, 'size'),

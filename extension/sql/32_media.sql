@@ -147,7 +147,8 @@ REVOKE ALL ON FUNCTION chat.upload(bigint, bigint, text, bigint, text, text) FRO
 COMMENT ON FUNCTION chat.upload(bigint, bigint, text, bigint, text, text) IS 'announces an upload to a conversation (members only, allowed type, within its limit); returns {upload, url, expires_at} with a signed PUT URL';
 
 -- A signed GET URL of an attachment (or its thumbnail) for a member of its
--- conversation: {"url","expires_at"}.
+-- conversation, or for whoever may see it as a current avatar
+-- (33_avatars.sql): {"url","expires_at"}.
 CREATE FUNCTION chat.media_url(actor bigint, attachment uuid, thumbnail boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -163,16 +164,21 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
     END IF;
-    -- the uploader may fetch it before sending; the other members once it is sent
-    IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
-    END IF;
-    PERFORM chat.require_member(actor, a.conversation_id);
-    -- the file of a message past its expires_at is gone with the message,
-    -- before the expiry worker deletes the row (message_expired)
-    IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                  AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
-        RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+    -- Avatars (issue 15, 33_avatars.sql): a current avatar is served beyond
+    -- the rule below (a profile upload has no conversation: decided there).
+    IF NOT chat.avatar_access(actor, a) THEN
+        -- the uploader may fetch it before sending; the other members once it is sent
+        IF a.message_seq IS NULL AND a.owner_id IS DISTINCT FROM actor THEN
+            RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+        END IF;
+        PERFORM chat.require_member(actor, a.conversation_id);
+        -- the file of a message past its expires_at is gone with the
+        -- message, before the expiry worker deletes the row
+        -- (message_expired); a group's current picture stays (33_avatars.sql)
+        IF EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                      AND x.seq = a.message_seq AND x.expires_at <= now()) THEN
+            RAISE EXCEPTION 'attachment % does not exist', attachment USING ERRCODE = 'P0002';
+        END IF;
     END IF;
     IF coalesce(thumbnail, false) AND a.thumbnail_key IS NULL THEN
         RAISE EXCEPTION 'attachment % has no thumbnail', attachment USING ERRCODE = 'P0002';
@@ -184,7 +190,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION chat.media_url(bigint, uuid, boolean) FROM PUBLIC;
-COMMENT ON FUNCTION chat.media_url(bigint, uuid, boolean) IS 'a signed GET URL of an attachment or its thumbnail, bound to the actor, for members of its conversation';
+COMMENT ON FUNCTION chat.media_url(bigint, uuid, boolean) IS 'a signed GET URL of an attachment or its thumbnail, bound to the actor, for members of its conversation; a current avatar also for those who may see it';
 
 -- For the byte server: what a PUT to upload id by user_id is to store.
 -- state 'ready' means the PUT is late (409); no row: 404.
@@ -229,15 +235,19 @@ SET search_path = pg_catalog, pg_temp AS $$
       FROM chat.attachments a
      WHERE a.id = media_download_target.id AND a.state = 'ready'
        AND (NOT thumbnail OR a.thumbnail_key IS NOT NULL)
-       -- not the file of a message past its expires_at (message_expired)
-       AND NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
-                          AND x.seq = a.message_seq AND x.expires_at <= now())
+       -- not the file of a message past its expires_at (message_expired),
+       -- unless it is the group's current picture (33_avatars.sql)
+       AND (NOT EXISTS (SELECT FROM chat.messages x WHERE x.conversation_id = a.conversation_id
+                           AND x.seq = a.message_seq AND x.expires_at <= now())
+            OR EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = a.conversation_id AND c.settings ->> 'avatar' = a.id::text))
 $$;
 REVOKE ALL ON FUNCTION chat.media_download_target(uuid, boolean) FROM PUBLIC;
 COMMENT ON FUNCTION chat.media_download_target(uuid, boolean) IS 'the storage key and type a GET URL serves (byte server)';
 
 -- Removes uploads still pending after chat.media_upload_timeout (their
--- bytes, if any, are queued for deletion by the trigger); returns how many.
+-- bytes, if any, are queued for deletion by the trigger), and profile
+-- uploads as old that are no current avatar (33_avatars.sql); returns how many.
 CREATE FUNCTION chat.media_cleanup()
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -249,11 +259,12 @@ BEGIN
      WHERE a.state = 'pending'
        AND a.created_at < now() - make_interval(secs => current_setting('chat.media_upload_timeout')::integer);
     GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
+    -- Avatars (issue 15): profile uploads that are no current avatar.
+    RETURN n + chat.avatar_cleanup();
 END
 $$;
 REVOKE ALL ON FUNCTION chat.media_cleanup() FROM PUBLIC;
-COMMENT ON FUNCTION chat.media_cleanup() IS 'removes uploads pending for longer than chat.media_upload_timeout; their bytes are queued for deletion';
+COMMENT ON FUNCTION chat.media_cleanup() IS 'removes uploads pending for longer than chat.media_upload_timeout, and older profile uploads that are no current avatar; their bytes are queued for deletion';
 
 -- For the byte server: takes up to lim queued storage keys out of the queue
 -- (rows another server holds are skipped).  The server deletes the files
@@ -300,12 +311,16 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM chat.attachments a
-     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq;
+     WHERE a.conversation_id = OLD.conversation_id AND a.message_seq = OLD.seq
+       -- Avatars (issue 15): a group's current picture stays until replaced
+       -- (chat.group_avatar_replaced, 33_avatars.sql)
+       AND NOT EXISTS (SELECT FROM chat.conversations c
+                        WHERE c.id = OLD.conversation_id AND c.settings ->> 'avatar' = a.id::text);
     RETURN NULL;
 END
 $$;
 REVOKE ALL ON FUNCTION chat.media_message_gone() FROM PUBLIC;
-COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion)';
+COMMENT ON FUNCTION chat.media_message_gone() IS 'trigger: removes the attachments of a deleted message (their bytes are queued for deletion), but not a group''s current picture';
 -- Only rows that carried attachments fire: sends and edits pay the WHEN test only.
 CREATE TRIGGER messages_attachments_tombstone AFTER UPDATE OF deleted_at ON chat.messages
     FOR EACH ROW WHEN (OLD.attachments IS NOT NULL AND NEW.deleted_at IS NOT NULL

@@ -2,6 +2,7 @@
 # Browser test: the demo page in headless Chromium (Playwright) against a real
 # gateway on a free port, serving web/ and talking to a new database of the
 # harness cluster (tests/run.sh), or of its own cluster when run alone.
+# BROWSER_TESTS: the test files to run (default: every one in tests/browser/).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -89,6 +90,6 @@ export DB_DSN="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db" PGBIN   # e2e.
 export DIRECT=$(field direct) GROUP=$(field group) HISTORY=$(field history)
 export TOKENS=$(node -e 'const o = JSON.parse(process.argv[1]); console.log(JSON.stringify({alice: o.alice, bob: o.bob, carol: o.carol}))' "$json")
 status=0
-timeout 300 node --test --test-reporter=spec --test-concurrency=1 tests/browser/ || status=$?
+timeout 300 node --test --test-reporter=spec --test-concurrency=1 ${BROWSER_TESTS:-tests/browser/} || status=$?
 [ "$status" -eq 0 ] || { echo "browser: gateway log:"; tail -40 "$artifacts/gateway.log"; }
 exit "$status"

@@ -31,7 +31,10 @@ SELECT chat.add_member(1, 2, 5, 'admin');
 SELECT chat.remove_member(1, 2, 3);
 SELECT chat.ack(2, 1, 1, 20), chat.ack(1, 2, 2, 30);
 SELECT chat.mark_read(2, 1, 25), chat.mark_read(4, 2, 10);
-SELECT chat.set_profile(1, 'One', 'about one', 'avatar-1'), chat.set_privacy(2, 'contacts', false);
+-- avatars (issue 15): a ready image profile upload (no conversation)
+INSERT INTO chat.attachments (id, owner_id, mime, size, sha256, state)
+VALUES ('00000000-0000-4000-8000-0000000000a1', 1, 'image/png', 10, repeat('a', 64), 'ready');
+SELECT chat.set_profile(1, 'One', 'about one', '00000000-0000-4000-8000-0000000000a1'), chat.set_privacy(2, 'contacts', false);
 SELECT chat.block(3, 1), chat.block(2, 4);
 SELECT chat.report(1, NULL, 1, 1, 'spam'), chat.report(3, 1, NULL, NULL, 'rude');
 -- E2E: keys (two one-time keys, one claimed), an inbox, a txn.

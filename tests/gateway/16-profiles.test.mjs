@@ -4,7 +4,7 @@
 // read_receipts false (delivery still reported, reads not).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { newDb, makeUser, direct, group, startGateway, stopAll, connectAs, rows } from './lib.mjs';
+import { newDb, makeUser, direct, group, startGateway, stopAll, connectAs, rows, psql, lit } from './lib.mjs';
 
 const DB = 'gw_16_profiles';
 let gw;
@@ -20,11 +20,14 @@ test('profile, set_profile and find_user; conversations name the peer', async ()
   const conv = await direct(DB, alice.id, bob.id);
   const a = await connectAs(gw, alice.id, 1, { label: 'alice' });
   const b = await connectAs(gw, bob.id, 1, { label: 'bob' });
-  assert.deepEqual(await b.call({ type: 'set_profile', display_name: ' Bobby ', about: 'hello', avatar: 'att-1' }), {});
+  // an avatar is a profile picture upload (36-avatars has the bytes), marked ready as chat-media would
+  const att = (await b.call({ type: 'upload', purpose: 'avatar', mime: 'image/png', size: 10, sha256: 'a'.repeat(64) })).upload;
+  await psql(DB, `SELECT chat.media_uploaded(${lit(att)})`);
+  assert.deepEqual(await b.call({ type: 'set_profile', display_name: ' Bobby ', about: 'hello', avatar: att }), {});
   const p = await a.call({ type: 'profile', users: [bob.id, alice.id, 999999999] });
   assert.deepEqual(p.users.map((u) => u.user), [alice.id, bob.id].sort((x, y) => x - y));
   const pb = p.users.find((u) => u.user === bob.id);
-  assert.deepEqual(pb, { user: bob.id, handle: bob.handle, display_name: 'Bobby', about: 'hello', avatar: 'att-1' });
+  assert.deepEqual(pb, { user: bob.id, handle: bob.handle, display_name: 'Bobby', about: 'hello', avatar: att });
   // Absent fields stay, '' clears.
   await b.call({ type: 'set_profile', avatar: '' });
   const again = (await a.call({ type: 'profile', users: [bob.id] })).users[0];

@@ -202,6 +202,44 @@ test('invites through the proxy: a code made on any partition can be joined and 
   await assert.rejects(psql(PROXY, `SELECT chat.media_url(1, '00000000-0000-0000-0000-000000000000')`), /attachment .* does not exist/);
 });
 
+// Avatars (issue 15): a profile picture upload (no conversation) lives on
+// its owner's home partition; set_profile checks a new avatar there first,
+// so that a refused one changes no partition, then writes every partition;
+// media_url finds it wherever it is (and a block answers 42501).
+test('avatars through the proxy: the profile upload on the home partition, set_profile all or nothing', async () => {
+  const req = async (u, r) => JSON.parse(await value(PROXY, `SELECT chat.client_request('x', ${u}, 1, '${JSON.stringify(r)}'::jsonb)::text`));
+  const avatars = async (u) => { const out = []; for (let p = 0; p < PARTS; p++) out.push((await onPart(p, `SELECT avatar FROM chat.users WHERE id = ${u}`))[0].avatar); return out; };
+  const home = Number(await value(PROXY, 'SELECT chat_proxy.home_partition(2)'));
+  const up = await req(2, { id: 1, type: 'upload', purpose: 'avatar', mime: 'image/png', size: 10, sha256: 'a'.repeat(64) });
+  assert.equal(up.type, 'ok', JSON.stringify(up));
+  const id = up.result.upload;
+  for (let p = 0; p < PARTS; p++) {
+    const n = (await onPart(p, `SELECT count(*)::int AS n FROM chat.attachments WHERE id = '${id}'`))[0].n;
+    assert.equal(n, p === home ? 1 : 0, `the upload on partition ${p} (home ${home})`);
+  }
+  // not uploaded yet (55000), unknown (42501), another user's (42501): no partition changes
+  assert.equal((await req(2, { id: 2, type: 'set_profile', avatar: id })).code, '55000');
+  await onPart(home, `SELECT chat.media_uploaded('${id}')`);
+  assert.equal((await req(2, { id: 3, type: 'set_profile', about: 'x', avatar: '00000000-0000-4000-8000-000000000000' })).code, '42501');
+  assert.equal((await req(3, { id: 4, type: 'set_profile', avatar: id })).code, '42501');
+  await assert.rejects(psql(PROXY, `SELECT chat.set_profile(3, avatar => '${id}')`), /is not an upload of user 3/);
+  assert.deepEqual(await avatars(2), [null, null, null, null]);
+  assert.deepEqual(await avatars(3), [null, null, null, null]);
+  assert.equal((await onPart(home === 0 ? 1 : 0, 'SELECT about FROM chat.users WHERE id = 2'))[0].about, null, 'the refused frame set no about either');
+  // a good one reaches every partition; any user may fetch it, one 2 blocked may not
+  assert.equal((await req(2, { id: 5, type: 'set_profile', avatar: id })).type, 'ok');
+  assert.deepEqual(await avatars(2), [id, id, id, id]);
+  const url = await req(5, { id: 6, type: 'media_url', attachment: id });
+  assert.match(url.result?.url || '', /\?u=5&/, JSON.stringify(url));
+  assert.equal((await req(2, { id: 7, type: 'block', user: 6 })).type, 'ok');
+  assert.equal((await req(6, { id: 8, type: 'media_url', attachment: id })).code, '42501');
+  // the SQL path: cleared on every partition
+  await psql(PROXY, `SELECT chat.set_profile(2, avatar => '')`);
+  assert.deepEqual(await avatars(2), [null, null, null, null]);
+  await psql(PROXY, `SELECT chat.set_profile(2, avatar => '${id}')`);
+  assert.deepEqual(await avatars(2), [id, id, id, id]);
+});
+
 // E2E (issue 12): keys and to-device inboxes live on the owner's home
 // partition (hashint8(user id)), the conversation the two users share on
 // its own partition.  keys_claim and to_device check the peer rule over

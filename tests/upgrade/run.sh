@@ -137,9 +137,12 @@ SQL
   # block stops a send (the C send path reads chat.blocks).
   got=$(q chat_up_old -c "SELECT string_agg(coalesce(about, '-') || ':' || coalesce(avatar, '-') || ':' || read_receipts, ' ' ORDER BY id) FROM chat.users WHERE id <= 2")
   [ "$got" = "-:-:true -:-:true" ] || fail "$from: profile columns after the upgrade: $got"
-  q chat_up_old -c "SELECT chat.set_profile(1, 'One', 'about one', 'av1'), chat.block(2, 1)" >/dev/null
+  # avatars (issue 15): a ready image profile upload (no conversation) of the user's own
+  q chat_up_old -c "INSERT INTO chat.attachments (id, owner_id, mime, size, sha256, state)
+                    VALUES ('00000000-0000-4000-8000-0000000000a1', 1, 'image/png', 10, repeat('a', 64), 'ready')" >/dev/null
+  q chat_up_old -c "SELECT chat.set_profile(1, 'One', 'about one', '00000000-0000-4000-8000-0000000000a1'), chat.block(2, 1)" >/dev/null
   got=$(q chat_up_old -c "SELECT display_name || ':' || about || ':' || avatar FROM chat.profile(2, ARRAY[1])")
-  [ "$got" = "One:about one:av1" ] || fail "$from: profile after the upgrade: $got"
+  [ "$got" = "One:about one:00000000-0000-4000-8000-0000000000a1" ] || fail "$from: profile after the upgrade: $got"
   if q chat_up_old -c "SELECT chat.send_message(1, 1, 'blocked')" >/dev/null 2>"$work/blocked.err"; then
     fail "$from: a blocked user could send after the upgrade"
   fi

@@ -9,6 +9,7 @@ import { $, el, toast } from './dom.js';
 import { errorText, ttlText } from './format.js';
 import { S, nameOf, peerOf, convTitle } from './store.js';
 import { applyReaction } from '../chat-client.js';
+import { avatarEl, userAvatar, drawGroupAvatar } from './avatars.js';
 
 /** The reactions offered by the picker. */
 export const QUICK_REACTIONS = ['👍', '❤️', '😂', '😮', '🙏'];
@@ -287,13 +288,14 @@ async function showInfo(conv) {
   const c = S.convs.get(conv);
   $('info-title').textContent = convTitle(c);
   $('info-members').replaceChildren(...members.map((m) => el('li', { dataset: { user: String(m.user) } },
-    el('span', { class: 'title' }, nameOf(m.user)), el('span', { class: 'role' }, m.role),
+    avatarEl(userAvatar(m.user), nameOf(m.user), 'small'), el('span', { class: 'title' }, nameOf(m.user)), el('span', { class: 'role' }, m.role),
     admin && m.user !== S.me && m.role !== 'owner' && c?.kind === 'group'
       ? el('span', { class: 'member-actions' },
         el('button', { type: 'button', dataset: { act: m.role === 'admin' ? 'demote' : 'promote', user: String(m.user) } }, m.role === 'admin' ? 'Make member' : 'Make admin'),
         el('button', { type: 'button', dataset: { act: 'remove', user: String(m.user) } }, 'Remove'))
       : null)));
   $('info-admin').hidden = !(admin && c?.kind === 'group');
+  drawGroupAvatar(conv, admin);
   $('info-leave').hidden = c?.kind !== 'group';
   $('invite-code').value = '';
   $('dialog-info').dataset.conversation = String(conv);

@@ -6,6 +6,7 @@ import { fmtTime, lastSeenText, systemText, ttlText } from './format.js';
 import { S, nameOf, whoOf, peerOf, convTitle, tickOf } from './store.js';
 import { bodyNodes, reactionRow, renderPinned, renderMenu } from './messenger.js';
 import { attachmentView, e2eAttachmentView } from './media.js';
+import { avatarEl, convAvatar, userAvatar } from './avatars.js';
 
 /**
  * What a message shows as its text: an e2e message its decrypted text, or
@@ -52,7 +53,7 @@ export function renderList() {
     const peer = peerOf(c);
     const online = peer != null && S.presence.get(peer)?.online;
     return el('li', { class: id === S.current ? 'active' : '', dataset: { conversation: String(id) } },
-      el('div', { class: `avatar${online ? ' online' : ''}`, 'aria-hidden': 'true' }, (convTitle(c)[0] || '?').toUpperCase()),
+      avatarEl(convAvatar(c), convTitle(c), online ? 'online' : ''),
       el('div', { class: 'row-main' },
         el('div', { class: 'row-top' }, el('span', { class: 'title' }, c.e2e ? el('span', { class: 'lock', title: 'end-to-end encrypted' }, '🔒 ') : null, convTitle(c)), el('time', {}, fmtTime(lm?.created_at || c.last_activity))),
         el('div', { class: 'row-bottom' }, el('span', { class: 'preview' }, preview),
@@ -65,6 +66,7 @@ export function renderList() {
 export function renderHeader(online) {
   const c = S.convs.get(S.current);
   $('conv-name').textContent = c ? `${c.e2e ? '🔒 ' : ''}${convTitle(c)}` : 'Select a chat';
+  $('conv-avatar').replaceChildren(...(c ? [avatarEl(convAvatar(c), convTitle(c), 'small')] : []));
   $('safety').hidden = !(c && c.e2e && c.kind === 'direct' && peerOf(c) != null);
   const sub = $('conv-sub');
   const typing = [...(S.typing.get(S.current) || [])];
@@ -95,7 +97,7 @@ export function renderMessages({ keepBottomOffset = false } = {}) {
     const tick = mine ? tickOf(conv, m.seq) : null;
     const mentioned = !mine && Array.isArray(m.mentions) && m.mentions.includes(S.me);
     return el('li', { class: `msg ${mine ? 'mine' : 'theirs'}${m.deleted_at ? ' deleted' : ''}${mentioned ? ' mentioned' : ''}`, dataset: { seq: String(m.seq) } },
-      !mine && c?.kind === 'group' ? el('span', { class: 'sender' }, nameOf(m.sender)) : null,
+      !mine && c?.kind === 'group' ? el('span', { class: 'sender-line' }, avatarEl(userAvatar(m.sender), nameOf(m.sender), 'tiny'), el('span', { class: 'sender' }, nameOf(m.sender))) : null,
       ...(!m.deleted_at && m.attachments ? m.attachments.map((a, i) => m.kind === 'e2e' ? e2eAttachmentView(a, Array.isArray(m.plain?.files) ? m.plain.files[i] : undefined) : attachmentView(a)) : []),
       m.deleted_at || bodyText(m) || !m.attachments
         ? el('span', { class: `body${m.kind === 'e2e' && m.plain === undefined ? ` e2e-${m.e2e || 'pending'}` : ''}` },

@@ -53,21 +53,27 @@ export function absoluteMediaUrl(host, url) {
 }
 
 /**
- * Uploads file to conversation: resolves {upload, mime, size, name, width,
+ * Uploads file to conversation (purpose 'avatar': a picture, to no
+ * conversation for a profile picture): resolves {upload, mime, size, name, width,
  * height, thumbnail}.  A PUT that fails on the way (network, 5xx) is tried
  * again on the same URL; one whose URL expired (403) gets a new upload; 409
  * (finished by an earlier attempt whose answer was lost) counts as done.
  * Other statuses reject with code "http_<status>" (400 size or hash, 413,
  * 415 content not of the announced type).
  */
-export async function uploadFile(host, conversation, file, { mime, name, onProgress = () => {}, maxAttempts = 5, put = defaultPut } = {}) {
+export async function uploadFile(host, conversation, file, { mime, name, onProgress = () => {}, maxAttempts = 5, put = defaultPut, purpose } = {}) {
   const bytes = await bytesOf(file);
   mime = (mime || file.type || 'application/octet-stream').toLowerCase();
-  name = name ?? file.name ?? null;
+  name = purpose === 'avatar' ? null : (name ?? file.name ?? null);
   const sha256 = await sha256Hex(bytes);
+  // purpose "avatar" (docs/media.md "Avatars"): a picture, no name; without
+  // a conversation a profile picture of the user
+  const announce = purpose === 'avatar'
+    ? { purpose, ...(conversation != null ? { conversation } : {}), mime, size: bytes.length, sha256 }
+    : { conversation, mime, size: bytes.length, sha256, name };
   let up = null;
   for (let attempt = 1; ; attempt++) {
-    if (!up) up = await host.request('upload', { conversation, mime, size: bytes.length, sha256, name });
+    if (!up) up = await host.request('upload', announce);
     let r;
     try {
       onProgress(0, bytes.length);
