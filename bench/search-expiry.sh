@@ -205,7 +205,7 @@ stats() {
 ratios=""
 q -c "SELECT pg_get_functiondef('chat.expire_messages(integer)'::regprocedure)" >"$work/installed.sql"
 echo ";" >>"$work/installed.sql"
-secs=$((WINDOW * WINDOWS + 2))
+secs=$((WINDOW * WINDOWS + 4))
 for r in $(seq 1 "$ROUNDS"); do
   for variant in $VARIANTS; do
   for nice in $NICES; do
@@ -234,7 +234,7 @@ for r in $(seq 1 "$ROUNDS"); do
     [ "$rate" = 0 ] || rate_opt=(-R "$rate")
     (cd "$run" && "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -T "$secs" "${rate_opt[@]}" -f "$work/send.sql" -l "$db" >/dev/null 2>&1) &
     bench_pid=$!
-    sleep 1   # the senders are up
+    sleep 3   # warm-up: the senders' first transactions (cold caches, new plans) count in neither
     : >"$run/windows"
     on_secs=0 drained=""
     for w in $(seq 1 "$WINDOWS"); do

@@ -48,6 +48,11 @@ static int	chat_search_scan_limit = 5000;
 #define UNIX_EPOCH_OFFSET \
 	((double) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)
 
+/* The worker's argument: its database, and whether it runs SCHED_IDLE. */
+#define EXPIRY_ARG(db, idle)	UInt64GetDatum((uint64) (db) | ((uint64) ((idle) ? 1 : 0) << 32))
+#define EXPIRY_ARG_DB(arg)		((Oid) (DatumGetUInt64(arg) & 0xFFFFFFFF))
+#define EXPIRY_ARG_IDLE(arg)	((DatumGetUInt64(arg) >> 32) & 1)
+
 /* Most batches one worker run takes before it leaves the rest to the next. */
 #define EXPIRY_MAX_BATCHES 1000
 
@@ -189,7 +194,9 @@ RunBatch(const char *sql)
 /*
  * True when a message past its ttl has been due longer than
  * chat.expire_max_lag: the machine had no idle time for the worker, which
- * must then take its share.  (messages_expiry_idx: one index probe.)
+ * must then take its share.  (messages_expiry_idx: one index probe.)  The
+ * launcher asks, in its own transaction, so that the worker can take its
+ * policy before it does anything else.
  */
 static bool
 BacklogIsLate(void)
@@ -200,13 +207,9 @@ BacklogIsLate(void)
 	snprintf(sql, sizeof(sql),
 			 "SELECT FROM chat.messages x WHERE x.expires_at <= now() - %d * interval '1 s'"
 			 " LIMIT 1", chat_expire_max_lag);
-	StartTransactionCommand();
 	ChatSpiConnect();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	late = SPI_execute(sql, true, 1) == SPI_OK_SELECT && SPI_processed == 1;
 	ChatSpiFinish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
 	return late;
 }
 
@@ -249,9 +252,25 @@ ChatExpiryMain(Datum arg)
 	int			i;
 	TimestampTz idle_until = 0;
 
+	/*
+	 * The policy first: connecting (the backend start-up, the catalog
+	 * caches) is work too, and the worker starts often (every run).
+	 */
+	if (chat_expire_nice > 0 && setpriority(PRIO_PROCESS, 0, chat_expire_nice) != 0)
+		ereport(LOG, (errmsg("chat expiry: could not set niceness %d: %m", chat_expire_nice)));
+	if (EXPIRY_ARG_IDLE(arg))
+	{
+		struct sched_param sp = {0};
+
+		if (sched_setscheduler(0, SCHED_IDLE, &sp) == 0)
+			idle_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 chat_expire_max_lag * 1000);
+		else
+			ereport(LOG, (errmsg("chat expiry: could not set SCHED_IDLE: %m")));
+	}
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(arg), InvalidOid, 0);
+	BackgroundWorkerInitializeConnectionByOid(EXPIRY_ARG_DB(arg), InvalidOid, 0);
 	pgstat_report_appname("chat expiry");
 	/* session-level advisory lock: held until the worker exits */
 	if (!ExtensionPresent())
@@ -271,24 +290,13 @@ ChatExpiryMain(Datum arg)
 	 * is never idle would starve it, so a backlog older than
 	 * chat.expire_max_lag is worked at niceness chat.expire_nice instead
 	 * (a process cannot leave SCHED_IDLE without privileges: the choice
-	 * is made per worker run, and a run under SCHED_IDLE ends after
+	 * is made per worker run, by its launcher, and taken first thing
+	 * above; a run under SCHED_IDLE ends after
 	 * chat.expire_max_lag, IdleRunIsOver).  Locks are no issue:
 	 * the worker holds no lock a send waits for (SKIP LOCKED on the
 	 * message rows, no conversation row).  The pause of chat.expire_delay
 	 * after each full batch bounds the worker to about a third of a core.
 	 */
-	if (chat_expire_nice > 0 && setpriority(PRIO_PROCESS, 0, chat_expire_nice) != 0)
-		ereport(LOG, (errmsg("chat expiry: could not set niceness %d: %m", chat_expire_nice)));
-	if (chat_expire_idle && !BacklogIsLate())
-	{
-		struct sched_param sp = {0};
-
-		if (sched_setscheduler(0, SCHED_IDLE, &sp) == 0)
-			idle_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 chat_expire_max_lag * 1000);
-		else
-			ereport(LOG, (errmsg("chat expiry: could not set SCHED_IDLE: %m")));
-	}
 	snprintf(sql, sizeof(sql), "SELECT chat.expire_messages(%d)", chat_expire_batch);
 	for (i = 0; i < EXPIRY_MAX_BATCHES && !IdleRunIsOver(idle_until); i++)
 	{
@@ -316,6 +324,8 @@ ChatExpiryMain(Datum arg)
 Datum
 chat_launch_expiry_worker(PG_FUNCTION_ARGS)
 {
+	bool		idle = chat_expire_idle && !BacklogIsLate();
+
 	PG_RETURN_BOOL(ChatLaunchWorker("ChatExpiryMain", "chat expiry", MyDatabaseId,
-									ObjectIdGetDatum(MyDatabaseId)));
+									EXPIRY_ARG(MyDatabaseId, idle)));
 }
