@@ -286,3 +286,15 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 echo "p99 ratios (during / alone; rate 0 = closed loop):$ratios"
+# The rounds of each setting pooled: a p99 over all their sends, steadier
+# than any one round's (about 80 sends make a round's p99).
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "pooled over the $ROUNDS rounds (nice/idle/delay/batch/rate/variant: p99 alone, during, ratio):"
+  for key in $(cd "$work" && ls -d run1-* 2>/dev/null | sed 's/^run1-//'); do
+    cat "$work"/run*-"$key"/classes >"$work/pooled"
+    alone=$(stats alone "$work/pooled" | tail -1)
+    during=$(stats during "$work/pooled" | tail -1)
+    if [ "$alone" = 0 ] || [ "$during" = 0 ]; then ratio=n/a; else ratio=$(echo "scale=2; $during / $alone" | bc); fi
+    echo "  $key: ${alone} ms, ${during} ms, $ratio"
+  done
+fi
