@@ -835,6 +835,22 @@ db_heartbeat(lws_sorted_usec_list_t *sul)
  * so that its interval (a write) does not decide the metrics' resolution. */
 #define NOTIFIER_READ_US (2 * LWS_US_PER_SEC)
 
+/* Queues the notifier reads for /metrics on pc: the stats and/or the
+ * histograms, each unless one is unanswered there already. */
+static void
+db_read_notifier_on(struct pgconn *pc, int want_stats, int want_hist)
+{
+	if (want_stats && !pc->nstats_inflight &&
+	    db_send(pc, P_NSTATS, NULL,
+		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
+		pc->nstats_inflight = 1;
+	if (want_hist && !pc->nhist_inflight &&
+	    db_send(pc, P_NHIST, NULL,
+		    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
+		    0, NULL, NULL))
+		pc->nhist_inflight = 1;
+}
+
 /* Every 2 s: chat.notifier_stats() and chat.notifier_histograms() for /metrics. */
 static void
 db_read_notifier(lws_sorted_usec_list_t *sul)
@@ -842,34 +858,19 @@ db_read_notifier(lws_sorted_usec_list_t *sul)
 	struct pgconn *pc;
 
 	(void)sul;
+	if (stopping)
+		return;
 	/* Sharded: ctl talks to the proxy, which has no notifier; each
 	 * partition's is read on that partition's maintenance connection
-	 * (never its LISTEN one), and /metrics shows their sum. */
-	for (int i = 0; i < n_parts && !stopping; i++) {
-		pc = &pmaint[i];
-		if (pc->state != PG_READY)
-			continue;
-		if (!pc->nstats_inflight &&
-		    db_send(pc, P_NSTATS, NULL,
-			    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
-			pc->nstats_inflight = 1;
-		if (!pc->nhist_inflight &&
-		    db_send(pc, P_NHIST, NULL,
-			    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
-			    0, NULL, NULL))
-			pc->nhist_inflight = 1;
-	}
-	if (n_parts == 0 && !stopping && !db_maint_inflight(1) && (pc = db_maint_conn()) &&
-	    db_send(pc, P_NSTATS, NULL,
-		    "SELECT fallbacks, queued_bytes FROM chat.notifier_stats()", 0, NULL, NULL))
-		pc->nstats_inflight = 1;
-	if (n_parts == 0 && !stopping && !db_maint_inflight(2) && (pc = db_maint_conn()) &&
-	    db_send(pc, P_NHIST, NULL,
-		    "SELECT histogram, bounds, cumulative, sum FROM chat.notifier_histograms()",
-		    0, NULL, NULL))
-		pc->nhist_inflight = 1;
-	if (!stopping)
-		lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
+	 * (never its LISTEN one), and /metrics shows their sum.  Otherwise
+	 * on the maintenance connection, or the pool connection standing in
+	 * for it, each read unless one is unanswered on any of them. */
+	for (int i = 0; i < n_parts; i++)
+		if (pmaint[i].state == PG_READY)
+			db_read_notifier_on(&pmaint[i], 1, 1);
+	if (n_parts == 0 && (pc = db_maint_conn()))
+		db_read_notifier_on(pc, !db_maint_inflight(1), !db_maint_inflight(2));
+	lws_sul_schedule(db_context, 0, &sul_nread, db_read_notifier, NOTIFIER_READ_US);
 }
 
 /* Connects the control connection and the pool (asynchronously) and starts the heartbeat. */

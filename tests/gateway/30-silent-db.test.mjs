@@ -11,7 +11,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { twoUserDb, startGateway, stopAll, connectAs, parseMetrics, sleep, ms, rows } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, metricSum, sleep, ms, rows } from './lib.mjs';
 import { PgProxy } from './pg-proxy.mjs';
 
 const DB = 'gw_30_silent_db';
@@ -22,11 +22,6 @@ before(async () => {
   proxy = await PgProxy.start({ port: process.env.PGPORT });
 });
 after(async () => { await stopAll(); await proxy?.stop(); });
-
-// The value of a counter in /metrics.
-async function metric(gw, name) {
-  return parseMetrics((await gw.get('/metrics')).text).filter((m) => m.name === name).reduce((t, m) => t + m.value, 0);
-}
 
 // Polls /healthz until it answers want; resolves the ms it took (or null).
 async function healthWithin(gw, want, timeout) {
@@ -59,7 +54,7 @@ test('a request to a silent database is answered 08006 within --request-timeout;
     assert.equal(r2.code, '08006', JSON.stringify(r2));
     assert.ok(Date.now() - t1 <= 2500, `second request answered after ${Date.now() - t1} ms`);
     assert.equal(await healthWithin(gw, 503, 2500) !== null, true, '/healthz 503 while the database is silent');
-    assert.ok((await metric(gw, 'chat_gateway_db_timeouts_total')) >= 1, 'the timeout is counted');
+    assert.ok((await metricSum(gw, 'chat_gateway_db_timeouts_total')) >= 1, 'the timeout is counted');
   } finally {
     proxy.resume();
   }
@@ -123,7 +118,7 @@ test('a slow database: requests beyond what it keeps up with get 53400 busy at o
     assert.ok(r.ms < 1000, `busy answered after ${r.ms} ms: it must come at once`);
   }
   assert.ok(Date.now() - t0 < 4000, 'every request answered before the deadline');
-  assert.ok((await metric(gw, 'chat_gateway_busy_total')) >= busy.length, 'busy refusals are counted');
+  assert.ok((await metricSum(gw, 'chat_gateway_busy_total')) >= busy.length, 'busy refusals are counted');
   // Busy requests were never applied: each retry stores the message once.
   for (const r of busy) {
     const c = r.i % 2 ? a : b;

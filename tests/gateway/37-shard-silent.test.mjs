@@ -9,7 +9,7 @@
 // goes straight to it), as in 33-shard-heartbeat.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { twoUserDb, startGateway, stopAll, connectAs, parseMetrics, sleep, ms, dsn } from './lib.mjs';
+import { twoUserDb, startGateway, stopAll, connectAs, metricSum, sleep, ms, dsn } from './lib.mjs';
 import { PgProxy } from './pg-proxy.mjs';
 
 const DB = 'gw_37_shard_silent';
@@ -21,16 +21,11 @@ before(async () => {
 });
 after(async () => { await stopAll(); await proxy?.stop(); });
 
-// The value of a gauge or counter in /metrics.
-async function metric(gw, name) {
-  return parseMetrics((await gw.get('/metrics')).text).filter((m) => m.name === name).reduce((t, m) => t + m.value, 0);
-}
-
 // Polls metric name until it equals want; resolves the ms it took (or null).
 async function metricWithin(gw, name, want, timeout) {
   const t0 = Date.now();
   while (Date.now() - t0 < timeout) {
-    if ((await metric(gw, name)) === want) return Date.now() - t0;
+    if ((await metricSum(gw, name)) === want) return Date.now() - t0;
     await sleep(100);
   }
   return null;

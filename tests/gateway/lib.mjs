@@ -459,6 +459,11 @@ export function parseMetrics(text) {
   return out;
 }
 
+// The sum of the samples of one series in gw's /metrics (0 when absent).
+export async function metricSum(gw, name) {
+  return parseMetrics((await gw.get('/metrics')).text).filter((m) => m.name === name).reduce((t, m) => t + m.value, 0);
+}
+
 // ---------------------------------------------------------------- dutiful client
 
 // A device that follows docs/protocol.md's client duties: keeps per-conversation
