@@ -179,9 +179,9 @@ no_worker="DO \$\$ BEGIN
   WHILE EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'chat expiry' AND false) LOOP
     PERFORM pg_sleep(0.005); PERFORM pg_stat_clear_snapshot();
   END LOOP; END \$\$"
-# split WINDOWS_FILE LOG...: "alone" and "during" latencies (ms), one per line
+# classify WINDOWS_FILE LOG...: "alone" and "during" latencies (ms), one per line
 # with its class, of the sends in the pgbench per-transaction logs.
-split() {
+classify() {
   local wf=$1; shift
   cat "$@" | awk -v wf="$wf" '
     BEGIN { while ((getline l < wf) > 0) { split(l, f, " "); n++; ws[n] = f[1]; we[n] = f[2]; on[n] = f[3] } }
@@ -260,7 +260,7 @@ for r in $(seq 1 "$ROUNDS"); do
     wait "$bench_pid"
     after=$(q -c "SELECT count(*) FROM chat.messages WHERE deleted_at IS NOT NULL")
     q -c "UPDATE chat.messages SET expires_at = NULL WHERE expires_at IS NOT NULL" >/dev/null
-    split "$run/windows" "$run"/pgbench_log.* >"$run/classes"
+    classify "$run/windows" "$run"/pgbench_log.* >"$run/classes"
     alone=$(stats alone "$run/classes")
     during=$(stats during "$run/classes")
     if [ "$(echo "$alone" | tail -1)" = 0 ] || [ "$(echo "$during" | tail -1)" = 0 ]; then

@@ -77,12 +77,6 @@ static SPIPlanPtr after_plan;
 static SPIPlanPtr dispatch_plan;
 static SPIPlanPtr to_device_plan;
 
-/* The columns of chat.message_view, in order, for the message readers. */
-#define MESSAGE_COLUMNS \
-	"m.conversation_id, m.seq, m.sender_id, m.sender_device, m.kind, m.body," \
-	" m.client_msg_id, m.reply_to, m.created_at, m.edited_at, m.deleted_at, m.target," \
-	" m.attachments::text, m.mentions, m.reactions"
-
 /* A jsonb value as its text (what v::text prints in SQL). */
 static char *
 JsonbValueText(JsonbValue *v)
@@ -253,7 +247,7 @@ RequestIds(const RequestCtx *ctx, const char *field)
 	return construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 }
 
-/* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as message
+/* Appends the rows of the last SPI result (READER_COLUMNS) as message
  * objects (chat.message_json), comma separated, each preceded by a comma
  * when *first is false (then cleared); returns how many. */
 static uint64
@@ -314,7 +308,7 @@ AppendMessageItems(StringInfo buf, bool *first)
 	return SPI_processed;
 }
 
-/* Appends the rows of the last SPI result (MESSAGE_COLUMNS) as a JSON array
+/* Appends the rows of the last SPI result (READER_COLUMNS) as a JSON array
  * of message objects (chat.messages_json); returns how many. */
 static uint64
 AppendMessageRows(StringInfo buf)
